@@ -1,0 +1,90 @@
+/*
+ * config.h - ltxfs.yml / litefs.yml: LiteFS 0.5 key names and defaults
+ * (formats layer). See docs/config.md.
+ *
+ * Loading is strict: an unknown key, a wrong type, or a missing required key
+ * fails with -EINVAL and a one-line message in err that names the file and the
+ * dotted key, e.g. "/etc/litefs.yml: key 'data.retention': invalid duration 'x'".
+ * LiteFS keys that ltxfs does not support yet are rejected with a message that
+ * says so. Before parsing, environment variables are expanded exactly as LiteFS
+ * does (config_expand_env) unless expand_env is false.
+ * Not thread-safe; call from main before starting threads.
+ */
+#ifndef LTXFS_CONFIG_H
+#define LTXFS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config_exec {
+	char **argv; /* NULL-terminated, split with shell-word rules */
+	bool if_candidate;
+};
+
+struct config {
+	char *path; /* the file loaded, NULL when built from defaults */
+
+	bool exit_on_error;        /* default true */
+	bool skip_sync;            /* default false */
+	struct config_exec *exec;  /* array of n_exec entries; `exec:` string or list */
+	size_t n_exec;
+
+	struct {
+		char *dir;          /* required */
+		bool allow_other;   /* false */
+		bool debug;         /* false */
+	} fuse;
+	struct {
+		char *dir;          /* "/var/lib/litefs" */
+		bool compress;      /* true */
+		int64_t retention_ms;                  /* 10m; 0 disables */
+		int64_t retention_monitor_interval_ms; /* 1m */
+	} data;
+	struct {
+		char *addr;         /* ":20202" */
+	} http;
+	struct {
+		char *type;         /* required: "static" ("consul", "etcd" refused for now) */
+		bool candidate;     /* true */
+		char *hostname;     /* default: gethostname() */
+		char *advertise_url;/* default: "http://<hostname>:<port of http.addr>" */
+	} lease;
+	struct {
+		char *format;       /* "text" | "json" */
+		bool debug;         /* false */
+	} log;
+};
+
+/* Fill defaults (every pointer owned by cfg). 0 or -ENOMEM. */
+int config_init(struct config *cfg);
+/* Free everything cfg owns and zero it. NULL-safe. */
+void config_release(struct config *cfg);
+
+/*
+ * Parse YAML text (already expanded) into cfg, which config_init() filled.
+ * path is used only in messages. Validates and fills derived defaults.
+ */
+int config_parse(struct config *cfg, const char *path, const char *text, size_t len, char *err,
+		 size_t errlen);
+/* Read the file at path, expand env if asked, and config_parse() it. */
+int config_load(struct config *cfg, const char *path, bool expand_env, char *err, size_t errlen);
+
+/*
+ * Search order without -config: ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml,
+ * /etc/litefs.yml. Returns 0 and a malloc'd path, or -ENOENT.
+ */
+int config_find(char **ret_path);
+
+/*
+ * LiteFS's ExpandEnv: $VAR, ${VAR}, ${ VAR }, and the expressions
+ * ${A == B} / ${A != B} where each side is a variable name or a quoted
+ * literal ('x' or "x"), yielding "true"/"false". Returns a malloc'd string
+ * (caller frees) or NULL on OOM.
+ */
+char *config_expand_env(const char *text);
+
+/* Go time.ParseDuration subset ("10m", "1m30s", "250ms", "2h", "0"). 0 or -EINVAL. */
+int config_parse_duration(const char *s, int64_t *ret_ms);
+
+#endif
