@@ -1,0 +1,97 @@
+/*
+ * db.h - one replicated SQLite database: its data directory, commit capture
+ * into LTX files, and crash recovery (core layer). See src/db.c for the
+ * design essay and docs/architecture.md for the safety argument.
+ *
+ * Threads: every function may be called from any FUSE worker thread; each
+ * takes db->mu internally for as long as it needs and never calls out to FUSE,
+ * HTTP or the network. Functions return 0 (or a count) or -errno.
+ *
+ * Ownership: a struct db is created by db_open() and freed by db_free() (NULL
+ * ok); the store owns every db and frees them at shutdown. File descriptors
+ * returned by db_open_file() belong to the caller, who closes them.
+ */
+#ifndef LTXFS_DB_H
+#define LTXFS_DB_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+enum db_file {
+	DB_FILE_DB = 0, /* <name>            -> dbs/<name>/database */
+	DB_FILE_JOURNAL,/* <name>-journal    -> dbs/<name>/journal */
+	DB_FILE_WAL,    /* <name>-wal        -> dbs/<name>/wal */
+	DB_FILE_SHM,    /* <name>-shm        -> dbs/<name>/shm */
+	DB_FILE_POS,    /* <name>-pos        virtual, 34 bytes */
+	DB_FILE_N
+};
+
+struct db_options {
+	bool compress;    /* LZ4 page blocks in LTX files (data.compress) */
+	uint64_t node_id; /* written into every LTX header */
+};
+
+struct db_pos {
+	uint64_t txid;
+	uint64_t checksum;  /* post-apply checksum of txid; 0 when txid == 0 */
+	int64_t timestamp;  /* ms, of the last LTX file; 0 if none */
+};
+
+struct db;
+
+/*
+ * Open (and create when create is true) the database directory dir (that is
+ * dbs/<name>) and run crash recovery: discard torn LTX files, roll back a hot
+ * journal, turn committed WAL frames beyond the last LTX file into LTX files,
+ * checkpoint the WAL into the database file, and check the database against
+ * the last LTX file (see db.c). Called before the mount exists.
+ */
+int db_open(struct db **ret, const char *dir, const char *name, bool create,
+	    const struct db_options *opt);
+/*
+ * Clean shutdown: make every LTX file durable and persist the per-page
+ * checksums so that the next start skips the full re-checksum. NULL ok.
+ */
+void db_free(struct db *db);
+
+const char *db_name(const struct db *db);
+/* A stable small integer the store assigns (the FUSE layer derives inode numbers from it). */
+void db_set_index(struct db *db, size_t idx);
+size_t db_index(const struct db *db);
+void db_get_pos(struct db *db, struct db_pos *ret);
+/* Format the -pos file content: "%016x/%016x\n" (34 bytes) into buf[35]. */
+void db_format_pos(const struct db_pos *pos, char buf[35]);
+/* True while the database file exists (a dropped database keeps its TXID). */
+bool db_exists(struct db *db);
+
+/* stat() of the backing file of kind; -ENOENT when it does not exist. */
+int db_stat_file(struct db *db, enum db_file kind, struct stat *st);
+/*
+ * Open the backing file of kind with open(2) flags (O_CREAT/O_EXCL/O_TRUNC
+ * honoured). O_TRUNC on a journal is a commit point; on a WAL it is a reset.
+ */
+int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd);
+/*
+ * Write n bytes at off through fd (a descriptor from db_open_file), capturing
+ * commits: see db.c. Returns 0 or -errno (-EPERM for a database write outside
+ * any journal or WAL transaction, e.g. journal_mode=OFF/MEMORY or a
+ * non-SQLite file).
+ */
+int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n, off_t off);
+/* ftruncate semantics (fd may be -1). Truncating a journal to 0 is a commit point. */
+int db_truncate(struct db *db, enum db_file kind, int fd, off_t size);
+/* unlink semantics. Unlinking the journal is a commit point; the database: drop. */
+int db_unlink(struct db *db, enum db_file kind);
+/* fsync/fdatasync of fd; also notes that the application asked for durability. */
+int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync);
+
+/* Path of the backing file of kind into buf. */
+int db_file_path(struct db *db, enum db_file kind, char *buf, size_t n);
+
+/* Test/diagnostic: the rolling checksum the engine holds in memory. */
+uint64_t db_checksum(struct db *db);
+
+#endif

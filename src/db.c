@@ -1,0 +1,1983 @@
+/*
+ * db.c - one database: commit capture into LTX files, and crash recovery.
+ *
+ * FILES. A database <name> lives in dbs/<name>/ of the data directory:
+ * `database`, `journal`, `wal`, `shm`, and `ltx/%016x-%016x.ltx`, exactly as
+ * LiteFS 0.5 lays it out. ltxfs adds `checksums` (written only at a clean
+ * shutdown, removed at start) and `mj<HEX>` (SQLite super-journals).
+ *
+ * THE MODEL. SQLite's POSIX locks stay in the kernel: ltxfs implements no
+ * getlk/setlk, so the kernel arbitrates every lock between processes exactly
+ * as on a local disk and read transactions cost no round trip for locking.
+ * Commits are recognised from the write stream itself, which SQLite orders
+ * strictly because it holds its locks while it writes:
+ *
+ *   rollback modes  The commit point is the invalidation of the journal:
+ *                   unlink (DELETE), truncation to 0 (TRUNCATE, or O_TRUNC),
+ *                   or a write at offset 0 that destroys the journal magic
+ *                   (PERSIST, and exclusive locking mode). Database writes
+ *                   made between two commit points are recorded as a dirty
+ *                   page set. At the commit point each dirty page is read
+ *                   back and checksummed; pages whose checksum differs from
+ *                   the committed state form the transaction. If none
+ *                   differs and the size is unchanged (a ROLLBACK, including
+ *                   one that played back pages spilled to the file, or a
+ *                   statement that failed), no LTX file is written: a real
+ *                   commit always changes page 1 (the change counter).
+ *   WAL mode        The commit point is the completion of a frame whose
+ *                   header carries a non-zero commit size and whose salt and
+ *                   cumulative checksum chain from the last commit are valid,
+ *                   i.e. the first moment WAL recovery would accept it. That
+ *                   covers SQLite rewriting checksums of frames it overwrote
+ *                   in place (walRewriteChecksums) and padding frames (they
+ *                   change nothing, so they produce no LTX file).
+ *
+ * In both cases the LTX file is written *before* the write (or unlink) that
+ * commits is performed, so a transaction never becomes visible to SQLite
+ * without its LTX file. If the LTX cannot be written (disk full), the
+ * commit-point operation fails with that error and SQLite reports it; the
+ * database is left as SQLite would leave it after a failed commit.
+ *
+ * Writes to the database file are allowed only inside a transaction SQLite
+ * protects: while a journal exists, or while a WAL exists (checkpoints). Any
+ * other write (journal_mode=OFF or MEMORY, or a non-SQLite file) is refused
+ * with EPERM, because ltxfs could not tell when it commits.
+ *
+ * CHECKSUMS. pgck[pgno] holds the LTX page checksum of every committed page
+ * and xsum their XOR, so the rolling database checksum is updated in O(pages
+ * changed) per transaction and is never recomputed on the write path.
+ *
+ * DURABILITY. An LTX file is fdatasync'ed, with its directory, at the commit
+ * point of a rollback-mode transaction in which the application asked for
+ * durability (fsync of the database or journal). In WAL mode the WAL itself
+ * is the durable record: LTX files are written without fsync and made
+ * durable (syncfs) before the WAL is restarted, truncated or deleted; start-up
+ * recovery regenerates any LTX file that power loss tore from the WAL.
+ *
+ * RECOVERY (db_open, before the mount exists):
+ *   1. Remove *.tmp files; verify LTX files from the newest down and delete
+ *      any that do not verify (torn by a crash), until one verifies.
+ *   2. Roll back a hot journal (one SQLite would roll back: valid header, and
+ *      any super-journal it names still exists); delete a cold one.
+ *   3. Compute page checksums of the database file (or load them from the
+ *      clean-shutdown file when nothing needed recovery).
+ *   4. Walk the WAL's valid committed transactions on top of the file; if the
+ *      state after transaction i equals the last LTX's post-apply checksum,
+ *      transactions i+1.. become new LTX files. Then checkpoint the WAL into
+ *      the database file and remove WAL and SHM.
+ *   5. Compare with the last LTX: equal is fine; equal to its pre-apply
+ *      checksum means the process died between writing the LTX and the commit
+ *      point, so the LTX pages are applied; anything else means the database
+ *      changed outside ltxfs: its current content is recorded as a snapshot
+ *      LTX with the next TXID and a loud warning. Nothing is thrown away.
+ *
+ * THREADS. Any FUSE worker may call in; db->mu serialises all state changes
+ * and the writes that carry them. SQLite's own locks already serialise
+ * writers, so the mutex is uncontended except against checkpoints.
+ */
+#include "ltxfs/db.h"
+
+#include "ltxfs/crc.h"
+#include "ltxfs/fsutil.h"
+#include "ltxfs/log.h"
+#include "ltxfs/ltx.h"
+#include "ltxfs/sqlfmt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CKFILE_MAGIC "LTXFSCK1"
+
+struct db {
+	pthread_mutex_t mu;
+	size_t idx;
+	char *dir;
+	char *name;
+	char *ltx_dir;
+	struct db_options opt;
+
+	bool exists;
+	int dbfd; /* internal O_RDWR descriptor of `database`, -1 when absent */
+	uint32_t page_size;
+	uint32_t page_count; /* committed size in pages */
+	uint64_t *pgck;      /* [pgno] committed page checksum, index 0 unused */
+	uint32_t pgck_cap;   /* entries allocated minus one */
+	uint64_t xsum;       /* XOR of pgck[1..page_count] */
+	struct db_pos pos;
+
+	/* rollback-journal tracking */
+	bool journal_exists;
+	uint64_t *dirty_bits;
+	uint32_t dirty_bits_cap; /* in pages */
+	uint32_t *dirty;
+	size_t n_dirty, cap_dirty;
+	bool dirty_all; /* page size was unknown when a write arrived */
+	bool tx_synced; /* the application fsync'ed during this transaction */
+
+	/* WAL tracking */
+	bool wal_exists;
+	bool wal_valid;
+	struct wal_header walh;
+	uint64_t wal_end; /* end of the last committed frame */
+	uint32_t wal_s1, wal_s2;
+	bool ltx_unsynced; /* LTX files written since the last sync */
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t db_cur_checksum(const struct db *db)
+{
+	return LTX_CHECKSUM_FLAG | db->xsum;
+}
+
+static const char *const file_names[DB_FILE_N] = {"database", "journal", "wal", "shm", NULL};
+
+int db_file_path(struct db *db, enum db_file kind, char *buf, size_t n)
+{
+	if (kind >= DB_FILE_POS)
+		return -EINVAL;
+	return fs_path(buf, n, "%s/%s", db->dir, file_names[kind]);
+}
+
+static int pgck_reserve(struct db *db, uint32_t npages)
+{
+	if (npages <= db->pgck_cap)
+		return 0;
+	uint32_t cap = db->pgck_cap ? db->pgck_cap : 64;
+	while (cap < npages)
+		cap = cap > UINT32_MAX / 2 ? npages : cap * 2;
+	uint64_t *p = realloc(db->pgck, ((size_t)cap + 1) * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	memset(p + db->pgck_cap + 1, 0, (size_t)(cap - db->pgck_cap) * sizeof(*p));
+	db->pgck = p;
+	db->pgck_cap = cap;
+	return 0;
+}
+
+static void dirty_clear(struct db *db)
+{
+	for (size_t i = 0; i < db->n_dirty; i++) {
+		uint32_t p = db->dirty[i];
+		db->dirty_bits[p / 64] &= ~(UINT64_C(1) << (p % 64));
+	}
+	db->n_dirty = 0;
+	db->dirty_all = false;
+	db->tx_synced = false;
+}
+
+static int dirty_add(struct db *db, uint32_t pgno)
+{
+	if (pgno >= db->dirty_bits_cap) {
+		uint32_t cap = db->dirty_bits_cap ? db->dirty_bits_cap : 4096;
+		while (cap <= pgno)
+			cap *= 2;
+		uint64_t *b = realloc(db->dirty_bits, (cap / 64) * sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		memset(b + db->dirty_bits_cap / 64, 0, ((cap - db->dirty_bits_cap) / 64) * sizeof(*b));
+		db->dirty_bits = b;
+		db->dirty_bits_cap = cap;
+	}
+	uint64_t bit = UINT64_C(1) << (pgno % 64);
+	if (db->dirty_bits[pgno / 64] & bit)
+		return 0;
+	if (db->n_dirty == db->cap_dirty) {
+		size_t cap = db->cap_dirty ? db->cap_dirty * 2 : 64;
+		uint32_t *d = realloc(db->dirty, cap * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		db->dirty = d;
+		db->cap_dirty = cap;
+	}
+	db->dirty[db->n_dirty++] = pgno;
+	db->dirty_bits[pgno / 64] |= bit;
+	return 0;
+}
+
+/* Read page pgno of the database file; bytes past EOF read as zeros. */
+static int read_db_page(struct db *db, uint32_t pgno, uint8_t *buf)
+{
+	ssize_t r = fs_pread_full(db->dbfd, buf, db->page_size,
+				  (off_t)(pgno - 1) * db->page_size);
+	if (r < 0)
+		return (int)r;
+	if ((size_t)r < db->page_size)
+		memset(buf + r, 0, db->page_size - (size_t)r);
+	return 0;
+}
+
+/* ------------------------------------------------------- LTX file output */
+
+struct wbuf {
+	int fd;
+	size_t n;
+	uint8_t buf[1 << 16];
+};
+
+static int wbuf_flush(struct wbuf *w)
+{
+	int r = fs_write_full(w->fd, w->buf, w->n);
+	w->n = 0;
+	return r;
+}
+
+static int wbuf_write(void *ctx, const void *p, size_t n)
+{
+	struct wbuf *w = ctx;
+	if (w->n + n > sizeof(w->buf)) {
+		int r = wbuf_flush(w);
+		if (r < 0)
+			return r;
+		if (n > sizeof(w->buf))
+			return fs_write_full(w->fd, p, n);
+	}
+	memcpy(w->buf + w->n, p, n);
+	w->n += n;
+	return 0;
+}
+
+struct ltx_out {
+	struct wbuf *w;
+	struct ltx_encoder *enc;
+	char path[4096];
+	struct ltx_header h;
+};
+
+static int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
+{
+	char name[LTX_FILENAME_LEN + 1];
+	int r;
+	memset(o, 0, sizeof(*o));
+	o->h = *h;
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	r = fs_path(o->path, sizeof(o->path), "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	o->w = malloc(sizeof(*o->w));
+	if (!o->w)
+		return -ENOMEM;
+	o->w->n = 0;
+	o->w->fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (o->w->fd < 0) {
+		r = -errno;
+		free(o->w);
+		o->w = NULL;
+		return r;
+	}
+	r = ltx_encoder_new(&o->enc, h, wbuf_write, o->w);
+	if (r < 0) {
+		close(o->w->fd);
+		unlink(o->path);
+		free(o->w);
+		o->w = NULL;
+	}
+	return r;
+}
+
+static void ltx_out_abort(struct ltx_out *o)
+{
+	if (!o->w)
+		return;
+	ltx_encoder_free(o->enc);
+	close(o->w->fd);
+	unlink(o->path);
+	free(o->w);
+	o->w = NULL;
+	o->enc = NULL;
+}
+
+/* Finish the file; with sync, fdatasync it and fsync its directory. */
+static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync)
+{
+	struct ltx_trailer tr;
+	int r = ltx_encoder_finish(o->enc, post, &tr);
+	if (r == 0)
+		r = wbuf_flush(o->w);
+	if (r == 0 && sync && fdatasync(o->w->fd) < 0)
+		r = -errno;
+	if (r == 0 && sync)
+		r = fs_fsync_dir(db->ltx_dir);
+	if (r < 0) {
+		ltx_out_abort(o);
+		return r;
+	}
+	ltx_encoder_free(o->enc);
+	close(o->w->fd);
+	free(o->w);
+	o->w = NULL;
+	o->enc = NULL;
+	if (!sync)
+		db->ltx_unsynced = true;
+	return 0;
+}
+
+/* Make every LTX file written without fsync durable. */
+static int db_sync_ltx(struct db *db)
+{
+	if (!db->ltx_unsynced)
+		return 0;
+	int fd = open(db->ltx_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = syncfs(fd) < 0 ? -errno : 0;
+	close(fd);
+	if (r == 0)
+		db->ltx_unsynced = false;
+	return r;
+}
+
+/* ------------------------------------------------------ committing a tx */
+
+/* A page of a transaction: where its new image is (file offset of the WAL
+ * frame, or unused for the database file) and its new checksum. */
+struct txpage {
+	uint32_t pgno;
+	uint64_t where;
+	uint64_t ck;
+};
+
+struct page_src {
+	int (*read)(void *ctx, const struct txpage *p, uint8_t *buf);
+	void *ctx;
+};
+
+static int cmp_txpage(const void *a, const void *b)
+{
+	const struct txpage *x = a, *y = b;
+	if (x->pgno != y->pgno)
+		return x->pgno < y->pgno ? -1 : 1;
+	return x->where < y->where ? -1 : x->where > y->where;
+}
+
+/* Sort by pgno and keep the last image of each page. */
+static size_t txpages_normalize(struct txpage *p, size_t n)
+{
+	if (n == 0)
+		return 0;
+	qsort(p, n, sizeof(*p), cmp_txpage);
+	size_t out = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (out > 0 && p[out - 1].pgno == p[i].pgno)
+			p[out - 1] = p[i];
+		else
+			p[out++] = p[i];
+	}
+	return out;
+}
+
+struct walinfo {
+	int64_t offset, size;
+	uint32_t salt1, salt2;
+};
+
+/* A prepared transaction: its LTX file exists, the in-memory state is not
+ * updated yet (db_tx_apply) or the file is removed again (db_tx_abort). */
+struct txrec {
+	struct txpage *changed; /* pgno + new checksum */
+	size_t n;
+	uint32_t commit;
+	bool snapshot;
+	uint64_t x, post, txid;
+	int64_t timestamp;
+	char path[4096];
+};
+
+static void db_tx_abort(struct txrec *t)
+{
+	if (t->path[0])
+		unlink(t->path);
+	free(t->changed);
+	memset(t, 0, sizeof(*t));
+}
+
+static void db_tx_apply(struct db *db, struct txrec *t)
+{
+	if (t->snapshot)
+		memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+	for (size_t i = 0; i < t->n; i++)
+		db->pgck[t->changed[i].pgno] = t->changed[i].ck;
+	for (uint32_t pg = t->commit + 1; pg <= db->page_count; pg++)
+		db->pgck[pg] = 0;
+	db->page_count = t->commit;
+	db->xsum = t->x;
+	db->pos.txid = t->txid;
+	db->pos.checksum = t->post;
+	db->pos.timestamp = t->timestamp;
+	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
+		  t->txid, t->n, t->commit);
+	free(t->changed);
+	memset(t, 0, sizeof(*t));
+}
+
+/*
+ * Turn a set of page images (sorted, unique) plus a new size into the next
+ * LTX file. Pages whose checksum is unchanged are left out. Returns 1 with
+ * *t prepared, 0 if nothing changed (no file), or -errno (no file left).
+ * With snapshot, every page 1..commit must be present and a snapshot LTX
+ * (MinTXID 1) is written.
+ */
+static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
+			 const struct page_src *src, const struct walinfo *wi, bool snapshot,
+			 bool sync, struct txrec *t)
+{
+	uint8_t *buf = NULL;
+	size_t nchanged = 0;
+	uint32_t lock = ltx_lock_pgno(db->page_size);
+	struct ltx_out o = {0};
+	int r;
+
+	memset(t, 0, sizeof(*t));
+	r = pgck_reserve(db, commit > db->page_count ? commit : db->page_count);
+	if (r < 0)
+		return r;
+	buf = malloc(db->page_size);
+	if (!buf)
+		return -ENOMEM;
+
+	/* Pass 1: new checksums; keep changed pages at the front. */
+	uint64_t x = db->xsum;
+	for (size_t i = 0; i < n; i++) {
+		struct txpage *p = &pages[i];
+		if (p->pgno == 0 || p->pgno > commit || p->pgno == lock)
+			continue;
+		r = src->read(src->ctx, p, buf);
+		if (r < 0)
+			goto out;
+		p->ck = ltx_page_checksum(p->pgno, buf, db->page_size);
+		uint64_t old = p->pgno <= db->page_count ? db->pgck[p->pgno] : 0;
+		if (p->ck == old && !snapshot)
+			continue;
+		x ^= old ^ p->ck;
+		pages[nchanged++] = *p;
+	}
+	for (uint32_t pg = commit + 1; pg <= db->page_count; pg++)
+		x ^= db->pgck[pg];
+	if (snapshot) {
+		size_t want = commit - (lock <= commit ? 1 : 0);
+		if (nchanged != want) {
+			r = -EIO; /* a snapshot must hold every page */
+			goto out;
+		}
+		x = 0;
+		for (size_t i = 0; i < nchanged; i++)
+			x ^= pages[i].ck;
+	} else if (nchanged == 0 && commit == db->page_count) {
+		r = 0; /* a rollback or a no-op: leaves no trace */
+		goto out;
+	}
+
+	struct ltx_header h = {
+		.flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+		.page_size = db->page_size,
+		.commit = commit,
+		.min_txid = snapshot ? 1 : db->pos.txid + 1,
+		.max_txid = db->pos.txid + 1,
+		.timestamp = now_ms(),
+		.pre_apply_checksum = snapshot ? 0 : db_cur_checksum(db),
+		.node_id = db->opt.node_id,
+	};
+	if (wi && !snapshot) {
+		h.wal_offset = wi->offset;
+		h.wal_size = wi->size;
+		h.wal_salt1 = wi->salt1;
+		h.wal_salt2 = wi->salt2;
+	}
+	t->changed = malloc((nchanged ? nchanged : 1) * sizeof(*t->changed));
+	if (!t->changed) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = ltx_out_begin(db, &o, &h);
+	if (r < 0)
+		goto out;
+	for (size_t i = 0; i < nchanged; i++) {
+		r = src->read(src->ctx, &pages[i], buf);
+		if (r == 0 && ltx_page_checksum(pages[i].pgno, buf, db->page_size) != pages[i].ck)
+			r = -EIO; /* changed under us: cannot happen while SQLite holds its lock */
+		if (r == 0)
+			r = ltx_encoder_add_page(o.enc, pages[i].pgno, buf);
+		if (r < 0) {
+			ltx_out_abort(&o);
+			goto out;
+		}
+		t->changed[i] = pages[i];
+	}
+	t->post = LTX_CHECKSUM_FLAG | x;
+	r = ltx_out_end(db, &o, t->post, sync);
+	if (r < 0)
+		goto out;
+	t->n = nchanged;
+	t->commit = commit;
+	t->snapshot = snapshot;
+	t->x = x;
+	t->txid = h.max_txid;
+	t->timestamp = h.timestamp;
+	memcpy(t->path, o.path, sizeof(t->path));
+	r = 1;
+out:
+	if (r <= 0) {
+		free(t->changed);
+		t->changed = NULL;
+	}
+	free(buf);
+	return r;
+}
+
+/* Prepare and apply at once. */
+static int db_commit_pages(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
+			   const struct page_src *src, const struct walinfo *wi, bool snapshot,
+			   bool sync, bool *ret_written)
+{
+	struct txrec t;
+	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, &t);
+	*ret_written = r == 1;
+	if (r == 1)
+		db_tx_apply(db, &t);
+	return r < 0 ? r : 0;
+}
+
+/* Page source: the database file. */
+static int src_dbfile(void *ctx, const struct txpage *p, uint8_t *buf)
+{
+	return read_db_page(ctx, p->pgno, buf);
+}
+
+/* Write an LTX "deleted" file (commit 0). */
+static int db_commit_drop(struct db *db)
+{
+	struct ltx_out o;
+	if (db->pos.txid == 0)
+		return 0;
+	struct ltx_header h = {
+		.flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+		.page_size = db->page_size ? db->page_size : 4096,
+		.commit = 0,
+		.min_txid = db->pos.txid + 1,
+		.max_txid = db->pos.txid + 1,
+		.timestamp = now_ms(),
+		.pre_apply_checksum = db_cur_checksum(db),
+		.node_id = db->opt.node_id,
+	};
+	int r = ltx_out_begin(db, &o, &h);
+	if (r == 0)
+		r = ltx_out_end(db, &o, LTX_CHECKSUM_FLAG, true);
+	if (r < 0)
+		return r;
+	if (db->pgck)
+		memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+	db->page_count = 0;
+	db->xsum = 0;
+	db->pos.txid = h.max_txid;
+	db->pos.checksum = LTX_CHECKSUM_FLAG;
+	db->pos.timestamp = h.timestamp;
+	return 0;
+}
+
+/* Snapshot of the database file's current content as the next TXID. */
+static int db_commit_snapshot_from_file(struct db *db, uint32_t count, bool sync)
+{
+	uint32_t lock = ltx_lock_pgno(db->page_size);
+	struct txpage *pages = calloc(count ? count : 1, sizeof(*pages));
+	size_t n = 0;
+	bool written;
+	if (!pages)
+		return -ENOMEM;
+	for (uint32_t pg = 1; pg <= count; pg++)
+		if (pg != lock)
+			pages[n++].pgno = pg;
+	struct page_src src = {src_dbfile, db};
+	int r = db_commit_pages(db, pages, n, count, &src, NULL, true, sync, &written);
+	free(pages);
+	return r;
+}
+
+/*
+ * Rollback-mode commit point. Reads the database header to learn the new
+ * size, builds the transaction from the dirty pages plus any page past the old
+ * end, and writes the LTX file if anything changed.
+ */
+static int db_journal_commit(struct db *db)
+{
+	uint8_t hdr[SQLITE_HEADER_SIZE];
+	struct sqlite_dbheader dh;
+	struct stat st;
+	struct txpage *pages = NULL;
+	size_t n = 0;
+	bool written = false;
+	int r = 0;
+
+	if (db->n_dirty == 0 && !db->dirty_all)
+		goto out;
+	if (fstat(db->dbfd, &st) < 0) {
+		r = -errno;
+		goto out;
+	}
+	ssize_t got = fs_pread_full(db->dbfd, hdr, sizeof(hdr), 0);
+	if (got < 0) {
+		r = (int)got;
+		goto out;
+	}
+	if (got < (ssize_t)sizeof(hdr) || sqlite_dbheader_parse(&dh, hdr, sizeof(hdr)) < 0) {
+		if (st.st_size == 0 && db->page_count == 0)
+			goto out; /* still empty */
+		log_error("db '%s': database file has no valid SQLite header at commit", db->name);
+		r = -EIO;
+		goto out;
+	}
+	uint32_t count = dh.page_count_valid ? dh.page_count
+					      : (uint32_t)((uint64_t)st.st_size / dh.page_size);
+	bool snapshot = db->pos.txid == 0 || (db->page_size && dh.page_size != db->page_size) ||
+			db->dirty_all;
+	if (snapshot) {
+		db->page_size = dh.page_size;
+		r = db_commit_snapshot_from_file(db, count, db->tx_synced);
+		goto out;
+	}
+	size_t cap = db->n_dirty + (count > db->page_count ? count - db->page_count : 0);
+	pages = calloc(cap ? cap : 1, sizeof(*pages));
+	if (!pages) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < db->n_dirty; i++)
+		if (db->dirty[i] > db->page_count)
+			continue; /* added below */
+		else
+			pages[n++].pgno = db->dirty[i];
+	for (uint32_t pg = db->page_count + 1; pg <= count; pg++)
+		pages[n++].pgno = pg;
+	n = txpages_normalize(pages, n);
+	struct page_src src = {src_dbfile, db};
+	r = db_commit_pages(db, pages, n, count, &src, NULL, false, db->tx_synced, &written);
+out:
+	free(pages);
+	if (r == 0)
+		dirty_clear(db);
+	return r;
+}
+
+/* ----------------------------------------------------------------- WAL */
+
+/* A pending write that is not in the file yet but must be seen by reads. */
+struct overlay {
+	const uint8_t *buf;
+	size_t n;
+	off_t off;
+};
+
+struct walsrc {
+	struct db *db;
+	int fd;
+	const struct overlay *ov;
+};
+
+/* Read len bytes at off from the WAL with the overlay applied; -EPROTO if short. */
+static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off_t off)
+{
+	ssize_t got = fs_pread_full(fd, dst, len, off);
+	if (got < 0)
+		return (int)got;
+	size_t have = (size_t)got;
+	if (ov && ov->n) {
+		off_t a = off > ov->off ? off : ov->off;
+		off_t b = off + (off_t)len < ov->off + (off_t)ov->n ? off + (off_t)len
+								     : ov->off + (off_t)ov->n;
+		if (a < b) {
+			memcpy((uint8_t *)dst + (a - off), ov->buf + (a - ov->off), (size_t)(b - a));
+			if ((size_t)(b - off) > have && a - off <= (off_t)have)
+				have = (size_t)(b - off);
+		}
+	}
+	return have < len ? -EPROTO : 0;
+}
+
+static int src_wal(void *ctx, const struct txpage *p, uint8_t *buf)
+{
+	struct walsrc *s = ctx;
+	return wal_read(s->fd, s->ov, buf, s->db->page_size,
+			(off_t)p->where + WAL_FRAME_HEADER_SIZE);
+}
+
+struct wal_tx {
+	uint64_t start, end;
+	uint32_t commit;
+	uint32_t s1, s2;
+	struct txpage *pages;
+	size_t n, cap;
+};
+
+/*
+ * Find the first complete, valid transaction starting at offset start with
+ * checksum state (s1, s2). Returns 1 and fills tx, 0 if there is none (yet),
+ * or -errno.
+ */
+static int wal_scan_tx(const struct wal_header *wh, int fd, const struct overlay *ov,
+		       uint64_t start, uint32_t s1, uint32_t s2, struct wal_tx *tx)
+{
+	size_t fsz = WAL_FRAME_HEADER_SIZE + wh->page_size;
+	uint8_t *frame = malloc(fsz);
+	int r = 0;
+	if (!frame)
+		return -ENOMEM;
+	tx->n = 0;
+	for (uint64_t off = start;; off += fsz) {
+		r = wal_read(fd, ov, frame, fsz, (off_t)off);
+		if (r == -EPROTO) {
+			r = 0;
+			break;
+		}
+		if (r < 0)
+			break;
+		if (!wal_frame_verify(wh, &s1, &s2, frame, frame + WAL_FRAME_HEADER_SIZE))
+			break;
+		struct wal_frame_header fh;
+		wal_frame_header_parse(&fh, frame);
+		if (tx->n == tx->cap) {
+			size_t cap = tx->cap ? tx->cap * 2 : 16;
+			struct txpage *p = realloc(tx->pages, cap * sizeof(*p));
+			if (!p) {
+				r = -ENOMEM;
+				break;
+			}
+			tx->pages = p;
+			tx->cap = cap;
+		}
+		tx->pages[tx->n++] = (struct txpage){.pgno = fh.pgno, .where = off};
+		if (fh.commit) {
+			tx->start = start;
+			tx->end = off + fsz;
+			tx->commit = fh.commit;
+			tx->s1 = s1;
+			tx->s2 = s2;
+			r = 1;
+			break;
+		}
+	}
+	free(frame);
+	return r;
+}
+
+/*
+ * Prepare the first complete transaction after wal_end (with the pending
+ * write overlaid). Returns 1 with *t (and the new WAL position in *tx) ready
+ * to apply, 0 if there is none or it changes nothing (then the WAL position
+ * in *tx is still advanced when tx->end != 0), or -errno.
+ */
+static int db_wal_prepare(struct db *db, int fd, const struct overlay *ov, struct wal_tx *tx,
+			  struct txrec *t)
+{
+	int r = wal_scan_tx(&db->walh, fd, ov, db->wal_end, db->wal_s1, db->wal_s2, tx);
+	if (r <= 0) {
+		tx->end = 0;
+		return r;
+	}
+	size_t n = txpages_normalize(tx->pages, tx->n);
+	struct walsrc ws = {db, fd, ov};
+	struct page_src src = {src_wal, &ws};
+	struct walinfo wi = {(int64_t)tx->start, (int64_t)(tx->end - tx->start), db->walh.salt1,
+			     db->walh.salt2};
+	if (db->page_size == 0)
+		db->page_size = db->walh.page_size;
+	return db_tx_prepare(db, tx->pages, n, tx->commit, &src, &wi, db->pos.txid == 0, false,
+			     t);
+}
+
+/* Commit every complete transaction already in the file. */
+static int db_wal_commit_all(struct db *db, int fd)
+{
+	struct wal_tx tx = {0};
+	struct txrec t;
+	int r;
+	for (;;) {
+		r = db_wal_prepare(db, fd, NULL, &tx, &t);
+		if (r < 0 || tx.end == 0)
+			break;
+		if (r == 1)
+			db_tx_apply(db, &t);
+		db->wal_end = tx.end;
+		db->wal_s1 = tx.s1;
+		db->wal_s2 = tx.s2;
+	}
+	free(tx.pages);
+	return r < 0 ? r : 0;
+}
+
+static void db_wal_reset(struct db *db)
+{
+	db->wal_valid = false;
+	db->wal_end = 0;
+}
+
+static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off_t off)
+{
+	int r;
+	if (off == 0 && n >= WAL_HEADER_SIZE) {
+		struct wal_header wh;
+		/* A new WAL generation: everything before it was checkpointed.
+		 * The LTX files of the old generation must be durable first. */
+		r = db_sync_ltx(db);
+		if (r < 0)
+			return r;
+		r = fs_pwrite_full(fd, buf, n, off);
+		if (r < 0)
+			return r;
+		if (wal_header_parse(&wh, buf) == 0) {
+			db->walh = wh;
+			db->wal_valid = true;
+			db->wal_end = WAL_HEADER_SIZE;
+			db->wal_s1 = wh.cksum1;
+			db->wal_s2 = wh.cksum2;
+			if (db->page_size == 0)
+				db->page_size = wh.page_size;
+			if (n > WAL_HEADER_SIZE)
+				r = db_wal_commit_all(db, fd);
+		} else {
+			db_wal_reset(db);
+		}
+		return r;
+	}
+	if (!db->wal_valid || (uint64_t)off + n <= db->wal_end)
+		return fs_pwrite_full(fd, buf, n, off);
+
+	/*
+	 * Does this write complete a frame that claims to commit? Look at the
+	 * frame holding the write's last byte (SQLite writes a frame as its
+	 * header, then its page, or rewrites a header in place).
+	 */
+	uint64_t fsz = WAL_FRAME_HEADER_SIZE + db->walh.page_size;
+	uint64_t last = (uint64_t)off + n - 1;
+	bool candidate = false;
+	if (last >= WAL_HEADER_SIZE) {
+		uint64_t fstart = WAL_HEADER_SIZE + (last - WAL_HEADER_SIZE) / fsz * fsz;
+		if (fstart >= db->wal_end) {
+			struct overlay ov = {buf, n, off};
+			uint8_t fh[WAL_FRAME_HEADER_SIZE];
+			struct stat st;
+			if (fstat(fd, &st) < 0)
+				return -errno;
+			uint64_t size = (uint64_t)st.st_size > last + 1 ? (uint64_t)st.st_size
+									: last + 1;
+			if (size >= fstart + fsz &&
+			    wal_read(fd, &ov, fh, sizeof(fh), (off_t)fstart) == 0) {
+				struct wal_frame_header f;
+				wal_frame_header_parse(&f, fh);
+				candidate = f.commit != 0;
+			}
+		}
+	}
+	if (candidate) {
+		/* LTX first, then the write that makes SQLite's commit real. */
+		struct overlay ov = {buf, n, off};
+		struct wal_tx tx = {0};
+		struct txrec t;
+		r = db_wal_prepare(db, fd, &ov, &tx, &t);
+		free(tx.pages);
+		if (r < 0)
+			return r;
+		int w = fs_pwrite_full(fd, buf, n, off);
+		if (w < 0) {
+			if (r == 1)
+				db_tx_abort(&t);
+			return w;
+		}
+		if (r == 1)
+			db_tx_apply(db, &t);
+		if (tx.end) {
+			db->wal_end = tx.end;
+			db->wal_s1 = tx.s1;
+			db->wal_s2 = tx.s2;
+			/* more complete transactions in one write (not SQLite's habit) */
+			return db_wal_commit_all(db, fd);
+		}
+		return 0;
+	}
+	return fs_pwrite_full(fd, buf, n, off);
+}
+
+/* ------------------------------------------------------------ public ops */
+
+const char *db_name(const struct db *db)
+{
+	return db->name;
+}
+
+void db_set_index(struct db *db, size_t idx)
+{
+	db->idx = idx;
+}
+
+size_t db_index(const struct db *db)
+{
+	return db->idx;
+}
+
+void db_get_pos(struct db *db, struct db_pos *ret)
+{
+	pthread_mutex_lock(&db->mu);
+	*ret = db->pos;
+	pthread_mutex_unlock(&db->mu);
+}
+
+void db_format_pos(const struct db_pos *pos, char buf[35])
+{
+	snprintf(buf, 35, "%016" PRIx64 "/%016" PRIx64 "\n", pos->txid, pos->checksum);
+}
+
+bool db_exists(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	bool e = db->exists;
+	pthread_mutex_unlock(&db->mu);
+	return e;
+}
+
+uint64_t db_checksum(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	uint64_t c = db_cur_checksum(db);
+	pthread_mutex_unlock(&db->mu);
+	return c;
+}
+
+int db_stat_file(struct db *db, enum db_file kind, struct stat *st)
+{
+	char path[4096];
+	if (kind == DB_FILE_DB && !db_exists(db))
+		return -ENOENT;
+	int r = db_file_path(db, kind, path, sizeof(path));
+	if (r < 0)
+		return r;
+	return stat(path, st) < 0 ? -errno : 0;
+}
+
+static int open_backing(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd)
+{
+	char path[4096];
+	int r = db_file_path(db, kind, path, sizeof(path));
+	if (r < 0)
+		return r;
+	int fd = open(path, flags | O_CLOEXEC, mode);
+	if (fd < 0)
+		return -errno;
+	*ret_fd = fd;
+	return 0;
+}
+
+int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd)
+{
+	int r = 0;
+	pthread_mutex_lock(&db->mu);
+	switch (kind) {
+	case DB_FILE_DB:
+		if (!db->exists) {
+			if (!(flags & O_CREAT)) {
+				r = -ENOENT;
+				break;
+			}
+			r = open_backing(db, DB_FILE_DB, O_RDWR | O_CREAT, 0644, &db->dbfd);
+			if (r < 0)
+				break;
+			db->exists = true;
+		} else if ((flags & O_CREAT) && (flags & O_EXCL)) {
+			r = -EEXIST;
+			break;
+		}
+		if (flags & O_TRUNC) {
+			r = -EPERM; /* truncating a live database is not a transaction */
+			break;
+		}
+		r = open_backing(db, kind, flags & ~(O_CREAT | O_EXCL), mode, ret_fd);
+		break;
+	case DB_FILE_JOURNAL:
+	case DB_FILE_WAL:
+	case DB_FILE_SHM:
+		if (!db->exists) {
+			r = -ENOENT;
+			break;
+		}
+		if ((flags & O_TRUNC) && kind == DB_FILE_JOURNAL) {
+			r = db_journal_commit(db);
+			if (r < 0)
+				break;
+		}
+		if ((flags & O_TRUNC) && kind == DB_FILE_WAL) {
+			r = db_sync_ltx(db);
+			if (r < 0)
+				break;
+			db_wal_reset(db);
+		}
+		r = open_backing(db, kind, flags, mode, ret_fd);
+		if (r < 0)
+			break;
+		if (kind == DB_FILE_JOURNAL)
+			db->journal_exists = true;
+		else if (kind == DB_FILE_WAL)
+			db->wal_exists = true;
+		break;
+	default:
+		r = -EINVAL;
+	}
+	pthread_mutex_unlock(&db->mu);
+	return r;
+}
+
+int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n, off_t off)
+{
+	int r = 0;
+	if (kind == DB_FILE_SHM)
+		return fs_pwrite_full(fd, buf, n, off);
+	pthread_mutex_lock(&db->mu);
+	switch (kind) {
+	case DB_FILE_DB:
+		if (!db->journal_exists && !db->wal_exists) {
+			r = -EPERM;
+			break;
+		}
+		if (!db->wal_exists) {
+			if (db->page_size == 0 && off == 0 && n >= SQLITE_HEADER_SIZE) {
+				struct sqlite_dbheader dh;
+				if (sqlite_dbheader_parse(&dh, buf, n) == 0)
+					db->page_size = dh.page_size;
+			}
+			if (db->page_size == 0) {
+				db->dirty_all = true;
+			} else {
+				uint64_t first = (uint64_t)off / db->page_size + 1;
+				uint64_t lastp = ((uint64_t)off + n - 1) / db->page_size + 1;
+				for (uint64_t p = first; p <= lastp && r == 0 && n > 0; p++)
+					r = p > UINT32_MAX ? -EFBIG : dirty_add(db, (uint32_t)p);
+				if (r < 0)
+					break;
+			}
+		}
+		r = fs_pwrite_full(fd, buf, n, off);
+		break;
+	case DB_FILE_JOURNAL:
+		if (off == 0 && n >= 8 && memcmp(buf, journal_magic, 8) != 0) {
+			/* PERSIST mode (and exclusive locking): header zeroed */
+			r = db_journal_commit(db);
+			if (r < 0)
+				break;
+		}
+		r = fs_pwrite_full(fd, buf, n, off);
+		break;
+	case DB_FILE_WAL:
+		r = db_wal_write(db, fd, buf, n, off);
+		break;
+	default:
+		r = -EINVAL;
+	}
+	pthread_mutex_unlock(&db->mu);
+	return r;
+}
+
+int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
+{
+	char path[4096];
+	int r = 0;
+	if (kind >= DB_FILE_POS)
+		return -EPERM;
+	pthread_mutex_lock(&db->mu);
+	if (kind == DB_FILE_DB && !db->exists) {
+		r = -ENOENT;
+		goto out;
+	}
+	if (kind == DB_FILE_DB && !db->journal_exists && !db->wal_exists &&
+	    !(size == 0 && db->page_count == 0)) {
+		r = -EPERM;
+		goto out;
+	}
+	if (kind == DB_FILE_JOURNAL && size == 0) {
+		r = db_journal_commit(db);
+		if (r < 0)
+			goto out;
+	}
+	if (kind == DB_FILE_WAL) {
+		r = db_sync_ltx(db);
+		if (r < 0)
+			goto out;
+		if ((uint64_t)size < db->wal_end || size == 0)
+			db_wal_reset(db);
+	}
+	if (fd >= 0) {
+		if (ftruncate(fd, size) < 0)
+			r = -errno;
+	} else {
+		r = db_file_path(db, kind, path, sizeof(path));
+		if (r == 0 && truncate(path, size) < 0)
+			r = -errno;
+	}
+out:
+	pthread_mutex_unlock(&db->mu);
+	return r;
+}
+
+int db_unlink(struct db *db, enum db_file kind)
+{
+	char path[4096];
+	int r = 0;
+	pthread_mutex_lock(&db->mu);
+	switch (kind) {
+	case DB_FILE_JOURNAL:
+		r = db_journal_commit(db);
+		if (r < 0)
+			break;
+		r = db_file_path(db, kind, path, sizeof(path));
+		if (r == 0 && unlink(path) < 0)
+			r = -errno;
+		if (r == 0 || r == -ENOENT)
+			db->journal_exists = false;
+		break;
+	case DB_FILE_WAL:
+		r = db_sync_ltx(db);
+		if (r < 0)
+			break;
+		r = db_file_path(db, kind, path, sizeof(path));
+		if (r == 0 && unlink(path) < 0)
+			r = -errno;
+		if (r == 0 || r == -ENOENT) {
+			db->wal_exists = false;
+			db_wal_reset(db);
+		}
+		break;
+	case DB_FILE_SHM:
+		r = db_file_path(db, kind, path, sizeof(path));
+		if (r == 0 && unlink(path) < 0)
+			r = -errno;
+		break;
+	case DB_FILE_DB:
+		if (!db->exists) {
+			r = -ENOENT;
+			break;
+		}
+		r = db_sync_ltx(db);
+		if (r == 0)
+			r = db_commit_drop(db);
+		if (r < 0)
+			break;
+		for (int k = DB_FILE_DB; k <= DB_FILE_SHM; k++) {
+			if (db_file_path(db, k, path, sizeof(path)) == 0)
+				fs_unlink_if_exists(path);
+		}
+		if (db->dbfd >= 0)
+			close(db->dbfd);
+		db->dbfd = -1;
+		db->exists = false;
+		db->journal_exists = db->wal_exists = false;
+		db_wal_reset(db);
+		dirty_clear(db);
+		fs_fsync_dir(db->dir);
+		break;
+	default:
+		r = -EPERM;
+	}
+	pthread_mutex_unlock(&db->mu);
+	return r;
+}
+
+int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
+{
+	int r = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+	if (r == 0 && (kind == DB_FILE_DB || kind == DB_FILE_JOURNAL)) {
+		pthread_mutex_lock(&db->mu);
+		if (db->journal_exists)
+			db->tx_synced = true;
+		pthread_mutex_unlock(&db->mu);
+	}
+	return r;
+}
+
+/* ------------------------------------------------------------- recovery */
+
+/* Checksum every page of the database file into db->pgck (parallel for big files). */
+struct ckjob {
+	struct db *db;
+	uint32_t first, last; /* inclusive */
+	uint64_t x;
+	int r;
+};
+
+static void *ckjob_run(void *arg)
+{
+	struct ckjob *j = arg;
+	struct db *db = j->db;
+	uint32_t lock = ltx_lock_pgno(db->page_size);
+	size_t chunk_pages = (1u << 20) / db->page_size;
+	if (chunk_pages == 0)
+		chunk_pages = 1;
+	uint8_t *buf = malloc(chunk_pages * db->page_size);
+	if (!buf) {
+		j->r = -ENOMEM;
+		return NULL;
+	}
+	for (uint32_t pg = j->first; pg <= j->last && j->r == 0;) {
+		size_t cnt = j->last - pg + 1 < chunk_pages ? j->last - pg + 1 : chunk_pages;
+		ssize_t got = fs_pread_full(db->dbfd, buf, cnt * db->page_size,
+					    (off_t)(pg - 1) * db->page_size);
+		if (got < 0) {
+			j->r = (int)got;
+			break;
+		}
+		if ((size_t)got < cnt * db->page_size)
+			memset(buf + got, 0, cnt * db->page_size - (size_t)got);
+		for (size_t i = 0; i < cnt; i++, pg++) {
+			if (pg == lock) {
+				db->pgck[pg] = 0;
+				continue;
+			}
+			uint64_t c = ltx_page_checksum(pg, buf + i * db->page_size, db->page_size);
+			db->pgck[pg] = c;
+			j->x ^= c;
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+static int db_checksum_file(struct db *db, uint32_t count)
+{
+	int r = pgck_reserve(db, count);
+	if (r < 0)
+		return r;
+	memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+	db->xsum = 0;
+	db->page_count = count;
+	if (count == 0)
+		return 0;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int nt = (uint64_t)count * db->page_size < (64u << 20) ? 1 : (int)(ncpu > 8 ? 8 : ncpu);
+	if (nt < 1)
+		nt = 1;
+	struct ckjob jobs[8];
+	pthread_t th[8];
+	uint32_t per = count / (uint32_t)nt;
+	for (int i = 0; i < nt; i++) {
+		jobs[i] = (struct ckjob){db, 1 + (uint32_t)i * per,
+					 i == nt - 1 ? count : (uint32_t)(i + 1) * per, 0, 0};
+		if (nt > 1 && pthread_create(&th[i], NULL, ckjob_run, &jobs[i]) != 0) {
+			jobs[i].r = -EAGAIN;
+			nt = i;
+			break;
+		}
+	}
+	if (nt == 1)
+		ckjob_run(&jobs[0]);
+	else
+		for (int i = 0; i < nt; i++)
+			pthread_join(th[i], NULL);
+	for (int i = 0; i < nt; i++) {
+		if (jobs[i].r < 0)
+			r = jobs[i].r;
+		db->xsum ^= jobs[i].x;
+	}
+	return r;
+}
+
+static int db_file_page_count(struct db *db, uint32_t *ret)
+{
+	uint8_t hdr[SQLITE_HEADER_SIZE];
+	struct sqlite_dbheader dh;
+	struct stat st;
+	*ret = 0;
+	if (fstat(db->dbfd, &st) < 0)
+		return -errno;
+	if (st.st_size == 0)
+		return 0;
+	ssize_t got = fs_pread_full(db->dbfd, hdr, sizeof(hdr), 0);
+	if (got < 0)
+		return (int)got;
+	if (got < (ssize_t)sizeof(hdr) || sqlite_dbheader_parse(&dh, hdr, sizeof(hdr)) < 0)
+		return -EBADMSG;
+	db->page_size = dh.page_size;
+	*ret = dh.page_count_valid ? dh.page_count : (uint32_t)((uint64_t)st.st_size / dh.page_size);
+	return 0;
+}
+
+/* Delete torn LTX files from the top; set db->pos from the newest good one. */
+static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_trailer *last_t)
+{
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	uint64_t *maxes = NULL;
+	size_t n = 0, cap = 0;
+	int r = 0;
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		size_t len = strlen(de->d_name);
+		if (len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0) {
+			unlinkat(dirfd(d), de->d_name, 0);
+			continue;
+		}
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			uint64_t *m = realloc(maxes, cap * 2 * sizeof(*m));
+			if (!m) {
+				r = -ENOMEM;
+				goto out;
+			}
+			maxes = m;
+		}
+		maxes[2 * n] = mx;
+		maxes[2 * n + 1] = mn;
+		n++;
+	}
+	/* newest first: sort pairs by max txid */
+	for (size_t i = 1; i < n; i++) {
+		uint64_t a = maxes[2 * i], b = maxes[2 * i + 1];
+		size_t j = i;
+		while (j > 0 && maxes[2 * (j - 1)] > a) {
+			maxes[2 * j] = maxes[2 * (j - 1)];
+			maxes[2 * j + 1] = maxes[2 * (j - 1) + 1];
+			j--;
+		}
+		maxes[2 * j] = a;
+		maxes[2 * j + 1] = b;
+	}
+	memset(&db->pos, 0, sizeof(db->pos));
+	for (size_t i = n; i-- > 0;) {
+		char name[LTX_FILENAME_LEN + 1], path[4096];
+		ltx_format_filename(name, maxes[2 * i + 1], maxes[2 * i]);
+		if (fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) < 0)
+			continue;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			r = -errno;
+			goto out;
+		}
+		int v = ltx_verify_fd(fd, last_h, last_t);
+		close(fd);
+		if (v == 0) {
+			db->pos.txid = last_h->max_txid;
+			db->pos.checksum = last_t->post_apply_checksum;
+			db->pos.timestamp = last_h->timestamp;
+			if (!db->page_size)
+				db->page_size = last_h->page_size;
+			break;
+		}
+		log_warn("db '%s': discarding LTX file %s that does not verify (%s): torn by a "
+			 "crash",
+			 db->name, name, strerror(-v));
+		unlink(path);
+	}
+out:
+	free(maxes);
+	closedir(d);
+	return r;
+}
+
+/* Resolve a super-journal path recorded in a journal to our storage. */
+static bool super_journal_exists(struct db *db, const char *recorded)
+{
+	const char *base = strrchr(recorded, '/');
+	base = base ? base + 1 : recorded;
+	const char *mj = strstr(base, "-mj");
+	const char *last = NULL;
+	while (mj) {
+		last = mj;
+		mj = strstr(mj + 1, "-mj");
+	}
+	if (!last)
+		return false;
+	char path[4096];
+	if (fs_path(path, sizeof(path), "%s/../%.*s/mj%s", db->dir, (int)(last - base), base,
+		    last + 3) < 0)
+		return false;
+	return access(path, F_OK) == 0;
+}
+
+/* Roll back a hot journal exactly as SQLite would; delete a cold one. */
+static int db_recover_journal(struct db *db, bool *ret_touched)
+{
+	char path[4096];
+	struct journal_reader *jr = NULL;
+	uint8_t *page = NULL;
+	int fd = -1, r;
+	*ret_touched = false;
+	r = db_file_path(db, DB_FILE_JOURNAL, path, sizeof(path));
+	if (r < 0)
+		return r;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	uint8_t hdr[JOURNAL_HEADER_MIN];
+	ssize_t got = fs_pread_full(fd, hdr, sizeof(hdr), 0);
+	bool hot = got == (ssize_t)sizeof(hdr) && memcmp(hdr, journal_magic, 8) == 0;
+	if (hot) {
+		char super[4096];
+		int s = journal_super_name(fd, super, sizeof(super));
+		if (s == 1 && !super_journal_exists(db, super))
+			hot = false; /* the multi-database commit completed */
+	}
+	if (hot) {
+		uint32_t pgno;
+		r = journal_reader_new(&jr, fd, db->page_size);
+		if (r < 0)
+			goto out;
+		const struct journal_header *jh = journal_reader_header(jr);
+		if (db->page_size == 0)
+			db->page_size = jh->page_size;
+		page = malloc(jh->page_size);
+		if (!page) {
+			r = -ENOMEM;
+			goto out;
+		}
+		uint32_t nrec = 0;
+		while ((r = journal_reader_next(jr, &pgno, page)) == 1) {
+			r = fs_pwrite_full(db->dbfd, page, jh->page_size,
+					   (off_t)(pgno - 1) * jh->page_size);
+			if (r < 0)
+				goto out;
+			nrec++;
+		}
+		if (r < 0)
+			goto out;
+		if (ftruncate(db->dbfd, (off_t)jh->initial_size * jh->page_size) < 0) {
+			r = -errno;
+			goto out;
+		}
+		if (fsync(db->dbfd) < 0) {
+			r = -errno;
+			goto out;
+		}
+		log_warn("db '%s': rolled back a hot journal (%u pages, size %u pages)", db->name,
+			 nrec, jh->initial_size);
+		*ret_touched = true;
+	}
+	if (unlink(path) < 0) {
+		r = -errno;
+		goto out;
+	}
+	r = fs_fsync_dir(db->dir);
+out:
+	free(page);
+	journal_reader_free(jr);
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/*
+ * Bring the WAL's committed transactions into the LTX chain and the database
+ * file, then remove WAL and SHM. last_post is the last LTX's post-apply
+ * checksum (0 when there is none).
+ */
+static int db_recover_wal(struct db *db, bool *ret_touched)
+{
+	char path[4096];
+	struct wal_tx *txs = NULL;
+	size_t ntx = 0, captx = 0;
+	uint64_t *base = NULL;
+	uint8_t *page = NULL;
+	int fd = -1, r;
+	*ret_touched = false;
+
+	r = db_file_path(db, DB_FILE_WAL, path, sizeof(path));
+	if (r < 0)
+		return r;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	uint8_t hb[WAL_HEADER_SIZE];
+	struct wal_header wh;
+	if (fs_pread_full(fd, hb, sizeof(hb), 0) != (ssize_t)sizeof(hb) ||
+	    wal_header_parse(&wh, hb) < 0)
+		goto remove; /* nothing SQLite would recover either */
+	if (db->page_size && wh.page_size != db->page_size) {
+		log_warn("db '%s': WAL page size %u differs from database page size %u; ignoring "
+			 "the WAL",
+			 db->name, wh.page_size, db->page_size);
+		goto remove;
+	}
+	db->page_size = wh.page_size;
+
+	/* every valid committed transaction */
+	uint64_t off = WAL_HEADER_SIZE;
+	uint32_t s1 = wh.cksum1, s2 = wh.cksum2;
+	for (;;) {
+		if (ntx == captx) {
+			captx = captx ? captx * 2 : 8;
+			struct wal_tx *t = realloc(txs, captx * sizeof(*t));
+			if (!t) {
+				r = -ENOMEM;
+				goto out;
+			}
+			txs = t;
+		}
+		memset(&txs[ntx], 0, sizeof(txs[ntx]));
+		r = wal_scan_tx(&wh, fd, NULL, off, s1, s2, &txs[ntx]);
+		if (r < 0) {
+			free(txs[ntx].pages);
+			goto out;
+		}
+		if (r == 0) {
+			free(txs[ntx].pages);
+			break;
+		}
+		txs[ntx].n = txpages_normalize(txs[ntx].pages, txs[ntx].n);
+		off = txs[ntx].end;
+		s1 = txs[ntx].s1;
+		s2 = txs[ntx].s2;
+		ntx++;
+	}
+	r = 0;
+	if (ntx == 0)
+		goto remove;
+
+	/* Pass A: the state after each transaction, on a copy. */
+	uint32_t maxc = db->page_count;
+	for (size_t i = 0; i < ntx; i++)
+		if (txs[i].commit > maxc)
+			maxc = txs[i].commit;
+	r = pgck_reserve(db, maxc);
+	if (r < 0)
+		goto out;
+	size_t bytes = ((size_t)db->pgck_cap + 1) * sizeof(uint64_t);
+	base = malloc(bytes);
+	page = malloc(wh.page_size);
+	if (!base || !page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(base, db->pgck, bytes);
+	uint64_t base_x = db->xsum;
+	uint32_t base_count = db->page_count;
+	uint32_t lock = ltx_lock_pgno(wh.page_size);
+	/* Without LTX history the WAL is only checkpointed; step 5 snapshots. */
+	long match = db->pos.txid == 0			     ? (long)ntx
+		     : db_cur_checksum(db) == db->pos.checksum ? 0
+							       : -1;
+	uint64_t x = db->xsum;
+	uint32_t count = db->page_count;
+	for (size_t i = 0; i < ntx; i++) {
+		for (size_t k = 0; k < txs[i].n; k++) {
+			struct txpage *p = &txs[i].pages[k];
+			if (p->pgno > txs[i].commit || p->pgno == lock)
+				continue;
+			r = wal_read(fd, NULL, page, wh.page_size,
+				     (off_t)p->where + WAL_FRAME_HEADER_SIZE);
+			if (r < 0)
+				goto out;
+			p->ck = ltx_page_checksum(p->pgno, page, wh.page_size);
+			x ^= (p->pgno <= count ? db->pgck[p->pgno] : 0) ^ p->ck;
+			db->pgck[p->pgno] = p->ck;
+		}
+		for (uint32_t pg = txs[i].commit + 1; pg <= count; pg++) {
+			x ^= db->pgck[pg];
+			db->pgck[pg] = 0;
+		}
+		count = txs[i].commit;
+		if (db->pos.txid && (LTX_CHECKSUM_FLAG | x) == db->pos.checksum &&
+		    match != (long)ntx)
+			match = (long)i + 1;
+	}
+	/* Pass B: from the base again, write LTX files for transactions past the match. */
+	memcpy(db->pgck, base, bytes);
+	db->xsum = base_x;
+	db->page_count = base_count;
+	if (match < 0) {
+		log_warn("db '%s': no WAL state matches the last LTX file; the check after the "
+			 "checkpoint decides",
+			 db->name);
+		match = (long)ntx; /* apply everything silently; step 5 reconciles */
+	}
+	for (size_t i = 0; i < ntx; i++) {
+		struct walsrc ws = {db, fd, NULL};
+		struct page_src src = {src_wal, &ws};
+		if ((long)i < match) {
+			for (size_t k = 0; k < txs[i].n; k++) {
+				struct txpage *p = &txs[i].pages[k];
+				if (p->pgno > txs[i].commit || p->pgno == lock)
+					continue;
+				db->xsum ^= (p->pgno <= db->page_count ? db->pgck[p->pgno] : 0) ^
+					    p->ck;
+				db->pgck[p->pgno] = p->ck;
+			}
+			for (uint32_t pg = txs[i].commit + 1; pg <= db->page_count; pg++) {
+				db->xsum ^= db->pgck[pg];
+				db->pgck[pg] = 0;
+			}
+			db->page_count = txs[i].commit;
+			continue;
+		}
+		struct walinfo wi = {(int64_t)txs[i].start, (int64_t)(txs[i].end - txs[i].start),
+				     wh.salt1, wh.salt2};
+		bool written;
+		r = db_commit_pages(db, txs[i].pages, txs[i].n, txs[i].commit, &src, &wi,
+				    db->pos.txid == 0, true, &written);
+		if (r < 0)
+			goto out;
+		if (written)
+			log_warn("db '%s': recovered committed WAL transaction as LTX %016" PRIx64,
+				 db->name, db->pos.txid);
+	}
+
+	/* Checkpoint: latest image of every page into the database file. */
+	for (size_t i = 0; i < ntx; i++) {
+		for (size_t k = 0; k < txs[i].n; k++) {
+			struct txpage *p = &txs[i].pages[k];
+			/* skip images superseded by a later transaction */
+			bool later = false;
+			for (size_t j = i + 1; j < ntx && !later; j++)
+				for (size_t m = 0; m < txs[j].n; m++)
+					if (txs[j].pages[m].pgno == p->pgno) {
+						later = true;
+						break;
+					}
+			if (later || p->pgno > txs[ntx - 1].commit)
+				continue;
+			r = wal_read(fd, NULL, page, wh.page_size,
+				     (off_t)p->where + WAL_FRAME_HEADER_SIZE);
+			if (r == 0)
+				r = fs_pwrite_full(db->dbfd, page, wh.page_size,
+						   (off_t)(p->pgno - 1) * wh.page_size);
+			if (r < 0)
+				goto out;
+		}
+	}
+	if (ftruncate(db->dbfd, (off_t)txs[ntx - 1].commit * wh.page_size) < 0 ||
+	    fsync(db->dbfd) < 0) {
+		r = -errno;
+		goto out;
+	}
+	*ret_touched = true;
+remove:
+	close(fd);
+	fd = -1;
+	r = unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+	if (r == 0)
+		r = fs_fsync_dir(db->dir);
+out:
+	if (fd >= 0)
+		close(fd);
+	for (size_t i = 0; i < ntx; i++)
+		free(txs[i].pages);
+	free(txs);
+	free(base);
+	free(page);
+	return r;
+}
+
+/* Apply the pages of an LTX file to the database file (recovery only). */
+static int db_reapply_ltx(struct db *db, const struct ltx_header *h)
+{
+	char name[LTX_FILENAME_LEN + 1], path[4096];
+	struct ltx_decoder *dec = NULL;
+	uint8_t *page = NULL;
+	int fd, r;
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+	if (r < 0)
+		goto out;
+	page = malloc(h->page_size);
+	if (!page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	uint32_t pgno;
+	while ((r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+		r = fs_pwrite_full(db->dbfd, page, h->page_size, (off_t)(pgno - 1) * h->page_size);
+		if (r < 0)
+			goto out;
+	}
+	if (r < 0)
+		goto out;
+	struct ltx_trailer tr;
+	r = ltx_decoder_finish(dec, &tr);
+	if (r < 0)
+		goto out;
+	if (ftruncate(db->dbfd, (off_t)h->commit * h->page_size) < 0 || fsync(db->dbfd) < 0)
+		r = -errno;
+out:
+	free(page);
+	ltx_decoder_free(dec);
+	close(fd);
+	return r;
+}
+
+/* Clean-shutdown checksum file. */
+static int ckfile_path(struct db *db, char *buf, size_t n)
+{
+	return fs_path(buf, n, "%s/checksums", db->dir);
+}
+
+static int db_save_checksums(struct db *db)
+{
+	char path[4096];
+	struct stat st;
+	int r = ckfile_path(db, path, sizeof(path));
+	if (r < 0 || db->dbfd < 0)
+		return r;
+	if (fstat(db->dbfd, &st) < 0)
+		return -errno;
+	size_t n = 8 + 4 + 4 + 8 + 8 + 8 + (size_t)db->page_count * 8 + 8;
+	uint8_t *b = malloc(n);
+	if (!b)
+		return -ENOMEM;
+	uint8_t *p = b;
+	memcpy(p, CKFILE_MAGIC, 8);
+	p += 8;
+	memcpy(p, &db->page_size, 4);
+	p += 4;
+	memcpy(p, &db->page_count, 4);
+	p += 4;
+	memcpy(p, &db->pos.txid, 8);
+	p += 8;
+	memcpy(p, &db->pos.checksum, 8);
+	p += 8;
+	uint64_t size = (uint64_t)st.st_size;
+	memcpy(p, &size, 8);
+	p += 8;
+	if (db->page_count)
+		memcpy(p, db->pgck + 1, (size_t)db->page_count * 8);
+	p += (size_t)db->page_count * 8;
+	uint64_t crc = crc64_iso(0, b, (size_t)(p - b));
+	memcpy(p, &crc, 8);
+	r = fs_write_atomic(path, b, n);
+	free(b);
+	return r;
+}
+
+/* Load the checksum file if it matches the database exactly; always remove it. */
+static bool db_load_checksums(struct db *db, uint32_t count)
+{
+	char path[4096];
+	char *b = NULL;
+	size_t len = 0;
+	bool ok = false;
+	struct stat st;
+	if (ckfile_path(db, path, sizeof(path)) < 0)
+		return false;
+	if (fs_read_file(path, (size_t)count * 8 + 64, &b, &len) < 0)
+		goto out;
+	if (len != 8 + 4 + 4 + 8 + 8 + 8 + (size_t)count * 8 + 8 || memcmp(b, CKFILE_MAGIC, 8))
+		goto out;
+	uint64_t crc;
+	memcpy(&crc, b + len - 8, 8);
+	if (crc != crc64_iso(0, b, len - 8))
+		goto out;
+	uint32_t ps, pc;
+	uint64_t txid, ck, size;
+	memcpy(&ps, b + 8, 4);
+	memcpy(&pc, b + 12, 4);
+	memcpy(&txid, b + 16, 8);
+	memcpy(&ck, b + 24, 8);
+	memcpy(&size, b + 32, 8);
+	if (fstat(db->dbfd, &st) < 0)
+		goto out;
+	if (ps != db->page_size || pc != count || txid != db->pos.txid ||
+	    ck != db->pos.checksum || size != (uint64_t)st.st_size)
+		goto out;
+	if (pgck_reserve(db, count) < 0)
+		goto out;
+	memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+	db->xsum = 0;
+	if (count)
+		memcpy(db->pgck + 1, b + 40, (size_t)count * 8);
+	for (uint32_t i = 1; i <= count; i++)
+		db->xsum ^= db->pgck[i];
+	db->page_count = count;
+	ok = db_cur_checksum(db) == db->pos.checksum;
+out:
+	free(b);
+	if (unlink(path) == 0)
+		fs_fsync_dir(db->dir);
+	return ok;
+}
+
+static int db_recover(struct db *db)
+{
+	struct ltx_header lh;
+	struct ltx_trailer lt;
+	char path[4096];
+	bool touched_j = false, touched_w = false;
+	uint32_t count = 0;
+	int r;
+
+	memset(&lh, 0, sizeof(lh));
+	r = db_recover_ltx(db, &lh, &lt);
+	if (r < 0)
+		return r;
+	r = db_file_path(db, DB_FILE_DB, path, sizeof(path));
+	if (r < 0)
+		return r;
+	db->dbfd = open(path, O_RDWR | O_CLOEXEC);
+	if (db->dbfd < 0) {
+		if (errno != ENOENT)
+			return -errno;
+		/* no database: a dropped one, or a new directory */
+		db->exists = false;
+		if (db_file_path(db, DB_FILE_JOURNAL, path, sizeof(path)) == 0)
+			fs_unlink_if_exists(path);
+		if (db_file_path(db, DB_FILE_WAL, path, sizeof(path)) == 0)
+			fs_unlink_if_exists(path);
+		if (db_file_path(db, DB_FILE_SHM, path, sizeof(path)) == 0)
+			fs_unlink_if_exists(path);
+		if (db->pos.txid)
+			db->pos.checksum = lt.post_apply_checksum;
+		return 0;
+	}
+	db->exists = true;
+	if (db_file_path(db, DB_FILE_SHM, path, sizeof(path)) == 0)
+		fs_unlink_if_exists(path);
+
+	r = db_recover_journal(db, &touched_j);
+	if (r < 0)
+		return r;
+	r = db_file_page_count(db, &count);
+	if (r == -EBADMSG) {
+		log_error("db '%s': database file is not a SQLite database", db->name);
+		return -EBADMSG;
+	}
+	if (r < 0)
+		return r;
+	char wal[4096];
+	bool has_wal = db_file_path(db, DB_FILE_WAL, wal, sizeof(wal)) == 0 &&
+		       access(wal, F_OK) == 0;
+	if (!(db->page_size && db_load_checksums(db, count))) {
+		r = db_checksum_file(db, count);
+		if (r < 0)
+			return r;
+	}
+	if (has_wal) {
+		r = db_recover_wal(db, &touched_w);
+		if (r < 0)
+			return r;
+	}
+	if (touched_w) {
+		/* the file now holds the checkpointed state; trust it, not the walk */
+		r = db_file_page_count(db, &count);
+		if (r == 0)
+			r = db_checksum_file(db, count);
+		if (r < 0)
+			return r;
+	}
+
+	uint64_t cur = db_cur_checksum(db);
+	if (db->pos.txid == 0) {
+		if (db->page_count == 0) {
+			db->xsum = 0;
+			return 0;
+		}
+		log_warn("db '%s': database has no LTX history; recording it as snapshot TXID 1",
+			 db->name);
+		return db_commit_snapshot_from_file(db, db->page_count, true);
+	}
+	if (cur == db->pos.checksum)
+		return 0;
+	if (!ltx_header_is_snapshot(&lh) && cur == lh.pre_apply_checksum) {
+		/* died between the LTX file and the commit point: finish the commit */
+		log_warn("db '%s': completing transaction %016" PRIx64 " from its LTX file",
+			 db->name, lh.max_txid);
+		r = db_reapply_ltx(db, &lh);
+		if (r == 0)
+			r = db_file_page_count(db, &count);
+		if (r == 0)
+			r = db_checksum_file(db, count);
+		if (r < 0)
+			return r;
+		if (db_cur_checksum(db) == db->pos.checksum)
+			return 0;
+	}
+	log_warn("db '%s': database checksum %016" PRIx64 " does not match the last LTX file "
+		 "(%016" PRIx64 " at TXID %016" PRIx64 "): it changed outside ltxfs; recording "
+		 "its current content as a snapshot at TXID %016" PRIx64,
+		 db->name, db_cur_checksum(db), db->pos.checksum, db->pos.txid, db->pos.txid + 1);
+	return db_commit_snapshot_from_file(db, db->page_count, true);
+}
+
+int db_open(struct db **ret, const char *dir, const char *name, bool create,
+	    const struct db_options *opt)
+{
+	struct db *db = calloc(1, sizeof(*db));
+	char ltx[4096];
+	int r;
+	if (!db)
+		return -ENOMEM;
+	pthread_mutex_init(&db->mu, NULL);
+	db->dbfd = -1;
+	db->opt = *opt;
+	db->dir = strdup(dir);
+	db->name = strdup(name);
+	if (!db->dir || !db->name) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = fs_path(ltx, sizeof(ltx), "%s/ltx", dir);
+	if (r < 0)
+		goto fail;
+	db->ltx_dir = strdup(ltx);
+	if (!db->ltx_dir) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (create) {
+		r = fs_mkdir_p(ltx, 0755);
+		if (r < 0)
+			goto fail;
+	} else {
+		struct stat st;
+		if (stat(dir, &st) < 0) {
+			r = -errno;
+			goto fail;
+		}
+		r = fs_mkdir_p(ltx, 0755);
+		if (r < 0)
+			goto fail;
+	}
+	r = db_recover(db);
+	if (r < 0)
+		goto fail;
+	*ret = db;
+	return 0;
+fail:
+	db_free(db);
+	return r;
+}
+
+void db_free(struct db *db)
+{
+	if (!db)
+		return;
+	if (db->ltx_dir) {
+		db_sync_ltx(db);
+		if (db->exists && db->dbfd >= 0 && db->n_dirty == 0 && !db->dirty_all &&
+		    db->page_size)
+			db_save_checksums(db);
+	}
+	if (db->dbfd >= 0)
+		close(db->dbfd);
+	pthread_mutex_destroy(&db->mu);
+	free(db->pgck);
+	free(db->dirty_bits);
+	free(db->dirty);
+	free(db->dir);
+	free(db->name);
+	free(db->ltx_dir);
+	free(db);
+}

@@ -1,0 +1,256 @@
+/*
+ * main.c - the ltxfs command: `ltxfs mount`, `ltxfs version`.
+ *
+ * Start-up order: config -> logging -> store (claims the data directory and
+ * recovers every database) -> FUSE mount -> optional subprocess. The main
+ * thread then waits for SIGINT/SIGTERM (forwarded to the subprocess) or for
+ * the subprocess to exit, and shuts down in reverse order. Exit status: 0 on
+ * a clean stop, 2 for usage and configuration errors, 1 for runtime errors,
+ * or the subprocess's own status.
+ */
+#include "ltxfs/config.h"
+#include "ltxfs/fusefs.h"
+#include "ltxfs/log.h"
+#include "ltxfs/store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f, "ltxfs %s - SQLite replication through a FUSE file system\n\n"
+		   "Usage:\n"
+		   "  ltxfs mount [-config PATH] [-no-expand-env] [-- CMD ARGS...]\n"
+		   "  ltxfs version\n\n"
+		   "Without -config, ltxfs reads ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml or\n"
+		   "/etc/litefs.yml, the first that exists. Flags may start with - or --.\n",
+		   LTXFS_VERSION);
+}
+
+/* "-x", "--x" -> "x"; NULL when arg is not a flag. */
+static const char *flag_name(const char *arg)
+{
+	if (arg[0] != '-' || arg[1] == '\0')
+		return NULL;
+	return arg[1] == '-' ? arg + 2 : arg + 1;
+}
+
+static pid_t spawn(char **argv, const sigset_t *oldmask)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, oldmask, NULL);
+		execvp(argv[0], argv);
+		fprintf(stderr, "ltxfs: cannot run '%s': %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	return pid;
+}
+
+static int cmd_mount(int argc, char **argv)
+{
+	const char *config_path = NULL;
+	bool expand = true;
+	char **cmd = NULL;
+	struct config cfg;
+	char err[1024] = "";
+	char *found = NULL;
+	struct store *store = NULL;
+	struct fusefs *fs = NULL;
+	int status = 0;
+	pid_t child = -1;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0) {
+			if (i + 1 < argc)
+				cmd = argv + i + 1;
+			break;
+		}
+		const char *f = flag_name(argv[i]);
+		if (!f) {
+			fprintf(stderr, "ltxfs mount: unexpected argument '%s'\n", argv[i]);
+			return 2;
+		}
+		const char *eq = strchr(f, '=');
+		size_t fl = eq ? (size_t)(eq - f) : strlen(f);
+		if (fl == 6 && strncmp(f, "config", 6) == 0) {
+			if (eq)
+				config_path = eq + 1;
+			else if (i + 1 < argc)
+				config_path = argv[++i];
+			else {
+				fprintf(stderr, "ltxfs mount: flag -config needs a path\n");
+				return 2;
+			}
+		} else if (strcmp(f, "no-expand-env") == 0) {
+			expand = false;
+		} else if (strcmp(f, "h") == 0 || strcmp(f, "help") == 0) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "ltxfs mount: unknown flag '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	if (!config_path) {
+		if (config_find(&found) < 0) {
+			fprintf(stderr, "ltxfs: no config file: none of ./ltxfs.yml, ./litefs.yml, "
+					"/etc/ltxfs.yml, /etc/litefs.yml exists (use -config PATH)\n");
+			return 2;
+		}
+		config_path = found;
+	}
+	if (config_init(&cfg) < 0) {
+		free(found);
+		return 1;
+	}
+	if (config_load(&cfg, config_path, expand, err, sizeof(err)) < 0) {
+		fprintf(stderr, "ltxfs: %s\n", err);
+		config_release(&cfg);
+		free(found);
+		return 2;
+	}
+	free(found);
+	log_init(strcmp(cfg.log.format, "json") == 0, cfg.log.debug);
+	if (!cfg.lease.candidate) {
+		fprintf(stderr,
+			"ltxfs: %s: key 'lease.candidate': false makes this node a replica, and "
+			"this version of ltxfs runs a single primary node only\n",
+			cfg.path ? cfg.path : config_path);
+		config_release(&cfg);
+		return 2;
+	}
+	log_info("ltxfs %s starting: config %s, data %s, mount %s", LTXFS_VERSION, cfg.path,
+		 cfg.data.dir, cfg.fuse.dir);
+
+	/* Signals are taken synchronously by this thread only. */
+	sigset_t mask, oldmask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &mask, &oldmask);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct store_options so = {.data_dir = cfg.data.dir, .compress = cfg.data.compress};
+	int r = store_open(&store, &so, err, sizeof(err));
+	if (r < 0) {
+		log_error("cannot open data directory: %s", err[0] ? err : strerror(-r));
+		status = 1;
+		goto out;
+	}
+	log_info("node id %016" PRIX64 ", %zu database(s)", store_node_id(store),
+		 store_count(store));
+	struct fusefs_options fo = {.mountpoint = cfg.fuse.dir,
+				    .allow_other = cfg.fuse.allow_other,
+				    .debug = cfg.fuse.debug};
+	r = fusefs_start(&fs, store, &fo, err, sizeof(err));
+	if (r < 0) {
+		log_error("%s", err);
+		status = 1;
+		goto out;
+	}
+	log_info("mounted at %s", cfg.fuse.dir);
+
+	char **run = cmd;
+	if (!run && cfg.n_exec > 0)
+		run = cfg.exec[cfg.n_exec - 1].argv;
+	if (cfg.n_exec > 1 && !cmd) {
+		/* every command but the last runs to completion first (migrations) */
+		for (size_t i = 0; i + 1 < cfg.n_exec; i++) {
+			pid_t p = spawn(cfg.exec[i].argv, &oldmask);
+			int ws = 0;
+			while (p > 0 && waitpid(p, &ws, 0) < 0 && errno == EINTR)
+				;
+			if (p < 0 || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+				log_error("exec command '%s' failed", cfg.exec[i].argv[0]);
+				status = 1;
+				goto out;
+			}
+		}
+	}
+	if (run) {
+		child = spawn(run, &oldmask);
+		if (child < 0) {
+			log_error("cannot start '%s': %s", run[0], strerror(errno));
+			status = 1;
+			goto out;
+		}
+		log_info("started subprocess '%s' (pid %d)", run[0], (int)child);
+	}
+
+	for (;;) {
+		struct timespec ts = {1, 0};
+		int sig = sigtimedwait(&mask, NULL, &ts);
+		if (sig < 0) {
+			if (fs && fusefs_done(fs)) {
+				log_warn("mount at %s went away", cfg.fuse.dir);
+				status = 1;
+				break;
+			}
+			continue;
+		}
+		if (sig == SIGCHLD) {
+			int ws;
+			pid_t p;
+			while ((p = waitpid(-1, &ws, WNOHANG)) > 0) {
+				if (p != child)
+					continue;
+				status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+				log_info("subprocess exited with status %d", status);
+				child = -1;
+			}
+			if (run && child < 0)
+				break;
+			continue;
+		}
+		log_info("received signal %d, shutting down", sig);
+		if (child > 0) {
+			kill(child, sig);
+			int ws;
+			while (waitpid(child, &ws, 0) < 0 && errno == EINTR)
+				;
+			status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+			child = -1;
+		}
+		break;
+	}
+out:
+	fusefs_stop(fs);
+	store_close(store);
+	if (status == 0 || status == 1)
+		log_info("stopped");
+	config_release(&cfg);
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	const char *f = flag_name(cmd);
+	if (strcmp(cmd, "version") == 0 || (f && strcmp(f, "version") == 0)) {
+		printf("ltxfs %s\n", LTXFS_VERSION);
+		return 0;
+	}
+	if (strcmp(cmd, "mount") == 0)
+		return cmd_mount(argc - 2, argv + 2);
+	if (f && (strcmp(f, "h") == 0 || strcmp(f, "help") == 0)) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "ltxfs: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return 2;
+}

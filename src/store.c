@@ -1,0 +1,244 @@
+/*
+ * store.c - the table of databases and the claim on the data directory.
+ *
+ * The claim is an flock(LOCK_EX|LOCK_NB) on the data directory itself, held
+ * for the life of the process, so a second ltxfs on the same data directory
+ * fails at once with a clear message and no extra file is needed (the layout
+ * stays LiteFS's).
+ */
+#include "ltxfs/store.h"
+
+#include "ltxfs/fsutil.h"
+#include "ltxfs/log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+struct store {
+	pthread_mutex_t mu;
+	char *data_dir;
+	char *dbs_dir;
+	int lock_fd;
+	uint64_t node_id;
+	struct db_options dbopt;
+	struct db **dbs;
+	size_t n, cap;
+};
+
+static int store_add(struct store *s, struct db *db)
+{
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 16;
+		struct db **d = realloc(s->dbs, cap * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		s->dbs = d;
+		s->cap = cap;
+	}
+	db_set_index(db, s->n);
+	s->dbs[s->n++] = db;
+	return 0;
+}
+
+static bool name_ok(const char *name)
+{
+	return name[0] && strcmp(name, ".") && strcmp(name, "..") && !strchr(name, '/') &&
+	       strlen(name) < 200;
+}
+
+int store_open(struct store **ret, const struct store_options *opt, char *errmsg, size_t n)
+{
+	struct store *s = calloc(1, sizeof(*s));
+	char path[4096];
+	DIR *d = NULL;
+	int r;
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_init(&s->mu, NULL);
+	s->lock_fd = -1;
+	s->data_dir = strdup(opt->data_dir);
+	if (!s->data_dir) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = fs_mkdir_p(opt->data_dir, 0755);
+	if (r < 0) {
+		snprintf(errmsg, n, "cannot create data directory '%s': %s", opt->data_dir,
+			 strerror(-r));
+		goto fail;
+	}
+	s->lock_fd = open(opt->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		r = -errno;
+		snprintf(errmsg, n,
+			 r == -EWOULDBLOCK ? "data directory '%s' is in use by another ltxfs process"
+					   : "cannot lock data directory '%s'",
+			 opt->data_dir);
+		if (r == -EWOULDBLOCK)
+			r = -EBUSY;
+		goto fail;
+	}
+	r = fs_path(path, sizeof(path), "%s/dbs", opt->data_dir);
+	if (r == 0)
+		r = fs_mkdir_p(path, 0755);
+	if (r < 0) {
+		snprintf(errmsg, n, "cannot create '%s': %s", path, strerror(-r));
+		goto fail;
+	}
+	s->dbs_dir = strdup(path);
+	if (!s->dbs_dir) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (getrandom(&s->node_id, sizeof(s->node_id), 0) != sizeof(s->node_id)) {
+		r = -errno;
+		goto fail;
+	}
+	s->dbopt.compress = opt->compress;
+	s->dbopt.node_id = s->node_id;
+
+	d = opendir(path);
+	if (!d) {
+		r = -errno;
+		goto fail;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || !name_ok(de->d_name))
+			continue;
+		char dir[4096];
+		struct db *db;
+		if (fs_path(dir, sizeof(dir), "%s/%s", path, de->d_name) < 0)
+			continue;
+		r = db_open(&db, dir, de->d_name, false, &s->dbopt);
+		if (r == -ENOTDIR)
+			continue;
+		if (r < 0) {
+			snprintf(errmsg, n, "cannot open database '%s': %s", de->d_name,
+				 strerror(-r));
+			goto fail;
+		}
+		r = store_add(s, db);
+		if (r < 0) {
+			db_free(db);
+			goto fail;
+		}
+	}
+	closedir(d);
+	*ret = s;
+	return 0;
+fail:
+	if (d)
+		closedir(d);
+	store_close(s);
+	return r;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->n; i++)
+		db_free(s->dbs[i]);
+	free(s->dbs);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+	pthread_mutex_destroy(&s->mu);
+	free(s->data_dir);
+	free(s->dbs_dir);
+	free(s);
+}
+
+uint64_t store_node_id(const struct store *s)
+{
+	return s->node_id;
+}
+
+const char *store_data_dir(const struct store *s)
+{
+	return s->data_dir;
+}
+
+struct db *store_find(struct store *s, const char *name)
+{
+	struct db *found = NULL;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->n && !found; i++)
+		if (strcmp(db_name(s->dbs[i]), name) == 0)
+			found = s->dbs[i];
+	pthread_mutex_unlock(&s->mu);
+	return found;
+}
+
+int store_get_or_create(struct store *s, const char *name, struct db **ret)
+{
+	char dir[4096];
+	int r = 0;
+	if (!name_ok(name))
+		return -EINVAL;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->n; i++)
+		if (strcmp(db_name(s->dbs[i]), name) == 0) {
+			*ret = s->dbs[i];
+			goto out;
+		}
+	struct db *db;
+	r = fs_path(dir, sizeof(dir), "%s/%s", s->dbs_dir, name);
+	if (r == 0)
+		r = db_open(&db, dir, name, true, &s->dbopt);
+	if (r == 0) {
+		r = store_add(s, db);
+		if (r < 0)
+			db_free(db);
+		else
+			*ret = db;
+	}
+out:
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+size_t store_count(struct store *s)
+{
+	pthread_mutex_lock(&s->mu);
+	size_t n = s->n;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+struct db *store_at(struct store *s, size_t i)
+{
+	struct db *db = NULL;
+	pthread_mutex_lock(&s->mu);
+	if (i < s->n)
+		db = s->dbs[i];
+	pthread_mutex_unlock(&s->mu);
+	return db;
+}
+
+size_t store_index(struct store *s, const struct db *db)
+{
+	size_t idx = (size_t)-1;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->n; i++)
+		if (s->dbs[i] == db) {
+			idx = i;
+			break;
+		}
+	pthread_mutex_unlock(&s->mu);
+	return idx;
+}
+
+int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf,
+			     size_t n)
+{
+	return fs_path(buf, n, "%s/%s/mj%s", s->dbs_dir, db, hex);
+}

@@ -1,0 +1,249 @@
+"""The mount's surface: names, the -pos file, refusals, compatibility, bad input."""
+import errno
+import os
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from conftest import LTXFS, MODES, connect, is_mounted, wait_for
+from ltxcheck import (FLAG, db_checksum_bytes, encode_ltx_v1, ltx_files, parse_ltx, read_pos,
+                      verify_database)
+
+
+def test_version():
+    out = subprocess.run([LTXFS, "version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ltxfs ")
+    out2 = subprocess.run([LTXFS, "--version"], capture_output=True, text=True, check=True)
+    assert out2.stdout == out.stdout
+
+
+def test_pos_file_format(node):
+    c = connect(node.path("db"), "delete")
+    c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES(1)")
+    c.close()
+    raw = open(node.path("db-pos"), "rb").read()
+    assert len(raw) == 34 and raw[16:17] == b"/" and raw.endswith(b"\n")
+    assert os.stat(node.path("db-pos")).st_size == 34
+    txid, ck = read_pos(node.mount, "db")
+    assert txid == 2 and ck & FLAG
+    with pytest.raises(OSError):
+        open(node.path("db-pos"), "w")
+    assert "db-pos" in os.listdir(node.mount)
+
+
+def test_directories_refused(node):
+    with pytest.raises(OSError) as e:
+        os.mkdir(node.path("sub"))
+    assert e.value.errno == errno.EPERM
+
+
+def test_non_sqlite_file_refused(node):
+    with pytest.raises(OSError) as e:
+        with open(node.path("notes.txt"), "w") as f:
+            f.write("hello, this is not a database\n")
+    assert e.value.errno == errno.EPERM
+    assert "outside a journal or WAL transaction" in node.read_log()
+
+
+@pytest.mark.parametrize("jm", ["memory", "off"])
+def test_journal_mode_memory_and_off_refused(node, jm):
+    c = connect(node.path("db"), "delete")
+    c.execute("CREATE TABLE t(x)")
+    pos = read_pos(node.mount, "db")
+    c.execute("PRAGMA journal_mode=%s" % jm)
+    with pytest.raises(sqlite3.OperationalError) as e:
+        c.execute("INSERT INTO t VALUES(1)")
+    assert "disk I/O error" in str(e.value)
+    c.close()
+    assert read_pos(node.mount, "db") == pos
+    c = connect(node.path("db"), "delete")
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    c.close()
+    verify_database(node, "db")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exclusive_locking_mode_captured(node, mode):
+    c = connect(node.path("db"), mode)
+    c.execute("PRAGMA locking_mode=EXCLUSIVE")
+    c.execute("CREATE TABLE t(x)")
+    before = read_pos(node.mount, "db")[0]
+    for i in range(50):
+        c.execute("INSERT INTO t VALUES(?)", (i,))
+    assert read_pos(node.mount, "db")[0] == before + 50
+    c.close()
+    verify_database(node, "db")
+
+
+def test_switching_journal_modes(node):
+    c = connect(node.path("db"), "delete")
+    c.execute("CREATE TABLE t(x)")
+    n = 0
+    for jm in ["wal", "delete", "truncate", "wal", "persist", "delete", "wal"]:
+        assert c.execute("PRAGMA journal_mode=%s" % jm).fetchone()[0] == jm
+        for i in range(20):
+            c.execute("INSERT INTO t VALUES(?)", (n,))
+            n += 1
+        verify_database(node, "db")
+    c.close()
+    verify_database(node, "db")
+
+
+def test_multi_database_commit_with_super_journal(node):
+    a = connect(node.path("a.db"), "delete")
+    a.execute("CREATE TABLE t(x)")
+    b = connect(node.path("b.db"), "delete")
+    b.execute("CREATE TABLE u(y)")
+    b.close()
+    a.execute("ATTACH DATABASE ? AS b", (node.path("b.db"),))
+    pa, pb = read_pos(node.mount, "a.db")[0], read_pos(node.mount, "b.db")[0]
+    for i in range(5):
+        a.execute("BEGIN")
+        a.execute("INSERT INTO t VALUES(?)", (i,))
+        a.execute("INSERT INTO b.u VALUES(?)", (i,))
+        a.execute("COMMIT")
+    assert read_pos(node.mount, "a.db")[0] == pa + 5
+    assert read_pos(node.mount, "b.db")[0] == pb + 5
+    a.close()
+    assert not [n for n in os.listdir(node.mount) if "-mj" in n]
+    verify_database(node, "a.db")
+    verify_database(node, "b.db")
+
+
+def test_second_mount_refused(node, make_node):
+    other = make_node("other")
+    with open(other.config, "w") as f:
+        f.write(open(node.config).read().replace(node.mount, other.mount))
+    p = subprocess.run([LTXFS, "mount", "-config", other.config], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode != 0
+    assert "in use by another ltxfs" in p.stdout + p.stderr
+    assert is_mounted(node.mount)
+
+
+def test_delete_database(node):
+    c = connect(node.path("gone"), "delete")
+    c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES(1)")
+    c.close()
+    before = read_pos(node.mount, "gone")[0]
+    os.unlink(node.path("gone"))
+    assert not os.path.exists(node.path("gone"))
+    assert read_pos(node.mount, "gone") == (before + 1, FLAG)
+    newest = parse_ltx(ltx_files(node.dbdir("gone"))[-1][2])
+    assert newest["commit"] == 0 and newest["post"] == FLAG
+    # re-created, the TXID keeps counting
+    c = connect(node.path("gone"), "delete")
+    c.execute("CREATE TABLE t2(x)")
+    c.close()
+    assert read_pos(node.mount, "gone")[0] == before + 2
+    verify_database(node, "gone")
+
+
+def test_litefs_data_dir_mounts_as_is(make_node, tmp_path):
+    """A data directory written by LiteFS 0.5 (v1 LTX, LZ4) mounts unchanged."""
+    # Our independent encoder reproduces the ltx.md 10.2 vectors first.
+    p1, p2 = b"\x01" * 512, b"\x02" * 512
+    unc = encode_ltx_v1(512, 2, 1, 1, {1: p1, 2: p2}, 0, 0xad2dffe333333333, False, 1000)
+    assert len(unc) == 1152 and unc[-8:] == bytes.fromhex("c08e61f253746fbf")
+    comp = encode_ltx_v1(512, 2, 1, 1, {1: p1, 2: p2}, 0, 0xad2dffe333333333, True, 1000)
+    assert comp[-8:] == bytes.fromhex("b595f85138c5a97e")
+
+    # Build a LiteFS-shaped data dir: a real database and its LTX history.
+    src = str(tmp_path / "src.db")
+    s = sqlite3.connect(src, isolation_level=None)
+    s.execute("PRAGMA page_size=4096")
+    s.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    s.executemany("INSERT INTO t(v) VALUES(?)", [("litefs %d" % i,) for i in range(300)])
+    s.close()
+    data1 = open(src, "rb").read()
+    s = sqlite3.connect(src, isolation_level=None)
+    s.execute("INSERT INTO t(v) VALUES('second tx')")
+    s.close()
+    data2 = open(src, "rb").read()
+    ps = 4096
+    pages1 = {i + 1: data1[i * ps:(i + 1) * ps] for i in range(len(data1) // ps)}
+    pages2 = {i + 1: data2[i * ps:(i + 1) * ps] for i in range(len(data2) // ps)}
+    changed = {p: d for p, d in pages2.items() if pages1.get(p) != d}
+    ck1 = db_checksum_bytes(data1, ps)
+    ck2 = db_checksum_bytes(data2, ps)
+    node = make_node()
+    dbdir = node.dbdir("app.db")
+    os.makedirs(os.path.join(dbdir, "ltx"))
+    with open(os.path.join(dbdir, "database"), "wb") as f:
+        f.write(data2)
+    with open(os.path.join(dbdir, "ltx", "%016x-%016x.ltx" % (1, 1)), "wb") as f:
+        f.write(encode_ltx_v1(ps, len(pages1), 1, 1, pages1, 0, ck1, True, 1))
+    with open(os.path.join(dbdir, "ltx", "%016x-%016x.ltx" % (2, 2)), "wb") as f:
+        f.write(encode_ltx_v1(ps, len(pages2), 2, 2, changed, ck1, ck2, True, 2))
+    with open(os.path.join(node.data, "clusterid"), "w") as f:
+        f.write("LFSC0123456789ABCDEF\n")
+    node.start()
+    assert read_pos(node.mount, "app.db") == (2, ck2)
+    assert "does not match" not in node.read_log()
+    c = connect(node.path("app.db"), "delete")
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 301
+    c.execute("INSERT INTO t(v) VALUES('ltxfs')")
+    c.close()
+    assert read_pos(node.mount, "app.db")[0] == 3
+    verify_database(node, "app.db")
+    assert open(os.path.join(node.data, "clusterid")).read() == "LFSC0123456789ABCDEF\n"
+
+
+def test_full_disk(make_node, tmp_path):
+    """ENOSPC while writing an LTX: SQLite gets an error, nothing is corrupt, and the
+    next write works once space is back."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)])
+    try:
+        node = make_node()
+        cfg = open(node.config).read().replace(node.data, str(small / "data"))
+        open(node.config, "w").write(cfg)
+        node.data = str(small / "data")
+        node.start()
+        c = connect(node.path("db"), "delete")
+        c.execute("CREATE TABLE t(v)")
+        c.execute("INSERT INTO t VALUES('before')")
+        pos = read_pos(node.mount, "db")
+        filler = small / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with pytest.raises(sqlite3.OperationalError):
+            c.execute("BEGIN")
+            for i in range(200):
+                c.execute("INSERT INTO t VALUES(?)", ("x" * 4000,))
+            c.execute("COMMIT")
+        try:
+            c.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass
+        os.unlink(filler)
+        c.close()
+        c = connect(node.path("db"), "delete")
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert [r[0] for r in c.execute("SELECT v FROM t")] == ["before"]
+        assert read_pos(node.mount, "db") == pos
+        c.execute("INSERT INTO t VALUES('after')")
+        assert read_pos(node.mount, "db")[0] == pos[0] + 1
+        c.close()
+        verify_database(node, "db")
+        node.stop()
+    finally:
+        subprocess.call(["umount", "-l", str(small)])
+
+
+def test_subprocess_exit_code_and_unmount(make_node):
+    node = make_node()
+    node.start(args=["--", "sh", "-c", "test -d %s && exit 7" % node.mount], wait=False)
+    assert node.proc.wait(30) == 7
+    wait_for(lambda: not is_mounted(node.mount), what="unmount after subprocess exit")
