@@ -999,8 +999,16 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 			break;
 		}
 		if (flags & O_TRUNC) {
-			r = -EPERM; /* truncating a live database is not a transaction */
-			break;
+			struct stat st;
+			if (fstat(db->dbfd, &st) < 0) {
+				r = -errno;
+				break;
+			}
+			if (st.st_size != 0) {
+				r = -EPERM; /* truncating a live database is not a transaction */
+				break;
+			}
+			flags &= ~O_TRUNC; /* a no-op on an empty file */
 		}
 		r = open_backing(db, kind, flags & ~(O_CREAT | O_EXCL), mode, ret_fd);
 		break;
@@ -1098,8 +1106,13 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 		r = -ENOENT;
 		goto out;
 	}
+	/*
+	 * Outside a journal, SQLite truncates the database only after a commit
+	 * that shrank it (pager_end_transaction: the file is larger than the
+	 * image): that removes nothing committed, so it is allowed.
+	 */
 	if (kind == DB_FILE_DB && !db->journal_exists && !db->wal_exists &&
-	    !(size == 0 && db->page_count == 0)) {
+	    (uint64_t)size < (uint64_t)db->page_count * db->page_size) {
 		r = -EPERM;
 		goto out;
 	}

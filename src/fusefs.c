@@ -851,7 +851,8 @@ static const struct fuse_lowlevel_ops ops = {
 
 /* ----------------------------------------------------------- lifecycle */
 
-static void fuse_log_sink(enum fuse_log_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void fuse_log_sink(enum fuse_log_level level,
+								const char *fmt, va_list ap)
 {
 	char buf[1024];
 	vsnprintf(buf, sizeof(buf), fmt, ap);
