@@ -1748,7 +1748,7 @@ static int db_save_checksums(struct db *db)
 		return r;
 	if (fstat(db->dbfd, &st) < 0)
 		return -errno;
-	size_t n = 8 + 4 + 4 + 8 + 8 + 8 + (size_t)db->page_count * 8 + 8;
+	size_t n = 8 + 4 + 4 + 8 + 8 + 8 + 24 + (size_t)db->page_count * 8 + 8;
 	uint8_t *b = malloc(n);
 	if (!b)
 		return -ENOMEM;
@@ -1766,6 +1766,11 @@ static int db_save_checksums(struct db *db)
 	uint64_t size = (uint64_t)st.st_size;
 	memcpy(p, &size, 8);
 	p += 8;
+	/* identity of the file: any change while ltxfs is down invalidates this */
+	uint64_t id[3] = {(uint64_t)st.st_ino, (uint64_t)st.st_ctim.tv_sec,
+			  (uint64_t)st.st_ctim.tv_nsec};
+	memcpy(p, id, sizeof(id));
+	p += sizeof(id);
 	if (db->page_count)
 		memcpy(p, db->pgck + 1, (size_t)db->page_count * 8);
 	p += (size_t)db->page_count * 8;
@@ -1786,9 +1791,10 @@ static bool db_load_checksums(struct db *db, uint32_t count)
 	struct stat st;
 	if (ckfile_path(db, path, sizeof(path)) < 0)
 		return false;
-	if (fs_read_file(path, (size_t)count * 8 + 64, &b, &len) < 0)
+	if (fs_read_file(path, (size_t)count * 8 + 128, &b, &len) < 0)
 		goto out;
-	if (len != 8 + 4 + 4 + 8 + 8 + 8 + (size_t)count * 8 + 8 || memcmp(b, CKFILE_MAGIC, 8))
+	if (len != 8 + 4 + 4 + 8 + 8 + 8 + 24 + (size_t)count * 8 + 8 ||
+	    memcmp(b, CKFILE_MAGIC, 8))
 		goto out;
 	uint64_t crc;
 	memcpy(&crc, b + len - 8, 8);
@@ -1803,15 +1809,19 @@ static bool db_load_checksums(struct db *db, uint32_t count)
 	memcpy(&size, b + 32, 8);
 	if (fstat(db->dbfd, &st) < 0)
 		goto out;
+	uint64_t id[3];
+	memcpy(id, b + 40, sizeof(id));
 	if (ps != db->page_size || pc != count || txid != db->pos.txid ||
-	    ck != db->pos.checksum || size != (uint64_t)st.st_size)
+	    ck != db->pos.checksum || size != (uint64_t)st.st_size ||
+	    id[0] != (uint64_t)st.st_ino || id[1] != (uint64_t)st.st_ctim.tv_sec ||
+	    id[2] != (uint64_t)st.st_ctim.tv_nsec)
 		goto out;
 	if (pgck_reserve(db, count) < 0)
 		goto out;
 	memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
 	db->xsum = 0;
 	if (count)
-		memcpy(db->pgck + 1, b + 40, (size_t)count * 8);
+		memcpy(db->pgck + 1, b + 64, (size_t)count * 8);
 	for (uint32_t i = 1; i <= count; i++)
 		db->xsum ^= db->pgck[i];
 	db->page_count = count;

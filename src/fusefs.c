@@ -25,7 +25,7 @@
  * THREADS. libfuse's multi-threaded loop; each handler replies exactly once
  * and does no network I/O.
  */
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include "ltxfs/fusefs.h"
 
 #include "ltxfs/db.h"
@@ -870,11 +870,17 @@ __attribute__((format(printf, 2, 0))) static void fuse_log_sink(enum fuse_log_le
 static void *loop_thread(void *arg)
 {
 	struct fusefs *fs = arg;
+	const char *lm = getenv("LTXFS_LOOP");
+	if (lm && strcmp(lm, "st") == 0) {
+		fuse_session_loop(fs->se);
+		fs->done = true;
+		return NULL;
+	}
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 	if (cfg) {
-		fuse_loop_cfg_set_clone_fd(cfg, 0);
+		fuse_loop_cfg_set_clone_fd(cfg, lm && strcmp(lm, "clone") == 0);
 		fuse_loop_cfg_set_max_threads(cfg, fs->max_threads ? fs->max_threads : 16);
-		fuse_loop_cfg_set_idle_threads(cfg, 4);
+		fuse_loop_cfg_set_idle_threads(cfg, 8);
 	}
 	int r = fuse_session_loop_mt(fs->se, cfg);
 	if (r != 0)

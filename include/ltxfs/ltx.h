@@ -29,7 +29,7 @@
 #define LTX_HEADER_SIZE       100
 #define LTX_TRAILER_SIZE      16
 #define LTX_FLAG_COMPRESS_LZ4 0x1u
-#define LTX_FILENAME_LEN      36 /* "%016x-%016x.ltx" */
+#define LTX_FILENAME_LEN      37 /* "%016x-%016x.ltx": 16 + 1 + 16 + 4 */
 
 struct ltx_header {
 	uint32_t flags;

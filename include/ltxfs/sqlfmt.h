@@ -69,7 +69,7 @@ void wal_checksum(bool big_endian, const uint8_t *buf, size_t n, uint32_t *s1, u
 /*
  * Verify one frame the way WAL recovery does: salts must equal the header's,
  * and the checksum of the first 8 header bytes + the page, chained from
- * (*s1, *s2), must equal the frame's. On success updates *s1/*s2 and returns
+ * (*s1, *s2), must equal the frame's. On success updates *s1 and *s2 and returns
  * true; on failure leaves them alone and returns false. page_size from h.
  */
 bool wal_frame_verify(const struct wal_header *h, uint32_t *s1, uint32_t *s2,

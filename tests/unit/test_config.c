@@ -1,0 +1,1004 @@
+/*
+ * test_config.c - ltxfs.yml / litefs.yml: defaults, the full schema, every
+ * error path, LiteFS's env expansion, durations, exec splitting, YAML bools,
+ * loading from disk and the search order.
+ */
+#include "ltxfs/config.h"
+#include "unit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PATH "/etc/test-litefs.yml"
+
+/* A valid base that every error case can extend. */
+#define BASE "fuse:\n  dir: /litefs\nlease:\n  type: static\n"
+
+static char errbuf[1024];
+
+static int parse(struct config *c, const char *yaml)
+{
+	int rc = config_init(c);
+	if (rc)
+		return rc;
+	return config_parse(c, PATH, yaml, strlen(yaml), errbuf, sizeof(errbuf));
+}
+
+static bool parses(const char *yaml, struct config *c)
+{
+	int rc = parse(c, yaml);
+	if (rc)
+		fprintf(stderr, "unexpected error %d: %s\n--- yaml:\n%s\n", rc, errbuf, yaml);
+	return rc == 0;
+}
+
+/* Parse must fail with -EINVAL and a message naming PATH and every needle. */
+static void expect_error_(const char *file, int line, const char *yaml, const char *needle1,
+			  const char *needle2)
+{
+	struct config c;
+	int rc = parse(&c, yaml);
+	bool ok = rc == -EINVAL && strstr(errbuf, PATH ": ") == errbuf &&
+		  (!needle1 || strstr(errbuf, needle1)) && (!needle2 || strstr(errbuf, needle2));
+	if (!ok) {
+		fprintf(stderr, "%s:%d: want -EINVAL with '%s' '%s', got %d: '%s'\n--- yaml:\n%s\n",
+			file, line, needle1 ? needle1 : "", needle2 ? needle2 : "", rc, errbuf,
+			yaml);
+		unit_failures++;
+	}
+	config_release(&c);
+}
+#define expect_error(yaml, n1, n2) expect_error_(__FILE__, __LINE__, yaml, n1, n2)
+
+static char *expand(const char *s)
+{
+	char *r = config_expand_env(s);
+	if (!r) {
+		fprintf(stderr, "config_expand_env OOM\n");
+		exit(1);
+	}
+	return r;
+}
+
+#define CHECK_EXPAND(in, want)                                                                     \
+	do {                                                                                       \
+		char *got_ = expand(in);                                                           \
+		if (strcmp(got_, (want)) != 0) {                                                   \
+			fprintf(stderr, "%s:%d: expand(\"%s\") = \"%s\", want \"%s\"\n", __FILE__, \
+				__LINE__, (in), got_, (want));                                     \
+			unit_failures++;                                                           \
+		}                                                                                  \
+		free(got_);                                                                        \
+	} while (0)
+
+#define CHECK_STR(a, b)                                                                            \
+	do {                                                                                       \
+		const char *a_ = (a), *b_ = (b);                                                   \
+		if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                           \
+			fprintf(stderr, "%s:%d: %s == \"%s\" failed: got \"%s\"\n", __FILE__,      \
+				__LINE__, #a, b_ ? b_ : "(null)", a_ ? a_ : "(null)");             \
+			unit_failures++;                                                           \
+		}                                                                                  \
+	} while (0)
+
+static const char *hostname(void)
+{
+	static char host[HOST_NAME_MAX + 1];
+	gethostname(host, sizeof(host));
+	host[HOST_NAME_MAX] = '\0';
+	return host;
+}
+
+static size_t argc_of(char **argv)
+{
+	size_t n = 0;
+	while (argv && argv[n])
+		n++;
+	return n;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void test_defaults(void)
+{
+	struct config c;
+	CHECK_RC(config_init(&c), 0);
+	CHECK(c.path == NULL);
+	CHECK(c.exit_on_error == true);
+	CHECK(c.skip_sync == false);
+	CHECK(c.exec == NULL && c.n_exec == 0);
+	CHECK(c.fuse.dir == NULL);
+	CHECK(!c.fuse.allow_other && !c.fuse.debug);
+	CHECK_STR(c.data.dir, "/var/lib/litefs");
+	CHECK(c.data.compress == true);
+	CHECK_EQ_U64(c.data.retention_ms, 10 * 60 * 1000);
+	CHECK_EQ_U64(c.data.retention_monitor_interval_ms, 60 * 1000);
+	CHECK_STR(c.http.addr, ":20202");
+	CHECK(c.lease.type == NULL);
+	CHECK(c.lease.candidate == true);
+	CHECK(c.lease.hostname == NULL && c.lease.advertise_url == NULL);
+	CHECK_STR(c.log.format, "text");
+	CHECK(c.log.debug == false);
+	config_release(&c);
+	CHECK(c.data.dir == NULL && c.http.addr == NULL);
+	config_release(&c); /* twice is fine */
+	config_release(NULL);
+}
+
+static void test_minimal(void)
+{
+	struct config c;
+	char want[600];
+	if (parses(BASE, &c)) {
+		CHECK_STR(c.fuse.dir, "/litefs");
+		CHECK_STR(c.lease.type, "static");
+		CHECK_STR(c.data.dir, "/var/lib/litefs");
+		CHECK(c.data.compress && c.exit_on_error && c.lease.candidate);
+		CHECK_EQ_U64(c.data.retention_ms, 600000);
+		CHECK_STR(c.lease.hostname, hostname());
+		snprintf(want, sizeof(want), "http://%s:20202", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+		CHECK(c.path == NULL); /* config_parse does not set it */
+	}
+	config_release(&c);
+
+	/* The advertise URL follows the port of http.addr. */
+	if (parses(BASE "http:\n  addr: \"127.0.0.1:8081\"\n", &c)) {
+		snprintf(want, sizeof(want), "http://%s:8081", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+	}
+	config_release(&c);
+	if (parses(BASE "http:\n  addr: \"[::1]:9000\"\n  \nlog:\n  format: json\n", &c)) {
+		snprintf(want, sizeof(want), "http://%s:9000", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+		CHECK_STR(c.log.format, "json");
+	}
+	config_release(&c);
+	/* An IPv6 literal host name is bracketed. */
+	if (parses(BASE "  hostname: \"fd00::1\"\n", &c))
+		CHECK_STR(c.lease.advertise_url, "http://[fd00::1]:20202");
+	config_release(&c);
+	/* Empty hostname / advertise-url mean "derive", as in LiteFS. */
+	if (parses(BASE "  hostname: \"\"\n  advertise-url: ''\n", &c)) {
+		CHECK_STR(c.lease.hostname, hostname());
+		snprintf(want, sizeof(want), "http://%s:20202", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+	}
+	config_release(&c);
+	/* Port 0 is fine when the advertise URL is given. */
+	if (parses(BASE "  advertise-url: http://primary:20202\nhttp:\n  addr: \":0\"\n", &c))
+		CHECK_STR(c.lease.advertise_url, "http://primary:20202");
+	config_release(&c);
+}
+
+static void test_full(void)
+{
+	/* Every supported key, written the way LiteFS's sample litefs.yml writes them. */
+	static const char yaml[] =
+	    "# The FUSE section handles settings on the FUSE file system.\n"
+	    "fuse:\n"
+	    "  dir: \"/litefs\"\n"
+	    "  allow-other: true\n"
+	    "  debug: false\n"
+	    "\n"
+	    "# The data section specifies where internal LiteFS data is stored\n"
+	    "data:\n"
+	    "  dir: \"/var/lib/litefs\"\n"
+	    "  compress: false\n"
+	    "  retention: \"1h30m\"\n"
+	    "  retention-monitor-interval: 30s\n"
+	    "\n"
+	    "exit-on-error: false\n"
+	    "skip-sync: yes\n"
+	    "\n"
+	    "exec:\n"
+	    "  - cmd: \"rails db:migrate\"\n"
+	    "    if-candidate: true\n"
+	    "  - cmd: \"rails server -b '0.0.0.0'\"\n"
+	    "\n"
+	    "http:\n"
+	    "  addr: \":20203\"\n"
+	    "\n"
+	    "lease:\n"
+	    "  type: \"static\"\n"
+	    "  candidate: false\n"
+	    "  hostname: \"node-1.internal\"\n"
+	    "  advertise-url: \"http://primary.internal:20202\"\n"
+	    "\n"
+	    "log:\n"
+	    "  format: json\n"
+	    "  debug: true\n";
+	struct config c;
+	if (parses(yaml, &c)) {
+		CHECK_STR(c.fuse.dir, "/litefs");
+		CHECK(c.fuse.allow_other == true && c.fuse.debug == false);
+		CHECK_STR(c.data.dir, "/var/lib/litefs");
+		CHECK(c.data.compress == false);
+		CHECK_EQ_U64(c.data.retention_ms, 90 * 60 * 1000);
+		CHECK_EQ_U64(c.data.retention_monitor_interval_ms, 30000);
+		CHECK(c.exit_on_error == false && c.skip_sync == true);
+		CHECK_EQ_U64(c.n_exec, 2);
+		if (c.n_exec == 2) {
+			CHECK(c.exec[0].if_candidate == true && c.exec[1].if_candidate == false);
+			CHECK_EQ_U64(argc_of(c.exec[0].argv), 2);
+			CHECK_STR(c.exec[0].argv[0], "rails");
+			CHECK_STR(c.exec[0].argv[1], "db:migrate");
+			CHECK_EQ_U64(argc_of(c.exec[1].argv), 4);
+			CHECK_STR(c.exec[1].argv[3], "0.0.0.0");
+		}
+		CHECK_STR(c.http.addr, ":20203");
+		CHECK_STR(c.lease.type, "static");
+		CHECK(c.lease.candidate == false);
+		CHECK_STR(c.lease.hostname, "node-1.internal");
+		CHECK_STR(c.lease.advertise_url, "http://primary.internal:20202");
+		CHECK_STR(c.log.format, "json");
+		CHECK(c.log.debug == true);
+	}
+	config_release(&c);
+
+	/* Flow style and quoted keys are the same document. */
+	if (parses("{\"fuse\": {dir: /mnt/x}, 'lease': {type: static, candidate: off}}", &c)) {
+		CHECK_STR(c.fuse.dir, "/mnt/x");
+		CHECK(c.lease.candidate == false);
+	}
+	config_release(&c);
+
+	/* Only the first YAML document is read, as yaml.v3's Decode does. */
+	if (parses("---\n" BASE "---\nnot: valid: here\n", &c))
+		CHECK_STR(c.fuse.dir, "/litefs");
+	config_release(&c);
+}
+
+static void test_nulls_keep_defaults(void)
+{
+	struct config c;
+	if (parses(BASE "  candidate:\ndata:\n  dir: ~\n  compress: null\n  retention: NULL\n"
+			"http:\nlog:\n  format: Null\nexit-on-error: ~\n",
+		   &c)) {
+		CHECK(c.lease.candidate == true);
+		CHECK_STR(c.data.dir, "/var/lib/litefs");
+		CHECK(c.data.compress == true);
+		CHECK_EQ_U64(c.data.retention_ms, 600000);
+		CHECK_STR(c.http.addr, ":20202");
+		CHECK_STR(c.log.format, "text");
+		CHECK(c.exit_on_error == true);
+	}
+	config_release(&c);
+	/* Explicitly tagged nulls too, for values and sections. */
+	if (parses(BASE
+		   "data:\n  retention-monitor-interval: !!null ~\n  dir: !!null\nhttp: !!null ~\n",
+		   &c)) {
+		CHECK_EQ_U64(c.data.retention_monitor_interval_ms, 60000);
+		CHECK_STR(c.data.dir, "/var/lib/litefs");
+	}
+	config_release(&c);
+	/* Strings take any scalar's text. */
+	if (parses(BASE "  hostname: 123\n", &c))
+		CHECK_STR(c.lease.hostname, "123");
+	config_release(&c);
+	/* A document that is only comments is an empty config. */
+	expect_error("# nothing here\n", "key 'fuse.dir' is required", NULL);
+	expect_error("", "key 'fuse.dir' is required", NULL);
+	expect_error("---\n~\n", "key 'fuse.dir' is required", NULL);
+}
+
+static void test_bools(void)
+{
+	static const char *const trues[] = {"true", "True",    "TRUE", "y",	     "Y",
+					    "yes",  "Yes",     "YES",  "on",	     "On",
+					    "ON",   "\"yes\"", "'on'", "!!bool true"};
+	static const char *const falses[] = {"false", "False", "FALSE",	 "n",	"N",
+					     "no",    "No",    "NO",	 "off", "Off",
+					     "OFF",   "'no'",  "\"Off\""};
+	static const char *const bad[] = {"yes please", "tRue", "1",	     "0",      "\"true\"",
+					  "'false'",	"yep",	"1.0",	     "[true]", "{a: b}",
+					  "enabled",	"ja",	"!!bool yes"};
+	char yaml[256];
+	struct config c;
+
+	for (size_t i = 0; i < sizeof(trues) / sizeof(trues[0]); i++) {
+		snprintf(yaml, sizeof(yaml),
+			 "lease: {type: static}\nfuse:\n  dir: /x\n  debug: %s\n", trues[i]);
+		if (parses(yaml, &c) && !c.fuse.debug) {
+			fprintf(stderr, "'%s' did not read as true\n", trues[i]);
+			unit_failures++;
+		}
+		config_release(&c);
+	}
+	for (size_t i = 0; i < sizeof(falses) / sizeof(falses[0]); i++) {
+		snprintf(yaml, sizeof(yaml), BASE "  candidate: %s\n", falses[i]);
+		if (parses(yaml, &c) && c.lease.candidate) {
+			fprintf(stderr, "'%s' did not read as false\n", falses[i]);
+			unit_failures++;
+		}
+		config_release(&c);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(yaml, sizeof(yaml), BASE "  candidate: %s\n", bad[i]);
+		expect_error(yaml, "key 'lease.candidate'", NULL);
+	}
+	expect_error(BASE "  candidate: yes please\n",
+		     "line 5: key 'lease.candidate': expected a boolean", "got 'yes please'");
+	expect_error(BASE "  candidate: \"true\"\n", "key 'lease.candidate'", "got 'true'");
+	expect_error(BASE "  candidate: [true]\n", "key 'lease.candidate'", "got a list");
+	expect_error(BASE "  candidate: !!bool yes\n", "key 'lease.candidate'", "as !!bool");
+}
+
+static void test_durations(void)
+{
+	static const struct {
+		const char *in;
+		int64_t ms;
+	} ok[] = {
+	    {"0", 0},
+	    {"+0", 0},
+	    {"-0", 0},
+	    {"0s", 0},
+	    {"-0s", 0},
+	    {"10m", 600000},
+	    {"1m", 60000},
+	    {"2h", 7200000},
+	    {"1h30m", 5400000},
+	    {"1m30s", 90000},
+	    {"1h1m1s1ms", 3661001},
+	    {"250ms", 250},
+	    {"1.5s", 1500},
+	    {".5s", 500},
+	    {"5.s", 5000},
+	    {"1.5h", 5400000},
+	    {"+5s", 5000},
+	    {"1000us", 1},
+	    {"1500\xc2\xb5s", 2}, /* µ (micro sign), 1.5ms rounds up */
+	    {"2000\xce\xbcs", 2}, /* μ (greek mu) */
+	    {"1ns", 1},		  /* sub-millisecond rounds up, never to 0 */
+	    {"999999ns", 1},
+	    {"1000000ns", 1},
+	    {"1000001ns", 2},
+	    {"0.000000001s", 1},
+	    {"2562047h", 2562047LL * 3600 * 1000},
+	    {"9223372036854775807ns", 9223372036855LL},
+	    {"1.00000000000000000000000000001s", 1000},
+	};
+	static const char *const bad[] = {
+	    "",
+	    "10",
+	    "1x",
+	    "s",
+	    ".s",
+	    "-.s",
+	    "1.2.3s",
+	    "1 s",
+	    " 1s",
+	    "1s ",
+	    "1e3s",
+	    "-1s",
+	    "-1ns",
+	    "+",
+	    "-",
+	    "1S",
+	    "1sec",
+	    "1H",
+	    "3000000h",
+	    "9223372036854775808ns",
+	    "99999999999999999999s",
+	    "1s-1s",
+	    "0x1s",
+	};
+	int64_t ms;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		ms = -12345;
+		int rc = config_parse_duration(ok[i].in, &ms);
+		if (rc != 0 || ms != ok[i].ms) {
+			fprintf(stderr, "duration '%s': rc %d ms %lld, want %lld\n", ok[i].in, rc,
+				(long long)ms, (long long)ok[i].ms);
+			unit_failures++;
+		}
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ms = -12345;
+		int rc = config_parse_duration(bad[i], &ms);
+		if (rc != -EINVAL || ms != -12345) {
+			fprintf(stderr, "duration '%s': rc %d, want -EINVAL and ret untouched\n",
+				bad[i], rc);
+			unit_failures++;
+		}
+	}
+	CHECK_RC(config_parse_duration(NULL, &ms), -EINVAL);
+
+	/* In YAML: plain 0 and "0" disable retention; negative and junk fail. */
+	struct config c;
+	if (parses(BASE "data:\n  retention: 0\n", &c))
+		CHECK_EQ_U64(c.data.retention_ms, 0);
+	config_release(&c);
+	if (parses(BASE "data:\n  retention: \"0\"\n  retention-monitor-interval: 1.5s\n", &c)) {
+		CHECK_EQ_U64(c.data.retention_ms, 0);
+		CHECK_EQ_U64(c.data.retention_monitor_interval_ms, 1500);
+	}
+	config_release(&c);
+	expect_error(BASE "data:\n  retention: 10\n", "line 6: key 'data.retention'",
+		     "invalid duration '10'");
+	expect_error(BASE "data:\n  retention: ten minutes\n", "key 'data.retention'",
+		     "invalid duration");
+	expect_error(BASE "data:\n  retention: -1m\n", "key 'data.retention'",
+		     "negative duration '-1m'");
+	expect_error(BASE "data:\n  retention-monitor-interval: 0s\n",
+		     "key 'data.retention-monitor-interval'", "greater than zero");
+	expect_error(BASE "data:\n  retention: {a: 1}\n", "key 'data.retention'",
+		     "expected a duration, got a mapping");
+}
+
+static void test_unsupported_litefs_keys(void)
+{
+	static const char *const keys[] = {
+	    "strict-verify",
+	    "proxy.addr",
+	    "proxy.target",
+	    "proxy.db",
+	    "proxy.max-lag",
+	    "proxy.debug",
+	    "proxy.passthrough",
+	    "proxy.always-forward",
+	    "proxy.primary-redirect-timeout",
+	    "proxy.read-timeout",
+	    "proxy.read-header-timeout",
+	    "proxy.write-timeout",
+	    "proxy.idle-timeout",
+	    "backup.type",
+	    "backup.path",
+	    "backup.url",
+	    "backup.cluster",
+	    "backup.auth-token",
+	    "tracing.enabled",
+	    "tracing.path",
+	    "tracing.max-size",
+	    "tracing.max-count",
+	    "tracing.compress",
+	    "http.snapshot-timeout",
+	    "lease.promote",
+	    "lease.reconnect-delay",
+	    "lease.demote-delay",
+	    "lease.databases",
+	    "lease.consul.url",
+	    "lease.consul.key",
+	    "lease.consul.ttl",
+	    "lease.consul.lock-delay",
+	    "lease.etcd",
+	    "log.timestamp",
+	};
+	char yaml[512], want[256];
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		/* Build "a:\n  b:\n    c: x" from "a.b.c", after a valid base. */
+		char *w = yaml;
+		const char *k = keys[i];
+		int depth = 0;
+		w += sprintf(w, "fuse:\n  dir: /litefs\n");
+		while (k) {
+			const char *dot = strchr(k, '.');
+			int len = dot ? (int)(dot - k) : (int)strlen(k);
+			w += sprintf(w, "%*s%.*s:%s", depth * 2, "", len, k, dot ? "\n" : " x\n");
+			k = dot ? dot + 1 : NULL;
+			depth++;
+		}
+		snprintf(want, sizeof(want),
+			 "key '%s' is a LiteFS setting that ltxfs does not support yet", keys[i]);
+		expect_error(yaml, want, NULL);
+	}
+	/* A whole section, empty or not, and a value equal to the default. */
+	expect_error(BASE "proxy:\n", "key 'proxy' is a LiteFS setting", NULL);
+	expect_error(BASE "proxy: {}\n", "key 'proxy' is a LiteFS setting", NULL);
+	expect_error(BASE "backup: litefs-cloud\n", "key 'backup' is a LiteFS setting", NULL);
+	expect_error(BASE "strict-verify: false\n", "line 5: key 'strict-verify' is a LiteFS",
+		     NULL);
+	expect_error(BASE "  consul:\n    url: http://localhost:8500\n    key: litefs/primary\n",
+		     "key 'lease.consul.url' is a LiteFS setting", NULL);
+	expect_error(BASE "  etcd:\n    endpoints: [x]\n", "key 'lease.etcd' is a LiteFS setting",
+		     NULL);
+	/* Keys LiteFS itself does not know are plain unknown keys. */
+	expect_error(BASE "proxy:\n  bogus: 1\n", "unknown key 'proxy.bogus'", NULL);
+	expect_error(BASE "backup:\n  delay: 1s\n", "unknown key 'backup.delay'", NULL);
+}
+
+static void test_errors(void)
+{
+	/* Unknown keys, top level and nested, with the line. */
+	expect_error(BASE "foo: 1\n", "line 5: unknown key 'foo'", NULL);
+	expect_error("fuse:\n  dir: /litefs\n  mountpoint: /x\nlease:\n  type: static\n",
+		     "line 3: unknown key 'fuse.mountpoint'", NULL);
+	expect_error(BASE "Fuse:\n  dir: /x\n", "unknown key 'Fuse'", NULL);
+	expect_error(BASE "fuse.dir: /x\n", "unknown key 'fuse.dir'", NULL);
+	expect_error(BASE "<<: {a: b}\n", "unknown key '<<'", NULL);
+	expect_error(BASE "? [a, b]\n: c\n", "keys must be strings", NULL);
+	expect_error(BASE "data:\n  \"di\\tr\": x\n", "unknown key 'data.di\\tr'", NULL);
+
+	/* Wrong types. */
+	expect_error(BASE "data:\n  dir:\n    a: b\n", "line 6: key 'data.dir'",
+		     "expected a string, got a mapping");
+	expect_error(BASE "data:\n  dir: [a]\n", "key 'data.dir'", "got a list");
+	expect_error(BASE "fuse: 5\n", "key 'fuse'", NULL);
+	expect_error("fuse: /litefs\nlease:\n  type: static\n", "key 'fuse'",
+		     "expected a mapping of settings, got '/litefs'");
+	expect_error("fuse: ''\nlease:\n  type: static\n", "key 'fuse'", "got ''");
+	expect_error("- fuse\n- lease\n", "at the top level, got a list", NULL);
+	expect_error("just a string\n", "at the top level, got 'just a string'", NULL);
+	expect_error(BASE "data:\n  dir: !!int abc\n", "key 'data.dir'", "as !!int");
+	expect_error(BASE "data:\n  dir: \"/a\\0b\"\n", "key 'data.dir'", "NUL");
+
+	/* Duplicates, in any mapping. */
+	expect_error("fuse:\n  dir: /a\n  dir: /b\nlease:\n  type: static\n",
+		     "line 3: key 'fuse.dir' is defined twice (first at line 2)", NULL);
+	expect_error(BASE "fuse:\n  debug: true\n", "key 'fuse' is defined twice", NULL);
+	expect_error(BASE "exec:\n  - cmd: a\n    cmd: b\n", "key 'exec[0].cmd' is defined twice",
+		     NULL);
+
+	/* YAML syntax errors carry the line and the column. */
+	expect_error("fuse:\n  dir: [a\n", "line 3, column 1: YAML syntax error", NULL);
+	expect_error("fuse:\n  dir: /a\n bad: x\n", "line 3, column", "YAML syntax error");
+	expect_error("fuse: {dir: *nope}\n", "YAML syntax error", "undefined alias");
+	expect_error("a: \"\\q\"\n", "line 1, column", "YAML syntax error");
+	expect_error("fuse:\n  dir: /x\x01\n", "line 2, column 10: YAML syntax error", NULL);
+	expect_error("fuse:\n\tdir: /x\n", "line 2, column 1: YAML syntax error", NULL);
+
+	/* Required keys. */
+	expect_error("lease:\n  type: static\n", "key 'fuse.dir' is required", NULL);
+	expect_error("fuse:\n  dir:\nlease:\n  type: static\n", "key 'fuse.dir' is required", NULL);
+	expect_error("fuse:\n  dir: /litefs\n", "key 'lease.type' is required", NULL);
+	expect_error("fuse:\n  dir: \"\"\nlease:\n  type: static\n", "key 'fuse.dir'",
+		     "must not be empty");
+	expect_error(BASE "data:\n  dir: ''\n", "key 'data.dir'", "must not be empty");
+
+	/* lease.type. */
+	expect_error("fuse:\n  dir: /l\nlease:\n  type: consul\n",
+		     "line 4: key 'lease.type': lease type 'consul' is not supported in this "
+		     "version",
+		     NULL);
+	expect_error("fuse:\n  dir: /l\nlease:\n  type: etcd\n", "key 'lease.type'",
+		     "'etcd' is not supported");
+	expect_error("fuse:\n  dir: /l\nlease:\n  type: raft\n",
+		     "key 'lease.type': unknown lease type 'raft'", "allowed: 'static'");
+	expect_error("fuse:\n  dir: /l\nlease:\n  type: Static\n", "unknown lease type 'Static'",
+		     NULL);
+
+	/* fuse.dir and data.dir. */
+	expect_error(BASE "data:\n  dir: /litefs\n", "'fuse.dir' and 'data.dir'",
+		     "different directories");
+	expect_error(BASE "data:\n  dir: /litefs/\n", "'fuse.dir' and 'data.dir'", NULL);
+	expect_error(BASE "data:\n  dir: //litefs/./x/..\n", "'fuse.dir' and 'data.dir'", NULL);
+	expect_error(BASE "data:\n  dir: /litefs/data\n", "key 'data.dir'", "inside fuse.dir");
+	expect_error("fuse:\n  dir: /\nlease:\n  type: static\n", "key 'data.dir'",
+		     "inside fuse.dir");
+	struct config c;
+	if (parses(BASE "data:\n  dir: /litefs-data\n", &c))
+		CHECK_STR(c.data.dir, "/litefs-data");
+	config_release(&c);
+
+	/* log.format, http.addr, advertise-url. */
+	expect_error(BASE "log:\n  format: xml\n", "key 'log.format'",
+		     "expected 'text' or 'json', got 'xml'");
+	expect_error(BASE "http:\n  addr: 20202\n", "key 'http.addr'", "missing port");
+	expect_error(BASE "http:\n  addr: \"::1:80\"\n", "key 'http.addr'", "too many colons");
+	expect_error(BASE "http:\n  addr: \":http\"\n", "key 'http.addr'", "0 to 65535");
+	expect_error(BASE "http:\n  addr: \":65536\"\n", "key 'http.addr'", "0 to 65535");
+	expect_error(BASE "http:\n  addr: \"[::1\"\n", "key 'http.addr'", NULL);
+	expect_error(BASE "http:\n  addr: ''\n", "key 'http.addr'", NULL);
+	expect_error(BASE "http:\n  addr: \":0\"\n", "key 'lease.advertise-url' is required", NULL);
+	expect_error(BASE "  advertise-url: primary:20202\n", "key 'lease.advertise-url'",
+		     "http:// or https://");
+
+	/* A message never overflows a small buffer, and a NULL buffer is fine. */
+	char small[16];
+	CHECK(config_init(&c) == 0);
+	CHECK_RC(config_parse(&c, PATH, "foo: 1\n", 7, small, sizeof(small)), -EINVAL);
+	CHECK(strlen(small) == sizeof(small) - 1);
+	CHECK_RC(config_parse(&c, PATH, "foo: 1\n", 7, NULL, 0), -EINVAL);
+	CHECK_RC(config_parse(&c, NULL, "foo: 1\n", 7, errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK(strstr(errbuf, "<config>: ") == errbuf);
+	config_release(&c);
+
+	/* Long values are truncated and control characters escaped in messages. */
+	char yaml[512];
+	snprintf(yaml, sizeof(yaml), BASE "log:\n  format: \"%0200d\\x01\"\n", 7);
+	expect_error(yaml, "key 'log.format'", "...'");
+	CHECK(strlen(errbuf) < 200);
+}
+
+static void test_failed_parse_leaves_cfg_untouched(void)
+{
+	struct config c;
+	if (!parses(BASE "log:\n  debug: true\n", &c))
+		return;
+	CHECK_RC(config_parse(&c, PATH, "fuse:\n  dir: /other\n  bogus: 1\n", 31, errbuf,
+			      sizeof(errbuf)),
+		 -EINVAL);
+	CHECK_STR(c.fuse.dir, "/litefs");
+	CHECK(c.log.debug == true);
+	/* A second successful parse starts from the values already in cfg. */
+	const char *more = "fuse:\n  dir: /other\nexec: a b\n";
+	CHECK_RC(config_parse(&c, PATH, more, strlen(more), errbuf, sizeof(errbuf)), 0);
+	CHECK_STR(c.fuse.dir, "/other");
+	CHECK_STR(c.lease.type, "static");
+	CHECK(c.log.debug == true);
+	CHECK_EQ_U64(c.n_exec, 1);
+	/* ... and a failing one keeps the exec list intact. */
+	CHECK_RC(config_parse(&c, PATH, "exec: 'x\n", 9, errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK_EQ_U64(c.n_exec, 1);
+	if (c.n_exec == 1)
+		CHECK_STR(c.exec[0].argv[1], "b");
+	config_release(&c);
+}
+
+static void test_exec(void)
+{
+	struct config c;
+	/* String form, shell-word rules. */
+	if (parses(BASE "exec: >-\n  myapp --name 'two words' \"dq \\\"x\\\" $y\" a\\ b ''"
+			"  \"\" c'd'\"e\" \\' tab\\\tx\n",
+		   &c)) {
+		CHECK_EQ_U64(c.n_exec, 1);
+		char **a = c.n_exec ? c.exec[0].argv : NULL;
+		CHECK_EQ_U64(argc_of(a), 10);
+		if (argc_of(a) == 10) {
+			CHECK_STR(a[0], "myapp");
+			CHECK_STR(a[1], "--name");
+			CHECK_STR(a[2], "two words");
+			CHECK_STR(a[3], "dq \"x\" $y");
+			CHECK_STR(a[4], "a b");
+			CHECK_STR(a[5], "");
+			CHECK_STR(a[6], "");
+			CHECK_STR(a[7], "cde");
+			CHECK_STR(a[8], "'");
+			CHECK_STR(a[9], "tab\tx");
+		}
+		CHECK(c.exec[0].if_candidate == false);
+	}
+	config_release(&c);
+	/* Backslashes: literal in single quotes, escape anything elsewhere. */
+	if (parses(BASE "exec: 'echo ''a\\b'' \"c\\d\" e\\\\f'\n", &c)) {
+		char **a = c.exec[0].argv;
+		CHECK_EQ_U64(argc_of(a), 4);
+		if (argc_of(a) == 4) {
+			CHECK_STR(a[1], "a\\b");
+			CHECK_STR(a[2], "cd");
+			CHECK_STR(a[3], "e\\f");
+		}
+	}
+	config_release(&c);
+	/* List form. */
+	if (parses(BASE "exec:\n  - cmd: migrate --up\n    if-candidate: yes\n"
+			"  - {cmd: \"serve -p 8080\", if-candidate: false}\n  - cmd: tail\n",
+		   &c)) {
+		CHECK_EQ_U64(c.n_exec, 3);
+		if (c.n_exec == 3) {
+			CHECK(c.exec[0].if_candidate && !c.exec[1].if_candidate &&
+			      !c.exec[2].if_candidate);
+			CHECK_STR(c.exec[0].argv[1], "--up");
+			CHECK_STR(c.exec[1].argv[2], "8080");
+			CHECK_EQ_U64(argc_of(c.exec[2].argv), 1);
+		}
+	}
+	config_release(&c);
+	/* Empty list and null clear exec. */
+	if (parses(BASE "exec: []\n", &c))
+		CHECK(c.n_exec == 0 && c.exec == NULL);
+	config_release(&c);
+	if (parses(BASE "exec:\n", &c))
+		CHECK(c.n_exec == 0 && c.exec == NULL);
+	config_release(&c);
+	/* Aliases work. */
+	if (parses(BASE "exec:\n  - &m {cmd: run}\n  - *m\n", &c))
+		CHECK_EQ_U64(c.n_exec, 2);
+	config_release(&c);
+
+	expect_error(BASE "exec: \"run 'me\"\n", "key 'exec'", "unterminated quote");
+	expect_error(BASE "exec: 'run \"me'\n", "key 'exec'", "unterminated quote");
+	expect_error(BASE "exec: run me\\\n", "key 'exec'", "unterminated backslash");
+	expect_error(BASE "exec: \"app > log\"\n", "key 'exec'", "'>' is shell syntax");
+	expect_error(BASE "exec: \"a; b\"\n", "key 'exec'", "';' is shell syntax");
+	expect_error(BASE "exec: \"a && b\"\n", "key 'exec'", "'&'");
+	expect_error(BASE "exec: \"a | b\"\n", "key 'exec'", "'|'");
+	expect_error(BASE "exec: \"echo $(date)\"\n", "key 'exec'", "'('");
+	expect_error(BASE "exec: \"echo `date`\"\n", "key 'exec'", "'`'");
+	expect_error(BASE "exec: \"   \"\n", "key 'exec'", "the command is empty");
+	expect_error(BASE "exec: ''\n", "key 'exec'", "the command is empty");
+	expect_error(BASE "exec: 123\n", "key 'exec'", "got '123'");
+	expect_error(BASE "exec: true\n", "key 'exec'", "got 'true'");
+	expect_error(BASE "exec: {cmd: x}\n", "key 'exec'", "got a mapping");
+	expect_error(BASE "exec:\n  - run\n", "line 6: key 'exec[0]'", "got 'run'");
+	expect_error(BASE "exec:\n  - cmd: a\n  -\n", "key 'exec[1]'", NULL);
+	expect_error(BASE "exec:\n  - cmd: a\n  - if-candidate: true\n",
+		     "key 'exec[1].cmd' is required", NULL);
+	expect_error(BASE "exec:\n  - cmd: a\n    when: x\n", "unknown key 'exec[0].when'", NULL);
+	expect_error(BASE "exec:\n  - cmd: a\n    if-candidate: maybe\n",
+		     "key 'exec[0].if-candidate'", "got 'maybe'");
+	expect_error(BASE "exec:\n  - cmd: [a]\n", "key 'exec[0].cmd'", "got a list");
+	expect_error(BASE "exec:\n  - cmd: \"a 'b\"\n", "key 'exec[0].cmd'", "unterminated");
+	/* Quoted operators are fine. */
+	if (parses(BASE "exec: \"sh -c 'a; b > c'\"\n", &c)) {
+		CHECK_EQ_U64(argc_of(c.exec[0].argv), 3);
+		CHECK_STR(c.exec[0].argv[2], "a; b > c");
+	}
+	config_release(&c);
+}
+
+static void test_expand_env(void)
+{
+	setenv("LTXFS_T_FOO", "bar", 1);
+	setenv("LTXFS_T_EMPTY", "", 1);
+	setenv("LTXFS_T_DOLLAR", "$LTXFS_T_FOO", 1);
+	setenv("LTXFS_T_Q", "it's", 1);
+	unsetenv("LTXFS_T_UNSET");
+	unsetenv("LTXFS_T_UNSET2");
+
+	/* Plain forms. */
+	CHECK_EXPAND("", "");
+	CHECK_EXPAND("no dollars", "no dollars");
+	CHECK_EXPAND("$LTXFS_T_FOO", "bar");
+	CHECK_EXPAND("${LTXFS_T_FOO}", "bar");
+	CHECK_EXPAND("${ LTXFS_T_FOO }", "bar");
+	CHECK_EXPAND("${\tLTXFS_T_FOO\n}", "bar");
+	CHECK_EXPAND("${\xc2\xa0LTXFS_T_FOO\xe3\x80\x80}", "bar"); /* Unicode spaces trimmed */
+	CHECK_EXPAND("x$LTXFS_T_FOO.y", "xbar.y");
+	CHECK_EXPAND("$LTXFS_T_FOO-x", "bar-x");
+	CHECK_EXPAND("$LTXFS_T_FOOx", "");
+	CHECK_EXPAND("${LTXFS_T_FOO}x", "barx");
+	CHECK_EXPAND("$LTXFS_T_FOO$LTXFS_T_FOO", "barbar");
+	CHECK_EXPAND("$LTXFS_T_DOLLAR", "$LTXFS_T_FOO"); /* values are not re-expanded */
+
+	/* Unset and empty expand to nothing. */
+	CHECK_EXPAND("a${LTXFS_T_UNSET}b", "ab");
+	CHECK_EXPAND("a$LTXFS_T_UNSET/b", "a/b");
+	CHECK_EXPAND("[$LTXFS_T_EMPTY]", "[]");
+
+	/* '$' handling, as Go's os.Expand. */
+	CHECK_EXPAND("$", "$");
+	CHECK_EXPAND("cost: 5$", "cost: 5$");
+	CHECK_EXPAND("$ x", "$ x");
+	CHECK_EXPAND("$.x", "$.x");
+	CHECK_EXPAND("a$/b", "a$/b");
+	CHECK_EXPAND("$$", "");	  /* "$$" is the special variable '$', unset */
+	CHECK_EXPAND("$1x", "x"); /* special variables are one character */
+	CHECK_EXPAND("$-x", "x");
+	CHECK_EXPAND("${1}", "");
+	CHECK_EXPAND("${}", ""); /* bad syntax: eaten */
+	CHECK_EXPAND("a${}b", "ab");
+	CHECK_EXPAND("${LTXFS_T_FOO", "LTXFS_T_FOO"); /* no '}': "${" eaten */
+	CHECK_EXPAND("x${", "x");
+
+	/* Nested braces misuse: the first '}' ends the name. */
+	CHECK_EXPAND("${A${LTXFS_T_FOO}}", "}");
+	CHECK_EXPAND("${LTXFS_T_FOO == '${LTXFS_T_FOO}'}", "'}");
+	CHECK_EXPAND("${{LTXFS_T_FOO}}", "}");
+	CHECK_EXPAND("${LTXFS_T FOO}", "");
+
+	/* Expressions. */
+	setenv("FLY_REGION", "ord", 1);
+	setenv("PRIMARY_REGION", "ord", 1);
+	CHECK_EXPAND("${FLY_REGION == PRIMARY_REGION}", "true");
+	CHECK_EXPAND("${FLY_REGION != PRIMARY_REGION}", "false");
+	CHECK_EXPAND("${ FLY_REGION==PRIMARY_REGION }", "true");
+	setenv("PRIMARY_REGION", "iad", 1);
+	CHECK_EXPAND("${FLY_REGION == PRIMARY_REGION}", "false");
+	CHECK_EXPAND("${FLY_REGION != PRIMARY_REGION}", "true");
+	CHECK_EXPAND("${LTXFS_T_UNSET == LTXFS_T_UNSET2}", "true"); /* both "" */
+	CHECK_EXPAND("${LTXFS_T_UNSET == LTXFS_T_EMPTY}", "true");
+	CHECK_EXPAND("${LTXFS_T_UNSET == FLY_REGION}", "false");
+	CHECK_EXPAND("${LTXFS_T_FOO == 'bar'}", "true");
+	CHECK_EXPAND("${LTXFS_T_FOO == \"bar\"}", "true");
+	CHECK_EXPAND("${LTXFS_T_FOO=='bar'}", "true");
+	CHECK_EXPAND("${  LTXFS_T_FOO   !=   \"bar\"  }", "false");
+	CHECK_EXPAND("${LTXFS_T_FOO == 'baz'}", "false");
+	CHECK_EXPAND("${LTXFS_T_FOO != 'baz'}", "true");
+	CHECK_EXPAND("${LTXFS_T_UNSET == ''}", "true");
+	CHECK_EXPAND("${LTXFS_T_FOO == ''}", "false");
+	CHECK_EXPAND("${LTXFS_T_FOO == 'b r'}", "false");
+	CHECK_EXPAND("${LTXFS_T_Q == 'it's'}", "true"); /* greedy literal, as LiteFS's regexp */
+	CHECK_EXPAND("${LTXFS_T_FOO == '\"bar\"'}", "false");
+	/* Extension: a quoted literal on the left. */
+	CHECK_EXPAND("${'bar' == LTXFS_T_FOO}", "true");
+	CHECK_EXPAND("${\"x\" != 'x'}", "false");
+	CHECK_EXPAND("${'a' == 'b'}", "false");
+	/* Not expressions: looked up as names, which contain '=' and so are "". */
+	CHECK_EXPAND("${LTXFS_T_FOO = 'bar'}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO == 'bar}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO == 'bar\"}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO == bar baz}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO ===  'bar'}", "");
+	CHECK_EXPAND("${LTXFS-T == 'x'}", "");
+	CHECK_EXPAND("${== 'x'}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO ==}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO == 'a\nb'}", "");
+	CHECK_EXPAND("${LTXFS_T_FOO\v== 'bar'}", ""); /* RE2's \s has no \v */
+	CHECK_EXPAND("$LTXFS_T_FOO == 'bar'", "bar == 'bar'");
+
+	/* $HOSTNAME falls back to the host name, as LiteFS sets it before reading. */
+	char *saved = getenv("HOSTNAME") ? strdup(getenv("HOSTNAME")) : NULL;
+	unsetenv("HOSTNAME");
+	CHECK_EXPAND("$HOSTNAME", hostname());
+	setenv("HOSTNAME", "from-env", 1);
+	CHECK_EXPAND("${HOSTNAME}", "from-env");
+	if (saved)
+		setenv("HOSTNAME", saved, 1);
+	else
+		unsetenv("HOSTNAME");
+	free(saved);
+
+	/* The Fly.io pattern, end to end. */
+	static const char fly[] = "fuse:\n  dir: \"${LTXFS_T_MNT}\"\n"
+				  "lease:\n  type: static\n"
+				  "  candidate: ${FLY_REGION == PRIMARY_REGION}\n"
+				  "  advertise-url: \"http://${PRIMARY_REGION}.primary:20202\"\n"
+				  "  hostname: ${LTXFS_T_UNSET}\n";
+	setenv("LTXFS_T_MNT", "/mnt/fly", 1);
+	struct config c;
+	char *x = expand(fly);
+	if (parses(x, &c)) {
+		CHECK_STR(c.fuse.dir, "/mnt/fly");
+		CHECK(c.lease.candidate == false);
+		CHECK_STR(c.lease.advertise_url, "http://iad.primary:20202");
+		CHECK_STR(c.lease.hostname, hostname());
+	}
+	config_release(&c);
+	free(x);
+	setenv("PRIMARY_REGION", "ord", 1);
+	x = expand(fly);
+	if (parses(x, &c))
+		CHECK(c.lease.candidate == true);
+	config_release(&c);
+	free(x);
+
+	/* "candidate: ${UNSET}" is a null value: the default (true) stays. */
+	x = expand(BASE "  candidate: ${LTXFS_T_UNSET}\n");
+	if (parses(x, &c))
+		CHECK(c.lease.candidate == true);
+	config_release(&c);
+	free(x);
+}
+
+/* Write content to dir/name; return the path in buf. */
+static const char *write_file(const char *dir, const char *name, const char *content, size_t len,
+			      char *buf, size_t buflen)
+{
+	snprintf(buf, buflen, "%s/%s", dir, name);
+	FILE *f = fopen(buf, "wb");
+	if (!f) {
+		perror(buf);
+		exit(1);
+	}
+	fwrite(content, 1, len, f);
+	fclose(f);
+	return buf;
+}
+
+static void test_load(void)
+{
+	char dir[] = "/tmp/ltxfs-test-config-XXXXXX", path[PATH_MAX];
+	struct config c;
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		unit_failures++;
+		return;
+	}
+	setenv("LTXFS_T_DIR", "/mnt/env", 1);
+	static const char yml[] = "fuse:\n  dir: $LTXFS_T_DIR\nlease:\n  type: static\n";
+	write_file(dir, "litefs.yml", yml, strlen(yml), path, sizeof(path));
+
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), 0);
+	CHECK_STR(c.path, path);
+	CHECK_STR(c.fuse.dir, "/mnt/env");
+	config_release(&c);
+
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, false, errbuf, sizeof(errbuf)), 0);
+	CHECK_STR(c.fuse.dir, "$LTXFS_T_DIR"); /* -no-expand-env */
+	config_release(&c);
+
+	/* Errors name the path. */
+	static const char bad[] = "fuse:\n  dir: /x\n  debug: sure\nlease:\n  type: static\n";
+	write_file(dir, "bad.yml", bad, strlen(bad), path, sizeof(path));
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK(strstr(errbuf, path) == errbuf && strstr(errbuf, "line 3: key 'fuse.debug'"));
+	CHECK(c.path == NULL);
+	config_release(&c);
+
+	snprintf(path, sizeof(path), "%s/missing.yml", dir);
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), -ENOENT);
+	CHECK(strstr(errbuf, path) == errbuf && strstr(errbuf, "cannot open"));
+	CHECK_RC(config_load(&c, dir, true, errbuf, sizeof(errbuf)), -EISDIR);
+	CHECK(strstr(errbuf, dir) == errbuf);
+	CHECK_RC(config_load(&c, NULL, true, errbuf, sizeof(errbuf)), -EINVAL);
+	config_release(&c);
+
+	write_file(dir, "nul.yml", "fuse:\n  dir: /x\0\n", 17, path, sizeof(path));
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK(strstr(errbuf, "NUL byte") != NULL);
+	config_release(&c);
+
+	/* Bounded: more than 1 MiB is refused. */
+	size_t big = 1024 * 1024 + 10;
+	char *content = malloc(big);
+	memset(content, '#', big);
+	write_file(dir, "big.yml", content, big, path, sizeof(path));
+	free(content);
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), -EFBIG);
+	config_release(&c);
+
+	/* A file of exactly 0 bytes is an empty config. */
+	write_file(dir, "empty.yml", "", 0, path, sizeof(path));
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK(strstr(errbuf, "key 'fuse.dir' is required") != NULL);
+	config_release(&c);
+
+	const char *names[] = {"litefs.yml", "bad.yml", "nul.yml", "big.yml", "empty.yml"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		unlink(path);
+	}
+	rmdir(dir);
+}
+
+static void test_find(void)
+{
+	char dir[] = "/tmp/ltxfs-test-find-XXXXXX", path[PATH_MAX], want[PATH_MAX * 2];
+	char *old = getcwd(NULL, 0), *found = NULL;
+	if (!mkdtemp(dir) || !old || chdir(dir) < 0) {
+		perror("test_find setup");
+		unit_failures++;
+		free(old);
+		return;
+	}
+	char *cwd = getcwd(NULL, 0); /* dir, with symlinks resolved */
+
+	bool etc = access("/etc/ltxfs.yml", F_OK) == 0 || access("/etc/litefs.yml", F_OK) == 0;
+	if (!etc)
+		CHECK_RC(config_find(&found), -ENOENT);
+
+	write_file(dir, "litefs.yml", "x", 1, path, sizeof(path));
+	CHECK_RC(config_find(&found), 0);
+	snprintf(want, sizeof(want), "%s/litefs.yml", cwd);
+	CHECK_STR(found, want);
+	free(found);
+	found = NULL;
+
+	write_file(dir, "ltxfs.yml", "x", 1, path, sizeof(path));
+	CHECK_RC(config_find(&found), 0);
+	snprintf(want, sizeof(want), "%s/ltxfs.yml", cwd);
+	CHECK_STR(found, want);
+	free(found);
+
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/litefs.yml", dir);
+	unlink(path);
+	if (chdir(old) < 0)
+		perror("chdir");
+	rmdir(dir);
+	free(cwd);
+	free(old);
+}
+
+int main(void)
+{
+	RUN(test_defaults);
+	RUN(test_minimal);
+	RUN(test_full);
+	RUN(test_nulls_keep_defaults);
+	RUN(test_bools);
+	RUN(test_durations);
+	RUN(test_unsupported_litefs_keys);
+	RUN(test_errors);
+	RUN(test_failed_parse_leaves_cfg_untouched);
+	RUN(test_exec);
+	RUN(test_expand_env);
+	RUN(test_load);
+	RUN(test_find);
+	return UNIT_DONE();
+}
