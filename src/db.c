@@ -1216,6 +1216,37 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	return r;
 }
 
+int db_enforce_retention(struct db *db, int64_t cutoff_ms)
+{
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	uint64_t newest = 0;
+	int n = 0;
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) == 0 && mx > newest)
+			newest = mx;
+	}
+	rewinddir(d);
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		struct stat st;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || mx == newest)
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, 0) < 0)
+			continue;
+		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+		if (mtime >= cutoff_ms)
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
 /* ------------------------------------------------------------- recovery */
 
 /* Checksum every page of the database file into db->pgck (parallel for big files). */

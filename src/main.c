@@ -14,6 +14,7 @@
 #include "ltxfs/store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -42,6 +43,47 @@ static const char *flag_name(const char *arg)
 	return arg[1] == '-' ? arg + 2 : arg + 1;
 }
 
+/* Retention: every interval, prune LTX files older than the retention. */
+struct retention {
+	struct store *store;
+	int64_t retention_ms, interval_ms;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool stop;
+	pthread_t thread;
+};
+
+static void *retention_run(void *arg)
+{
+	struct retention *r = arg;
+	pthread_mutex_lock(&r->mu);
+	while (!r->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		int64_t ns = ts.tv_nsec + (r->interval_ms % 1000) * 1000000;
+		ts.tv_sec += r->interval_ms / 1000 + ns / 1000000000;
+		ts.tv_nsec = ns % 1000000000;
+		pthread_cond_timedwait(&r->cond, &r->mu, &ts);
+		if (r->stop)
+			break;
+		pthread_mutex_unlock(&r->mu);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		int64_t cutoff = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - r->retention_ms;
+		size_t n = store_count(r->store);
+		for (size_t i = 0; i < n; i++) {
+			struct db *db = store_at(r->store, i);
+			int k = db_enforce_retention(db, cutoff);
+			if (k > 0)
+				log_debug("db '%s': retention removed %d LTX file(s)", db_name(db), k);
+			else if (k < 0)
+				log_warn("db '%s': retention failed: %s", db_name(db), strerror(-k));
+		}
+		pthread_mutex_lock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
 static pid_t spawn(char **argv, const sigset_t *oldmask)
 {
 	pid_t pid = fork();
@@ -66,6 +108,8 @@ static int cmd_mount(int argc, char **argv)
 	struct fusefs *fs = NULL;
 	int status = 0;
 	pid_t child = -1;
+	struct retention ret = {.mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+	bool ret_started = false;
 
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0) {
@@ -159,6 +203,13 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 	log_info("mounted at %s", cfg.fuse.dir);
+	if (cfg.data.retention_ms > 0) {
+		ret.store = store;
+		ret.retention_ms = cfg.data.retention_ms;
+		ret.interval_ms = cfg.data.retention_monitor_interval_ms;
+		if (pthread_create(&ret.thread, NULL, retention_run, &ret) == 0)
+			ret_started = true;
+	}
 
 	char **run = cmd;
 	if (!run && cfg.n_exec > 0)
@@ -224,6 +275,13 @@ static int cmd_mount(int argc, char **argv)
 		break;
 	}
 out:
+	if (ret_started) {
+		pthread_mutex_lock(&ret.mu);
+		ret.stop = true;
+		pthread_cond_signal(&ret.cond);
+		pthread_mutex_unlock(&ret.mu);
+		pthread_join(ret.thread, NULL);
+	}
 	fusefs_stop(fs);
 	store_close(store);
 	if (status == 0 || status == 1)

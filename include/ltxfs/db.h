@@ -91,6 +91,12 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync);
 /* Path of the backing file of kind into buf. */
 int db_file_path(struct db *db, enum db_file kind, char *buf, size_t n);
 
+/*
+ * Delete LTX files last modified before cutoff_ms (ms since the epoch),
+ * never the newest one. Returns the number deleted or -errno.
+ */
+int db_enforce_retention(struct db *db, int64_t cutoff_ms);
+
 /* Test/diagnostic: the rolling checksum the engine holds in memory. */
 uint64_t db_checksum(struct db *db);
 

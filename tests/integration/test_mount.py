@@ -247,3 +247,23 @@ def test_subprocess_exit_code_and_unmount(make_node):
     node.start(args=["--", "sh", "-c", "test -d %s && exit 7" % node.mount], wait=False)
     assert node.proc.wait(30) == 7
     wait_for(lambda: not is_mounted(node.mount), what="unmount after subprocess exit")
+
+
+def test_retention_prunes_old_files_but_never_the_newest(make_node):
+    node = make_node(extra_config="")
+    cfg = open(node.config).read().replace(
+        "  compress: true\n",
+        "  compress: true\n  retention: 1s\n  retention-monitor-interval: 100ms\n")
+    open(node.config, "w").write(cfg)
+    node.start()
+    c = connect(node.path("db"), "wal")
+    c.execute("CREATE TABLE t(x)")
+    for i in range(20):
+        c.execute("INSERT INTO t VALUES(?)", (i,))
+    txid = read_pos(node.mount, "db")[0]
+    wait_for(lambda: len(ltx_files(node.dbdir("db"))) == 1, timeout=15,
+             what="retention to prune all but the newest LTX file")
+    assert ltx_files(node.dbdir("db"))[0][0] == txid
+    c.execute("INSERT INTO t VALUES('after')")
+    c.close()
+    assert read_pos(node.mount, "db")[0] == txid + 1

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Install everything ltxfs needs to build, run and test, from Debian 12's
+# packages only. Safe to run again: apt-get skips what is installed.
+set -eu
+PKGS="gcc clang libclang-rt-14-dev meson ninja-build pkg-config git
+      fuse3 libfuse3-dev sqlite3 sqlite3-tools libsqlite3-dev
+      libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblz4-dev
+      python3 python3-pytest python3-numpy python3-lz4 util-linux procps"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "installing:$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+modprobe fuse 2>/dev/null || true
+test -e /dev/fuse || { echo "ltxfs needs /dev/fuse" >&2; exit 1; }
