@@ -36,7 +36,7 @@ ninja -C build-fuzz >/dev/null || exit 1
 fpass=0
 ffail=0
 for f in build-fuzz/tests/fuzz/fuzz_*; do
-	[ -x "$f" ] || continue
+	[ -f "$f" ] && [ -x "$f" ] || continue
 	name=${f##*/fuzz_}
 	work=$(mktemp -d)
 	[ -d "tests/fuzz/corpus/$name" ] && cp -r "tests/fuzz/corpus/$name/." "$work/"
