@@ -115,6 +115,7 @@ struct db {
 
 	/* rollback-journal tracking */
 	bool journal_exists;
+	bool journal_active; /* a journal header with the magic was written: a transaction is open */
 	uint64_t *dirty_bits;
 	uint32_t dirty_bits_cap; /* in pages */
 	uint32_t *dirty;
@@ -129,6 +130,7 @@ struct db {
 	uint64_t wal_end; /* end of the last committed frame */
 	uint32_t wal_s1, wal_s2;
 	bool ltx_unsynced; /* LTX files written since the last sync */
+	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -1023,6 +1025,7 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 			r = db_journal_commit(db);
 			if (r < 0)
 				break;
+			db->journal_active = false;
 		}
 		if ((flags & O_TRUNC) && kind == DB_FILE_WAL) {
 			r = db_sync_ltx(db);
@@ -1053,7 +1056,7 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 	pthread_mutex_lock(&db->mu);
 	switch (kind) {
 	case DB_FILE_DB:
-		if (!db->journal_exists && !db->wal_exists) {
+		if (!db->journal_active && !db->wal_exists) {
 			r = -EPERM;
 			break;
 		}
@@ -1082,8 +1085,11 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 			r = db_journal_commit(db);
 			if (r < 0)
 				break;
+			db->journal_active = false;
 		}
 		r = fs_pwrite_full(fd, buf, n, off);
+		if (r == 0 && off == 0 && n >= 8 && memcmp(buf, journal_magic, 8) == 0)
+			db->journal_active = true;
 		break;
 	case DB_FILE_WAL:
 		r = db_wal_write(db, fd, buf, n, off);
@@ -1111,7 +1117,7 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 	 * that shrank it (pager_end_transaction: the file is larger than the
 	 * image): that removes nothing committed, so it is allowed.
 	 */
-	if (kind == DB_FILE_DB && !db->journal_exists && !db->wal_exists &&
+	if (kind == DB_FILE_DB && !db->journal_active && !db->wal_exists &&
 	    (uint64_t)size < (uint64_t)db->page_count * db->page_size) {
 		r = -EPERM;
 		goto out;
@@ -1120,6 +1126,7 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 		r = db_journal_commit(db);
 		if (r < 0)
 			goto out;
+		db->journal_active = false;
 	}
 	if (kind == DB_FILE_WAL) {
 		r = db_sync_ltx(db);
@@ -1155,7 +1162,7 @@ int db_unlink(struct db *db, enum db_file kind)
 		if (r == 0 && unlink(path) < 0)
 			r = -errno;
 		if (r == 0 || r == -ENOENT)
-			db->journal_exists = false;
+			db->journal_exists = db->journal_active = false;
 		break;
 	case DB_FILE_WAL:
 		r = db_sync_ltx(db);
@@ -1192,7 +1199,7 @@ int db_unlink(struct db *db, enum db_file kind)
 			close(db->dbfd);
 		db->dbfd = -1;
 		db->exists = false;
-		db->journal_exists = db->wal_exists = false;
+		db->journal_exists = db->journal_active = db->wal_exists = false;
 		db_wal_reset(db);
 		dirty_clear(db);
 		fs_fsync_dir(db->dir);
@@ -1209,7 +1216,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	int r = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
 	if (r == 0 && (kind == DB_FILE_DB || kind == DB_FILE_JOURNAL)) {
 		pthread_mutex_lock(&db->mu);
-		if (db->journal_exists)
+		if (db->journal_active)
 			db->tx_synced = true;
 		pthread_mutex_unlock(&db->mu);
 	}
@@ -1398,6 +1405,7 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 		maxes[2 * j + 1] = b;
 	}
 	memset(&db->pos, 0, sizeof(db->pos));
+	db->txid_floor = 0;
 	for (size_t i = n; i-- > 0;) {
 		char name[LTX_FILENAME_LEN + 1], path[4096];
 		ltx_format_filename(name, maxes[2 * i + 1], maxes[2 * i]);
@@ -1421,6 +1429,8 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 		log_warn("db '%s': discarding LTX file %s that does not verify (%s): torn by a "
 			 "crash",
 			 db->name, name, strerror(-v));
+		if (maxes[2 * i] > db->txid_floor)
+			db->txid_floor = maxes[2 * i];
 		unlink(path);
 	}
 out:
@@ -1938,8 +1948,12 @@ static int db_recover(struct db *db)
 			db->xsum = 0;
 			return 0;
 		}
-		log_warn("db '%s': database has no LTX history; recording it as snapshot TXID 1",
-			 db->name);
+		/* a snapshot continues from any TXID a discarded file had used */
+		if (db->txid_floor > 0)
+			db->pos.txid = db->txid_floor - 1;
+		log_warn("db '%s': database has no valid LTX history; recording it as snapshot "
+			 "TXID %016" PRIx64,
+			 db->name, db->pos.txid + 1);
 		return db_commit_snapshot_from_file(db, db->page_count, true);
 	}
 	if (cur == db->pos.checksum)

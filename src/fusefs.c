@@ -61,8 +61,21 @@ struct mj {
 	char hex[32];
 };
 
+/* A kernel dentry to invalidate once the current request has been answered. */
+struct inval {
+	struct inval *next;
+	char name[512];
+};
+
 struct fusefs {
 	struct store *store;
+	/* notifier: invalidations cannot run inside a handler (the kernel holds
+	 * the directory lock for create/unlink), so a thread sends them */
+	pthread_t notifier;
+	bool notifier_started;
+	bool notifier_stop;
+	pthread_cond_t notifier_cond;
+	struct inval *invals, **invals_tail;
 	struct fuse_session *se;
 	pthread_t thread;
 	bool thread_started;
@@ -199,6 +212,47 @@ static int ino_resolve(struct fusefs *fs, fuse_ino_t ino, struct db **db, int *k
 static int mj_path(struct fusefs *fs, const struct mj *m, char *buf, size_t n)
 {
 	return store_super_journal_path(fs->store, m->db, m->hex, buf, n);
+}
+
+/* Queue an invalidation of the root entry `name` (sent after the reply). */
+static void queue_inval(struct fusefs *fs, const char *db, const char *suffix)
+{
+	struct inval *iv = calloc(1, sizeof(*iv));
+	if (!iv)
+		return; /* the entry then expires on its own */
+	snprintf(iv->name, sizeof(iv->name), "%s%s", db, suffix);
+	pthread_mutex_lock(&fs->mu);
+	*fs->invals_tail = iv;
+	fs->invals_tail = &iv->next;
+	pthread_cond_signal(&fs->notifier_cond);
+	pthread_mutex_unlock(&fs->mu);
+}
+
+static void *notifier_run(void *arg)
+{
+	struct fusefs *fs = arg;
+	pthread_mutex_lock(&fs->mu);
+	for (;;) {
+		while (!fs->invals && !fs->notifier_stop)
+			pthread_cond_wait(&fs->notifier_cond, &fs->mu);
+		if (!fs->invals)
+			break;
+		struct inval *iv = fs->invals;
+		fs->invals = iv->next;
+		if (!fs->invals)
+			fs->invals_tail = &fs->invals;
+		pthread_mutex_unlock(&fs->mu);
+		if (!fs->notifier_stop) {
+			int r = fuse_lowlevel_notify_inval_entry(fs->se, INO_ROOT, iv->name,
+								 strlen(iv->name));
+			if (r < 0 && r != -ENOENT)
+				log_debug("invalidate '%s': %s", iv->name, strerror(-r));
+		}
+		free(iv);
+		pthread_mutex_lock(&fs->mu);
+	}
+	pthread_mutex_unlock(&fs->mu);
+	return NULL;
 }
 
 /* --------------------------------------------------------------- attrs */
@@ -519,9 +573,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		goto out;
 	}
 	if (f.kind == DB_FILE_DB) {
+		bool known = (db = store_find(fs->store, f.db)) && db_exists(db);
 		r = store_get_or_create(fs->store, f.db, &db);
 		if (r == -EINVAL)
 			r = -EPERM;
+		if (r == 0 && !known)
+			queue_inval(fs, f.db, "-pos"); /* a cached negative entry must go */
 	} else {
 		db = store_find(fs->store, f.db);
 		r = db && (f.kind == KIND_MJ || db_exists(db)) ? 0 : -ENOENT;
@@ -689,6 +746,12 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 out:
 	fuse_reply_err(req, -r);
+	if (r == 0 && f.kind == DB_FILE_DB) {
+		/* a drop removed the companions behind the kernel's back */
+		queue_inval(fs, f.db, "-journal");
+		queue_inval(fs, f.db, "-wal");
+		queue_inval(fs, f.db, "-shm");
+	}
 }
 
 static void op_refuse(fuse_req_t req)
@@ -910,6 +973,8 @@ int fusefs_start(struct fusefs **ret, struct store *store, const struct fusefs_o
 	if (!fs)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->mu, NULL);
+	pthread_cond_init(&fs->notifier_cond, NULL);
+	fs->invals_tail = &fs->invals;
 	fs->store = store;
 	fs->max_threads = opt->max_threads;
 	fs->mountpoint = strdup(opt->mountpoint);
@@ -949,6 +1014,8 @@ int fusefs_start(struct fusefs **ret, struct store *store, const struct fusefs_o
 		goto fail;
 	}
 	fs->thread_started = true;
+	if (pthread_create(&fs->notifier, NULL, notifier_run, fs) == 0)
+		fs->notifier_started = true;
 	*ret = fs;
 	return 0;
 fail:
@@ -965,6 +1032,18 @@ void fusefs_stop(struct fusefs *fs)
 {
 	if (!fs)
 		return;
+	if (fs->notifier_started) {
+		pthread_mutex_lock(&fs->mu);
+		fs->notifier_stop = true;
+		pthread_cond_signal(&fs->notifier_cond);
+		pthread_mutex_unlock(&fs->mu);
+		pthread_join(fs->notifier, NULL);
+	}
+	while (fs->invals) {
+		struct inval *iv = fs->invals;
+		fs->invals = iv->next;
+		free(iv);
+	}
 	if (fs->se) {
 		fuse_session_exit(fs->se);
 		if (fs->thread_started) {
@@ -981,6 +1060,7 @@ void fusefs_stop(struct fusefs *fs)
 	}
 	free(fs->gen);
 	free(fs->mountpoint);
+	pthread_cond_destroy(&fs->notifier_cond);
 	pthread_mutex_destroy(&fs->mu);
 	free(fs);
 }

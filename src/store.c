@@ -133,6 +133,24 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 		}
 	}
 	closedir(d);
+	d = NULL;
+	/*
+	 * Every journal has been recovered; a super-journal left by a crash is
+	 * now garbage (SQLite deletes it once its journals are finalized).
+	 */
+	for (size_t i = 0; i < s->n; i++) {
+		char dir[4096];
+		if (fs_path(dir, sizeof(dir), "%s/%s", path, db_name(s->dbs[i])) < 0)
+			continue;
+		DIR *dd = opendir(dir);
+		if (!dd)
+			continue;
+		while ((de = readdir(dd)))
+			if (strncmp(de->d_name, "mj", 2) == 0 && unlinkat(dirfd(dd), de->d_name, 0) == 0)
+				log_info("db '%s': removed stale super-journal %s", db_name(s->dbs[i]),
+					 de->d_name);
+		closedir(dd);
+	}
 	*ret = s;
 	return 0;
 fail:

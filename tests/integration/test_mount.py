@@ -20,6 +20,7 @@ def test_version():
 
 
 def test_pos_file_format(node):
+    assert not os.path.exists(node.path("db-pos"))  # a negative entry the kernel may cache
     c = connect(node.path("db"), "delete")
     c.execute("CREATE TABLE t(x)")
     c.execute("INSERT INTO t VALUES(1)")
@@ -48,10 +49,13 @@ def test_non_sqlite_file_refused(node):
     assert "outside a journal or WAL transaction" in node.read_log()
 
 
+@pytest.mark.parametrize("base", ["delete", "persist", "truncate"])
 @pytest.mark.parametrize("jm", ["memory", "off"])
-def test_journal_mode_memory_and_off_refused(node, jm):
-    c = connect(node.path("db"), "delete")
+def test_journal_mode_memory_and_off_refused(node, jm, base):
+    c = connect(node.path("db"), base)
     c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES(0)")  # PERSIST/TRUNCATE leave a journal file behind
+    c.execute("DELETE FROM t")
     pos = read_pos(node.mount, "db")
     c.execute("PRAGMA journal_mode=%s" % jm)
     with pytest.raises(sqlite3.OperationalError) as e:
@@ -59,7 +63,7 @@ def test_journal_mode_memory_and_off_refused(node, jm):
     assert "disk I/O error" in str(e.value)
     c.close()
     assert read_pos(node.mount, "db") == pos
-    c = connect(node.path("db"), "delete")
+    c = connect(node.path("db"), base)
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 0
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     c.close()
@@ -126,21 +130,29 @@ def test_second_mount_refused(node, make_node):
 
 
 def test_delete_database(node):
-    c = connect(node.path("gone"), "delete")
+    c = connect(node.path("gone"), "wal")
     c.execute("CREATE TABLE t(x)")
     c.execute("INSERT INTO t VALUES(1)")
+    assert os.path.exists(node.path("gone-wal"))  # the kernel caches this entry
+    c.close()
+    c = connect(node.path("gone"), "persist")
+    c.execute("INSERT INTO t VALUES(2)")
+    assert os.path.exists(node.path("gone-journal"))
     c.close()
     before = read_pos(node.mount, "gone")[0]
     os.unlink(node.path("gone"))
     assert not os.path.exists(node.path("gone"))
+    wait_for(lambda: not os.path.exists(node.path("gone-journal")),
+             what="the kernel to forget gone-journal")
     assert read_pos(node.mount, "gone") == (before + 1, FLAG)
     newest = parse_ltx(ltx_files(node.dbdir("gone"))[-1][2])
     assert newest["commit"] == 0 and newest["post"] == FLAG
     # re-created, the TXID keeps counting
-    c = connect(node.path("gone"), "delete")
+    c = connect(node.path("gone"), "wal")
     c.execute("CREATE TABLE t2(x)")
     c.close()
-    assert read_pos(node.mount, "gone")[0] == before + 2
+    txids = [f[0] for f in ltx_files(node.dbdir("gone"))]
+    assert txids == list(range(1, txids[-1] + 1)) and txids[-1] >= before + 2
     verify_database(node, "gone")
 
 

@@ -157,3 +157,36 @@ def test_restart_after_kill9_recomputes_and_matches(make_node):
     node.start()
     assert read_pos(node.mount, "db") == pos
     verify_database(node, "db")
+
+
+def test_txid_never_goes_back_when_every_ltx_file_is_torn(make_node):
+    node = make_node(extra_config="")
+    cfg = open(node.config).read().replace(
+        "  compress: true\n", "  compress: true\n  retention: 1ms\n  retention-monitor-interval: 50ms\n")
+    open(node.config, "w").write(cfg)
+    node.start()
+    c = fill(node, "delete", 20)
+    c.close()
+    txid, _ = read_pos(node.mount, "db")
+    wait_for(lambda: len(ltx_files(node.dbdir("db"))) == 1, what="retention")
+    node.stop()
+    only = ltx_files(node.dbdir("db"))[0][2]
+    with open(only, "r+b") as f:
+        f.truncate(50)
+    node.start()
+    assert read_pos(node.mount, "db")[0] == txid
+    newest = parse_ltx(ltx_files(node.dbdir("db"))[-1][2])
+    assert (newest["min"], newest["max"]) == (1, txid)
+    verify_database(node, "db")
+
+
+def test_stale_super_journal_removed_at_start(make_node):
+    node = make_node().start()
+    c = fill(node, "delete", 1)
+    c.close()
+    node.stop()
+    stale = os.path.join(node.dbdir("db"), "mj0A1B2C9D3")
+    open(stale, "w").write("/somewhere/db-journal\0")
+    node.start()
+    assert not os.path.exists(stale)
+    assert "removed stale super-journal" in node.read_log()
