@@ -125,12 +125,25 @@ struct db {
 
 	/* WAL tracking */
 	bool wal_exists;
+	bool wal_live; /* the WAL file has bytes: SQLite treats a 0-byte WAL as absent */
 	bool wal_valid;
 	struct wal_header walh;
 	uint64_t wal_end; /* end of the last committed frame */
 	uint32_t wal_s1, wal_s2;
 	bool ltx_unsynced; /* LTX files written since the last sync */
+	int sticky_err; /* capture lost sync with SQLite: refuse writes until a restart */
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
+
+	/*
+	 * Deferred LTX files (WAL mode, small transactions): encoded in memory at
+	 * the commit point and written right after the reply, in TXID order, by
+	 * whichever thread holds the writer token. `published` is the position of
+	 * the last file on disk: what the -pos file and readers see.
+	 */
+	struct ltxjob *jobs, **jobs_tail;
+	bool writing; /* the writer token */
+	pthread_cond_t cond;
+	struct db_pos published;
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -186,15 +199,18 @@ static void dirty_clear(struct db *db)
 static int dirty_add(struct db *db, uint32_t pgno)
 {
 	if (pgno >= db->dirty_bits_cap) {
-		uint32_t cap = db->dirty_bits_cap ? db->dirty_bits_cap : 4096;
+		uint64_t cap = db->dirty_bits_cap ? db->dirty_bits_cap : 4096;
 		while (cap <= pgno)
 			cap *= 2;
-		uint64_t *b = realloc(db->dirty_bits, (cap / 64) * sizeof(*b));
+		if (cap > (UINT64_C(1) << 32))
+			return -EFBIG;
+		uint64_t *b = realloc(db->dirty_bits, (size_t)(cap / 64) * sizeof(*b));
 		if (!b)
 			return -ENOMEM;
-		memset(b + db->dirty_bits_cap / 64, 0, ((cap - db->dirty_bits_cap) / 64) * sizeof(*b));
+		memset(b + db->dirty_bits_cap / 64, 0,
+		       (size_t)((cap - db->dirty_bits_cap) / 64) * sizeof(*b));
 		db->dirty_bits = b;
-		db->dirty_bits_cap = cap;
+		db->dirty_bits_cap = (uint32_t)(cap > UINT32_MAX ? UINT32_MAX : cap);
 	}
 	uint64_t bit = UINT64_C(1) << (pgno % 64);
 	if (db->dirty_bits[pgno / 64] & bit)
@@ -252,6 +268,51 @@ static int wbuf_write(void *ctx, const void *p, size_t n)
 	memcpy(w->buf + w->n, p, n);
 	w->n += n;
 	return 0;
+}
+
+struct membuf {
+	uint8_t *p;
+	size_t n, cap;
+};
+
+static int membuf_write(void *ctx, const void *p, size_t n)
+{
+	struct membuf *m = ctx;
+	if (m->n + n > m->cap) {
+		size_t cap = m->cap ? m->cap : 8192;
+		while (cap < m->n + n)
+			cap *= 2;
+		uint8_t *q = realloc(m->p, cap);
+		if (!q)
+			return -ENOMEM;
+		m->p = q;
+		m->cap = cap;
+	}
+	memcpy(m->p + m->n, p, n);
+	m->n += n;
+	return 0;
+}
+
+struct ltxjob {
+	struct ltxjob *next;
+	char path[4096];
+	struct membuf buf;
+	struct db_pos pos;
+};
+
+/* Deferred files are for transactions up to this many page bytes. */
+#define DEFER_MAX_BYTES (1u << 20)
+
+/* Write one deferred file (no lock held). */
+static int ltxjob_write(struct ltxjob *j)
+{
+	int fd = open(j->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int r = fs_write_full(fd, j->buf.p, j->buf.n);
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	return r;
 }
 
 struct ltx_out {
@@ -329,9 +390,61 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 	return 0;
 }
 
+/*
+ * Write queued LTX files in order. Called with db->mu held; drops it while
+ * writing. With wait, returns only once the queue is empty and no other
+ * thread is writing; without, leaves the work to a thread already writing.
+ * A failed write is fatal for the chain order, so it is retried by the next
+ * caller and logged; the WAL still holds the transaction.
+ */
+static int db_drain_locked(struct db *db, bool wait)
+{
+	int r = 0;
+	for (;;) {
+		if (db->writing) {
+			if (!wait)
+				return 0;
+			pthread_cond_wait(&db->cond, &db->mu);
+			continue;
+		}
+		struct ltxjob *j = db->jobs;
+		if (!j)
+			return r;
+		db->writing = true;
+		pthread_mutex_unlock(&db->mu);
+		int w = ltxjob_write(j);
+		pthread_mutex_lock(&db->mu);
+		db->writing = false;
+		pthread_cond_broadcast(&db->cond);
+		if (w < 0) {
+			log_error("db '%s': cannot write LTX file %s: %s", db->name, j->path,
+				  strerror(-w));
+			return w;
+		}
+		db->jobs = j->next;
+		if (!db->jobs)
+			db->jobs_tail = &db->jobs;
+		db->published = j->pos;
+		db->ltx_unsynced = true;
+		free(j->buf.p);
+		free(j);
+	}
+}
+
+void db_flush_pending(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	if (db->jobs)
+		db_drain_locked(db, false);
+	pthread_mutex_unlock(&db->mu);
+}
+
 /* Make every LTX file written without fsync durable. */
 static int db_sync_ltx(struct db *db)
 {
+	int dr = db_drain_locked(db, true);
+	if (dr < 0)
+		return dr;
 	if (!db->ltx_unsynced)
 		return 0;
 	int fd = open(db->ltx_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -398,12 +511,17 @@ struct txrec {
 	uint64_t x, post, txid;
 	int64_t timestamp;
 	char path[4096];
+	struct ltxjob *job; /* deferred file, or NULL when the file is written */
 };
 
 static void db_tx_abort(struct txrec *t)
 {
-	if (t->path[0])
+	if (t->job) {
+		free(t->job->buf.p);
+		free(t->job);
+	} else if (t->path[0]) {
 		unlink(t->path);
+	}
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
 }
@@ -421,6 +539,14 @@ static void db_tx_apply(struct db *db, struct txrec *t)
 	db->pos.txid = t->txid;
 	db->pos.checksum = t->post;
 	db->pos.timestamp = t->timestamp;
+	if (t->job) {
+		t->job->pos = db->pos;
+		*db->jobs_tail = t->job;
+		db->jobs_tail = &t->job->next;
+		t->job = NULL;
+	} else {
+		db->published = db->pos;
+	}
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
 	free(t->changed);
@@ -436,7 +562,7 @@ static void db_tx_apply(struct db *db, struct txrec *t)
  */
 static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
 			 const struct page_src *src, const struct walinfo *wi, bool snapshot,
-			 bool sync, struct txrec *t)
+			 bool sync, bool defer, struct txrec *t)
 {
 	uint8_t *buf = NULL;
 	size_t nchanged = 0;
@@ -505,32 +631,67 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 		r = -ENOMEM;
 		goto out;
 	}
-	r = ltx_out_begin(db, &o, &h);
-	if (r < 0)
-		goto out;
-	for (size_t i = 0; i < nchanged; i++) {
-		r = src->read(src->ctx, &pages[i], buf);
-		if (r == 0 && ltx_page_checksum(pages[i].pgno, buf, db->page_size) != pages[i].ck)
-			r = -EIO; /* changed under us: cannot happen while SQLite holds its lock */
-		if (r == 0)
-			r = ltx_encoder_add_page(o.enc, pages[i].pgno, buf);
-		if (r < 0) {
-			ltx_out_abort(&o);
+	t->post = LTX_CHECKSUM_FLAG | x;
+	if (defer && !sync && (uint64_t)nchanged * db->page_size <= DEFER_MAX_BYTES) {
+		/* encode in memory now, write the file after the reply */
+		struct ltxjob *j = calloc(1, sizeof(*j));
+		struct ltx_encoder *enc = NULL;
+		struct ltx_trailer tr;
+		char name[LTX_FILENAME_LEN + 1];
+		if (!j) {
+			r = -ENOMEM;
 			goto out;
 		}
-		t->changed[i] = pages[i];
+		ltx_format_filename(name, h.min_txid, h.max_txid);
+		r = fs_path(j->path, sizeof(j->path), "%s/%s", db->ltx_dir, name);
+		if (r == 0)
+			r = ltx_encoder_new(&enc, &h, membuf_write, &j->buf);
+		for (size_t i = 0; i < nchanged && r == 0; i++) {
+			r = src->read(src->ctx, &pages[i], buf);
+			if (r == 0)
+				r = ltx_encoder_add_page(enc, pages[i].pgno, buf);
+			t->changed[i] = pages[i];
+		}
+		if (r == 0)
+			r = ltx_encoder_finish(enc, t->post, &tr);
+		ltx_encoder_free(enc);
+		if (r < 0) {
+			free(j->buf.p);
+			free(j);
+			goto out;
+		}
+		t->job = j;
+	} else {
+		/* files go to disk in TXID order: earlier deferred ones first */
+		r = db_drain_locked(db, true);
+		if (r == 0)
+			r = ltx_out_begin(db, &o, &h);
+		if (r < 0)
+			goto out;
+		for (size_t i = 0; i < nchanged; i++) {
+			r = src->read(src->ctx, &pages[i], buf);
+			if (r == 0 &&
+			    ltx_page_checksum(pages[i].pgno, buf, db->page_size) != pages[i].ck)
+				r = -EIO; /* changed under us: SQLite holds its lock */
+			if (r == 0)
+				r = ltx_encoder_add_page(o.enc, pages[i].pgno, buf);
+			if (r < 0) {
+				ltx_out_abort(&o);
+				goto out;
+			}
+			t->changed[i] = pages[i];
+		}
+		r = ltx_out_end(db, &o, t->post, sync);
+		if (r < 0)
+			goto out;
+		memcpy(t->path, o.path, sizeof(t->path));
 	}
-	t->post = LTX_CHECKSUM_FLAG | x;
-	r = ltx_out_end(db, &o, t->post, sync);
-	if (r < 0)
-		goto out;
 	t->n = nchanged;
 	t->commit = commit;
 	t->snapshot = snapshot;
 	t->x = x;
 	t->txid = h.max_txid;
 	t->timestamp = h.timestamp;
-	memcpy(t->path, o.path, sizeof(t->path));
 	r = 1;
 out:
 	if (r <= 0) {
@@ -547,7 +708,7 @@ static int db_commit_pages(struct db *db, struct txpage *pages, size_t n, uint32
 			   bool sync, bool *ret_written)
 {
 	struct txrec t;
-	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, &t);
+	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, false, &t);
 	*ret_written = r == 1;
 	if (r == 1)
 		db_tx_apply(db, &t);
@@ -573,10 +734,12 @@ static int db_commit_drop(struct db *db)
 		.min_txid = db->pos.txid + 1,
 		.max_txid = db->pos.txid + 1,
 		.timestamp = now_ms(),
-		.pre_apply_checksum = db_cur_checksum(db),
+		.pre_apply_checksum = db->pos.checksum ? db->pos.checksum : db_cur_checksum(db),
 		.node_id = db->opt.node_id,
 	};
-	int r = ltx_out_begin(db, &o, &h);
+	int r = db_drain_locked(db, true);
+	if (r == 0)
+		r = ltx_out_begin(db, &o, &h);
 	if (r == 0)
 		r = ltx_out_end(db, &o, LTX_CHECKSUM_FLAG, true);
 	if (r < 0)
@@ -588,6 +751,7 @@ static int db_commit_drop(struct db *db)
 	db->pos.txid = h.max_txid;
 	db->pos.checksum = LTX_CHECKSUM_FLAG;
 	db->pos.timestamp = h.timestamp;
+	db->published = db->pos;
 	return 0;
 }
 
@@ -797,7 +961,7 @@ static int db_wal_prepare(struct db *db, int fd, const struct overlay *ov, struc
 	if (db->page_size == 0)
 		db->page_size = db->walh.page_size;
 	return db_tx_prepare(db, tx->pages, n, tx->commit, &src, &wi, db->pos.txid == 0, false,
-			     t);
+			     true, t);
 }
 
 /* Commit every complete transaction already in the file. */
@@ -854,7 +1018,41 @@ static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off
 		}
 		return r;
 	}
-	if (!db->wal_valid || (uint64_t)off + n <= db->wal_end)
+	if (db->wal_valid && (uint64_t)off < db->wal_end) {
+		/*
+		 * SQLite may split a frame's page at its sync point
+		 * (walWriteToLog/iSyncPoint). When the bytes after the split are
+		 * already on disk from an earlier WAL generation, the chain verifies
+		 * before the second half arrives; that half then rewrites identical
+		 * bytes, which is harmless.
+		 */
+		size_t below = (uint64_t)off + n <= db->wal_end ? n : (size_t)(db->wal_end - (uint64_t)off);
+		uint8_t *cur = malloc(below);
+		if (!cur)
+			return -ENOMEM;
+		ssize_t got = fs_pread_full(fd, cur, below, off);
+		bool same = got == (ssize_t)below && memcmp(cur, buf, below) == 0;
+		free(cur);
+		if (same && below == n)
+			return 0;
+		if (same)
+			goto above; /* the rest lies past the last commit: the usual path */
+		/*
+		 * SQLite rewrites frames it had committed only when it undid a
+		 * commit whose frames were already written (a failed WAL fsync or
+		 * wal-index append, wal.c sqlite3WalFrames/WalUndo). Our chain
+		 * holds that transaction; restart recovery resynchronises from
+		 * the WAL (a snapshot). Until then refuse writes rather than
+		 * capture them wrongly.
+		 */
+		log_error("db '%s': SQLite rewound the WAL below a captured commit (offset %lld < "
+			  "%llu); refusing writes until ltxfs restarts and resynchronises",
+			  db->name, (long long)off, (unsigned long long)db->wal_end);
+		db->sticky_err = -EIO;
+		return -EIO;
+	}
+above:
+	if (!db->wal_valid)
 		return fs_pwrite_full(fd, buf, n, off);
 
 	/*
@@ -932,7 +1130,8 @@ size_t db_index(const struct db *db)
 void db_get_pos(struct db *db, struct db_pos *ret)
 {
 	pthread_mutex_lock(&db->mu);
-	*ret = db->pos;
+	db_drain_locked(db, true); /* what a reader sees is on disk */
+	*ret = db->published;
 	pthread_mutex_unlock(&db->mu);
 }
 
@@ -1032,14 +1231,19 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 			if (r < 0)
 				break;
 			db_wal_reset(db);
+			db->wal_live = false;
 		}
 		r = open_backing(db, kind, flags, mode, ret_fd);
 		if (r < 0)
 			break;
 		if (kind == DB_FILE_JOURNAL)
 			db->journal_exists = true;
-		else if (kind == DB_FILE_WAL)
+		else if (kind == DB_FILE_WAL) {
+			struct stat st;
 			db->wal_exists = true;
+			if (fstat(*ret_fd, &st) == 0 && st.st_size > 0)
+				db->wal_live = true;
+		}
 		break;
 	default:
 		r = -EINVAL;
@@ -1054,13 +1258,23 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 	if (kind == DB_FILE_SHM)
 		return fs_pwrite_full(fd, buf, n, off);
 	pthread_mutex_lock(&db->mu);
+	if (db->sticky_err) {
+		r = db->sticky_err;
+		pthread_mutex_unlock(&db->mu);
+		return r;
+	}
 	switch (kind) {
 	case DB_FILE_DB:
-		if (!db->journal_active && !db->wal_exists) {
+		if (!db->journal_active && !db->wal_live) {
 			r = -EPERM;
 			break;
 		}
-		if (!db->wal_exists) {
+		/*
+		 * Every database write is recorded, whatever the journal mode: a
+		 * checkpoint's writes change nothing committed, so at the next
+		 * rollback-mode commit point they compare equal.
+		 */
+		{
 			if (db->page_size == 0 && off == 0 && n >= SQLITE_HEADER_SIZE) {
 				struct sqlite_dbheader dh;
 				if (sqlite_dbheader_parse(&dh, buf, n) == 0)
@@ -1093,6 +1307,8 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		break;
 	case DB_FILE_WAL:
 		r = db_wal_write(db, fd, buf, n, off);
+		if (r == 0 && n > 0)
+			db->wal_live = true;
 		break;
 	default:
 		r = -EINVAL;
@@ -1108,6 +1324,10 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 	if (kind >= DB_FILE_POS)
 		return -EPERM;
 	pthread_mutex_lock(&db->mu);
+	if (db->sticky_err && kind != DB_FILE_SHM) {
+		r = db->sticky_err;
+		goto out;
+	}
 	if (kind == DB_FILE_DB && !db->exists) {
 		r = -ENOENT;
 		goto out;
@@ -1117,7 +1337,7 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 	 * that shrank it (pager_end_transaction: the file is larger than the
 	 * image): that removes nothing committed, so it is allowed.
 	 */
-	if (kind == DB_FILE_DB && !db->journal_active && !db->wal_exists &&
+	if (kind == DB_FILE_DB && !db->journal_active && !db->wal_live &&
 	    (uint64_t)size < (uint64_t)db->page_count * db->page_size) {
 		r = -EPERM;
 		goto out;
@@ -1134,6 +1354,8 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 			goto out;
 		if ((uint64_t)size < db->wal_end || size == 0)
 			db_wal_reset(db);
+		if (size == 0)
+			db->wal_live = false;
 	}
 	if (fd >= 0) {
 		if (ftruncate(fd, size) < 0)
@@ -1172,7 +1394,7 @@ int db_unlink(struct db *db, enum db_file kind)
 		if (r == 0 && unlink(path) < 0)
 			r = -errno;
 		if (r == 0 || r == -ENOENT) {
-			db->wal_exists = false;
+			db->wal_exists = db->wal_live = false;
 			db_wal_reset(db);
 		}
 		break;
@@ -1199,7 +1421,7 @@ int db_unlink(struct db *db, enum db_file kind)
 			close(db->dbfd);
 		db->dbfd = -1;
 		db->exists = false;
-		db->journal_exists = db->journal_active = db->wal_exists = false;
+		db->journal_exists = db->journal_active = db->wal_exists = db->wal_live = false;
 		db_wal_reset(db);
 		dirty_clear(db);
 		fs_fsync_dir(db->dir);
@@ -1318,20 +1540,19 @@ static int db_checksum_file(struct db *db, uint32_t count)
 	struct ckjob jobs[8];
 	pthread_t th[8];
 	uint32_t per = count / (uint32_t)nt;
+	bool started[8] = {false};
 	for (int i = 0; i < nt; i++) {
 		jobs[i] = (struct ckjob){db, 1 + (uint32_t)i * per,
 					 i == nt - 1 ? count : (uint32_t)(i + 1) * per, 0, 0};
-		if (nt > 1 && pthread_create(&th[i], NULL, ckjob_run, &jobs[i]) != 0) {
-			jobs[i].r = -EAGAIN;
-			nt = i;
-			break;
-		}
+		if (nt > 1 && pthread_create(&th[i], NULL, ckjob_run, &jobs[i]) == 0)
+			started[i] = true;
 	}
-	if (nt == 1)
-		ckjob_run(&jobs[0]);
-	else
-		for (int i = 0; i < nt; i++)
+	for (int i = 0; i < nt; i++) {
+		if (started[i])
 			pthread_join(th[i], NULL);
+		else
+			ckjob_run(&jobs[i]); /* single-threaded, or no thread available */
+	}
 	for (int i = 0; i < nt; i++) {
 		if (jobs[i].r < 0)
 			r = jobs[i].r;
@@ -1418,6 +1639,10 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 		}
 		int v = ltx_verify_fd(fd, last_h, last_t);
 		close(fd);
+		if (v < 0 && v != -EBADMSG && v != -EPROTO && v != -EINVAL) {
+			r = v; /* an I/O problem, not a torn file: do not delete anything */
+			goto out;
+		}
 		if (v == 0) {
 			db->pos.txid = last_h->max_txid;
 			db->pos.checksum = last_t->post_apply_checksum;
@@ -1439,18 +1664,23 @@ out:
 	return r;
 }
 
-/* Resolve a super-journal path recorded in a journal to our storage. */
+/*
+ * Does the super-journal a journal names still exist? A path inside the mount
+ * ("<mount>/<db>-mj<HEX>") lives in our storage as dbs/<db>/mj<HEX>; any other
+ * path is a real file elsewhere (a multi-database commit with a database that
+ * is not on ltxfs) and is checked where it is.
+ */
 static bool super_journal_exists(struct db *db, const char *recorded)
 {
-	const char *base = strrchr(recorded, '/');
-	base = base ? base + 1 : recorded;
-	const char *mj = strstr(base, "-mj");
+	const char *mnt = db->opt.mount_dir;
+	size_t ml = mnt ? strlen(mnt) : 0;
+	if (!(ml && strncmp(recorded, mnt, ml) == 0 && recorded[ml] == '/'))
+		return access(recorded, F_OK) == 0;
+	const char *base = recorded + ml + 1;
 	const char *last = NULL;
-	while (mj) {
+	for (const char *mj = strstr(base, "-mj"); mj; mj = strstr(mj + 1, "-mj"))
 		last = mj;
-		mj = strstr(mj + 1, "-mj");
-	}
-	if (!last)
+	if (!last || strchr(base, '/'))
 		return false;
 	char path[4096];
 	if (fs_path(path, sizeof(path), "%s/../%.*s/mj%s", db->dir, (int)(last - base), base,
@@ -1685,28 +1915,32 @@ static int db_recover_wal(struct db *db, bool *ret_touched)
 				 db->name, db->pos.txid);
 	}
 
-	/* Checkpoint: latest image of every page into the database file. */
-	for (size_t i = 0; i < ntx; i++) {
-		for (size_t k = 0; k < txs[i].n; k++) {
-			struct txpage *p = &txs[i].pages[k];
-			/* skip images superseded by a later transaction */
-			bool later = false;
-			for (size_t j = i + 1; j < ntx && !later; j++)
-				for (size_t m = 0; m < txs[j].n; m++)
-					if (txs[j].pages[m].pgno == p->pgno) {
-						later = true;
-						break;
-					}
-			if (later || p->pgno > txs[ntx - 1].commit)
+	/* Checkpoint: the latest image of every page into the database file. */
+	{
+		size_t total = 0, k = 0;
+		for (size_t i = 0; i < ntx; i++)
+			total += txs[i].n;
+		struct txpage *all = malloc((total ? total : 1) * sizeof(*all));
+		if (!all) {
+			r = -ENOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < ntx; i++)
+			for (size_t m = 0; m < txs[i].n; m++)
+				all[k++] = txs[i].pages[m];
+		total = txpages_normalize(all, total); /* last frame of each page */
+		for (size_t i = 0; i < total && r == 0; i++) {
+			if (all[i].pgno > txs[ntx - 1].commit)
 				continue;
 			r = wal_read(fd, NULL, page, wh.page_size,
-				     (off_t)p->where + WAL_FRAME_HEADER_SIZE);
+				     (off_t)all[i].where + WAL_FRAME_HEADER_SIZE);
 			if (r == 0)
 				r = fs_pwrite_full(db->dbfd, page, wh.page_size,
-						   (off_t)(p->pgno - 1) * wh.page_size);
-			if (r < 0)
-				goto out;
+						   (off_t)(all[i].pgno - 1) * wh.page_size);
 		}
+		free(all);
+		if (r < 0)
+			goto out;
 	}
 	if (ftruncate(db->dbfd, (off_t)txs[ntx - 1].commit * wh.page_size) < 0 ||
 	    fsync(db->dbfd) < 0) {
@@ -1902,8 +2136,11 @@ static int db_recover(struct db *db)
 			fs_unlink_if_exists(path);
 		if (db_file_path(db, DB_FILE_SHM, path, sizeof(path)) == 0)
 			fs_unlink_if_exists(path);
-		if (db->pos.txid)
-			db->pos.checksum = lt.post_apply_checksum;
+		if (db->pos.txid && lh.commit != 0) {
+			/* deleted while ltxfs was not running: record the deletion */
+			log_warn("db '%s': database file is gone; recording its deletion", db->name);
+			return db_commit_drop(db);
+		}
 		return 0;
 	}
 	db->exists = true;
@@ -1988,6 +2225,8 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	if (!db)
 		return -ENOMEM;
 	pthread_mutex_init(&db->mu, NULL);
+	pthread_cond_init(&db->cond, NULL);
+	db->jobs_tail = &db->jobs;
 	db->dbfd = -1;
 	db->opt = *opt;
 	db->dir = strdup(dir);
@@ -2021,6 +2260,7 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	r = db_recover(db);
 	if (r < 0)
 		goto fail;
+	db->published = db->pos;
 	*ret = db;
 	return 0;
 fail:
@@ -2033,13 +2273,22 @@ void db_free(struct db *db)
 	if (!db)
 		return;
 	if (db->ltx_dir) {
+		pthread_mutex_lock(&db->mu);
 		db_sync_ltx(db);
-		if (db->exists && db->dbfd >= 0 && db->n_dirty == 0 && !db->dirty_all &&
-		    db->page_size)
+		pthread_mutex_unlock(&db->mu);
+		if (db->exists && db->dbfd >= 0 && !db->sticky_err && db->page_size &&
+		    !db->journal_active)
 			db_save_checksums(db);
 	}
 	if (db->dbfd >= 0)
 		close(db->dbfd);
+	while (db->jobs) { /* only after a failed write: the WAL still has them */
+		struct ltxjob *j = db->jobs;
+		db->jobs = j->next;
+		free(j->buf.p);
+		free(j);
+	}
+	pthread_cond_destroy(&db->cond);
 	pthread_mutex_destroy(&db->mu);
 	free(db->pgck);
 	free(db->dirty_bits);

@@ -683,6 +683,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, -r);
 	} else {
 		fuse_reply_write(req, size);
+		if (h->kind == DB_FILE_WAL)
+			db_flush_pending(h->db); /* LTX files deferred past the reply */
 	}
 }
 
@@ -933,15 +935,9 @@ __attribute__((format(printf, 2, 0))) static void fuse_log_sink(enum fuse_log_le
 static void *loop_thread(void *arg)
 {
 	struct fusefs *fs = arg;
-	const char *lm = getenv("LTXFS_LOOP");
-	if (lm && strcmp(lm, "st") == 0) {
-		fuse_session_loop(fs->se);
-		fs->done = true;
-		return NULL;
-	}
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 	if (cfg) {
-		fuse_loop_cfg_set_clone_fd(cfg, lm && strcmp(lm, "clone") == 0);
+		fuse_loop_cfg_set_clone_fd(cfg, 0);
 		fuse_loop_cfg_set_max_threads(cfg, fs->max_threads ? fs->max_threads : 16);
 		fuse_loop_cfg_set_idle_threads(cfg, 8);
 	}

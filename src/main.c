@@ -184,7 +184,8 @@ static int cmd_mount(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &mask, &oldmask);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct store_options so = {.data_dir = cfg.data.dir, .compress = cfg.data.compress};
+	struct store_options so = {
+		.data_dir = cfg.data.dir, .mount_dir = cfg.fuse.dir, .compress = cfg.data.compress};
 	int r = store_open(&store, &so, err, sizeof(err));
 	if (r < 0) {
 		log_error("cannot open data directory: %s", err[0] ? err : strerror(-r));

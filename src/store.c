@@ -10,6 +10,7 @@
 
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
+#include "ltxfs/sqlfmt.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,6 +27,7 @@ struct store {
 	pthread_mutex_t mu;
 	char *data_dir;
 	char *dbs_dir;
+	char *mount_dir;
 	int lock_fd;
 	uint64_t node_id;
 	struct db_options dbopt;
@@ -52,6 +54,46 @@ static bool name_ok(const char *name)
 {
 	return name[0] && strcmp(name, ".") && strcmp(name, "..") && !strchr(name, '/') &&
 	       strlen(name) < 200;
+}
+
+/*
+ * pager_delsuper's rule: a super-journal may go only when none of the child
+ * journals it lists still names it. Children on ltxfs were recovered already;
+ * a child elsewhere (a database not on ltxfs) may still be hot.
+ */
+static bool super_journal_in_use(struct store *s, const char *db, int dfd, const char *file)
+{
+	char *buf = NULL, recorded[4096], name[4096];
+	size_t len = 0;
+	bool used = false;
+	if (!s->mount_dir ||
+	    fs_path(recorded, sizeof(recorded), "%s/%s-%s", s->mount_dir, db, file) < 0)
+		return true; /* cannot tell: keep it */
+	int fd = openat(dfd, file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	if (fs_read_file(path, 1 << 20, &buf, &len) < 0) {
+		close(fd);
+		return true;
+	}
+	close(fd);
+	for (size_t off = 0; off < len && !used;) {
+		const char *child = buf + off;
+		size_t cl = strnlen(child, len - off);
+		off += cl + 1;
+		if (cl == 0 || (strncmp(child, s->mount_dir, strlen(s->mount_dir)) == 0))
+			continue;
+		int cfd = open(child, O_RDONLY | O_CLOEXEC);
+		if (cfd < 0)
+			continue;
+		if (journal_super_name(cfd, name, sizeof(name)) == 1 && strcmp(name, recorded) == 0)
+			used = true;
+		close(cfd);
+	}
+	free(buf);
+	return used;
 }
 
 int store_open(struct store **ret, const struct store_options *opt, char *errmsg, size_t n)
@@ -103,6 +145,14 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 		goto fail;
 	}
 	s->dbopt.compress = opt->compress;
+	if (opt->mount_dir) {
+		s->mount_dir = strdup(opt->mount_dir);
+		if (!s->mount_dir) {
+			r = -ENOMEM;
+			goto fail;
+		}
+		s->dbopt.mount_dir = s->mount_dir;
+	}
 	s->dbopt.node_id = s->node_id;
 
 	d = opendir(path);
@@ -145,10 +195,15 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 		DIR *dd = opendir(dir);
 		if (!dd)
 			continue;
-		while ((de = readdir(dd)))
-			if (strncmp(de->d_name, "mj", 2) == 0 && unlinkat(dirfd(dd), de->d_name, 0) == 0)
-				log_info("db '%s': removed stale super-journal %s", db_name(s->dbs[i]),
-					 de->d_name);
+		while ((de = readdir(dd))) {
+			if (strncmp(de->d_name, "mj", 2) != 0)
+				continue;
+			if (super_journal_in_use(s, db_name(s->dbs[i]), dirfd(dd), de->d_name))
+				continue;
+			if (unlinkat(dirfd(dd), de->d_name, 0) == 0)
+				log_info("db '%s': removed stale super-journal %s",
+					 db_name(s->dbs[i]), de->d_name);
+		}
 		closedir(dd);
 	}
 	*ret = s;
@@ -172,6 +227,7 @@ void store_close(struct store *s)
 	pthread_mutex_destroy(&s->mu);
 	free(s->data_dir);
 	free(s->dbs_dir);
+	free(s->mount_dir);
 	free(s);
 }
 

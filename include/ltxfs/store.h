@@ -19,6 +19,7 @@
 
 struct store_options {
 	const char *data_dir;
+	const char *mount_dir;
 	bool compress;
 };
 

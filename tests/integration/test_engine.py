@@ -228,3 +228,25 @@ def test_kill9_of_application_mid_transaction(node, mode):
     c.close()
     integrity(node.path("db"))
     verify_database(node, "db")
+
+
+def test_leftover_empty_wal_does_not_disable_capture(node):
+    """PERSIST_WAL + journal_size_limit=0 leave a 0-byte -wal after switching back to
+    rollback mode; SQLite treats it as absent and so must ltxfs."""
+    db = node.path("db")
+    subprocess.run(["sqlite3", db], input=(
+        ".filectrl persist_wal 1\n"
+        "PRAGMA journal_size_limit=0;\n"
+        "PRAGMA journal_mode=wal;\n"
+        "CREATE TABLE t(x);\n"
+        "INSERT INTO t VALUES(1);\n"
+        "PRAGMA journal_mode=delete;\n"), text=True, check=True, capture_output=True)
+    assert os.path.exists(node.path("db-wal")) and os.path.getsize(node.path("db-wal")) == 0
+    before = txid(node)
+    c = connect(db, "delete")
+    c.execute("INSERT INTO t VALUES(2)")
+    c.execute("INSERT INTO t VALUES(3)")
+    assert txid(node) == before + 2
+    c.close()
+    integrity(db)
+    verify_database(node, "db")

@@ -190,3 +190,17 @@ def test_stale_super_journal_removed_at_start(make_node):
     node.start()
     assert not os.path.exists(stale)
     assert "removed stale super-journal" in node.read_log()
+
+
+def test_database_deleted_while_down_is_recorded(make_node):
+    node = make_node().start()
+    c = fill(node, "delete", 5)
+    c.close()
+    txid, _ = read_pos(node.mount, "db")
+    node.stop()
+    os.unlink(os.path.join(node.dbdir("db"), "database"))
+    node.start()
+    assert read_pos(node.mount, "db") == (txid + 1, 1 << 63)
+    from ltxcheck import check_chain
+    assert check_chain(node.dbdir("db"))[:2] == (txid + 1, 1 << 63)
+    assert not os.path.exists(node.path("db"))
