@@ -2160,7 +2160,8 @@ static int db_recover(struct db *db)
 	char wal[4096];
 	bool has_wal = db_file_path(db, DB_FILE_WAL, wal, sizeof(wal)) == 0 &&
 		       access(wal, F_OK) == 0;
-	if (!(db->page_size && db_load_checksums(db, count))) {
+	/* The cache describes the database file only when no WAL adds to it. */
+	if (!(db->page_size && !has_wal && db_load_checksums(db, count))) {
 		r = db_checksum_file(db, count);
 		if (r < 0)
 			return r;

@@ -4,8 +4,9 @@
  * design essay and docs/architecture.md for the safety argument.
  *
  * Threads: every function may be called from any FUSE worker thread; each
- * takes db->mu internally for as long as it needs and never calls out to FUSE,
- * HTTP or the network. Functions return 0 (or a count) or -errno.
+ * takes db->mu internally for as long as it needs (db_enforce_retention only
+ * lists and unlinks files and needs no lock) and never calls out to FUSE, HTTP
+ * or the network. Functions return 0 (or a count) or -errno.
  *
  * Ownership: a struct db is created by db_open() and freed by db_free() (NULL
  * ok); the store owns every db and frees them at shutdown. File descriptors
@@ -48,7 +49,8 @@ struct db;
  * dbs/<name>) and run crash recovery: discard torn LTX files, roll back a hot
  * journal, turn committed WAL frames beyond the last LTX file into LTX files,
  * checkpoint the WAL into the database file, and check the database against
- * the last LTX file (see db.c). Called before the mount exists.
+ * the last LTX file (see db.c). Called by the store: at start-up before the
+ * mount exists, and from a FUSE worker when a new database is created.
  */
 int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	    const struct db_options *opt);
