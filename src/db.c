@@ -108,14 +108,15 @@ struct db {
 	int dbfd; /* internal O_RDWR descriptor of `database`, -1 when absent */
 	uint32_t page_size;
 	uint32_t page_count; /* committed size in pages */
-	uint64_t *pgck;      /* [pgno] committed page checksum, index 0 unused */
+	uint64_t *pgck;	     /* [pgno] committed page checksum, index 0 unused */
 	uint32_t pgck_cap;   /* entries allocated minus one */
-	uint64_t xsum;       /* XOR of pgck[1..page_count] */
+	uint64_t xsum;	     /* XOR of pgck[1..page_count] */
 	struct db_pos pos;
 
 	/* rollback-journal tracking */
 	bool journal_exists;
-	bool journal_active; /* a journal header with the magic was written: a transaction is open */
+	bool
+	    journal_active; /* a journal header with the magic was written: a transaction is open */
 	uint64_t *dirty_bits;
 	uint32_t dirty_bits_cap; /* in pages */
 	uint32_t *dirty;
@@ -130,20 +131,9 @@ struct db {
 	struct wal_header walh;
 	uint64_t wal_end; /* end of the last committed frame */
 	uint32_t wal_s1, wal_s2;
-	bool ltx_unsynced; /* LTX files written since the last sync */
-	int sticky_err; /* capture lost sync with SQLite: refuse writes until a restart */
+	bool ltx_unsynced;   /* LTX files written since the last sync */
+	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
-
-	/*
-	 * Deferred LTX files (WAL mode, small transactions): encoded in memory at
-	 * the commit point and written right after the reply, in TXID order, by
-	 * whichever thread holds the writer token. `published` is the position of
-	 * the last file on disk: what the -pos file and readers see.
-	 */
-	struct ltxjob *jobs, **jobs_tail;
-	bool writing; /* the writer token */
-	pthread_cond_t cond;
-	struct db_pos published;
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -231,8 +221,7 @@ static int dirty_add(struct db *db, uint32_t pgno)
 /* Read page pgno of the database file; bytes past EOF read as zeros. */
 static int read_db_page(struct db *db, uint32_t pgno, uint8_t *buf)
 {
-	ssize_t r = fs_pread_full(db->dbfd, buf, db->page_size,
-				  (off_t)(pgno - 1) * db->page_size);
+	ssize_t r = fs_pread_full(db->dbfd, buf, db->page_size, (off_t)(pgno - 1) * db->page_size);
 	if (r < 0)
 		return (int)r;
 	if ((size_t)r < db->page_size)
@@ -268,51 +257,6 @@ static int wbuf_write(void *ctx, const void *p, size_t n)
 	memcpy(w->buf + w->n, p, n);
 	w->n += n;
 	return 0;
-}
-
-struct membuf {
-	uint8_t *p;
-	size_t n, cap;
-};
-
-static int membuf_write(void *ctx, const void *p, size_t n)
-{
-	struct membuf *m = ctx;
-	if (m->n + n > m->cap) {
-		size_t cap = m->cap ? m->cap : 8192;
-		while (cap < m->n + n)
-			cap *= 2;
-		uint8_t *q = realloc(m->p, cap);
-		if (!q)
-			return -ENOMEM;
-		m->p = q;
-		m->cap = cap;
-	}
-	memcpy(m->p + m->n, p, n);
-	m->n += n;
-	return 0;
-}
-
-struct ltxjob {
-	struct ltxjob *next;
-	char path[4096];
-	struct membuf buf;
-	struct db_pos pos;
-};
-
-/* Deferred files are for transactions up to this many page bytes. */
-#define DEFER_MAX_BYTES (1u << 20)
-
-/* Write one deferred file (no lock held). */
-static int ltxjob_write(struct ltxjob *j)
-{
-	int fd = open(j->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -errno;
-	int r = fs_write_full(fd, j->buf.p, j->buf.n);
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	return r;
 }
 
 struct ltx_out {
@@ -390,61 +334,9 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 	return 0;
 }
 
-/*
- * Write queued LTX files in order. Called with db->mu held; drops it while
- * writing. With wait, returns only once the queue is empty and no other
- * thread is writing; without, leaves the work to a thread already writing.
- * A failed write is fatal for the chain order, so it is retried by the next
- * caller and logged; the WAL still holds the transaction.
- */
-static int db_drain_locked(struct db *db, bool wait)
-{
-	int r = 0;
-	for (;;) {
-		if (db->writing) {
-			if (!wait)
-				return 0;
-			pthread_cond_wait(&db->cond, &db->mu);
-			continue;
-		}
-		struct ltxjob *j = db->jobs;
-		if (!j)
-			return r;
-		db->writing = true;
-		pthread_mutex_unlock(&db->mu);
-		int w = ltxjob_write(j);
-		pthread_mutex_lock(&db->mu);
-		db->writing = false;
-		pthread_cond_broadcast(&db->cond);
-		if (w < 0) {
-			log_error("db '%s': cannot write LTX file %s: %s", db->name, j->path,
-				  strerror(-w));
-			return w;
-		}
-		db->jobs = j->next;
-		if (!db->jobs)
-			db->jobs_tail = &db->jobs;
-		db->published = j->pos;
-		db->ltx_unsynced = true;
-		free(j->buf.p);
-		free(j);
-	}
-}
-
-void db_flush_pending(struct db *db)
-{
-	pthread_mutex_lock(&db->mu);
-	if (db->jobs)
-		db_drain_locked(db, false);
-	pthread_mutex_unlock(&db->mu);
-}
-
 /* Make every LTX file written without fsync durable. */
 static int db_sync_ltx(struct db *db)
 {
-	int dr = db_drain_locked(db, true);
-	if (dr < 0)
-		return dr;
 	if (!db->ltx_unsynced)
 		return 0;
 	int fd = open(db->ltx_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -511,17 +403,12 @@ struct txrec {
 	uint64_t x, post, txid;
 	int64_t timestamp;
 	char path[4096];
-	struct ltxjob *job; /* deferred file, or NULL when the file is written */
 };
 
 static void db_tx_abort(struct txrec *t)
 {
-	if (t->job) {
-		free(t->job->buf.p);
-		free(t->job);
-	} else if (t->path[0]) {
+	if (t->path[0])
 		unlink(t->path);
-	}
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
 }
@@ -539,14 +426,6 @@ static void db_tx_apply(struct db *db, struct txrec *t)
 	db->pos.txid = t->txid;
 	db->pos.checksum = t->post;
 	db->pos.timestamp = t->timestamp;
-	if (t->job) {
-		t->job->pos = db->pos;
-		*db->jobs_tail = t->job;
-		db->jobs_tail = &t->job->next;
-		t->job = NULL;
-	} else {
-		db->published = db->pos;
-	}
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
 	free(t->changed);
@@ -562,7 +441,7 @@ static void db_tx_apply(struct db *db, struct txrec *t)
  */
 static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
 			 const struct page_src *src, const struct walinfo *wi, bool snapshot,
-			 bool sync, bool defer, struct txrec *t)
+			 bool sync, struct txrec *t)
 {
 	uint8_t *buf = NULL;
 	size_t nchanged = 0;
@@ -611,14 +490,14 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 	}
 
 	struct ltx_header h = {
-		.flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
-		.page_size = db->page_size,
-		.commit = commit,
-		.min_txid = snapshot ? 1 : db->pos.txid + 1,
-		.max_txid = db->pos.txid + 1,
-		.timestamp = now_ms(),
-		.pre_apply_checksum = snapshot ? 0 : db_cur_checksum(db),
-		.node_id = db->opt.node_id,
+	    .flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+	    .page_size = db->page_size,
+	    .commit = commit,
+	    .min_txid = snapshot ? 1 : db->pos.txid + 1,
+	    .max_txid = db->pos.txid + 1,
+	    .timestamp = now_ms(),
+	    .pre_apply_checksum = snapshot ? 0 : db_cur_checksum(db),
+	    .node_id = db->opt.node_id,
 	};
 	if (wi && !snapshot) {
 		h.wal_offset = wi->offset;
@@ -632,60 +511,25 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 		goto out;
 	}
 	t->post = LTX_CHECKSUM_FLAG | x;
-	if (defer && !sync && (uint64_t)nchanged * db->page_size <= DEFER_MAX_BYTES) {
-		/* encode in memory now, write the file after the reply */
-		struct ltxjob *j = calloc(1, sizeof(*j));
-		struct ltx_encoder *enc = NULL;
-		struct ltx_trailer tr;
-		char name[LTX_FILENAME_LEN + 1];
-		if (!j) {
-			r = -ENOMEM;
-			goto out;
-		}
-		ltx_format_filename(name, h.min_txid, h.max_txid);
-		r = fs_path(j->path, sizeof(j->path), "%s/%s", db->ltx_dir, name);
+	r = ltx_out_begin(db, &o, &h);
+	if (r < 0)
+		goto out;
+	for (size_t i = 0; i < nchanged; i++) {
+		r = src->read(src->ctx, &pages[i], buf);
+		if (r == 0 && ltx_page_checksum(pages[i].pgno, buf, db->page_size) != pages[i].ck)
+			r = -EIO; /* changed under us: SQLite holds its lock */
 		if (r == 0)
-			r = ltx_encoder_new(&enc, &h, membuf_write, &j->buf);
-		for (size_t i = 0; i < nchanged && r == 0; i++) {
-			r = src->read(src->ctx, &pages[i], buf);
-			if (r == 0)
-				r = ltx_encoder_add_page(enc, pages[i].pgno, buf);
-			t->changed[i] = pages[i];
-		}
-		if (r == 0)
-			r = ltx_encoder_finish(enc, t->post, &tr);
-		ltx_encoder_free(enc);
+			r = ltx_encoder_add_page(o.enc, pages[i].pgno, buf);
 		if (r < 0) {
-			free(j->buf.p);
-			free(j);
+			ltx_out_abort(&o);
 			goto out;
 		}
-		t->job = j;
-	} else {
-		/* files go to disk in TXID order: earlier deferred ones first */
-		r = db_drain_locked(db, true);
-		if (r == 0)
-			r = ltx_out_begin(db, &o, &h);
-		if (r < 0)
-			goto out;
-		for (size_t i = 0; i < nchanged; i++) {
-			r = src->read(src->ctx, &pages[i], buf);
-			if (r == 0 &&
-			    ltx_page_checksum(pages[i].pgno, buf, db->page_size) != pages[i].ck)
-				r = -EIO; /* changed under us: SQLite holds its lock */
-			if (r == 0)
-				r = ltx_encoder_add_page(o.enc, pages[i].pgno, buf);
-			if (r < 0) {
-				ltx_out_abort(&o);
-				goto out;
-			}
-			t->changed[i] = pages[i];
-		}
-		r = ltx_out_end(db, &o, t->post, sync);
-		if (r < 0)
-			goto out;
-		memcpy(t->path, o.path, sizeof(t->path));
+		t->changed[i] = pages[i];
 	}
+	r = ltx_out_end(db, &o, t->post, sync);
+	if (r < 0)
+		goto out;
+	memcpy(t->path, o.path, sizeof(t->path));
 	t->n = nchanged;
 	t->commit = commit;
 	t->snapshot = snapshot;
@@ -708,7 +552,7 @@ static int db_commit_pages(struct db *db, struct txpage *pages, size_t n, uint32
 			   bool sync, bool *ret_written)
 {
 	struct txrec t;
-	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, false, &t);
+	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, &t);
 	*ret_written = r == 1;
 	if (r == 1)
 		db_tx_apply(db, &t);
@@ -728,18 +572,16 @@ static int db_commit_drop(struct db *db)
 	if (db->pos.txid == 0)
 		return 0;
 	struct ltx_header h = {
-		.flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
-		.page_size = db->page_size ? db->page_size : 4096,
-		.commit = 0,
-		.min_txid = db->pos.txid + 1,
-		.max_txid = db->pos.txid + 1,
-		.timestamp = now_ms(),
-		.pre_apply_checksum = db->pos.checksum ? db->pos.checksum : db_cur_checksum(db),
-		.node_id = db->opt.node_id,
+	    .flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+	    .page_size = db->page_size ? db->page_size : 4096,
+	    .commit = 0,
+	    .min_txid = db->pos.txid + 1,
+	    .max_txid = db->pos.txid + 1,
+	    .timestamp = now_ms(),
+	    .pre_apply_checksum = db->pos.checksum ? db->pos.checksum : db_cur_checksum(db),
+	    .node_id = db->opt.node_id,
 	};
-	int r = db_drain_locked(db, true);
-	if (r == 0)
-		r = ltx_out_begin(db, &o, &h);
+	int r = ltx_out_begin(db, &o, &h);
 	if (r == 0)
 		r = ltx_out_end(db, &o, LTX_CHECKSUM_FLAG, true);
 	if (r < 0)
@@ -751,7 +593,6 @@ static int db_commit_drop(struct db *db)
 	db->pos.txid = h.max_txid;
 	db->pos.checksum = LTX_CHECKSUM_FLAG;
 	db->pos.timestamp = h.timestamp;
-	db->published = db->pos;
 	return 0;
 }
 
@@ -806,10 +647,10 @@ static int db_journal_commit(struct db *db)
 		r = -EIO;
 		goto out;
 	}
-	uint32_t count = dh.page_count_valid ? dh.page_count
-					      : (uint32_t)((uint64_t)st.st_size / dh.page_size);
-	bool snapshot = db->pos.txid == 0 || (db->page_size && dh.page_size != db->page_size) ||
-			db->dirty_all;
+	uint32_t count =
+	    dh.page_count_valid ? dh.page_count : (uint32_t)((uint64_t)st.st_size / dh.page_size);
+	bool snapshot =
+	    db->pos.txid == 0 || (db->page_size && dh.page_size != db->page_size) || db->dirty_all;
 	if (snapshot) {
 		db->page_size = dh.page_size;
 		r = db_commit_snapshot_from_file(db, count, db->tx_synced);
@@ -863,9 +704,10 @@ static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off
 	if (ov && ov->n) {
 		off_t a = off > ov->off ? off : ov->off;
 		off_t b = off + (off_t)len < ov->off + (off_t)ov->n ? off + (off_t)len
-								     : ov->off + (off_t)ov->n;
+								    : ov->off + (off_t)ov->n;
 		if (a < b) {
-			memcpy((uint8_t *)dst + (a - off), ov->buf + (a - ov->off), (size_t)(b - a));
+			memcpy((uint8_t *)dst + (a - off), ov->buf + (a - ov->off),
+			       (size_t)(b - a));
 			if ((size_t)(b - off) > have && a - off <= (off_t)have)
 				have = (size_t)(b - off);
 		}
@@ -960,8 +802,7 @@ static int db_wal_prepare(struct db *db, int fd, const struct overlay *ov, struc
 			     db->walh.salt2};
 	if (db->page_size == 0)
 		db->page_size = db->walh.page_size;
-	return db_tx_prepare(db, tx->pages, n, tx->commit, &src, &wi, db->pos.txid == 0, false,
-			     true, t);
+	return db_tx_prepare(db, tx->pages, n, tx->commit, &src, &wi, db->pos.txid == 0, false, t);
 }
 
 /* Commit every complete transaction already in the file. */
@@ -1026,7 +867,8 @@ static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off
 		 * before the second half arrives; that half then rewrites identical
 		 * bytes, which is harmless.
 		 */
-		size_t below = (uint64_t)off + n <= db->wal_end ? n : (size_t)(db->wal_end - (uint64_t)off);
+		size_t below =
+		    (uint64_t)off + n <= db->wal_end ? n : (size_t)(db->wal_end - (uint64_t)off);
 		uint8_t *cur = malloc(below);
 		if (!cur)
 			return -ENOMEM;
@@ -1071,8 +913,8 @@ above:
 			struct stat st;
 			if (fstat(fd, &st) < 0)
 				return -errno;
-			uint64_t size = (uint64_t)st.st_size > last + 1 ? (uint64_t)st.st_size
-									: last + 1;
+			uint64_t size =
+			    (uint64_t)st.st_size > last + 1 ? (uint64_t)st.st_size : last + 1;
 			if (size >= fstart + fsz &&
 			    wal_read(fd, &ov, fh, sizeof(fh), (off_t)fstart) == 0) {
 				struct wal_frame_header f;
@@ -1130,8 +972,7 @@ size_t db_index(const struct db *db)
 void db_get_pos(struct db *db, struct db_pos *ret)
 {
 	pthread_mutex_lock(&db->mu);
-	db_drain_locked(db, true); /* what a reader sees is on disk */
-	*ret = db->published;
+	*ret = db->pos;
 	pthread_mutex_unlock(&db->mu);
 }
 
@@ -1577,7 +1418,8 @@ static int db_file_page_count(struct db *db, uint32_t *ret)
 	if (got < (ssize_t)sizeof(hdr) || sqlite_dbheader_parse(&dh, hdr, sizeof(hdr)) < 0)
 		return -EBADMSG;
 	db->page_size = dh.page_size;
-	*ret = dh.page_count_valid ? dh.page_count : (uint32_t)((uint64_t)st.st_size / dh.page_size);
+	*ret =
+	    dh.page_count_valid ? dh.page_count : (uint32_t)((uint64_t)st.st_size / dh.page_size);
 	return 0;
 }
 
@@ -1847,7 +1689,7 @@ static int db_recover_wal(struct db *db, bool *ret_touched)
 	uint32_t base_count = db->page_count;
 	uint32_t lock = ltx_lock_pgno(wh.page_size);
 	/* Without LTX history the WAL is only checkpointed; step 5 snapshots. */
-	long match = db->pos.txid == 0			     ? (long)ntx
+	long match = db->pos.txid == 0			       ? (long)ntx
 		     : db_cur_checksum(db) == db->pos.checksum ? 0
 							       : -1;
 	uint64_t x = db->xsum;
@@ -1892,8 +1734,8 @@ static int db_recover_wal(struct db *db, bool *ret_touched)
 				struct txpage *p = &txs[i].pages[k];
 				if (p->pgno > txs[i].commit || p->pgno == lock)
 					continue;
-				db->xsum ^= (p->pgno <= db->page_count ? db->pgck[p->pgno] : 0) ^
-					    p->ck;
+				db->xsum ^=
+				    (p->pgno <= db->page_count ? db->pgck[p->pgno] : 0) ^ p->ck;
 				db->pgck[p->pgno] = p->ck;
 			}
 			for (uint32_t pg = txs[i].commit + 1; pg <= db->page_count; pg++) {
@@ -2068,8 +1910,7 @@ static bool db_load_checksums(struct db *db, uint32_t count)
 		return false;
 	if (fs_read_file(path, (size_t)count * 8 + 128, &b, &len) < 0)
 		goto out;
-	if (len != 8 + 4 + 4 + 8 + 8 + 8 + 24 + (size_t)count * 8 + 8 ||
-	    memcmp(b, CKFILE_MAGIC, 8))
+	if (len != 8 + 4 + 4 + 8 + 8 + 8 + 24 + (size_t)count * 8 + 8 || memcmp(b, CKFILE_MAGIC, 8))
 		goto out;
 	uint64_t crc;
 	memcpy(&crc, b + len - 8, 8);
@@ -2086,10 +1927,9 @@ static bool db_load_checksums(struct db *db, uint32_t count)
 		goto out;
 	uint64_t id[3];
 	memcpy(id, b + 40, sizeof(id));
-	if (ps != db->page_size || pc != count || txid != db->pos.txid ||
-	    ck != db->pos.checksum || size != (uint64_t)st.st_size ||
-	    id[0] != (uint64_t)st.st_ino || id[1] != (uint64_t)st.st_ctim.tv_sec ||
-	    id[2] != (uint64_t)st.st_ctim.tv_nsec)
+	if (ps != db->page_size || pc != count || txid != db->pos.txid || ck != db->pos.checksum ||
+	    size != (uint64_t)st.st_size || id[0] != (uint64_t)st.st_ino ||
+	    id[1] != (uint64_t)st.st_ctim.tv_sec || id[2] != (uint64_t)st.st_ctim.tv_nsec)
 		goto out;
 	if (pgck_reserve(db, count) < 0)
 		goto out;
@@ -2138,7 +1978,8 @@ static int db_recover(struct db *db)
 			fs_unlink_if_exists(path);
 		if (db->pos.txid && lh.commit != 0) {
 			/* deleted while ltxfs was not running: record the deletion */
-			log_warn("db '%s': database file is gone; recording its deletion", db->name);
+			log_warn("db '%s': database file is gone; recording its deletion",
+				 db->name);
 			return db_commit_drop(db);
 		}
 		return 0;
@@ -2158,8 +1999,8 @@ static int db_recover(struct db *db)
 	if (r < 0)
 		return r;
 	char wal[4096];
-	bool has_wal = db_file_path(db, DB_FILE_WAL, wal, sizeof(wal)) == 0 &&
-		       access(wal, F_OK) == 0;
+	bool has_wal =
+	    db_file_path(db, DB_FILE_WAL, wal, sizeof(wal)) == 0 && access(wal, F_OK) == 0;
 	/* The cache describes the database file only when no WAL adds to it. */
 	if (!(db->page_size && !has_wal && db_load_checksums(db, count))) {
 		r = db_checksum_file(db, count);
@@ -2226,8 +2067,6 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	if (!db)
 		return -ENOMEM;
 	pthread_mutex_init(&db->mu, NULL);
-	pthread_cond_init(&db->cond, NULL);
-	db->jobs_tail = &db->jobs;
 	db->dbfd = -1;
 	db->opt = *opt;
 	db->dir = strdup(dir);
@@ -2261,7 +2100,6 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	r = db_recover(db);
 	if (r < 0)
 		goto fail;
-	db->published = db->pos;
 	*ret = db;
 	return 0;
 fail:
@@ -2283,13 +2121,6 @@ void db_free(struct db *db)
 	}
 	if (db->dbfd >= 0)
 		close(db->dbfd);
-	while (db->jobs) { /* only after a failed write: the WAL still has them */
-		struct ltxjob *j = db->jobs;
-		db->jobs = j->next;
-		free(j->buf.p);
-		free(j);
-	}
-	pthread_cond_destroy(&db->cond);
 	pthread_mutex_destroy(&db->mu);
 	free(db->pgck);
 	free(db->dirty_bits);

@@ -49,7 +49,7 @@
 #define INO_ROOT    1
 #define INO_DB_BASE 16
 #define INO_MJ_BASE (UINT64_C(1) << 40)
-#define KIND_MJ     DB_FILE_N
+#define KIND_MJ	    DB_FILE_N
 
 #define CACHE_TIMEOUT 86400.0
 
@@ -375,7 +375,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			if (strcmp(m->name, name) == 0)
 				ino = m->ino;
 		pthread_mutex_unlock(&fs->mu);
-		if (!ino || store_super_journal_path(fs->store, f.db, f.hex, path, sizeof(path)) < 0 ||
+		if (!ino ||
+		    store_super_journal_path(fs->store, f.db, f.hex, path, sizeof(path)) < 0 ||
 		    stat(path, &st) < 0) {
 			reply_negative(req);
 			return;
@@ -683,8 +684,6 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, -r);
 	} else {
 		fuse_reply_write(req, size);
-		if (h->kind == DB_FILE_WAL)
-			db_flush_pending(h->db); /* LTX files deferred past the reply */
 	}
 }
 
@@ -766,8 +765,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	op_refuse(req);
 }
 
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		     dev_t rdev)
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
 	op_refuse(req);
 }
@@ -889,29 +887,29 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 }
 
 static const struct fuse_lowlevel_ops ops = {
-	.init = op_init,
-	.lookup = op_lookup,
-	.getattr = op_getattr,
-	.setattr = op_setattr,
-	.open = op_open,
-	.create = op_create,
-	.read = op_read,
-	.write = op_write,
-	.flush = op_flush,
-	.release = op_release,
-	.fsync = op_fsync,
-	.unlink = op_unlink,
-	.mkdir = op_mkdir,
-	.mknod = op_mknod,
-	.rmdir = op_rmdir,
-	.rename = op_rename,
-	.symlink = op_symlink,
-	.link = op_link,
-	.opendir = op_opendir,
-	.readdir = op_readdir,
-	.releasedir = op_releasedir,
-	.fsyncdir = op_fsyncdir,
-	.statfs = op_statfs,
+    .init = op_init,
+    .lookup = op_lookup,
+    .getattr = op_getattr,
+    .setattr = op_setattr,
+    .open = op_open,
+    .create = op_create,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .release = op_release,
+    .fsync = op_fsync,
+    .unlink = op_unlink,
+    .mkdir = op_mkdir,
+    .mknod = op_mknod,
+    .rmdir = op_rmdir,
+    .rename = op_rename,
+    .symlink = op_symlink,
+    .link = op_link,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .releasedir = op_releasedir,
+    .fsyncdir = op_fsyncdir,
+    .statfs = op_statfs,
 };
 
 /* ----------------------------------------------------------- lifecycle */

@@ -61,14 +61,14 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	gmtime_r(&ts.tv_sec, &tm);
 	char when[96];
 	snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		 ts.tv_nsec / 1000000);
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 
 	char line[4608];
 	size_t n;
 	if (atomic_load(&log_json)) {
-		n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"",
-				     when, level_names[level]);
+		n = (size_t)snprintf(line, sizeof(line),
+				     "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", when,
+				     level_names[level]);
 		n += json_escape(line + n, sizeof(line) - n - 4, msg);
 		n += (size_t)snprintf(line + n, sizeof(line) - n, "\"}\n");
 	} else {

@@ -14,6 +14,7 @@
 #include "ltxfs/store.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -26,13 +27,14 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "ltxfs %s - SQLite replication through a FUSE file system\n\n"
-		   "Usage:\n"
-		   "  ltxfs mount [-config PATH] [-no-expand-env] [-- CMD ARGS...]\n"
-		   "  ltxfs version\n\n"
-		   "Without -config, ltxfs reads ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml or\n"
-		   "/etc/litefs.yml, the first that exists. Flags may start with - or --.\n",
-		   LTXFS_VERSION);
+	fprintf(f,
+		"ltxfs %s - SQLite replication through a FUSE file system\n\n"
+		"Usage:\n"
+		"  ltxfs mount [-config PATH] [-no-expand-env] [-- CMD ARGS...]\n"
+		"  ltxfs version\n\n"
+		"Without -config, ltxfs reads ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml or\n"
+		"/etc/litefs.yml, the first that exists. Flags may start with - or --.\n",
+		LTXFS_VERSION);
 }
 
 /* "-x", "--x" -> "x"; NULL when arg is not a flag. */
@@ -74,9 +76,11 @@ static void *retention_run(void *arg)
 			struct db *db = store_at(r->store, i);
 			int k = db_enforce_retention(db, cutoff);
 			if (k > 0)
-				log_debug("db '%s': retention removed %d LTX file(s)", db_name(db), k);
+				log_debug("db '%s': retention removed %d LTX file(s)", db_name(db),
+					  k);
 			else if (k < 0)
-				log_warn("db '%s': retention failed: %s", db_name(db), strerror(-k));
+				log_warn("db '%s': retention failed: %s", db_name(db),
+					 strerror(-k));
 		}
 		pthread_mutex_lock(&r->mu);
 	}
@@ -98,6 +102,14 @@ static pid_t spawn(char **argv, const sigset_t *oldmask)
 
 static int cmd_mount(int argc, char **argv)
 {
+	/*
+	 * Each commit allocates and frees an LTX encoder (about 128 KiB with
+	 * LZ4). Above glibc's default threshold that is an mmap/munmap pair per
+	 * commit, and every munmap in a multi-threaded process is a TLB
+	 * shootdown across CPUs. Keep such buffers on the heap.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 16 << 20);
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	const char *config_path = NULL;
 	bool expand = true;
 	char **cmd = NULL;
@@ -145,8 +157,9 @@ static int cmd_mount(int argc, char **argv)
 	}
 	if (!config_path) {
 		if (config_find(&found) < 0) {
-			fprintf(stderr, "ltxfs: no config file: none of ./ltxfs.yml, ./litefs.yml, "
-					"/etc/ltxfs.yml, /etc/litefs.yml exists (use -config PATH)\n");
+			fprintf(stderr,
+				"ltxfs: no config file: none of ./ltxfs.yml, ./litefs.yml, "
+				"/etc/ltxfs.yml, /etc/litefs.yml exists (use -config PATH)\n");
 			return 2;
 		}
 		config_path = found;
@@ -185,7 +198,7 @@ static int cmd_mount(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	struct store_options so = {
-		.data_dir = cfg.data.dir, .mount_dir = cfg.fuse.dir, .compress = cfg.data.compress};
+	    .data_dir = cfg.data.dir, .mount_dir = cfg.fuse.dir, .compress = cfg.data.compress};
 	int r = store_open(&store, &so, err, sizeof(err));
 	if (r < 0) {
 		log_error("cannot open data directory: %s", err[0] ? err : strerror(-r));

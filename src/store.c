@@ -121,8 +121,9 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		r = -errno;
 		snprintf(errmsg, n,
-			 r == -EWOULDBLOCK ? "data directory '%s' is in use by another ltxfs process"
-					   : "cannot lock data directory '%s'",
+			 r == -EWOULDBLOCK
+			     ? "data directory '%s' is in use by another ltxfs process"
+			     : "cannot lock data directory '%s'",
 			 opt->data_dir);
 		if (r == -EWOULDBLOCK)
 			r = -EBUSY;
@@ -311,8 +312,7 @@ size_t store_index(struct store *s, const struct db *db)
 	return idx;
 }
 
-int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf,
-			     size_t n)
+int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n)
 {
 	return fs_path(buf, n, "%s/%s/mj%s", s->dbs_dir, db, hex);
 }

@@ -25,34 +25,34 @@ struct config_exec {
 struct config {
 	char *path; /* the file loaded, NULL when built from defaults */
 
-	bool exit_on_error;        /* default true */
-	bool skip_sync;            /* default false */
-	struct config_exec *exec;  /* array of n_exec entries; `exec:` string or list */
+	bool exit_on_error;	  /* default true */
+	bool skip_sync;		  /* default false */
+	struct config_exec *exec; /* array of n_exec entries; `exec:` string or list */
 	size_t n_exec;
 
 	struct {
-		char *dir;          /* required */
-		bool allow_other;   /* false */
-		bool debug;         /* false */
+		char *dir;	  /* required */
+		bool allow_other; /* false */
+		bool debug;	  /* false */
 	} fuse;
 	struct {
-		char *dir;          /* "/var/lib/litefs" */
-		bool compress;      /* true */
-		int64_t retention_ms;                  /* 10m; 0 disables */
+		char *dir;			       /* "/var/lib/litefs" */
+		bool compress;			       /* true */
+		int64_t retention_ms;		       /* 10m; 0 disables */
 		int64_t retention_monitor_interval_ms; /* 1m */
 	} data;
 	struct {
-		char *addr;         /* ":20202" */
+		char *addr; /* ":20202" */
 	} http;
 	struct {
-		char *type;         /* required: "static" ("consul", "etcd" refused for now) */
-		bool candidate;     /* true */
-		char *hostname;     /* default: gethostname() */
-		char *advertise_url;/* default: "http://<hostname>:<port of http.addr>" */
+		char *type;	     /* required: "static" ("consul", "etcd" refused for now) */
+		bool candidate;	     /* true */
+		char *hostname;	     /* default: gethostname() */
+		char *advertise_url; /* default: "http://<hostname>:<port of http.addr>" */
 	} lease;
 	struct {
-		char *format;       /* "text" | "json" */
-		bool debug;         /* false */
+		char *format; /* "text" | "json" */
+		bool debug;   /* false */
 	} log;
 };
 

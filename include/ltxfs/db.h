@@ -22,24 +22,24 @@
 #include <sys/types.h>
 
 enum db_file {
-	DB_FILE_DB = 0, /* <name>            -> dbs/<name>/database */
-	DB_FILE_JOURNAL,/* <name>-journal    -> dbs/<name>/journal */
-	DB_FILE_WAL,    /* <name>-wal        -> dbs/<name>/wal */
-	DB_FILE_SHM,    /* <name>-shm        -> dbs/<name>/shm */
-	DB_FILE_POS,    /* <name>-pos        virtual, 34 bytes */
+	DB_FILE_DB = 0,	 /* <name>            -> dbs/<name>/database */
+	DB_FILE_JOURNAL, /* <name>-journal    -> dbs/<name>/journal */
+	DB_FILE_WAL,	 /* <name>-wal        -> dbs/<name>/wal */
+	DB_FILE_SHM,	 /* <name>-shm        -> dbs/<name>/shm */
+	DB_FILE_POS,	 /* <name>-pos        virtual, 34 bytes */
 	DB_FILE_N
 };
 
 struct db_options {
-	bool compress;    /* LZ4 page blocks in LTX files (data.compress) */
-	uint64_t node_id; /* written into every LTX header */
+	bool compress;	       /* LZ4 page blocks in LTX files (data.compress) */
+	uint64_t node_id;      /* written into every LTX header */
 	const char *mount_dir; /* fuse.dir: resolves super-journal paths (may be NULL) */
 };
 
 struct db_pos {
 	uint64_t txid;
-	uint64_t checksum;  /* post-apply checksum of txid; 0 when txid == 0 */
-	int64_t timestamp;  /* ms, of the last LTX file; 0 if none */
+	uint64_t checksum; /* post-apply checksum of txid; 0 when txid == 0 */
+	int64_t timestamp; /* ms, of the last LTX file; 0 if none */
 };
 
 struct db;
@@ -64,7 +64,7 @@ const char *db_name(const struct db *db);
 /* A stable small integer the store assigns (the FUSE layer derives inode numbers from it). */
 void db_set_index(struct db *db, size_t idx);
 size_t db_index(const struct db *db);
-/* The position of the last LTX file on disk (writes deferred ones first). */
+/* The position after the last LTX file. */
 void db_get_pos(struct db *db, struct db_pos *ret);
 /* Format the -pos file content: "%016x/%016x\n" (34 bytes) into buf[35]. */
 void db_format_pos(const struct db_pos *pos, char buf[35]);
@@ -89,12 +89,6 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 int db_truncate(struct db *db, enum db_file kind, int fd, off_t size);
 /* unlink semantics. Unlinking the journal is a commit point; the database: drop. */
 int db_unlink(struct db *db, enum db_file kind);
-/*
- * Write LTX files whose writing was deferred past the reply (WAL mode, small
- * transactions). FUSE handlers call it after replying to a WAL write.
- */
-void db_flush_pending(struct db *db);
-
 /* fsync/fdatasync of fd; also notes that the application asked for durability. */
 int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync);
 

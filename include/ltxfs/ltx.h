@@ -25,8 +25,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define LTX_MAGIC             "LTX1"
-#define LTX_HEADER_SIZE       100
+#define LTX_MAGIC	      "LTX1"
+#define LTX_HEADER_SIZE	      100
 #define LTX_TRAILER_SIZE      16
 #define LTX_FLAG_COMPRESS_LZ4 0x1u
 #define LTX_FILENAME_LEN      37 /* "%016x-%016x.ltx": 16 + 1 + 16 + 4 */

@@ -23,23 +23,23 @@
 #define SQLITE_HEADER_SIZE 100
 
 struct sqlite_dbheader {
-	uint32_t page_size;      /* decoded: the value 1 means 65536 */
-	uint8_t write_version;   /* 1 legacy/rollback, 2 WAL */
-	uint8_t read_version;    /* 1 legacy/rollback, 2 WAL */
-	uint32_t change_counter; /* offset 24 */
-	uint32_t page_count;     /* offset 28, "in-header database size" */
+	uint32_t page_size;	    /* decoded: the value 1 means 65536 */
+	uint8_t write_version;	    /* 1 legacy/rollback, 2 WAL */
+	uint8_t read_version;	    /* 1 legacy/rollback, 2 WAL */
+	uint32_t change_counter;    /* offset 24 */
+	uint32_t page_count;	    /* offset 28, "in-header database size" */
 	uint32_t version_valid_for; /* offset 92 */
-	bool page_count_valid;   /* page_count != 0 && change_counter == version_valid_for */
+	bool page_count_valid;	    /* page_count != 0 && change_counter == version_valid_for */
 };
 
 /* Parse: requires n >= 100, the "SQLite format 3\0" magic and a valid page size. */
 int sqlite_dbheader_parse(struct sqlite_dbheader *h, const uint8_t *buf, size_t n);
 
 /* ---- WAL ---- */
-#define WAL_HEADER_SIZE       32
+#define WAL_HEADER_SIZE	      32
 #define WAL_FRAME_HEADER_SIZE 24
-#define WAL_MAGIC_LE          0x377f0682u /* checksums in little-endian words */
-#define WAL_MAGIC_BE          0x377f0683u /* checksums in big-endian words */
+#define WAL_MAGIC_LE	      0x377f0682u /* checksums in little-endian words */
+#define WAL_MAGIC_BE	      0x377f0683u /* checksums in big-endian words */
 
 struct wal_header {
 	uint32_t magic;
@@ -48,7 +48,7 @@ struct wal_header {
 	uint32_t ckpt_seq;
 	uint32_t salt1, salt2;
 	uint32_t cksum1, cksum2; /* checksum of the first 24 header bytes */
-	bool big_endian;         /* magic & 1 */
+	bool big_endian;	 /* magic & 1 */
 };
 
 struct wal_frame_header {
@@ -85,8 +85,8 @@ static inline uint64_t wal_frame_offset(uint32_t page_size, uint64_t i)
 extern const uint8_t journal_magic[8]; /* d9 d5 05 f9 20 a1 63 d7 */
 
 struct journal_header {
-	uint32_t nrec;         /* 0xffffffff: "use the file size" */
-	uint32_t nonce;        /* checksum initializer */
+	uint32_t nrec;	       /* 0xffffffff: "use the file size" */
+	uint32_t nonce;	       /* checksum initializer */
 	uint32_t initial_size; /* database size in pages before the transaction */
 	uint32_t sector_size;
 	uint32_t page_size;

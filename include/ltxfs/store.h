@@ -47,7 +47,6 @@ struct db *store_at(struct store *s, size_t i);
 size_t store_index(struct store *s, const struct db *db);
 
 /* Path of a super-journal file "<db>-mj<HEX>": dbs/<db>/mj<HEX>. */
-int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf,
-			     size_t n);
+int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n);
 
 #endif

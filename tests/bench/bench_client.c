@@ -89,8 +89,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_client: select needs rows\n");
 			return 1;
 		}
-		if (sqlite3_prepare_v2(db, "SELECT num, data FROM t WHERE id = ?", -1, &st,
-				       NULL) != SQLITE_OK)
+		if (sqlite3_prepare_v2(db, "SELECT num, data FROM t WHERE id = ?", -1, &st, NULL) !=
+		    SQLITE_OK)
 			die(db, "prepare");
 		unsigned seed = 1;
 		for (long i = 0; i < n; i++) {
