@@ -91,6 +91,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,6 +134,7 @@ struct db {
 	uint32_t wal_s1, wal_s2;
 	bool ltx_unsynced;   /* LTX files written since the last sync */
 	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
+	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
 };
 
@@ -318,7 +320,13 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 		r = wbuf_flush(o->w);
 	if (r == 0 && sync && fdatasync(o->w->fd) < 0)
 		r = -errno;
-	if (r == 0 && sync)
+	/*
+	 * On ext4, fsync of a newly created file also makes its directory entry
+	 * durable: with a journal, the commit that fsync forces contains the
+	 * create; without one, ext4_sync_parent() writes the parent. Elsewhere
+	 * POSIX's rule applies and the directory is fsync'ed too.
+	 */
+	if (r == 0 && sync && db->dirsync)
 		r = fs_fsync_dir(db->ltx_dir);
 	if (r < 0) {
 		ltx_out_abort(o);
@@ -2097,6 +2105,8 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 		if (r < 0)
 			goto fail;
 	}
+	struct statfs sfs;
+	db->dirsync = !(statfs(ltx, &sfs) == 0 && sfs.f_type == 0xEF53 /* EXT4_SUPER_MAGIC */);
 	r = db_recover(db);
 	if (r < 0)
 		goto fail;
