@@ -135,6 +135,7 @@ struct db {
 	bool ltx_unsynced;   /* LTX files written since the last sync */
 	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
 	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
+	bool ltx_trusted;    /* newest LTX accepted on the clean-shutdown cache's word */
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
 };
 
@@ -1432,7 +1433,47 @@ static int db_file_page_count(struct db *db, uint32_t *ret)
 }
 
 /* Delete torn LTX files from the top; set db->pos from the newest good one. */
-static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_trailer *last_t)
+/*
+ * After a clean shutdown every LTX file was synced, and the checksum cache
+ * names the position. Then the newest file needs only its header and trailer
+ * checked against the cache: decoding a large one (the file of a 1 GB
+ * transaction) would dominate start-up. Returns 0 when trusted.
+ */
+static int ckfile_path(struct db *db, char *buf, size_t n);
+
+static int ltx_check_clean(struct db *db, int fd, struct ltx_header *h, struct ltx_trailer *t)
+{
+	char path[4096];
+	uint8_t ck[40], hb[LTX_HEADER_SIZE], tb[LTX_TRAILER_SIZE];
+	struct stat st;
+	if (ckfile_path(db, path, sizeof(path)) < 0)
+		return -ENOENT;
+	int cfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (cfd < 0)
+		return -ENOENT;
+	ssize_t got = fs_pread_full(cfd, ck, sizeof(ck), 0);
+	close(cfd);
+	if (got != (ssize_t)sizeof(ck) || memcmp(ck, CKFILE_MAGIC, 8) != 0)
+		return -EINVAL;
+	uint64_t txid, post;
+	memcpy(&txid, ck + 16, 8);
+	memcpy(&post, ck + 24, 8);
+	if (fstat(fd, &st) < 0 || st.st_size < LTX_HEADER_SIZE + LTX_TRAILER_SIZE ||
+	    fs_pread_full(fd, hb, sizeof(hb), 0) != (ssize_t)sizeof(hb) ||
+	    fs_pread_full(fd, tb, sizeof(tb), st.st_size - LTX_TRAILER_SIZE) != (ssize_t)sizeof(tb))
+		return -EINVAL;
+	if (ltx_header_decode(h, hb) < 0 || h->max_txid != txid)
+		return -EINVAL;
+	t->post_apply_checksum = (uint64_t)tb[0] << 56 | (uint64_t)tb[1] << 48 |
+				 (uint64_t)tb[2] << 40 | (uint64_t)tb[3] << 32 |
+				 (uint64_t)tb[4] << 24 | (uint64_t)tb[5] << 16 |
+				 (uint64_t)tb[6] << 8 | tb[7];
+	t->file_checksum = 0;
+	return t->post_apply_checksum == post ? 0 : -EINVAL;
+}
+
+static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_trailer *last_t,
+			  bool trust_clean)
 {
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
@@ -1487,7 +1528,16 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 			r = -errno;
 			goto out;
 		}
-		int v = ltx_verify_fd(fd, last_h, last_t);
+		int v = -EINVAL;
+		if (trust_clean && i == n - 1 && ltx_check_clean(db, fd, last_h, last_t) == 0) {
+			v = 0;
+			db->ltx_trusted = true;
+		} else {
+			if (lseek(fd, 0, SEEK_SET) < 0)
+				v = -errno;
+			else
+				v = ltx_verify_fd(fd, last_h, last_t);
+		}
 		close(fd);
 		if (v < 0 && v != -EBADMSG && v != -EPROTO && v != -EINVAL) {
 			r = v; /* an I/O problem, not a torn file: do not delete anything */
@@ -1966,7 +2016,7 @@ static int db_recover(struct db *db)
 	int r;
 
 	memset(&lh, 0, sizeof(lh));
-	r = db_recover_ltx(db, &lh, &lt);
+	r = db_recover_ltx(db, &lh, &lt, true);
 	if (r < 0)
 		return r;
 	r = db_file_path(db, DB_FILE_DB, path, sizeof(path));
@@ -2011,6 +2061,13 @@ static int db_recover(struct db *db)
 	    db_file_path(db, DB_FILE_WAL, wal, sizeof(wal)) == 0 && access(wal, F_OK) == 0;
 	/* The cache describes the database file only when no WAL adds to it. */
 	if (!(db->page_size && !has_wal && db_load_checksums(db, count))) {
+		if (db->ltx_trusted) {
+			/* the cache did not hold up: verify the newest file after all */
+			db->ltx_trusted = false;
+			r = db_recover_ltx(db, &lh, &lt, false);
+			if (r < 0)
+				return r;
+		}
 		r = db_checksum_file(db, count);
 		if (r < 0)
 			return r;

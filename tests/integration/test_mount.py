@@ -1,5 +1,6 @@
 """The mount's surface: names, the -pos file, refusals, compatibility, bad input."""
 import errno
+import signal
 import os
 import sqlite3
 import subprocess
@@ -279,3 +280,55 @@ def test_retention_prunes_old_files_but_never_the_newest(make_node):
     c.execute("INSERT INTO t VALUES('after')")
     c.close()
     assert read_pos(node.mount, "db")[0] == txid + 1
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("fuse:\n  dir: /tmp/x\n  bogus: 1\ndata:\n  dir: /tmp/y\nlease:\n  type: static\n",
+     "fuse.bogus"),
+    ("data:\n  dir: /tmp/y\nlease:\n  type: static\n", "fuse.dir"),
+    ("fuse:\n  dir: /tmp/x\ndata:\n  dir: /tmp/y\n  compress: maybe\nlease:\n  type: static\n",
+     "data.compress"),
+    ("fuse:\n  dir: /tmp/x\ndata:\n  dir: /tmp/y\nlease:\n  type: consul\n", "lease.type"),
+])
+def test_config_errors_exit_2_naming_key_and_file(tmp_path, body, needle):
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text(body)
+    p = subprocess.run([LTXFS, "mount", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 2
+    assert needle in p.stderr and str(cfg) in p.stderr
+
+
+def test_litefs_yml_found_in_working_directory_and_sigint(tmp_path):
+    """A litefs.yml with LiteFS key names works unchanged, found without -config,
+    with environment expansion; SIGINT unmounts cleanly."""
+    mnt, data = tmp_path / "mnt", tmp_path / "data"
+    (tmp_path / "litefs.yml").write_text(
+        "fuse:\n  dir: \"${MNT}\"\n  allow-other: false\n"
+        "data:\n  dir: \"$DATA\"\n  compress: true\n  retention: \"10m\"\n"
+        "  retention-monitor-interval: \"1m\"\n"
+        "exit-on-error: true\nhttp:\n  addr: \":20202\"\n"
+        "lease:\n  type: \"static\"\n  candidate: ${PRIMARY == \"yes\"}\n"
+        "  hostname: \"node1\"\n  advertise-url: \"http://node1:20202\"\n"
+        "log:\n  format: \"json\"\n")
+    env = dict(os.environ, MNT=str(mnt), DATA=str(data), PRIMARY="yes")
+    p = subprocess.Popen([LTXFS, "mount"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: is_mounted(str(mnt)) or p.poll() is not None, timeout=30,
+                 what="mount")
+        assert is_mounted(str(mnt)), p.stdout.read()
+        c = connect(str(mnt / "db"), "wal")
+        c.execute("CREATE TABLE t(x)")
+        c.close()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+        out = p.stdout.read()
+        assert '"level":"INFO"' in out  # log.format: json
+        assert not is_mounted(str(mnt))
+        assert os.path.isdir(data / "dbs" / "db" / "ltx")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if is_mounted(str(mnt)):
+            subprocess.call(["umount", "-l", str(mnt)])
