@@ -250,3 +250,18 @@ def test_leftover_empty_wal_does_not_disable_capture(node):
     c.close()
     integrity(db)
     verify_database(node, "db")
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_transaction_of_hundreds_of_megabytes(node, mode):
+    c = setup_table(node, mode, sync="normal")
+    before = txid(node)
+    c.execute("BEGIN")
+    c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64000) "
+              "INSERT INTO t(v) SELECT hex(randomblob(2000)) FROM n")  # about 256 MB
+    c.execute("COMMIT")
+    assert txid(node) == before + 1
+    pages = c.execute("PRAGMA page_count").fetchone()[0]
+    assert pages * 4096 > 250 * 1024 * 1024
+    c.close()
+    verify_database(node, "db")
