@@ -155,6 +155,12 @@ static int cmd_mount(int argc, char **argv)
 			return 2;
 		}
 	}
+	/* As LiteFS: $HOSTNAME is usable in the config and set for subprocesses. */
+	char host[256];
+	if (!getenv("HOSTNAME") && gethostname(host, sizeof(host)) == 0) {
+		host[sizeof(host) - 1] = '\0';
+		setenv("HOSTNAME", host, 0);
+	}
 	if (!config_path) {
 		if (config_find(&found) < 0) {
 			fprintf(stderr,
