@@ -127,7 +127,8 @@ struct db {
 
 	/* WAL tracking */
 	bool wal_exists;
-	bool wal_live; /* the WAL file has bytes: SQLite treats a 0-byte WAL as absent */
+	bool wal_live;	   /* the WAL file has bytes: SQLite treats a 0-byte WAL as absent */
+	uint64_t wal_size; /* its size: every write and truncation passes through here */
 	bool wal_valid;
 	struct wal_header walh;
 	uint64_t wal_end; /* end of the last committed frame */
@@ -892,9 +893,10 @@ static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off
 		 * SQLite rewrites frames it had committed only when it undid a
 		 * commit whose frames were already written (a failed WAL fsync or
 		 * wal-index append, wal.c sqlite3WalFrames/WalUndo). Our chain
-		 * holds that transaction; restart recovery resynchronises from
-		 * the WAL (a snapshot). Until then refuse writes rather than
-		 * capture them wrongly.
+		 * holds that transaction, and so does the WAL file: SQLite's own
+		 * recovery on reopen finds it committed. Refuse writes (which
+		 * would overwrite it) until a restart, whose recovery reconciles
+		 * the chain with the WAL.
 		 */
 		log_error("db '%s': SQLite rewound the WAL below a captured commit (offset %lld < "
 			  "%llu); refusing writes until ltxfs restarts and resynchronises",
@@ -919,11 +921,7 @@ above:
 		if (fstart >= db->wal_end) {
 			struct overlay ov = {buf, n, off};
 			uint8_t fh[WAL_FRAME_HEADER_SIZE];
-			struct stat st;
-			if (fstat(fd, &st) < 0)
-				return -errno;
-			uint64_t size =
-			    (uint64_t)st.st_size > last + 1 ? (uint64_t)st.st_size : last + 1;
+			uint64_t size = db->wal_size > last + 1 ? db->wal_size : last + 1;
 			if (size >= fstart + fsz &&
 			    wal_read(fd, &ov, fh, sizeof(fh), (off_t)fstart) == 0) {
 				struct wal_frame_header f;
@@ -1091,8 +1089,10 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 		else if (kind == DB_FILE_WAL) {
 			struct stat st;
 			db->wal_exists = true;
-			if (fstat(*ret_fd, &st) == 0 && st.st_size > 0)
-				db->wal_live = true;
+			if (fstat(*ret_fd, &st) == 0) {
+				db->wal_size = (uint64_t)st.st_size;
+				db->wal_live = st.st_size > 0;
+			}
 		}
 		break;
 	default:
@@ -1157,8 +1157,11 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		break;
 	case DB_FILE_WAL:
 		r = db_wal_write(db, fd, buf, n, off);
-		if (r == 0 && n > 0)
+		if (r == 0 && n > 0) {
 			db->wal_live = true;
+			if ((uint64_t)off + n > db->wal_size)
+				db->wal_size = (uint64_t)off + n;
+		}
 		break;
 	default:
 		r = -EINVAL;
@@ -1206,6 +1209,7 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 			db_wal_reset(db);
 		if (size == 0)
 			db->wal_live = false;
+		db->wal_size = (uint64_t)size;
 	}
 	if (fd >= 0) {
 		if (ftruncate(fd, size) < 0)
@@ -1245,6 +1249,7 @@ int db_unlink(struct db *db, enum db_file kind)
 			r = -errno;
 		if (r == 0 || r == -ENOENT) {
 			db->wal_exists = db->wal_live = false;
+			db->wal_size = 0;
 			db_wal_reset(db);
 		}
 		break;
