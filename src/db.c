@@ -1523,6 +1523,83 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 	}
 	memset(&db->pos, 0, sizeof(db->pos));
 	db->txid_floor = 0;
+	bool clean = false;
+	if (trust_clean && n > 0) {
+		char name[LTX_FILENAME_LEN + 1], path[4096];
+		ltx_format_filename(name, maxes[2 * (n - 1) + 1], maxes[2 * (n - 1)]);
+		int fd = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) == 0
+			     ? open(path, O_RDONLY | O_CLOEXEC)
+			     : -1;
+		if (fd >= 0) {
+			clean = ltx_check_clean(db, fd, last_h, last_t) == 0;
+			close(fd);
+		}
+	}
+	if (!clean) {
+		/*
+		 * After an unclean stop, files written since the last sync may be
+		 * torn anywhere, not only the newest: power loss can keep N+1 and
+		 * tear N. Verify the newest files (up to 1024 or 64 MiB) in order,
+		 * with their checksum links, and discard from the first bad one up;
+		 * the WAL walk then writes them again.
+		 */
+		size_t lo = n > 1024 ? n - 1024 : 0;
+		uint64_t bytes = 0, prev_post = 0;
+		for (size_t i = n; i-- > lo;) {
+			char name[LTX_FILENAME_LEN + 1], path[4096];
+			struct stat st;
+			ltx_format_filename(name, maxes[2 * i + 1], maxes[2 * i]);
+			if (fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) == 0 &&
+			    stat(path, &st) == 0)
+				bytes += (uint64_t)st.st_size;
+			if (bytes > (64u << 20)) {
+				lo = i + 1;
+				break;
+			}
+		}
+		for (size_t i = lo; i < n; i++) {
+			char name[LTX_FILENAME_LEN + 1], path[4096];
+			struct ltx_header h;
+			struct ltx_trailer t;
+			ltx_format_filename(name, maxes[2 * i + 1], maxes[2 * i]);
+			if (fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) < 0)
+				continue;
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0) {
+				r = -errno;
+				goto out;
+			}
+			int v = ltx_verify_fd(fd, &h, &t);
+			close(fd);
+			if (v < 0 && v != -EBADMSG && v != -EPROTO && v != -EINVAL) {
+				r = v;
+				goto out;
+			}
+			bool linked = v == 0 && (i == lo || ltx_header_is_snapshot(&h) ||
+						 h.pre_apply_checksum == prev_post);
+			if (!linked) {
+				for (size_t k = n; k-- > i;) {
+					ltx_format_filename(name, maxes[2 * k + 1], maxes[2 * k]);
+					if (fs_path(path, sizeof(path), "%s/%s", db->ltx_dir,
+						    name) < 0)
+						continue;
+					log_warn(
+					    "db '%s': discarding LTX file %s: %s", db->name, name,
+					    k == i
+						? (v < 0
+						       ? "it does not verify (torn by a crash)"
+						       : "its pre-apply checksum breaks the chain")
+						: "it follows a damaged file");
+					if (maxes[2 * k] > db->txid_floor)
+						db->txid_floor = maxes[2 * k];
+					unlink(path);
+				}
+				n = i;
+				break;
+			}
+			prev_post = t.post_apply_checksum;
+		}
+	}
 	for (size_t i = n; i-- > 0;) {
 		char name[LTX_FILENAME_LEN + 1], path[4096];
 		ltx_format_filename(name, maxes[2 * i + 1], maxes[2 * i]);
@@ -1534,7 +1611,7 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 			goto out;
 		}
 		int v = -EINVAL;
-		if (trust_clean && i == n - 1 && ltx_check_clean(db, fd, last_h, last_t) == 0) {
+		if (clean && i == n - 1 && ltx_check_clean(db, fd, last_h, last_t) == 0) {
 			v = 0;
 			db->ltx_trusted = true;
 		} else {

@@ -204,3 +204,26 @@ def test_database_deleted_while_down_is_recorded(make_node):
     from ltxcheck import check_chain
     assert check_chain(node.dbdir("db"))[:2] == (txid + 1, 1 << 63)
     assert not os.path.exists(node.path("db"))
+
+
+def test_torn_ltx_file_below_an_intact_one_is_regenerated(make_node):
+    """Power loss may keep LTX file N+1 and tear N. After an unclean stop, recovery
+    checks the newest files and their links, and writes them again from the WAL."""
+    node = make_node().start()
+    c = fill(node, "wal", 5)
+    c.execute("PRAGMA wal_autocheckpoint=0")
+    for i in range(10):
+        c.execute("INSERT INTO t(v) VALUES(?)", ("late %d" % i,))
+    txid, post = read_pos(node.mount, "db")
+    node.kill9()
+    c.close()
+    files = ltx_files(node.dbdir("db"))
+    victim = files[-4][2]
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) - 9)
+    node.start()
+    log = node.read_log()
+    assert "it does not verify" in log and "it follows a damaged file" in log
+    assert log.count("recovered committed WAL transaction") == 4
+    assert read_pos(node.mount, "db") == (txid, post)
+    verify_database(node, "db")
