@@ -41,7 +41,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mount.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -82,6 +84,7 @@ struct fusefs {
 	volatile bool done;
 	char *mountpoint;
 	unsigned max_threads;
+	dev_t conn_dev; /* the mount's st_dev: names its /sys/fs/fuse/connections entry */
 
 	pthread_mutex_t mu; /* generations and super-journals */
 	uint64_t (*gen)[DB_FILE_N];
@@ -947,6 +950,21 @@ static void *loop_thread(void *arg)
 	return NULL;
 }
 
+/* Abort a FUSE connection through fusectl (mounted here if it is not). */
+static void abort_connection(dev_t dev)
+{
+	const char *dir = "/sys/fs/fuse/connections";
+	char path[128];
+	snprintf(path, sizeof(path), "%s/%u/abort", dir, (unsigned)minor(dev));
+	if (access(path, W_OK) != 0 && mount("fusectl", dir, "fusectl", 0, NULL) != 0)
+		log_warn("cannot mount fusectl at %s: %s", dir, strerror(errno));
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "1", 1) != 1)
+		log_error("cannot abort the FUSE connection (%s): %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
 /* A mount left behind by a crashed process answers ENOTCONN: detach it. */
 static void unmount_stale(const char *mnt)
 {
@@ -1008,6 +1026,9 @@ int fusefs_start(struct fusefs **ret, struct store *store, const struct fusefs_o
 		goto fail;
 	}
 	fs->thread_started = true;
+	struct stat mst;
+	if (stat(opt->mountpoint, &mst) == 0)
+		fs->conn_dev = mst.st_dev;
 	if (pthread_create(&fs->notifier, NULL, notifier_run, fs) == 0)
 		fs->notifier_started = true;
 	*ret = fs;
@@ -1041,9 +1062,25 @@ void fusefs_stop(struct fusefs *fs)
 	if (fs->se) {
 		fuse_session_exit(fs->se);
 		if (fs->thread_started) {
-			/* Unmounting makes the workers' reads of /dev/fuse return. */
+			/*
+			 * The lazy unmount ends the workers' loop once no process
+			 * has a file open in the mount. One that keeps a file open
+			 * could hold shutdown forever; after a grace period the
+			 * connection is aborted, so no request can arrive after
+			 * the store is closed (that process then gets ENOTCONN,
+			 * and a transaction it had open is rolled back at the next
+			 * start).
+			 */
 			fuse_session_unmount(fs->se);
-			pthread_join(fs->thread, NULL);
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 10;
+			if (pthread_timedjoin_np(fs->thread, NULL, &ts) != 0) {
+				log_warn("files are still open in %s; aborting the FUSE connection",
+					 fs->mountpoint);
+				abort_connection(fs->conn_dev);
+				pthread_join(fs->thread, NULL);
+			}
 		}
 		fuse_session_destroy(fs->se);
 	}

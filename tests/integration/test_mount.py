@@ -4,6 +4,7 @@ import signal
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -332,3 +333,35 @@ def test_litefs_yml_found_in_working_directory_and_sigint(tmp_path):
             p.kill()
         if is_mounted(str(mnt)):
             subprocess.call(["umount", "-l", str(mnt)])
+
+
+def test_sigterm_with_a_file_held_open_still_shuts_down(make_node):
+    """A process that keeps a database open cannot hold shutdown forever: after a
+    grace period the FUSE connection is aborted, the store closes cleanly, and
+    the next start finds everything consistent."""
+    node = make_node().start()
+    c = connect(node.path("db"), "wal")
+    c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES(1)")
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, time\n"
+                               "c = sqlite3.connect(%r)\n"
+                               "c.execute('SELECT * FROM t').fetchall()\n"
+                               "time.sleep(120)\n" % node.path("db")])
+    try:
+        wait_for(lambda: os.path.exists(node.path("db-shm")), what="holder to open")
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(40) == 0
+        assert "aborting the FUSE connection" in node.read_log()
+    finally:
+        holder.kill()
+        holder.wait()
+        c.close()
+    node.proc = None
+    if is_mounted(node.mount):
+        subprocess.call(["umount", "-l", node.mount])
+    node.start()
+    c = connect(node.path("db"), "wal")
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    c.close()
+    verify_database(node, "db")
