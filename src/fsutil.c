@@ -107,17 +107,6 @@ int fs_fsync_dir(const char *path)
 	return r;
 }
 
-int fs_file_size(const char *path, uint64_t *ret)
-{
-	struct stat st;
-	if (stat(path, &st) < 0) {
-		*ret = 0;
-		return -errno;
-	}
-	*ret = (uint64_t)st.st_size;
-	return 0;
-}
-
 int fs_unlink_if_exists(const char *path)
 {
 	if (unlink(path) < 0 && errno != ENOENT)

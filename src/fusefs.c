@@ -69,6 +69,15 @@ struct inval {
 	char name[512];
 };
 
+/* An open file. Live handles are listed so that the ones the kernel never
+ * releases (after the connection is aborted) are freed at stop. */
+struct handle {
+	struct handle *prev, *next;
+	int fd;
+	struct db *db;
+	int kind;
+};
+
 struct fusefs {
 	struct store *store;
 	/* notifier: invalidations cannot run inside a handler (the kernel holds
@@ -91,12 +100,7 @@ struct fusefs {
 	size_t ngen;
 	struct mj *mjs;
 	uint64_t mj_next;
-};
-
-struct handle {
-	int fd;
-	struct db *db;
-	int kind;
+	struct handle handles; /* list head */
 };
 
 /* --------------------------------------------------------------- names */
@@ -498,7 +502,7 @@ out:
 		fuse_reply_attr(req, &st, CACHE_TIMEOUT);
 }
 
-static int handle_new(struct fuse_file_info *fi, int fd, struct db *db, int kind)
+static int handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, struct db *db, int kind)
 {
 	struct handle *h = malloc(sizeof(*h));
 	if (!h)
@@ -506,6 +510,12 @@ static int handle_new(struct fuse_file_info *fi, int fd, struct db *db, int kind
 	h->fd = fd;
 	h->db = db;
 	h->kind = kind;
+	pthread_mutex_lock(&fs->mu);
+	h->next = fs->handles.next;
+	h->prev = &fs->handles;
+	h->next->prev = h;
+	fs->handles.next = h;
+	pthread_mutex_unlock(&fs->mu);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	if (kind == DB_FILE_POS) {
 		fi->direct_io = 1;
@@ -513,6 +523,17 @@ static int handle_new(struct fuse_file_info *fi, int fd, struct db *db, int kind
 		fi->keep_cache = 1;
 	}
 	return 0;
+}
+
+static void handle_free(struct fusefs *fs, struct handle *h)
+{
+	pthread_mutex_lock(&fs->mu);
+	h->prev->next = h->next;
+	h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->mu);
+	if (h->fd >= 0)
+		close(h->fd);
+	free(h);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -539,7 +560,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = db_open_file(db, (enum db_file)kind, flags, 0644, &fd);
 	}
 	if (r == 0)
-		r = handle_new(fi, fd, db, kind);
+		r = handle_new(fs, fi, fd, db, kind);
 out:
 	if (r < 0) {
 		if (fd >= 0)
@@ -547,13 +568,8 @@ out:
 		fuse_reply_err(req, -r);
 		return;
 	}
-	if (fuse_reply_open(req, fi) == -ENOENT) {
-		/* interrupted: the kernel will not send release */
-		struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-		if (h->fd >= 0)
-			close(h->fd);
-		free(h);
-	}
+	if (fuse_reply_open(req, fi) == -ENOENT) /* interrupted: no release will come */
+		handle_free(fs, (struct handle *)(uintptr_t)fi->fh);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -628,7 +644,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		ino = db_ino(db, f.kind);
 		gen = gen_get(fs, db, f.kind, !existed);
 	}
-	r = handle_new(fi, fd, db, f.kind);
+	r = handle_new(fs, fi, fd, db, f.kind);
 out:
 	if (r < 0) {
 		if (fd >= 0)
@@ -697,10 +713,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-	if (h->fd >= 0)
-		close(h->fd);
-	free(h);
+	handle_free(fuse_req_userdata(req), (struct handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -987,6 +1000,7 @@ int fusefs_start(struct fusefs **ret, struct store *store, const struct fusefs_o
 	pthread_mutex_init(&fs->mu, NULL);
 	pthread_cond_init(&fs->notifier_cond, NULL);
 	fs->invals_tail = &fs->invals;
+	fs->handles.next = fs->handles.prev = &fs->handles;
 	fs->store = store;
 	fs->max_threads = opt->max_threads;
 	fs->mountpoint = strdup(opt->mountpoint);
@@ -1084,6 +1098,8 @@ void fusefs_stop(struct fusefs *fs)
 		}
 		fuse_session_destroy(fs->se);
 	}
+	while (fs->handles.next != &fs->handles) /* never released: connection aborted */
+		handle_free(fs, fs->handles.next);
 	while (fs->mjs) {
 		struct mj *m = fs->mjs;
 		fs->mjs = m->next;

@@ -299,19 +299,6 @@ struct db *store_at(struct store *s, size_t i)
 	return db;
 }
 
-size_t store_index(struct store *s, const struct db *db)
-{
-	size_t idx = (size_t)-1;
-	pthread_mutex_lock(&s->mu);
-	for (size_t i = 0; i < s->n; i++)
-		if (s->dbs[i] == db) {
-			idx = i;
-			break;
-		}
-	pthread_mutex_unlock(&s->mu);
-	return idx;
-}
-
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n)
 {
 	return fs_path(buf, n, "%s/%s/mj%s", s->dbs_dir, db, hex);

@@ -24,8 +24,6 @@ ssize_t fs_read_full(int fd, void *buf, size_t n);
 int fs_mkdir_p(const char *path, mode_t mode);
 /* fsync the directory at path. */
 int fs_fsync_dir(const char *path);
-/* Size of the file at path in *ret (0 and -ENOENT when missing). */
-int fs_file_size(const char *path, uint64_t *ret);
 /* Remove a file; a missing file is not an error. */
 int fs_unlink_if_exists(const char *path);
 /*

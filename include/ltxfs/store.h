@@ -43,8 +43,6 @@ int store_get_or_create(struct store *s, const char *name, struct db **ret);
 /* Number of databases ever known in this process, and the i-th (stable index). */
 size_t store_count(struct store *s);
 struct db *store_at(struct store *s, size_t i);
-/* Stable index of db in the table. */
-size_t store_index(struct store *s, const struct db *db);
 
 /* Path of a super-journal file "<db>-mj<HEX>": dbs/<db>/mj<HEX>. */
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n);

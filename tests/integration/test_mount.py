@@ -344,12 +344,13 @@ def test_sigterm_with_a_file_held_open_still_shuts_down(make_node):
     c.execute("CREATE TABLE t(x)")
     c.execute("INSERT INTO t VALUES(1)")
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sqlite3, time\n"
+                               "import sqlite3, sys, time\n"
                                "c = sqlite3.connect(%r)\n"
-                               "c.execute('SELECT * FROM t').fetchall()\n"
-                               "time.sleep(120)\n" % node.path("db")])
+                               "print(c.execute('SELECT * FROM t').fetchall(), flush=True)\n"
+                               "time.sleep(120)\n" % node.path("db")],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: os.path.exists(node.path("db-shm")), what="holder to open")
+        assert holder.stdout.readline().strip() == "[(1,)]"  # it has the database open
         node.proc.send_signal(signal.SIGTERM)
         assert node.proc.wait(40) == 0
         assert "aborting the FUSE connection" in node.read_log()
