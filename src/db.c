@@ -1743,6 +1743,26 @@ out:
 }
 
 /*
+ * Apply a recovered WAL transaction to the in-memory checksum state, using the
+ * page checksums already computed into its pages (p->ck).
+ */
+static void wal_tx_apply_checksums(struct db *db, const struct wal_tx *tx, uint32_t lock)
+{
+	for (size_t k = 0; k < tx->n; k++) {
+		const struct txpage *p = &tx->pages[k];
+		if (p->pgno > tx->commit || p->pgno == lock)
+			continue;
+		db->xsum ^= (p->pgno <= db->page_count ? db->pgck[p->pgno] : 0) ^ p->ck;
+		db->pgck[p->pgno] = p->ck;
+	}
+	for (uint32_t pg = tx->commit + 1; pg <= db->page_count; pg++) {
+		db->xsum ^= db->pgck[pg];
+		db->pgck[pg] = 0;
+	}
+	db->page_count = tx->commit;
+}
+
+/*
  * Bring the WAL's committed transactions into the LTX chain and the database
  * file, then remove WAL and SHM. last_post is the last LTX's post-apply
  * checksum (0 when there is none).
@@ -1832,8 +1852,6 @@ static int db_recover_wal(struct db *db, bool *ret_touched)
 	long match = db->pos.txid == 0			       ? (long)ntx
 		     : db_cur_checksum(db) == db->pos.checksum ? 0
 							       : -1;
-	uint64_t x = db->xsum;
-	uint32_t count = db->page_count;
 	for (size_t i = 0; i < ntx; i++) {
 		for (size_t k = 0; k < txs[i].n; k++) {
 			struct txpage *p = &txs[i].pages[k];
@@ -1844,16 +1862,9 @@ static int db_recover_wal(struct db *db, bool *ret_touched)
 			if (r < 0)
 				goto out;
 			p->ck = ltx_page_checksum(p->pgno, page, wh.page_size);
-			x ^= (p->pgno <= count ? db->pgck[p->pgno] : 0) ^ p->ck;
-			db->pgck[p->pgno] = p->ck;
 		}
-		for (uint32_t pg = txs[i].commit + 1; pg <= count; pg++) {
-			x ^= db->pgck[pg];
-			db->pgck[pg] = 0;
-		}
-		count = txs[i].commit;
-		if (db->pos.txid && (LTX_CHECKSUM_FLAG | x) == db->pos.checksum &&
-		    match != (long)ntx)
+		wal_tx_apply_checksums(db, &txs[i], lock);
+		if (db->pos.txid && db_cur_checksum(db) == db->pos.checksum && match != (long)ntx)
 			match = (long)i + 1;
 	}
 	/* Pass B: from the base again, write LTX files for transactions past the match. */
@@ -1870,19 +1881,7 @@ static int db_recover_wal(struct db *db, bool *ret_touched)
 		struct walsrc ws = {db, fd, NULL};
 		struct page_src src = {src_wal, &ws};
 		if ((long)i < match) {
-			for (size_t k = 0; k < txs[i].n; k++) {
-				struct txpage *p = &txs[i].pages[k];
-				if (p->pgno > txs[i].commit || p->pgno == lock)
-					continue;
-				db->xsum ^=
-				    (p->pgno <= db->page_count ? db->pgck[p->pgno] : 0) ^ p->ck;
-				db->pgck[p->pgno] = p->ck;
-			}
-			for (uint32_t pg = txs[i].commit + 1; pg <= db->page_count; pg++) {
-				db->xsum ^= db->pgck[pg];
-				db->pgck[pg] = 0;
-			}
-			db->page_count = txs[i].commit;
+			wal_tx_apply_checksums(db, &txs[i], lock);
 			continue;
 		}
 		struct walinfo wi = {(int64_t)txs[i].start, (int64_t)(txs[i].end - txs[i].start),

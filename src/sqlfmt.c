@@ -117,6 +117,8 @@
  */
 #include "ltxfs/sqlfmt.h"
 
+#include "ltxfs/fsutil.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -161,24 +163,6 @@ static bool is_pow2(uint32_t v)
 static bool page_size_ok(uint32_t v)
 {
 	return is_pow2(v) && v >= SQLITE_MIN_PAGE_SIZE && v <= SQLITE_MAX_PAGE_SIZE;
-}
-
-/* pread until n bytes or EOF; bytes read or -errno. */
-static ssize_t pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-	size_t done = 0;
-	while (done < n) {
-		ssize_t r = pread(fd, (uint8_t *)buf + done, n - done, (off_t)(off + done));
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (r == 0)
-			break;
-		done += (size_t)r;
-	}
-	return (ssize_t)done;
 }
 
 static int file_size(int fd, uint64_t *ret)
@@ -379,7 +363,7 @@ int journal_reader_new(struct journal_reader **ret, int fd, uint32_t db_page_siz
 	rc = file_size(fd, &size);
 	if (rc < 0)
 		goto out;
-	n = pread_full(fd, buf, sizeof(buf), 0);
+	n = fs_pread_full(fd, buf, sizeof(buf), 0);
 	if (n < 0) {
 		rc = (int)n;
 		goto out;
@@ -458,7 +442,7 @@ static int next_segment(struct journal_reader *r)
 
 	if (off > r->size || r->size - off < r->sector_size)
 		return 0;
-	n = pread_full(r->fd, buf, sizeof(buf), off);
+	n = fs_pread_full(r->fd, buf, sizeof(buf), off);
 	if (n < 0)
 		return (int)n;
 	if (journal_header_parse(&h, buf, (size_t)n) < 0)
@@ -492,7 +476,7 @@ int journal_reader_next(struct journal_reader *r, uint32_t *pgno, uint8_t *page)
 			continue;
 		}
 		/* pager_playback_one_page(): read pgno and page, advance. */
-		n = pread_full(r->fd, r->rec, reclen, r->off);
+		n = fs_pread_full(r->fd, r->rec, reclen, r->off);
 		if (n < 0)
 			return (int)n;
 		if ((size_t)n < reclen) {
@@ -549,7 +533,7 @@ int journal_super_name(int fd, char *buf, size_t n)
 	/* readSuperJournal(): szJ < 16 -> none. */
 	if (size < 16)
 		return 0;
-	got = pread_full(fd, tail, sizeof(tail), size - 16);
+	got = fs_pread_full(fd, tail, sizeof(tail), size - 16);
 	if (got < 0)
 		return (int)got;
 	if (got < (ssize_t)sizeof(tail))
@@ -561,7 +545,7 @@ int journal_super_name(int fd, char *buf, size_t n)
 	if (len == 0 || len > SQLITE_MAX_PATHNAME || len > size - 16 ||
 	    memcmp(tail + 8, journal_magic, sizeof(journal_magic)) != 0)
 		return 0;
-	got = pread_full(fd, name, len, size - 16 - len);
+	got = fs_pread_full(fd, name, len, size - 16 - len);
 	if (got < 0)
 		return (int)got;
 	if ((size_t)got < len)
