@@ -1754,6 +1754,11 @@ static int finish(struct pctx *p)
 		if (!(c->lease.hostname = strdup(host)))
 			return -ENOMEM;
 	}
+	if (!c->lease.advertise_url && !c->lease.candidate && c->lease.type &&
+	    strcmp(c->lease.type, "static") == 0)
+		return fail(p, NULL,
+			    "key 'lease.advertise-url' is required with a static lease and "
+			    "'candidate: false': it is the URL of the primary to replicate from");
 	if (!c->lease.advertise_url) {
 		unsigned port = 0;
 		const char *why = NULL;

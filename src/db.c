@@ -440,6 +440,8 @@ static void db_tx_apply(struct db *db, struct txrec *t)
 		  t->txid, t->n, t->commit);
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
+	if (db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
 }
 
 /*
@@ -603,6 +605,8 @@ static int db_commit_drop(struct db *db)
 	db->pos.txid = h.max_txid;
 	db->pos.checksum = LTX_CHECKSUM_FLAG;
 	db->pos.timestamp = h.timestamp;
+	if (db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
 	return 0;
 }
 
@@ -1300,7 +1304,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	return r;
 }
 
-int db_enforce_retention(struct db *db, int64_t cutoff_ms)
+int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 {
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
@@ -1317,7 +1321,7 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms)
 	while ((de = readdir(d))) {
 		uint64_t mn, mx;
 		struct stat st;
-		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || mx == newest)
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || mx == newest || mx > keep_after)
 			continue;
 		if (fstatat(dirfd(d), de->d_name, &st, 0) < 0)
 			continue;
@@ -1989,6 +1993,43 @@ out:
 	return r;
 }
 
+/* The database checksum that re-applying the LTX file h over the current
+ * state would give (0 if the file cannot be read). */
+static uint64_t db_reapply_result(struct db *db, const struct ltx_header *h)
+{
+	char name[LTX_FILENAME_LEN + 1], path[4096];
+	struct ltx_decoder *dec = NULL;
+	uint8_t *page = NULL;
+	uint64_t x = ltx_header_is_snapshot(h) ? 0 : db->xsum, res = 0;
+	uint32_t pgno;
+	int fd, r;
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	if (fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) < 0)
+		return 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	page = malloc(h->page_size);
+	if (!page || ltx_decoder_new(&dec, ltx_fd_read, &fd) < 0)
+		goto out;
+	while ((r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+		if (!ltx_header_is_snapshot(h) && pgno <= db->page_count)
+			x ^= db->pgck[pgno];
+		x ^= ltx_page_checksum(pgno, page, h->page_size);
+	}
+	if (r < 0)
+		goto out;
+	if (!ltx_header_is_snapshot(h))
+		for (uint32_t p = h->commit + 1; p <= db->page_count; p++)
+			x ^= db->pgck[p];
+	res = LTX_CHECKSUM_FLAG | (h->commit ? x : 0);
+out:
+	ltx_decoder_free(dec);
+	free(page);
+	close(fd);
+	return res;
+}
+
 /* Clean-shutdown checksum file. */
 static int ckfile_path(struct db *db, char *buf, size_t n)
 {
@@ -2104,6 +2145,11 @@ static int db_recover(struct db *db)
 	if (r < 0)
 		return r;
 	db->dbfd = open(path, O_RDWR | O_CLOEXEC);
+	if (db->dbfd < 0 && errno == ENOENT && db->opt.replica && db->pos.txid && lh.commit != 0 &&
+	    ltx_header_is_snapshot(&lh)) {
+		/* a replica stopped between installing a snapshot and writing it */
+		db->dbfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	}
 	if (db->dbfd < 0) {
 		if (errno != ENOENT)
 			return -errno;
@@ -2183,9 +2229,11 @@ static int db_recover(struct db *db)
 	}
 	if (cur == db->pos.checksum)
 		return 0;
-	if (!ltx_header_is_snapshot(&lh) && cur == lh.pre_apply_checksum) {
+	if ((!ltx_header_is_snapshot(&lh) && cur == lh.pre_apply_checksum) ||
+	    (db->opt.replica && db_reapply_result(db, &lh) == db->pos.checksum)) {
 		/* died between the LTX file and the commit point: finish the commit */
-		log_warn("db '%s': completing transaction %016" PRIx64 " from its LTX file",
+		log_warn("db '%s': completing transaction %016" PRIx64 " from its LTX file "
+			 "(an interrupted commit or replica apply)",
 			 db->name, lh.max_txid);
 		r = db_reapply_ltx(db, &lh);
 		if (r == 0)
@@ -2277,4 +2325,485 @@ void db_free(struct db *db)
 	free(db->name);
 	free(db->ltx_dir);
 	free(db);
+}
+
+/* ---------------------------------------------------------- replication */
+
+int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
+		struct ltx_trailer *ret_t)
+{
+	char name[LTX_FILENAME_LEN + 1], path[4096];
+	struct ltx_header h;
+	struct ltx_trailer t;
+	ltx_format_filename(name, min_txid, min_txid);
+	int r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	r = ltx_verify_fd(fd, &h, &t);
+	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+		r = -errno;
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	if (ret_h)
+		*ret_h = h;
+	if (ret_t)
+		*ret_t = t;
+	return 0;
+}
+
+/* Map every page in the committed WAL prefix to its newest frame. */
+static int wal_frame_map(struct db *db, uint64_t **ret)
+{
+	char path[4096];
+	uint64_t *map = NULL;
+	int r, fd = -1;
+	*ret = NULL;
+	if (!db->wal_valid || db->wal_end <= WAL_HEADER_SIZE)
+		return 0;
+	map = calloc((size_t)db->page_count + 1, sizeof(*map));
+	if (!map)
+		return -ENOMEM;
+	r = db_file_path(db, DB_FILE_WAL, path, sizeof(path));
+	if (r < 0)
+		goto out;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		goto out;
+	}
+	uint64_t fsz = WAL_FRAME_HEADER_SIZE + (uint64_t)db->walh.page_size;
+	for (uint64_t off = WAL_HEADER_SIZE; off + fsz <= db->wal_end; off += fsz) {
+		uint8_t fh[WAL_FRAME_HEADER_SIZE];
+		struct wal_frame_header f;
+		ssize_t n = fs_pread_full(fd, fh, sizeof(fh), (off_t)off);
+		if (n < 0) {
+			r = (int)n;
+			goto out;
+		}
+		if (n != (ssize_t)sizeof(fh)) {
+			r = -EIO;
+			goto out;
+		}
+		wal_frame_header_parse(&f, fh);
+		if (f.pgno >= 1 && f.pgno <= db->page_count)
+			map[f.pgno] = off + WAL_FRAME_HEADER_SIZE;
+	}
+	*ret = map;
+	map = NULL;
+	r = fd;
+	fd = -1;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(map);
+	return r;
+}
+
+int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx_trailer *ret_t)
+{
+	uint64_t *map = NULL;
+	uint8_t *page = NULL;
+	struct ltx_encoder *enc = NULL;
+	struct wbuf *w = NULL;
+	int walfd = -1, fd = -1, r;
+
+	pthread_mutex_lock(&db->mu);
+	/* In rollback modes the file holds uncommitted pages while a journal is
+	 * active: wait for the commit point (SQLite's write phase is short). */
+	while (db->journal_active && !db->sticky_err) {
+		pthread_mutex_unlock(&db->mu);
+		usleep(1000);
+		pthread_mutex_lock(&db->mu);
+	}
+	r = db->sticky_err;
+	if (r < 0)
+		goto out;
+	if (db->pos.txid == 0) {
+		r = -ENOENT;
+		goto out;
+	}
+	struct ltx_header h = {
+	    .flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+	    .page_size = db->page_size ? db->page_size : 4096,
+	    .commit = db->exists ? db->page_count : 0,
+	    .min_txid = 1,
+	    .max_txid = db->pos.txid,
+	    .timestamp = db->pos.timestamp ? db->pos.timestamp : now_ms(),
+	    .node_id = db->opt.node_id,
+	};
+	fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		r = -errno;
+		goto out;
+	}
+	w = malloc(sizeof(*w));
+	page = malloc(h.page_size);
+	if (!w || !page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	w->fd = fd;
+	w->n = 0;
+	if (h.commit > 0) {
+		r = wal_frame_map(db, &map);
+		if (r < 0)
+			goto out;
+		walfd = map ? r : -1;
+	}
+	r = ltx_encoder_new(&enc, &h, wbuf_write, w);
+	if (r < 0)
+		goto out;
+	uint32_t lock = ltx_lock_pgno(h.page_size);
+	for (uint32_t pg = 1; pg <= h.commit; pg++) {
+		if (pg == lock)
+			continue;
+		if (map && map[pg]) {
+			ssize_t n = fs_pread_full(walfd, page, h.page_size, (off_t)map[pg]);
+			r = n < 0 ? (int)n : n == (ssize_t)h.page_size ? 0 : -EIO;
+		} else {
+			r = read_db_page(db, pg, page);
+		}
+		if (r < 0)
+			goto out;
+		if (ltx_page_checksum(pg, page, h.page_size) != db->pgck[pg]) {
+			log_error("db '%s': page %u does not match its committed checksum while "
+				  "building a snapshot",
+				  db->name, pg);
+			r = -EIO;
+			goto out;
+		}
+		r = ltx_encoder_add_page(enc, pg, page);
+		if (r < 0)
+			goto out;
+	}
+	struct ltx_trailer tr;
+	r = ltx_encoder_finish(enc, db->exists ? db->pos.checksum : LTX_CHECKSUM_FLAG, &tr);
+	if (r == 0)
+		r = wbuf_flush(w);
+	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+		r = -errno;
+	if (r == 0) {
+		*ret_fd = fd;
+		fd = -1;
+		if (ret_h)
+			*ret_h = h;
+		if (ret_t)
+			*ret_t = tr;
+	}
+out:
+	pthread_mutex_unlock(&db->mu);
+	ltx_encoder_free(enc);
+	if (walfd >= 0)
+		close(walfd);
+	if (fd >= 0)
+		close(fd);
+	free(map);
+	free(page);
+	free(w);
+	return r;
+}
+
+int db_ltx_tmpfile(struct db *db, int *ret_fd)
+{
+	int fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	*ret_fd = fd;
+	return 0;
+}
+
+bool db_wal_mode(struct db *db)
+{
+	uint8_t v[2] = {0, 0};
+	pthread_mutex_lock(&db->mu);
+	if (db->exists && db->dbfd >= 0 && fs_pread_full(db->dbfd, v, 2, 18) != 2)
+		v[0] = 0;
+	pthread_mutex_unlock(&db->mu);
+	return v[0] == 2 && v[1] == 2;
+}
+
+/* A page the apply writes: where, and its new checksum. */
+struct applypage {
+	uint32_t pgno;
+	uint64_t ck;
+};
+
+/* Move every LTX file of the replaced history into orphaned/<time>/. */
+static void ltx_orphan_all(struct db *db, uint64_t keep_min, uint64_t keep_max)
+{
+	char odir[4096];
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	int moved = 0;
+	if (!d)
+		return;
+	if (fs_path(odir, sizeof(odir), "%s/orphaned/%" PRId64, db->dir, now_ms()) < 0) {
+		closedir(d);
+		return;
+	}
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		char to[4096 + 512];
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || (mn == keep_min && mx == keep_max))
+			continue;
+		if (moved == 0 && fs_mkdir_p(odir, 0755) < 0)
+			break;
+		if (fs_path(to, sizeof(to), "%s/%s", odir, de->d_name) < 0)
+			continue;
+		if (renameat(dirfd(d), de->d_name, AT_FDCWD, to) == 0)
+			moved++;
+	}
+	closedir(d);
+	if (moved)
+		log_warn("db '%s': this node's history diverged from the primary's; %d LTX file(s) "
+			 "that no other node has were moved to %s",
+			 db->name, moved, odir);
+}
+
+/* Delete every LTX file but the one named keep_min-keep_max. */
+static void ltx_remove_others(struct db *db, uint64_t keep_min, uint64_t keep_max)
+{
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) == 0 &&
+		    !(mn == keep_min && mx == keep_max))
+			unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
+static void apply_hooks_invalidate(const struct db_apply_hooks *hk, struct db *db,
+				   const struct applypage *pg, size_t n, uint32_t page_size)
+{
+	size_t i = 0;
+	while (i < n) {
+		size_t j = i + 1;
+		while (j < n && pg[j].pgno == pg[j - 1].pgno + 1)
+			j++;
+		hk->invalidate(hk->ctx, db, (uint64_t)(pg[i].pgno - 1) * page_size,
+			       (uint64_t)(j - i) * page_size);
+		i = j;
+	}
+}
+
+int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk)
+{
+	struct ltx_decoder *dec = NULL;
+	struct applypage *pg = NULL;
+	size_t n = 0, cap = 0;
+	uint8_t *page = NULL;
+	struct ltx_header h;
+	struct ltx_trailer tr;
+	void *token = NULL;
+	bool locked = false, created = false, dropped = false;
+	int r;
+
+	/* Pass 1, before anything is touched: decode and verify the whole file
+	 * (page order, file checksum, snapshot completeness) and note each
+	 * page's new checksum. */
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return -errno;
+	r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+	if (r < 0)
+		goto out;
+	h = *ltx_decoder_header(dec);
+	page = malloc(h.page_size);
+	if (!page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	uint32_t pgno;
+	while ((r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			void *p = realloc(pg, cap * sizeof(*pg));
+			if (!p) {
+				r = -ENOMEM;
+				goto out;
+			}
+			pg = p;
+		}
+		pg[n].pgno = pgno;
+		pg[n].ck = ltx_page_checksum(pgno, page, h.page_size);
+		n++;
+	}
+	if (r < 0)
+		goto out;
+	r = ltx_decoder_finish(dec, &tr);
+	ltx_decoder_free(dec);
+	dec = NULL;
+	if (r < 0)
+		goto out;
+
+	/* The chain: a non-snapshot must start exactly at this position, and
+	 * the result of applying it must be its post-apply checksum. */
+	bool snapshot = ltx_header_is_snapshot(&h);
+	pthread_mutex_lock(&db->mu);
+	if (!snapshot && (db->pos.txid + 1 != h.min_txid || db->pos.checksum != h.pre_apply_checksum)) {
+		log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " does not follow this node's "
+			 "position %016" PRIx64 "/%016" PRIx64,
+			 db->name, h.min_txid, h.max_txid, db->pos.txid, db->pos.checksum);
+		pthread_mutex_unlock(&db->mu);
+		r = -ESTALE;
+		goto out;
+	}
+	if (!snapshot && h.commit > 0 && db->page_count > 0 && db->page_size != h.page_size) {
+		pthread_mutex_unlock(&db->mu);
+		r = -EBADMSG;
+		goto out;
+	}
+	uint64_t x = snapshot ? 0 : db->xsum;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t old = (!snapshot && pg[i].pgno <= db->page_count) ? db->pgck[pg[i].pgno] : 0;
+		x ^= old ^ pg[i].ck;
+	}
+	if (!snapshot)
+		for (uint32_t p = h.commit + 1; p <= db->page_count; p++)
+			x ^= db->pgck[p];
+	if (h.commit == 0)
+		x = 0;
+	pthread_mutex_unlock(&db->mu);
+	if ((LTX_CHECKSUM_FLAG | x) != tr.post_apply_checksum) {
+		log_warn("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " would give checksum "
+			 "%016" PRIx64 ", not the %016" PRIx64 " it records",
+			 db->name, h.min_txid, h.max_txid, LTX_CHECKSUM_FLAG | x,
+			 tr.post_apply_checksum);
+		r = -EBADMSG;
+		goto out;
+	}
+
+	/* Install the file: it is the redo record of what follows (start-up
+	 * recovery re-applies it over a torn apply). */
+	{
+		char name[LTX_FILENAME_LEN + 1], path[4096], tmp[4096 + 8], proc[64];
+		ltx_format_filename(name, h.min_txid, h.max_txid);
+		r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
+		if (r < 0)
+			goto out;
+		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		unlink(tmp);
+		if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) < 0 ||
+		    rename(tmp, path) < 0) {
+			r = -errno;
+			unlink(tmp);
+			goto out;
+		}
+		if (snapshot) {
+			if (flags & DB_APPLY_DIVERGED)
+				ltx_orphan_all(db, h.min_txid, h.max_txid);
+			else
+				ltx_remove_others(db, h.min_txid, h.max_txid);
+		}
+	}
+
+	/* Pass 2: take SQLite's locks against readers, write the pages. */
+	if (hk && hk->lock) {
+		r = hk->lock(hk->ctx, db, &token);
+		if (r < 0)
+			goto out;
+		locked = true;
+	}
+	if (lseek(fd, 0, SEEK_SET) < 0) {
+		r = -errno;
+		goto out;
+	}
+	pthread_mutex_lock(&db->mu);
+	if (h.commit == 0) {
+		static const enum db_file kinds[] = {DB_FILE_DB, DB_FILE_JOURNAL, DB_FILE_WAL,
+						     DB_FILE_SHM};
+		char path[4096];
+		for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+			if (db_file_path(db, kinds[i], path, sizeof(path)) == 0)
+				fs_unlink_if_exists(path);
+		if (db->dbfd >= 0)
+			close(db->dbfd);
+		db->dbfd = -1;
+		dropped = db->exists;
+		db->exists = false;
+		if (db->pgck)
+			memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+		db->page_count = 0;
+		db->xsum = 0;
+	} else {
+		if (!db->exists || db->dbfd < 0) {
+			if (db->dbfd < 0)
+				r = open_backing(db, DB_FILE_DB, O_RDWR | O_CREAT, 0644, &db->dbfd);
+			if (r < 0) {
+				pthread_mutex_unlock(&db->mu);
+				goto out;
+			}
+			created = !db->exists;
+			db->exists = true;
+		}
+		r = pgck_reserve(db, h.commit > db->page_count ? h.commit : db->page_count);
+		if (r == 0)
+			r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+		size_t i = 0;
+		while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+			r = fs_pwrite_full(db->dbfd, page, h.page_size,
+					   (off_t)(pgno - 1) * h.page_size);
+			i++;
+		}
+		if (r == 0 && i != n)
+			r = -EIO; /* the file changed between the passes */
+		if (r == 0 && ftruncate(db->dbfd, (off_t)h.commit * h.page_size) < 0)
+			r = -errno;
+		if (r < 0) {
+			/* Pages may be half written: refuse further applies until a
+			 * restart re-applies the installed file. */
+			db->sticky_err = -EIO;
+			pthread_mutex_unlock(&db->mu);
+			log_error("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " failed: %s",
+				  db->name, h.min_txid, h.max_txid, strerror(-r));
+			goto out;
+		}
+		if (snapshot || db->page_size != h.page_size)
+			memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+		for (size_t k = 0; k < n; k++)
+			db->pgck[pg[k].pgno] = pg[k].ck;
+		for (uint32_t p = h.commit + 1; p <= db->page_count; p++)
+			db->pgck[p] = 0;
+		db->page_size = h.page_size;
+		db->page_count = h.commit;
+		db->xsum = x;
+	}
+	uint32_t old_count = db->page_count;
+	db->pos.txid = h.max_txid;
+	db->pos.checksum = tr.post_apply_checksum;
+	db->pos.timestamp = h.timestamp;
+	db->ltx_unsynced = true;
+	pthread_mutex_unlock(&db->mu);
+	(void)old_count;
+
+	if (hk && hk->invalidate) {
+		if (snapshot || h.commit == 0)
+			hk->invalidate(hk->ctx, db, 0, 0);
+		else {
+			apply_hooks_invalidate(hk, db, pg, n, h.page_size);
+			hk->invalidate(hk->ctx, db, (uint64_t)h.commit * h.page_size, 0);
+		}
+	}
+	if (hk && hk->entries && (created || dropped))
+		hk->entries(hk->ctx, db);
+	if (db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
+	r = 0;
+out:
+	if (locked)
+		hk->unlock(hk->ctx, db, token, r == 0 && h.commit > 0, h.page_size, h.commit);
+	ltx_decoder_free(dec);
+	free(page);
+	free(pg);
+	return r;
 }

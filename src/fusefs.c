@@ -31,6 +31,7 @@
 #include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
+#include "ltxfs/sqlfmt.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -49,9 +50,12 @@
 #include <unistd.h>
 
 #define INO_ROOT    1
+#define INO_PRIMARY 2 /* .primary */
+#define INO_LAG	    3 /* .lag */
 #define INO_DB_BASE 16
 #define INO_MJ_BASE (UINT64_C(1) << 40)
 #define KIND_MJ	    DB_FILE_N
+#define KIND_VIRT   (DB_FILE_N + 1) /* .primary / .lag: handle->db is NULL */
 
 #define CACHE_TIMEOUT 86400.0
 
@@ -101,7 +105,14 @@ struct fusefs {
 	struct mj *mjs;
 	uint64_t mj_next;
 	struct handle handles; /* list head */
+	volatile bool stopping;
 };
+
+/* Writes are refused on a replica; the -shm file is local state and exempt. */
+static bool replica_refuses(struct fusefs *fs, int kind)
+{
+	return kind != DB_FILE_SHM && !store_is_primary(fs->store);
+}
 
 /* --------------------------------------------------------------- names */
 
@@ -262,6 +273,37 @@ static void *notifier_run(void *arg)
 	return NULL;
 }
 
+/* ------------------------------------------------------ virtual files */
+
+/* Content of .primary (only on a connected replica) or .lag. */
+static int virt_content(struct fusefs *fs, fuse_ino_t ino, char *buf, size_t n)
+{
+	if (ino == INO_PRIMARY) {
+		char host[256];
+		if (store_is_primary(fs->store) || store_upstream(fs->store, host, sizeof(host)) < 0)
+			return -ENOENT;
+		return snprintf(buf, n, "%s\n", host);
+	}
+	return snprintf(buf, n, "%+010d\n", (int)store_lag_ms(fs->store));
+}
+
+static int virt_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
+{
+	char buf[300];
+	int len = virt_content(fs, ino, buf, sizeof(buf));
+	if (len < 0)
+		return len;
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFREG | 0444;
+	st->st_nlink = 1;
+	st->st_size = len;
+	st->st_uid = getuid();
+	st->st_gid = getgid();
+	st->st_blksize = 4096;
+	return 0;
+}
+
 /* --------------------------------------------------------------- attrs */
 
 static void pos_attr(struct db *db, struct stat *st)
@@ -289,12 +331,14 @@ static int get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 	if (ino == INO_ROOT) {
 		memset(st, 0, sizeof(*st));
 		st->st_ino = INO_ROOT;
-		st->st_mode = S_IFDIR | 0777;
+		st->st_mode = S_IFDIR | (store_is_primary(fs->store) ? 0777 : 0555);
 		st->st_nlink = 2;
 		st->st_uid = getuid();
 		st->st_gid = getgid();
 		return 0;
 	}
+	if (ino == INO_PRIMARY || ino == INO_LAG)
+		return virt_attr(fs, ino, st);
 	int r = ino_resolve(fs, ino, &db, &kind, &m);
 	if (r < 0)
 		return r;
@@ -360,6 +404,17 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	if (strcmp(name, ".primary") == 0 || strcmp(name, ".lag") == 0) {
+		fuse_ino_t vino = name[1] == 'p' ? INO_PRIMARY : INO_LAG;
+		memset(&e, 0, sizeof(e));
+		if (virt_attr(fs, vino, &st) == 0) {
+			e.ino = vino;
+			e.attr = st;
+		}
+		/* both come and go and change size: never cached */
+		fuse_reply_entry(req, &e);
+		return;
+	}
 	int r = parse_name(name, &f);
 	if (r == -ENOENT) {
 		reply_negative(req);
@@ -404,6 +459,17 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		pos_attr(db, &st);
 	} else {
 		r = db_stat_file(db, (enum db_file)f.kind, &st);
+		if (r == -ENOENT && f.kind == DB_FILE_WAL && !store_is_primary(fs->store) &&
+		    db_wal_mode(db)) {
+			/*
+			 * A WAL database on a replica: SQLite opens the -wal read-write
+			 * and, refused, read-only; the read-only open needs the file.
+			 */
+			int wfd;
+			if (db_open_file(db, DB_FILE_WAL, O_RDWR | O_CREAT, 0644, &wfd) == 0)
+				close(wfd);
+			r = db_stat_file(db, DB_FILE_WAL, &st);
+		}
 		if (r == -ENOENT) {
 			reply_negative(req);
 			return;
@@ -425,7 +491,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else
-		fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+		fuse_reply_attr(req, &st,
+				ino == INO_PRIMARY || ino == INO_LAG ? 0.0 : CACHE_TIMEOUT);
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -447,6 +514,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	if (kind == DB_FILE_POS) {
 		r = (to_set & FUSE_SET_ATTR_SIZE) ? -EPERM : 0;
 		goto reply;
+	}
+	if ((to_set & FUSE_SET_ATTR_SIZE) && replica_refuses(fs, kind)) {
+		r = -EACCES;
+		goto out;
 	}
 	if (kind == KIND_MJ)
 		r = mj_path(fs, &m, path, sizeof(path));
@@ -517,7 +588,7 @@ static int handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, stru
 	fs->handles.next = h;
 	pthread_mutex_unlock(&fs->mu);
 	fi->fh = (uint64_t)(uintptr_t)h;
-	if (kind == DB_FILE_POS) {
+	if (kind == DB_FILE_POS || kind == KIND_VIRT) {
 		fi->direct_io = 1;
 	} else {
 		fi->keep_cache = 1;
@@ -542,10 +613,25 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct db *db;
 	int kind, fd = -1;
 	struct mj m;
-	int r = ino_resolve(fs, ino, &db, &kind, &m);
+	int r;
+	if (ino == INO_PRIMARY || ino == INO_LAG) {
+		db = NULL;
+		kind = KIND_VIRT;
+		r = (fi->flags & O_ACCMODE) != O_RDONLY ? -EACCES : 0;
+		if (r == 0)
+			r = handle_new(fs, fi, ino == INO_PRIMARY ? -2 : -3, NULL, KIND_VIRT);
+		goto out;
+	}
+	r = ino_resolve(fs, ino, &db, &kind, &m);
 	if (r < 0)
 		goto out;
 	int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY);
+	if ((flags & O_ACCMODE) != O_RDONLY && kind != DB_FILE_DB && kind != DB_FILE_POS &&
+	    replica_refuses(fs, kind)) {
+		/* SQLite then opens the -wal read-only and reports SQLITE_READONLY */
+		r = -EACCES;
+		goto out;
+	}
 	if (kind == DB_FILE_POS) {
 		r = (fi->flags & O_ACCMODE) != O_RDONLY ? -EACCES : 0;
 	} else if (kind == KIND_MJ) {
@@ -590,6 +676,19 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		goto out;
 	if (f.kind == DB_FILE_POS) {
 		r = -EPERM;
+		goto out;
+	}
+	if (replica_refuses(fs, f.kind) && (f.kind != DB_FILE_DB || !store_find(fs->store, f.db) ||
+					     !db_exists(store_find(fs->store, f.db)))) {
+		/* A journal SQLite cannot create gives SQLITE_READONLY. */
+		r = -EACCES;
+		if (f.kind == DB_FILE_WAL && (db = store_find(fs->store, f.db)) && db_exists(db) &&
+		    db_wal_mode(db)) {
+			int wfd;
+			if (db_open_file(db, DB_FILE_WAL, O_RDWR | O_CREAT, 0644, &wfd) == 0)
+				close(wfd);
+			queue_inval(fs, f.db, "-wal");
+		}
 		goto out;
 	}
 	if (f.kind == DB_FILE_DB) {
@@ -660,6 +759,21 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (h->kind == KIND_VIRT) {
+		char buf[300];
+		int len = virt_content(fuse_req_userdata(req), ino, buf, sizeof(buf));
+		if (len < 0) {
+			fuse_reply_err(req, -len);
+			return;
+		}
+		if (off >= len) {
+			fuse_reply_buf(req, NULL, 0);
+			return;
+		}
+		size_t n = (size_t)(len - off) < size ? (size_t)(len - off) : size;
+		fuse_reply_buf(req, buf + off, n);
+		return;
+	}
 	if (h->kind == DB_FILE_POS) {
 		struct db_pos pos;
 		char buf[35];
@@ -685,8 +799,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	int r;
-	if (h->kind == DB_FILE_POS)
+	if (h->kind == DB_FILE_POS || h->kind == KIND_VIRT)
 		r = -EPERM;
+	else if (replica_refuses(fuse_req_userdata(req), h->kind))
+		r = -EACCES;
 	else if (h->kind == KIND_MJ)
 		r = fs_pwrite_full(h->fd, buf, size, off);
 	else
@@ -697,7 +813,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 				 "transaction (journal_mode OFF/MEMORY, or not a SQLite "
 				 "database)",
 				 db_name(h->db));
-		else if (r != -EPERM)
+		else if (r != -EPERM && r != -EACCES)
 			log_error("write to '%s' (%d) failed: %s", h->db ? db_name(h->db) : "?",
 				  h->kind, strerror(-r));
 		fuse_reply_err(req, -r);
@@ -723,7 +839,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	int r = 0;
 	if (h->kind == KIND_MJ)
 		r = (datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0 ? -errno : 0;
-	else if (h->kind != DB_FILE_POS)
+	else if (h->kind != DB_FILE_POS && h->kind != KIND_VIRT)
 		r = db_fsync(h->db, (enum db_file)h->kind, h->fd, datasync);
 	fuse_reply_err(req, -r);
 }
@@ -742,6 +858,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (f.kind == DB_FILE_POS) {
 		r = -EPERM;
+	} else if ((f.kind == DB_FILE_DB || f.kind == DB_FILE_JOURNAL || f.kind == KIND_MJ) &&
+		   !store_is_primary(fs->store)) {
+		r = -EACCES;
 	} else if (f.kind == KIND_MJ) {
 		char path[4096];
 		r = store_super_journal_path(fs->store, f.db, f.hex, path, sizeof(path));
@@ -843,6 +962,12 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	dirbuf_add(req, b, ".", INO_ROOT, S_IFDIR);
 	dirbuf_add(req, b, "..", INO_ROOT, S_IFDIR);
+	{
+		struct stat vst;
+		if (virt_attr(fs, INO_PRIMARY, &vst) == 0)
+			dirbuf_add(req, b, ".primary", INO_PRIMARY, S_IFREG);
+		dirbuf_add(req, b, ".lag", INO_LAG, S_IFREG);
+	}
 	static const char *const sfx[DB_FILE_N] = {"", "-journal", "-wal", "-shm", "-pos"};
 	size_t n = store_count(fs->store);
 	for (size_t i = 0; i < n; i++) {
@@ -927,6 +1052,166 @@ static const struct fuse_lowlevel_ops ops = {
     .fsyncdir = op_fsyncdir,
     .statfs = op_statfs,
 };
+
+/* --------------------------------------------------- replica apply hooks */
+
+/*
+ * A replica applies an LTX file while SQLite readers use the mount. The
+ * kernel holds their POSIX locks, so ltxfs takes the same locks a SQLite
+ * writer would, through its own mount (this thread is not a FUSE worker):
+ *
+ *   rollback modes  PENDING (new readers wait), RESERVED, then the SHARED
+ *                   range exclusively once current readers are done;
+ *   WAL mode        in the -shm file: WRITE, CKPT and every READ slot, so
+ *                   no reader is inside a read transaction; afterwards the
+ *                   wal-index header is rewritten (empty WAL, new page
+ *                   count, change counter + 1) through the mount, so every
+ *                   reader's mapping sees it and drops its page cache.
+ *
+ * Locks are polled (F_SETLK with a short back-off), never F_SETLKW, and are
+ * held only while the pages of one transaction are written.
+ */
+struct applytok {
+	int dbfd, shmfd;
+};
+
+static int lock_wait(struct fusefs *fs, int fd, off_t start, off_t len, const char *what,
+		     struct db *db)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+	unsigned delay = 20, waited = 0, warned = 0;
+	while (fcntl(fd, F_SETLK, &fl) < 0) {
+		if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+			return -errno;
+		if (fs->stopping)
+			return -ESHUTDOWN;
+		usleep(delay);
+		waited += delay;
+		delay = delay < 1000 ? delay * 2 : 1000;
+		if (waited / 5000000 > warned) {
+			warned = waited / 5000000;
+			log_warn("db '%s': waiting %us for readers to release the %s lock", db_name(db),
+				 warned * 5, what);
+		}
+	}
+	return 0;
+}
+
+static int hook_lock(void *ctx, struct db *db, void **token)
+{
+	struct fusefs *fs = ctx;
+	struct applytok *t = malloc(sizeof(*t));
+	char path[4096];
+	int r = 0;
+	if (!t)
+		return -ENOMEM;
+	t->dbfd = t->shmfd = -1;
+	*token = t;
+	if (!db_exists(db))
+		return 0; /* a new database: no reader can be inside it */
+	if (db_wal_mode(db)) {
+		r = fs_path(path, sizeof(path), "%s/%s-shm", fs->mountpoint, db_name(db));
+		if (r == 0 && (t->shmfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0)
+			r = -errno;
+		if (r == 0)
+			r = lock_wait(fs, t->shmfd, SHM_LOCK_WRITE, 1, "WAL write", db);
+		if (r == 0)
+			r = lock_wait(fs, t->shmfd, SHM_LOCK_CKPT, 1, "WAL checkpoint", db);
+		if (r == 0)
+			r = lock_wait(fs, t->shmfd, SHM_LOCK_READ(0), SHM_NREADER, "WAL read", db);
+	} else {
+		r = fs_path(path, sizeof(path), "%s/%s", fs->mountpoint, db_name(db));
+		if (r == 0 && (t->dbfd = open(path, O_RDWR | O_CLOEXEC)) < 0)
+			r = -errno;
+		if (r == 0)
+			r = lock_wait(fs, t->dbfd, SQLITE_PENDING_BYTE, 1, "PENDING", db);
+		if (r == 0)
+			r = lock_wait(fs, t->dbfd, SQLITE_RESERVED_BYTE, 1, "RESERVED", db);
+		if (r == 0)
+			r = lock_wait(fs, t->dbfd, SQLITE_SHARED_FIRST, SQLITE_SHARED_SIZE, "SHARED",
+				      db);
+	}
+	if (r < 0) {
+		if (t->dbfd >= 0)
+			close(t->dbfd);
+		if (t->shmfd >= 0)
+			close(t->shmfd);
+		free(t);
+		*token = NULL;
+	}
+	return r;
+}
+
+static void hook_invalidate(void *ctx, struct db *db, uint64_t off, uint64_t len)
+{
+	struct fusefs *fs = ctx;
+	int r = fuse_lowlevel_notify_inval_inode(fs->se, db_ino(db, DB_FILE_DB), (off_t)off,
+						 (off_t)len);
+	if (r < 0 && r != -ENOENT)
+		log_debug("db '%s': invalidate [%llu,+%llu): %s", db_name(db),
+			  (unsigned long long)off, (unsigned long long)len, strerror(-r));
+}
+
+static void inval_entry_now(struct fusefs *fs, struct db *db, const char *suffix)
+{
+	char name[512];
+	snprintf(name, sizeof(name), "%s%s", db_name(db), suffix);
+	fuse_lowlevel_notify_inval_entry(fs->se, INO_ROOT, name, strlen(name));
+}
+
+static void hook_entries(void *ctx, struct db *db)
+{
+	struct fusefs *fs = ctx;
+	static const char *const sfx[] = {"", "-journal", "-wal", "-shm", "-pos"};
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++)
+		inval_entry_now(fs, db, sfx[i]);
+}
+
+static void hook_unlock(void *ctx, struct db *db, void *token, bool ok, uint32_t page_size,
+			uint32_t npages)
+{
+	struct fusefs *fs = ctx;
+	struct applytok *t = token;
+	bool wal = ok && db_wal_mode(db);
+	if (t && t->shmfd >= 0 && ok) {
+		uint8_t old[SHM_HEADER_SIZE], hdr[SHM_HEADER_SIZE];
+		if (fs_pread_full(t->shmfd, old, sizeof(old), 0) == (ssize_t)sizeof(old)) {
+			shm_header_build(hdr, old, page_size, npages);
+			/* SQLite's order: checkpoint info, the second copy, then the first */
+			if (fs_pwrite_full(t->shmfd, hdr + 96, SHM_HEADER_SIZE - 96, 96) < 0 ||
+			    fs_pwrite_full(t->shmfd, hdr + 48, 48, 48) < 0 ||
+			    fs_pwrite_full(t->shmfd, hdr, 48, 0) < 0)
+				log_warn("db '%s': cannot update the wal-index header: %s",
+					 db_name(db), strerror(errno));
+		}
+	}
+	if (t) {
+		if (t->dbfd >= 0)
+			close(t->dbfd);
+		if (t->shmfd >= 0)
+			close(t->shmfd);
+		free(t);
+	}
+	if (wal) {
+		/* readers of a WAL database need a -wal to open read-only */
+		struct stat st;
+		int wfd;
+		if (db_stat_file(db, DB_FILE_WAL, &st) == -ENOENT &&
+		    db_open_file(db, DB_FILE_WAL, O_RDWR | O_CREAT, 0644, &wfd) == 0) {
+			close(wfd);
+			inval_entry_now(fs, db, "-wal");
+		}
+	}
+}
+
+void fusefs_apply_hooks(struct fusefs *fs, struct db_apply_hooks *ret)
+{
+	ret->lock = hook_lock;
+	ret->invalidate = hook_invalidate;
+	ret->entries = hook_entries;
+	ret->unlock = hook_unlock;
+	ret->ctx = fs;
+}
 
 /* ----------------------------------------------------------- lifecycle */
 
@@ -1057,10 +1342,17 @@ bool fusefs_done(struct fusefs *fs)
 	return fs->done;
 }
 
+void fusefs_begin_stop(struct fusefs *fs)
+{
+	if (fs)
+		fs->stopping = true;
+}
+
 void fusefs_stop(struct fusefs *fs)
 {
 	if (!fs)
 		return;
+	fs->stopping = true;
 	if (fs->notifier_started) {
 		pthread_mutex_lock(&fs->mu);
 		fs->notifier_stop = true;

@@ -2,7 +2,9 @@
  * main.c - the ltxfs command: `ltxfs mount`, `ltxfs version`.
  *
  * Start-up order: config -> logging -> store (claims the data directory and
- * recovers every database) -> FUSE mount -> optional subprocess. The main
+ * recovers every database) -> FUSE mount -> HTTP server -> replica stream
+ * (a static-lease node with candidate: false follows lease.advertise-url)
+ * -> optional subprocess. The main
  * thread then waits for SIGINT/SIGTERM (forwarded to the subprocess) or for
  * the subprocess to exit, and shuts down in reverse order. Exit status: 0 on
  * a clean stop, 2 for usage and configuration errors, 1 for runtime errors,
@@ -10,8 +12,12 @@
  */
 #include "ltxfs/config.h"
 #include "ltxfs/fusefs.h"
+#include "ltxfs/httpd.h"
 #include "ltxfs/log.h"
+#include "ltxfs/replica.h"
 #include "ltxfs/store.h"
+
+#include <curl/curl.h>
 
 #include <errno.h>
 #include <malloc.h>
@@ -48,6 +54,7 @@ static const char *flag_name(const char *arg)
 /* Retention: every interval, prune LTX files older than the retention. */
 struct retention {
 	struct store *store;
+	struct httpd *httpd;
 	int64_t retention_ms, interval_ms;
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
@@ -74,7 +81,8 @@ static void *retention_run(void *arg)
 		size_t n = store_count(r->store);
 		for (size_t i = 0; i < n; i++) {
 			struct db *db = store_at(r->store, i);
-			int k = db_enforce_retention(db, cutoff);
+			int k = db_enforce_retention(db, cutoff,
+						     httpd_retention_floor(r->httpd, db_name(db)));
 			if (k > 0)
 				log_debug("db '%s': retention removed %d LTX file(s)", db_name(db),
 					  k);
@@ -118,6 +126,8 @@ static int cmd_mount(int argc, char **argv)
 	char *found = NULL;
 	struct store *store = NULL;
 	struct fusefs *fs = NULL;
+	struct httpd *httpd = NULL;
+	struct replica *replica = NULL;
 	int status = 0;
 	pid_t child = -1;
 	struct retention ret = {.mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
@@ -182,16 +192,11 @@ static int cmd_mount(int argc, char **argv)
 	}
 	free(found);
 	log_init(strcmp(cfg.log.format, "json") == 0, cfg.log.debug);
-	if (!cfg.lease.candidate) {
-		fprintf(stderr,
-			"ltxfs: %s: key 'lease.candidate': false makes this node a replica, and "
-			"this version of ltxfs runs a single primary node only\n",
-			cfg.path ? cfg.path : config_path);
-		config_release(&cfg);
-		return 2;
-	}
-	log_info("ltxfs %s starting: config %s, data %s, mount %s", LTXFS_VERSION, cfg.path,
-		 cfg.data.dir, cfg.fuse.dir);
+	/* Static lease, as LiteFS: a candidate is the primary; any other node
+	 * replicates from lease.advertise-url, which names the primary. */
+	bool primary = cfg.lease.candidate;
+	log_info("ltxfs %s starting: config %s, data %s, mount %s, %s", LTXFS_VERSION, cfg.path,
+		 cfg.data.dir, cfg.fuse.dir, primary ? "primary (static lease)" : "replica");
 
 	/* Signals are taken synchronously by this thread only. */
 	sigset_t mask, oldmask;
@@ -203,11 +208,18 @@ static int cmd_mount(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &mask, &oldmask);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct store_options so = {
-	    .data_dir = cfg.data.dir, .mount_dir = cfg.fuse.dir, .compress = cfg.data.compress};
+	struct store_options so = {.data_dir = cfg.data.dir,
+				   .mount_dir = cfg.fuse.dir,
+				   .compress = cfg.data.compress,
+				   .replica = !primary};
 	int r = store_open(&store, &so, err, sizeof(err));
 	if (r < 0) {
 		log_error("cannot open data directory: %s", err[0] ? err : strerror(-r));
+		status = 1;
+		goto out;
+	}
+	if (primary && (r = store_ensure_cluster_id(store)) < 0) {
+		log_error("cannot write the cluster ID: %s", strerror(-r));
 		status = 1;
 		goto out;
 	}
@@ -223,8 +235,29 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 	log_info("mounted at %s", cfg.fuse.dir);
+	struct httpd_options ho = {
+	    .addr = cfg.http.addr, .hostname = cfg.lease.hostname, .store = store};
+	r = httpd_start(&httpd, &ho, err, sizeof(err));
+	if (r < 0) {
+		log_error("%s", err);
+		status = 1;
+		goto out;
+	}
+	log_info("http server listening on %s", cfg.http.addr);
+	if (!primary) {
+		struct replica_options ro = {.store = store, .primary_url = cfg.lease.advertise_url};
+		fusefs_apply_hooks(fs, &ro.hooks);
+		r = replica_start(&replica, &ro);
+		if (r < 0) {
+			log_error("cannot start the replica stream: %s", strerror(-r));
+			status = 1;
+			goto out;
+		}
+		log_info("replicating from %s", cfg.lease.advertise_url);
+	}
 	if (cfg.data.retention_ms > 0) {
 		ret.store = store;
+		ret.httpd = httpd;
 		ret.retention_ms = cfg.data.retention_ms;
 		ret.interval_ms = cfg.data.retention_monitor_interval_ms;
 		if (pthread_create(&ret.thread, NULL, retention_run, &ret) == 0)
@@ -302,6 +335,9 @@ out:
 		pthread_mutex_unlock(&ret.mu);
 		pthread_join(ret.thread, NULL);
 	}
+	fusefs_begin_stop(fs);
+	replica_stop(replica);
+	httpd_stop(httpd);
 	fusefs_stop(fs);
 	store_close(store);
 	if (status == 0 || status == 1)
@@ -322,8 +358,12 @@ int main(int argc, char **argv)
 		printf("ltxfs %s\n", LTXFS_VERSION);
 		return 0;
 	}
-	if (strcmp(cmd, "mount") == 0)
-		return cmd_mount(argc - 2, argv + 2);
+	if (strcmp(cmd, "mount") == 0) {
+		curl_global_init(CURL_GLOBAL_DEFAULT);
+		int rc = cmd_mount(argc - 2, argv + 2);
+		curl_global_cleanup();
+		return rc;
+	}
 	if (f && (strcmp(f, "h") == 0 || strcmp(f, "help") == 0)) {
 		usage(stdout);
 		return 0;

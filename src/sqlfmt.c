@@ -132,7 +132,6 @@
 #define SQLITE_MIN_PAGE_SIZE 512u
 #define JOURNAL_MIN_SECTOR   32u
 #define JOURNAL_MAX_SECTOR   0x10000u
-#define SQLITE_PENDING_BYTE  0x40000000u
 #define SQLITE_MAX_PATHNAME  512u
 #define WAL_VERSION	     3007000u
 #define WAL_MAGIC	     WAL_MAGIC_LE
@@ -566,4 +565,49 @@ int journal_super_name(int fd, char *buf, size_t n)
 	memcpy(buf, name, len);
 	buf[len] = '\0';
 	return 1;
+}
+
+/* ------------------------------------------------------------ wal-index */
+
+void shm_header_build(uint8_t out[SHM_HEADER_SIZE], const uint8_t *old, uint32_t page_size,
+		      uint32_t npages)
+{
+	/* wal.c WalIndexHdr, native byte order:
+	 *   0 iVersion  4 unused  8 iChange  12 isInit  13 bigEndCksum  14 szPage
+	 *   16 mxFrame  20 nPage  24 aFrameCksum[2]  32 aSalt[2]  40 aCksum[2] */
+	uint32_t v[12];
+	const bool host_be = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__;
+	memset(v, 0, sizeof(v));
+	uint32_t change = 0, salt[2] = {0, 0};
+	if (old) {
+		memcpy(&change, old + 8, 4);
+		memcpy(salt, old + 32, 8);
+	}
+	v[0] = 3007000;
+	v[2] = change + 1;
+	uint8_t *b = (uint8_t *)v;
+	b[12] = 1;
+	b[13] = host_be ? 1 : 0;
+	uint16_t sz = (uint16_t)((page_size & 0xff00) | (page_size >> 16));
+	memcpy(b + 14, &sz, 2);
+	v[4] = 0;
+	v[5] = npages;
+	v[8] = salt[0];
+	v[9] = salt[1];
+	uint32_t s1 = 0, s2 = 0;
+	wal_checksum(host_be, b, 40, &s1, &s2);
+	v[10] = s1;
+	v[11] = s2;
+	memcpy(out, v, 48);
+	memcpy(out + 48, v, 48);
+	/* WalCkptInfo: nBackfill, aReadMark[5], aLock[8], nBackfillAttempted, notUsed0 */
+	if (old)
+		memcpy(out + 96, old + 96, SHM_HEADER_SIZE - 96);
+	else
+		memset(out + 96, 0, SHM_HEADER_SIZE - 96);
+	memset(out + 96, 0, 4);	     /* nBackfill */
+	memset(out + 100, 0, 4);     /* aReadMark[0] */
+	memset(out + 128, 0, 4);     /* nBackfillAttempted */
+	if (!old)
+		memset(out + 104, 0xff, 16); /* READMARK_NOT_USED */
 }

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 struct store {
@@ -33,7 +34,35 @@ struct store {
 	struct db_options dbopt;
 	struct db **dbs;
 	size_t n, cap;
+
+	/* cluster state, under cmu */
+	pthread_mutex_t cmu;
+	pthread_cond_t ccond;
+	uint64_t seq;
+	bool primary;
+	char cluster_id[21];
+	char upstream[256]; /* "" when not connected */
+	int64_t primary_ms; /* primary clock of the last frame */
+	int64_t local_ms;   /* local clock when it arrived */
+	bool synced;
+	bool caught_up;
 };
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void store_on_change(void *ctx)
+{
+	struct store *s = ctx;
+	pthread_mutex_lock(&s->cmu);
+	s->seq++;
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
+}
 
 static int store_add(struct store *s, struct db *db)
 {
@@ -105,6 +134,13 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->cmu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->ccond, &ca);
+	pthread_condattr_destroy(&ca);
+	s->primary = !opt->replica;
 	s->lock_fd = -1;
 	s->data_dir = strdup(opt->data_dir);
 	if (!s->data_dir) {
@@ -155,6 +191,23 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 		s->dbopt.mount_dir = s->mount_dir;
 	}
 	s->dbopt.node_id = s->node_id;
+	s->dbopt.replica = opt->replica;
+	s->dbopt.on_change = store_on_change;
+	s->dbopt.change_ctx = s;
+	{
+		char cid[4096], *buf = NULL;
+		size_t len = 0;
+		if (fs_path(cid, sizeof(cid), "%s/clusterid", opt->data_dir) == 0 &&
+		    fs_read_file(cid, 64, &buf, &len) == 0) {
+			while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+				buf[--len] = '\0';
+			if (store_cluster_id_valid(buf))
+				memcpy(s->cluster_id, buf, 21);
+			else
+				log_warn("ignoring malformed cluster ID in '%s'", cid);
+		}
+		free(buf);
+	}
 
 	d = opendir(path);
 	if (!d) {
@@ -226,6 +279,8 @@ void store_close(struct store *s)
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->cmu);
+	pthread_cond_destroy(&s->ccond);
 	free(s->data_dir);
 	free(s->dbs_dir);
 	free(s->mount_dir);
@@ -302,4 +357,163 @@ struct db *store_at(struct store *s, size_t i)
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n)
 {
 	return fs_path(buf, n, "%s/%s/mj%s", s->dbs_dir, db, hex);
+}
+
+/* ------------------------------------------------------- cluster state */
+
+void store_set_primary(struct store *s, bool primary)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->primary = primary;
+	if (primary)
+		s->upstream[0] = '\0';
+	s->seq++;
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_is_primary(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool p = s->primary;
+	pthread_mutex_unlock(&s->cmu);
+	return p;
+}
+
+bool store_cluster_id_valid(const char *id)
+{
+	if (!id || strlen(id) != 20 || strncmp(id, "LFSC", 4) != 0)
+		return false;
+	for (int i = 4; i < 20; i++)
+		if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'A' && id[i] <= 'F')))
+			return false;
+	return true;
+}
+
+void store_cluster_id(struct store *s, char buf[21])
+{
+	pthread_mutex_lock(&s->cmu);
+	memcpy(buf, s->cluster_id, 21);
+	pthread_mutex_unlock(&s->cmu);
+}
+
+int store_set_cluster_id(struct store *s, const char *id)
+{
+	char path[4096], line[32];
+	if (!store_cluster_id_valid(id))
+		return -EINVAL;
+	int r = fs_path(path, sizeof(path), "%s/clusterid", s->data_dir);
+	if (r < 0)
+		return r;
+	snprintf(line, sizeof(line), "%s\n", id);
+	r = fs_write_atomic(path, line, strlen(line));
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->cmu);
+	memcpy(s->cluster_id, id, 21);
+	pthread_mutex_unlock(&s->cmu);
+	return 0;
+}
+
+int store_ensure_cluster_id(struct store *s)
+{
+	char id[21];
+	uint64_t v;
+	store_cluster_id(s, id);
+	if (id[0])
+		return 0;
+	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
+		return -errno;
+	snprintf(id, sizeof(id), "LFSC%016llX", (unsigned long long)v);
+	return store_set_cluster_id(s, id);
+}
+
+void store_set_upstream(struct store *s, const char *hostname)
+{
+	pthread_mutex_lock(&s->cmu);
+	snprintf(s->upstream, sizeof(s->upstream), "%s", hostname ? hostname : "");
+	if (!hostname)
+		s->caught_up = false;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+int store_upstream(struct store *s, char *buf, size_t n)
+{
+	pthread_mutex_lock(&s->cmu);
+	int r = s->upstream[0] ? 0 : -ENOENT;
+	if (r == 0)
+		snprintf(buf, n, "%s", s->upstream);
+	pthread_mutex_unlock(&s->cmu);
+	return r;
+}
+
+void store_note_primary_time(struct store *s, int64_t primary_ms, bool caught_up)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->primary_ms = primary_ms;
+	s->local_ms = wall_ms();
+	s->synced = true;
+	s->caught_up = caught_up;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+/*
+ * While frames keep arriving, the lag is the delay of the last one (its
+ * primary timestamp against the local clock, so clock skew shows); once no
+ * frame has come for two heartbeat intervals, it is the time since the
+ * primary's last timestamp and grows.
+ */
+int64_t store_lag_ms(struct store *s)
+{
+	int64_t lag;
+	pthread_mutex_lock(&s->cmu);
+	if (s->primary)
+		lag = 0;
+	else if (!s->synced)
+		lag = INT32_MAX;
+	else {
+		int64_t now = wall_ms();
+		if (s->upstream[0] && now - s->local_ms <= 2000)
+			lag = s->local_ms - s->primary_ms;
+		else
+			lag = now - s->primary_ms;
+		if (lag < 0)
+			lag = 0;
+		if (lag > INT32_MAX)
+			lag = INT32_MAX;
+	}
+	pthread_mutex_unlock(&s->cmu);
+	return lag;
+}
+
+uint64_t store_change_seq(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t v = s->seq;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&s->cmu);
+	while (s->seq == seen)
+		if (pthread_cond_timedwait(&s->ccond, &s->cmu, &ts) != 0)
+			break;
+	uint64_t v = s->seq;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+void store_kick(struct store *s)
+{
+	store_on_change(s);
 }

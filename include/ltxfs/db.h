@@ -34,6 +34,17 @@ struct db_options {
 	bool compress;	       /* LZ4 page blocks in LTX files (data.compress) */
 	uint64_t node_id;      /* written into every LTX header */
 	const char *mount_dir; /* fuse.dir: resolves super-journal paths (may be NULL) */
+	/*
+	 * Start-up as a replica: a database that matches neither its last LTX
+	 * file's pre- nor post-apply state but becomes the post-apply state when
+	 * that file is re-applied was torn mid-apply; re-apply it. (On a primary
+	 * such a database changed outside ltxfs and is kept as a new snapshot.)
+	 */
+	bool replica;
+	/* Called (under the database's lock, so it must only signal) after every
+	 * change of position: a commit, a drop, an applied LTX file. */
+	void (*on_change)(void *ctx);
+	void *change_ctx;
 };
 
 struct db_pos {
@@ -97,9 +108,71 @@ int db_file_path(struct db *db, enum db_file kind, char *buf, size_t n);
 
 /*
  * Delete LTX files last modified before cutoff_ms (ms since the epoch),
- * never the newest one. Returns the number deleted or -errno.
+ * never the newest one and never one whose max TXID is above keep_after (a
+ * connected replica still needs it; UINT64_MAX when none does). Returns the
+ * number deleted or -errno.
  */
-int db_enforce_retention(struct db *db, int64_t cutoff_ms);
+int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after);
+
+/* ---- replication (primary side) ---- */
+
+struct ltx_header;
+struct ltx_trailer;
+/*
+ * Open the LTX file whose TXIDs start at min_txid (a one-transaction file
+ * "min-min.ltx"), verified in full and rewound. -ENOENT when retention
+ * removed it; -EBADMSG when it does not verify. The caller closes *ret_fd.
+ */
+int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
+		struct ltx_trailer *ret_t);
+/*
+ * Build a snapshot LTX file (MinTXID 1, MaxTXID = the position) of the
+ * committed state into an anonymous temporary file, rewound, for the caller
+ * to send and close. Consistent: it waits for a rollback-mode write phase to
+ * end and holds the database lock while it reads (the database file plus the
+ * committed WAL frames). A dropped database gives a commit-0 snapshot.
+ * -ENOENT when the database has no position yet.
+ */
+int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx_trailer *ret_t);
+
+/* ---- replication (replica side) ---- */
+
+/* An anonymous file in the database's ltx directory to receive an LTX file into. */
+int db_ltx_tmpfile(struct db *db, int *ret_fd);
+/* True when the database file's header says WAL mode (bytes 18/19 == 2). */
+bool db_wal_mode(struct db *db);
+
+/*
+ * What the edge does around an apply: lock() takes SQLite's own locks
+ * against readers (through the mount) before the first page is written;
+ * invalidate() drops kernel-cached file data in [off, off+len) (len 0: to the
+ * end) and the cached attributes; entries() drops cached directory entries
+ * after the database appeared or disappeared; unlock() updates the
+ * wal-index header for WAL readers (when ok) and releases the locks. lock()
+ * and unlock() are called without the database lock held.
+ */
+struct db_apply_hooks {
+	int (*lock)(void *ctx, struct db *db, void **token);
+	void (*invalidate)(void *ctx, struct db *db, uint64_t off, uint64_t len);
+	void (*entries)(void *ctx, struct db *db);
+	void (*unlock)(void *ctx, struct db *db, void *token, bool ok, uint32_t page_size,
+		       uint32_t npages);
+	void *ctx;
+};
+
+#define DB_APPLY_DIVERGED 0x1u /* a snapshot replacing a diverged history: keep the old files */
+
+/*
+ * Apply the LTX file in fd (a replica receiving from its primary). Nothing
+ * is written before the whole file verified: its checksums, its place in the
+ * chain (a non-snapshot must start at this position) and the post-apply
+ * checksum the pages produce. Then the file is installed in ltx/ (a snapshot
+ * removes the older files, or with DB_APPLY_DIVERGED moves them to
+ * orphaned/<ms>/), the pages are written under hk's locks, and the
+ * position advances. Returns 0, -ESTALE (not the next file in the chain),
+ * -EBADMSG (corrupt), or another -errno.
+ */
+int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk);
 
 /* Test/diagnostic: the rolling checksum the engine holds in memory. */
 uint64_t db_checksum(struct db *db);

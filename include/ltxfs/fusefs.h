@@ -26,6 +26,14 @@ int fusefs_start(struct fusefs **ret, struct store *store, const struct fusefs_o
 		 char *errmsg, size_t n);
 /* True once the worker loop has ended on its own (e.g. unmounted from outside). */
 bool fusefs_done(struct fusefs *fs);
+/*
+ * The hooks a replica's db_apply_ltx() needs: SQLite's locks taken through
+ * this mount, kernel cache invalidation, the wal-index header. Valid until
+ * fusefs_stop(); call db_apply_ltx() from a thread that is not a FUSE worker.
+ */
+void fusefs_apply_hooks(struct fusefs *fs, struct db_apply_hooks *ret);
+/* Make waits for readers' locks in apply hooks give up (-ESHUTDOWN). NULL ok. */
+void fusefs_begin_stop(struct fusefs *fs);
 /* Unmount, join the workers, free. NULL ok. */
 void fusefs_stop(struct fusefs *fs);
 

@@ -80,6 +80,36 @@ static inline uint64_t wal_frame_offset(uint32_t page_size, uint64_t i)
 	return WAL_HEADER_SIZE + i * (uint64_t)(WAL_FRAME_HEADER_SIZE + page_size);
 }
 
+/* ---- wal-index (-shm) header ---- */
+/*
+ * The first 136 bytes of the -shm file (wal.c WalIndexHdr twice, then
+ * WalCkptInfo), in the host's byte order. SHM_LOCK_* are the fcntl lock bytes
+ * SQLite's unix VFS uses in the -shm file.
+ */
+#define SHM_HEADER_SIZE	      136
+#define SHM_LOCK_WRITE	      120
+#define SHM_LOCK_CKPT	      121
+#define SHM_LOCK_RECOVER      122
+#define SHM_LOCK_READ(i)      (123 + (i))
+#define SHM_NREADER	      5
+/* The rollback-mode lock bytes in the database file (os.h). */
+#ifndef SQLITE_PENDING_BYTE
+#define SQLITE_PENDING_BYTE 0x40000000u
+#endif
+#define SQLITE_RESERVED_BYTE  (SQLITE_PENDING_BYTE + 1)
+#define SQLITE_SHARED_FIRST   (SQLITE_PENDING_BYTE + 2)
+#define SQLITE_SHARED_SIZE    510
+
+/*
+ * Build a wal-index header that tells readers "the WAL is empty and the
+ * database file holds npages pages of page_size", with a change counter one
+ * above old's (old: the current first 136 bytes, or NULL) so that every
+ * reader drops its page cache at its next read transaction. Salts and the
+ * reader marks of old are kept; nBackfill is 0. out receives 136 bytes.
+ */
+void shm_header_build(uint8_t out[SHM_HEADER_SIZE], const uint8_t *old, uint32_t page_size,
+		      uint32_t npages);
+
 /* ---- rollback journal ---- */
 #define JOURNAL_HEADER_MIN 28
 extern const uint8_t journal_magic[8]; /* d9 d5 05 f9 20 a1 63 d7 */

@@ -21,6 +21,7 @@ struct store_options {
 	const char *data_dir;
 	const char *mount_dir;
 	bool compress;
+	bool replica; /* starts as a replica (see db_options.replica) */
 };
 
 struct store;
@@ -43,6 +44,42 @@ int store_get_or_create(struct store *s, const char *name, struct db **ret);
 /* Number of databases ever known in this process, and the i-th (stable index). */
 size_t store_count(struct store *s);
 struct db *store_at(struct store *s, size_t i);
+
+/* ---- cluster state (any thread; store->cmu) ---- */
+
+/* Role: the FUSE layer refuses writes unless primary. */
+void store_set_primary(struct store *s, bool primary);
+bool store_is_primary(struct store *s);
+
+/*
+ * Cluster ID: "LFSC" + 16 uppercase hex digits, kept in <data.dir>/clusterid
+ * as LiteFS does. store_cluster_id copies it into buf[21] ("" when none).
+ * store_ensure_cluster_id creates one if none exists (a primary);
+ * store_set_cluster_id adopts the primary's (a replica; written atomically).
+ * -EINVAL for a malformed ID.
+ */
+void store_cluster_id(struct store *s, char buf[21]);
+int store_ensure_cluster_id(struct store *s);
+int store_set_cluster_id(struct store *s, const char *id);
+bool store_cluster_id_valid(const char *id);
+
+/*
+ * The primary this replica is connected to: its hostname (NULL: not
+ * connected, so .primary disappears) and the primary clock of the last frame
+ * received with the local time it arrived (for .lag).
+ */
+void store_set_upstream(struct store *s, const char *hostname);
+int store_upstream(struct store *s, char *buf, size_t n); /* -ENOENT if none */
+void store_note_primary_time(struct store *s, int64_t primary_ms, bool caught_up);
+/* Milliseconds behind the primary; 0 on a primary; INT32_MAX before the first sync. */
+int64_t store_lag_ms(struct store *s);
+
+/* Change notification: a counter bumped on every position change. */
+uint64_t store_change_seq(struct store *s);
+/* Wait until the counter differs from seen, or timeout_ms; returns it. */
+uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms);
+/* Wake every waiter (shutdown). */
+void store_kick(struct store *s);
 
 /* Path of a super-journal file "<db>-mj<HEX>": dbs/<db>/mj<HEX>. */
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n);

@@ -3,11 +3,14 @@
 Every test gets fresh data and mount directories under pytest's tmp_path.
 Waiting is always polling a condition with a deadline, never a bare sleep.
 """
+import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -38,21 +41,54 @@ def is_mounted(path):
     return False
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Node:
-    def __init__(self, base, name="node", compress=True, extra_config=""):
+    """One ltxfs process. With replica_of=<Node or URL> it is a static-lease
+    replica of that primary (candidate: false, advertise-url = the primary's
+    URL, exactly as LiteFS configures one)."""
+
+    def __init__(self, base, name="node", compress=True, extra_config="", replica_of=None,
+                 port=None, data_extra=""):
+        self.name = name
         self.base = os.path.join(str(base), name)
         self.data = os.path.join(self.base, "data")
         self.mount = os.path.join(self.base, "mnt")
         self.config = os.path.join(self.base, "ltxfs.yml")
         self.log = os.path.join(self.base, "ltxfs.log")
         self.proc = None
+        self.port = port or free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        if replica_of is not None:
+            upstream = replica_of if isinstance(replica_of, str) else replica_of.url
+            lease = ("lease:\n  type: static\n  candidate: false\n  hostname: %s\n"
+                     "  advertise-url: %s\n" % (name, upstream))
+        else:
+            lease = ("lease:\n  type: static\n  candidate: true\n  hostname: %s\n"
+                     "  advertise-url: %s\n" % (name, self.url))
         os.makedirs(self.base, exist_ok=True)
         with open(self.config, "w") as f:
             f.write(
                 "fuse:\n  dir: %s\n"
-                "data:\n  dir: %s\n  compress: %s\n"
-                "lease:\n  type: static\n  candidate: true\n"
-                "%s" % (self.mount, self.data, "true" if compress else "false", extra_config))
+                "data:\n  dir: %s\n  compress: %s\n%s"
+                "http:\n  addr: 127.0.0.1:%d\n"
+                "%s%s" % (self.mount, self.data, "true" if compress else "false", data_extra,
+                          self.port, lease, extra_config))
+
+    def info(self):
+        with urllib.request.urlopen(self.url + "/info", timeout=5) as r:
+            return json.loads(r.read())
+
+    def pos(self, db):
+        try:
+            with open(self.path(db + "-pos")) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
 
     def start(self, args=(), wait=True):
         logf = open(self.log, "a")

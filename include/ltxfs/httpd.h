@@ -1,0 +1,43 @@
+/*
+ * httpd.h - the node's HTTP server (edge layer; the only module that
+ * includes libmicrohttpd). Serves POST /stream (replication, primary only)
+ * and GET /info. docs/protocol.md describes every endpoint byte for byte.
+ *
+ * Threads: httpd_start/httpd_stop run on the main thread. Each connection
+ * has its own thread (libmicrohttpd's thread-per-connection mode), so a
+ * stream may block waiting for the next commit. httpd_retention_floor may be
+ * called from any thread.
+ */
+#ifndef LTXFS_HTTPD_H
+#define LTXFS_HTTPD_H
+
+#include "ltxfs/store.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct httpd_options {
+	const char *addr;     /* http.addr: ":20202", "127.0.0.1:20202", "[::1]:20202" */
+	const char *hostname; /* lease.hostname, sent to replicas */
+	struct store *store;
+};
+
+struct httpd;
+
+/* Listen and serve. On error *errmsg names the address and the reason. */
+int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errmsg, size_t n);
+/* End every stream with an END frame, stop listening, join, free. NULL ok. */
+void httpd_stop(struct httpd *h);
+/*
+ * The highest TXID of database name that every connected replica is known
+ * to hold: LTX files above it must survive retention. UINT64_MAX when no
+ * connected replica needs any.
+ */
+uint64_t httpd_retention_floor(struct httpd *h, const char *name);
+/* Number of replica streams open now. */
+size_t httpd_stream_count(struct httpd *h);
+
+/* Parse an http.addr value into host ("" for all interfaces) and port. 0 or -EINVAL. */
+int httpd_parse_addr(const char *addr, char *host, size_t hostlen, unsigned *port);
+
+#endif

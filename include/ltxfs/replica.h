@@ -1,0 +1,29 @@
+/*
+ * replica.h - the replica side of replication (edge layer; the only module
+ * that includes libcurl). One thread follows the primary: it posts this
+ * node's positions to <primary URL>/stream, verifies and applies every LTX
+ * file that comes back (db_apply_ltx with the mount's hooks), and reconnects
+ * with back-off after any error, a primary restart or a cut link.
+ *
+ * Threads: replica_start/replica_stop on the main thread; everything else on
+ * the replica's own thread.
+ */
+#ifndef LTXFS_REPLICA_H
+#define LTXFS_REPLICA_H
+
+#include "ltxfs/db.h"
+#include "ltxfs/store.h"
+
+struct replica_options {
+	struct store *store;
+	struct db_apply_hooks hooks; /* from fusefs_apply_hooks() */
+	const char *primary_url;     /* the static lease's advertise-url */
+};
+
+struct replica;
+
+int replica_start(struct replica **ret, const struct replica_options *opt);
+/* Abort the stream, join the thread, free. NULL ok. */
+void replica_stop(struct replica *r);
+
+#endif

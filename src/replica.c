@@ -1,0 +1,472 @@
+/*
+ * replica.c - follow the primary's stream and apply what it sends.
+ *
+ * One connection at a time, on the replica thread:
+ *
+ *   CONNECT  POST <url>/stream with the position map of every local
+ *            database, this node's ID and (once known) the cluster ID.
+ *   HEADERS  200 from a primary: adopt its cluster ID if this node has
+ *            none, refuse it (and retry later) if it differs; .primary
+ *            appears with the primary's hostname.
+ *   FRAMES   each LTX frame is written to an anonymous file in the
+ *            database's ltx directory as it arrives; when complete it is
+ *            verified and applied (db_apply_ltx); nothing of a torn or
+ *            corrupt frame is ever applied. READY marks the catch-up
+ *            done; HEARTBEAT and LTX timestamps feed .lag; END is a clean
+ *            close by the primary.
+ *   CLOSED   .primary disappears; reconnect after a back-off that starts
+ *            at 50 ms and doubles to 2 s (reset by a stream that worked).
+ *
+ * A stream that stays silent for 5 s (the primary sends a heartbeat every
+ * second) is treated as dead. Every error ends the stream; the position map
+ * of the next connection tells the primary where to resume.
+ */
+#include "ltxfs/replica.h"
+
+#include "ltxfs/log.h"
+#include "ltxfs/ltx.h"
+#include "ltxfs/stream.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+struct replica {
+	struct replica_options opt;
+	char *url;
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	volatile bool stopping;
+	char last_err[512];
+};
+
+/* One connection's state. */
+struct conn {
+	struct replica *r;
+	struct stream_parser parser;
+	long status;
+	bool checked; /* status and cluster ID checked */
+	bool ended;   /* END frame received */
+	bool worked;  /* at least one frame arrived */
+	char hostname[256];
+	char cluster_id[32];
+	char peer_id[32];
+	/* current LTX frame */
+	struct db *db;
+	int fd;
+	uint32_t flags;
+	char err[256];
+};
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ----------------------------------------------------------- frames */
+
+static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t epoch,
+			uint64_t len)
+{
+	struct conn *c = ctx;
+	(void)epoch;
+	(void)len;
+	int r = store_get_or_create(c->r->opt.store, name, &c->db);
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err), "cannot create database '%s': %s", name,
+			 strerror(-r));
+		return r;
+	}
+	r = db_ltx_tmpfile(c->db, &c->fd);
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err), "db '%s': cannot create a temporary file: %s",
+			 name, strerror(-r));
+		return r;
+	}
+	c->flags = flags;
+	return 0;
+}
+
+static int on_ltx_data(void *ctx, const uint8_t *buf, size_t n)
+{
+	struct conn *c = ctx;
+	while (n > 0) {
+		ssize_t w = write(c->fd, buf, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			int e = errno;
+			snprintf(c->err, sizeof(c->err), "db '%s': writing a received LTX file: %s",
+				 db_name(c->db), strerror(e));
+			return -e;
+		}
+		buf += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int on_ltx_end(void *ctx)
+{
+	struct conn *c = ctx;
+	uint8_t hb[LTX_HEADER_SIZE];
+	struct ltx_header h;
+	memset(&h, 0, sizeof(h));
+	if (pread(c->fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb))
+		ltx_header_decode(&h, hb);
+	int r = db_apply_ltx(c->db, c->fd, (c->flags & STREAM_LTX_DIVERGED) ? DB_APPLY_DIVERGED : 0,
+			     &c->r->opt.hooks);
+	close(c->fd);
+	c->fd = -1;
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err),
+			 "db '%s': rejected LTX %016" PRIx64 "-%016" PRIx64 " from the primary: %s",
+			 db_name(c->db), h.min_txid, h.max_txid,
+			 r == -EBADMSG ? "corrupt"
+			 : r == -ESTALE
+			     ? "does not follow this node's position"
+			     : strerror(-r));
+		return r;
+	}
+	log_debug("db '%s': applied LTX %016" PRIx64 "-%016" PRIx64, db_name(c->db), h.min_txid,
+		  h.max_txid);
+	store_note_primary_time(c->r->opt.store, h.timestamp, false);
+	return 0;
+}
+
+static int on_control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
+{
+	struct conn *c = ctx;
+	(void)epoch;
+	switch (type) {
+	case STREAM_READY:
+		log_info("caught up with primary %s", c->hostname);
+		break;
+	case STREAM_HEARTBEAT:
+		store_note_primary_time(c->r->opt.store, ms, true);
+		break;
+	case STREAM_END:
+		c->ended = true;
+		break;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------- curl */
+
+static void trim(char *s)
+{
+	size_t n = strlen(s);
+	while (n && (s[n - 1] == '\r' || s[n - 1] == '\n' || s[n - 1] == ' '))
+		s[--n] = '\0';
+}
+
+static size_t on_header(char *buf, size_t size, size_t nitems, void *ctx)
+{
+	struct conn *c = ctx;
+	size_t n = size * nitems;
+	static const struct {
+		const char *name;
+		size_t off, len;
+	} keys[] = {
+	    {"Ltxfs-Hostname:", offsetof(struct conn, hostname), sizeof(((struct conn *)0)->hostname)},
+	    {"Ltxfs-Cluster-Id:", offsetof(struct conn, cluster_id),
+	     sizeof(((struct conn *)0)->cluster_id)},
+	    {"Ltxfs-Node-Id:", offsetof(struct conn, peer_id), sizeof(((struct conn *)0)->peer_id)},
+	};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		size_t kl = strlen(keys[i].name);
+		if (n > kl && strncasecmp(buf, keys[i].name, kl) == 0) {
+			char *dst = (char *)c + keys[i].off;
+			const char *v = buf + kl;
+			size_t vl = n - kl;
+			while (vl && *v == ' ') {
+				v++;
+				vl--;
+			}
+			if (vl >= keys[i].len)
+				vl = keys[i].len - 1;
+			memcpy(dst, v, vl);
+			dst[vl] = '\0';
+			trim(dst);
+		}
+	}
+	return n;
+}
+
+/* The first body bytes: check who answered before applying anything. */
+static int check_peer(struct conn *c, CURL *h)
+{
+	struct store *st = c->r->opt.store;
+	char mine[21];
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
+	if (c->status != 200) {
+		snprintf(c->err, sizeof(c->err), "primary answered HTTP %ld", c->status);
+		return -EPROTO;
+	}
+	store_cluster_id(st, mine);
+	if (!store_cluster_id_valid(c->cluster_id)) {
+		snprintf(c->err, sizeof(c->err), "primary sent no valid cluster ID");
+		return -EPROTO;
+	}
+	if (!mine[0]) {
+		int r = store_set_cluster_id(st, c->cluster_id);
+		if (r < 0) {
+			snprintf(c->err, sizeof(c->err), "cannot store cluster ID: %s", strerror(-r));
+			return r;
+		}
+		log_info("joined cluster %s", c->cluster_id);
+	} else if (strcmp(mine, c->cluster_id) != 0) {
+		snprintf(c->err, sizeof(c->err),
+			 "primary belongs to cluster %s, this node to %s: not following it",
+			 c->cluster_id, mine);
+		return -EPROTO;
+	}
+	store_set_upstream(st, c->hostname[0] ? c->hostname : c->r->url);
+	log_info("connected to primary %s (%s)", c->hostname, c->r->url);
+	return 0;
+}
+
+struct wctx {
+	struct conn *c;
+	CURL *h;
+};
+
+static size_t on_body(char *buf, size_t size, size_t nmemb, void *ctx)
+{
+	struct wctx *w = ctx;
+	struct conn *c = w->c;
+	size_t n = size * nmemb;
+	if (!c->checked) {
+		c->checked = true;
+		if (check_peer(c, w->h) < 0)
+			return 0;
+	}
+	if (c->status != 200)
+		return 0;
+	c->worked = true;
+	if (stream_parser_feed(&c->parser, (const uint8_t *)buf, n) < 0) {
+		if (!c->err[0])
+			snprintf(c->err, sizeof(c->err), "malformed stream frame from the primary");
+		return 0;
+	}
+	return n;
+}
+
+static int on_progress(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	struct replica *r = ctx;
+	(void)dt;
+	(void)dn;
+	(void)ut;
+	(void)un;
+	return r->stopping ? 1 : 0;
+}
+
+/* Build the position map of every local database. */
+static int posmap(struct store *st, uint8_t **ret, size_t *len)
+{
+	size_t n = store_count(st), k = 0;
+	struct stream_pos *v = calloc(n ? n : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct db *db = store_at(st, i);
+		struct db_pos p;
+		db_get_pos(db, &p);
+		if (p.txid == 0)
+			continue;
+		snprintf(v[k].name, sizeof(v[k].name), "%s", db_name(db));
+		v[k].txid = p.txid;
+		v[k].checksum = p.checksum;
+		k++;
+	}
+	int r = stream_posmap_encode(v, k, ret, len);
+	free(v);
+	return r;
+}
+
+/* Log a failure once; repeats of the same message go to debug until a stream works. */
+static void report(struct replica *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void report(struct replica *r, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (strcmp(msg, r->last_err) == 0) {
+		log_debug("%s", msg);
+		return;
+	}
+	snprintf(r->last_err, sizeof(r->last_err), "%s", msg);
+	log_warn("%s (retrying)", msg);
+}
+
+/* One connection; returns true if it made progress (resets the back-off). */
+static bool run_once(struct replica *r)
+{
+	struct store *st = r->opt.store;
+	struct conn c;
+	uint8_t *body = NULL;
+	size_t blen = 0;
+	char url[2048], hid[64], hcid[64];
+	struct curl_slist *hdrs = NULL;
+	CURL *h = NULL;
+	bool progress = false;
+
+	memset(&c, 0, sizeof(c));
+	c.r = r;
+	c.fd = -1;
+	struct stream_parser_cb cb = {on_ltx_begin, on_ltx_data, on_ltx_end, on_control, &c};
+	stream_parser_init(&c.parser, &cb);
+	if (posmap(st, &body, &blen) < 0)
+		return false;
+	h = curl_easy_init();
+	if (!h)
+		goto out;
+	snprintf(url, sizeof(url), "%s/stream", r->url);
+	snprintf(hid, sizeof(hid), "Ltxfs-Node-Id: %016" PRIX64, store_node_id(st));
+	hdrs = curl_slist_append(hdrs, hid);
+	char cid[21];
+	store_cluster_id(st, cid);
+	if (cid[0]) {
+		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
+		hdrs = curl_slist_append(hdrs, hcid);
+	}
+	hdrs = curl_slist_append(hdrs, "Content-Type: application/octet-stream");
+	hdrs = curl_slist_append(hdrs, "Expect:");
+	struct wctx w = {&c, h};
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_POST, 1L);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)body);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, &c);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &w);
+	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(h, CURLOPT_XFERINFODATA, r);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 5L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 256L * 1024);
+	CURLcode cc = curl_easy_perform(h);
+	if (!c.checked && cc == CURLE_OK) {
+		/* a response with no body at all: an error status */
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c.status);
+		snprintf(c.err, sizeof(c.err), "primary answered HTTP %ld", c.status);
+	}
+	progress = c.worked;
+	if (progress)
+		r->last_err[0] = '\0';
+	if (r->stopping)
+		goto out;
+	if (c.ended && stream_parser_idle(&c.parser))
+		log_info("primary %s closed the stream", c.hostname);
+	else if (c.err[0])
+		report(r, "replication stream from %s: %s", r->url, c.err);
+	else if (cc != CURLE_OK)
+		report(r, "replication stream from %s: %s", r->url, curl_easy_strerror(cc));
+	else
+		report(r, "replication stream from %s ended without an END frame", r->url);
+out:
+	if (c.fd >= 0)
+		close(c.fd);
+	if (c.checked && c.status == 200)
+		store_set_upstream(st, NULL);
+	curl_slist_free_all(hdrs);
+	if (h)
+		curl_easy_cleanup(h);
+	free(body);
+	return progress;
+}
+
+static void *replica_run(void *arg)
+{
+	struct replica *r = arg;
+	int64_t backoff = 50;
+	while (!r->stopping) {
+		int64_t t0 = mono_ms();
+		bool progress = run_once(r);
+		if (r->stopping)
+			break;
+		if (progress && mono_ms() - t0 > 1000)
+			backoff = 50;
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += (long)(backoff % 1000) * 1000000;
+		ts.tv_sec += backoff / 1000 + ts.tv_nsec / 1000000000;
+		ts.tv_nsec %= 1000000000;
+		pthread_mutex_lock(&r->mu);
+		while (!r->stopping && pthread_cond_timedwait(&r->cond, &r->mu, &ts) == 0)
+			;
+		pthread_mutex_unlock(&r->mu);
+		backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+	}
+	return NULL;
+}
+
+int replica_start(struct replica **ret, const struct replica_options *opt)
+{
+	struct replica *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->opt = *opt;
+	r->url = strdup(opt->primary_url);
+	if (!r->url) {
+		free(r);
+		return -ENOMEM;
+	}
+	size_t n = strlen(r->url);
+	while (n && r->url[n - 1] == '/')
+		r->url[--n] = '\0';
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	int e = pthread_create(&r->thread, NULL, replica_run, r);
+	if (e) {
+		replica_stop(r);
+		return -e;
+	}
+	r->started = true;
+	*ret = r;
+	return 0;
+}
+
+void replica_stop(struct replica *r)
+{
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stopping = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->mu);
+	if (r->started)
+		pthread_join(r->thread, NULL);
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cond);
+	free(r->url);
+	free(r);
+}

@@ -1,0 +1,298 @@
+/*
+ * stream.c - encoder and push parser for the replication wire format.
+ *
+ * The parser is a small state machine over the incoming bytes:
+ *
+ *   HDR    collect the 12-byte frame header; validate type and length
+ *   META   (LTX frames) collect flags, epoch, name length, name and the CRC
+ *          of those fields; the name length decides how much more to read
+ *   DATA   (LTX frames) pass the LTX file's bytes to the callback
+ *   CTRL   (other frames) collect the fixed-size payload
+ *
+ * Every length is bounded before anything is buffered: control payloads are
+ * at most 16 bytes and LTX metadata at most STREAM_LTX_META_MAX, so hostile
+ * input can make the parser fail but never allocate.
+ */
+#include "ltxfs/stream.h"
+
+#include "ltxfs/crc.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ST_HDR, ST_META, ST_DATA, ST_CTRL };
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	put32(p, (uint32_t)(v >> 32));
+	put32(p + 4, (uint32_t)v);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	return (uint64_t)get32(p) << 32 | get32(p + 4);
+}
+
+bool stream_name_valid(const char *name, size_t len)
+{
+	if (len == 0 || len > STREAM_NAME_MAX)
+		return false;
+	if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (name[i] == '/' || name[i] == '\0')
+			return false;
+	return true;
+}
+
+static int cmp_pos(const void *a, const void *b)
+{
+	return strcmp(((const struct stream_pos *)a)->name, ((const struct stream_pos *)b)->name);
+}
+
+int stream_posmap_encode(struct stream_pos *pos, size_t n, uint8_t **ret, size_t *ret_len)
+{
+	size_t len = 4;
+	qsort(pos, n, sizeof(*pos), cmp_pos);
+	for (size_t i = 0; i < n; i++) {
+		size_t nl = strlen(pos[i].name);
+		if (!stream_name_valid(pos[i].name, nl))
+			return -EINVAL;
+		len += 4 + nl + 16;
+	}
+	uint8_t *b = malloc(len), *p = b;
+	if (!b)
+		return -ENOMEM;
+	put32(p, (uint32_t)n);
+	p += 4;
+	for (size_t i = 0; i < n; i++) {
+		size_t nl = strlen(pos[i].name);
+		put32(p, (uint32_t)nl);
+		memcpy(p + 4, pos[i].name, nl);
+		p += 4 + nl;
+		put64(p, pos[i].txid);
+		put64(p + 8, pos[i].checksum);
+		p += 16;
+	}
+	*ret = b;
+	*ret_len = len;
+	return 0;
+}
+
+int stream_posmap_decode(const uint8_t *buf, size_t len, struct stream_pos **ret, size_t *ret_n)
+{
+	struct stream_pos *v = NULL;
+	size_t off = 4;
+	*ret = NULL;
+	*ret_n = 0;
+	if (len < 4)
+		return -EBADMSG;
+	uint32_t n = get32(buf);
+	/* every entry takes at least 21 bytes: bound the allocation by the input */
+	if (n > (len - 4) / 21)
+		return -EBADMSG;
+	if (n > 0) {
+		v = calloc(n, sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		if (len - off < 4)
+			goto bad;
+		uint32_t nl = get32(buf + off);
+		off += 4;
+		if (nl > len - off || len - off - nl < 16 ||
+		    !stream_name_valid((const char *)buf + off, nl))
+			goto bad;
+		memcpy(v[i].name, buf + off, nl);
+		v[i].name[nl] = '\0';
+		off += nl;
+		v[i].txid = get64(buf + off);
+		v[i].checksum = get64(buf + off + 8);
+		off += 16;
+		if (i > 0 && strcmp(v[i - 1].name, v[i].name) >= 0)
+			goto bad; /* sorted and unique */
+	}
+	if (off != len)
+		goto bad;
+	*ret = v;
+	*ret_n = n;
+	return 0;
+bad:
+	free(v);
+	return -EBADMSG;
+}
+
+void stream_frame_header(uint8_t out[STREAM_FRAME_HEADER], uint32_t type, uint64_t len)
+{
+	put32(out, type);
+	put64(out + 4, len);
+}
+
+size_t stream_ltx_frame_begin(uint8_t *out, uint32_t flags, uint64_t epoch, const char *name,
+			      uint64_t ltx_len)
+{
+	size_t nl = strlen(name);
+	size_t meta = 4 + 8 + 4 + nl + 8;
+	uint8_t *m = out + STREAM_FRAME_HEADER;
+	stream_frame_header(out, STREAM_LTX, meta + ltx_len);
+	put32(m, flags);
+	put64(m + 4, epoch);
+	put32(m + 12, (uint32_t)nl);
+	memcpy(m + 16, name, nl);
+	put64(m + 16 + nl, crc64_iso(0, m, 16 + nl));
+	return STREAM_FRAME_HEADER + meta;
+}
+
+size_t stream_heartbeat_frame(uint8_t *out, int64_t now_ms, uint64_t epoch)
+{
+	stream_frame_header(out, STREAM_HEARTBEAT, 16);
+	put64(out + STREAM_FRAME_HEADER, (uint64_t)now_ms);
+	put64(out + STREAM_FRAME_HEADER + 8, epoch);
+	return STREAM_FRAME_HEADER + 16;
+}
+
+void stream_parser_init(struct stream_parser *p, const struct stream_parser_cb *cb)
+{
+	memset(p, 0, sizeof(*p));
+	p->cb = *cb;
+	p->state = ST_HDR;
+}
+
+bool stream_parser_idle(const struct stream_parser *p)
+{
+	return p->err == 0 && p->state == ST_HDR && p->have == 0;
+}
+
+/* The frame header is complete: decide what follows. */
+static int on_header(struct stream_parser *p)
+{
+	p->type = get32(p->hdr);
+	p->len = get64(p->hdr + 4);
+	p->have = 0;
+	switch (p->type) {
+	case STREAM_LTX:
+		/* flags, epoch, name length, at least one name byte, CRC */
+		if (p->len < 4 + 8 + 4 + 1 + 8)
+			return -EBADMSG;
+		p->meta_need = 16;
+		p->state = ST_META;
+		return 0;
+	case STREAM_READY:
+	case STREAM_END:
+		if (p->len != 0)
+			return -EBADMSG;
+		p->state = ST_HDR;
+		return p->cb.control ? p->cb.control(p->cb.ctx, p->type, 0, 0) : 0;
+	case STREAM_HEARTBEAT:
+		if (p->len != 16)
+			return -EBADMSG;
+		p->meta_need = 16;
+		p->state = ST_CTRL;
+		return 0;
+	default:
+		return -EBADMSG; /* includes HANDOFF: no lease here hands off yet */
+	}
+}
+
+/* The first 16 metadata bytes tell the name length; then the rest arrives. */
+static int on_meta(struct stream_parser *p)
+{
+	if (p->meta_need == 16) {
+		uint32_t nl = get32(p->meta + 12);
+		if (nl == 0 || nl > STREAM_NAME_MAX || p->len < 16 + (uint64_t)nl + 8)
+			return -EBADMSG;
+		p->meta_need = 16 + nl + 8;
+		return 0;
+	}
+	uint32_t nl = get32(p->meta + 12);
+	if (get64(p->meta + 16 + nl) != crc64_iso(0, p->meta, 16 + nl))
+		return -EBADMSG;
+	if (!stream_name_valid((const char *)p->meta + 16, nl))
+		return -EBADMSG;
+	char name[STREAM_NAME_MAX + 1];
+	memcpy(name, p->meta + 16, nl);
+	name[nl] = '\0';
+	p->remain = p->len - p->meta_need;
+	p->state = ST_DATA;
+	p->meta_need = 0;
+	p->have = 0;
+	int r = p->cb.ltx_begin
+		    ? p->cb.ltx_begin(p->cb.ctx, name, get32(p->meta), get64(p->meta + 4), p->remain)
+		    : 0;
+	if (r == 0 && p->remain == 0) {
+		p->state = ST_HDR;
+		r = p->cb.ltx_end ? p->cb.ltx_end(p->cb.ctx) : 0;
+	}
+	return r;
+}
+
+int stream_parser_feed(struct stream_parser *p, const uint8_t *buf, size_t n)
+{
+	int r = 0;
+	if (p->err)
+		return p->err;
+	while (n > 0 && r == 0) {
+		size_t k;
+		switch (p->state) {
+		case ST_HDR:
+			k = STREAM_FRAME_HEADER - p->have;
+			k = k < n ? k : n;
+			memcpy(p->hdr + p->have, buf, k);
+			p->have += k;
+			if (p->have == STREAM_FRAME_HEADER)
+				r = on_header(p);
+			break;
+		case ST_META:
+			k = p->meta_need - p->have;
+			k = k < n ? k : n;
+			memcpy(p->meta + p->have, buf, k);
+			p->have += k;
+			if (p->have == p->meta_need)
+				r = on_meta(p);
+			break;
+		case ST_CTRL:
+			k = p->meta_need - p->have;
+			k = k < n ? k : n;
+			memcpy(p->meta + p->have, buf, k);
+			p->have += k;
+			if (p->have == p->meta_need) {
+				p->have = 0;
+				p->state = ST_HDR;
+				if (p->cb.control)
+					r = p->cb.control(p->cb.ctx, p->type, (int64_t)get64(p->meta),
+							  get64(p->meta + 8));
+			}
+			break;
+		default: /* ST_DATA */
+			k = p->remain < n ? (size_t)p->remain : n;
+			r = p->cb.ltx_data ? p->cb.ltx_data(p->cb.ctx, buf, k) : 0;
+			p->remain -= k;
+			if (r == 0 && p->remain == 0) {
+				p->state = ST_HDR;
+				p->have = 0;
+				r = p->cb.ltx_end ? p->cb.ltx_end(p->cb.ctx) : 0;
+			}
+			break;
+		}
+		buf += k;
+		n -= k;
+	}
+	if (r < 0)
+		p->err = r;
+	return r;
+}
