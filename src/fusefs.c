@@ -1062,8 +1062,10 @@ static const struct fuse_lowlevel_ops ops = {
  *
  *   rollback modes  PENDING (new readers wait), RESERVED, then the SHARED
  *                   range exclusively once current readers are done;
- *   WAL mode        in the -shm file: WRITE, CKPT and every READ slot, so
- *                   no reader is inside a read transaction; afterwards the
+ *   WAL mode        in the -shm file: WRITE and CKPT; then the first header
+ *                   copy is made to differ from the second, so readers
+ *                   that start now retry; then every READ slot, so no
+ *                   reader is inside a read transaction; afterwards the
  *                   wal-index header is rewritten (empty WAL, new page
  *                   count, change counter + 1) through the mount, so every
  *                   reader's mapping sees it and drops its page cache.
@@ -1117,6 +1119,23 @@ static int hook_lock(void *ctx, struct db *db, void **token)
 			r = lock_wait(fs, t->shmfd, SHM_LOCK_WRITE, 1, "WAL write", db);
 		if (r == 0)
 			r = lock_wait(fs, t->shmfd, SHM_LOCK_CKPT, 1, "WAL checkpoint", db);
+		if (r == 0) {
+			/*
+			 * Make the two header copies differ, as a writer mid-update
+			 * would: a reader starting now sees an unstable header, needs
+			 * the WRITE lock to recover it and retries, so the READ slots
+			 * drain even under a steady read load.
+			 */
+			uint8_t h1[48];
+			if (fs_pread_full(t->shmfd, h1, sizeof(h1), 0) == (ssize_t)sizeof(h1)) {
+				uint32_t chg;
+				memcpy(&chg, h1 + 8, 4);
+				chg++;
+				memcpy(h1 + 8, &chg, 4);
+				if (fs_pwrite_full(t->shmfd, h1, sizeof(h1), 0) < 0)
+					r = -errno;
+			}
+		}
 		if (r == 0)
 			r = lock_wait(fs, t->shmfd, SHM_LOCK_READ(0), SHM_NREADER, "WAL read", db);
 	} else {

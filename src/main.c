@@ -270,6 +270,8 @@ static int cmd_mount(int argc, char **argv)
 	if (cfg.n_exec > 1 && !cmd) {
 		/* every command but the last runs to completion first (migrations) */
 		for (size_t i = 0; i + 1 < cfg.n_exec; i++) {
+			if (cfg.exec[i].if_candidate && !cfg.lease.candidate)
+				continue; /* migrations run only where writes are possible */
 			pid_t p = spawn(cfg.exec[i].argv, &oldmask);
 			int ws = 0;
 			while (p > 0 && waitpid(p, &ws, 0) < 0 && errno == EINTR)
