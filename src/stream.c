@@ -67,7 +67,8 @@ static int cmp_pos(const void *a, const void *b)
 int stream_posmap_encode(struct stream_pos *pos, size_t n, uint8_t **ret, size_t *ret_len)
 {
 	size_t len = 4;
-	qsort(pos, n, sizeof(*pos), cmp_pos);
+	if (n > 1)
+		qsort(pos, n, sizeof(*pos), cmp_pos);
 	for (size_t i = 0; i < n; i++) {
 		size_t nl = strlen(pos[i].name);
 		if (!stream_name_valid(pos[i].name, nl))
