@@ -39,14 +39,17 @@
  *    accept it because the LiteFS docs write "retention: 0".
  *  - exec is a scalar string (split with go-shellwords rules, see split_cmd)
  *    or a sequence of {cmd, if-candidate} mappings.
+ *  - lease.etcd.endpoints (K_URL_LIST) is a sequence of URL strings or one
+ *    string of comma-separated URLs (see get_url_list).
  *  - Scalars with an explicit standard tag (!!bool, !!int, !!float, !!null)
  *    must resolve to that type. libyaml's document API cannot tell an explicit
  *    !!str from an untagged scalar, so "!!str true" reads like "true".
  *
  * Checks that need a single value (log.format, lease.type, http.addr, ...)
  * run as the value is read, so their messages carry its line. Whole-file
- * checks (required keys, fuse.dir vs data.dir) and derived defaults
- * (lease.hostname, lease.advertise-url) run in finish() afterwards.
+ * checks (required keys, fuse.dir vs data.dir, lease.consul / lease.etcd keys
+ * against lease.type, lease.promote) and derived defaults (lease.hostname,
+ * lease.advertise-url, lease.etcd.key) run in finish() afterwards.
  *
  * Every message starts with "<path>: ", then "line N: " when a node is known,
  * then names the dotted key in single quotes. Values taken from the input are
@@ -80,6 +83,7 @@
 #define DEFAULT_DATA_DIR   "/var/lib/litefs"
 #define DEFAULT_HTTP_ADDR  ":20202"
 #define DEFAULT_LOG_FORMAT "text"
+#define DEFAULT_ETCD_KEY   "ltxfs/primary"
 
 /* ------------------------------------------------------------------------ */
 /* Growable string                                                          */
@@ -539,6 +543,11 @@ int config_init(struct config *cfg)
 	cfg->data.retention_ms = 10 * 60 * 1000;
 	cfg->data.retention_monitor_interval_ms = 60 * 1000;
 	cfg->lease.candidate = true;
+	cfg->lease.reconnect_delay_ms = 1000;
+	cfg->lease.demote_delay_ms = 10 * 1000;
+	cfg->lease.consul.ttl_ms = 10 * 1000;
+	cfg->lease.consul.lock_delay_ms = 1000;
+	cfg->lease.etcd.ttl_ms = 10 * 1000;
 	cfg->data.dir = strdup(DEFAULT_DATA_DIR);
 	cfg->http.addr = strdup(DEFAULT_HTTP_ADDR);
 	cfg->log.format = strdup(DEFAULT_LOG_FORMAT);
@@ -561,6 +570,12 @@ void config_release(struct config *cfg)
 	free(cfg->lease.type);
 	free(cfg->lease.hostname);
 	free(cfg->lease.advertise_url);
+	free(cfg->lease.consul.url);
+	free(cfg->lease.consul.key);
+	free_argv(cfg->lease.etcd.endpoints);
+	free(cfg->lease.etcd.key);
+	free(cfg->lease.etcd.username);
+	free(cfg->lease.etcd.password);
 	free(cfg->log.format);
 	memset(cfg, 0, sizeof(*cfg));
 }
@@ -601,6 +616,9 @@ static int config_copy(struct config *dst, const struct config *src)
 	*dst = *src;
 	dst->path = dst->fuse.dir = dst->data.dir = dst->http.addr = NULL;
 	dst->lease.type = dst->lease.hostname = dst->lease.advertise_url = NULL;
+	dst->lease.consul.url = dst->lease.consul.key = NULL;
+	dst->lease.etcd.endpoints = NULL;
+	dst->lease.etcd.key = dst->lease.etcd.username = dst->lease.etcd.password = NULL;
 	dst->log.format = NULL;
 	dst->exec = NULL;
 	dst->n_exec = 0;
@@ -610,6 +628,12 @@ static int config_copy(struct config *dst, const struct config *src)
 	    dup_str(&dst->lease.type, src->lease.type) ||
 	    dup_str(&dst->lease.hostname, src->lease.hostname) ||
 	    dup_str(&dst->lease.advertise_url, src->lease.advertise_url) ||
+	    dup_str(&dst->lease.consul.url, src->lease.consul.url) ||
+	    dup_str(&dst->lease.consul.key, src->lease.consul.key) ||
+	    dup_argv(&dst->lease.etcd.endpoints, src->lease.etcd.endpoints) ||
+	    dup_str(&dst->lease.etcd.key, src->lease.etcd.key) ||
+	    dup_str(&dst->lease.etcd.username, src->lease.etcd.username) ||
+	    dup_str(&dst->lease.etcd.password, src->lease.etcd.password) ||
 	    dup_str(&dst->log.format, src->log.format)) {
 		rc = -ENOMEM;
 		goto out;
@@ -645,6 +669,10 @@ struct pctx {
 	yaml_document_t *doc;
 	struct config *cfg;	/* the working copy */
 	const yaml_node_t *key; /* the key whose value is being read */
+	/* The first key given under lease.consul / lease.etcd, and lease.promote,
+	 * with their paths: finish() checks them against lease.type. */
+	const yaml_node_t *consul_key, *etcd_key, *promote_key;
+	const char *consul_path, *etcd_path;
 };
 
 static unsigned long node_line(const yaml_node_t *n)
@@ -1134,6 +1162,128 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
+/* URL lists (lease.etcd.endpoints)                                         */
+/* ------------------------------------------------------------------------ */
+
+/* s[0..n) starts with http:// or https:// (any case). */
+static bool http_scheme(const char *s, size_t n)
+{
+	return (n >= 7 && strncasecmp(s, "http://", 7) == 0) ||
+	       (n >= 8 && strncasecmp(s, "https://", 8) == 0);
+}
+
+/* Append s[0..n) to w. 0 or -ENOMEM. */
+static int words_add(struct words *w, const char *s, size_t n)
+{
+	struct sbuf cur = {0};
+	sb_add(&cur, s, n);
+	return words_push(w, &cur);
+}
+
+/* Split s[0..left) at commas into w; each URL is trimmed and must be http(s). */
+static int split_urls(struct pctx *p, const yaml_node_t *v, const char *dotted, const char *s,
+		      size_t left, struct words *w)
+{
+	struct shown sh;
+	char item[SHOW_MAX * 2];
+	int rc;
+
+	trim_space(&s, &left);
+	for (bool more = left > 0; more;) {
+		const char *u = s, *comma = memchr(s, ',', left);
+		size_t n = comma ? (size_t)(comma - s) : left;
+		if ((more = comma != NULL)) {
+			left -= n + 1;
+			s = comma + 1;
+		}
+		trim_space(&u, &n);
+		if (n == 0)
+			return fail(p, v, "key '%s': empty URL in the comma-separated list %s",
+				    dotted, show(v, &sh));
+		if (!http_scheme(u, n)) {
+			sanitize(item, sizeof(item), u, n);
+			return fail(p, v,
+				    "key '%s': expected http:// or https:// URLs separated by "
+				    "commas, got '%s'",
+				    dotted, item);
+		}
+		if ((rc = words_add(w, u, n)) < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Item idx of a URL list: one http(s) URL. */
+static int url_item(struct pctx *p, const yaml_node_t *e, const char *dotted, size_t idx,
+		    struct words *w)
+{
+	struct shown sh;
+	char name[DOTTED_MAX];
+	char *u = NULL;
+
+	snprintf(name, sizeof(name), "%s[%zu]", dotted, idx);
+	int rc = get_string(p, e, name, &u);
+	if (rc == 0 || (rc > 0 && !http_scheme(u, strlen(u))))
+		rc = fail(p, e, "key '%s': expected an http:// or https:// URL, got %s", name,
+			  show(e, &sh));
+	else if (rc > 0 && strchr(u, ','))
+		rc = fail(p, e,
+			  "key '%s': one URL per list item, got %s (write a comma-separated "
+			  "string without the list)",
+			  name, show(e, &sh));
+	else if (rc > 0)
+		rc = words_add(w, u, strlen(u));
+	free(u);
+	return rc;
+}
+
+/*
+ * A list of http(s) URLs: a YAML sequence of strings, one URL each, or one
+ * string of comma-separated URLs (so that "${ETCD_ENDPOINTS}" works). Spaces
+ * around each URL are dropped; a blank string is an empty list. A null value
+ * clears the list, as yaml.v3 does for a slice. On success *dst (freed with
+ * free_argv) and *count are replaced. 0 or a negative errno.
+ */
+static int get_url_list(struct pctx *p, const yaml_node_t *v, const char *dotted, char ***dst,
+			size_t *count)
+{
+	struct words w = {0};
+	struct shown sh;
+	enum skind k;
+	bool b;
+	int rc = 0;
+
+	if (v->type == YAML_SCALAR_NODE) {
+		const char *s = (const char *)v->data.scalar.value;
+		size_t len = v->data.scalar.length;
+		if ((rc = scalar_kind(p, v, dotted, &k, &b)) < 0)
+			goto out;
+		if (k != SK_NULL && memchr(s, '\0', len))
+			rc = fail(p, v, "key '%s': the value contains a NUL character", dotted);
+		else if (k != SK_NULL)
+			rc = split_urls(p, v, dotted, s, len, &w);
+	} else if (v->type == YAML_SEQUENCE_NODE) {
+		const yaml_node_item_t *it = v->data.sequence.items.start;
+		size_t n = (size_t)(v->data.sequence.items.top - it);
+		for (size_t i = 0; i < n && rc == 0; i++)
+			rc = url_item(p, yaml_document_get_node(p->doc, it[i]), dotted, i, &w);
+	} else {
+		rc = fail(p, at(p, v),
+			  "key '%s': expected a list of URLs or a comma-separated string, got %s",
+			  dotted, show(v, &sh));
+	}
+	if (rc < 0)
+		goto out;
+	free_argv(*dst);
+	*dst = w.v;
+	*count = w.n;
+	w.v = NULL;
+out:
+	free_argv(w.v);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* The schema                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -1143,6 +1293,7 @@ enum kind {
 	K_STRING,	  /* char * at off */
 	K_DURATION,	  /* int64_t milliseconds at off */
 	K_EXEC,		  /* exec: string or list */
+	K_URL_LIST,	  /* char ** (NULL-terminated) at off, its size_t count right after */
 	K_LITEFS,	  /* a LiteFS key ltxfs does not implement yet */
 	K_LITEFS_SECTION, /* a LiteFS section ltxfs does not implement yet */
 };
@@ -1181,26 +1332,35 @@ static int check_url(struct pctx *p, const yaml_node_t *n, const char *dotted, v
 	struct shown sh;
 	char **s = field;
 	check_empty_is_unset(p, n, dotted, field);
-	if (*s && strncasecmp(*s, "http://", 7) != 0 && strncasecmp(*s, "https://", 8) != 0)
+	if (*s && !http_scheme(*s, strlen(*s)))
 		return fail(p, n, "key '%s': expected an http:// or https:// URL, got %s", dotted,
 			    show(n, &sh));
 	return 0;
+}
+
+/*
+ * check_url for a URL that may carry credentials (lease.consul.url:
+ * https://:TOKEN@host/prefix/): a value holding '@' is not echoed.
+ */
+static int check_secret_url(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
+{
+	char **s = field;
+	check_empty_is_unset(p, n, dotted, field);
+	if (*s && strchr(*s, '@') && !http_scheme(*s, strlen(*s)))
+		return fail(p, n,
+			    "key '%s': expected an http:// or https:// URL (the value is not "
+			    "shown: it holds credentials)",
+			    dotted);
+	return check_url(p, n, dotted, field);
 }
 
 static int check_lease_type(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
 {
 	struct shown sh;
 	const char *s = *(char **)field;
-	if (strcmp(s, "static") == 0)
+	if (strcmp(s, "static") == 0 || strcmp(s, "consul") == 0 || strcmp(s, "etcd") == 0)
 		return 0;
-	if (strcmp(s, "consul") == 0 || strcmp(s, "etcd") == 0)
-		return fail(p, n,
-			    "key '%s': lease type '%s' is not supported in this version of ltxfs "
-			    "yet (use 'static')",
-			    dotted, s);
-	return fail(p, n,
-		    "key '%s': unknown lease type %s (allowed: 'static'; 'consul' and 'etcd' are "
-		    "not supported yet)",
+	return fail(p, n, "key '%s': unknown lease type %s (allowed: 'static', 'consul', 'etcd')",
 		    dotted, show(n, &sh));
 }
 
@@ -1283,7 +1443,18 @@ static int check_positive(struct pctx *p, const yaml_node_t *n, const char *dott
 	return 0;
 }
 
+/* etcd grants leases in whole seconds and raises short ones to its own floor. */
+static int check_etcd_ttl(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
+{
+	if (*(int64_t *)field < 1000)
+		return fail(p, n, "key '%s': must be at least 1s", dotted);
+	return 0;
+}
+
 #define F(m) offsetof(struct config, m)
+
+_Static_assert(F(lease.etcd.n_endpoints) == F(lease.etcd.endpoints) + sizeof(char **),
+	       "K_URL_LIST: the count must follow the list");
 
 static const struct key_def keys[] = {
     {"exit-on-error", K_BOOL, F(exit_on_error), NULL},
@@ -1312,16 +1483,21 @@ static const struct key_def keys[] = {
     {"lease.candidate", K_BOOL, F(lease.candidate), NULL},
     {"lease.hostname", K_STRING, F(lease.hostname), check_empty_is_unset},
     {"lease.advertise-url", K_STRING, F(lease.advertise_url), check_url},
-    {"lease.promote", K_LITEFS, 0, NULL},
-    {"lease.reconnect-delay", K_LITEFS, 0, NULL},
-    {"lease.demote-delay", K_LITEFS, 0, NULL},
+    {"lease.promote", K_BOOL, F(lease.promote), NULL},
+    {"lease.reconnect-delay", K_DURATION, F(lease.reconnect_delay_ms), check_positive},
+    {"lease.demote-delay", K_DURATION, F(lease.demote_delay_ms), NULL},
     {"lease.databases", K_LITEFS, 0, NULL},
-    {"lease.consul", K_LITEFS_SECTION, 0, NULL},
-    {"lease.consul.url", K_LITEFS, 0, NULL},
-    {"lease.consul.key", K_LITEFS, 0, NULL},
-    {"lease.consul.ttl", K_LITEFS, 0, NULL},
-    {"lease.consul.lock-delay", K_LITEFS, 0, NULL},
-    {"lease.etcd", K_LITEFS, 0, NULL},
+    {"lease.consul", K_SECTION, 0, NULL},
+    {"lease.consul.url", K_STRING, F(lease.consul.url), check_secret_url},
+    {"lease.consul.key", K_STRING, F(lease.consul.key), check_empty_is_unset},
+    {"lease.consul.ttl", K_DURATION, F(lease.consul.ttl_ms), check_positive},
+    {"lease.consul.lock-delay", K_DURATION, F(lease.consul.lock_delay_ms), NULL},
+    {"lease.etcd", K_SECTION, 0, NULL},
+    {"lease.etcd.endpoints", K_URL_LIST, F(lease.etcd.endpoints), NULL},
+    {"lease.etcd.key", K_STRING, F(lease.etcd.key), check_empty_is_unset},
+    {"lease.etcd.ttl", K_DURATION, F(lease.etcd.ttl_ms), check_etcd_ttl},
+    {"lease.etcd.username", K_STRING, F(lease.etcd.username), check_empty_is_unset},
+    {"lease.etcd.password", K_STRING, F(lease.etcd.password), check_empty_is_unset},
 
     {"log", K_SECTION, 0, NULL},
     {"log.format", K_STRING, F(log.format), check_log_format},
@@ -1483,6 +1659,21 @@ static int litefs_section(struct pctx *p, const struct key_def *d, const yaml_no
 
 static int walk_exec(struct pctx *p, const yaml_node_t *v);
 
+/* Remember the keys that finish() checks against lease.type (the first one of each backend). */
+static void note_key(struct pctx *p, const struct key_def *d, const yaml_node_t *k)
+{
+	static const char consul[] = "lease.consul.", etcd[] = "lease.etcd.";
+	if (!p->consul_key && strncmp(d->path, consul, sizeof(consul) - 1) == 0) {
+		p->consul_key = k;
+		p->consul_path = d->path;
+	} else if (!p->etcd_key && strncmp(d->path, etcd, sizeof(etcd) - 1) == 0) {
+		p->etcd_key = k;
+		p->etcd_path = d->path;
+	} else if (strcmp(d->path, "lease.promote") == 0) {
+		p->promote_key = k;
+	}
+}
+
 static int set_value(struct pctx *p, const struct key_def *d, const yaml_node_t *k,
 		     const yaml_node_t *v)
 {
@@ -1490,6 +1681,7 @@ static int set_value(struct pctx *p, const struct key_def *d, const yaml_node_t 
 	struct shown sh;
 	int rc = 0;
 
+	note_key(p, d, k);
 	switch (d->kind) {
 	case K_SECTION:
 		if (v->type == YAML_MAPPING_NODE)
@@ -1513,6 +1705,9 @@ static int set_value(struct pctx *p, const struct key_def *d, const yaml_node_t 
 		return rc < 0 ? rc : 0;
 	case K_EXEC:
 		return walk_exec(p, v);
+	case K_URL_LIST:
+		return get_url_list(p, v, d->path, field,
+				    (size_t *)((char *)field + sizeof(char **)));
 	case K_LITEFS:
 		return fail(p, k, "key '%s' is a LiteFS setting that ltxfs does not support yet",
 			    d->path);
@@ -1726,6 +1921,49 @@ out:
 	return rc;
 }
 
+/* The lease backend's settings: required keys, keys of another backend, promote. */
+static int check_lease(struct pctx *p)
+{
+	struct config *c = p->cfg;
+	const char *type = c->lease.type;
+	bool consul = strcmp(type, "consul") == 0, etcd = strcmp(type, "etcd") == 0;
+
+	if (p->consul_key && !consul)
+		return fail(p, p->consul_key, "key '%s' is set but lease.type is '%s'",
+			    p->consul_path, type);
+	if (p->etcd_key && !etcd)
+		return fail(p, p->etcd_key, "key '%s' is set but lease.type is '%s'", p->etcd_path,
+			    type);
+	if (c->lease.promote && !consul && !etcd)
+		return fail(p, p->promote_key,
+			    "key 'lease.promote': handoff needs a consul or etcd lease (lease.type "
+			    "is '%s')",
+			    type);
+	/* LiteFS only promotes candidates, and says nothing otherwise: the Fly
+	 * pattern is "candidate: ${FLY_REGION == PRIMARY_REGION}" with "promote: true". */
+	if (!c->lease.candidate)
+		c->lease.promote = false;
+
+	if (consul && !c->lease.consul.url)
+		return fail(p, NULL,
+			    "key 'lease.consul.url' is required with 'lease.type: consul' (the "
+			    "Consul agent, e.g. http://localhost:8500)");
+	if (consul && !c->lease.consul.key)
+		return fail(p, NULL,
+			    "key 'lease.consul.key' is required with 'lease.type: consul' (the KV "
+			    "key that holds the primary lock, e.g. litefs/myapp)");
+	if (etcd && c->lease.etcd.n_endpoints == 0)
+		return fail(p, NULL,
+			    "key 'lease.etcd.endpoints' is required with 'lease.type: etcd' (at "
+			    "least one http:// or https:// URL)");
+	if (etcd && c->lease.etcd.password && !c->lease.etcd.username)
+		return fail(p, NULL,
+			    "key 'lease.etcd.password' is set without lease.etcd.username");
+	if (etcd && !c->lease.etcd.key && !(c->lease.etcd.key = strdup(DEFAULT_ETCD_KEY)))
+		return -ENOMEM;
+	return 0;
+}
+
 static int finish(struct pctx *p)
 {
 	struct config *c = p->cfg;
@@ -1738,9 +1976,11 @@ static int finish(struct pctx *p)
 	if ((rc = check_dirs(p)) < 0)
 		return rc;
 	if (!c->lease.type)
-		return fail(p, NULL, "key 'lease.type' is required (ltxfs supports 'static')");
+		return fail(p, NULL, "key 'lease.type' is required ('static', 'consul' or 'etcd')");
 	if (!c->http.addr)
 		return fail(p, NULL, "key 'http.addr' is required");
+	if ((rc = check_lease(p)) < 0)
+		return rc;
 
 	if (!c->lease.hostname) {
 		char host[HOST_NAME_MAX + 1];

@@ -138,7 +138,20 @@ struct db {
 	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
 	bool ltx_trusted;    /* newest LTX accepted on the clean-shutdown cache's word */
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
+	bool live;	     /* start-up recovery is over: commits go through the fence */
 };
+
+/* The write fence (db_options.may_commit); recovery is never fenced. */
+static int db_fence(struct db *db, uint64_t *epoch)
+{
+	*epoch = 0;
+	if (!db->live || !db->opt.may_commit)
+		return 0;
+	if (db->opt.may_commit(db->opt.change_ctx, epoch))
+		return 0;
+	log_warn("db '%s': commit refused: this node does not hold the primary lease", db->name);
+	return -EROFS;
+}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -500,6 +513,10 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 		r = 0; /* a rollback or a no-op: leaves no trace */
 		goto out;
 	}
+	uint64_t epoch;
+	r = db_fence(db, &epoch);
+	if (r < 0)
+		goto out;
 
 	struct ltx_header h = {
 	    .flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
@@ -510,6 +527,7 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 	    .timestamp = now_ms(),
 	    .pre_apply_checksum = snapshot ? 0 : db_cur_checksum(db),
 	    .node_id = db->opt.node_id,
+	    .epoch = epoch,
 	};
 	if (wi && !snapshot) {
 		h.wal_offset = wi->offset;
@@ -581,8 +599,12 @@ static int src_dbfile(void *ctx, const struct txpage *p, uint8_t *buf)
 static int db_commit_drop(struct db *db)
 {
 	struct ltx_out o;
+	uint64_t epoch;
 	if (db->pos.txid == 0)
 		return 0;
+	int fr = db_fence(db, &epoch);
+	if (fr < 0)
+		return fr;
 	struct ltx_header h = {
 	    .flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
 	    .page_size = db->page_size ? db->page_size : 4096,
@@ -592,6 +614,7 @@ static int db_commit_drop(struct db *db)
 	    .timestamp = now_ms(),
 	    .pre_apply_checksum = db->pos.checksum ? db->pos.checksum : db_cur_checksum(db),
 	    .node_id = db->opt.node_id,
+	    .epoch = epoch,
 	};
 	int r = ltx_out_begin(db, &o, &h);
 	if (r == 0)
@@ -2296,6 +2319,7 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	r = db_recover(db);
 	if (r < 0)
 		goto fail;
+	db->live = true;
 	*ret = db;
 	return 0;
 fail:
@@ -2550,7 +2574,8 @@ static void ltx_orphan_all(struct db *db, uint64_t keep_min, uint64_t keep_max)
 	while ((de = readdir(d))) {
 		uint64_t mn, mx;
 		char to[4096 + 512];
-		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || (mn == keep_min && mx == keep_max))
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 ||
+		    (mn == keep_min && mx == keep_max))
 			continue;
 		if (moved == 0 && fs_mkdir_p(odir, 0755) < 0)
 			break;
@@ -2594,6 +2619,92 @@ static void apply_hooks_invalidate(const struct db_apply_hooks *hk, struct db *d
 			       (uint64_t)(j - i) * page_size);
 		i = j;
 	}
+}
+
+bool db_txn_pending(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	bool active = db->journal_active;
+	pthread_mutex_unlock(&db->mu);
+	return active;
+}
+
+/*
+ * Before a replica's first apply after this node was primary (caller holds
+ * db->mu and SQLite's locks through the apply hooks, so no SQLite writer is
+ * inside a transaction): a journal left by a transaction the fence refused
+ * is hot and is rolled back, exactly as SQLite would; committed WAL frames
+ * not yet checkpointed are copied into the database file and the WAL is
+ * emptied, because applied pages go to the database file and the WAL-index
+ * header the unlock hook writes describes an empty WAL. *touched says the
+ * database file changed (its kernel cache must go).
+ */
+static int db_settle(struct db *db, bool *touched)
+{
+	uint64_t *map = NULL;
+	uint8_t *page = NULL;
+	int r, wfd = -1;
+	bool t = false;
+	*touched = false;
+	r = db->dbfd >= 0 ? db_recover_journal(db, &t) : 0;
+	if (r < 0)
+		return r;
+	if (t)
+		*touched = true;
+	db->journal_exists = db->journal_active = false;
+	dirty_clear(db);
+	if (!db->wal_valid || db->wal_end <= WAL_HEADER_SIZE || db->dbfd < 0)
+		return 0;
+	r = wal_frame_map(db, &map);
+	if (r < 0)
+		return r;
+	wfd = r;
+	r = 0;
+	if (map) {
+		page = malloc(db->page_size);
+		if (!page) {
+			r = -ENOMEM;
+			goto out;
+		}
+		for (uint32_t pg = 1; pg <= db->page_count && r == 0; pg++) {
+			if (!map[pg])
+				continue;
+			ssize_t got = fs_pread_full(wfd, page, db->page_size, (off_t)map[pg]);
+			if (got != (ssize_t)db->page_size)
+				r = got < 0 ? (int)got : -EIO;
+			else
+				r = fs_pwrite_full(db->dbfd, page, db->page_size,
+						   (off_t)(pg - 1) * db->page_size);
+		}
+		if (r < 0)
+			goto out;
+		if (ftruncate(db->dbfd, (off_t)db->page_count * db->page_size) < 0 ||
+		    fdatasync(db->dbfd) < 0) {
+			r = -errno;
+			goto out;
+		}
+		log_warn("db '%s': moved the WAL's committed pages into the database file before "
+			 "following the new primary",
+			 db->name);
+	}
+	{
+		char path[4096];
+		r = db_file_path(db, DB_FILE_WAL, path, sizeof(path));
+		if (r == 0 && truncate(path, 0) < 0 && errno != ENOENT)
+			r = -errno;
+	}
+	if (r == 0) {
+		db_wal_reset(db);
+		db->wal_size = 0;
+		db->wal_live = false;
+		*touched = true;
+	}
+out:
+	if (wfd >= 0)
+		close(wfd);
+	free(map);
+	free(page);
+	return r;
 }
 
 int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk)
@@ -2649,7 +2760,8 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 	 * the result of applying it must be its post-apply checksum. */
 	bool snapshot = ltx_header_is_snapshot(&h);
 	pthread_mutex_lock(&db->mu);
-	if (!snapshot && (db->pos.txid + 1 != h.min_txid || db->pos.checksum != h.pre_apply_checksum)) {
+	if (!snapshot &&
+	    (db->pos.txid + 1 != h.min_txid || db->pos.checksum != h.pre_apply_checksum)) {
 		log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " does not follow this node's "
 			 "position %016" PRIx64 "/%016" PRIx64,
 			 db->name, h.min_txid, h.max_txid, db->pos.txid, db->pos.checksum);
@@ -2664,7 +2776,8 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 	}
 	uint64_t x = snapshot ? 0 : db->xsum;
 	for (size_t i = 0; i < n; i++) {
-		uint64_t old = (!snapshot && pg[i].pgno <= db->page_count) ? db->pgck[pg[i].pgno] : 0;
+		uint64_t old =
+		    (!snapshot && pg[i].pgno <= db->page_count) ? db->pgck[pg[i].pgno] : 0;
 		x ^= old ^ pg[i].ck;
 	}
 	if (!snapshot)
@@ -2719,6 +2832,14 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 		goto out;
 	}
 	pthread_mutex_lock(&db->mu);
+	bool settled = false;
+	r = db_settle(db, &settled);
+	if (r < 0) {
+		pthread_mutex_unlock(&db->mu);
+		log_error("db '%s': cannot settle the transaction this node left as primary: %s",
+			  db->name, strerror(-r));
+		goto out;
+	}
 	if (h.commit == 0) {
 		static const enum db_file kinds[] = {DB_FILE_DB, DB_FILE_JOURNAL, DB_FILE_WAL,
 						     DB_FILE_SHM};
@@ -2787,7 +2908,7 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 	(void)old_count;
 
 	if (hk && hk->invalidate) {
-		if (snapshot || h.commit == 0)
+		if (snapshot || h.commit == 0 || settled)
 			hk->invalidate(hk->ctx, db, 0, 0);
 		else {
 			apply_hooks_invalidate(hk, db, pg, n, h.page_size);

@@ -111,7 +111,19 @@ struct fusefs {
 /* Writes are refused on a replica; the -shm file is local state and exempt. */
 static bool replica_refuses(struct fusefs *fs, int kind)
 {
-	return kind != DB_FILE_SHM && !store_is_primary(fs->store);
+	return kind != DB_FILE_SHM && !store_accepts_writes(fs->store);
+}
+
+/*
+ * Except on a node that lost the lease while a rollback-mode transaction was
+ * open: SQLite may then write the database and the journal to roll that
+ * transaction back (the fence in db.c refuses any commit).
+ */
+static bool refuses_write(struct fusefs *fs, struct db *db, int kind)
+{
+	if (!replica_refuses(fs, kind))
+		return false;
+	return !((kind == DB_FILE_DB || kind == DB_FILE_JOURNAL) && db && db_txn_pending(db));
 }
 
 /* --------------------------------------------------------------- names */
@@ -280,7 +292,8 @@ static int virt_content(struct fusefs *fs, fuse_ino_t ino, char *buf, size_t n)
 {
 	if (ino == INO_PRIMARY) {
 		char host[256];
-		if (store_is_primary(fs->store) || store_upstream(fs->store, host, sizeof(host)) < 0)
+		if (store_is_primary(fs->store) ||
+		    store_upstream(fs->store, host, sizeof(host)) < 0)
 			return -ENOENT;
 		return snprintf(buf, n, "%s\n", host);
 	}
@@ -515,7 +528,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		r = (to_set & FUSE_SET_ATTR_SIZE) ? -EPERM : 0;
 		goto reply;
 	}
-	if ((to_set & FUSE_SET_ATTR_SIZE) && replica_refuses(fs, kind)) {
+	if ((to_set & FUSE_SET_ATTR_SIZE) && refuses_write(fs, db, kind)) {
 		r = -EACCES;
 		goto out;
 	}
@@ -627,7 +640,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		goto out;
 	int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY);
 	if ((flags & O_ACCMODE) != O_RDONLY && kind != DB_FILE_DB && kind != DB_FILE_POS &&
-	    replica_refuses(fs, kind)) {
+	    refuses_write(fs, db, kind)) {
 		/* SQLite then opens the -wal read-only and reports SQLITE_READONLY */
 		r = -EACCES;
 		goto out;
@@ -679,7 +692,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		goto out;
 	}
 	if (replica_refuses(fs, f.kind) && (f.kind != DB_FILE_DB || !store_find(fs->store, f.db) ||
-					     !db_exists(store_find(fs->store, f.db)))) {
+					    !db_exists(store_find(fs->store, f.db)))) {
 		/* A journal SQLite cannot create gives SQLITE_READONLY. */
 		r = -EACCES;
 		if (f.kind == DB_FILE_WAL && (db = store_find(fs->store, f.db)) && db_exists(db) &&
@@ -801,7 +814,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	int r;
 	if (h->kind == DB_FILE_POS || h->kind == KIND_VIRT)
 		r = -EPERM;
-	else if (replica_refuses(fuse_req_userdata(req), h->kind))
+	else if (refuses_write(fuse_req_userdata(req), h->db, h->kind))
 		r = -EACCES;
 	else if (h->kind == KIND_MJ)
 		r = fs_pwrite_full(h->fd, buf, size, off);
@@ -858,8 +871,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (f.kind == DB_FILE_POS) {
 		r = -EPERM;
-	} else if ((f.kind == DB_FILE_DB || f.kind == DB_FILE_JOURNAL || f.kind == KIND_MJ) &&
-		   !store_is_primary(fs->store)) {
+	} else if ((f.kind == DB_FILE_DB || f.kind == KIND_MJ ||
+		    (f.kind == DB_FILE_JOURNAL && !db_txn_pending(db))) &&
+		   !store_accepts_writes(fs->store)) {
 		r = -EACCES;
 	} else if (f.kind == KIND_MJ) {
 		char path[4096];
@@ -1092,8 +1106,8 @@ static int lock_wait(struct fusefs *fs, int fd, off_t start, off_t len, const ch
 		delay = delay < 1000 ? delay * 2 : 1000;
 		if (waited / 5000000 > warned) {
 			warned = waited / 5000000;
-			log_warn("db '%s': waiting %us for readers to release the %s lock", db_name(db),
-				 warned * 5, what);
+			log_warn("db '%s': waiting %us for readers to release the %s lock",
+				 db_name(db), warned * 5, what);
 		}
 	}
 	return 0;
@@ -1147,8 +1161,8 @@ static int hook_lock(void *ctx, struct db *db, void **token)
 		if (r == 0)
 			r = lock_wait(fs, t->dbfd, SQLITE_RESERVED_BYTE, 1, "RESERVED", db);
 		if (r == 0)
-			r = lock_wait(fs, t->dbfd, SQLITE_SHARED_FIRST, SQLITE_SHARED_SIZE, "SHARED",
-				      db);
+			r = lock_wait(fs, t->dbfd, SQLITE_SHARED_FIRST, SQLITE_SHARED_SIZE,
+				      "SHARED", db);
 	}
 	if (r < 0) {
 		if (t->dbfd >= 0)

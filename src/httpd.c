@@ -21,6 +21,13 @@
  *   WAIT    sleep on the store's change counter; at 1 s with nothing to
  *           send, a HEARTBEAT; at shutdown or loss of the primary role, END
  *
+ * HANDOFF. POST /handoff?nodeID=X (the primary's side of a planned
+ * handoff): the elector fences commits; X's stream, once it has nothing
+ * left to send, writes a HANDOFF frame with the lease token and END; the
+ * request answers 200 when the frame is on the socket (the elector then
+ * steps down), or 504 after 5 s (the fence is lifted). POST /promote asks
+ * this node's primary for a handoff and answers once this node is primary.
+ *
  * The replica verifies and applies each LTX file; it reconnects after any
  * error, and its new position map tells the primary where to resume. The
  * primary keeps no per-replica state beyond the open stream.
@@ -33,6 +40,7 @@
 #include "ltxfs/httpd.h"
 
 #include "ltxfs/db.h"
+#include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/stream.h"
@@ -69,9 +77,9 @@ struct stream {
 	struct spos *pos;
 	size_t n, cap;
 	uint64_t peer_id;
-	bool ready_sent, ended;
+	bool ready_sent, ended, handoff_pending;
 	int64_t last_hb; /* monotonic ms */
-	uint8_t pend[STREAM_FRAME_HEADER + STREAM_LTX_META_MAX + 32];
+	uint8_t pend[STREAM_FRAME_HEADER + STREAM_LTX_META_MAX + STREAM_TOKEN_MAX + 64];
 	size_t pend_len, pend_off;
 	int fd;
 	uint64_t fd_remain;
@@ -87,7 +95,14 @@ struct request {
 struct httpd {
 	struct MHD_Daemon *d;
 	struct store *store;
+	struct elector *elector;
+	struct db_apply_hooks hooks;
 	char *hostname;
+	char *advertise_url;
+	/* a handoff in progress, under mu */
+	uint64_t handoff_peer;
+	char handoff_token[STREAM_TOKEN_MAX + 1];
+	bool handoff_sent;
 	pthread_mutex_t mu; /* streams list */
 	struct stream streams;
 	size_t nstreams;
@@ -170,20 +185,38 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 		db_get_pos(db, &p);
 		snprintf(txid, sizeof(txid), "%016" PRIx64, p.txid);
 		snprintf(ck, sizeof(ck), "%016" PRIx64, p.checksum);
-		json_array_append_new(dbs, json_pack("{s:s,s:s,s:s,s:b}", "name", db_name(db), "txid",
-						     txid, "checksum", ck, "exists",
-						     db_exists(db)));
+		json_array_append_new(dbs,
+				      json_pack("{s:s,s:s,s:s,s:b}", "name", db_name(db), "txid",
+						txid, "checksum", ck, "exists", db_exists(db)));
 	}
 	snprintf(id, sizeof(id), "%016" PRIX64, store_node_id(h->store));
 	store_cluster_id(h->store, cid);
 	bool primary = store_is_primary(h->store);
-	json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:I,s:o}", "nodeID", id, "clusterID", cid,
-			      "hostname", h->hostname, "isPrimary", primary, "lag",
-			      (json_int_t)store_lag_ms(h->store), "databases", dbs);
-	if (!primary && store_upstream(h->store, up, sizeof(up)) == 0)
+	bool writable = store_accepts_writes(h->store);
+	json_t *o =
+	    json_pack("{s:s,s:s,s:s,s:s,s:b,s:b,s:s,s:I,s:I,s:o}", "nodeID", id, "clusterID", cid,
+		      "hostname", h->hostname, "advertiseURL", h->advertise_url, "isPrimary",
+		      primary, "acceptsWrites", writable, "role", primary ? "primary" : "replica",
+		      "epoch", (json_int_t)store_epoch(h->store), "lag",
+		      (json_int_t)store_lag_ms(h->store), "databases", dbs);
+	json_object_set_new(o, "candidate",
+			    json_boolean(h->elector ? store_is_candidate(h->store) : primary));
+	json_object_set_new(o, "lease", json_string(h->elector ? "elected" : "static"));
+	if (primary) {
+		json_object_set_new(o, "primary",
+				    json_pack("{s:s,s:s}", "hostname", h->hostname, "advertiseURL",
+					      h->advertise_url));
+	} else if (h->elector) {
+		char purl[1024], phost[256];
+		elector_primary(h->elector, purl, sizeof(purl), phost, sizeof(phost));
+		if (purl[0])
+			json_object_set_new(
+			    o, "primary",
+			    json_pack("{s:s,s:s,s:b}", "hostname", phost, "advertiseURL", purl,
+				      "connected", store_upstream(h->store, up, sizeof(up)) == 0));
+	} else if (store_upstream(h->store, up, sizeof(up)) == 0) {
 		json_object_set_new(o, "primary", json_pack("{s:s}", "hostname", up));
-	else if (primary)
-		json_object_set_new(o, "primary", json_pack("{s:s}", "hostname", h->hostname));
+	}
 	return reply_json(h, c, MHD_HTTP_OK, o);
 }
 
@@ -224,7 +257,8 @@ static void pend_frame(struct stream *s, uint32_t type)
 
 static void pend_heartbeat(struct stream *s)
 {
-	s->pend_len += stream_heartbeat_frame(s->pend + s->pend_len, wall_ms(), 0);
+	s->pend_len +=
+	    stream_heartbeat_frame(s->pend + s->pend_len, wall_ms(), store_epoch(s->h->store));
 	s->last_hb = mono_ms();
 	/* Everything before this heartbeat has been handed to the socket. */
 	pthread_mutex_lock(&s->h->mu);
@@ -274,7 +308,8 @@ static int stream_next(struct stream *s)
 			} else if (r == -ENOENT) {
 				why = "the LTX files it needs were removed by retention";
 			} else if (r < 0) {
-				log_error("db '%s': LTX file for TXID %016" PRIx64 " is unreadable: %s; "
+				log_error("db '%s': LTX file for TXID %016" PRIx64
+					  " is unreadable: %s; "
 					  "sending a snapshot",
 					  db_name(db), rp->txid + 1, strerror(-r));
 				why = "an LTX file is damaged";
@@ -300,8 +335,8 @@ static int stream_next(struct stream *s)
 			close(fd);
 			return r;
 		}
-		s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags, 0, db_name(db),
-						      (uint64_t)sb.st_size);
+		s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags, store_epoch(st),
+						      db_name(db), (uint64_t)sb.st_size);
 		s->fd = fd;
 		s->fd_remain = (uint64_t)sb.st_size;
 		pthread_mutex_lock(&s->h->mu);
@@ -345,6 +380,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			close(s->fd);
 			s->fd = -1;
 		}
+		if (s->handoff_pending) {
+			/* the HANDOFF frame has been handed to the socket */
+			pthread_mutex_lock(&h->mu);
+			if (h->handoff_peer == s->peer_id)
+				h->handoff_sent = true;
+			pthread_mutex_unlock(&h->mu);
+			s->handoff_pending = false;
+		}
 		if (s->ended)
 			return MHD_CONTENT_READER_END_OF_STREAM;
 		if (h->stopping || !store_is_primary(h->store)) {
@@ -358,6 +401,20 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		if (r > 0)
 			continue;
+		pthread_mutex_lock(&h->mu);
+		bool handoff = h->handoff_peer == s->peer_id && !h->handoff_sent;
+		if (handoff) {
+			/* Commits are fenced and this replica has everything: pass the lease. */
+			s->pend_len += stream_handoff_frame(
+			    s->pend + s->pend_len, store_epoch(h->store), h->handoff_token);
+			pend_frame(s, STREAM_END);
+			s->ended = true;
+		}
+		pthread_mutex_unlock(&h->mu);
+		if (handoff) {
+			s->handoff_pending = true;
+			continue;
+		}
 		if (!s->ready_sent) {
 			pend_frame(s, STREAM_READY);
 			pend_heartbeat(s);
@@ -403,13 +460,127 @@ static bool parse_node_id(const char *v, uint64_t *ret)
 	return true;
 }
 
-static enum MHD_Result handle_stream(struct httpd *h, struct MHD_Connection *c,
-				     struct request *rq)
+/* ---------------------------------------------------- /ltx and adoption */
+
+/* GET /ltx?db=NAME&txid=HEX: the verified LTX file of one transaction. */
+static enum MHD_Result handle_ltx(struct httpd *h, struct MHD_Connection *c)
+{
+	const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "db");
+	const char *tx = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "txid");
+	uint64_t txid;
+	if (!name || !stream_name_valid(name, strlen(name)) || !parse_node_id(tx, &txid) ||
+	    txid == 0)
+		return reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+				   "want db=NAME and txid=HEX (1 to 16 hex digits)");
+	struct db *db = store_find(h->store, name);
+	if (!db)
+		return reply_error(h, c, MHD_HTTP_NOT_FOUND, "no such database");
+	int fd;
+	struct ltx_header lh;
+	struct ltx_trailer lt;
+	int r = db_ltx_open(db, txid, &fd, &lh, &lt);
+	if (r == -ENOENT)
+		return reply_error(h, c, MHD_HTTP_NOT_FOUND, "no LTX file for that TXID");
+	if (r < 0)
+		return reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(-r));
+	struct stat sb;
+	if (fstat(fd, &sb) < 0) {
+		close(fd);
+		return reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(errno));
+	}
+	struct MHD_Response *resp = MHD_create_response_from_fd((size_t)sb.st_size, fd);
+	if (!resp) {
+		close(fd);
+		return MHD_NO;
+	}
+	add_identity(h, resp);
+	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+	enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static bool to_fd(void *ctx, const char *buf, size_t n)
+{
+	int fd = *(int *)ctx;
+	while (n > 0) {
+		ssize_t w = write(fd, buf, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return false;
+		buf += w;
+		n -= (size_t)w;
+	}
+	return true;
+}
+
+/*
+ * A primary elected after its predecessor died, with nothing committed yet
+ * in its term, takes over the transactions a connecting replica received
+ * beyond this node's own position: the replica serves them (GET /ltx) and
+ * each is verified and chained exactly as a replica applies it, so only a
+ * continuation of this node's own history is accepted. Without this, a
+ * transaction that reached some replica but not the new primary would be
+ * orphaned.
+ */
+static void adopt(struct httpd *h, const char *adv, const struct stream_pos *pm, size_t n,
+		  uint64_t peer)
+{
+	for (size_t i = 0; i < n && store_can_adopt(h->store); i++) {
+		struct db *db = store_find(h->store, pm[i].name);
+		struct db_pos p;
+		if (!db)
+			continue;
+		db_get_pos(db, &p);
+		if (p.txid == 0 || pm[i].txid <= p.txid)
+			continue;
+		uint64_t got = 0;
+		for (uint64_t tx = p.txid + 1; tx <= pm[i].txid && store_can_adopt(h->store);
+		     tx++) {
+			char url[1400];
+			int fd;
+			struct httpc_resp resp;
+			if (db_ltx_tmpfile(db, &fd) < 0)
+				break;
+			snprintf(url, sizeof(url), "%s/ltx?db=%s&txid=%016" PRIx64, adv, pm[i].name,
+				 tx);
+			struct httpc_req req = {.method = "GET",
+						.url = url,
+						.timeout_ms = 10000,
+						.abort = &h->stopping,
+						.on_data = to_fd,
+						.ctx = &fd};
+			int r = httpc_do(&req, &resp);
+			if (r == 0 && resp.status != 200)
+				r = -ENOENT;
+			httpc_resp_release(&resp);
+			if (r == 0)
+				r = db_apply_ltx(db, fd, 0, &h->hooks);
+			close(fd);
+			if (r < 0) {
+				log_warn("db '%s': cannot adopt TXID %016" PRIx64
+					 " from replica %016" PRIX64 ": %s",
+					 pm[i].name, tx, peer, strerror(-r));
+				break;
+			}
+			got++;
+		}
+		if (got)
+			log_warn("db '%s': adopted %" PRIu64
+				 " transaction(s) from replica %016" PRIX64
+				 " that the previous primary had sent to it but not to this node",
+				 pm[i].name, got, peer);
+	}
+}
+
+static enum MHD_Result handle_stream(struct httpd *h, struct MHD_Connection *c, struct request *rq)
 {
 	uint64_t peer = 0;
 	char cid[21];
 	if (!store_is_primary(h->store))
-		return reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE, "this node is not the primary");
+		return reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+				   "this node is not the primary");
 	if (rq->too_big)
 		return reply_error(h, c, MHD_HTTP_CONTENT_TOO_LARGE, "position map too large");
 	const char *pid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Node-Id");
@@ -431,6 +602,10 @@ static enum MHD_Result handle_stream(struct httpd *h, struct MHD_Connection *c,
 	size_t npm = 0;
 	if (stream_posmap_decode((const uint8_t *)rq->body, rq->len, &pm, &npm) < 0)
 		return reply_error(h, c, MHD_HTTP_BAD_REQUEST, "malformed position map");
+	const char *adv = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Advertise-Url");
+	if (adv && (strncmp(adv, "http://", 7) == 0 || strncmp(adv, "https://", 8) == 0) &&
+	    h->hooks.lock && store_can_adopt(h->store))
+		adopt(h, adv, pm, npm, peer);
 	struct stream *s = calloc(1, sizeof(*s));
 	if (!s) {
 		free(pm);
@@ -453,9 +628,8 @@ static enum MHD_Result handle_stream(struct httpd *h, struct MHD_Connection *c,
 		p->floor = pm[i].txid;
 	}
 	free(pm);
-	struct MHD_Response *resp =
-	    MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, s,
-					      stream_free);
+	struct MHD_Response *resp = MHD_create_response_from_callback(
+	    MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, s, stream_free);
 	if (!resp) {
 		free(s->pos);
 		free(s);
@@ -475,6 +649,92 @@ static enum MHD_Result handle_stream(struct httpd *h, struct MHD_Connection *c,
 	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return r;
+}
+
+/* ------------------------------------------------------- /handoff, /promote */
+
+static bool stream_connected(struct httpd *h, uint64_t peer)
+{
+	bool found = false;
+	pthread_mutex_lock(&h->mu);
+	for (struct stream *s = h->streams.next; s != &h->streams && !found; s = s->next)
+		found = s->peer_id == peer && !s->ended;
+	pthread_mutex_unlock(&h->mu);
+	return found;
+}
+
+static enum MHD_Result handle_handoff(struct httpd *h, struct MHD_Connection *c)
+{
+	uint64_t peer;
+	char token[STREAM_TOKEN_MAX + 1];
+	if (!h->elector)
+		return reply_error(
+		    h, c, MHD_HTTP_CONFLICT,
+		    "handoff needs a consul or etcd lease (this node has a static lease)");
+	const char *nid = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "nodeID");
+	if (!parse_node_id(nid, &peer))
+		return reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+				   "missing or malformed nodeID parameter");
+	if (!store_is_primary(h->store))
+		return reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+				   "this node is not the primary");
+	if (!stream_connected(h, peer))
+		return reply_error(h, c, MHD_HTTP_NOT_FOUND,
+				   "that node is not a replica connected to this primary");
+	int r = elector_handoff_begin(h->elector, token, sizeof(token));
+	if (r == -EBUSY)
+		return reply_error(h, c, MHD_HTTP_CONFLICT, "a handoff is already in progress");
+	if (r < 0)
+		return reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+				   "this node is not the primary");
+	log_info("handing the primary lease to %016" PRIX64, peer);
+	pthread_mutex_lock(&h->mu);
+	h->handoff_peer = peer;
+	snprintf(h->handoff_token, sizeof(h->handoff_token), "%s", token);
+	h->handoff_sent = false;
+	pthread_mutex_unlock(&h->mu);
+	store_kick(h->store);
+	bool sent = false;
+	int64_t end = mono_ms() + 5000;
+	while (!sent && mono_ms() < end && stream_connected(h, peer)) {
+		pthread_mutex_lock(&h->mu);
+		sent = h->handoff_sent;
+		pthread_mutex_unlock(&h->mu);
+		if (!sent) {
+			struct timespec ts = {0, 1000000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	pthread_mutex_lock(&h->mu);
+	sent = h->handoff_sent;
+	h->handoff_peer = 0;
+	h->handoff_token[0] = '\0';
+	pthread_mutex_unlock(&h->mu);
+	elector_handoff_end(h->elector, sent);
+	if (!sent) {
+		log_warn("handoff to %016" PRIX64 " failed: the replica did not take the frame",
+			 peer);
+		return reply_error(h, c, MHD_HTTP_GATEWAY_TIMEOUT,
+				   "the replica did not receive the handoff in time");
+	}
+	return reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "handedOff", 1));
+}
+
+static enum MHD_Result handle_promote(struct httpd *h, struct MHD_Connection *c)
+{
+	char err[512];
+	if (!h->elector)
+		return reply_error(
+		    h, c, MHD_HTTP_CONFLICT,
+		    "promotion needs a consul or etcd lease (this node has a static lease)");
+	int r = elector_promote(h->elector, 10000, err, sizeof(err));
+	if (r == -EALREADY)
+		return reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "isPrimary", 1));
+	if (r < 0)
+		return reply_error(
+		    h, c, r == -EPERM || r == -ENOENT ? MHD_HTTP_CONFLICT : MHD_HTTP_BAD_GATEWAY,
+		    err);
+	return reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "isPrimary", 1));
 }
 
 /* ------------------------------------------------------------- routing */
@@ -511,6 +771,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		if (strcmp(method, "POST") != 0)
 			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
 		return handle_stream(h, c, rq);
+	}
+	if (strcmp(url, "/ltx") == 0) {
+		if (strcmp(method, "GET") != 0)
+			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
+		return handle_ltx(h, c);
+	}
+	if (strcmp(url, "/handoff") == 0) {
+		if (strcmp(method, "POST") != 0)
+			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+		return handle_handoff(h, c);
+	}
+	if (strcmp(url, "/promote") == 0) {
+		if (strcmp(method, "POST") != 0)
+			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+		return handle_promote(h, c);
 	}
 	if (strcmp(url, "/info") == 0) {
 		if (strcmp(method, "GET") != 0)
@@ -589,8 +864,11 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 	pthread_mutex_init(&h->mu, NULL);
 	h->streams.next = h->streams.prev = &h->streams;
 	h->store = opt->store;
+	h->elector = opt->elector;
+	h->hooks = opt->hooks;
 	h->hostname = strdup(opt->hostname ? opt->hostname : "");
-	if (!h->hostname) {
+	h->advertise_url = strdup(opt->advertise_url ? opt->advertise_url : "");
+	if (!h->hostname || !h->advertise_url) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -609,8 +887,8 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		snprintf(ps, sizeof(ps), "%u", port);
 		int g = getaddrinfo(host, ps, &hints, &ai);
 		if (g != 0 || !ai) {
-			snprintf(errmsg, n, "http.addr '%s': cannot resolve '%s': %s", opt->addr, host,
-				 gai_strerror(g));
+			snprintf(errmsg, n, "http.addr '%s': cannot resolve '%s': %s", opt->addr,
+				 host, gai_strerror(g));
 			r = -EINVAL;
 			goto fail;
 		}
@@ -625,8 +903,8 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 					MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_END);
 	} else {
 		h->d = MHD_start_daemon(flags | MHD_USE_DUAL_STACK, (uint16_t)port, NULL, NULL,
-					on_request, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-					h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+					on_request, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+					MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 					MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_END);
 		if (!h->d) /* no IPv6 on this host */
 			h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h,
@@ -644,6 +922,7 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 	return 0;
 fail:
 	free(h->hostname);
+	free(h->advertise_url);
 	pthread_mutex_destroy(&h->mu);
 	free(h);
 	return r;
@@ -665,7 +944,13 @@ void httpd_stop(struct httpd *h)
 		MHD_stop_daemon(h->d);
 	pthread_mutex_destroy(&h->mu);
 	free(h->hostname);
+	free(h->advertise_url);
 	free(h);
+}
+
+void httpd_set_elector(struct httpd *h, struct elector *e)
+{
+	h->elector = e;
 }
 
 uint64_t httpd_retention_floor(struct httpd *h, const char *name)

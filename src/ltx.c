@@ -183,7 +183,8 @@ void ltx_header_encode(const struct ltx_header *h, uint8_t out[LTX_HEADER_SIZE])
 	put_be32(out + 64, h->wal_salt1);
 	put_be32(out + 68, h->wal_salt2);
 	put_be64(out + 72, h->node_id);
-	/* 80..99 reserved, zero */
+	put_be64(out + 80, h->epoch); /* ltxfs: the lease epoch (0: none) */
+				      /* 88..99 reserved, zero */
 }
 
 int ltx_header_decode(struct ltx_header *h, const uint8_t in[LTX_HEADER_SIZE])
@@ -207,6 +208,7 @@ int ltx_header_decode(struct ltx_header *h, const uint8_t in[LTX_HEADER_SIZE])
 	t.wal_salt1 = get_be32(in + 64);
 	t.wal_salt2 = get_be32(in + 68);
 	t.node_id = get_be64(in + 72);
+	t.epoch = get_be64(in + 80);
 	/* The reserved bytes are not checked (the file checksum covers them). */
 	rc = ltx_header_validate(&t);
 	if (rc < 0)

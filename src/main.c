@@ -11,8 +11,10 @@
  * or the subprocess's own status.
  */
 #include "ltxfs/config.h"
+#include "ltxfs/elector.h"
 #include "ltxfs/fusefs.h"
 #include "ltxfs/httpd.h"
+#include "ltxfs/lease.h"
 #include "ltxfs/log.h"
 #include "ltxfs/replica.h"
 #include "ltxfs/store.h"
@@ -96,6 +98,19 @@ static void *retention_run(void *arg)
 	return NULL;
 }
 
+/* The replica thread hands a HANDOFF token to the elector (which exists by then). */
+static void on_handoff(void *ctx, const char *token)
+{
+	struct elector **e = ctx;
+	if (*e)
+		elector_handoff_received(*e, token);
+}
+
+static void follow(void *ctx, const char *url)
+{
+	replica_follow(ctx, url);
+}
+
 static pid_t spawn(char **argv, const sigset_t *oldmask)
 {
 	pid_t pid = fork();
@@ -128,6 +143,8 @@ static int cmd_mount(int argc, char **argv)
 	struct fusefs *fs = NULL;
 	struct httpd *httpd = NULL;
 	struct replica *replica = NULL;
+	struct lease *lease = NULL;
+	struct elector *elector = NULL;
 	int status = 0;
 	pid_t child = -1;
 	struct retention ret = {.mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
@@ -193,10 +210,21 @@ static int cmd_mount(int argc, char **argv)
 	free(found);
 	log_init(strcmp(cfg.log.format, "json") == 0, cfg.log.debug);
 	/* Static lease, as LiteFS: a candidate is the primary; any other node
-	 * replicates from lease.advertise-url, which names the primary. */
-	bool primary = cfg.lease.candidate;
+	 * replicates from lease.advertise-url, which names the primary. With
+	 * consul or etcd every node starts as a replica and the elector decides. */
+	bool elected = strcmp(cfg.lease.type, "static") != 0;
+	bool primary = !elected && cfg.lease.candidate;
+	if (elected && lease_new(&lease, &cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "ltxfs: %s: %s\n", cfg.path, err);
+		config_release(&cfg);
+		return 2;
+	}
 	log_info("ltxfs %s starting: config %s, data %s, mount %s, %s", LTXFS_VERSION, cfg.path,
-		 cfg.data.dir, cfg.fuse.dir, primary ? "primary (static lease)" : "replica");
+		 cfg.data.dir, cfg.fuse.dir,
+		 elected   ? (cfg.lease.candidate ? "candidate (elected lease)"
+						  : "replica (elected lease, not a candidate)")
+		 : primary ? "primary (static lease)"
+			   : "replica");
 
 	/* Signals are taken synchronously by this thread only. */
 	sigset_t mask, oldmask;
@@ -235,8 +263,11 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 	log_info("mounted at %s", cfg.fuse.dir);
-	struct httpd_options ho = {
-	    .addr = cfg.http.addr, .hostname = cfg.lease.hostname, .store = store};
+	struct httpd_options ho = {.addr = cfg.http.addr,
+				   .hostname = cfg.lease.hostname,
+				   .advertise_url = cfg.lease.advertise_url,
+				   .store = store};
+	fusefs_apply_hooks(fs, &ho.hooks);
 	r = httpd_start(&httpd, &ho, err, sizeof(err));
 	if (r < 0) {
 		log_error("%s", err);
@@ -245,7 +276,12 @@ static int cmd_mount(int argc, char **argv)
 	}
 	log_info("http server listening on %s", cfg.http.addr);
 	if (!primary) {
-		struct replica_options ro = {.store = store, .primary_url = cfg.lease.advertise_url};
+		struct replica_options ro = {
+		    .store = store,
+		    .primary_url = elected ? NULL : cfg.lease.advertise_url,
+		    .advertise_url = elected ? cfg.lease.advertise_url : NULL,
+		    .on_handoff = on_handoff,
+		    .handoff_ctx = &elector};
 		fusefs_apply_hooks(fs, &ro.hooks);
 		r = replica_start(&replica, &ro);
 		if (r < 0) {
@@ -253,7 +289,27 @@ static int cmd_mount(int argc, char **argv)
 			status = 1;
 			goto out;
 		}
-		log_info("replicating from %s", cfg.lease.advertise_url);
+		if (!elected)
+			log_info("replicating from %s", cfg.lease.advertise_url);
+	}
+	if (elected) {
+		struct elector_options eo = {.store = store,
+					     .lease = lease,
+					     .hostname = cfg.lease.hostname,
+					     .advertise_url = cfg.lease.advertise_url,
+					     .candidate = cfg.lease.candidate,
+					     .promote = cfg.lease.promote,
+					     .reconnect_delay_ms = cfg.lease.reconnect_delay_ms,
+					     .follow = follow,
+					     .ctx = replica};
+		r = elector_start(&elector, &eo);
+		if (r < 0) {
+			log_error("cannot start the lease loop: %s", strerror(-r));
+			status = 1;
+			goto out;
+		}
+		httpd_set_elector(httpd, elector);
+		log_info("primary chosen by a %s lease", cfg.lease.type);
 	}
 	if (cfg.data.retention_ms > 0) {
 		ret.store = store;
@@ -337,10 +393,15 @@ out:
 		pthread_mutex_unlock(&ret.mu);
 		pthread_join(ret.thread, NULL);
 	}
+	/* The lease goes first: commits stop and a successor may take over now. */
+	if (httpd)
+		httpd_set_elector(httpd, NULL);
+	elector_stop(elector);
 	fusefs_begin_stop(fs);
 	replica_stop(replica);
 	httpd_stop(httpd);
 	fusefs_stop(fs);
+	lease_free(lease);
 	store_close(store);
 	if (status == 0 || status == 1)
 		log_info("stopped");

@@ -41,7 +41,10 @@
 
 struct replica {
 	struct replica_options opt;
-	char *url;
+	char *url;	   /* under mu; NULL: follow nobody */
+	uint64_t gen;	   /* bumped by replica_follow: the stream in flight ends */
+	uint64_t conn_gen; /* gen of the stream in flight */
+	long last_status;  /* HTTP status of the last connection (0: none) */
 	pthread_t thread;
 	bool started;
 	pthread_mutex_t mu;
@@ -77,13 +80,19 @@ static int64_t mono_ms(void)
 
 /* ----------------------------------------------------------- frames */
 
-static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t epoch,
-			uint64_t len)
+static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t epoch, uint64_t len)
 {
 	struct conn *c = ctx;
-	(void)epoch;
 	(void)len;
-	int r = store_get_or_create(c->r->opt.store, name, &c->db);
+	int r = store_note_epoch(c->r->opt.store, epoch);
+	if (r == -ESTALE) {
+		snprintf(c->err, sizeof(c->err),
+			 "refusing a frame of epoch %" PRIu64 ": epoch %" PRIu64
+			 " was seen, so the sender is no longer the primary",
+			 epoch, store_epoch(c->r->opt.store));
+		return r;
+	}
+	r = store_get_or_create(c->r->opt.store, name, &c->db);
 	if (r < 0) {
 		snprintf(c->err, sizeof(c->err), "cannot create database '%s': %s", name,
 			 strerror(-r));
@@ -134,10 +143,9 @@ static int on_ltx_end(void *ctx)
 		snprintf(c->err, sizeof(c->err),
 			 "db '%s': rejected LTX %016" PRIx64 "-%016" PRIx64 " from the primary: %s",
 			 db_name(c->db), h.min_txid, h.max_txid,
-			 r == -EBADMSG ? "corrupt"
-			 : r == -ESTALE
-			     ? "does not follow this node's position"
-			     : strerror(-r));
+			 r == -EBADMSG	? "corrupt"
+			 : r == -ESTALE ? "does not follow this node's position"
+					: strerror(-r));
 		return r;
 	}
 	log_debug("db '%s': applied LTX %016" PRIx64 "-%016" PRIx64, db_name(c->db), h.min_txid,
@@ -149,7 +157,13 @@ static int on_ltx_end(void *ctx)
 static int on_control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
 {
 	struct conn *c = ctx;
-	(void)epoch;
+	if (type == STREAM_HEARTBEAT && store_note_epoch(c->r->opt.store, epoch) == -ESTALE) {
+		snprintf(c->err, sizeof(c->err),
+			 "refusing a heartbeat of epoch %" PRIu64 ": epoch %" PRIu64
+			 " was seen, so the sender is no longer the primary",
+			 epoch, store_epoch(c->r->opt.store));
+		return -ESTALE;
+	}
 	switch (type) {
 	case STREAM_READY:
 		log_info("caught up with primary %s", c->hostname);
@@ -161,6 +175,16 @@ static int on_control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
 		c->ended = true;
 		break;
 	}
+	return 0;
+}
+
+static int on_handoff(void *ctx, const char *token, uint64_t epoch)
+{
+	struct conn *c = ctx;
+	log_info("primary %s handed its lease to this node (epoch %" PRIu64 ")", c->hostname,
+		 epoch);
+	if (c->r->opt.on_handoff)
+		c->r->opt.on_handoff(c->r->opt.handoff_ctx, token);
 	return 0;
 }
 
@@ -181,7 +205,8 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ctx)
 		const char *name;
 		size_t off, len;
 	} keys[] = {
-	    {"Ltxfs-Hostname:", offsetof(struct conn, hostname), sizeof(((struct conn *)0)->hostname)},
+	    {"Ltxfs-Hostname:", offsetof(struct conn, hostname),
+	     sizeof(((struct conn *)0)->hostname)},
 	    {"Ltxfs-Cluster-Id:", offsetof(struct conn, cluster_id),
 	     sizeof(((struct conn *)0)->cluster_id)},
 	    {"Ltxfs-Node-Id:", offsetof(struct conn, peer_id), sizeof(((struct conn *)0)->peer_id)},
@@ -224,7 +249,8 @@ static int check_peer(struct conn *c, CURL *h)
 	if (!mine[0]) {
 		int r = store_set_cluster_id(st, c->cluster_id);
 		if (r < 0) {
-			snprintf(c->err, sizeof(c->err), "cannot store cluster ID: %s", strerror(-r));
+			snprintf(c->err, sizeof(c->err), "cannot store cluster ID: %s",
+				 strerror(-r));
 			return r;
 		}
 		log_info("joined cluster %s", c->cluster_id);
@@ -272,7 +298,7 @@ static int on_progress(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
 	(void)dn;
 	(void)ut;
 	(void)un;
-	return r->stopping ? 1 : 0;
+	return r->stopping || __atomic_load_n(&r->gen, __ATOMIC_RELAXED) != r->conn_gen ? 1 : 0;
 }
 
 /* Build the position map of every local database. */
@@ -323,22 +349,32 @@ static bool run_once(struct replica *r)
 	struct conn c;
 	uint8_t *body = NULL;
 	size_t blen = 0;
-	char url[2048], hid[64], hcid[64];
+	char url[2048], hid[64], hcid[64], hadv[1100];
 	struct curl_slist *hdrs = NULL;
 	CURL *h = NULL;
 	bool progress = false;
 
+	char base[1024];
+	pthread_mutex_lock(&r->mu);
+	if (!r->url) {
+		pthread_mutex_unlock(&r->mu);
+		return false;
+	}
+	snprintf(base, sizeof(base), "%s", r->url);
+	r->conn_gen = r->gen;
+	pthread_mutex_unlock(&r->mu);
 	memset(&c, 0, sizeof(c));
 	c.r = r;
 	c.fd = -1;
-	struct stream_parser_cb cb = {on_ltx_begin, on_ltx_data, on_ltx_end, on_control, &c};
+	struct stream_parser_cb cb = {on_ltx_begin, on_ltx_data, on_ltx_end,
+				      on_control,   &c,		 on_handoff};
 	stream_parser_init(&c.parser, &cb);
 	if (posmap(st, &body, &blen) < 0)
 		return false;
 	h = curl_easy_init();
 	if (!h)
 		goto out;
-	snprintf(url, sizeof(url), "%s/stream", r->url);
+	snprintf(url, sizeof(url), "%s/stream", base);
 	snprintf(hid, sizeof(hid), "Ltxfs-Node-Id: %016" PRIX64, store_node_id(st));
 	hdrs = curl_slist_append(hdrs, hid);
 	char cid[21];
@@ -346,6 +382,10 @@ static bool run_once(struct replica *r)
 	if (cid[0]) {
 		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
 		hdrs = curl_slist_append(hdrs, hcid);
+	}
+	if (r->opt.advertise_url) {
+		snprintf(hadv, sizeof(hadv), "Ltxfs-Advertise-Url: %s", r->opt.advertise_url);
+		hdrs = curl_slist_append(hdrs, hadv);
 	}
 	hdrs = curl_slist_append(hdrs, "Content-Type: application/octet-stream");
 	hdrs = curl_slist_append(hdrs, "Expect:");
@@ -376,18 +416,19 @@ static bool run_once(struct replica *r)
 		snprintf(c.err, sizeof(c.err), "primary answered HTTP %ld", c.status);
 	}
 	progress = c.worked;
+	r->last_status = c.status;
 	if (progress)
 		r->last_err[0] = '\0';
-	if (r->stopping)
+	if (r->stopping || r->gen != r->conn_gen)
 		goto out;
 	if (c.ended && stream_parser_idle(&c.parser))
 		log_info("primary %s closed the stream", c.hostname);
 	else if (c.err[0])
-		report(r, "replication stream from %s: %s", r->url, c.err);
+		report(r, "replication stream from %s: %s", base, c.err);
 	else if (cc != CURLE_OK)
-		report(r, "replication stream from %s: %s", r->url, curl_easy_strerror(cc));
+		report(r, "replication stream from %s: %s", base, curl_easy_strerror(cc));
 	else
-		report(r, "replication stream from %s ended without an END frame", r->url);
+		report(r, "replication stream from %s ended without an END frame", base);
 out:
 	if (c.fd >= 0)
 		close(c.fd);
@@ -404,20 +445,38 @@ static void *replica_run(void *arg)
 {
 	struct replica *r = arg;
 	int64_t backoff = 50;
+	uint64_t last_gen = 0;
 	while (!r->stopping) {
+		pthread_mutex_lock(&r->mu);
+		while (!r->stopping && !r->url)
+			pthread_cond_wait(&r->cond, &r->mu);
+		uint64_t gen = r->gen;
+		pthread_mutex_unlock(&r->mu);
+		if (r->stopping)
+			break;
+		if (gen != last_gen) /* a new primary: its failures so far are not ours */
+			backoff = 50;
+		last_gen = gen;
 		int64_t t0 = mono_ms();
 		bool progress = run_once(r);
 		if (r->stopping)
 			break;
+		if (r->gen != gen) { /* a new primary: connect at once */
+			backoff = 50;
+			continue;
+		}
 		if (progress && mono_ms() - t0 > 1000)
 			backoff = 50;
+		if (r->last_status == 503 && backoff > 100)
+			backoff = 100; /* elected but not serving yet: it will be in a moment */
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ts.tv_nsec += (long)(backoff % 1000) * 1000000;
 		ts.tv_sec += backoff / 1000 + ts.tv_nsec / 1000000000;
 		ts.tv_nsec %= 1000000000;
 		pthread_mutex_lock(&r->mu);
-		while (!r->stopping && pthread_cond_timedwait(&r->cond, &r->mu, &ts) == 0)
+		while (!r->stopping && r->gen == gen &&
+		       pthread_cond_timedwait(&r->cond, &r->mu, &ts) == 0)
 			;
 		pthread_mutex_unlock(&r->mu);
 		backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
@@ -431,14 +490,16 @@ int replica_start(struct replica **ret, const struct replica_options *opt)
 	if (!r)
 		return -ENOMEM;
 	r->opt = *opt;
-	r->url = strdup(opt->primary_url);
-	if (!r->url) {
-		free(r);
-		return -ENOMEM;
+	if (opt->primary_url) {
+		r->url = strdup(opt->primary_url);
+		if (!r->url) {
+			free(r);
+			return -ENOMEM;
+		}
+		size_t n = strlen(r->url);
+		while (n && r->url[n - 1] == '/')
+			r->url[--n] = '\0';
 	}
-	size_t n = strlen(r->url);
-	while (n && r->url[n - 1] == '/')
-		r->url[--n] = '\0';
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -452,6 +513,32 @@ int replica_start(struct replica **ret, const struct replica_options *opt)
 	}
 	r->started = true;
 	*ret = r;
+	return 0;
+}
+
+int replica_follow(struct replica *r, const char *url)
+{
+	char *u = NULL;
+	if (url) {
+		if (!(u = strdup(url)))
+			return -ENOMEM;
+		size_t n = strlen(u);
+		while (n && u[n - 1] == '/')
+			u[--n] = '\0';
+	}
+	pthread_mutex_lock(&r->mu);
+	if ((!u && !r->url) || (u && r->url && strcmp(u, r->url) == 0)) {
+		pthread_mutex_unlock(&r->mu);
+		free(u);
+		return 0;
+	}
+	free(r->url);
+	r->url = u;
+	__atomic_add_fetch(&r->gen, 1, __ATOMIC_RELAXED);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->mu);
+	if (!u)
+		store_set_upstream(r->opt.store, NULL);
 	return 0;
 }
 

@@ -46,7 +46,34 @@ struct store {
 	int64_t local_ms;   /* local clock when it arrived */
 	bool synced;
 	bool caught_up;
+	uint64_t epoch;	     /* highest lease epoch seen (persisted in <data>/epoch) */
+	int64_t until_ms;    /* CLOCK_MONOTONIC deadline of this primary's lease */
+	bool fenced;	     /* a handoff is in progress: no commits */
+	int64_t hold_until;  /* CLOCK_MONOTONIC: no commits before (adoption window) */
+	bool term_committed; /* a commit happened since this node became primary */
+	bool candidate;	     /* informational, for /info */
 };
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* db_options.may_commit: the write fence. */
+static bool store_may_commit(void *ctx, uint64_t *epoch)
+{
+	struct store *s = ctx;
+	pthread_mutex_lock(&s->cmu);
+	int64_t now = mono_ms();
+	bool ok = s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+	if (ok)
+		s->term_committed = true;
+	*epoch = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	return ok;
+}
 
 static int64_t wall_ms(void)
 {
@@ -141,6 +168,7 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	pthread_cond_init(&s->ccond, &ca);
 	pthread_condattr_destroy(&ca);
 	s->primary = !opt->replica;
+	s->until_ms = INT64_MAX; /* a static primary's lease never ends */
 	s->lock_fd = -1;
 	s->data_dir = strdup(opt->data_dir);
 	if (!s->data_dir) {
@@ -193,7 +221,17 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	s->dbopt.node_id = s->node_id;
 	s->dbopt.replica = opt->replica;
 	s->dbopt.on_change = store_on_change;
+	s->dbopt.may_commit = store_may_commit;
 	s->dbopt.change_ctx = s;
+	{
+		char ep[4096], *buf = NULL;
+		size_t len = 0;
+		if (fs_path(ep, sizeof(ep), "%s/epoch", opt->data_dir) == 0 &&
+		    fs_read_file(ep, 64, &buf, &len) == 0) {
+			s->epoch = strtoull(buf, NULL, 10);
+			free(buf);
+		}
+	}
 	{
 		char cid[4096], *buf = NULL;
 		size_t len = 0;
@@ -378,6 +416,132 @@ bool store_is_primary(struct store *s)
 	bool p = s->primary;
 	pthread_mutex_unlock(&s->cmu);
 	return p;
+}
+
+static int store_write_epoch(struct store *s, uint64_t epoch)
+{
+	char path[4096], line[32];
+	int r = fs_path(path, sizeof(path), "%s/epoch", s->data_dir);
+	if (r < 0)
+		return r;
+	snprintf(line, sizeof(line), "%llu\n", (unsigned long long)epoch);
+	return fs_write_atomic(path, line, strlen(line));
+}
+
+int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t cur = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	if (epoch < cur)
+		return -ESTALE;
+	if (epoch > cur) {
+		int r = store_write_epoch(s, epoch); /* durable before any write */
+		if (r < 0)
+			return r;
+	}
+	pthread_mutex_lock(&s->cmu);
+	s->epoch = epoch;
+	s->until_ms = until_ms;
+	s->hold_until = hold_ms > 0 ? mono_ms() + hold_ms : 0;
+	s->term_committed = false;
+	s->fenced = false;
+	s->primary = true;
+	s->upstream[0] = '\0';
+	s->seq++;
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
+	return 0;
+}
+
+void store_extend_lease(struct store *s, int64_t until_ms)
+{
+	pthread_mutex_lock(&s->cmu);
+	if (until_ms > s->until_ms)
+		s->until_ms = until_ms;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+int64_t store_lease_until(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	int64_t v = s->until_ms;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+void store_set_fenced(struct store *s, bool fenced)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->fenced = fenced;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_accepts_writes(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	int64_t now = mono_ms();
+	bool ok = s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+	pthread_mutex_unlock(&s->cmu);
+	return ok;
+}
+
+bool store_can_adopt(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->primary && !s->term_committed;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+uint64_t store_epoch(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t v = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+int store_note_epoch(struct store *s, uint64_t epoch)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t cur = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	if (epoch < cur)
+		return -ESTALE;
+	if (epoch == cur)
+		return 0;
+	int r = store_write_epoch(s, epoch);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->cmu);
+	if (epoch > s->epoch)
+		s->epoch = epoch;
+	pthread_mutex_unlock(&s->cmu);
+	return 0;
+}
+
+bool store_caught_up(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->upstream[0] && s->caught_up;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+void store_set_candidate(struct store *s, bool candidate)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->candidate = candidate;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_is_candidate(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->candidate;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
 }
 
 bool store_cluster_id_valid(const char *id)

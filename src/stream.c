@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { ST_HDR, ST_META, ST_DATA, ST_CTRL };
+enum { ST_HDR, ST_META, ST_DATA, ST_CTRL, ST_HANDOFF };
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -205,9 +205,43 @@ static int on_header(struct stream_parser *p)
 		p->meta_need = 16;
 		p->state = ST_CTRL;
 		return 0;
+	case STREAM_HANDOFF:
+		/* epoch, token length, at least one token byte */
+		if (p->len < 8 + 4 + 1 || p->len > 8 + 4 + STREAM_TOKEN_MAX)
+			return -EBADMSG;
+		p->meta_need = (size_t)p->len;
+		p->state = ST_HANDOFF;
+		return 0;
 	default:
-		return -EBADMSG; /* includes HANDOFF: no lease here hands off yet */
+		return -EBADMSG;
 	}
+}
+
+/* A complete HANDOFF payload: u64 epoch, u32 token length, token. */
+static int on_handoff(struct stream_parser *p)
+{
+	uint32_t tl = get32(p->meta + 8);
+	if ((uint64_t)tl + 12 != p->len)
+		return -EBADMSG;
+	char token[STREAM_TOKEN_MAX + 1];
+	memcpy(token, p->meta + 12, tl);
+	token[tl] = '\0';
+	for (uint32_t i = 0; i < tl; i++)
+		if (token[i] < 0x21 || token[i] > 0x7e)
+			return -EBADMSG;
+	p->have = 0;
+	p->state = ST_HDR;
+	return p->cb.handoff ? p->cb.handoff(p->cb.ctx, token, get64(p->meta)) : 0;
+}
+
+size_t stream_handoff_frame(uint8_t *out, uint64_t epoch, const char *token)
+{
+	size_t tl = strlen(token);
+	stream_frame_header(out, STREAM_HANDOFF, 12 + tl);
+	put64(out + STREAM_FRAME_HEADER, epoch);
+	put32(out + STREAM_FRAME_HEADER + 8, (uint32_t)tl);
+	memcpy(out + STREAM_FRAME_HEADER + 12, token, tl);
+	return STREAM_FRAME_HEADER + 12 + tl;
 }
 
 /* The first 16 metadata bytes tell the name length; then the rest arrives. */
@@ -232,9 +266,9 @@ static int on_meta(struct stream_parser *p)
 	p->state = ST_DATA;
 	p->meta_need = 0;
 	p->have = 0;
-	int r = p->cb.ltx_begin
-		    ? p->cb.ltx_begin(p->cb.ctx, name, get32(p->meta), get64(p->meta + 4), p->remain)
-		    : 0;
+	int r = p->cb.ltx_begin ? p->cb.ltx_begin(p->cb.ctx, name, get32(p->meta),
+						  get64(p->meta + 4), p->remain)
+				: 0;
 	if (r == 0 && p->remain == 0) {
 		p->state = ST_HDR;
 		r = p->cb.ltx_end ? p->cb.ltx_end(p->cb.ctx) : 0;
@@ -266,6 +300,14 @@ int stream_parser_feed(struct stream_parser *p, const uint8_t *buf, size_t n)
 			if (p->have == p->meta_need)
 				r = on_meta(p);
 			break;
+		case ST_HANDOFF:
+			k = p->meta_need - p->have;
+			k = k < n ? k : n;
+			memcpy(p->meta + p->have, buf, k);
+			p->have += k;
+			if (p->have == p->meta_need)
+				r = on_handoff(p);
+			break;
 		case ST_CTRL:
 			k = p->meta_need - p->have;
 			k = k < n ? k : n;
@@ -275,7 +317,8 @@ int stream_parser_feed(struct stream_parser *p, const uint8_t *buf, size_t n)
 				p->have = 0;
 				p->state = ST_HDR;
 				if (p->cb.control)
-					r = p->cb.control(p->cb.ctx, p->type, (int64_t)get64(p->meta),
+					r = p->cb.control(p->cb.ctx, p->type,
+							  (int64_t)get64(p->meta),
 							  get64(p->meta + 8));
 			}
 			break;

@@ -6,8 +6,9 @@
  * fails with -EINVAL and a one-line message in err that names the file and the
  * dotted key, e.g. "/etc/litefs.yml: key 'data.retention': invalid duration 'x'".
  * LiteFS keys that ltxfs does not support yet are rejected with a message that
- * says so. Before parsing, environment variables are expanded exactly as LiteFS
- * does (config_expand_env) unless expand_env is false.
+ * says so. Keys under lease.consul / lease.etcd are refused unless lease.type
+ * names that backend. Before parsing, environment variables are expanded
+ * exactly as LiteFS does (config_expand_env) unless expand_env is false.
  * Not thread-safe; call from main before starting threads.
  */
 #ifndef LTXFS_CONFIG_H
@@ -45,10 +46,31 @@ struct config {
 		char *addr; /* ":20202" */
 	} http;
 	struct {
-		char *type;	     /* required: "static" ("consul", "etcd" refused for now) */
+		char *type;	     /* required: "static", "consul" or "etcd" */
 		bool candidate;	     /* true */
 		char *hostname;	     /* default: gethostname() */
 		char *advertise_url; /* default: "http://<hostname>:<port of http.addr>" */
+		/* After sync, a candidate asks the primary for a handoff. consul/etcd
+		 * only; forced to false when candidate is false (LiteFS ignores it). */
+		bool promote;		    /* false */
+		int64_t reconnect_delay_ms; /* 1s, > 0 */
+		int64_t demote_delay_ms;    /* 10s */
+		struct {
+			/* Required with type consul; may hold :TOKEN@ and a /prefix/ path. */
+			char *url;
+			char *key;	       /* required with type consul (no default) */
+			int64_t ttl_ms;	       /* 10s, > 0 (Consul's server floor: 10s) */
+			int64_t lock_delay_ms; /* 1s, 0 allowed */
+		} consul;
+		struct {
+			/* NULL-terminated list of http(s) URLs; required with type etcd. */
+			char **endpoints;
+			size_t n_endpoints;
+			char *key;	/* "ltxfs/primary" by default with type etcd */
+			int64_t ttl_ms; /* 10s, >= 1s (etcd's server floor: 2s by default) */
+			char *username; /* optional */
+			char *password; /* optional; requires username */
+		} etcd;
 	} lease;
 	struct {
 		char *format; /* "text" | "json" */

@@ -45,6 +45,15 @@ struct db_options {
 	 * change of position: a commit, a drop, an applied LTX file. */
 	void (*on_change)(void *ctx);
 	void *change_ctx;
+	/*
+	 * The write fence (called with change_ctx under the database's lock at
+	 * every commit point that would write an LTX file, after start-up
+	 * recovery): true when this node may commit now, with the lease epoch
+	 * to record in the LTX header. False refuses the commit-point operation
+	 * with EROFS, so nothing commits on a node whose lease may be gone.
+	 * NULL: always allowed, epoch 0.
+	 */
+	bool (*may_commit)(void *ctx, uint64_t *epoch);
 };
 
 struct db_pos {
@@ -173,6 +182,17 @@ struct db_apply_hooks {
  * -EBADMSG (corrupt), or another -errno.
  */
 int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk);
+
+/*
+ * True while a rollback-mode transaction is open (its journal header was
+ * written and no commit point has passed). On a node that lost the lease in
+ * the middle of a write, the FUSE layer lets SQLite write the database and
+ * journal while this holds, so that SQLite can roll the refused transaction
+ * back itself; the fence refuses its commit. db_apply_ltx rolls back what is
+ * left (a hot journal) and moves committed WAL pages into the database file
+ * before it applies anything.
+ */
+bool db_txn_pending(struct db *db);
 
 /* Test/diagnostic: the rolling checksum the engine holds in memory. */
 uint64_t db_checksum(struct db *db);

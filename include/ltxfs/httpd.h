@@ -11,6 +11,7 @@
 #ifndef LTXFS_HTTPD_H
 #define LTXFS_HTTPD_H
 
+#include "ltxfs/elector.h"
 #include "ltxfs/store.h"
 
 #include <stddef.h>
@@ -19,13 +20,24 @@
 struct httpd_options {
 	const char *addr;     /* http.addr: ":20202", "127.0.0.1:20202", "[::1]:20202" */
 	const char *hostname; /* lease.hostname, sent to replicas */
+	const char *advertise_url;
 	struct store *store;
+	/*
+	 * The lease side (elector.h) for POST /handoff, POST /promote and the
+	 * primary shown by /info; NULL with a static lease (both endpoints then
+	 * answer 409).
+	 */
+	struct elector *elector;
+	/* The mount's apply hooks: a new primary adopts transactions a replica got further in. */
+	struct db_apply_hooks hooks;
 };
 
 struct httpd;
 
 /* Listen and serve. On error *errmsg names the address and the reason. */
 int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errmsg, size_t n);
+/* Attach the elector once it exists (it needs the replica, which needs the server up). */
+void httpd_set_elector(struct httpd *h, struct elector *e);
 /* End every stream with an END frame, stop listening, join, free. NULL ok. */
 void httpd_stop(struct httpd *h);
 /*

@@ -44,6 +44,7 @@ struct ltx_header {
 	uint32_t wal_salt1;
 	uint32_t wal_salt2;
 	uint64_t node_id;
+	uint64_t epoch; /* ltxfs: lease epoch of the writer, in LiteFS's reserved bytes 80..87 */
 };
 
 struct ltx_trailer {

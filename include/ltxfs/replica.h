@@ -17,12 +17,21 @@
 struct replica_options {
 	struct store *store;
 	struct db_apply_hooks hooks; /* from fusefs_apply_hooks() */
-	const char *primary_url;     /* the static lease's advertise-url */
+	const char *primary_url;     /* the static lease's advertise-url; NULL: none yet */
+	const char *advertise_url;   /* this node's own URL, sent so a new primary can adopt */
+	/* A HANDOFF frame arrived (replica thread): the lease token. NULL: ignored. */
+	void (*on_handoff)(void *ctx, const char *token);
+	void *handoff_ctx;
 };
 
 struct replica;
 
 int replica_start(struct replica **ret, const struct replica_options *opt);
+/*
+ * Follow another primary (NULL: none): the current stream ends and the next
+ * one goes to url. Any thread.
+ */
+int replica_follow(struct replica *r, const char *url);
 /* Abort the stream, join the thread, free. NULL ok. */
 void replica_stop(struct replica *r);
 

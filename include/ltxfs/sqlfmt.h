@@ -86,19 +86,19 @@ static inline uint64_t wal_frame_offset(uint32_t page_size, uint64_t i)
  * WalCkptInfo), in the host's byte order. SHM_LOCK_* are the fcntl lock bytes
  * SQLite's unix VFS uses in the -shm file.
  */
-#define SHM_HEADER_SIZE	      136
-#define SHM_LOCK_WRITE	      120
-#define SHM_LOCK_CKPT	      121
-#define SHM_LOCK_RECOVER      122
-#define SHM_LOCK_READ(i)      (123 + (i))
-#define SHM_NREADER	      5
+#define SHM_HEADER_SIZE	 136
+#define SHM_LOCK_WRITE	 120
+#define SHM_LOCK_CKPT	 121
+#define SHM_LOCK_RECOVER 122
+#define SHM_LOCK_READ(i) (123 + (i))
+#define SHM_NREADER	 5
 /* The rollback-mode lock bytes in the database file (os.h). */
 #ifndef SQLITE_PENDING_BYTE
 #define SQLITE_PENDING_BYTE 0x40000000u
 #endif
-#define SQLITE_RESERVED_BYTE  (SQLITE_PENDING_BYTE + 1)
-#define SQLITE_SHARED_FIRST   (SQLITE_PENDING_BYTE + 2)
-#define SQLITE_SHARED_SIZE    510
+#define SQLITE_RESERVED_BYTE (SQLITE_PENDING_BYTE + 1)
+#define SQLITE_SHARED_FIRST  (SQLITE_PENDING_BYTE + 2)
+#define SQLITE_SHARED_SIZE   510
 
 /*
  * Build a wal-index header that tells readers "the WAL is empty and the

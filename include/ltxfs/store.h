@@ -52,6 +52,34 @@ void store_set_primary(struct store *s, bool primary);
 bool store_is_primary(struct store *s);
 
 /*
+ * The lease (docs/leases.md). store_become_primary persists epoch in
+ * <data.dir>/epoch (before any write can commit; -ESTALE if a larger epoch
+ * was seen) and makes this node primary until until_ms (CLOCK_MONOTONIC ms).
+ * Every commit checks the fence: primary, not fenced for a handoff, and
+ * before the deadline; store_extend_lease moves the deadline after a renewal.
+ * A static primary's deadline is INT64_MAX. hold_ms > 0 opens the adoption
+ * window: commits wait that long after election so that replicas which
+ * received more of the old primary's stream than this node can hand those
+ * transactions over first (httpd.c).
+ */
+int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms);
+void store_extend_lease(struct store *s, int64_t until_ms);
+int64_t store_lease_until(struct store *s);
+void store_set_fenced(struct store *s, bool fenced);
+/* The fence's verdict now. */
+bool store_accepts_writes(struct store *s);
+/* Primary and nothing committed in this term yet: a replica's longer history may be adopted. */
+bool store_can_adopt(struct store *s);
+/* Highest epoch seen; store_note_epoch raises (and persists) it, or -ESTALE if epoch is older. */
+uint64_t store_epoch(struct store *s);
+int store_note_epoch(struct store *s, uint64_t epoch);
+/* Connected to a primary and caught up with it (READY received). */
+bool store_caught_up(struct store *s);
+/* lease.candidate, for /info. */
+void store_set_candidate(struct store *s, bool candidate);
+bool store_is_candidate(struct store *s);
+
+/*
  * Cluster ID: "LFSC" + 16 uppercase hex digits, kept in <data.dir>/clusterid
  * as LiteFS does. store_cluster_id copies it into buf[21] ("" when none).
  * store_ensure_cluster_id creates one if none exists (a primary);

@@ -12,7 +12,9 @@
  *                     u64 crc64(everything above), then the LTX file
  *   STREAM_READY      empty: the initial catch-up is complete
  *   STREAM_END        empty: the primary is closing the stream cleanly
- *   STREAM_HANDOFF    reserved for the lease issue (rejected until then)
+ *   STREAM_HANDOFF    u64 epoch, u32 tokenLen, token (printable ASCII, at most
+ *                     STREAM_TOKEN_MAX bytes): the primary hands its lease to
+ *                     this replica, which has received everything before it
  *   STREAM_HEARTBEAT  i64 primary time in ms since the epoch, u64 epoch
  *
  * Pure code, no I/O. The parser is a push parser: feed it whatever arrived
@@ -40,6 +42,7 @@ enum stream_frame_type {
 #define STREAM_LTX_DIVERGED 0x1u /* a snapshot sent because the replica's history diverged */
 
 #define STREAM_NAME_MAX	    255
+#define STREAM_TOKEN_MAX    200
 #define STREAM_FRAME_HEADER 12 /* u32 type + u64 length */
 #define STREAM_LTX_META_MAX (4 + 8 + 4 + STREAM_NAME_MAX + 8)
 
@@ -72,6 +75,8 @@ void stream_frame_header(uint8_t out[STREAM_FRAME_HEADER], uint32_t type, uint64
  */
 size_t stream_ltx_frame_begin(uint8_t *out, uint32_t flags, uint64_t epoch, const char *name,
 			      uint64_t ltx_len);
+/* A handoff frame into out[STREAM_FRAME_HEADER + 12 + STREAM_TOKEN_MAX]; returns its size. */
+size_t stream_handoff_frame(uint8_t *out, uint64_t epoch, const char *token);
 /* A heartbeat frame (header + payload) into out[STREAM_FRAME_HEADER + 16]; returns its size. */
 size_t stream_heartbeat_frame(uint8_t *out, int64_t now_ms, uint64_t epoch);
 
@@ -86,6 +91,8 @@ struct stream_parser_cb {
 	/* READY, END and HEARTBEAT (ms and epoch set for heartbeats only). */
 	int (*control)(void *ctx, uint32_t type, int64_t ms, uint64_t epoch);
 	void *ctx;
+	/* HANDOFF: the lease token and the sender's epoch (NULL: ignored). */
+	int (*handoff)(void *ctx, const char *token, uint64_t epoch);
 };
 
 struct stream_parser {
@@ -96,9 +103,9 @@ struct stream_parser {
 	size_t have;	  /* bytes of hdr or meta collected */
 	size_t meta_need; /* bytes of meta the current frame needs so far */
 	uint32_t type;
-	uint64_t len;	  /* payload length of the current frame */
-	uint64_t remain;  /* LTX bytes still to come */
-	int err;	  /* sticky */
+	uint64_t len;	 /* payload length of the current frame */
+	uint64_t remain; /* LTX bytes still to come */
+	int err;	 /* sticky */
 };
 
 void stream_parser_init(struct stream_parser *p, const struct stream_parser_cb *cb);

@@ -53,7 +53,7 @@ class Node:
     URL, exactly as LiteFS configures one)."""
 
     def __init__(self, base, name="node", compress=True, extra_config="", replica_of=None,
-                 port=None, data_extra=""):
+                 port=None, data_extra="", lease=None, advertise=None):
         self.name = name
         self.base = os.path.join(str(base), name)
         self.data = os.path.join(self.base, "data")
@@ -63,7 +63,15 @@ class Node:
         self.proc = None
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
-        if replica_of is not None:
+        # advertise: the URL other nodes use (a proxy in front of this node, say)
+        self.advertise = advertise or self.url
+        if lease is not None:
+            # an elected lease: `lease` is the backend's section, e.g. "consul:\n  url: ..."
+            lease = ("lease:\n  type: %s\n  candidate: true\n  hostname: %s\n"
+                     "  advertise-url: %s\n  reconnect-delay: 200ms\n%s"
+                     % (lease.split(":")[0], name, self.advertise,
+                        "".join("  " + l + "\n" for l in lease.splitlines())))
+        elif replica_of is not None:
             upstream = replica_of if isinstance(replica_of, str) else replica_of.url
             lease = ("lease:\n  type: static\n  candidate: false\n  hostname: %s\n"
                      "  advertise-url: %s\n" % (name, upstream))

@@ -3,7 +3,11 @@
 Test fixture only. Every accepted connection is forwarded to the target;
 cut() closes every open connection at once (the link drops mid-transfer);
 corrupt_next(offset) flips one byte of the next response, `offset` bytes
-after the end of its HTTP headers, once.
+after the end of its HTTP headers, once. block() turns the link into a
+black hole (a network partition): bytes are swallowed in both directions and
+new connections are accepted but never answered, so peers see timeouts, not
+resets; unblock() heals it (connections opened during the partition are
+closed, as a real TCP connection would eventually fail).
 """
 import socket
 import threading
@@ -24,6 +28,8 @@ class Proxy:
         self.corrupted = 0
         self.accepted = 0
         self.closed = False
+        self.blocked = False
+        self.held = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -32,6 +38,11 @@ class Proxy:
                 c, _ = self.lsock.accept()
             except OSError:
                 return
+            if self.blocked:
+                with self.lock:
+                    self.held.append(c)
+                threading.Thread(target=self._swallow, args=(c,), daemon=True).start()
+                continue
             try:
                 u = socket.create_connection(self.target, timeout=5)
                 u.settimeout(None)
@@ -54,6 +65,8 @@ class Proxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.blocked:
+                    continue  # the black hole swallows it
                 if corrupt_at is not None:
                     if body_off is None:
                         seen += data[:65536]
@@ -79,6 +92,28 @@ class Proxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _swallow(self, c):
+        try:
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def block(self):
+        self.blocked = True
+
+    def unblock(self):
+        self.blocked = False
+        with self.lock:
+            held, self.held = self.held, []
+        for s in held:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self.cut()
 
     def corrupt_next(self, offset):
         with self.lock:

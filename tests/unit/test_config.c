@@ -28,11 +28,14 @@ static int parse(struct config *c, const char *yaml)
 	return config_parse(c, PATH, yaml, strlen(yaml), errbuf, sizeof(errbuf));
 }
 
+/* Parse must succeed; a failure is counted (callers then skip their checks). */
 static bool parses(const char *yaml, struct config *c)
 {
 	int rc = parse(c, yaml);
-	if (rc)
+	if (rc) {
 		fprintf(stderr, "unexpected error %d: %s\n--- yaml:\n%s\n", rc, errbuf, yaml);
+		unit_failures++;
+	}
 	return rc == 0;
 }
 
@@ -121,6 +124,16 @@ static void test_defaults(void)
 	CHECK(c.lease.type == NULL);
 	CHECK(c.lease.candidate == true);
 	CHECK(c.lease.hostname == NULL && c.lease.advertise_url == NULL);
+	CHECK(c.lease.promote == false);
+	CHECK_EQ_U64(c.lease.reconnect_delay_ms, 1000);
+	CHECK_EQ_U64(c.lease.demote_delay_ms, 10000);
+	CHECK(c.lease.consul.url == NULL && c.lease.consul.key == NULL);
+	CHECK_EQ_U64(c.lease.consul.ttl_ms, 10000);
+	CHECK_EQ_U64(c.lease.consul.lock_delay_ms, 1000);
+	CHECK(c.lease.etcd.endpoints == NULL && c.lease.etcd.n_endpoints == 0);
+	CHECK(c.lease.etcd.key == NULL);
+	CHECK_EQ_U64(c.lease.etcd.ttl_ms, 10000);
+	CHECK(c.lease.etcd.username == NULL && c.lease.etcd.password == NULL);
 	CHECK_STR(c.log.format, "text");
 	CHECK(c.log.debug == false);
 	config_release(&c);
@@ -241,7 +254,9 @@ static void test_full(void)
 	config_release(&c);
 
 	/* Flow style and quoted keys are the same document. */
-	if (parses("{\"fuse\": {dir: /mnt/x}, 'lease': {type: static, candidate: off}}", &c)) {
+	if (parses("{\"fuse\": {dir: /mnt/x}, 'lease': {type: static, candidate: off, "
+		   "advertise-url: 'http://p:20202'}}",
+		   &c)) {
 		CHECK_STR(c.fuse.dir, "/mnt/x");
 		CHECK(c.lease.candidate == false);
 	}
@@ -310,7 +325,8 @@ static void test_bools(void)
 		config_release(&c);
 	}
 	for (size_t i = 0; i < sizeof(falses) / sizeof(falses[0]); i++) {
-		snprintf(yaml, sizeof(yaml), BASE "  candidate: %s\n", falses[i]);
+		snprintf(yaml, sizeof(yaml),
+			 BASE "  advertise-url: http://p:20202\n  candidate: %s\n", falses[i]);
 		if (parses(yaml, &c) && c.lease.candidate) {
 			fprintf(stderr, "'%s' did not read as false\n", falses[i]);
 			unit_failures++;
@@ -458,15 +474,7 @@ static void test_unsupported_litefs_keys(void)
 	    "tracing.max-count",
 	    "tracing.compress",
 	    "http.snapshot-timeout",
-	    "lease.promote",
-	    "lease.reconnect-delay",
-	    "lease.demote-delay",
 	    "lease.databases",
-	    "lease.consul.url",
-	    "lease.consul.key",
-	    "lease.consul.ttl",
-	    "lease.consul.lock-delay",
-	    "lease.etcd",
 	    "log.timestamp",
 	};
 	char yaml[512], want[256];
@@ -494,10 +502,7 @@ static void test_unsupported_litefs_keys(void)
 	expect_error(BASE "backup: litefs-cloud\n", "key 'backup' is a LiteFS setting", NULL);
 	expect_error(BASE "strict-verify: false\n", "line 5: key 'strict-verify' is a LiteFS",
 		     NULL);
-	expect_error(BASE "  consul:\n    url: http://localhost:8500\n    key: litefs/primary\n",
-		     "key 'lease.consul.url' is a LiteFS setting", NULL);
-	expect_error(BASE "  etcd:\n    endpoints: [x]\n", "key 'lease.etcd' is a LiteFS setting",
-		     NULL);
+	expect_error(BASE "  databases: [db]\n", "line 5: key 'lease.databases' is a LiteFS", NULL);
 	/* Keys LiteFS itself does not know are plain unknown keys. */
 	expect_error(BASE "proxy:\n  bogus: 1\n", "unknown key 'proxy.bogus'", NULL);
 	expect_error(BASE "backup:\n  delay: 1s\n", "unknown key 'backup.delay'", NULL);
@@ -546,20 +551,19 @@ static void test_errors(void)
 	/* Required keys. */
 	expect_error("lease:\n  type: static\n", "key 'fuse.dir' is required", NULL);
 	expect_error("fuse:\n  dir:\nlease:\n  type: static\n", "key 'fuse.dir' is required", NULL);
-	expect_error("fuse:\n  dir: /litefs\n", "key 'lease.type' is required", NULL);
+	expect_error("fuse:\n  dir: /litefs\n", "key 'lease.type' is required",
+		     "'static', 'consul' or 'etcd'");
 	expect_error("fuse:\n  dir: \"\"\nlease:\n  type: static\n", "key 'fuse.dir'",
 		     "must not be empty");
 	expect_error(BASE "data:\n  dir: ''\n", "key 'data.dir'", "must not be empty");
 
-	/* lease.type. */
-	expect_error("fuse:\n  dir: /l\nlease:\n  type: consul\n",
-		     "line 4: key 'lease.type': lease type 'consul' is not supported in this "
-		     "version",
-		     NULL);
-	expect_error("fuse:\n  dir: /l\nlease:\n  type: etcd\n", "key 'lease.type'",
-		     "'etcd' is not supported");
+	/* lease.type (consul and etcd: see test_lease_*). */
 	expect_error("fuse:\n  dir: /l\nlease:\n  type: raft\n",
-		     "key 'lease.type': unknown lease type 'raft'", "allowed: 'static'");
+		     "line 4: key 'lease.type': unknown lease type 'raft'",
+		     "allowed: 'static', 'consul', 'etcd'");
+	expect_error("fuse:\n  dir: /l\nlease:\n  type: Consul\n", "unknown lease type 'Consul'",
+		     NULL);
+	expect_error("fuse:\n  dir: /l\nlease:\n  type: ''\n", "unknown lease type ''", NULL);
 	expect_error("fuse:\n  dir: /l\nlease:\n  type: Static\n", "unknown lease type 'Static'",
 		     NULL);
 
@@ -946,6 +950,446 @@ static void test_load(void)
 	rmdir(dir);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Lease backends                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Valid consul and etcd bases (7 and 6 lines); more lease keys can follow. */
+#define CONSUL                                                                                     \
+	"fuse:\n  dir: /litefs\nlease:\n  type: consul\n  consul:\n    url: "                      \
+	"http://localhost:8500\n"                                                                  \
+	"    key: litefs/primary\n"
+#define ETCD                                                                                       \
+	"fuse:\n  dir: /litefs\nlease:\n  type: etcd\n  etcd:\n    endpoints: "                    \
+	"[http://127.0.0.1:2379]\n"
+
+static void test_lease_common(void)
+{
+	struct config c;
+	/* Defaults with each backend; static leaves the backend settings alone. */
+	if (parses(BASE, &c)) {
+		CHECK(c.lease.promote == false);
+		CHECK_EQ_U64(c.lease.reconnect_delay_ms, 1000);
+		CHECK_EQ_U64(c.lease.demote_delay_ms, 10000);
+		CHECK(c.lease.consul.url == NULL && c.lease.consul.key == NULL);
+		CHECK(c.lease.etcd.endpoints == NULL && c.lease.etcd.key == NULL);
+	}
+	config_release(&c);
+
+	if (parses(BASE "  promote: false\n  reconnect-delay: 2s\n  demote-delay: 0\n", &c)) {
+		CHECK(c.lease.promote == false);
+		CHECK_EQ_U64(c.lease.reconnect_delay_ms, 2000);
+		CHECK_EQ_U64(c.lease.demote_delay_ms, 0);
+	}
+	config_release(&c);
+	if (parses(CONSUL "  promote: true\n  reconnect-delay: 250ms\n  demote-delay: 1m\n", &c)) {
+		CHECK(c.lease.promote == true);
+		CHECK_EQ_U64(c.lease.reconnect_delay_ms, 250);
+		CHECK_EQ_U64(c.lease.demote_delay_ms, 60000);
+	}
+	config_release(&c);
+	if (parses(ETCD "  promote: yes\n", &c))
+		CHECK(c.lease.promote == true);
+	config_release(&c);
+	/* Nulls keep the defaults. */
+	if (parses(CONSUL "  promote:\n  reconnect-delay: ~\n  demote-delay: null\n", &c)) {
+		CHECK(c.lease.promote == false);
+		CHECK_EQ_U64(c.lease.reconnect_delay_ms, 1000);
+		CHECK_EQ_U64(c.lease.demote_delay_ms, 10000);
+	}
+	config_release(&c);
+
+	/*
+	 * LiteFS asks for a handoff only on candidates and ignores promote
+	 * elsewhere, so the Fly pattern (candidate from the region, promote:
+	 * true) loads on every node; the flag reads false on non-candidates.
+	 */
+	if (parses(CONSUL "  candidate: false\n  promote: true\n", &c)) {
+		CHECK(c.lease.candidate == false);
+		CHECK(c.lease.promote == false);
+	}
+	config_release(&c);
+
+	expect_error(BASE "  promote: true\n",
+		     "line 5: key 'lease.promote': handoff needs a consul or etcd lease",
+		     "lease.type is 'static'");
+	expect_error(BASE "  candidate: false\n  advertise-url: http://p:20202\n  promote: on\n",
+		     "line 7: key 'lease.promote': handoff needs a consul or etcd lease", NULL);
+	expect_error(BASE "  promote: maybe\n", "line 5: key 'lease.promote'",
+		     "expected a boolean (true or false), got 'maybe'");
+	expect_error(BASE "  reconnect-delay: 0\n", "line 5: key 'lease.reconnect-delay'",
+		     "greater than zero");
+	expect_error(BASE "  reconnect-delay: 5\n", "key 'lease.reconnect-delay'",
+		     "invalid duration '5'");
+	expect_error(BASE "  demote-delay: -10s\n", "line 5: key 'lease.demote-delay'",
+		     "negative duration '-10s'");
+	expect_error(BASE "  demote-delay: [1s]\n", "key 'lease.demote-delay'",
+		     "expected a duration, got a list");
+}
+
+static void test_lease_consul(void)
+{
+	struct config c;
+	char want[600];
+	if (parses(CONSUL, &c)) {
+		CHECK_STR(c.lease.type, "consul");
+		CHECK(c.lease.candidate == true && c.lease.promote == false);
+		CHECK_STR(c.lease.consul.url, "http://localhost:8500");
+		CHECK_STR(c.lease.consul.key, "litefs/primary");
+		CHECK_EQ_U64(c.lease.consul.ttl_ms, 10000);
+		CHECK_EQ_U64(c.lease.consul.lock_delay_ms, 1000);
+		CHECK(c.lease.etcd.endpoints == NULL && c.lease.etcd.n_endpoints == 0);
+		CHECK(c.lease.etcd.key == NULL);
+		CHECK_STR(c.lease.hostname, hostname());
+		snprintf(want, sizeof(want), "http://%s:20202", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+	}
+	config_release(&c);
+	/* A non-candidate keeps the derived advertise URL (it is its own, not the primary's). */
+	if (parses(CONSUL "  candidate: false\n", &c)) {
+		snprintf(want, sizeof(want), "http://%s:20202", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+	}
+	config_release(&c);
+	if (parses(CONSUL "    ttl: 15s\n    lock-delay: 0\n", &c)) {
+		CHECK_EQ_U64(c.lease.consul.ttl_ms, 15000);
+		CHECK_EQ_U64(c.lease.consul.lock_delay_ms, 0);
+	}
+	config_release(&c);
+	if (parses(CONSUL "    ttl: 1m\n    lock-delay: 250ms\n", &c)) {
+		CHECK_EQ_U64(c.lease.consul.ttl_ms, 60000);
+		CHECK_EQ_U64(c.lease.consul.lock_delay_ms, 250);
+	}
+	config_release(&c);
+	/* A token and a key prefix in the URL are kept as written; nulls keep defaults. */
+	if (parses("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n"
+		   "    url: \"https://:s3cret@consul-iad-11.fly-shared.net/myapp-1x2/\"\n"
+		   "    key: \"litefs/myapp\"\n    ttl: ~\n    lock-delay:\n",
+		   &c)) {
+		CHECK_STR(c.lease.consul.url,
+			  "https://:s3cret@consul-iad-11.fly-shared.net/myapp-1x2/");
+		CHECK_STR(c.lease.consul.key, "litefs/myapp");
+		CHECK_EQ_U64(c.lease.consul.ttl_ms, 10000);
+		CHECK_EQ_U64(c.lease.consul.lock_delay_ms, 1000);
+	}
+	config_release(&c);
+	/* The section may come before lease.type; an empty section is nothing. */
+	if (parses("fuse: {dir: /l}\nlease:\n  consul: {url: 'HTTP://c:8500', key: k}\n"
+		   "  type: consul\n",
+		   &c))
+		CHECK_STR(c.lease.consul.url, "HTTP://c:8500");
+	config_release(&c);
+	if (parses(BASE "  consul: {}\n", &c))
+		CHECK(c.lease.consul.url == NULL);
+	config_release(&c);
+	if (parses(BASE "  consul:\n", &c))
+		CHECK(c.lease.consul.url == NULL);
+	config_release(&c);
+
+	/* Required keys. */
+	static const char need_url[] =
+	    "key 'lease.consul.url' is required with 'lease.type: consul'";
+	static const char need_key[] =
+	    "key 'lease.consul.key' is required with 'lease.type: consul'";
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n", need_url, NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n", need_url, NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n    key: k\n", need_url,
+		     NULL);
+	expect_error(
+	    "fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n    url: ''\n    key: k\n",
+	    need_url, NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n    url: http://c\n",
+		     need_key, NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n    url: http://c\n"
+		     "    key: \"\"\n",
+		     need_key, NULL);
+
+	/* Values. */
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n    url: localhost:8500\n"
+		     "    key: k\n",
+		     "line 5: key 'lease.consul.url': expected an http:// or https:// URL",
+		     "got 'localhost:8500'");
+	/* A URL with credentials is never echoed. */
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n"
+		     "    url: consul://:s3cret@host/\n    key: k\n",
+		     "line 5: key 'lease.consul.url'", "not shown");
+	CHECK(strstr(errbuf, "s3cret") == NULL);
+	expect_error(CONSUL "    ttl: 0\n", "line 8: key 'lease.consul.ttl'", "greater than zero");
+	expect_error(CONSUL "    ttl: 0s\n", "key 'lease.consul.ttl'", "greater than zero");
+	expect_error(CONSUL "    ttl: 10\n", "key 'lease.consul.ttl'", "invalid duration '10'");
+	expect_error(CONSUL "    lock-delay: -1s\n", "line 8: key 'lease.consul.lock-delay'",
+		     "negative duration");
+	expect_error(CONSUL "    key: [a]\n", "key 'lease.consul.key' is defined twice", NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: consul\n  consul:\n    url: http://c\n"
+		     "    key: [a]\n",
+		     "key 'lease.consul.key'", "expected a string, got a list");
+	expect_error(CONSUL "    token: x\n", "line 8: unknown key 'lease.consul.token'", NULL);
+	expect_error(BASE "  consul: yes\n", "line 5: key 'lease.consul'",
+		     "expected a mapping of settings");
+
+	/* Consul settings with another lease type, wherever they are written. */
+	expect_error(BASE "  consul:\n    url: http://localhost:8500\n",
+		     "line 6: key 'lease.consul.url' is set but lease.type is 'static'", NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  consul:\n    ttl: 15s\n  type: static\n",
+		     "line 4: key 'lease.consul.ttl' is set but lease.type is 'static'", NULL);
+	expect_error(ETCD "  consul:\n    key: k\n",
+		     "line 8: key 'lease.consul.key' is set but lease.type is 'etcd'", NULL);
+	expect_error(BASE "  consul:\n    lock-delay:\n", "key 'lease.consul.lock-delay' is set",
+		     NULL);
+}
+
+static void test_lease_etcd(void)
+{
+	struct config c;
+	char want[600];
+	if (parses(ETCD, &c)) {
+		CHECK_STR(c.lease.type, "etcd");
+		CHECK_EQ_U64(c.lease.etcd.n_endpoints, 1);
+		CHECK_STR(c.lease.etcd.endpoints[0], "http://127.0.0.1:2379");
+		CHECK(c.lease.etcd.endpoints[1] == NULL);
+		CHECK_STR(c.lease.etcd.key, "ltxfs/primary");
+		CHECK_EQ_U64(c.lease.etcd.ttl_ms, 10000);
+		CHECK(c.lease.etcd.username == NULL && c.lease.etcd.password == NULL);
+		CHECK(c.lease.consul.url == NULL && c.lease.consul.key == NULL);
+		snprintf(want, sizeof(want), "http://%s:20202", hostname());
+		CHECK_STR(c.lease.advertise_url, want);
+	}
+	config_release(&c);
+
+	/* List forms. */
+	static const char *const lists[] = {
+	    "[http://a:2379, 'https://b:2379', HTTP://c:2379]",
+	    "\n      - http://a:2379\n      - \"https://b:2379\"\n      - HTTP://c:2379",
+	    "\"http://a:2379,https://b:2379,HTTP://c:2379\"",
+	    "' http://a:2379 ,\thttps://b:2379 , HTTP://c:2379 '",
+	    "http://a:2379,https://b:2379, HTTP://c:2379",
+	};
+	char yaml[512];
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		snprintf(yaml, sizeof(yaml),
+			 "fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    endpoints: %s\n",
+			 lists[i]);
+		if (parses(yaml, &c)) {
+			CHECK_EQ_U64(c.lease.etcd.n_endpoints, 3);
+			if (c.lease.etcd.n_endpoints == 3) {
+				CHECK_STR(c.lease.etcd.endpoints[0], "http://a:2379");
+				CHECK_STR(c.lease.etcd.endpoints[1], "https://b:2379");
+				CHECK_STR(c.lease.etcd.endpoints[2], "HTTP://c:2379");
+				CHECK(c.lease.etcd.endpoints[3] == NULL);
+			}
+		}
+		config_release(&c);
+	}
+	/* One URL in a plain string. */
+	if (parses(
+		"fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    endpoints: https://e:2379\n",
+		&c)) {
+		CHECK_EQ_U64(c.lease.etcd.n_endpoints, 1);
+		CHECK_STR(c.lease.etcd.endpoints[0], "https://e:2379");
+	}
+	config_release(&c);
+	/* The comma form is what an environment variable gives. */
+	setenv("LTXFS_T_ETCD", "http://e1:2379,http://e2:2379", 1);
+	char *x = expand("fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n"
+			 "    endpoints: \"${LTXFS_T_ETCD}\"\n");
+	if (parses(x, &c)) {
+		CHECK_EQ_U64(c.lease.etcd.n_endpoints, 2);
+		if (c.lease.etcd.n_endpoints == 2)
+			CHECK_STR(c.lease.etcd.endpoints[1], "http://e2:2379");
+	}
+	config_release(&c);
+	free(x);
+
+	/* Every key. */
+	if (parses(ETCD "    key: myapp/lock\n    ttl: 5s\n    username: root\n"
+			"    password: \"p@ss: word\"\n",
+		   &c)) {
+		CHECK_STR(c.lease.etcd.key, "myapp/lock");
+		CHECK_EQ_U64(c.lease.etcd.ttl_ms, 5000);
+		CHECK_STR(c.lease.etcd.username, "root");
+		CHECK_STR(c.lease.etcd.password, "p@ss: word");
+	}
+	config_release(&c);
+	if (parses(ETCD "    ttl: 1s\n    username: root\n    key: ''\n", &c)) {
+		CHECK_EQ_U64(c.lease.etcd.ttl_ms, 1000);
+		CHECK_STR(c.lease.etcd.username, "root");
+		CHECK(c.lease.etcd.password == NULL);
+		CHECK_STR(c.lease.etcd.key, "ltxfs/primary"); /* empty means the default */
+	}
+	config_release(&c);
+
+	/* At least one endpoint. */
+	static const char need[] = "key 'lease.etcd.endpoints' is required with 'lease.type: etcd'";
+	expect_error("fuse: {dir: /l}\nlease:\n  type: etcd\n", need, NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    key: k\n", need, NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    endpoints: []\n", need,
+		     NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    endpoints:\n", need,
+		     NULL);
+	expect_error("fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    endpoints: ''\n", need,
+		     NULL);
+	x = expand("fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n"
+		   "    endpoints: \"${LTXFS_T_UNSET}\"\n");
+	expect_error(x, need, NULL);
+	free(x);
+
+	/* Bad endpoints name the item and its line. */
+#define ETCD_EP "fuse: {dir: /l}\nlease:\n  type: etcd\n  etcd:\n    endpoints:"
+	expect_error(ETCD_EP " [localhost:2379]\n", "line 5: key 'lease.etcd.endpoints[0]'",
+		     "expected an http:// or https:// URL, got 'localhost:2379'");
+	expect_error(ETCD_EP "\n      - http://a:2379\n      - ftp://b\n",
+		     "line 7: key 'lease.etcd.endpoints[1]'", "got 'ftp://b'");
+	expect_error(ETCD_EP " [http://a, ~]\n", "key 'lease.etcd.endpoints[1]'",
+		     "expected an http:// or https:// URL, got '~'");
+	expect_error(ETCD_EP " [http://a, '']\n", "key 'lease.etcd.endpoints[1]'", "got ''");
+	expect_error(ETCD_EP " [http://a, [http://b]]\n", "key 'lease.etcd.endpoints[1]'",
+		     "expected a string, got a list");
+	expect_error(ETCD_EP " ['http://a,http://b']\n", "key 'lease.etcd.endpoints[0]'",
+		     "one URL per list item");
+	expect_error(ETCD_EP " 'http://a,,http://b'\n", "line 5: key 'lease.etcd.endpoints'",
+		     "empty URL in the comma-separated list");
+	expect_error(ETCD_EP " 'http://a, '\n", "key 'lease.etcd.endpoints'", "empty URL");
+	expect_error(ETCD_EP " ',http://a'\n", "key 'lease.etcd.endpoints'", "empty URL");
+	expect_error(ETCD_EP " 'http://a, b:2379'\n", "line 5: key 'lease.etcd.endpoints'",
+		     "URLs separated by commas, got 'b:2379'");
+	expect_error(ETCD_EP " 2379\n", "key 'lease.etcd.endpoints'", "got '2379'");
+	expect_error(ETCD_EP " {a: b}\n", "line 5: key 'lease.etcd.endpoints'",
+		     "expected a list of URLs or a comma-separated string, got a mapping");
+	expect_error(ETCD_EP " \"http://a\\0\"\n", "key 'lease.etcd.endpoints'", "NUL");
+	expect_error(ETCD_EP " !!int http://a\n", "key 'lease.etcd.endpoints'", "as !!int");
+#undef ETCD_EP
+
+	/* ttl, credentials, unknown keys. */
+	expect_error(ETCD "    ttl: 500ms\n", "line 7: key 'lease.etcd.ttl'", "at least 1s");
+	expect_error(ETCD "    ttl: 0\n", "key 'lease.etcd.ttl'", "at least 1s");
+	expect_error(ETCD "    ttl: 2\n", "key 'lease.etcd.ttl'", "invalid duration");
+	expect_error(ETCD "    password: pw\n",
+		     "key 'lease.etcd.password' is set without lease.etcd.username", NULL);
+	expect_error(ETCD "    password: pw\n    username: ''\n",
+		     "key 'lease.etcd.password' is set without lease.etcd.username", NULL);
+	expect_error(ETCD "    username: {a: b}\n", "key 'lease.etcd.username'",
+		     "expected a string, got a mapping");
+	expect_error(ETCD "    cert: x\n", "line 7: unknown key 'lease.etcd.cert'", NULL);
+	expect_error(BASE "  etcd: [http://a]\n", "line 5: key 'lease.etcd'",
+		     "expected a mapping of settings, got a list");
+
+	/* etcd settings with another lease type. */
+	expect_error(CONSUL "  etcd:\n    endpoints: [http://127.0.0.1:2379]\n",
+		     "line 9: key 'lease.etcd.endpoints' is set but lease.type is 'consul'", NULL);
+	expect_error(BASE "  etcd:\n    key: k\n    ttl: 5s\n",
+		     "line 6: key 'lease.etcd.key' is set but lease.type is 'static'", NULL);
+	if (parses(BASE "  etcd: {}\n", &c))
+		CHECK(c.lease.etcd.n_endpoints == 0 && c.lease.etcd.key == NULL);
+	config_release(&c);
+}
+
+/* Parsing on top of an existing config deep-copies, replaces and frees the lease settings. */
+static void test_lease_reparse(void)
+{
+	struct config c;
+	if (!parses(ETCD "    username: u\n    password: p\n", &c))
+		return;
+	const char *more = "log:\n  debug: true\n";
+	CHECK_RC(config_parse(&c, PATH, more, strlen(more), errbuf, sizeof(errbuf)), 0);
+	CHECK_EQ_U64(c.lease.etcd.n_endpoints, 1);
+	CHECK_STR(c.lease.etcd.endpoints[0], "http://127.0.0.1:2379");
+	CHECK_STR(c.lease.etcd.password, "p");
+	/* A new list replaces the old one. */
+	more = "lease:\n  etcd:\n    endpoints: http://x:1,http://y:2\n";
+	CHECK_RC(config_parse(&c, PATH, more, strlen(more), errbuf, sizeof(errbuf)), 0);
+	CHECK_EQ_U64(c.lease.etcd.n_endpoints, 2);
+	/* Clearing it fails validation and leaves cfg as it was. */
+	more = "lease:\n  etcd:\n    endpoints: ~\n";
+	CHECK_RC(config_parse(&c, PATH, more, strlen(more), errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK(strstr(errbuf, "key 'lease.etcd.endpoints' is required") != NULL);
+	CHECK_EQ_U64(c.lease.etcd.n_endpoints, 2);
+	if (c.lease.etcd.n_endpoints == 2)
+		CHECK_STR(c.lease.etcd.endpoints[1], "http://y:2");
+	config_release(&c);
+	CHECK(c.lease.etcd.endpoints == NULL && c.lease.etcd.n_endpoints == 0);
+
+	if (!parses(CONSUL, &c))
+		return;
+	more = "lease:\n  consul:\n    key: other\n";
+	CHECK_RC(config_parse(&c, PATH, more, strlen(more), errbuf, sizeof(errbuf)), 0);
+	CHECK_STR(c.lease.consul.url, "http://localhost:8500");
+	CHECK_STR(c.lease.consul.key, "other");
+	config_release(&c);
+}
+
+/* The LiteFS getting-started-fly config, through config_load with env expansion. */
+static void test_lease_fly(void)
+{
+	static const char yml[] = "fuse:\n"
+				  "  dir: \"/litefs\"\n"
+				  "\n"
+				  "data:\n"
+				  "  dir: \"/var/lib/litefs\"\n"
+				  "\n"
+				  "exit-on-error: false\n"
+				  "\n"
+				  "exec:\n"
+				  "  - cmd: \"bin/rails db:prepare\"\n"
+				  "    if-candidate: true\n"
+				  "  - cmd: \"bin/rails server\"\n"
+				  "\n"
+				  "lease:\n"
+				  "  type: \"consul\"\n"
+				  "  candidate: ${FLY_REGION == PRIMARY_REGION}\n"
+				  "  promote: true\n"
+				  "  advertise-url: "
+				  "\"http://${FLY_ALLOC_ID}.vm.${FLY_APP_NAME}.internal:20202\"\n"
+				  "\n"
+				  "  consul:\n"
+				  "    url: \"${FLY_CONSUL_URL}\"\n"
+				  "    key: \"litefs/${FLY_APP_NAME}\"\n";
+	char dir[] = "/tmp/ltxfs-test-fly-XXXXXX", path[PATH_MAX];
+	struct config c;
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		unit_failures++;
+		return;
+	}
+	write_file(dir, "litefs.yml", yml, strlen(yml), path, sizeof(path));
+	setenv("FLY_APP_NAME", "myapp", 1);
+	setenv("FLY_ALLOC_ID", "e784079b449483", 1);
+	setenv("FLY_CONSUL_URL", "https://:tok3n@consul-iad-11.fly-shared.net/myapp-1x2y3z/", 1);
+	setenv("FLY_REGION", "ord", 1);
+	setenv("PRIMARY_REGION", "ord", 1);
+
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), 0);
+	CHECK_STR(c.lease.type, "consul");
+	CHECK(c.lease.candidate == true && c.lease.promote == true);
+	CHECK_STR(c.lease.advertise_url, "http://e784079b449483.vm.myapp.internal:20202");
+	CHECK_STR(c.lease.consul.url, "https://:tok3n@consul-iad-11.fly-shared.net/myapp-1x2y3z/");
+	CHECK_STR(c.lease.consul.key, "litefs/myapp");
+	CHECK_EQ_U64(c.lease.consul.ttl_ms, 10000);
+	CHECK_EQ_U64(c.lease.consul.lock_delay_ms, 1000);
+	CHECK_STR(c.lease.hostname, hostname());
+	CHECK(c.exit_on_error == false && c.n_exec == 2);
+	config_release(&c);
+
+	/* A replica in another region: not a candidate, so no promotion. */
+	setenv("FLY_REGION", "syd", 1);
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), 0);
+	CHECK(c.lease.candidate == false && c.lease.promote == false);
+	CHECK_STR(c.lease.consul.key, "litefs/myapp");
+	config_release(&c);
+
+	/* Outside Fly the Consul URL is unset: the message says what is missing. */
+	unsetenv("FLY_CONSUL_URL");
+	CHECK_RC(config_init(&c), 0);
+	CHECK_RC(config_load(&c, path, true, errbuf, sizeof(errbuf)), -EINVAL);
+	CHECK(strstr(errbuf, path) == errbuf);
+	CHECK(strstr(errbuf, "key 'lease.consul.url' is required with 'lease.type: consul'"));
+	config_release(&c);
+
+	unlink(path);
+	rmdir(dir);
+}
+
 static void test_find(void)
 {
 	char dir[] = "/tmp/ltxfs-test-find-XXXXXX", path[PATH_MAX], want[PATH_MAX * 2];
@@ -999,6 +1443,11 @@ int main(void)
 	RUN(test_exec);
 	RUN(test_expand_env);
 	RUN(test_load);
+	RUN(test_lease_common);
+	RUN(test_lease_consul);
+	RUN(test_lease_etcd);
+	RUN(test_lease_reparse);
+	RUN(test_lease_fly);
 	RUN(test_find);
 	return UNIT_DONE();
 }

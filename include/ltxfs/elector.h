@@ -1,0 +1,60 @@
+/*
+ * elector.h - who is primary, decided through a Consul or etcd lease (edge
+ * layer). One thread runs the loop of elector.c: observe the lease key,
+ * follow the holder as a replica, take the lease when it is free and this
+ * node is a candidate, renew it while primary, demote on loss or at the
+ * local deadline, and pass it on in a planned handoff. docs/leases.md has
+ * the timing and safety argument.
+ *
+ * Threads: elector_start/elector_stop on the main thread. elector_promote
+ * and the handoff calls come from HTTP connection threads;
+ * elector_handoff_received from the replica thread. All of them only post
+ * requests to the elector thread or read its state under its lock.
+ */
+#ifndef LTXFS_ELECTOR_H
+#define LTXFS_ELECTOR_H
+
+#include "ltxfs/lease.h"
+#include "ltxfs/store.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct elector_options {
+	struct store *store;
+	struct lease *lease; /* owned by the caller; outlives the elector */
+	const char *hostname;
+	const char *advertise_url;
+	bool candidate;
+	bool promote; /* lease.promote: ask for a handoff once caught up */
+	int64_t reconnect_delay_ms;
+	/* Follow the primary at url (NULL: follow nobody). Called on the elector thread. */
+	void (*follow)(void *ctx, const char *url);
+	void *ctx;
+};
+
+struct elector;
+
+int elector_start(struct elector **ret, const struct elector_options *opt);
+/* Stop the loop; a primary releases its lease at once (no lock-delay). NULL ok. */
+void elector_stop(struct elector *e);
+
+/*
+ * Primary side of a handoff (POST /handoff): fence every commit and return
+ * the lease token to send to the successor. -EPERM when not primary.
+ */
+int elector_handoff_begin(struct elector *e, char *token, size_t n);
+/* The successor has the token (ok: step down without releasing) or the handoff failed (unfence). */
+void elector_handoff_end(struct elector *e, bool ok);
+/* Replica side: a HANDOFF frame arrived; take the lease over with token. */
+void elector_handoff_received(struct elector *e, const char *token);
+/*
+ * POST /promote on this node: ask the primary for a handoff and wait (up to
+ * timeout_ms) until this node is primary. 0, or -errno with err filled.
+ */
+int elector_promote(struct elector *e, int timeout_ms, char *err, size_t n);
+/* The current primary's advertise URL and hostname as the lease says ("" when none). */
+void elector_primary(struct elector *e, char *url, size_t un, char *host, size_t hn);
+
+#endif

@@ -1,0 +1,550 @@
+/*
+ * elector.c - the role loop: Consul or etcd decides who is primary.
+ *
+ * One thread, two states:
+ *
+ *   FOLLOWER  lease_observe() (a blocking query or watch) tells who holds
+ *             the key. A holder: follow its advertise-url as a replica and
+ *             note its epoch (frames from an older epoch are refused from
+ *             then on). No holder, and this node is a candidate: acquire.
+ *             Won: check the cluster ID beside the key (compare-and-set),
+ *             renew once, persist the epoch, and become PRIMARY. Lock-delay
+ *             (Consul): retry after a second. A HANDOFF token received from
+ *             the primary: take the lease over with it at once.
+ *   PRIMARY   renew every TTL/3. Each renewal that succeeds moves the local
+ *             deadline to send time + TTL - margin, where send time is taken
+ *             before the request leaves, so the deadline always falls before
+ *             the backend can free the key (Consul frees it no sooner than
+ *             TTL after the last renewal it processed, etcd likewise). The
+ *             fence (store_may_commit, checked at every commit point under
+ *             the database lock) refuses commits past the deadline on its
+ *             own, even if this thread is stuck. A renewal that says the
+ *             session/lease is gone, or a deadline that passes, demotes the
+ *             node at once; it then follows whoever holds the key next.
+ *
+ * Handoff (POST /handoff on the primary, asked by POST /promote on a
+ * replica): the primary fences commits, its stream to that replica sends
+ * everything up to the current position and then a HANDOFF frame with the
+ * lease token (Consul session ID, etcd lease ID); the primary steps down
+ * without releasing; the replica re-acquires the key with the token, which
+ * gives a new epoch and needs no lock-delay. If the replica never does, the
+ * lease expires and a normal election follows.
+ *
+ * Threads: the elector thread runs the loop and is the only user of the
+ * lease object, except lease_kick()/lease_abort() which interrupt it. Other
+ * threads post requests under e->mu.
+ */
+#include "ltxfs/elector.h"
+
+#include "ltxfs/httpc.h"
+#include "ltxfs/log.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct elector {
+	struct elector_options opt;
+	char *value;
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool stop;
+	bool primary;
+	char token[256];    /* this primary's lease token */
+	bool handing_off;   /* primary: fenced for a handoff */
+	bool handed_off;    /* primary: the successor has the token */
+	char rx_token[256]; /* follower: token received in a HANDOFF frame */
+	bool rx;
+	char follow_url[1024]; /* the primary followed now ("" none) */
+	char follow_host[256];
+	bool promote_pending;
+	char last_err[512];
+};
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * After an election (not a handoff, whose successor is exactly caught up),
+ * commits wait this long: the other replicas reconnect within milliseconds
+ * and one that received more of the dead primary's stream than this node
+ * hands those transactions over (httpd.c, adoption) before anything new
+ * commits on top.
+ */
+#define ADOPT_WINDOW_MS 500
+
+/* Margin between the local deadline and the earliest the backend frees the key. */
+static int64_t margin_ms(int64_t ttl)
+{
+	return ttl >= 5000 ? 1000 : ttl / 5;
+}
+
+/* Sleep up to ms unless woken (stop, handoff). Caller holds e->mu. */
+static void nap_locked(struct elector *e, int64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&e->cond, &e->mu, &ts);
+}
+
+static void nap(struct elector *e, int64_t ms)
+{
+	pthread_mutex_lock(&e->mu);
+	if (!e->stop && !e->rx && !e->handed_off)
+		nap_locked(e, ms);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/* Log a failure once; repeats go to debug until something succeeds. */
+__attribute__((format(printf, 2, 3))) static void report(struct elector *e, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (strcmp(msg, e->last_err) == 0) {
+		log_debug("%s", msg);
+		return;
+	}
+	snprintf(e->last_err, sizeof(e->last_err), "%s", msg);
+	log_warn("%s", msg);
+}
+
+static void follow(struct elector *e, const char *url, const char *host)
+{
+	pthread_mutex_lock(&e->mu);
+	bool same = strcmp(e->follow_url, url ? url : "") == 0;
+	snprintf(e->follow_url, sizeof(e->follow_url), "%s", url ? url : "");
+	snprintf(e->follow_host, sizeof(e->follow_host), "%s", host ? host : "");
+	pthread_mutex_unlock(&e->mu);
+	if (same)
+		return;
+	if (url)
+		log_info("primary is now %s (%s)", host && *host ? host : "?", url);
+	e->opt.follow(e->opt.ctx, url);
+}
+
+static void demote(struct elector *e, const char *why)
+{
+	store_set_primary(e->opt.store, false);
+	store_set_fenced(e->opt.store, false);
+	pthread_mutex_lock(&e->mu);
+	e->primary = false;
+	e->handing_off = e->handed_off = false;
+	e->token[0] = '\0';
+	pthread_mutex_unlock(&e->mu);
+	log_warn("stepped down as primary: %s", why);
+}
+
+/* Cluster ID beside the key: set it from ours when absent; adopt or refuse a different one. */
+static int check_cluster_id(struct elector *e)
+{
+	struct store *st = e->opt.store;
+	char mine[21], stored[21];
+	int r = store_ensure_cluster_id(st);
+	if (r < 0)
+		return r;
+	store_cluster_id(st, mine);
+	r = lease_cluster_id(e->opt.lease, mine, stored);
+	if (r < 0)
+		return r;
+	if (!stored[0] || strcmp(stored, mine) == 0)
+		return 0;
+	bool empty = true;
+	for (size_t i = 0, n = store_count(st); i < n && empty; i++) {
+		struct db_pos p;
+		db_get_pos(store_at(st, i), &p);
+		empty = p.txid == 0;
+	}
+	if (empty && store_set_cluster_id(st, stored) == 0) {
+		log_info("adopted cluster ID %s from the lease backend", stored);
+		return 0;
+	}
+	report(e,
+	       "lease backend holds cluster ID %s but this node has data of cluster %s; not "
+	       "taking the lease (see docs/operations.md)",
+	       stored, mine);
+	return -EXDEV;
+}
+
+/*
+ * Just won the lease. After an election: check the cluster ID and renew once
+ * so that the deadline counts from a known renewal. After a handoff (t0 >= 0:
+ * the takeover began with a renewal sent at t0, and this node was already
+ * streaming from the same cluster) neither is needed: every millisecond here
+ * is write unavailability.
+ */
+static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_t ttl)
+{
+	struct lease *l = e->opt.lease;
+	bool handoff = t0 >= 0;
+	int r;
+	if (!handoff) {
+		r = check_cluster_id(e);
+		if (r < 0) {
+			if (r != -EXDEV)
+				report(e, "cannot check the cluster ID in the lease backend: %s",
+				       l->err);
+			lease_release(l);
+			nap(e, e->opt.reconnect_delay_ms);
+			return;
+		}
+		t0 = mono_ms();
+		r = lease_renew(l, &ttl);
+		if (r < 0) {
+			report(e, "renewing the lease just acquired failed: %s", l->err);
+			lease_release(l);
+			return;
+		}
+	}
+	r = store_become_primary(e->opt.store, epoch, t0 + ttl - margin_ms(ttl),
+				 handoff ? 0 : ADOPT_WINDOW_MS);
+	if (r < 0) {
+		log_error("cannot become primary with epoch %" PRIu64 " (highest seen %" PRIu64
+			  "): %s",
+			  epoch, store_epoch(e->opt.store), strerror(-r));
+		lease_release(l);
+		nap(e, e->opt.reconnect_delay_ms);
+		return;
+	}
+	follow(e, NULL, NULL);
+	pthread_mutex_lock(&e->mu);
+	e->primary = true;
+	e->promote_pending = false;
+	if (lease_handoff_token(l, e->token, sizeof(e->token)) < 0)
+		e->token[0] = '\0';
+	pthread_mutex_unlock(&e->mu);
+	e->last_err[0] = '\0';
+	log_info("this node is now the primary (lease %s, epoch %" PRIu64 ", ttl %" PRId64 " ms)",
+		 l->ops->name, epoch, ttl);
+}
+
+static void run_primary(struct elector *e, int64_t *next_renew)
+{
+	struct lease *l = e->opt.lease;
+	pthread_mutex_lock(&e->mu);
+	int64_t now = mono_ms();
+	if (!e->stop && !e->handed_off && now < *next_renew)
+		nap_locked(e, *next_renew - now);
+	bool handed = e->handed_off, stop = e->stop;
+	pthread_mutex_unlock(&e->mu);
+	if (stop)
+		return;
+	if (handed) {
+		lease_forget(l);
+		demote(e, "the lease was handed to another node");
+		return;
+	}
+	now = mono_ms();
+	if (now < *next_renew)
+		return;
+	int64_t ttl = l->ttl_ms;
+	int r = lease_renew(l, &ttl);
+	if (r == 0) {
+		store_extend_lease(e->opt.store, now + ttl - margin_ms(ttl));
+		*next_renew = now + ttl / 3;
+		e->last_err[0] = '\0';
+		return;
+	}
+	if (r == -ESTALE) {
+		log_error("the primary lease is gone: %s", l->err);
+		demote(e, "lease lost");
+		return;
+	}
+	if (r == -ECANCELED)
+		return;
+	report(e, "renewing the primary lease failed: %s (retrying)", l->err);
+	*next_renew = mono_ms() + 1000;
+	if (mono_ms() >= store_lease_until(e->opt.store)) {
+		log_error("could not renew the primary lease before its local deadline");
+		demote(e, "lease deadline passed");
+		lease_release(l); /* best effort: lets a successor in sooner */
+	}
+}
+
+static void ask_handoff(struct elector *e, const char *url)
+{
+	char u[1200];
+	struct httpc_resp resp;
+	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
+	struct httpc_req req = {.method = "POST", .url = u, .timeout_ms = 10000};
+	int r = httpc_do(&req, &resp);
+	if (r < 0)
+		log_warn("handoff request to %s failed: %s", url, resp.err);
+	else if (resp.status != 200)
+		log_warn("handoff request to %s refused: HTTP %ld %s", url, resp.status, resp.body);
+	httpc_resp_release(&resp);
+}
+
+static void run_follower(struct elector *e, uint64_t *index)
+{
+	struct lease *l = e->opt.lease;
+	char token[256];
+	uint64_t epoch = 0;
+	int64_t ttl;
+	int r;
+
+	pthread_mutex_lock(&e->mu);
+	bool rx = e->rx;
+	snprintf(token, sizeof(token), "%s", e->rx_token);
+	e->rx = false;
+	pthread_mutex_unlock(&e->mu);
+	if (rx) {
+		int64_t t0 = mono_ms();
+		r = lease_acquire_handoff(l, token, e->value, &epoch, &ttl);
+		if (r == 0) {
+			become_primary(e, epoch, t0, ttl);
+			return;
+		}
+		report(e, "taking over the handed-off lease failed: %s",
+		       r == LEASE_HELD ? "the key changed hands" : l->err);
+	}
+
+	struct lease_holder hd;
+	pthread_mutex_lock(&e->mu);
+	bool promote = e->promote_pending;
+	pthread_mutex_unlock(&e->mu);
+	int wait = promote ? 1000 : 5000;
+	r = lease_observe(l, index, *index ? wait : 0, &hd);
+	if (r == -ECANCELED)
+		return;
+	if (r < 0) {
+		report(e, "reading the primary lease failed: %s", l->err);
+		*index = 0;
+		nap(e, e->opt.reconnect_delay_ms);
+		return;
+	}
+	bool mine = hd.present && strcmp(hd.advertise_url, e->opt.advertise_url) == 0;
+	if (hd.present && !mine) {
+		if (store_note_epoch(e->opt.store, hd.epoch) < 0)
+			report(e,
+			       "the lease names epoch %" PRIu64 ", older than %" PRIu64
+			       " seen before; following it anyway",
+			       hd.epoch, store_epoch(e->opt.store));
+		follow(e, hd.advertise_url, hd.hostname);
+		if (promote && store_caught_up(e->opt.store)) {
+			pthread_mutex_lock(&e->mu);
+			e->promote_pending = false;
+			pthread_mutex_unlock(&e->mu);
+			log_info("lease.promote: asking %s for a handoff", hd.advertise_url);
+			ask_handoff(e, hd.advertise_url);
+		}
+		return;
+	}
+	if (!mine)
+		follow(e, NULL, NULL);
+	if (!e->opt.candidate)
+		return; /* the next observe blocks until the key changes */
+	r = lease_acquire(l, e->value, &epoch, &ttl);
+	if (r == 0) {
+		become_primary(e, epoch, -1, ttl);
+		return;
+	}
+	*index = 0;
+	if (r == LEASE_HELD) {
+		if (mine) /* our own key from an earlier run: wait for it to expire */
+			nap(e, e->opt.reconnect_delay_ms);
+		return;
+	}
+	if (r == LEASE_DELAYED) {
+		log_debug("lease is in lock-delay; retrying");
+		nap(e, e->opt.reconnect_delay_ms);
+		return;
+	}
+	if (r != -ECANCELED) {
+		report(e, "acquiring the primary lease failed: %s", l->err);
+		nap(e, e->opt.reconnect_delay_ms);
+	}
+}
+
+static void *elector_run(void *arg)
+{
+	struct elector *e = arg;
+	uint64_t index = 0;
+	int64_t next_renew = 0;
+	for (;;) {
+		pthread_mutex_lock(&e->mu);
+		bool stop = e->stop, primary = e->primary;
+		pthread_mutex_unlock(&e->mu);
+		if (stop)
+			break;
+		if (primary) {
+			run_primary(e, &next_renew);
+			if (!e->primary)
+				index = 0;
+		} else {
+			run_follower(e, &index);
+			if (e->primary)
+				next_renew = mono_ms() + e->opt.lease->ttl_ms / 3;
+		}
+	}
+	if (e->primary) {
+		/* Stop commits first, then free the key for a successor at once. */
+		store_set_primary(e->opt.store, false);
+		int r = lease_release(e->opt.lease);
+		if (r < 0)
+			log_warn("releasing the primary lease failed: %s", e->opt.lease->err);
+		else
+			log_info("released the primary lease");
+		e->primary = false;
+	}
+	return NULL;
+}
+
+int elector_start(struct elector **ret, const struct elector_options *opt)
+{
+	struct elector *e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	e->opt = *opt;
+	e->value = lease_value_encode(opt->hostname, opt->advertise_url);
+	if (!e->value) {
+		free(e);
+		return -ENOMEM;
+	}
+	e->promote_pending = opt->promote;
+	pthread_mutex_init(&e->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&e->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	store_set_primary(opt->store, false);
+	store_set_candidate(opt->store, opt->candidate);
+	int r = pthread_create(&e->thread, NULL, elector_run, e);
+	if (r) {
+		elector_stop(e);
+		return -r;
+	}
+	e->started = true;
+	*ret = e;
+	return 0;
+}
+
+void elector_stop(struct elector *e)
+{
+	if (!e)
+		return;
+	pthread_mutex_lock(&e->mu);
+	e->stop = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->mu);
+	lease_kick(e->opt.lease);
+	if (e->started)
+		pthread_join(e->thread, NULL);
+	pthread_mutex_destroy(&e->mu);
+	pthread_cond_destroy(&e->cond);
+	free(e->value);
+	free(e);
+}
+
+int elector_handoff_begin(struct elector *e, char *token, size_t n)
+{
+	pthread_mutex_lock(&e->mu);
+	int r = 0;
+	if (!e->primary || !e->token[0])
+		r = -EPERM;
+	else if (e->handing_off || e->handed_off)
+		r = -EBUSY;
+	else {
+		e->handing_off = true;
+		snprintf(token, n, "%s", e->token);
+	}
+	pthread_mutex_unlock(&e->mu);
+	if (r == 0)
+		store_set_fenced(e->opt.store, true);
+	return r;
+}
+
+void elector_handoff_end(struct elector *e, bool ok)
+{
+	pthread_mutex_lock(&e->mu);
+	e->handing_off = false;
+	if (ok)
+		e->handed_off = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->mu);
+	if (!ok)
+		store_set_fenced(e->opt.store, false);
+}
+
+void elector_handoff_received(struct elector *e, const char *token)
+{
+	pthread_mutex_lock(&e->mu);
+	snprintf(e->rx_token, sizeof(e->rx_token), "%s", token);
+	e->rx = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->mu);
+	lease_kick(e->opt.lease);
+}
+
+int elector_promote(struct elector *e, int timeout_ms, char *err, size_t n)
+{
+	char url[1024];
+	pthread_mutex_lock(&e->mu);
+	bool primary = e->primary;
+	snprintf(url, sizeof(url), "%s", e->follow_url);
+	pthread_mutex_unlock(&e->mu);
+	if (primary) {
+		snprintf(err, n, "this node is already the primary");
+		return -EALREADY;
+	}
+	if (!e->opt.candidate) {
+		snprintf(err, n, "this node is not a candidate (lease.candidate: false)");
+		return -EPERM;
+	}
+	if (!url[0]) {
+		snprintf(err, n, "no primary to hand over from");
+		return -ENOENT;
+	}
+	char u[1200];
+	struct httpc_resp resp;
+	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
+	struct httpc_req req = {.method = "POST", .url = u, .timeout_ms = timeout_ms};
+	int r = httpc_do(&req, &resp);
+	if (r < 0) {
+		snprintf(err, n, "handoff request to %s failed: %s", url, resp.err);
+	} else if (resp.status != 200) {
+		snprintf(err, n, "primary %s refused the handoff: HTTP %ld %.200s", url,
+			 resp.status, resp.body);
+		r = -EIO;
+	}
+	httpc_resp_release(&resp);
+	if (r < 0)
+		return r;
+	int64_t end = mono_ms() + timeout_ms;
+	while (mono_ms() < end) {
+		if (store_accepts_writes(e->opt.store))
+			return 0;
+		struct timespec ts = {0, 2000000};
+		nanosleep(&ts, NULL);
+	}
+	snprintf(err, n, "the handoff frame arrived but this node did not become primary in time");
+	return -ETIMEDOUT;
+}
+
+void elector_primary(struct elector *e, char *url, size_t un, char *host, size_t hn)
+{
+	pthread_mutex_lock(&e->mu);
+	snprintf(url, un, "%s", e->primary ? e->opt.advertise_url : e->follow_url);
+	snprintf(host, hn, "%s", e->primary ? e->opt.hostname : e->follow_host);
+	pthread_mutex_unlock(&e->mu);
+}
