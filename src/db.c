@@ -2586,8 +2586,9 @@ static void ltx_orphan_all(struct db *db, uint64_t keep_min, uint64_t keep_max)
 	}
 	closedir(d);
 	if (moved)
-		log_warn("db '%s': this node's history diverged from the primary's; %d LTX file(s) "
-			 "that no other node has were moved to %s",
+		log_warn("db '%s': this node's history diverged from the primary's: its %d LTX "
+			 "file(s), among them transactions no other node has, were moved to %s "
+			 "(list them with `ltxfs orphans`)",
 			 db->name, moved, odir);
 }
 
@@ -2637,15 +2638,21 @@ bool db_txn_pending(struct db *db)
  * not yet checkpointed are copied into the database file and the WAL is
  * emptied, because applied pages go to the database file and the WAL-index
  * header the unlock hook writes describes an empty WAL. *touched says the
- * database file changed (its kernel cache must go).
+ * database file changed (its kernel cache must go); *removed that a journal
+ * file was deleted (its directory entry must go).
  */
-static int db_settle(struct db *db, bool *touched)
+static int db_settle(struct db *db, bool *touched, bool *removed)
 {
 	uint64_t *map = NULL;
 	uint8_t *page = NULL;
 	int r, wfd = -1;
 	bool t = false;
-	*touched = false;
+	char jpath[4096];
+	*touched = *removed = false;
+	/* a journal, hot or cold, goes behind the kernel's back: its entry must go too */
+	if (db_file_path(db, DB_FILE_JOURNAL, jpath, sizeof(jpath)) == 0 &&
+	    access(jpath, F_OK) == 0)
+		*removed = true;
 	r = db->dbfd >= 0 ? db_recover_journal(db, &t) : 0;
 	if (r < 0)
 		return r;
@@ -2832,8 +2839,8 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 		goto out;
 	}
 	pthread_mutex_lock(&db->mu);
-	bool settled = false;
-	r = db_settle(db, &settled);
+	bool settled = false, unlinked = false;
+	r = db_settle(db, &settled, &unlinked);
 	if (r < 0) {
 		pthread_mutex_unlock(&db->mu);
 		log_error("db '%s': cannot settle the transaction this node left as primary: %s",
@@ -2915,7 +2922,7 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 			hk->invalidate(hk->ctx, db, (uint64_t)h.commit * h.page_size, 0);
 		}
 	}
-	if (hk && hk->entries && (created || dropped))
+	if (hk && hk->entries && (created || dropped || unlinked))
 		hk->entries(hk->ctx, db);
 	if (db->opt.on_change)
 		db->opt.on_change(db->opt.change_ctx);

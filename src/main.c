@@ -15,12 +15,15 @@
 #include "ltxfs/fusefs.h"
 #include "ltxfs/httpd.h"
 #include "ltxfs/lease.h"
+#include "ltxfs/ltx.h"
 #include "ltxfs/log.h"
 #include "ltxfs/replica.h"
 #include "ltxfs/store.h"
 
 #include <curl/curl.h>
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -39,6 +42,7 @@ static void usage(FILE *f)
 		"ltxfs %s - SQLite replication through a FUSE file system\n\n"
 		"Usage:\n"
 		"  ltxfs mount [-config PATH] [-no-expand-env] [-- CMD ARGS...]\n"
+		"  ltxfs orphans [-config PATH]\n"
 		"  ltxfs version\n\n"
 		"Without -config, ltxfs reads ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml or\n"
 		"/etc/litefs.yml, the first that exists. Flags may start with - or --.\n",
@@ -409,6 +413,116 @@ out:
 	return status;
 }
 
+static int scandir_sorted(const char *dir, struct dirent ***ret)
+{
+	return scandir(dir, ret, NULL, alphasort);
+}
+
+/*
+ * `ltxfs orphans`: the transactions this node set aside when it rejoined a
+ * cluster whose history had moved on (dbs/<db>/orphaned/<ms>/), one line per
+ * LTX file with what an operator needs to decide what to do with it.
+ */
+static int cmd_orphans(int argc, char **argv)
+{
+	const char *config_path = NULL;
+	char *found = NULL, err[1024] = "", dbs[4096];
+	struct config cfg;
+	int n = 0, total = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *f = flag_name(argv[i]);
+		if (f && strcmp(f, "config") == 0 && i + 1 < argc)
+			config_path = argv[++i];
+		else if (f && strncmp(f, "config=", 7) == 0)
+			config_path = f + 7;
+		else if (f && (strcmp(f, "h") == 0 || strcmp(f, "help") == 0)) {
+			printf(
+			    "Usage: ltxfs orphans [-config PATH]\n\n"
+			    "Lists the LTX files set aside in <data.dir>/dbs/<db>/orphaned/ when\n"
+			    "this node rejoined a cluster whose history had diverged from its "
+			    "own.\n");
+			return 0;
+		} else {
+			fprintf(stderr, "ltxfs orphans: unknown argument '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	if (!config_path && config_find(&found) < 0) {
+		fprintf(stderr, "ltxfs: no config file (use -config PATH)\n");
+		return 2;
+	}
+	if (config_init(&cfg) < 0)
+		return 1;
+	if (config_load(&cfg, config_path ? config_path : found, true, err, sizeof(err)) < 0) {
+		fprintf(stderr, "ltxfs: %s\n", err);
+		config_release(&cfg);
+		free(found);
+		return 2;
+	}
+	free(found);
+	snprintf(dbs, sizeof(dbs), "%s/dbs", cfg.data.dir);
+	struct dirent **dl = NULL;
+	int nd = scandir_sorted(dbs, &dl);
+	for (int i = 0; i < nd; i++) {
+		char od[4096 + 512];
+		struct dirent **sets = NULL;
+		snprintf(od, sizeof(od), "%s/%s/orphaned", dbs, dl[i]->d_name);
+		int ns = dl[i]->d_name[0] == '.' ? -1 : scandir_sorted(od, &sets);
+		for (int j = 0; j < ns; j++) {
+			char sd[8192];
+			struct dirent **files = NULL;
+			snprintf(sd, sizeof(sd), "%s/%s", od, sets[j]->d_name);
+			int nf = sets[j]->d_name[0] == '.' ? -1 : scandir_sorted(sd, &files);
+			if (nf > 0) {
+				time_t t = (time_t)(strtoll(sets[j]->d_name, NULL, 10) / 1000);
+				char when[64];
+				strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+				printf("db %s: set aside at %s in %s\n", dl[i]->d_name, when, sd);
+				n++;
+			}
+			for (int k = 0; k < nf; k++) {
+				char fp[8448];
+				struct ltx_header h;
+				uint64_t a, b;
+				if (ltx_parse_filename(files[k]->d_name, &a, &b) == 0) {
+					snprintf(fp, sizeof(fp), "%s/%s", sd, files[k]->d_name);
+					int fd = open(fp, O_RDONLY | O_CLOEXEC);
+					int r = fd < 0 ? -errno : ltx_verify_fd(fd, &h, NULL);
+					if (fd >= 0)
+						close(fd);
+					if (r == 0)
+						printf("  %s  txid %016" PRIx64 "-%016" PRIx64
+						       "  epoch %" PRIu64 "  node %016" PRIX64
+						       "  commit %u pages  %s\n",
+						       files[k]->d_name, h.min_txid, h.max_txid,
+						       h.epoch, h.node_id, h.commit,
+						       ltx_header_is_snapshot(&h) ? "snapshot"
+										  : "");
+					else
+						printf("  %s  does not verify: %s\n",
+						       files[k]->d_name, strerror(-r));
+					total++;
+				}
+				free(files[k]);
+			}
+			free(files);
+			free(sets[j]);
+		}
+		free(sets);
+		free(dl[i]);
+	}
+	free(dl);
+	if (n == 0)
+		printf("no orphaned transactions under %s\n", dbs);
+	else
+		printf("%d set(s), %d LTX file(s): transactions committed here that the cluster "
+		       "never received. Compare them with the current database before removing a "
+		       "set's directory.\n",
+		       n, total);
+	config_release(&cfg);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -427,6 +541,8 @@ int main(int argc, char **argv)
 		curl_global_cleanup();
 		return rc;
 	}
+	if (strcmp(cmd, "orphans") == 0)
+		return cmd_orphans(argc - 2, argv + 2);
 	if (f && (strcmp(f, "h") == 0 || strcmp(f, "help") == 0)) {
 		usage(stdout);
 		return 0;

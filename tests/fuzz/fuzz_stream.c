@@ -58,6 +58,23 @@ static int control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
 	return 0;
 }
 
+static int handoff(void *ctx, const char *token, uint64_t epoch)
+{
+	(void)ctx;
+	(void)epoch;
+	size_t n = strlen(token);
+	/* a token is 1..STREAM_TOKEN_MAX printable bytes, and survives a round trip */
+	if (n == 0 || n > STREAM_TOKEN_MAX)
+		abort();
+	for (size_t i = 0; i < n; i++)
+		if (token[i] < 0x21 || token[i] > 0x7e)
+			abort();
+	uint8_t f[STREAM_FRAME_HEADER + 12 + STREAM_TOKEN_MAX];
+	if (stream_handoff_frame(f, epoch, token) != STREAM_FRAME_HEADER + 12 + n)
+		abort();
+	return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct stream_pos *pos = NULL;
@@ -74,7 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(pos);
 
 	struct sink s = {0};
-	struct stream_parser_cb cb = {begin, data_cb, end, control, &s};
+	struct stream_parser_cb cb = {begin, data_cb, end, control, &s, handoff};
 	struct stream_parser p;
 	stream_parser_init(&p, &cb);
 	size_t off = 0, step = size ? (size_t)data[0] % 37 + 1 : 1;

@@ -53,7 +53,7 @@ class Node:
     URL, exactly as LiteFS configures one)."""
 
     def __init__(self, base, name="node", compress=True, extra_config="", replica_of=None,
-                 port=None, data_extra="", lease=None, advertise=None):
+                 port=None, data_extra="", lease=None, advertise=None, candidate=True):
         self.name = name
         self.base = os.path.join(str(base), name)
         self.data = os.path.join(self.base, "data")
@@ -67,9 +67,10 @@ class Node:
         self.advertise = advertise or self.url
         if lease is not None:
             # an elected lease: `lease` is the backend's section, e.g. "consul:\n  url: ..."
-            lease = ("lease:\n  type: %s\n  candidate: true\n  hostname: %s\n"
+            lease = ("lease:\n  type: %s\n  candidate: %s\n  hostname: %s\n"
                      "  advertise-url: %s\n  reconnect-delay: 200ms\n%s"
-                     % (lease.split(":")[0], name, self.advertise,
+                     % (lease.split(":")[0], "true" if candidate else "false", name,
+                        self.advertise,
                         "".join("  " + l + "\n" for l in lease.splitlines())))
         elif replica_of is not None:
             upstream = replica_of if isinstance(replica_of, str) else replica_of.url

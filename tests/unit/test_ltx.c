@@ -164,7 +164,7 @@ static bool header_eq(const struct ltx_header *a, const struct ltx_header *b)
 	       a->timestamp == b->timestamp && a->pre_apply_checksum == b->pre_apply_checksum &&
 	       a->wal_offset == b->wal_offset && a->wal_size == b->wal_size &&
 	       a->wal_salt1 == b->wal_salt1 && a->wal_salt2 == b->wal_salt2 &&
-	       a->node_id == b->node_id;
+	       a->node_id == b->node_id && a->epoch == b->epoch;
 }
 
 struct pg {
@@ -565,6 +565,18 @@ static void test_header_layout(void)
 	/* Reserved bytes are not checked on read. */
 	b[90] = 0x5a;
 	CHECK_RC(ltx_header_decode(&g, b), 0);
+	/* ltxfs's lease epoch: big-endian in bytes 80..87, the rest stays zero. */
+	h.epoch = 0x9192939495969798;
+	memset(b, 0xee, sizeof(b));
+	ltx_header_encode(&h, b);
+	CHECK(memcmp(b, want, sizeof(want)) == 0);
+	for (int i = 0; i < 8; i++)
+		CHECK(b[80 + i] == 0x91 + i);
+	for (int i = 88; i < 100; i++)
+		CHECK(b[i] == 0);
+	CHECK_RC(ltx_header_decode(&g, b), 0);
+	CHECK(header_eq(&g, &h));
+	h.epoch = 0;
 	/* Bad magic: -EBADMSG, output untouched. */
 	memset(&g, 0x77, sizeof(g));
 	b[3] = '2';
