@@ -139,6 +139,7 @@ struct db {
 	bool ltx_trusted;    /* newest LTX accepted on the clean-shutdown cache's word */
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
 	bool live;	     /* start-up recovery is over: commits go through the fence */
+	uint64_t last_epoch; /* lease epoch recorded in the newest LTX file */
 };
 
 /* The write fence (db_options.may_commit); recovery is never fenced. */
@@ -423,7 +424,7 @@ struct txrec {
 	size_t n;
 	uint32_t commit;
 	bool snapshot;
-	uint64_t x, post, txid;
+	uint64_t x, post, txid, epoch;
 	int64_t timestamp;
 	char path[4096];
 };
@@ -449,6 +450,7 @@ static void db_tx_apply(struct db *db, struct txrec *t)
 	db->pos.txid = t->txid;
 	db->pos.checksum = t->post;
 	db->pos.timestamp = t->timestamp;
+	db->last_epoch = t->epoch;
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
 	free(t->changed);
@@ -565,6 +567,7 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 	t->snapshot = snapshot;
 	t->x = x;
 	t->txid = h.max_txid;
+	t->epoch = h.epoch;
 	t->timestamp = h.timestamp;
 	r = 1;
 out:
@@ -628,6 +631,7 @@ static int db_commit_drop(struct db *db)
 	db->pos.txid = h.max_txid;
 	db->pos.checksum = LTX_CHECKSUM_FLAG;
 	db->pos.timestamp = h.timestamp;
+	db->last_epoch = epoch;
 	if (db->opt.on_change)
 		db->opt.on_change(db->opt.change_ctx);
 	return 0;
@@ -1656,6 +1660,7 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 			db->pos.txid = last_h->max_txid;
 			db->pos.checksum = last_t->post_apply_checksum;
 			db->pos.timestamp = last_h->timestamp;
+			db->last_epoch = last_h->epoch;
 			if (!db->page_size)
 				db->page_size = last_h->page_size;
 			break;
@@ -2460,6 +2465,7 @@ int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx
 	    .max_txid = db->pos.txid,
 	    .timestamp = db->pos.timestamp ? db->pos.timestamp : now_ms(),
 	    .node_id = db->opt.node_id,
+	    .epoch = db->last_epoch, /* the term that wrote the state it captures */
 	};
 	fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -2910,6 +2916,7 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 	db->pos.txid = h.max_txid;
 	db->pos.checksum = tr.post_apply_checksum;
 	db->pos.timestamp = h.timestamp;
+	db->last_epoch = h.epoch;
 	db->ltx_unsynced = true;
 	pthread_mutex_unlock(&db->mu);
 	(void)old_count;

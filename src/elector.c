@@ -180,7 +180,7 @@ static int check_cluster_id(struct elector *e)
 	}
 	report(e,
 	       "lease backend holds cluster ID %s but this node has data of cluster %s; not "
-	       "taking the lease (see docs/operations.md)",
+	       "taking the lease (see docs/leases.md)",
 	       stored, mine);
 	return -EXDEV;
 }
@@ -204,7 +204,9 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 				report(e, "cannot check the cluster ID in the lease backend: %s",
 				       l->err);
 			lease_release(l);
-			nap(e, e->opt.reconnect_delay_ms);
+			/* a cluster ID mismatch needs an operator: do not churn the key */
+			nap(e, r == -EXDEV ? 10 * e->opt.reconnect_delay_ms
+					   : e->opt.reconnect_delay_ms);
 			return;
 		}
 		t0 = mono_ms();
@@ -259,6 +261,22 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 	int64_t ttl = l->ttl_ms;
 	int r = lease_renew(l, &ttl);
 	if (r == 0) {
+		/*
+		 * The session/lease lives; does the key still name this term? An
+		 * operator may have deleted or overwritten it (locks are advisory),
+		 * and a successor may then hold it already.
+		 */
+		struct lease_holder hd;
+		uint64_t idx = 0;
+		if (lease_observe(l, &idx, 0, &hd) == 0 &&
+		    (!hd.present || strcmp(hd.advertise_url, e->opt.advertise_url) != 0 ||
+		     hd.epoch != store_epoch(e->opt.store))) {
+			log_error("the lease key no longer names this node's term (%s)",
+				  hd.present ? hd.advertise_url : "no holder");
+			demote(e, "lease key changed under this node");
+			lease_release(l);
+			return;
+		}
 		store_extend_lease(e->opt.store, now + ttl - margin_ms(ttl));
 		*next_renew = now + ttl / 3;
 		e->last_err[0] = '\0';

@@ -102,8 +102,8 @@ struct httpd {
 	/* a handoff in progress, under mu */
 	uint64_t handoff_peer;
 	char handoff_token[STREAM_TOKEN_MAX + 1];
-	bool handoff_sent;
-	pthread_mutex_t mu; /* streams list */
+	bool handoff_queued; /* the frame is queued: the successor may take the lease */
+	pthread_mutex_t mu;  /* streams list */
 	struct stream streams;
 	size_t nstreams;
 	volatile bool stopping;
@@ -382,10 +382,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		}
 		if (s->handoff_pending) {
 			/* the HANDOFF frame has been handed to the socket */
-			pthread_mutex_lock(&h->mu);
-			if (h->handoff_peer == s->peer_id)
-				h->handoff_sent = true;
-			pthread_mutex_unlock(&h->mu);
+			log_info("handoff frame sent to replica %016" PRIX64, s->peer_id);
 			s->handoff_pending = false;
 		}
 		if (s->ended)
@@ -402,8 +399,11 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		if (r > 0)
 			continue;
 		pthread_mutex_lock(&h->mu);
-		bool handoff = h->handoff_peer == s->peer_id && !h->handoff_sent;
+		bool handoff = h->handoff_peer == s->peer_id && !h->handoff_queued;
 		if (handoff) {
+			/* From here the successor may hold the lease: the handler
+			 * must step this node down whatever happens to the socket. */
+			h->handoff_queued = true;
 			/* Commits are fenced and this replica has everything: pass the lease. */
 			s->pend_len += stream_handoff_frame(
 			    s->pend + s->pend_len, store_epoch(h->store), h->handoff_token);
@@ -691,22 +691,28 @@ static enum MHD_Result handle_handoff(struct httpd *h, struct MHD_Connection *c)
 	pthread_mutex_lock(&h->mu);
 	h->handoff_peer = peer;
 	snprintf(h->handoff_token, sizeof(h->handoff_token), "%s", token);
-	h->handoff_sent = false;
+	h->handoff_queued = false;
 	pthread_mutex_unlock(&h->mu);
 	store_kick(h->store);
+	/*
+	 * Wait until that stream queues the frame (it first sends everything up
+	 * to the fenced position). Queueing and cancelling happen under h->mu,
+	 * so either the frame is on its way and this node steps down, or it
+	 * never will be and the fence is lifted: never both primaries.
+	 */
 	bool sent = false;
 	int64_t end = mono_ms() + 5000;
-	while (!sent && mono_ms() < end && stream_connected(h, peer)) {
+	for (;;) {
 		pthread_mutex_lock(&h->mu);
-		sent = h->handoff_sent;
+		sent = h->handoff_queued;
 		pthread_mutex_unlock(&h->mu);
-		if (!sent) {
-			struct timespec ts = {0, 1000000};
-			nanosleep(&ts, NULL);
-		}
+		if (sent || mono_ms() >= end || !stream_connected(h, peer))
+			break;
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
 	}
 	pthread_mutex_lock(&h->mu);
-	sent = h->handoff_sent;
+	sent = h->handoff_queued;
 	h->handoff_peer = 0;
 	h->handoff_token[0] = '\0';
 	pthread_mutex_unlock(&h->mu);
@@ -731,9 +737,11 @@ static enum MHD_Result handle_promote(struct httpd *h, struct MHD_Connection *c)
 	if (r == -EALREADY)
 		return reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "isPrimary", 1));
 	if (r < 0)
-		return reply_error(
-		    h, c, r == -EPERM || r == -ENOENT ? MHD_HTTP_CONFLICT : MHD_HTTP_BAD_GATEWAY,
-		    err);
+		return reply_error(h, c,
+				   r == -EPERM || r == -ENOENT ? MHD_HTTP_CONFLICT
+				   : r == -ETIMEDOUT	       ? MHD_HTTP_GATEWAY_TIMEOUT
+							       : MHD_HTTP_BAD_GATEWAY,
+				   err);
 	return reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "isPrimary", 1));
 }
 

@@ -1,10 +1,12 @@
 /*
- * main.c - the ltxfs command: `ltxfs mount`, `ltxfs version`.
+ * main.c - the ltxfs command: `ltxfs mount`, `ltxfs orphans`, `ltxfs version`.
  *
  * Start-up order: config -> logging -> store (claims the data directory and
  * recovers every database) -> FUSE mount -> HTTP server -> replica stream
- * (a static-lease node with candidate: false follows lease.advertise-url)
- * -> optional subprocess. The main
+ * (a static-lease node with candidate: false follows lease.advertise-url;
+ * with consul or etcd every node starts following nobody) -> elector (consul
+ * or etcd: decides who is primary, see elector.c) -> optional subprocess.
+ * Shutdown stops the elector first, which releases a held lease. The main
  * thread then waits for SIGINT/SIGTERM (forwarded to the subprocess) or for
  * the subprocess to exit, and shuts down in reverse order. Exit status: 0 on
  * a clean stop, 2 for usage and configuration errors, 1 for runtime errors,

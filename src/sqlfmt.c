@@ -605,9 +605,9 @@ void shm_header_build(uint8_t out[SHM_HEADER_SIZE], const uint8_t *old, uint32_t
 		memcpy(out + 96, old + 96, SHM_HEADER_SIZE - 96);
 	else
 		memset(out + 96, 0, SHM_HEADER_SIZE - 96);
-	memset(out + 96, 0, 4);	     /* nBackfill */
-	memset(out + 100, 0, 4);     /* aReadMark[0] */
-	memset(out + 128, 0, 4);     /* nBackfillAttempted */
+	memset(out + 96, 0, 4);	 /* nBackfill */
+	memset(out + 100, 0, 4); /* aReadMark[0] */
+	memset(out + 128, 0, 4); /* nBackfillAttempted */
 	if (!old)
 		memset(out + 104, 0xff, 16); /* READMARK_NOT_USED */
 }

@@ -7,10 +7,13 @@
  *   META   (LTX frames) collect flags, epoch, name length, name and the CRC
  *          of those fields; the name length decides how much more to read
  *   DATA   (LTX frames) pass the LTX file's bytes to the callback
- *   CTRL   (other frames) collect the fixed-size payload
+ *   CTRL   (HEARTBEAT) collect the fixed-size payload
+ *   HANDOFF collect epoch, token length and token (at most STREAM_TOKEN_MAX),
+ *          checked to be printable ASCII before the callback sees it
  *
- * Every length is bounded before anything is buffered: control payloads are
- * at most 16 bytes and LTX metadata at most STREAM_LTX_META_MAX, so hostile
+ * Every length is bounded before anything is buffered: heartbeat payloads
+ * are 16 bytes, handoff payloads at most 12 + STREAM_TOKEN_MAX and LTX
+ * metadata at most STREAM_LTX_META_MAX (which holds either), so hostile
  * input can make the parser fail but never allocate.
  */
 #include "ltxfs/stream.h"

@@ -8,7 +8,7 @@
  * on_data, which may stop the transfer by returning false.
  *
  * Threads: any; every call is independent. A request is abandoned early
- * when *abort becomes true (checked about every 100 ms and on every chunk).
+ * when *abort becomes true (checked every 20 ms and on every chunk).
  */
 #ifndef LTXFS_HTTPC_H
 #define LTXFS_HTTPC_H

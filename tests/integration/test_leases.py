@@ -66,12 +66,30 @@ class Backend:
         self.proxies[name] = p
         return p
 
-    def lease_yaml(self, name):
+    def lease_yaml(self, name, extra=""):
         url = self.proxy(name).url
         if self.kind == "consul":
-            return ("consul:\n  url: %s\n  key: ltxfs/test\n  ttl: %ds\n  lock-delay: %dms\n"
-                    % (url, TTL, LOCK_DELAY * 1000))
-        return "etcd:\n  endpoints: [%s]\n  key: ltxfs/test\n  ttl: %ds\n" % (url, TTL)
+            return ("consul:\n  url: %s\n  key: ltxfs/test\n  ttl: %ds\n  lock-delay: %dms\n%s"
+                    % (url, TTL, LOCK_DELAY * 1000, extra))
+        # n3 lists a dead endpoint first: endpoints are tried in turn
+        eps = ("http://127.0.0.1:%d, %s" % (free_port(), url)) if name == "n3" else url
+        return "etcd:\n  endpoints: [%s]\n  key: ltxfs/test\n  ttl: %ds\n%s" % (eps, TTL, extra)
+
+    def delete_key(self, key):
+        """What an operator might do by hand: delete the lease key."""
+        if self.kind == "consul":
+            assert self.emu.request("DELETE", "/v1/kv/" + key).status == 200
+        else:
+            import base64
+            self.etcd.post("/v3/kv/deleterange",
+                           {"key": base64.b64encode(key.encode()).decode()})
+
+    def kv(self, key):
+        """A value stored in the backend (bytes) or None."""
+        if self.kind == "consul":
+            e = self.emu.kv_get(key)
+            return e["Value"] if e else None
+        return self.etcd.get(key)
 
     def down(self):
         if self.kind == "consul":
@@ -136,7 +154,7 @@ def primary_of(nodes):
     return ps[0] if len(ps) == 1 else None
 
 
-def start_cluster(make_node, backend, n=3, advertise_proxies=False, candidates=None):
+def start_cluster(make_node, backend, n=3, advertise_proxies=False, candidates=None, extra=None):
     nodes = []
     for i in range(n):
         cand = True if candidates is None else candidates[i]
@@ -147,7 +165,8 @@ def start_cluster(make_node, backend, n=3, advertise_proxies=False, candidates=N
             p = Proxy(port)
             backend.proxies["in-" + name] = p
             adv = p.url
-        nodes.append(make_node(name, lease=backend.lease_yaml(name), port=port,
+        nodes.append(make_node(name, lease=backend.lease_yaml(name, (extra or {}).get(name, "")),
+                               port=port,
                                advertise=adv, candidate=cand))
     nodes[0].start()
     wait_for(lambda: primary_of(nodes[:1]), timeout=15, what="n1 to become primary")
@@ -227,13 +246,20 @@ def converge(nodes, db="db", timeout=30):
     wait_for(same, timeout=timeout, what="nodes to converge on %s" % db)
 
 
-@pytest.mark.parametrize("mode", ["wal", "delete"])
+# rollback mode runs with etcd only: the lease backend does not change what it tests
+MODES = [("consul", "wal"), ("etcd", "wal"), ("etcd", "delete")]
+
+
+@pytest.mark.parametrize("backend,mode", MODES, indirect=["backend"])
 def test_failover_after_kill9(backend, make_node, tmp_path, mode):
-    if backend.kind == "consul" and mode == "delete":
-        pytest.skip("rollback mode is covered with etcd; consul runs WAL")
     nodes = start_cluster(make_node, backend)
     n1, n2, n3 = nodes
-    assert info(n1)["isPrimary"] and info(n1)["epoch"] > 0
+    i1 = info(n1)
+    assert i1["isPrimary"] and i1["epoch"] > 0
+    # the cluster ID lives beside the key (compare-and-set by the first primary)
+    assert backend.kv("ltxfs/test/clusterid") == i1["clusterID"].encode()
+    wait_for(lambda: all((info(n) or {}).get("clusterID") == i1["clusterID"] for n in nodes),
+             timeout=10, what="every node to join the cluster")
     create_table(n1, mode)
     wait_for(lambda: all(n.pos("db") == n1.pos("db") for n in nodes), timeout=20,
              what="replicas to have the table")
@@ -257,6 +283,15 @@ def test_failover_after_kill9(backend, make_node, tmp_path, mode):
     check_no_interleaving(w.acks(), "n1", new.name)
     other = n3 if new is n2 else n2
     converge([new, other])
+    # LTX files record the epoch of the term that wrote them
+    e_old, e_new = i1["epoch"], info(new)["epoch"]
+    assert e_new > e_old
+    epochs = set()
+    ltxdir = os.path.join(new.dbdir("db"), "ltx")
+    for f in os.listdir(ltxdir):
+        with open(os.path.join(ltxdir, f), "rb") as fh:
+            epochs.add(int.from_bytes(fh.read(88)[80:88], "big"))
+    assert e_new in epochs and epochs <= {e_old, e_new}, (epochs, e_old, e_new)
     have = keys(new)
     assert reached <= have, "lost %d replicated commits" % len(reached - have)
     acked_new = {k for k, n, t in w.acks() if n == new.name}
@@ -272,10 +307,8 @@ def test_failover_after_kill9(backend, make_node, tmp_path, mode):
         assert f.read().strip() == new.name
 
 
-@pytest.mark.parametrize("mode", ["wal", "delete"])
+@pytest.mark.parametrize("backend,mode", MODES, indirect=["backend"])
 def test_partitioned_primary_steps_down(backend, make_node, tmp_path, mode):
-    if backend.kind == "consul" and mode == "delete":
-        pytest.skip("rollback mode is covered with etcd; consul runs WAL")
     nodes = start_cluster(make_node, backend, advertise_proxies=True)
     n1, n2, n3 = nodes
     create_table(n1, mode)
@@ -430,4 +463,101 @@ def test_non_candidate_never_takes_the_lease(backend, make_node, tmp_path):
     n1.start()
     wait_for(lambda: primary_of(nodes) is n1, timeout=backend.budget + 10,
              what="n1 to be primary again")
+    converge(nodes)
+
+
+def test_lease_promote_at_start(backend, make_node, tmp_path):
+    """lease.promote: true on n2: once caught up it asks n1 for a handoff."""
+    nodes = start_cluster(make_node, backend, n=2, extra={"n2": "promote: true\n"})
+    n1, n2 = nodes
+    wait_for(lambda: primary_of(nodes) is n2, timeout=20, what="n2 to be promoted")
+    assert "lease.promote: asking" in n2.read_log()
+    create_table(n2, "wal")
+    converge(nodes)
+    assert (info(n1) or {}).get("primary", {}).get("hostname") == "n2"
+
+
+def test_replica_refuses_frames_of_an_older_epoch(backend, make_node, tmp_path):
+    """A replica that has seen a later epoch refuses a primary of an earlier one."""
+    nodes = start_cluster(make_node, backend, n=1)
+    n1 = nodes[0]
+    create_table(n1, "wal")
+    n2 = make_node("n2", lease=backend.lease_yaml("n2"), candidate=False)
+    os.makedirs(n2.data, exist_ok=True)
+    with open(os.path.join(n2.data, "epoch"), "w") as f:
+        f.write("%d\n" % (info(n1)["epoch"] + 1000))
+    n2.start()
+    wait_for(lambda: "refusing a frame of epoch" in n2.read_log() or
+             "refusing a heartbeat of epoch" in n2.read_log(), timeout=20,
+             what="n2 to refuse the stale primary")
+    assert n2.pos("db") is None
+
+
+def test_etcd_authentication(make_node, tmp_path):
+    from etcd import Etcd
+    e = Etcd().start()
+    try:
+        e.post("/v3/auth/role/add", {"name": "root"})
+        e.post("/v3/auth/user/add", {"name": "root", "password": "s3cret"})
+        e.post("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        e.post("/v3/auth/enable", {})
+        good = make_node("good", lease="etcd:\n  endpoints: [%s]\n  key: ltxfs/auth\n  ttl: 2s\n"
+                         "  username: root\n  password: s3cret\n" % e.url)
+        bad = make_node("bad", lease="etcd:\n  endpoints: [%s]\n  key: ltxfs/auth\n  ttl: 2s\n"
+                        "  username: root\n  password: wrong\n" % e.url)
+        bad.start()
+        wait_for(lambda: "etcd authenticate as 'root'" in bad.read_log(), timeout=10,
+                 what="the bad password to be reported")
+        assert not info(bad)["acceptsWrites"]
+        good.start()
+        wait_for(lambda: primary_of([good]), timeout=10, what="the authenticated node to lead")
+        assert primary_of([good, bad]) is good
+    finally:
+        e.cleanup()
+
+
+def test_consul_token_and_prefix_from_the_url(make_node, tmp_path):
+    """As LiteFS reads lease.consul.url: the userinfo password is the ACL
+    token, the path a key prefix (with a catalog node for the sessions)."""
+    import json
+    from consul import ConsulEmu
+    emu = ConsulEmu(acl_token="t0ken").start(ttl_min="1s")
+    try:
+        host = emu.url.split("//", 1)[1]
+        good = make_node("good", lease="consul:\n  url: http://:t0ken@%s/app1/\n"
+                         "  key: primary\n  ttl: 2s\n  lock-delay: 500ms\n" % host)
+        bad = make_node("bad", lease="consul:\n  url: http://:nope@%s/app1/\n"
+                        "  key: primary\n  ttl: 2s\n  lock-delay: 500ms\n" % host)
+        bad.start()
+        wait_for(lambda: "HTTP 403" in bad.read_log(), timeout=10,
+                 what="the wrong token to be reported")
+        good.start()
+        wait_for(lambda: primary_of([good]), timeout=10, what="the node with the token to lead")
+        e = emu.kv_get("app1/primary", token="t0ken")
+        assert e and e.get("Session"), e
+        assert json.loads(e["Value"]) == {"hostname": "good", "advertise-url": good.url}
+        assert primary_of([good, bad]) is good
+    finally:
+        emu.stop()
+
+
+def test_primary_steps_down_when_the_key_is_deleted(backend, make_node, tmp_path):
+    """Locks are advisory: an operator may delete the key by hand. The primary
+    notices at its next renewal and steps down; the cluster elects again."""
+    nodes = start_cluster(make_node, backend)
+    n1 = nodes[0]
+    create_table(n1, "wal")
+    converge(nodes)
+    poller = Poller(nodes)
+    try:
+        backend.delete_key("ltxfs/test")
+        wait_for(lambda: "lease key no longer names this node" in n1.read_log(),
+                 timeout=TTL, what="n1 to notice the deleted key")
+        new = wait_for(lambda: primary_of(nodes), timeout=backend.budget + 5,
+                       what="a primary after the key was deleted")
+    finally:
+        poller.close()
+    c = sqlite3.connect(new.path("db"), timeout=10, isolation_level=None)
+    c.execute("INSERT INTO t(node) VALUES('after-delete')")
+    c.close()
     converge(nodes)
