@@ -11,8 +11,9 @@
            commit-to-replica-visible latency.
   catchup  a primary with a database of --size-mb; a replica with an empty
            data directory starts; reports MB/s until its position matches.
-  reads    point SELECTs on the replica through the mount versus the same
-           database file copied to a plain directory on the same disk, while
+  reads    point SELECTs and full-table scans on the replica through the
+           mount versus the same database file copied to a plain directory
+           on the same disk, while
            the primary commits 100 tx/s; WAL and DELETE modes; reports the
            ratio (replica / plain).
 
@@ -148,6 +149,17 @@ def point_selects(path, n, rows):
     return n / dt
 
 
+def scans(path, n):
+    """Full-table scans per second (every row's value is read)."""
+    c = sqlite3.connect(path)
+    t0 = time.monotonic()
+    for _ in range(n):
+        c.execute("SELECT sum(length(v)) FROM t").fetchone()
+    dt = time.monotonic() - t0
+    c.close()
+    return n / dt
+
+
 def bench_reads(base, seconds):
     for mode in ("wal", "delete"):
         p = Node(base, "rd-p-" + mode).start()
@@ -174,16 +186,21 @@ def bench_reads(base, seconds):
                     time.sleep(0.01)
             wt = threading.Thread(target=writer)
             wt.start()
-            ratios = []
+            ratios, sratios = [], []
             for _ in range(5):
                 a = point_selects(r.path("db"), 20000, rows)
                 b = point_selects(os.path.join(plain, "db"), 20000, rows)
                 ratios.append(a / b)
+                a = scans(r.path("db"), 20)
+                b = scans(os.path.join(plain, "db"), 20)
+                sratios.append(a / b)
             stop.set()
             wt.join()
             print("reads %s: point SELECT replica/plain median %.2f (rounds %s), writes "
                   "applied meanwhile at ~100 tx/s" % (
                       mode, statistics.median(ratios), " ".join("%.2f" % x for x in ratios)))
+            print("reads %s: full-table scan replica/plain median %.2f (rounds %s)" % (
+                mode, statistics.median(sratios), " ".join("%.2f" % x for x in sratios)))
             c.close()
         finally:
             stop.set()
