@@ -6,7 +6,7 @@ PKGS="gcc clang libclang-rt-14-dev meson ninja-build pkg-config git
       fuse3 libfuse3-dev sqlite3 sqlite3-tools libsqlite3-dev
       libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblz4-dev
       python3 python3-pytest python3-numpy python3-lz4 util-linux procps
-      etcd-server"
+      libsystemd-dev python3-yaml etcd-server"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

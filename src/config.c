@@ -567,6 +567,7 @@ void config_release(struct config *cfg)
 	free(cfg->fuse.dir);
 	free(cfg->data.dir);
 	free(cfg->http.addr);
+	free(cfg->http.token);
 	free(cfg->lease.type);
 	free(cfg->lease.hostname);
 	free(cfg->lease.advertise_url);
@@ -614,7 +615,7 @@ static int config_copy(struct config *dst, const struct config *src)
 {
 	int rc = 0;
 	*dst = *src;
-	dst->path = dst->fuse.dir = dst->data.dir = dst->http.addr = NULL;
+	dst->path = dst->fuse.dir = dst->data.dir = dst->http.addr = dst->http.token = NULL;
 	dst->lease.type = dst->lease.hostname = dst->lease.advertise_url = NULL;
 	dst->lease.consul.url = dst->lease.consul.key = NULL;
 	dst->lease.etcd.endpoints = NULL;
@@ -625,6 +626,7 @@ static int config_copy(struct config *dst, const struct config *src)
 
 	if (dup_str(&dst->path, src->path) || dup_str(&dst->fuse.dir, src->fuse.dir) ||
 	    dup_str(&dst->data.dir, src->data.dir) || dup_str(&dst->http.addr, src->http.addr) ||
+	    dup_str(&dst->http.token, src->http.token) ||
 	    dup_str(&dst->lease.type, src->lease.type) ||
 	    dup_str(&dst->lease.hostname, src->lease.hostname) ||
 	    dup_str(&dst->lease.advertise_url, src->lease.advertise_url) ||
@@ -1477,6 +1479,8 @@ static const struct key_def keys[] = {
     {"http", K_SECTION, 0, NULL},
     {"http.addr", K_STRING, F(http.addr), check_http_addr},
     {"http.snapshot-timeout", K_LITEFS, 0, NULL},
+    {"http.token", K_STRING, F(http.token), check_empty_is_unset},
+    {"http.read-auth", K_BOOL, F(http.read_auth), NULL},
 
     {"lease", K_SECTION, 0, NULL},
     {"lease.type", K_STRING, F(lease.type), check_lease_type},
@@ -1979,6 +1983,14 @@ static int finish(struct pctx *p)
 		return fail(p, NULL, "key 'lease.type' is required ('static', 'consul' or 'etcd')");
 	if (!c->http.addr)
 		return fail(p, NULL, "key 'http.addr' is required");
+	if (!c->http.token) {
+		const char *t = getenv("LTXFS_HTTP_TOKEN");
+		if (t && *t && !(c->http.token = strdup(t)))
+			return -ENOMEM;
+	}
+	if (c->http.read_auth && !c->http.token)
+		return fail(p, NULL,
+			    "key 'http.read-auth' needs a token (http.token or $LTXFS_HTTP_TOKEN)");
 	if ((rc = check_lease(p)) < 0)
 		return rc;
 
@@ -2206,4 +2218,111 @@ int config_find(char **ret_path)
 		return 0;
 	}
 	return -ENOENT;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Effective configuration                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void dump_str(FILE *f, const char *indent, const char *key, const char *v)
+{
+	if (!v) {
+		fprintf(f, "%s%s: null\n", indent, key);
+		return;
+	}
+	fprintf(f, "%s%s: \"", indent, key);
+	for (const char *c = v; *c; c++) {
+		if (*c == '"' || *c == '\\')
+			fputc('\\', f);
+		fputc(*c, f);
+	}
+	fprintf(f, "\"\n");
+}
+
+static void dump_dur(FILE *f, const char *indent, const char *key, int64_t ms)
+{
+	if (ms % 1000 == 0)
+		fprintf(f, "%s%s: %llds\n", indent, key, (long long)(ms / 1000));
+	else
+		fprintf(f, "%s%s: %lldms\n", indent, key, (long long)ms);
+}
+
+/* A URL with any userinfo password replaced by "*****". */
+static void mask_url(const char *url, char *buf, size_t n)
+{
+	const char *scheme = strstr(url, "://");
+	const char *host = scheme ? scheme + 3 : url;
+	const char *at = strchr(host, '@'), *slash = strchr(host, '/');
+	if (!at || (slash && slash < at)) {
+		snprintf(buf, n, "%s", url);
+		return;
+	}
+	const char *colon = memchr(host, ':', (size_t)(at - host));
+	if (colon)
+		snprintf(buf, n, "%.*s:*****%s", (int)(colon - url), url, at);
+	else
+		snprintf(buf, n, "%.*s*****%s", (int)(host - url), url, at);
+}
+
+void config_dump(const struct config *c, FILE *f)
+{
+	char buf[2048];
+	fprintf(f, "# effective configuration%s%s\n", c->path ? " of " : "",
+		c->path ? c->path : "");
+	fprintf(f, "exit-on-error: %s\nskip-sync: %s\n", c->exit_on_error ? "true" : "false",
+		c->skip_sync ? "true" : "false");
+	if (c->n_exec) {
+		fprintf(f, "exec:\n");
+		for (size_t i = 0; i < c->n_exec; i++) {
+			fprintf(f, "  - cmd: \"");
+			for (char **a = c->exec[i].argv; a && *a; a++)
+				fprintf(f, "%s%s", a == c->exec[i].argv ? "" : " ", *a);
+			fprintf(f, "\"\n    if-candidate: %s\n",
+				c->exec[i].if_candidate ? "true" : "false");
+		}
+	}
+	fprintf(f, "fuse:\n");
+	dump_str(f, "  ", "dir", c->fuse.dir);
+	fprintf(f, "  allow-other: %s\n  debug: %s\n", c->fuse.allow_other ? "true" : "false",
+		c->fuse.debug ? "true" : "false");
+	fprintf(f, "data:\n");
+	dump_str(f, "  ", "dir", c->data.dir);
+	fprintf(f, "  compress: %s\n", c->data.compress ? "true" : "false");
+	dump_dur(f, "  ", "retention", c->data.retention_ms);
+	dump_dur(f, "  ", "retention-monitor-interval", c->data.retention_monitor_interval_ms);
+	fprintf(f, "http:\n");
+	dump_str(f, "  ", "addr", c->http.addr);
+	dump_str(f, "  ", "token", c->http.token ? "*****" : NULL);
+	fprintf(f, "  read-auth: %s\n", c->http.read_auth ? "true" : "false");
+	fprintf(f, "lease:\n");
+	dump_str(f, "  ", "type", c->lease.type);
+	fprintf(f, "  candidate: %s\n  promote: %s\n", c->lease.candidate ? "true" : "false",
+		c->lease.promote ? "true" : "false");
+	dump_str(f, "  ", "hostname", c->lease.hostname);
+	dump_str(f, "  ", "advertise-url", c->lease.advertise_url);
+	dump_dur(f, "  ", "reconnect-delay", c->lease.reconnect_delay_ms);
+	dump_dur(f, "  ", "demote-delay", c->lease.demote_delay_ms);
+	if (c->lease.type && strcmp(c->lease.type, "consul") == 0) {
+		fprintf(f, "  consul:\n");
+		if (c->lease.consul.url)
+			mask_url(c->lease.consul.url, buf, sizeof(buf));
+		dump_str(f, "    ", "url", c->lease.consul.url ? buf : NULL);
+		dump_str(f, "    ", "key", c->lease.consul.key);
+		dump_dur(f, "    ", "ttl", c->lease.consul.ttl_ms);
+		dump_dur(f, "    ", "lock-delay", c->lease.consul.lock_delay_ms);
+	}
+	if (c->lease.type && strcmp(c->lease.type, "etcd") == 0) {
+		fprintf(f, "  etcd:\n    endpoints:\n");
+		for (size_t i = 0; i < c->lease.etcd.n_endpoints; i++) {
+			mask_url(c->lease.etcd.endpoints[i], buf, sizeof(buf));
+			fprintf(f, "      - \"%s\"\n", buf);
+		}
+		dump_str(f, "    ", "key", c->lease.etcd.key);
+		dump_dur(f, "    ", "ttl", c->lease.etcd.ttl_ms);
+		dump_str(f, "    ", "username", c->lease.etcd.username);
+		dump_str(f, "    ", "password", c->lease.etcd.password ? "*****" : NULL);
+	}
+	fprintf(f, "log:\n");
+	dump_str(f, "  ", "format", c->log.format);
+	fprintf(f, "  debug: %s\n", c->log.debug ? "true" : "false");
 }

@@ -140,6 +140,7 @@ struct db {
 	uint64_t txid_floor; /* highest TXID of a discarded torn file: TXIDs never go back */
 	bool live;	     /* start-up recovery is over: commits go through the fence */
 	uint64_t last_epoch; /* lease epoch recorded in the newest LTX file */
+	uint64_t st_writes[DB_FILE_N], st_commits, st_removed; /* GET /metrics (atomics) */
 };
 
 /* The write fence (db_options.may_commit); recovery is never fenced. */
@@ -451,6 +452,7 @@ static void db_tx_apply(struct db *db, struct txrec *t)
 	db->pos.checksum = t->post;
 	db->pos.timestamp = t->timestamp;
 	db->last_epoch = t->epoch;
+	__atomic_add_fetch(&db->st_commits, 1, __ATOMIC_RELAXED);
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
 	free(t->changed);
@@ -1136,6 +1138,8 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n, off_t off)
 {
 	int r = 0;
+	if ((unsigned)kind < DB_FILE_N)
+		__atomic_add_fetch(&db->st_writes[kind], 1, __ATOMIC_RELAXED);
 	if (kind == DB_FILE_SHM)
 		return fs_pwrite_full(fd, buf, n, off);
 	pthread_mutex_lock(&db->mu);
@@ -1355,7 +1359,8 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
 		if (mtime >= cutoff_ms)
 			continue;
-		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+		if (unlinkat(dirfd(d), de->d_name, 0) == 0 &&
+		    __atomic_add_fetch(&db->st_removed, 1, __ATOMIC_RELAXED))
 			n++;
 	}
 	closedir(d);
@@ -2539,6 +2544,76 @@ out:
 	return r;
 }
 
+int db_export(struct db *db, int fd, struct db_pos *ret_pos)
+{
+	uint64_t *map = NULL;
+	uint8_t *page = NULL;
+	int walfd = -1, r;
+	pthread_mutex_lock(&db->mu);
+	while (db->journal_active && !db->sticky_err) {
+		pthread_mutex_unlock(&db->mu);
+		usleep(1000);
+		pthread_mutex_lock(&db->mu);
+	}
+	r = db->sticky_err;
+	if (r < 0)
+		goto out;
+	if (!db->exists || db->page_count == 0 || db->dbfd < 0) {
+		r = -ENOENT;
+		goto out;
+	}
+	page = malloc(db->page_size);
+	if (!page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = wal_frame_map(db, &map);
+	if (r < 0)
+		goto out;
+	walfd = map ? r : -1;
+	uint32_t lock = ltx_lock_pgno(db->page_size);
+	for (uint32_t pg = 1; pg <= db->page_count; pg++) {
+		if (pg == lock) {
+			memset(page, 0, db->page_size);
+			r = 0;
+		} else if (map && map[pg]) {
+			ssize_t n = fs_pread_full(walfd, page, db->page_size, (off_t)map[pg]);
+			r = n < 0 ? (int)n : n == (ssize_t)db->page_size ? 0 : -EIO;
+		} else {
+			r = read_db_page(db, pg, page);
+		}
+		if (r == 0 && pg != lock &&
+		    ltx_page_checksum(pg, page, db->page_size) != db->pgck[pg]) {
+			log_error("db '%s': page %u does not match its committed checksum while "
+				  "exporting",
+				  db->name, pg);
+			r = -EIO;
+		}
+		if (r == 0)
+			r = fs_pwrite_full(fd, page, db->page_size,
+					   (off_t)(pg - 1) * db->page_size);
+		if (r < 0)
+			goto out;
+	}
+	/* A standalone copy is a rollback-mode file: no -wal comes with it. */
+	if (page && fs_pread_full(fd, page, 20, 0) == 20 && page[18] == 2 && page[19] == 2) {
+		static const uint8_t legacy[2] = {1, 1};
+		r = fs_pwrite_full(fd, legacy, 2, 18);
+		if (r < 0)
+			goto out;
+	}
+	if (ret_pos)
+		*ret_pos = db->pos;
+	r = 0;
+out:
+	pthread_mutex_unlock(&db->mu);
+	if (walfd >= 0)
+		close(walfd);
+	free(map);
+	free(page);
+	return r;
+}
+
 int db_ltx_tmpfile(struct db *db, int *ret_fd)
 {
 	int fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
@@ -2626,6 +2701,34 @@ static void apply_hooks_invalidate(const struct db_apply_hooks *hk, struct db *d
 			       (uint64_t)(j - i) * page_size);
 		i = j;
 	}
+}
+
+void db_get_stats(struct db *db, struct db_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	for (int k = 0; k < DB_FILE_N; k++)
+		st->writes[k] = __atomic_load_n(&db->st_writes[k], __ATOMIC_RELAXED);
+	st->commits = __atomic_load_n(&db->st_commits, __ATOMIC_RELAXED);
+	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		uint64_t a, b;
+		struct stat sb;
+		if (ltx_parse_filename(de->d_name, &a, &b) == 0 &&
+		    fstatat(dirfd(d), de->d_name, &sb, 0) == 0) {
+			st->ltx_files++;
+			st->ltx_bytes += (uint64_t)sb.st_size;
+		}
+	}
+	closedir(d);
+	pthread_mutex_lock(&db->mu);
+	st->size_bytes = db->exists ? (uint64_t)db->page_count * db->page_size : 0;
+	st->page_size = db->page_size;
+	st->page_count = db->exists ? db->page_count : 0;
+	pthread_mutex_unlock(&db->mu);
 }
 
 bool db_txn_pending(struct db *db)

@@ -38,6 +38,7 @@
 
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
+#include "ltxfs/metrics.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -144,6 +145,7 @@ static void follow(struct elector *e, const char *url, const char *host)
 
 static void demote(struct elector *e, const char *why)
 {
+	metrics_add(MC_LEASE_LOST, 1);
 	store_set_primary(e->opt.store, false);
 	store_set_fenced(e->opt.store, false);
 	pthread_mutex_lock(&e->mu);
@@ -235,6 +237,7 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 		e->token[0] = '\0';
 	pthread_mutex_unlock(&e->mu);
 	e->last_err[0] = '\0';
+	metrics_add(MC_LEASE_ACQUIRED, 1);
 	log_info("this node is now the primary (lease %s, epoch %" PRIu64 ", ttl %" PRId64 " ms)",
 		 l->ops->name, epoch, ttl);
 }
@@ -278,6 +281,7 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 			return;
 		}
 		store_extend_lease(e->opt.store, now + ttl - margin_ms(ttl));
+		metrics_add(MC_LEASE_RENEWALS, 1);
 		*next_renew = now + ttl / 3;
 		e->last_err[0] = '\0';
 		return;
@@ -289,6 +293,7 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 	}
 	if (r == -ECANCELED)
 		return;
+	metrics_add(MC_LEASE_RENEW_FAILURES, 1);
 	report(e, "renewing the primary lease failed: %s (retrying)", l->err);
 	*next_renew = mono_ms() + 1000;
 	if (mono_ms() >= store_lease_until(e->opt.store)) {
@@ -302,8 +307,12 @@ static void ask_handoff(struct elector *e, const char *url)
 {
 	char u[1200];
 	struct httpc_resp resp;
+	char auth[600] = "";
+	if (e->opt.token)
+		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", e->opt.token);
 	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
-	struct httpc_req req = {.method = "POST", .url = u, .timeout_ms = 10000};
+	struct httpc_req req = {
+	    .method = "POST", .url = u, .headers = {auth[0] ? auth : NULL}, .timeout_ms = 10000};
 	int r = httpc_do(&req, &resp);
 	if (r < 0)
 		log_warn("handoff request to %s failed: %s", url, resp.err);
@@ -535,8 +544,14 @@ int elector_promote(struct elector *e, int timeout_ms, char *err, size_t n)
 	}
 	char u[1200];
 	struct httpc_resp resp;
+	char auth[600] = "";
+	if (e->opt.token)
+		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", e->opt.token);
 	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
-	struct httpc_req req = {.method = "POST", .url = u, .timeout_ms = timeout_ms};
+	struct httpc_req req = {.method = "POST",
+				.url = u,
+				.headers = {auth[0] ? auth : NULL},
+				.timeout_ms = timeout_ms};
 	int r = httpc_do(&req, &resp);
 	if (r < 0) {
 		snprintf(err, n, "handoff request to %s failed: %s", url, resp.err);

@@ -31,6 +31,7 @@
 #include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
+#include "ltxfs/metrics.h"
 #include "ltxfs/sqlfmt.h"
 
 #include <dirent.h>
@@ -1041,19 +1042,89 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &sv);
 }
 
+/* ------------------------------------------- timing for GET /metrics */
+
+static int64_t op_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+#define TIMED(op, call)                                                                            \
+	do {                                                                                       \
+		int64_t t0_ = op_now();                                                            \
+		call;                                                                              \
+		metrics_op(op, op_now() - t0_);                                                    \
+	} while (0)
+
+static void t_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	TIMED(MOP_LOOKUP, op_lookup(req, parent, name));
+}
+static void t_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	TIMED(MOP_GETATTR, op_getattr(req, ino, fi));
+}
+static void t_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		      struct fuse_file_info *fi)
+{
+	TIMED(MOP_SETATTR, op_setattr(req, ino, attr, to_set, fi));
+}
+static void t_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	TIMED(MOP_OPEN, op_open(req, ino, fi));
+}
+static void t_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     struct fuse_file_info *fi)
+{
+	TIMED(MOP_CREATE, op_create(req, parent, name, mode, fi));
+}
+static void t_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		   struct fuse_file_info *fi)
+{
+	TIMED(MOP_READ, op_read(req, ino, size, off, fi));
+}
+static void t_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	TIMED(MOP_WRITE, op_write(req, ino, buf, size, off, fi));
+}
+static void t_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	TIMED(MOP_FLUSH, op_flush(req, ino, fi));
+}
+static void t_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	TIMED(MOP_RELEASE, op_release(req, ino, fi));
+}
+static void t_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	TIMED(MOP_FSYNC, op_fsync(req, ino, datasync, fi));
+}
+static void t_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	TIMED(MOP_UNLINK, op_unlink(req, parent, name));
+}
+static void t_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		      struct fuse_file_info *fi)
+{
+	TIMED(MOP_READDIR, op_readdir(req, ino, size, off, fi));
+}
+
 static const struct fuse_lowlevel_ops ops = {
     .init = op_init,
-    .lookup = op_lookup,
-    .getattr = op_getattr,
-    .setattr = op_setattr,
-    .open = op_open,
-    .create = op_create,
-    .read = op_read,
-    .write = op_write,
-    .flush = op_flush,
-    .release = op_release,
-    .fsync = op_fsync,
-    .unlink = op_unlink,
+    .lookup = t_lookup,
+    .getattr = t_getattr,
+    .setattr = t_setattr,
+    .open = t_open,
+    .create = t_create,
+    .read = t_read,
+    .write = t_write,
+    .flush = t_flush,
+    .release = t_release,
+    .fsync = t_fsync,
+    .unlink = t_unlink,
     .mkdir = op_mkdir,
     .mknod = op_mknod,
     .rmdir = op_rmdir,
@@ -1061,7 +1132,7 @@ static const struct fuse_lowlevel_ops ops = {
     .symlink = op_symlink,
     .link = op_link,
     .opendir = op_opendir,
-    .readdir = op_readdir,
+    .readdir = t_readdir,
     .releasedir = op_releasedir,
     .fsyncdir = op_fsyncdir,
     .statfs = op_statfs,

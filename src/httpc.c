@@ -72,10 +72,9 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
 	struct rctx *c = arg;
-	(void)dt;
-	(void)dn;
-	(void)ut;
-	(void)un;
+	if (c->req->progress)
+		c->req->progress(c->req->pctx, (uint64_t)dn, (uint64_t)dt, (uint64_t)un,
+				 (uint64_t)ut);
 	return (c->req->abort && *c->req->abort) || (c->req->abort2 && *c->req->abort2) ? 1 : 0;
 }
 

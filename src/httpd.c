@@ -40,9 +40,11 @@
 #include "ltxfs/httpd.h"
 
 #include "ltxfs/db.h"
+#include "ltxfs/fsutil.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
+#include "ltxfs/metrics.h"
 #include "ltxfs/stream.h"
 
 #include <arpa/inet.h>
@@ -52,7 +54,9 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +94,10 @@ struct request {
 	char *body;
 	size_t len;
 	bool too_big;
+	int upfd; /* POST /import: the upload goes to this file (-1: to body) */
+	char uppath[4200];
+	uint64_t uplen;
+	int uperr;
 };
 
 struct httpd {
@@ -99,6 +107,10 @@ struct httpd {
 	struct db_apply_hooks hooks;
 	char *hostname;
 	char *advertise_url;
+	char *mount_dir, *data_dir, *token;
+	bool read_auth;
+	size_t nevents;		   /* open GET /events streams, under mu */
+	pthread_mutex_t import_mu; /* one import at a time */
 	/* a handoff in progress, under mu */
 	uint64_t handoff_peer;
 	char handoff_token[STREAM_TOKEN_MAX + 1];
@@ -185,9 +197,13 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 		db_get_pos(db, &p);
 		snprintf(txid, sizeof(txid), "%016" PRIx64, p.txid);
 		snprintf(ck, sizeof(ck), "%016" PRIx64, p.checksum);
+		struct db_stats st;
+		db_get_stats(db, &st);
 		json_array_append_new(dbs,
-				      json_pack("{s:s,s:s,s:s,s:b}", "name", db_name(db), "txid",
-						txid, "checksum", ck, "exists", db_exists(db)));
+				      json_pack("{s:s,s:s,s:s,s:b,s:I,s:I}", "name", db_name(db),
+						"txid", txid, "checksum", ck, "exists",
+						db_exists(db), "size", (json_int_t)st.size_bytes,
+						"timestamp", (json_int_t)p.timestamp));
 	}
 	snprintf(id, sizeof(id), "%016" PRIX64, store_node_id(h->store));
 	store_cluster_id(h->store, cid);
@@ -202,6 +218,25 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 	json_object_set_new(o, "candidate",
 			    json_boolean(h->elector ? store_is_candidate(h->store) : primary));
 	json_object_set_new(o, "lease", json_string(h->elector ? "elected" : "static"));
+	if (primary) {
+		json_t *reps = json_array();
+		pthread_mutex_lock(&h->mu);
+		for (struct stream *st = h->streams.next; st != &h->streams; st = st->next) {
+			char pid[17];
+			json_t *pos = json_array();
+			snprintf(pid, sizeof(pid), "%016" PRIX64, st->peer_id);
+			for (size_t i = 0; i < st->n; i++) {
+				char tx[17];
+				snprintf(tx, sizeof(tx), "%016" PRIx64, st->pos[i].txid);
+				json_array_append_new(pos, json_pack("{s:s,s:s}", "name",
+								     st->pos[i].name, "txid", tx));
+			}
+			json_array_append_new(
+			    reps, json_pack("{s:s,s:o}", "nodeID", pid, "databases", pos));
+		}
+		pthread_mutex_unlock(&h->mu);
+		json_object_set_new(o, "replicas", reps);
+	}
 	if (primary) {
 		json_object_set_new(o, "primary",
 				    json_pack("{s:s,s:s}", "hostname", h->hostname, "advertiseURL",
@@ -323,6 +358,8 @@ static int stream_next(struct stream *s)
 			r = db_snapshot(db, &fd, &lh, &lt);
 			if (r == -ENOENT)
 				continue;
+			if (r == 0)
+				metrics_add(MC_SNAPSHOTS_SENT, 1);
 			if (r < 0) {
 				log_error("db '%s': cannot build a snapshot: %s", db_name(db),
 					  strerror(-r));
@@ -362,6 +399,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			if (s->pend_off == s->pend_len)
 				s->pend_off = s->pend_len = 0;
 			s->sent_bytes += k;
+			metrics_add(MC_STREAM_BYTES_SENT, k);
 			return (ssize_t)k;
 		}
 		if (s->fd >= 0 && s->fd_remain > 0) {
@@ -374,6 +412,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			}
 			s->fd_remain -= (uint64_t)r;
 			s->sent_bytes += (uint64_t)r;
+			metrics_add(MC_STREAM_BYTES_SENT, (uint64_t)r);
 			return r;
 		}
 		if (s->fd >= 0) {
@@ -545,8 +584,12 @@ static void adopt(struct httpd *h, const char *adv, const struct stream_pos *pm,
 				break;
 			snprintf(url, sizeof(url), "%s/ltx?db=%s&txid=%016" PRIx64, adv, pm[i].name,
 				 tx);
+			char auth[600] = "";
+			if (h->token)
+				snprintf(auth, sizeof(auth), "Authorization: Bearer %s", h->token);
 			struct httpc_req req = {.method = "GET",
 						.url = url,
+						.headers = {auth[0] ? auth : NULL},
 						.timeout_ms = 10000,
 						.abort = &h->stopping,
 						.on_data = to_fd,
@@ -745,6 +788,549 @@ static enum MHD_Result handle_promote(struct httpd *h, struct MHD_Connection *c)
 	return reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "isPrimary", 1));
 }
 
+/* ------------------------------------------------------ authorisation */
+
+/* Constant-time comparison of the bearer token (no early exit on a mismatch). */
+static bool token_ok(struct httpd *h, struct MHD_Connection *c)
+{
+	const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+	if (!h->token)
+		return true;
+	if (!v || strncasecmp(v, "Bearer ", 7) != 0)
+		return false;
+	v += 7;
+	size_t a = strlen(v), b = strlen(h->token);
+	unsigned char diff = (unsigned char)(a != b);
+	for (size_t i = 0; i < b; i++)
+		diff |= (unsigned char)(h->token[i] ^ (i < a ? v[i] : 0));
+	return diff == 0;
+}
+
+static enum MHD_Result reply_unauthorized(struct httpd *h, struct MHD_Connection *c)
+{
+	char *body = strdup("{\"error\":\"missing or wrong bearer token (http.token)\"}\n");
+	if (!body)
+		return MHD_NO;
+	struct MHD_Response *resp =
+	    MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;
+	}
+	add_identity(h, resp);
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_UNAUTHORIZED, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* ------------------------------------------------------------ /health */
+
+static enum MHD_Result handle_health(struct httpd *h, struct MHD_Connection *c)
+{
+	const char *ml = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "maxLag");
+	long max_lag = 10000;
+	if (ml) {
+		char *end;
+		errno = 0;
+		max_lag = strtol(ml, &end, 10);
+		if (errno || *end || end == ml || max_lag < 0)
+			return reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+					   "maxLag must be a number of milliseconds");
+	}
+	bool primary = store_is_primary(h->store);
+	int64_t lag = store_lag_ms(h->store);
+	const char *why = NULL;
+	if (!primary && !store_caught_up(h->store))
+		why = "not connected to a primary, or still catching up";
+	else if (!primary && lag > max_lag)
+		why = "lag above maxLag";
+	json_t *o = json_pack("{s:b,s:s,s:I}", "ok", why == NULL, "role",
+			      primary ? "primary" : "replica", "lag", (json_int_t)lag);
+	if (why)
+		json_object_set_new(o, "reason", json_string(why));
+	return reply_json(h, c, why ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK, o);
+}
+
+/* ----------------------------------------------------------- /metrics */
+
+static void label_escape(FILE *f, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			fputc('\\', f);
+		if (*s == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*s, f);
+	}
+}
+
+static enum MHD_Result handle_metrics(struct httpd *h, struct MHD_Connection *c)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return MHD_NO;
+	size_t n = store_count(h->store);
+	pthread_mutex_lock(&h->mu);
+	size_t streams = h->nstreams, events = h->nevents;
+	pthread_mutex_unlock(&h->mu);
+	fprintf(f,
+		"# HELP ltxfs_db_count Databases this node manages.\n# TYPE ltxfs_db_count gauge\n"
+		"ltxfs_db_count %zu\n",
+		n);
+	fprintf(f,
+		"# HELP ltxfs_is_primary 1 on the primary.\n# TYPE ltxfs_is_primary gauge\n"
+		"ltxfs_is_primary %d\n",
+		store_is_primary(h->store) ? 1 : 0);
+	fprintf(f,
+		"# HELP ltxfs_accepts_writes 1 while the write fence is open.\n"
+		"# TYPE ltxfs_accepts_writes gauge\nltxfs_accepts_writes %d\n",
+		store_accepts_writes(h->store) ? 1 : 0);
+	fprintf(f,
+		"# HELP ltxfs_epoch Highest lease epoch seen.\n# TYPE ltxfs_epoch gauge\n"
+		"ltxfs_epoch %llu\n",
+		(unsigned long long)store_epoch(h->store));
+	fprintf(f,
+		"# HELP ltxfs_subscriber_count Open GET /events streams.\n"
+		"# TYPE ltxfs_subscriber_count gauge\nltxfs_subscriber_count %zu\n",
+		events);
+	fprintf(f,
+		"# HELP ltxfs_http_stream_count Connected replica streams.\n"
+		"# TYPE ltxfs_http_stream_count gauge\nltxfs_http_stream_count %zu\n",
+		streams);
+	fprintf(f,
+		"# HELP ltxfs_lag_seconds Time behind the primary (0 on the primary).\n"
+		"# TYPE ltxfs_lag_seconds gauge\nltxfs_lag_seconds %.3f\n",
+		(double)store_lag_ms(h->store) / 1000.0);
+	static const struct {
+		const char *name, *type, *help;
+	} per[] = {
+	    {"ltxfs_db_txid", "gauge", "Current TXID."},
+	    {"ltxfs_db_size_bytes", "gauge", "Committed database size."},
+	    {"ltxfs_db_database_write_count", "counter", "Writes to the database file."},
+	    {"ltxfs_db_journal_write_count", "counter", "Writes to the rollback journal."},
+	    {"ltxfs_db_wal_write_count", "counter", "Writes to the WAL."},
+	    {"ltxfs_db_shm_write_count", "counter", "Writes to the shared-memory file."},
+	    {"ltxfs_db_commit_count", "counter", "Transactions committed on this node."},
+	    {"ltxfs_db_ltx_count", "gauge", "LTX files on disk."},
+	    {"ltxfs_db_ltx_bytes", "gauge", "LTX bytes on disk."},
+	    {"ltxfs_db_ltx_reap_count", "counter", "LTX files removed by retention."},
+	    {"ltxfs_db_lag_seconds", "gauge", "Now minus the timestamp of the last transaction."},
+	};
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	double now_s = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	for (size_t m = 0; m < sizeof(per) / sizeof(per[0]); m++) {
+		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", per[m].name, per[m].help, per[m].name,
+			per[m].type);
+		for (size_t i = 0; i < n; i++) {
+			struct db *db = store_at(h->store, i);
+			struct db_stats st;
+			struct db_pos p;
+			db_get_pos(db, &p);
+			if (m >= 2 && m <= 9)
+				db_get_stats(db, &st);
+			else if (m == 1)
+				db_get_stats(db, &st);
+			double v = 0;
+			switch (m) {
+			case 0:
+				v = (double)p.txid;
+				break;
+			case 1:
+				v = (double)st.size_bytes;
+				break;
+			case 2:
+				v = (double)st.writes[DB_FILE_DB];
+				break;
+			case 3:
+				v = (double)st.writes[DB_FILE_JOURNAL];
+				break;
+			case 4:
+				v = (double)st.writes[DB_FILE_WAL];
+				break;
+			case 5:
+				v = (double)st.writes[DB_FILE_SHM];
+				break;
+			case 6:
+				v = (double)st.commits;
+				break;
+			case 7:
+				v = (double)st.ltx_files;
+				break;
+			case 8:
+				v = (double)st.ltx_bytes;
+				break;
+			case 9:
+				v = (double)st.ltx_removed;
+				break;
+			default:
+				v = p.timestamp ? now_s - (double)p.timestamp / 1000.0 : 0;
+				break;
+			}
+			fprintf(f, "%s{db=\"", per[m].name);
+			label_escape(f, db_name(db));
+			fprintf(f, "\"} %.17g\n", v);
+		}
+	}
+	metrics_render(f);
+	fclose(f);
+	struct MHD_Response *resp =
+	    MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	add_identity(h, resp);
+	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* ------------------------------------------------------------ /events */
+
+struct evpos {
+	char name[STREAM_NAME_MAX + 1];
+	uint64_t txid;
+};
+
+struct events {
+	struct httpd *h;
+	struct evpos *pos;
+	size_t n, cap;
+	bool init_sent, primary;
+	char primary_host[256];
+	char *buf;
+	size_t len, off;
+	int64_t last_write;
+};
+
+static void ev_primary(struct events *e, bool *primary, char *host, size_t n)
+{
+	*primary = store_is_primary(e->h->store);
+	if (*primary)
+		snprintf(host, n, "%s", e->h->hostname);
+	else if (store_upstream(e->h->store, host, n) < 0)
+		host[0] = '\0';
+}
+
+static void ev_append(struct events *e, json_t *o)
+{
+	char *t = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (!t)
+		return;
+	size_t k = strlen(t);
+	char *nb = realloc(e->buf, e->len + k + 2);
+	if (nb) {
+		e->buf = nb;
+		memcpy(e->buf + e->len, t, k);
+		e->buf[e->len + k] = '\n';
+		e->len += k + 1;
+	}
+	free(t);
+}
+
+static json_t *ev_primary_data(bool primary, const char *host)
+{
+	json_t *d = json_pack("{s:b}", "isPrimary", primary);
+	if (host[0])
+		json_object_set_new(d, "hostname", json_string(host));
+	return d;
+}
+
+/* Queue what changed since the last call: init, primaryChange, tx. */
+static void ev_scan(struct events *e)
+{
+	bool primary, initial = !e->init_sent;
+	char host[256];
+	ev_primary(e, &primary, host, sizeof(host));
+	if (!e->init_sent) {
+		ev_append(e, json_pack("{s:s,s:o}", "type", "init", "data",
+				       ev_primary_data(primary, host)));
+		e->init_sent = true;
+		e->primary = primary;
+		snprintf(e->primary_host, sizeof(e->primary_host), "%s", host);
+	} else if (primary != e->primary || strcmp(host, e->primary_host) != 0) {
+		ev_append(e, json_pack("{s:s,s:o}", "type", "primaryChange", "data",
+				       ev_primary_data(primary, host)));
+		e->primary = primary;
+		snprintf(e->primary_host, sizeof(e->primary_host), "%s", host);
+	}
+	size_t n = store_count(e->h->store);
+	for (size_t i = 0; i < n; i++) {
+		struct db *db = store_at(e->h->store, i);
+		struct db_pos p;
+		struct db_stats st;
+		db_get_pos(db, &p);
+		struct evpos *ep = NULL;
+		for (size_t k = 0; k < e->n; k++)
+			if (strcmp(e->pos[k].name, db_name(db)) == 0)
+				ep = &e->pos[k];
+		if (!ep) {
+			if (e->n == e->cap) {
+				size_t cap = e->cap ? e->cap * 2 : 8;
+				void *np = realloc(e->pos, cap * sizeof(*e->pos));
+				if (!np)
+					return;
+				e->pos = np;
+				e->cap = cap;
+			}
+			ep = &e->pos[e->n++];
+			snprintf(ep->name, sizeof(ep->name), "%s", db_name(db));
+			ep->txid = initial ? p.txid : 0; /* known at init: no event */
+		}
+		if (p.txid == ep->txid)
+			continue;
+		ep->txid = p.txid;
+		char txid[17], ck[17], when[96];
+		snprintf(txid, sizeof(txid), "%016" PRIx64, p.txid);
+		snprintf(ck, sizeof(ck), "%016" PRIx64, p.checksum);
+		time_t t = (time_t)(p.timestamp / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+			 tm.tm_sec, (int)(p.timestamp % 1000));
+		db_get_stats(db, &st);
+		ev_append(e, json_pack("{s:s,s:s,s:{s:s,s:s,s:i,s:i,s:s}}", "type", "tx", "db",
+				       db_name(db), "data", "txID", txid, "postApplyChecksum", ck,
+				       "pageSize", (int)st.page_size, "commit", (int)st.page_count,
+				       "timestamp", when));
+	}
+}
+
+static ssize_t events_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct events *e = cls;
+	(void)pos;
+	for (;;) {
+		if (e->off < e->len) {
+			size_t k = e->len - e->off < max ? e->len - e->off : max;
+			memcpy(buf, e->buf + e->off, k);
+			e->off += k;
+			if (e->off == e->len)
+				e->off = e->len = 0;
+			e->last_write = mono_ms();
+			return (ssize_t)k;
+		}
+		if (e->h->stopping)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		uint64_t seq = store_change_seq(e->h->store);
+		ev_scan(e);
+		if (e->len)
+			continue;
+		if (mono_ms() - e->last_write >= 15000) {
+			/* keep-alive: an empty line, so idle proxies do not cut the stream */
+			return (ssize_t)snprintf(buf, max, "\n");
+		}
+		store_wait_change(e->h->store, seq, 1000);
+	}
+}
+
+static void events_free(void *cls)
+{
+	struct events *e = cls;
+	pthread_mutex_lock(&e->h->mu);
+	e->h->nevents--;
+	pthread_mutex_unlock(&e->h->mu);
+	free(e->pos);
+	free(e->buf);
+	free(e);
+}
+
+static enum MHD_Result handle_events(struct httpd *h, struct MHD_Connection *c)
+{
+	struct events *e = calloc(1, sizeof(*e));
+	if (!e)
+		return MHD_NO;
+	e->h = h;
+	e->last_write = mono_ms();
+	struct MHD_Response *resp =
+	    MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, events_read, e, events_free);
+	if (!resp) {
+		free(e);
+		return MHD_NO;
+	}
+	pthread_mutex_lock(&h->mu);
+	h->nevents++;
+	pthread_mutex_unlock(&h->mu);
+	add_identity(h, resp);
+	MHD_add_response_header(resp, "Content-Type", "application/x-ndjson");
+	MHD_add_response_header(resp, "Cache-Control", "no-cache");
+	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* ------------------------------------------------------------ /export */
+
+static enum MHD_Result handle_export(struct httpd *h, struct MHD_Connection *c)
+{
+	const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "name");
+	if (!name || !stream_name_valid(name, strlen(name)))
+		return reply_error(h, c, MHD_HTTP_BAD_REQUEST, "want name=DATABASE");
+	struct db *db = store_find(h->store, name);
+	if (!db || !db_exists(db))
+		return reply_error(h, c, MHD_HTTP_NOT_FOUND, "no such database");
+	int fd = open(h->data_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(errno));
+	struct db_pos p;
+	int r = db_export(db, fd, &p);
+	struct stat sb;
+	if (r == 0 && fstat(fd, &sb) < 0)
+		r = -errno;
+	if (r < 0) {
+		close(fd);
+		return reply_error(
+		    h, c, r == -ENOENT ? MHD_HTTP_NOT_FOUND : MHD_HTTP_INTERNAL_SERVER_ERROR,
+		    r == -ENOENT ? "the database is empty" : strerror(-r));
+	}
+	struct MHD_Response *resp = MHD_create_response_from_fd((size_t)sb.st_size, fd);
+	if (!resp) {
+		close(fd);
+		return MHD_NO;
+	}
+	char txid[17];
+	snprintf(txid, sizeof(txid), "%016" PRIx64, p.txid);
+	add_identity(h, resp);
+	MHD_add_response_header(resp, "Content-Type", "application/vnd.sqlite3");
+	MHD_add_response_header(resp, "Ltxfs-Txid", txid);
+	enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* ------------------------------------------------------------ /import */
+
+/* Check the uploaded file is a SQLite database that passes integrity_check. */
+static int import_check(const char *path, char *err, size_t n)
+{
+	sqlite3 *s = NULL;
+	sqlite3_stmt *st = NULL;
+	int r = -EINVAL;
+	char uri[4300];
+	snprintf(uri, sizeof(uri), "file:%s?mode=ro", path);
+	if (sqlite3_open_v2(uri, &s, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK) {
+		snprintf(err, n, "cannot open the upload: %s",
+			 s ? sqlite3_errmsg(s) : "out of memory");
+		goto out;
+	}
+	if (sqlite3_prepare_v2(s, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK) {
+		snprintf(err, n, "not a SQLite database: %s", sqlite3_errmsg(s));
+		goto out;
+	}
+	int rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		snprintf(err, n, "not a SQLite database: %s", sqlite3_errmsg(s));
+		goto out;
+	}
+	const char *res = (const char *)sqlite3_column_text(st, 0);
+	if (!res || strcmp(res, "ok") != 0) {
+		snprintf(err, n, "the database fails integrity_check: %.300s", res ? res : "?");
+		goto out;
+	}
+	r = 0;
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(s);
+	return r;
+}
+
+/*
+ * Copy the checked upload into <mount>/<name> with SQLite's backup API, as
+ * any client of the mount would write: SQLite takes its locks, journals the
+ * change, bumps the change counter and the schema cookie (so connections
+ * already open re-read the schema), and ltxfs captures one transaction that
+ * replicates like any other.
+ */
+static int import_into(struct httpd *h, const char *src_path, const char *name, char *err, size_t n)
+{
+	sqlite3 *src = NULL, *dst = NULL;
+	sqlite3_backup *b = NULL;
+	char dpath[4400];
+	int r = -EIO;
+	snprintf(dpath, sizeof(dpath), "%s/%s", h->mount_dir, name);
+	if (sqlite3_open_v2(src_path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_open_v2(dpath, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+		SQLITE_OK) {
+		snprintf(err, n, "cannot open %.200s: %s", dpath,
+			 dst   ? sqlite3_errmsg(dst)
+			 : src ? sqlite3_errmsg(src)
+			       : "out of memory");
+		goto out;
+	}
+	sqlite3_busy_timeout(dst, 10000);
+	b = sqlite3_backup_init(dst, "main", src, "main");
+	if (!b) {
+		snprintf(err, n, "cannot start the copy: %s", sqlite3_errmsg(dst));
+		goto out;
+	}
+	int rc;
+	while ((rc = sqlite3_backup_step(b, 4096)) == SQLITE_OK || rc == SQLITE_BUSY ||
+	       rc == SQLITE_LOCKED)
+		if (rc != SQLITE_OK)
+			sqlite3_sleep(5);
+	sqlite3_backup_finish(b);
+	b = NULL;
+	if (rc != SQLITE_DONE) {
+		snprintf(err, n, "copying into %.200s failed: %s%s", dpath, sqlite3_errstr(rc),
+			 rc == SQLITE_READONLY ? " (a WAL database cannot change its page size: "
+						 "remove it first)"
+					       : "");
+		goto out;
+	}
+	r = 0;
+out:
+	sqlite3_backup_finish(b);
+	sqlite3_close(dst);
+	sqlite3_close(src);
+	return r;
+}
+
+static enum MHD_Result handle_import(struct httpd *h, struct MHD_Connection *c, struct request *rq)
+{
+	char err[600];
+	const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "name");
+	if (!name || !stream_name_valid(name, strlen(name)))
+		return reply_error(h, c, MHD_HTTP_BAD_REQUEST, "want name=DATABASE");
+	if (rq->uperr)
+		return reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(rq->uperr));
+	if (rq->upfd < 0 || rq->uplen == 0)
+		return reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+				   "empty upload: send the SQLite file as the body");
+	if (!store_accepts_writes(h->store))
+		return reply_error(h, c, MHD_HTTP_CONFLICT,
+				   "this node is not the primary: import on the primary");
+	if (fsync(rq->upfd) < 0 || import_check(rq->uppath, err, sizeof(err)) < 0) {
+		log_warn("import of '%s' refused: %s", name, err);
+		return reply_error(h, c, MHD_HTTP_BAD_REQUEST, err);
+	}
+	pthread_mutex_lock(&h->import_mu);
+	int r = import_into(h, rq->uppath, name, err, sizeof(err));
+	pthread_mutex_unlock(&h->import_mu);
+	if (r < 0) {
+		log_warn("import of '%s' failed: %s", name, err);
+		return reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, err);
+	}
+	struct db *db = store_find(h->store, name);
+	struct db_pos p = {0};
+	if (db)
+		db_get_pos(db, &p);
+	char txid[17];
+	snprintf(txid, sizeof(txid), "%016" PRIx64, p.txid);
+	log_info("db '%s': imported %" PRIu64 " bytes as TXID %s", name, rq->uplen, txid);
+	return reply_json(
+	    h, c, MHD_HTTP_OK,
+	    json_pack("{s:s,s:s,s:I}", "name", name, "txid", txid, "bytes", (json_int_t)rq->uplen));
+}
+
 /* ------------------------------------------------------------- routing */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -758,11 +1344,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		rq = calloc(1, sizeof(*rq));
 		if (!rq)
 			return MHD_NO;
+		rq->upfd = -1;
 		*con_cls = rq;
+		if (strcmp(url, "/import") == 0 && strcmp(method, "POST") == 0 && token_ok(h, c)) {
+			/* the upload goes to a file beside the data, not to memory */
+			snprintf(rq->uppath, sizeof(rq->uppath), "%s/.import-XXXXXX", h->data_dir);
+			rq->upfd = mkostemp(rq->uppath, O_CLOEXEC);
+			if (rq->upfd < 0) {
+				rq->uperr = errno;
+				rq->uppath[0] = '\0';
+			}
+		}
 		return MHD_YES;
 	}
 	if (*upload_size > 0) {
-		if (rq->len + *upload_size > MAX_POSMAP_BYTES) {
+		if (rq->upfd >= 0 || rq->uperr) {
+			if (rq->upfd >= 0 && !rq->uperr &&
+			    fs_pwrite_full(rq->upfd, upload, *upload_size, (off_t)rq->uplen) < 0)
+				rq->uperr = errno ? errno : EIO;
+			rq->uplen += *upload_size;
+		} else if (rq->len + *upload_size > MAX_POSMAP_BYTES) {
 			rq->too_big = true;
 		} else {
 			char *b = realloc(rq->body, rq->len + *upload_size);
@@ -775,32 +1376,51 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	if (strcmp(url, "/stream") == 0) {
-		if (strcmp(method, "POST") != 0)
-			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+	static const struct {
+		const char *path, *method;
+		bool mutating; /* node-to-node or changes state: always needs the token */
+	} routes[] = {
+	    {"/stream", "POST", true},	{"/ltx", "GET", true},	   {"/handoff", "POST", true},
+	    {"/promote", "POST", true}, {"/import", "POST", true}, {"/info", "GET", false},
+	    {"/metrics", "GET", false}, {"/events", "GET", false}, {"/export", "GET", false},
+	    {"/health", "GET", false},
+	};
+	size_t ri;
+	for (ri = 0; ri < sizeof(routes) / sizeof(routes[0]); ri++)
+		if (strcmp(url, routes[ri].path) == 0)
+			break;
+	if (ri == sizeof(routes) / sizeof(routes[0]))
+		return reply_error(h, c, MHD_HTTP_NOT_FOUND, "no such endpoint");
+	if (strcmp(method, routes[ri].method) != 0) {
+		char msg[32];
+		snprintf(msg, sizeof(msg), "use %s", routes[ri].method);
+		return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, msg);
+	}
+	if ((routes[ri].mutating || (h->read_auth && strcmp(url, "/health") != 0)) &&
+	    !token_ok(h, c))
+		return reply_unauthorized(h, c);
+	switch (ri) {
+	case 0:
 		return handle_stream(h, c, rq);
-	}
-	if (strcmp(url, "/ltx") == 0) {
-		if (strcmp(method, "GET") != 0)
-			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
+	case 1:
 		return handle_ltx(h, c);
-	}
-	if (strcmp(url, "/handoff") == 0) {
-		if (strcmp(method, "POST") != 0)
-			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+	case 2:
 		return handle_handoff(h, c);
-	}
-	if (strcmp(url, "/promote") == 0) {
-		if (strcmp(method, "POST") != 0)
-			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+	case 3:
 		return handle_promote(h, c);
-	}
-	if (strcmp(url, "/info") == 0) {
-		if (strcmp(method, "GET") != 0)
-			return reply_error(h, c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
+	case 4:
+		return handle_import(h, c, rq);
+	case 5:
 		return handle_info(h, c);
+	case 6:
+		return handle_metrics(h, c);
+	case 7:
+		return handle_events(h, c);
+	case 8:
+		return handle_export(h, c);
+	default:
+		return handle_health(h, c);
 	}
-	return reply_error(h, c, MHD_HTTP_NOT_FOUND, "no such endpoint");
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -811,6 +1431,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)c;
 	(void)toe;
 	if (rq) {
+		if (rq->upfd >= 0)
+			close(rq->upfd);
+		if (rq->uppath[0])
+			unlink(rq->uppath);
 		free(rq->body);
 		free(rq);
 		*con_cls = NULL;
@@ -874,6 +1498,14 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 	h->store = opt->store;
 	h->elector = opt->elector;
 	h->hooks = opt->hooks;
+	h->read_auth = opt->read_auth;
+	pthread_mutex_init(&h->import_mu, NULL);
+	if ((opt->mount_dir && !(h->mount_dir = strdup(opt->mount_dir))) ||
+	    (opt->data_dir && !(h->data_dir = strdup(opt->data_dir))) ||
+	    (opt->token && !(h->token = strdup(opt->token)))) {
+		r = -ENOMEM;
+		goto fail;
+	}
 	h->hostname = strdup(opt->hostname ? opt->hostname : "");
 	h->advertise_url = strdup(opt->advertise_url ? opt->advertise_url : "");
 	if (!h->hostname || !h->advertise_url) {
@@ -931,6 +1563,10 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 fail:
 	free(h->hostname);
 	free(h->advertise_url);
+	free(h->mount_dir);
+	free(h->data_dir);
+	free(h->token);
+	pthread_mutex_destroy(&h->import_mu);
 	pthread_mutex_destroy(&h->mu);
 	free(h);
 	return r;
@@ -951,8 +1587,12 @@ void httpd_stop(struct httpd *h)
 	if (h->d)
 		MHD_stop_daemon(h->d);
 	pthread_mutex_destroy(&h->mu);
+	pthread_mutex_destroy(&h->import_mu);
 	free(h->hostname);
 	free(h->advertise_url);
+	free(h->mount_dir);
+	free(h->data_dir);
+	free(h->token);
 	free(h);
 }
 

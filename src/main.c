@@ -12,6 +12,7 @@
  * a clean stop, 2 for usage and configuration errors, 1 for runtime errors,
  * or the subprocess's own status.
  */
+#include "ltxfs/cli.h"
 #include "ltxfs/config.h"
 #include "ltxfs/elector.h"
 #include "ltxfs/fusefs.h"
@@ -23,6 +24,7 @@
 #include "ltxfs/store.h"
 
 #include <curl/curl.h>
+#include <systemd/sd-daemon.h>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -43,7 +45,12 @@ static void usage(FILE *f)
 	fprintf(f,
 		"ltxfs %s - SQLite replication through a FUSE file system\n\n"
 		"Usage:\n"
-		"  ltxfs mount [-config PATH] [-no-expand-env] [-- CMD ARGS...]\n"
+		"  ltxfs mount [-config PATH] [-no-expand-env] [-check-config] [-- CMD ARGS...]\n"
+		"  ltxfs import -name NAME [-url URL] PATH\n"
+		"  ltxfs export -name NAME [-url URL] PATH\n"
+		"  ltxfs status [-url URL] [-json]\n"
+		"  ltxfs run [-url URL] [-promote] [-if-candidate] -- CMD ARGS...\n"
+		"  ltxfs ltx dump FILE | ltxfs ltx verify FILE\n"
 		"  ltxfs orphans [-config PATH]\n"
 		"  ltxfs version\n\n"
 		"Without -config, ltxfs reads ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml or\n"
@@ -117,6 +124,50 @@ static void follow(void *ctx, const char *url)
 	replica_follow(ctx, url);
 }
 
+/*
+ * The effective configuration as one log line of dotted keys
+ * ("fuse.dir=/litefs data.dir=..."), secrets masked: config_dump's YAML,
+ * flattened so that a log line stays one event.
+ */
+static void log_config(const struct config *cfg)
+{
+	char *yaml = NULL, out[8192], sect[3][64] = {"", "", ""};
+	size_t ylen = 0, n = 0;
+	FILE *f = open_memstream(&yaml, &ylen);
+	if (!f)
+		return;
+	config_dump(cfg, f);
+	fclose(f);
+	out[0] = '\0';
+	for (char *line = strtok(yaml, "\n"); line; line = strtok(NULL, "\n")) {
+		int ind = 0;
+		while (line[ind] == ' ')
+			ind++;
+		char *k = line + ind, *colon = strstr(k, ": ");
+		int lvl = ind / 2 > 2 ? 2 : ind / 2;
+		size_t kl = strlen(k);
+		if (k[0] == '#' || kl == 0)
+			continue;
+		if (!colon && k[kl - 1] == ':' && k[0] != '-') { /* a section */
+			snprintf(sect[lvl], sizeof(sect[lvl]), "%.*s", (int)kl - 1, k);
+			continue;
+		}
+		char key[256] = "";
+		for (int l = 0; l < lvl; l++)
+			snprintf(key + strlen(key), sizeof(key) - strlen(key), "%s.", sect[l]);
+		if (k[0] == '-') /* a list item of the enclosing section */
+			n += (size_t)snprintf(out + n, n < sizeof(out) ? sizeof(out) - n : 0,
+					      "%s%.*s=%s", n ? " " : "", (int)strlen(key) - 1, key,
+					      k + 2);
+		else if (colon)
+			n += (size_t)snprintf(out + n, n < sizeof(out) ? sizeof(out) - n : 0,
+					      "%s%s%.*s=%s", n ? " " : "", key, (int)(colon - k), k,
+					      colon + 2);
+	}
+	free(yaml);
+	log_info("effective configuration: %s", out);
+}
+
 static pid_t spawn(char **argv, const sigset_t *oldmask)
 {
 	pid_t pid = fork();
@@ -140,7 +191,7 @@ static int cmd_mount(int argc, char **argv)
 	mallopt(M_MMAP_THRESHOLD, 16 << 20);
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	const char *config_path = NULL;
-	bool expand = true;
+	bool expand = true, check_only = false;
 	char **cmd = NULL;
 	struct config cfg;
 	char err[1024] = "";
@@ -164,7 +215,8 @@ static int cmd_mount(int argc, char **argv)
 		}
 		const char *f = flag_name(argv[i]);
 		if (!f) {
-			fprintf(stderr, "ltxfs mount: unexpected argument '%s'\n", argv[i]);
+			fprintf(stderr, "ltxfs mount: unexpected argument '%s'\n\n", argv[i]);
+			usage(stderr);
 			return 2;
 		}
 		const char *eq = strchr(f, '=');
@@ -180,11 +232,14 @@ static int cmd_mount(int argc, char **argv)
 			}
 		} else if (strcmp(f, "no-expand-env") == 0) {
 			expand = false;
+		} else if (strcmp(f, "check-config") == 0) {
+			check_only = true;
 		} else if (strcmp(f, "h") == 0 || strcmp(f, "help") == 0) {
 			usage(stdout);
 			return 0;
 		} else {
-			fprintf(stderr, "ltxfs mount: unknown flag '%s'\n", argv[i]);
+			fprintf(stderr, "ltxfs mount: unknown flag '%s'\n\n", argv[i]);
+			usage(stderr);
 			return 2;
 		}
 	}
@@ -214,6 +269,19 @@ static int cmd_mount(int argc, char **argv)
 		return 2;
 	}
 	free(found);
+	if (check_only) {
+		/* validate what mount would, print the effective config, mount nothing */
+		if (strcmp(cfg.lease.type, "static") != 0 &&
+		    lease_new(&lease, &cfg, err, sizeof(err)) < 0) {
+			fprintf(stderr, "ltxfs: %s: %s\n", cfg.path, err);
+			config_release(&cfg);
+			return 2;
+		}
+		lease_free(lease);
+		config_dump(&cfg, stdout);
+		config_release(&cfg);
+		return 0;
+	}
 	log_init(strcmp(cfg.log.format, "json") == 0, cfg.log.debug);
 	/* Static lease, as LiteFS: a candidate is the primary; any other node
 	 * replicates from lease.advertise-url, which names the primary. With
@@ -231,6 +299,7 @@ static int cmd_mount(int argc, char **argv)
 						  : "replica (elected lease, not a candidate)")
 		 : primary ? "primary (static lease)"
 			   : "replica");
+	log_config(&cfg);
 
 	/* Signals are taken synchronously by this thread only. */
 	sigset_t mask, oldmask;
@@ -272,7 +341,11 @@ static int cmd_mount(int argc, char **argv)
 	struct httpd_options ho = {.addr = cfg.http.addr,
 				   .hostname = cfg.lease.hostname,
 				   .advertise_url = cfg.lease.advertise_url,
-				   .store = store};
+				   .store = store,
+				   .mount_dir = cfg.fuse.dir,
+				   .data_dir = cfg.data.dir,
+				   .token = cfg.http.token,
+				   .read_auth = cfg.http.read_auth};
 	fusefs_apply_hooks(fs, &ho.hooks);
 	r = httpd_start(&httpd, &ho, err, sizeof(err));
 	if (r < 0) {
@@ -286,6 +359,7 @@ static int cmd_mount(int argc, char **argv)
 		    .store = store,
 		    .primary_url = elected ? NULL : cfg.lease.advertise_url,
 		    .advertise_url = elected ? cfg.lease.advertise_url : NULL,
+		    .token = cfg.http.token,
 		    .on_handoff = on_handoff,
 		    .handoff_ctx = &elector};
 		fusefs_apply_hooks(fs, &ro.hooks);
@@ -306,6 +380,7 @@ static int cmd_mount(int argc, char **argv)
 					     .candidate = cfg.lease.candidate,
 					     .promote = cfg.lease.promote,
 					     .reconnect_delay_ms = cfg.lease.reconnect_delay_ms,
+					     .token = cfg.http.token,
 					     .follow = follow,
 					     .ctx = replica};
 		r = elector_start(&elector, &eo);
@@ -326,13 +401,37 @@ static int cmd_mount(int argc, char **argv)
 			ret_started = true;
 	}
 
+	/*
+	 * With an elected lease, as LiteFS: the commands run once this node is
+	 * primary or caught up with one (skip-sync: at once), so that
+	 * migrations see the cluster's data and a replica's reads are current.
+	 */
+	if (elected && !cfg.skip_sync && (cmd || cfg.n_exec > 0)) {
+		log_info("waiting to be primary or in sync before starting the command");
+		for (;;) {
+			if (store_accepts_writes(store) || store_caught_up(store))
+				break;
+			struct timespec ts = {0, 50000000};
+			int sig = sigtimedwait(&mask, NULL, &ts);
+			if (sig == SIGINT || sig == SIGTERM) {
+				log_info("received signal %d before the command started", sig);
+				goto out;
+			}
+		}
+	}
+	/* systemd Type=notify: the mount and the HTTP server are up */
+	sd_notifyf(0, "READY=1\nSTATUS=%s",
+		   elected   ? "following the lease"
+		   : primary ? "primary"
+			     : "replica");
 	char **run = cmd;
 	if (!run && cfg.n_exec > 0)
 		run = cfg.exec[cfg.n_exec - 1].argv;
 	if (cfg.n_exec > 1 && !cmd) {
 		/* every command but the last runs to completion first (migrations) */
 		for (size_t i = 0; i + 1 < cfg.n_exec; i++) {
-			if (cfg.exec[i].if_candidate && !cfg.lease.candidate)
+			if (cfg.exec[i].if_candidate &&
+			    (!cfg.lease.candidate || (elected && !store_accepts_writes(store))))
 				continue; /* migrations run only where writes are possible */
 			pid_t p = spawn(cfg.exec[i].argv, &oldmask);
 			int ws = 0;
@@ -392,6 +491,7 @@ static int cmd_mount(int argc, char **argv)
 		break;
 	}
 out:
+	sd_notify(0, "STOPPING=1");
 	if (ret_started) {
 		pthread_mutex_lock(&ret.mu);
 		ret.stop = true;
@@ -445,7 +545,10 @@ static int cmd_orphans(int argc, char **argv)
 			    "own.\n");
 			return 0;
 		} else {
-			fprintf(stderr, "ltxfs orphans: unknown argument '%s'\n", argv[i]);
+			fprintf(stderr,
+				"ltxfs orphans: unknown argument '%s'\n\nUsage: ltxfs orphans "
+				"[-config PATH]\n",
+				argv[i]);
 			return 2;
 		}
 	}
@@ -543,8 +646,24 @@ int main(int argc, char **argv)
 		curl_global_cleanup();
 		return rc;
 	}
-	if (strcmp(cmd, "orphans") == 0)
-		return cmd_orphans(argc - 2, argv + 2);
+	static const struct {
+		const char *name;
+		int (*fn)(int, char **);
+		bool curl;
+	} cmds[] = {
+	    {"orphans", cmd_orphans, false}, {"import", cmd_import, true},
+	    {"export", cmd_export, true},    {"status", cmd_status, true},
+	    {"run", cmd_run, true},	     {"ltx", cmd_ltx, false},
+	};
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(cmd, cmds[i].name) == 0) {
+			if (cmds[i].curl)
+				curl_global_init(CURL_GLOBAL_DEFAULT);
+			int rc = cmds[i].fn(argc - 2, argv + 2);
+			if (cmds[i].curl)
+				curl_global_cleanup();
+			return rc;
+		}
 	if (f && (strcmp(f, "h") == 0 || strcmp(f, "help") == 0)) {
 		usage(stdout);
 		return 0;

@@ -25,6 +25,7 @@
 
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
+#include "ltxfs/metrics.h"
 #include "ltxfs/stream.h"
 
 #include <curl/curl.h>
@@ -150,6 +151,7 @@ static int on_ltx_end(void *ctx)
 	}
 	log_debug("db '%s': applied LTX %016" PRIx64 "-%016" PRIx64, db_name(c->db), h.min_txid,
 		  h.max_txid);
+	metrics_add(ltx_header_is_snapshot(&h) ? MC_SNAPSHOTS_APPLIED : MC_LTX_APPLIED, 1);
 	store_note_primary_time(c->r->opt.store, h.timestamp, false);
 	return 0;
 }
@@ -275,6 +277,7 @@ static size_t on_body(char *buf, size_t size, size_t nmemb, void *ctx)
 	struct wctx *w = ctx;
 	struct conn *c = w->c;
 	size_t n = size * nmemb;
+	metrics_add(MC_STREAM_BYTES_RECEIVED, n);
 	if (!c->checked) {
 		c->checked = true;
 		if (check_peer(c, w->h) < 0)
@@ -349,7 +352,7 @@ static bool run_once(struct replica *r)
 	struct conn c;
 	uint8_t *body = NULL;
 	size_t blen = 0;
-	char url[2048], hid[64], hcid[64], hadv[1100];
+	char url[2048], hid[64], hcid[64], hadv[1100], hauth[600];
 	struct curl_slist *hdrs = NULL;
 	CURL *h = NULL;
 	bool progress = false;
@@ -382,6 +385,10 @@ static bool run_once(struct replica *r)
 	if (cid[0]) {
 		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
 		hdrs = curl_slist_append(hdrs, hcid);
+	}
+	if (r->opt.token) {
+		snprintf(hauth, sizeof(hauth), "Authorization: Bearer %s", r->opt.token);
+		hdrs = curl_slist_append(hdrs, hauth);
 	}
 	if (r->opt.advertise_url) {
 		snprintf(hadv, sizeof(hadv), "Ltxfs-Advertise-Url: %s", r->opt.advertise_url);

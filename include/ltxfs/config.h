@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 struct config_exec {
 	char **argv; /* NULL-terminated, split with shell-word rules */
@@ -43,7 +44,9 @@ struct config {
 		int64_t retention_monitor_interval_ms; /* 1m */
 	} data;
 	struct {
-		char *addr; /* ":20202" */
+		char *addr;	/* ":20202" */
+		char *token;	/* shared secret; default: $LTXFS_HTTP_TOKEN; NULL: none */
+		bool read_auth; /* false: read-only endpoints need no token */
 	} http;
 	struct {
 		char *type;	     /* required: "static", "consul" or "etcd" */
@@ -105,6 +108,13 @@ int config_find(char **ret_path);
  * (caller frees) or NULL on OOM.
  */
 char *config_expand_env(const char *text);
+
+/*
+ * Print the effective configuration as YAML to f, secrets masked (http.token,
+ * lease.etcd.password, a token in lease.consul.url): `ltxfs mount
+ * -check-config` and the start-up log.
+ */
+void config_dump(const struct config *cfg, FILE *f);
 
 /* Go time.ParseDuration subset ("10m", "1m30s", "250ms", "2h", "0"). 0 or -EINVAL. */
 int config_parse_duration(const char *s, int64_t *ret_ms);

@@ -144,6 +144,14 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
  */
 int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx_trailer *ret_t);
 
+/*
+ * Write a consistent copy of the committed database, as a plain SQLite file
+ * (rollback-mode header), into fd at offset 0 (GET /export). Holds the
+ * database lock while it copies; every page is checked against its committed
+ * checksum. -ENOENT for a database with no pages. *ret_pos: the position copied.
+ */
+int db_export(struct db *db, int fd, struct db_pos *ret_pos);
+
 /* ---- replication (replica side) ---- */
 
 /* An anonymous file in the database's ltx directory to receive an LTX file into. */
@@ -193,6 +201,18 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
  * before it applies anything.
  */
 bool db_txn_pending(struct db *db);
+
+/* Counters and sizes for GET /metrics and `ltxfs status`. */
+struct db_stats {
+	uint64_t writes[DB_FILE_N]; /* write calls per file kind */
+	uint64_t commits;	    /* transactions committed here (not applied) */
+	uint64_t ltx_removed;	    /* LTX files removed by retention */
+	uint64_t ltx_files, ltx_bytes;
+	uint64_t size_bytes; /* committed database size */
+	uint32_t page_size, page_count;
+};
+/* Snapshot of the counters (lists the ltx directory; any thread). */
+void db_get_stats(struct db *db, struct db_stats *st);
 
 /* Test/diagnostic: the rolling checksum the engine holds in memory. */
 uint64_t db_checksum(struct db *db);

@@ -29,6 +29,7 @@ struct elector_options {
 	bool candidate;
 	bool promote; /* lease.promote: ask for a handoff once caught up */
 	int64_t reconnect_delay_ms;
+	const char *token; /* http.token for POST /handoff (NULL: none) */
 	/* Follow the primary at url (NULL: follow nobody). Called on the elector thread. */
 	void (*follow)(void *ctx, const char *url);
 	void *ctx;

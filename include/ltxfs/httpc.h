@@ -30,6 +30,10 @@ struct httpc_req {
 	 * (the call then returns 0 with stopped set). The body is not kept. */
 	bool (*on_data)(void *ctx, const char *buf, size_t n);
 	void *ctx;
+	/* Progress of the body sent (up) or received (down), totals 0 when unknown. */
+	void (*progress)(void *pctx, uint64_t down, uint64_t down_total, uint64_t up,
+			 uint64_t up_total);
+	void *pctx;
 };
 
 struct httpc_resp {

@@ -30,6 +30,15 @@ struct httpd_options {
 	struct elector *elector;
 	/* The mount's apply hooks: a new primary adopts transactions a replica got further in. */
 	struct db_apply_hooks hooks;
+	const char *mount_dir; /* fuse.dir: POST /import writes through the mount */
+	const char *data_dir;  /* data.dir: where an upload waits while it is checked */
+	/*
+	 * http.token: when set, node-to-node and mutating endpoints (/stream,
+	 * /ltx, /handoff, /promote, /import) need "Authorization: Bearer
+	 * <token>"; with read_auth the read-only ones too (/health never).
+	 */
+	const char *token;
+	bool read_auth;
 };
 
 struct httpd;

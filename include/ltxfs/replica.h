@@ -19,6 +19,7 @@ struct replica_options {
 	struct db_apply_hooks hooks; /* from fusefs_apply_hooks() */
 	const char *primary_url;     /* the static lease's advertise-url; NULL: none yet */
 	const char *advertise_url;   /* this node's own URL, sent so a new primary can adopt */
+	const char *token;	     /* http.token, sent as a bearer token (NULL: none) */
 	/* A HANDOFF frame arrived (replica thread): the lease token. NULL: ignored. */
 	void (*on_handoff)(void *ctx, const char *token);
 	void *handoff_ctx;
