@@ -55,14 +55,18 @@ static int parse_flags(int argc, char **argv, struct flag *flags, const char **p
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
 		if (strcmp(a, "--") == 0) {
-			if (!rest)
-				goto bad_arg;
+			if (!rest) {
+				fprintf(stderr, "ltxfs: unexpected argument '--'\n\n%s", usage);
+				return 2;
+			}
 			*rest = argv + i + 1;
 			return 0;
 		}
 		if (a[0] != '-' || a[1] == '\0') {
-			if (*got >= npos)
-				goto bad_arg;
+			if (*got >= npos) {
+				fprintf(stderr, "ltxfs: unexpected argument '%s'\n\n%s", a, usage);
+				return 2;
+			}
 			pos[(*got)++] = a;
 			continue;
 		}
@@ -98,9 +102,20 @@ static int parse_flags(int argc, char **argv, struct flag *flags, const char **p
 		}
 	}
 	return 0;
-bad_arg:
-	fprintf(stderr, "ltxfs: unexpected argument '%s'\n\n%s", argv[*got], usage);
-	return 2;
+}
+
+/* Append name to url, percent-encoded as a query value. */
+static void append_escaped(char *url, size_t n, const char *name)
+{
+	size_t k = strlen(url);
+	for (const unsigned char *c = (const unsigned char *)name; *c && k + 4 < n; c++) {
+		if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		    (*c >= '0' && *c <= '9') || *c == '-' || *c == '_' || *c == '.' || *c == '~')
+			url[k++] = (char)*c;
+		else
+			k += (size_t)snprintf(url + k, n - k, "%%%02X", *c);
+	}
+	url[k] = '\0';
 }
 
 static void auth_header(char *buf, size_t n)
@@ -229,12 +244,11 @@ int cmd_import(int argc, char **argv)
 		fprintf(stderr, "ltxfs import: cannot map %s: %s\n", pos[0], strerror(errno));
 		return 1;
 	}
-	char u[2048], auth[600], *esc = NULL, err[700];
+	char u[2048], auth[600], err[700];
 	snprintf(u, sizeof(u), "%s", url);
 	trim_url(u);
-	esc = strdup(name);
-	snprintf(u + strlen(u), sizeof(u) - strlen(u), "/import?name=%s", esc ? esc : name);
-	free(esc);
+	strncat(u, "/import?name=", sizeof(u) - strlen(u) - 1);
+	append_escaped(u, sizeof(u), name);
 	auth_header(auth, sizeof(auth));
 	struct bar b = {
 	    .on = isatty(STDERR_FILENO), .up = true, .total_hint = (uint64_t)sb.st_size};
@@ -302,6 +316,22 @@ static bool dl_write(void *ctx, const char *buf, size_t n)
 	return true;
 }
 
+/*
+ * A stale -journal, -wal or -shm beside PATH would be taken for the new
+ * file's own (a hot journal rolled back into it): remove them first.
+ */
+static int remove_sidecars(const char *path)
+{
+	static const char *const sfx[] = {"-journal", "-wal", "-shm"};
+	char p[4300];
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+		if (unlink(p) < 0 && errno != ENOENT)
+			return -1;
+	}
+	return 0;
+}
+
 int cmd_export(int argc, char **argv)
 {
 	const char *name = NULL, *url = DEFAULT_URL, *pos[1];
@@ -325,7 +355,8 @@ int cmd_export(int argc, char **argv)
 	}
 	snprintf(u, sizeof(u), "%s", url);
 	trim_url(u);
-	snprintf(u + strlen(u), sizeof(u) - strlen(u), "/export?name=%s", name);
+	strncat(u, "/export?name=", sizeof(u) - strlen(u) - 1);
+	append_escaped(u, sizeof(u), name);
 	auth_header(auth, sizeof(auth));
 	struct dl d = {fd, 0};
 	struct bar b = {.on = isatty(STDERR_FILENO), .up = false};
@@ -350,7 +381,7 @@ int cmd_export(int argc, char **argv)
 	} else if (r < 0 || d.err) {
 		fprintf(stderr, "ltxfs export: %s\n", d.err ? strerror(d.err) : resp.err);
 		r = -1;
-	} else if (fsync(fd) < 0 || rename(tmp, pos[0]) < 0) {
+	} else if (fsync(fd) < 0 || remove_sidecars(pos[0]) < 0 || rename(tmp, pos[0]) < 0) {
 		fprintf(stderr, "ltxfs export: cannot write %s: %s\n", pos[0], strerror(errno));
 		r = -1;
 	} else {
@@ -493,6 +524,14 @@ static const char run_usage[] =
     "  -url URL       the node's HTTP address (default " DEFAULT_URL ")\n"
     "The exit status is the command's.\n";
 
+static volatile pid_t run_child;
+
+static void forward_signal(int sig)
+{
+	if (run_child > 0)
+		kill(run_child, sig);
+}
+
 int cmd_run(int argc, char **argv)
 {
 	const char *url = DEFAULT_URL;
@@ -552,9 +591,13 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "ltxfs run: cannot run '%s': %s\n", rest[0], strerror(errno));
 		_exit(127);
 	}
-	/* forward SIGINT/SIGTERM to the command while waiting */
-	signal(SIGINT, SIG_IGN);
-	signal(SIGTERM, SIG_IGN);
+	/* forward SIGINT/SIGTERM/SIGHUP to the command while waiting */
+	run_child = pid;
+	struct sigaction sa = {.sa_handler = forward_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	int ws = 0;
 	while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
 		;

@@ -1988,6 +1988,17 @@ static int finish(struct pctx *p)
 		if (t && *t && !(c->http.token = strdup(t)))
 			return -ENOMEM;
 	}
+	if (c->http.token) {
+		size_t tl = strlen(c->http.token);
+		bool ok = tl >= 8 && tl <= 256;
+		for (const char *t = c->http.token; *t && ok; t++)
+			ok = *t > 0x20 && *t < 0x7f;
+		if (!ok)
+			return fail(
+			    p, NULL,
+			    "key 'http.token' (or $LTXFS_HTTP_TOKEN): want 8 to 256 printable "
+			    "characters without spaces");
+	}
 	if (c->http.read_auth && !c->http.token)
 		return fail(p, NULL,
 			    "key 'http.read-auth' needs a token (http.token or $LTXFS_HTTP_TOKEN)");
@@ -2274,10 +2285,17 @@ void config_dump(const struct config *c, FILE *f)
 	if (c->n_exec) {
 		fprintf(f, "exec:\n");
 		for (size_t i = 0; i < c->n_exec; i++) {
-			fprintf(f, "  - cmd: \"");
-			for (char **a = c->exec[i].argv; a && *a; a++)
-				fprintf(f, "%s%s", a == c->exec[i].argv ? "" : " ", *a);
-			fprintf(f, "\"\n    if-candidate: %s\n",
+			fprintf(f, "  - {cmd: \"");
+			for (char **a = c->exec[i].argv; a && *a; a++) {
+				if (a != c->exec[i].argv)
+					fputc(' ', f);
+				for (const char *ch = *a; *ch; ch++) {
+					if (*ch == '"' || *ch == '\\')
+						fputc('\\', f);
+					fputc(*ch, f);
+				}
+			}
+			fprintf(f, "\", if-candidate: %s}\n",
 				c->exec[i].if_candidate ? "true" : "false");
 		}
 	}

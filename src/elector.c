@@ -66,6 +66,7 @@ struct elector {
 	char follow_url[1024]; /* the primary followed now ("" none) */
 	char follow_host[256];
 	bool promote_pending;
+	bool synced_once; /* has been caught up with a primary in this process */
 	char last_err[512];
 };
 
@@ -321,6 +322,33 @@ static void ask_handoff(struct elector *e, const char *url)
 	httpc_resp_release(&resp);
 }
 
+/*
+ * A node with no data that has never been in sync with a primary must not
+ * lead an existing cluster: its empty databases would replace everyone's
+ * (the others would keep theirs only as orphans). It may lead when it has
+ * data, when it was caught up with a primary in this process, or when the
+ * backend holds no cluster ID yet (a new cluster).
+ */
+static bool may_lead(struct elector *e)
+{
+	if (e->synced_once || store_has_data(e->opt.store))
+		return true;
+	char stored[21];
+	int r = lease_cluster_id(e->opt.lease, NULL, stored);
+	if (r < 0) {
+		report(e, "cannot read the cluster ID from the lease backend: %s",
+		       e->opt.lease->err);
+		return false;
+	}
+	if (!stored[0])
+		return true;
+	report(e,
+	       "not taking the lease: this node has no data and has not caught up with a "
+	       "primary of cluster %s yet",
+	       stored);
+	return false;
+}
+
 static void run_follower(struct elector *e, uint64_t *index)
 {
 	struct lease *l = e->opt.lease;
@@ -367,6 +395,8 @@ static void run_follower(struct elector *e, uint64_t *index)
 			       " seen before; following it anyway",
 			       hd.epoch, store_epoch(e->opt.store));
 		follow(e, hd.advertise_url, hd.hostname);
+		if (store_caught_up(e->opt.store))
+			e->synced_once = true;
 		if (promote && store_caught_up(e->opt.store)) {
 			pthread_mutex_lock(&e->mu);
 			e->promote_pending = false;
@@ -380,6 +410,11 @@ static void run_follower(struct elector *e, uint64_t *index)
 		follow(e, NULL, NULL);
 	if (!e->opt.candidate)
 		return; /* the next observe blocks until the key changes */
+	if (!may_lead(e)) {
+		nap(e, e->opt.reconnect_delay_ms);
+		*index = 0;
+		return;
+	}
 	r = lease_acquire(l, e->value, &epoch, &ttl);
 	if (r == 0) {
 		become_primary(e, epoch, -1, ttl);

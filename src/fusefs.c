@@ -1112,6 +1112,15 @@ static void t_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	TIMED(MOP_READDIR, op_readdir(req, ino, size, off, fi));
 }
 
+static void t_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	TIMED(MOP_OTHER, op_opendir(req, ino, fi));
+}
+static void t_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	TIMED(MOP_OTHER, op_statfs(req, ino));
+}
+
 static const struct fuse_lowlevel_ops ops = {
     .init = op_init,
     .lookup = t_lookup,
@@ -1131,11 +1140,11 @@ static const struct fuse_lowlevel_ops ops = {
     .rename = op_rename,
     .symlink = op_symlink,
     .link = op_link,
-    .opendir = op_opendir,
+    .opendir = t_opendir,
     .readdir = t_readdir,
     .releasedir = op_releasedir,
     .fsyncdir = op_fsyncdir,
-    .statfs = op_statfs,
+    .statfs = t_statfs,
 };
 
 /* --------------------------------------------------- replica apply hooks */

@@ -286,6 +286,7 @@ static struct spos *spos_get(struct stream *s, const char *name)
 
 static void pend_frame(struct stream *s, uint32_t type)
 {
+	metrics_add(type == STREAM_READY ? MC_FRAMES_READY : MC_FRAMES_END, 1);
 	stream_frame_header(s->pend + s->pend_len, type, 0);
 	s->pend_len += STREAM_FRAME_HEADER;
 }
@@ -295,6 +296,7 @@ static void pend_heartbeat(struct stream *s)
 	s->pend_len +=
 	    stream_heartbeat_frame(s->pend + s->pend_len, wall_ms(), store_epoch(s->h->store));
 	s->last_hb = mono_ms();
+	metrics_add(MC_FRAMES_HEARTBEAT, 1);
 	/* Everything before this heartbeat has been handed to the socket. */
 	pthread_mutex_lock(&s->h->mu);
 	for (size_t i = 0; i < s->n; i++)
@@ -376,6 +378,7 @@ static int stream_next(struct stream *s)
 						      db_name(db), (uint64_t)sb.st_size);
 		s->fd = fd;
 		s->fd_remain = (uint64_t)sb.st_size;
+		metrics_add(MC_FRAMES_LTX, 1);
 		pthread_mutex_lock(&s->h->mu);
 		rp->txid = lh.max_txid;
 		rp->checksum = lt.post_apply_checksum;
@@ -444,6 +447,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			 * must step this node down whatever happens to the socket. */
 			h->handoff_queued = true;
 			/* Commits are fenced and this replica has everything: pass the lease. */
+			metrics_add(MC_FRAMES_HANDOFF, 1);
 			s->pend_len += stream_handoff_frame(
 			    s->pend + s->pend_len, store_epoch(h->store), h->handoff_token);
 			pend_frame(s, STREAM_END);
@@ -1127,7 +1131,9 @@ static ssize_t events_read(void *cls, uint64_t pos, char *buf, size_t max)
 			continue;
 		if (mono_ms() - e->last_write >= 15000) {
 			/* keep-alive: an empty line, so idle proxies do not cut the stream */
-			return (ssize_t)snprintf(buf, max, "\n");
+			e->last_write = mono_ms();
+			buf[0] = '\n';
+			return 1;
 		}
 		store_wait_change(e->h->store, seq, 1000);
 	}
@@ -1306,9 +1312,17 @@ static enum MHD_Result handle_import(struct httpd *h, struct MHD_Connection *c, 
 		return reply_error(h, c, MHD_HTTP_BAD_REQUEST,
 				   "empty upload: send the SQLite file as the body");
 	if (!store_accepts_writes(h->store))
-		return reply_error(h, c, MHD_HTTP_CONFLICT,
-				   "this node is not the primary: import on the primary");
-	if (fsync(rq->upfd) < 0 || import_check(rq->uppath, err, sizeof(err)) < 0) {
+		return reply_error(
+		    h, c, MHD_HTTP_CONFLICT,
+		    store_is_primary(h->store)
+			? "this primary does not accept writes right now (handoff or "
+			  "lease renewal in progress): retry"
+			: "this node is not the primary: import on the primary");
+	if (fsync(rq->upfd) < 0) {
+		snprintf(err, sizeof(err), "cannot store the upload: %s", strerror(errno));
+		return reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, err);
+	}
+	if (import_check(rq->uppath, err, sizeof(err)) < 0) {
 		log_warn("import of '%s' refused: %s", name, err);
 		return reply_error(h, c, MHD_HTTP_BAD_REQUEST, err);
 	}

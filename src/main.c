@@ -191,7 +191,7 @@ static int cmd_mount(int argc, char **argv)
 	mallopt(M_MMAP_THRESHOLD, 16 << 20);
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	const char *config_path = NULL;
-	bool expand = true, check_only = false;
+	bool expand = true, check_only = false, running = false;
 	char **cmd = NULL;
 	struct config cfg;
 	char err[1024] = "";
@@ -408,8 +408,12 @@ static int cmd_mount(int argc, char **argv)
 	 */
 	if (elected && !cfg.skip_sync && (cmd || cfg.n_exec > 0)) {
 		log_info("waiting to be primary or in sync before starting the command");
+		/* with lease.promote a candidate first waits for its promotion, so
+		 * that if-candidate migrations run on the primary, as LiteFS */
+		bool want_primary = cfg.lease.promote && cfg.lease.candidate;
 		for (;;) {
-			if (store_accepts_writes(store) || store_caught_up(store))
+			if (store_accepts_writes(store) ||
+			    (!want_primary && store_caught_up(store)))
 				break;
 			struct timespec ts = {0, 50000000};
 			int sig = sigtimedwait(&mask, NULL, &ts);
@@ -454,6 +458,7 @@ static int cmd_mount(int argc, char **argv)
 		log_info("started subprocess '%s' (pid %d)", run[0], (int)child);
 	}
 
+	running = true;
 	for (;;) {
 		struct timespec ts = {1, 0};
 		int sig = sigtimedwait(&mask, NULL, &ts);
@@ -491,6 +496,19 @@ static int cmd_mount(int argc, char **argv)
 		break;
 	}
 out:
+	if (!running && status == 1 && !cfg.exit_on_error) {
+		/* exit-on-error: false, as LiteFS: stay up so the node can be inspected */
+		log_warn("exit-on-error is false: staying up after the start-up error above until "
+			 "SIGINT or SIGTERM");
+		for (;;) {
+			int sig = sigwaitinfo(&mask, NULL);
+			if (sig == SIGINT || sig == SIGTERM)
+				break;
+			if (sig == SIGCHLD)
+				while (waitpid(-1, NULL, WNOHANG) > 0)
+					;
+		}
+	}
 	sd_notify(0, "STOPPING=1");
 	if (ret_started) {
 		pthread_mutex_lock(&ret.mu);

@@ -49,7 +49,7 @@ void metrics_render(FILE *f)
 {
 	static const struct {
 		const char *name, *type, *help;
-	} cdesc[MC_N] = {
+	} cdesc[MC_FRAMES_LTX] = {
 	    {"ltxfs_stream_sent_bytes_total", "counter",
 	     "Replication stream bytes sent to replicas."},
 	    {"ltxfs_stream_received_bytes_total", "counter",
@@ -62,9 +62,16 @@ void metrics_render(FILE *f)
 	    {"ltxfs_lease_acquired_total", "counter", "Times this node became primary."},
 	    {"ltxfs_lease_lost_total", "counter", "Times this node stepped down."},
 	};
-	for (int c = 0; c < MC_N; c++)
+	for (int c = 0; c < MC_FRAMES_LTX; c++)
 		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", cdesc[c].name, cdesc[c].help,
 			cdesc[c].name, cdesc[c].type, cdesc[c].name,
+			(unsigned long long)metrics_get((enum metrics_counter)c));
+	static const char *const ftype[] = {"ltx", "ready", "heartbeat", "end", "handoff"};
+	fprintf(f, "# HELP ltxfs_http_frame_send_count Replication frames sent, by type.\n"
+		   "# TYPE ltxfs_http_frame_send_count counter\n");
+	for (int c = MC_FRAMES_LTX; c < MC_N; c++)
+		fprintf(f, "ltxfs_http_frame_send_count{type=\"%s\"} %llu\n",
+			ftype[c - MC_FRAMES_LTX],
 			(unsigned long long)metrics_get((enum metrics_counter)c));
 	fprintf(f, "# HELP ltxfs_fuse_op_duration_seconds FUSE operations served, by operation.\n"
 		   "# TYPE ltxfs_fuse_op_duration_seconds histogram\n");

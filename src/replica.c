@@ -169,6 +169,7 @@ static int on_control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
 	switch (type) {
 	case STREAM_READY:
 		log_info("caught up with primary %s", c->hostname);
+		store_set_ready(c->r->opt.store);
 		break;
 	case STREAM_HEARTBEAT:
 		store_note_primary_time(c->r->opt.store, ms, true);

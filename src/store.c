@@ -46,6 +46,7 @@ struct store {
 	int64_t local_ms;   /* local clock when it arrived */
 	bool synced;
 	bool caught_up;
+	bool ready;	     /* READY received on the current stream (cleared when it ends) */
 	uint64_t epoch;	     /* highest lease epoch seen (persisted in <data>/epoch) */
 	int64_t until_ms;    /* CLOCK_MONOTONIC deadline of this primary's lease */
 	bool fenced;	     /* a handoff is in progress: no commits */
@@ -521,10 +522,29 @@ int store_note_epoch(struct store *s, uint64_t epoch)
 	return 0;
 }
 
+void store_set_ready(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->ready = s->upstream[0] != '\0';
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_has_data(struct store *s)
+{
+	size_t n = store_count(s);
+	for (size_t i = 0; i < n; i++) {
+		struct db_pos p;
+		db_get_pos(store_at(s, i), &p);
+		if (p.txid > 0)
+			return true;
+	}
+	return false;
+}
+
 bool store_caught_up(struct store *s)
 {
 	pthread_mutex_lock(&s->cmu);
-	bool v = s->upstream[0] && s->caught_up;
+	bool v = s->upstream[0] && s->ready;
 	pthread_mutex_unlock(&s->cmu);
 	return v;
 }
@@ -597,7 +617,7 @@ void store_set_upstream(struct store *s, const char *hostname)
 	pthread_mutex_lock(&s->cmu);
 	snprintf(s->upstream, sizeof(s->upstream), "%s", hostname ? hostname : "");
 	if (!hostname)
-		s->caught_up = false;
+		s->caught_up = s->ready = false;
 	pthread_mutex_unlock(&s->cmu);
 }
 

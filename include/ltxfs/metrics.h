@@ -40,6 +40,11 @@ enum metrics_counter {
 	MC_LEASE_RENEW_FAILURES,
 	MC_LEASE_ACQUIRED,
 	MC_LEASE_LOST,
+	MC_FRAMES_LTX, /* replication frames sent, by type (LiteFS's frame_send_count) */
+	MC_FRAMES_READY,
+	MC_FRAMES_HEARTBEAT,
+	MC_FRAMES_END,
+	MC_FRAMES_HANDOFF,
 	MC_N
 };
 

@@ -73,8 +73,12 @@ bool store_can_adopt(struct store *s);
 /* Highest epoch seen; store_note_epoch raises (and persists) it, or -ESTALE if epoch is older. */
 uint64_t store_epoch(struct store *s);
 int store_note_epoch(struct store *s, uint64_t epoch);
-/* Connected to a primary and caught up with it (READY received). */
+/* Connected to a primary and caught up with it (READY received on this stream). */
 bool store_caught_up(struct store *s);
+/* The replica received READY (the upstream must be set first). */
+void store_set_ready(struct store *s);
+/* Some database has a position (TXID > 0). */
+bool store_has_data(struct store *s);
 /* lease.candidate, for /info. */
 void store_set_candidate(struct store *s, bool candidate);
 bool store_is_candidate(struct store *s);

@@ -561,3 +561,29 @@ def test_primary_steps_down_when_the_key_is_deleted(backend, make_node, tmp_path
     c.execute("INSERT INTO t(node) VALUES('after-delete')")
     c.close()
     converge(nodes)
+
+
+def test_empty_node_does_not_lead_an_existing_cluster(backend, make_node, tmp_path):
+    """A candidate with an empty data directory that never caught up must not
+    become primary of a cluster that has data: its empty databases would
+    replace everyone's."""
+    nodes = start_cluster(make_node, backend, n=2)
+    n1, n2 = nodes
+    create_table(n1, "wal")
+    c = sqlite3.connect(n1.path("db"), timeout=10, isolation_level=None)
+    for i in range(10):
+        c.execute("INSERT INTO t(node) VALUES('n1')")
+    c.close()
+    converge(nodes)
+    want = keys(n1)
+    n2.stop()
+    n1.kill9()
+    n3 = make_node("n3", lease=backend.lease_yaml("n3")).start()
+    wait_for(lambda: "not taking the lease: this node has no data" in n3.read_log(),
+             timeout=backend.budget + 5, what="n3 to hold back")
+    assert primary_of([n3]) is None
+    n2.start()
+    wait_for(lambda: primary_of([n2, n3]) is n2, timeout=backend.budget + 10,
+             what="n2, which has the data, to lead")
+    converge([n2, n3])
+    assert keys(n3) == keys(n2) == want

@@ -350,13 +350,13 @@ def test_read_auth_closes_read_endpoints(make_node):
     with open(p.config) as f:
         text = f.read()
     with open(p.config, "w") as f:
-        f.write(text.replace("http:\n", "http:\n  token: abc\n  read-auth: true\n", 1))
+        f.write(text.replace("http:\n", "http:\n  token: abcdefgh12\n  read-auth: true\n", 1))
     p.start()
     assert http(p.url + "/info")[0] == 401
     assert http(p.url + "/metrics")[0] == 401
-    assert http(p.url + "/info", token="abc")[0] == 200
+    assert http(p.url + "/info", token="abcdefgh12")[0] == 200
     assert http(p.url + "/health")[0] == 200  # container health checks need no secret
-    assert cli("status", "-url", p.url, env={"LTXFS_HTTP_TOKEN": "abc"}).returncode == 0
+    assert cli("status", "-url", p.url, env={"LTXFS_HTTP_TOKEN": "abcdefgh12"}).returncode == 0
 
 
 def test_endpoint_errors(pair):
@@ -402,14 +402,16 @@ def test_startup_logs_the_effective_config(make_node):
 
 def test_exec_supervision(make_node, tmp_path):
     mark = tmp_path / "migrated"
+    ready = tmp_path / "trapped"
     n = make_node("n", extra_config=(
         "exec:\n"
         "  - cmd: \"touch %s\"\n"
         "    if-candidate: true\n"
-        "  - cmd: \"sh -c 'trap \\\"exit 42\\\" TERM; while true; do sleep 0.05; done'\"\n"
-        % mark))
+        "  - cmd: \"sh -c 'trap \\\"exit 42\\\" TERM; touch %s; while true; do sleep 0.05; "
+        "done'\"\n" % (mark, ready)))
     n.start()
     wait_for(lambda: mark.exists(), what="the migration to run")
+    wait_for(lambda: ready.exists(), what="the command to be ready for signals")
     rc = n.stop()
     assert rc == 42  # SIGTERM forwarded, the command's status returned
     # migrations with if-candidate are skipped on a non-candidate
@@ -427,3 +429,102 @@ def test_exec_supervision(make_node, tmp_path):
     q.start(wait=False)
     q.proc.wait(30)
     assert q.proc.returncode == 3
+
+
+def test_pid1_in_a_container(make_node, tmp_path):
+    """As PID 1 of a PID namespace (a container): signals still reach ltxfs,
+    which forwards them to the exec command, and orphans are reaped."""
+    n = make_node("n", extra_config=(
+        "exec: \"sh -c '(sleep 0.2 &); trap \\\"exit 5\\\" TERM; touch %s; while true; do "
+        "sleep 0.05; done'\"\n" % (tmp_path / "trapped")))
+    logf = open(n.log, "a")
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", LTXFS, "mount",
+                              "-config", n.config], stdout=logf, stderr=subprocess.STDOUT)
+    logf.close()
+    try:
+        from conftest import is_mounted
+        wait_for(lambda: is_mounted(n.mount), timeout=30, what="the mount")
+
+        def ltxfs_pid():
+            for d in os.listdir("/proc"):
+                if d.isdigit():
+                    try:
+                        with open("/proc/%s/status" % d) as f:
+                            st = f.read()
+                    except OSError:
+                        continue
+                    if "\nPPid:\t%d\n" % outer.pid in st and "Name:\tltxfs" in st:
+                        return int(d)
+            return None
+        pid = wait_for(ltxfs_pid, what="ltxfs in the namespace")
+        wait_for(lambda: (tmp_path / "trapped").exists(), what="the command's trap")
+        with open("/proc/%d/status" % pid) as f:
+            assert "NSpid:\t%d\t1" % pid in f.read()  # PID 1 inside
+
+        def zombies():
+            z = []
+            for d in os.listdir("/proc"):
+                if d.isdigit():
+                    try:
+                        with open("/proc/%s/stat" % d) as f:
+                            parts = f.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    if parts[0] == "Z" and int(parts[1]) == pid:
+                        z.append(d)
+            return z
+        time.sleep(0.6)  # the orphaned sleep 0.2 has exited by now
+        assert zombies() == [], "ltxfs left orphans unreaped"
+        os.kill(pid, signal.SIGTERM)
+        assert outer.wait(30) == 5, n.read_log()
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait()
+        subprocess.call(["umount", "-l", n.mount], stderr=subprocess.DEVNULL)
+
+
+def test_systemd_notify(make_node, tmp_path):
+    """Type=notify: READY=1 once mounted and serving, STOPPING=1 at shutdown."""
+    import socket
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(30)
+    n = make_node("n")
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        n.start(wait=False)
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    msg = s.recv(4096).decode()
+    assert "READY=1" in msg
+    from conftest import is_mounted
+    assert is_mounted(n.mount)
+    assert http(n.url + "/health")[0] == 200
+    n.stop()
+    assert "STOPPING=1" in s.recv(4096).decode()
+    s.close()
+
+
+def test_status_reports_a_malformed_reply(tmp_path):
+    """A URL that answers something other than ltxfs's JSON is named, not trusted."""
+    import http.server
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{not json")
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        q = cli("status", "-url", "http://127.0.0.1:%d" % srv.server_port, check=1)
+        assert "malformed JSON" in q.stderr
+    finally:
+        srv.shutdown()
