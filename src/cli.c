@@ -486,11 +486,20 @@ int cmd_status(int argc, char **argv)
 			printf("lag        %lld ms\n", lag);
 	}
 	json_t *dbs = json_object_get(o, "databases");
-	printf("\n%-24s %-16s %12s\n", "DATABASE", "TXID", "SIZE");
+	/* the stream is shared, so a replica's lag is the same for every database */
+	long long lag = json_is_true(json_object_get(o, "isPrimary"))
+			    ? 0
+			    : (long long)json_integer_value(json_object_get(o, "lag"));
+	char lagtxt[32];
+	if (lag >= 2147483647LL)
+		snprintf(lagtxt, sizeof(lagtxt), "not synced");
+	else
+		snprintf(lagtxt, sizeof(lagtxt), "%lld ms", lag);
+	printf("\n%-24s %-16s %12s  %s\n", "DATABASE", "TXID", "SIZE", "LAG");
 	for (size_t i = 0; i < json_array_size(dbs); i++) {
 		json_t *d = json_array_get(dbs, i);
-		printf("%-24s %-16s %12lld%s\n", jstr(d, "name"), jstr(d, "txid"),
-		       (long long)json_integer_value(json_object_get(d, "size")),
+		printf("%-24s %-16s %12lld  %s%s\n", jstr(d, "name"), jstr(d, "txid"),
+		       (long long)json_integer_value(json_object_get(d, "size")), lagtxt,
 		       json_is_true(json_object_get(d, "exists")) ? "" : "  (deleted)");
 	}
 	json_t *reps = json_object_get(o, "replicas");

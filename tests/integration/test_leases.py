@@ -542,25 +542,29 @@ def test_consul_token_and_prefix_from_the_url(make_node, tmp_path):
 
 
 def test_primary_steps_down_when_the_key_is_deleted(backend, make_node, tmp_path):
-    """Locks are advisory: an operator may delete the key by hand. The primary
-    notices at its next renewal and steps down; the cluster elects again."""
+    """Locks are advisory: an operator may delete the key by hand, and another
+    candidate may take it at once. The old primary notices at its next
+    renewal (TTL/3) and steps down; until then both may accept writes, which
+    is why replicas follow the key and refuse frames of the older epoch
+    (docs/leases.md, known limits). Afterwards exactly one primary remains."""
     nodes = start_cluster(make_node, backend)
     n1 = nodes[0]
     create_table(n1, "wal")
     converge(nodes)
-    poller = Poller(nodes)
-    try:
-        backend.delete_key("ltxfs/test")
-        wait_for(lambda: "lease key no longer names this node" in n1.read_log(),
-                 timeout=TTL, what="n1 to notice the deleted key")
-        new = wait_for(lambda: primary_of(nodes), timeout=backend.budget + 5,
-                       what="a primary after the key was deleted")
-    finally:
-        poller.close()
+    e1 = info(n1)["epoch"]
+    backend.delete_key("ltxfs/test")
+    t0 = time.monotonic()
+    wait_for(lambda: "lease key no longer names this node" in n1.read_log(),
+             timeout=TTL, what="n1 to notice the deleted key")
+    assert time.monotonic() - t0 <= TTL / 3 + 1.0
+    new = wait_for(lambda: primary_of(nodes), timeout=backend.budget + 5,
+                   what="a single primary after the key was deleted")
+    assert info(new)["epoch"] > e1
     c = sqlite3.connect(new.path("db"), timeout=10, isolation_level=None)
     c.execute("INSERT INTO t(node) VALUES('after-delete')")
     c.close()
     converge(nodes)
+    assert sum(1 for n in nodes if info(n)["acceptsWrites"]) == 1
 
 
 def test_empty_node_does_not_lead_an_existing_cluster(backend, make_node, tmp_path):

@@ -41,6 +41,13 @@ def cli(*args, env=None, check=None):
     return p
 
 
+def _up(url):
+    try:
+        return http(url + "/health")[0] == 200
+    except OSError:
+        return False
+
+
 def make_db(path, rows=100, page_size=4096):
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA page_size=%d" % page_size)
@@ -182,6 +189,7 @@ def test_status_and_info(pair):
              ["replicas"], what="the replica in /info")
     out = cli("status", "-url", p.url, check=0).stdout
     assert "role       primary" in out and "s.db" in out and "REPLICA" in out
+    assert "LAG" in out and "0 ms" in out
     assert json.loads(cli("status", "-url", p.url, "-json", check=0).stdout)["isPrimary"]
     out = cli("status", "-url", r.url, check=0).stdout
     assert "role       replica" in out and "primary    p" in out and "lag " in out
@@ -250,6 +258,7 @@ def test_health_and_metrics(pair):
     wait_for(lambda: http(r.url + "/health?maxLag=100")[0] == 503, timeout=15,
              what="the replica to report itself unhealthy without its primary")
     p.start()
+    wait_for(lambda: _up(p.url), what="the restarted primary's HTTP server")
     st, body, hdr = http(p.url + "/metrics")
     assert st == 200 and hdr["Content-Type"].startswith("text/plain")
     text = body.decode()
