@@ -2439,6 +2439,46 @@ out:
 	return r;
 }
 
+/*
+ * Take db->mu at a committed state: in rollback modes the file holds
+ * uncommitted pages while a journal is active, so wait for the commit point
+ * (SQLite's write phase is short). Returns with the lock held, 0 or the
+ * sticky error.
+ */
+static int lock_committed(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	while (db->journal_active && !db->sticky_err) {
+		pthread_mutex_unlock(&db->mu);
+		usleep(1000);
+		pthread_mutex_lock(&db->mu);
+	}
+	return db->sticky_err;
+}
+
+/*
+ * Committed page pg (db->mu held): from the WAL when map (wal_frame_map)
+ * has it there, else from the database file; checked against its committed
+ * checksum. what names the caller in the error log.
+ */
+static int read_committed_page(struct db *db, const uint64_t *map, int walfd, uint32_t pg,
+			       uint8_t *page, const char *what)
+{
+	int r;
+	if (map && map[pg]) {
+		ssize_t n = fs_pread_full(walfd, page, db->page_size, (off_t)map[pg]);
+		r = n < 0 ? (int)n : n == (ssize_t)db->page_size ? 0 : -EIO;
+	} else {
+		r = read_db_page(db, pg, page);
+	}
+	if (r == 0 && ltx_page_checksum(pg, page, db->page_size) != db->pgck[pg]) {
+		log_error("db '%s': page %u does not match its committed checksum while %s",
+			  db->name, pg, what);
+		r = -EIO;
+	}
+	return r;
+}
+
 int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx_trailer *ret_t)
 {
 	uint64_t *map = NULL;
@@ -2447,15 +2487,7 @@ int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx
 	struct wbuf *w = NULL;
 	int walfd = -1, fd = -1, r;
 
-	pthread_mutex_lock(&db->mu);
-	/* In rollback modes the file holds uncommitted pages while a journal is
-	 * active: wait for the commit point (SQLite's write phase is short). */
-	while (db->journal_active && !db->sticky_err) {
-		pthread_mutex_unlock(&db->mu);
-		usleep(1000);
-		pthread_mutex_lock(&db->mu);
-	}
-	r = db->sticky_err;
+	r = lock_committed(db);
 	if (r < 0)
 		goto out;
 	if (db->pos.txid == 0) {
@@ -2498,21 +2530,9 @@ int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx
 	for (uint32_t pg = 1; pg <= h.commit; pg++) {
 		if (pg == lock)
 			continue;
-		if (map && map[pg]) {
-			ssize_t n = fs_pread_full(walfd, page, h.page_size, (off_t)map[pg]);
-			r = n < 0 ? (int)n : n == (ssize_t)h.page_size ? 0 : -EIO;
-		} else {
-			r = read_db_page(db, pg, page);
-		}
+		r = read_committed_page(db, map, walfd, pg, page, "building a snapshot");
 		if (r < 0)
 			goto out;
-		if (ltx_page_checksum(pg, page, h.page_size) != db->pgck[pg]) {
-			log_error("db '%s': page %u does not match its committed checksum while "
-				  "building a snapshot",
-				  db->name, pg);
-			r = -EIO;
-			goto out;
-		}
 		r = ltx_encoder_add_page(enc, pg, page);
 		if (r < 0)
 			goto out;
@@ -2549,13 +2569,7 @@ int db_export(struct db *db, int fd, struct db_pos *ret_pos)
 	uint64_t *map = NULL;
 	uint8_t *page = NULL;
 	int walfd = -1, r;
-	pthread_mutex_lock(&db->mu);
-	while (db->journal_active && !db->sticky_err) {
-		pthread_mutex_unlock(&db->mu);
-		usleep(1000);
-		pthread_mutex_lock(&db->mu);
-	}
-	r = db->sticky_err;
+	r = lock_committed(db);
 	if (r < 0)
 		goto out;
 	if (!db->exists || db->page_count == 0 || db->dbfd < 0) {
@@ -2576,18 +2590,8 @@ int db_export(struct db *db, int fd, struct db_pos *ret_pos)
 		if (pg == lock) {
 			memset(page, 0, db->page_size);
 			r = 0;
-		} else if (map && map[pg]) {
-			ssize_t n = fs_pread_full(walfd, page, db->page_size, (off_t)map[pg]);
-			r = n < 0 ? (int)n : n == (ssize_t)db->page_size ? 0 : -EIO;
 		} else {
-			r = read_db_page(db, pg, page);
-		}
-		if (r == 0 && pg != lock &&
-		    ltx_page_checksum(pg, page, db->page_size) != db->pgck[pg]) {
-			log_error("db '%s': page %u does not match its committed checksum while "
-				  "exporting",
-				  db->name, pg);
-			r = -EIO;
+			r = read_committed_page(db, map, walfd, pg, page, "exporting");
 		}
 		if (r == 0)
 			r = fs_pwrite_full(fd, page, db->page_size,

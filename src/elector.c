@@ -304,22 +304,35 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 	}
 }
 
-static void ask_handoff(struct elector *e, const char *url)
+/* POST <url>/handoff?nodeID=<this node>: 0, or -errno with err filled. */
+static int request_handoff(struct elector *e, const char *url, long timeout_ms, char *err, size_t n)
 {
-	char u[1200];
+	char u[1200], auth[600] = "";
 	struct httpc_resp resp;
-	char auth[600] = "";
 	if (e->opt.token)
 		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", e->opt.token);
 	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
-	struct httpc_req req = {
-	    .method = "POST", .url = u, .headers = {auth[0] ? auth : NULL}, .timeout_ms = 10000};
+	struct httpc_req req = {.method = "POST",
+				.url = u,
+				.headers = {auth[0] ? auth : NULL},
+				.timeout_ms = timeout_ms};
 	int r = httpc_do(&req, &resp);
-	if (r < 0)
-		log_warn("handoff request to %s failed: %s", url, resp.err);
-	else if (resp.status != 200)
-		log_warn("handoff request to %s refused: HTTP %ld %s", url, resp.status, resp.body);
+	if (r < 0) {
+		snprintf(err, n, "handoff request to %s failed: %s", url, resp.err);
+	} else if (resp.status != 200) {
+		snprintf(err, n, "primary %s refused the handoff: HTTP %ld %.200s", url,
+			 resp.status, resp.body);
+		r = -EIO;
+	}
 	httpc_resp_release(&resp);
+	return r;
+}
+
+static void ask_handoff(struct elector *e, const char *url)
+{
+	char err[512];
+	if (request_handoff(e, url, 10000, err, sizeof(err)) < 0)
+		log_warn("%s", err);
 }
 
 /*
@@ -577,25 +590,7 @@ int elector_promote(struct elector *e, int timeout_ms, char *err, size_t n)
 		snprintf(err, n, "no primary to hand over from");
 		return -ENOENT;
 	}
-	char u[1200];
-	struct httpc_resp resp;
-	char auth[600] = "";
-	if (e->opt.token)
-		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", e->opt.token);
-	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
-	struct httpc_req req = {.method = "POST",
-				.url = u,
-				.headers = {auth[0] ? auth : NULL},
-				.timeout_ms = timeout_ms};
-	int r = httpc_do(&req, &resp);
-	if (r < 0) {
-		snprintf(err, n, "handoff request to %s failed: %s", url, resp.err);
-	} else if (resp.status != 200) {
-		snprintf(err, n, "primary %s refused the handoff: HTTP %ld %.200s", url,
-			 resp.status, resp.body);
-		r = -EIO;
-	}
-	httpc_resp_release(&resp);
+	int r = request_handoff(e, url, timeout_ms, err, n);
 	if (r < 0)
 		return r;
 	int64_t end = mono_ms() + timeout_ms;
