@@ -963,18 +963,16 @@ static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_
 	fuse_add_direntry(req, b->p + old, need, name, &st, (off_t)b->size);
 }
 
-static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+/*
+ * The root listing, built afresh for every READDIR: no buffer lives between
+ * requests, so nothing can be freed under a READDIR that the kernel still
+ * has in flight when RELEASEDIR arrives (seen with an interrupted syscall).
+ * Offsets are byte offsets into the listing; if databases come or go
+ * between two calls, an entry may be seen twice or not at all, which POSIX
+ * allows for a directory that changes while it is read.
+ */
+static int root_listing(fuse_req_t req, struct fusefs *fs, struct dirbuf *b)
 {
-	struct fusefs *fs = fuse_req_userdata(req);
-	if (ino != INO_ROOT) {
-		fuse_reply_err(req, ENOTDIR);
-		return;
-	}
-	struct dirbuf *b = calloc(1, sizeof(*b));
-	if (!b) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
 	dirbuf_add(req, b, ".", INO_ROOT, S_IFDIR);
 	dirbuf_add(req, b, "..", INO_ROOT, S_IFDIR);
 	{
@@ -1003,27 +1001,38 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	for (struct mj *m = fs->mjs; m; m = m->next)
 		dirbuf_add(req, b, m->name, m->ino, S_IFREG);
 	pthread_mutex_unlock(&fs->mu);
-	fi->fh = (uint64_t)(uintptr_t)b;
+	return b->p ? 0 : -ENOMEM;
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (ino != INO_ROOT) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	fi->fh = 0;
 	fuse_reply_open(req, fi);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
-	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
-	if ((size_t)off < b->size) {
-		size_t n = b->size - (size_t)off < size ? b->size - (size_t)off : size;
-		fuse_reply_buf(req, b->p + off, n);
+	struct dirbuf b = {0};
+	if (root_listing(req, fuse_req_userdata(req), &b) < 0) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if ((size_t)off < b.size) {
+		size_t n = b.size - (size_t)off < size ? b.size - (size_t)off : size;
+		fuse_reply_buf(req, b.p + off, n);
 	} else {
 		fuse_reply_buf(req, NULL, 0);
 	}
+	free(b.p);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
-	free(b->p);
-	free(b);
 	fuse_reply_err(req, 0);
 }
 
