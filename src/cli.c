@@ -120,10 +120,7 @@ static void append_escaped(char *url, size_t n, const char *name)
 
 static void auth_header(char *buf, size_t n)
 {
-	const char *t = getenv("LTXFS_HTTP_TOKEN");
-	buf[0] = '\0';
-	if (t && *t)
-		snprintf(buf, n, "Authorization: Bearer %s", t);
+	httpc_bearer(buf, n, getenv("LTXFS_HTTP_TOKEN"));
 }
 
 static void trim_url(char *url)

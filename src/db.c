@@ -1359,11 +1359,11 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
 		if (mtime >= cutoff_ms)
 			continue;
-		if (unlinkat(dirfd(d), de->d_name, 0) == 0 &&
-		    __atomic_add_fetch(&db->st_removed, 1, __ATOMIC_RELAXED))
+		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
 			n++;
 	}
 	closedir(d);
+	__atomic_add_fetch(&db->st_removed, (uint64_t)n, __ATOMIC_RELAXED);
 	return n;
 }
 
@@ -2714,6 +2714,16 @@ void db_get_stats(struct db *db, struct db_stats *st)
 		st->writes[k] = __atomic_load_n(&db->st_writes[k], __ATOMIC_RELAXED);
 	st->commits = __atomic_load_n(&db->st_commits, __ATOMIC_RELAXED);
 	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&db->mu);
+	st->size_bytes = db->exists ? (uint64_t)db->page_count * db->page_size : 0;
+	st->page_size = db->page_size;
+	st->page_count = db->exists ? db->page_count : 0;
+	pthread_mutex_unlock(&db->mu);
+}
+
+void db_ltx_usage(struct db *db, uint64_t *files, uint64_t *bytes)
+{
+	*files = *bytes = 0;
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
 	if (!d)
@@ -2723,16 +2733,11 @@ void db_get_stats(struct db *db, struct db_stats *st)
 		struct stat sb;
 		if (ltx_parse_filename(de->d_name, &a, &b) == 0 &&
 		    fstatat(dirfd(d), de->d_name, &sb, 0) == 0) {
-			st->ltx_files++;
-			st->ltx_bytes += (uint64_t)sb.st_size;
+			(*files)++;
+			*bytes += (uint64_t)sb.st_size;
 		}
 	}
 	closedir(d);
-	pthread_mutex_lock(&db->mu);
-	st->size_bytes = db->exists ? (uint64_t)db->page_count * db->page_size : 0;
-	st->page_size = db->page_size;
-	st->page_count = db->exists ? db->page_count : 0;
-	pthread_mutex_unlock(&db->mu);
 }
 
 bool db_txn_pending(struct db *db)

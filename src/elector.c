@@ -307,10 +307,9 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 /* POST <url>/handoff?nodeID=<this node>: 0, or -errno with err filled. */
 static int request_handoff(struct elector *e, const char *url, long timeout_ms, char *err, size_t n)
 {
-	char u[1200], auth[600] = "";
+	char u[1200], auth[600];
 	struct httpc_resp resp;
-	if (e->opt.token)
-		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", e->opt.token);
+	httpc_bearer(auth, sizeof(auth), e->opt.token);
 	snprintf(u, sizeof(u), "%s/handoff?nodeID=%016" PRIX64, url, store_node_id(e->opt.store));
 	struct httpc_req req = {.method = "POST",
 				.url = u,

@@ -188,6 +188,13 @@ void httpc_resp_release(struct httpc_resp *resp)
 	resp->len = 0;
 }
 
+void httpc_bearer(char *buf, size_t n, const char *token)
+{
+	buf[0] = '\0';
+	if (token && *token)
+		snprintf(buf, n, "Authorization: Bearer %s", token);
+}
+
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 char *httpc_b64encode(const void *buf, size_t n)

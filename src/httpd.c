@@ -588,9 +588,8 @@ static void adopt(struct httpd *h, const char *adv, const struct stream_pos *pm,
 				break;
 			snprintf(url, sizeof(url), "%s/ltx?db=%s&txid=%016" PRIx64, adv, pm[i].name,
 				 tx);
-			char auth[600] = "";
-			if (h->token)
-				snprintf(auth, sizeof(auth), "Authorization: Bearer %s", h->token);
+			char auth[600];
+			httpc_bearer(auth, sizeof(auth), h->token);
 			struct httpc_req req = {.method = "GET",
 						.url = url,
 						.headers = {auth[0] ? auth : NULL},
@@ -928,59 +927,45 @@ static enum MHD_Result handle_metrics(struct httpd *h, struct MHD_Connection *c)
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
 	double now_s = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-	for (size_t m = 0; m < sizeof(per) / sizeof(per[0]); m++) {
+	enum { NPER = sizeof(per) / sizeof(per[0]) };
+	/* one pass over the databases (one ltx/ listing each), then the families */
+	double *val = calloc(n ? n : 1, sizeof(double) * NPER);
+	if (!val) {
+		fclose(f);
+		free(text);
+		return MHD_NO;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct db *db = store_at(h->store, i);
+		struct db_stats st;
+		struct db_pos p;
+		uint64_t files, bytes;
+		db_get_pos(db, &p);
+		db_get_stats(db, &st);
+		db_ltx_usage(db, &files, &bytes);
+		double *v = val + i * NPER;
+		v[0] = (double)p.txid;
+		v[1] = (double)st.size_bytes;
+		v[2] = (double)st.writes[DB_FILE_DB];
+		v[3] = (double)st.writes[DB_FILE_JOURNAL];
+		v[4] = (double)st.writes[DB_FILE_WAL];
+		v[5] = (double)st.writes[DB_FILE_SHM];
+		v[6] = (double)st.commits;
+		v[7] = (double)files;
+		v[8] = (double)bytes;
+		v[9] = (double)st.ltx_removed;
+		v[10] = p.timestamp ? now_s - (double)p.timestamp / 1000.0 : 0;
+	}
+	for (size_t m = 0; m < NPER; m++) {
 		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", per[m].name, per[m].help, per[m].name,
 			per[m].type);
 		for (size_t i = 0; i < n; i++) {
-			struct db *db = store_at(h->store, i);
-			struct db_stats st;
-			struct db_pos p;
-			db_get_pos(db, &p);
-			if (m >= 2 && m <= 9)
-				db_get_stats(db, &st);
-			else if (m == 1)
-				db_get_stats(db, &st);
-			double v = 0;
-			switch (m) {
-			case 0:
-				v = (double)p.txid;
-				break;
-			case 1:
-				v = (double)st.size_bytes;
-				break;
-			case 2:
-				v = (double)st.writes[DB_FILE_DB];
-				break;
-			case 3:
-				v = (double)st.writes[DB_FILE_JOURNAL];
-				break;
-			case 4:
-				v = (double)st.writes[DB_FILE_WAL];
-				break;
-			case 5:
-				v = (double)st.writes[DB_FILE_SHM];
-				break;
-			case 6:
-				v = (double)st.commits;
-				break;
-			case 7:
-				v = (double)st.ltx_files;
-				break;
-			case 8:
-				v = (double)st.ltx_bytes;
-				break;
-			case 9:
-				v = (double)st.ltx_removed;
-				break;
-			default:
-				v = p.timestamp ? now_s - (double)p.timestamp / 1000.0 : 0;
-				break;
-			}
 			fprintf(f, "%s{db=\"", per[m].name);
-			label_escape(f, db_name(db));
-			fprintf(f, "\"} %.17g\n", v);
+			label_escape(f, db_name(store_at(h->store, i)));
+			fprintf(f, "\"} %.17g\n", val[i * NPER + m]);
 		}
 	}
+	free(val);
 	metrics_render(f);
 	fclose(f);
 	struct MHD_Response *resp =

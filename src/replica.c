@@ -23,6 +23,7 @@
  */
 #include "ltxfs/replica.h"
 
+#include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/metrics.h"
@@ -387,10 +388,9 @@ static bool run_once(struct replica *r)
 		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
 		hdrs = curl_slist_append(hdrs, hcid);
 	}
-	if (r->opt.token) {
-		snprintf(hauth, sizeof(hauth), "Authorization: Bearer %s", r->opt.token);
+	httpc_bearer(hauth, sizeof(hauth), r->opt.token);
+	if (hauth[0])
 		hdrs = curl_slist_append(hdrs, hauth);
-	}
 	if (r->opt.advertise_url) {
 		snprintf(hadv, sizeof(hadv), "Ltxfs-Advertise-Url: %s", r->opt.advertise_url);
 		hdrs = curl_slist_append(hdrs, hadv);

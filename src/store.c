@@ -62,13 +62,19 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The fence (cmu held): primary, no handoff, inside the lease, past the adoption window. */
+static bool writable_locked(const struct store *s)
+{
+	int64_t now = mono_ms();
+	return s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+}
+
 /* db_options.may_commit: the write fence. */
 static bool store_may_commit(void *ctx, uint64_t *epoch)
 {
 	struct store *s = ctx;
 	pthread_mutex_lock(&s->cmu);
-	int64_t now = mono_ms();
-	bool ok = s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+	bool ok = writable_locked(s);
 	if (ok)
 		s->term_committed = true;
 	*epoch = s->epoch;
@@ -481,8 +487,7 @@ void store_set_fenced(struct store *s, bool fenced)
 bool store_accepts_writes(struct store *s)
 {
 	pthread_mutex_lock(&s->cmu);
-	int64_t now = mono_ms();
-	bool ok = s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+	bool ok = writable_locked(s);
 	pthread_mutex_unlock(&s->cmu);
 	return ok;
 }

@@ -207,12 +207,13 @@ struct db_stats {
 	uint64_t writes[DB_FILE_N]; /* write calls per file kind */
 	uint64_t commits;	    /* transactions committed here (not applied) */
 	uint64_t ltx_removed;	    /* LTX files removed by retention */
-	uint64_t ltx_files, ltx_bytes;
-	uint64_t size_bytes; /* committed database size */
+	uint64_t size_bytes;	    /* committed database size */
 	uint32_t page_size, page_count;
 };
-/* Snapshot of the counters (lists the ltx directory; any thread). */
+/* Snapshot of the counters and sizes (no I/O; any thread). */
 void db_get_stats(struct db *db, struct db_stats *st);
+/* LTX files in ltx/ and their bytes (lists the directory: GET /metrics only). */
+void db_ltx_usage(struct db *db, uint64_t *files, uint64_t *bytes);
 
 /* Test/diagnostic: the rolling checksum the engine holds in memory. */
 uint64_t db_checksum(struct db *db);

@@ -55,6 +55,9 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp);
 /* Free what resp holds. NULL ok. */
 void httpc_resp_release(struct httpc_resp *resp);
 
+/* "Authorization: Bearer <token>" into buf ("" when token is NULL or empty). */
+void httpc_bearer(char *buf, size_t n, const char *token);
+
 /* Standard base64 of n bytes into a malloc'd string; NULL on OOM. */
 char *httpc_b64encode(const void *buf, size_t n);
 /* Decode standard base64 into a malloc'd NUL-terminated buffer. 0 or -EINVAL/-ENOMEM. */
