@@ -110,7 +110,17 @@ class Node:
             if self.proc.poll() is not None:
                 raise AssertionError("ltxfs exited with %s:\n%s" % (self.proc.returncode,
                                                                     self.read_log()))
+            # the HTTP server starts right after the mount: wait for it too
+            wait_for(lambda: self._listening() or self.proc.poll() is not None,
+                     timeout=30, what="the HTTP server of %s" % self.name)
         return self
+
+    def _listening(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def read_log(self):
         try:
