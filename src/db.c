@@ -32,11 +32,14 @@
  *                   in place (walRewriteChecksums) and padding frames (they
  *                   change nothing, so they produce no LTX file).
  *
- * In both cases the LTX file is written *before* the write (or unlink) that
- * commits is performed, so a transaction never becomes visible to SQLite
- * without its LTX file. If the LTX cannot be written (disk full), the
- * commit-point operation fails with that error and SQLite reports it; the
- * database is left as SQLite would leave it after a failed commit.
+ * In both cases the transaction is captured *before* the write (or unlink)
+ * that commits is performed. In rollback modes its LTX file is written then
+ * (or was already, at SQLite's database fsync: PREPARED COMMITS); if it
+ * cannot be written (disk full), the commit-point operation fails with that
+ * error and SQLite reports it, leaving the database as after a failed commit.
+ * In WAL mode the WAL is the durable record, so a small transaction's file
+ * is queued and written just after the reply (QUEUED LTX FILES); nothing
+ * outside this file observes the position before the file exists.
  *
  * Writes to the database file are allowed only inside a transaction SQLite
  * protects: while a journal exists, or while a WAL exists (checkpoints). Any
@@ -47,9 +50,10 @@
  * and xsum their XOR, so the rolling database checksum is updated in O(pages
  * changed) per transaction and is never recomputed on the write path.
  *
- * DURABILITY. An LTX file is fdatasync'ed, with its directory, at the commit
+ * DURABILITY. An LTX file is fdatasync'ed, with its directory, by the commit
  * point of a rollback-mode transaction in which the application asked for
- * durability (fsync of the database or journal). In WAL mode the WAL itself
+ * durability (fsync of the database or journal), normally on the syncer
+ * thread while the application's fsync of the database runs. In WAL mode the WAL itself
  * is the durable record: LTX files are written without fsync and made
  * durable (syncfs) before the WAL is restarted, truncated or deleted; start-up
  * recovery regenerates any LTX file that power loss tore from the WAL.
@@ -72,7 +76,9 @@
  *      LTX with the next TXID and a loud warning. Nothing is thrown away.
  *
  * THREADS. Any FUSE worker may call in; db->mu serialises all state changes
- * and the writes that carry them. SQLite's own locks already serialise
+ * and the writes that carry them. The queued LTX files are written without
+ * db->mu by the worker that replied (q_busy marks it); the syncer thread only
+ * fdatasyncs a descriptor it is handed. SQLite's own locks already serialise
  * writers, so the mutex is uncontended except against checkpoints.
  */
 #include "ltxfs/db.h"
@@ -127,8 +133,10 @@ struct db {
 
 	/* WAL tracking */
 	bool wal_exists;
-	bool wal_live;	   /* the WAL file has bytes: SQLite treats a 0-byte WAL as absent */
-	uint64_t wal_size; /* its size: every write and truncation passes through here */
+	bool wal_live;	      /* the WAL file has bytes: SQLite treats a 0-byte WAL as absent */
+	uint64_t wal_size;    /* its size: every write and truncation passes through here */
+	uint64_t wal_gen_end; /* end of the bytes written since the header: beyond it lie stale
+				 frames of an earlier generation */
 	bool wal_valid;
 	struct wal_header walh;
 	uint64_t wal_end; /* end of the last committed frame */
@@ -141,6 +149,22 @@ struct db {
 	bool live;	     /* start-up recovery is over: commits go through the fence */
 	uint64_t last_epoch; /* lease epoch recorded in the newest LTX file */
 	uint64_t st_writes[DB_FILE_N], st_commits, st_removed; /* GET /metrics (atomics) */
+
+	/* LTX files of WAL commits not written yet (see QUEUED LTX FILES) */
+	struct ltxjob *q_head, *q_tail;
+	size_t q_bytes; /* page bytes queued */
+	bool q_busy;	/* a thread is writing q_head */
+	int q_err;	/* the last attempt failed: the error the next write reports */
+
+	/* a rollback-mode commit built at the database fsync (PREPARED COMMITS) */
+	struct txrec *prep; /* NULL when none */
+	bool prep_synced;
+	uint64_t prep_gen, prep_pre;
+	uint64_t write_gen; /* writes to the database and journal files */
+	struct syncer *syncer;
+	bool q_unsynced;  /* the newest commit was queued and the WAL not fsync'ed since */
+	bool q_wait_sync; /* the application fsyncs the WAL after each commit */
+	pthread_cond_t q_cond;
 };
 
 /* The write fence (db_options.may_commit); recovery is never fenced. */
@@ -354,20 +378,23 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 	free(o->w);
 	o->w = NULL;
 	o->enc = NULL;
-	if (!sync)
-		db->ltx_unsynced = true;
 	return 0;
 }
 
 /* Make every LTX file written without fsync durable. */
+static int db_queue_settle(struct db *db);
+
 static int db_sync_ltx(struct db *db)
 {
+	int r = db_queue_settle(db);
+	if (r < 0)
+		return r;
 	if (!db->ltx_unsynced)
 		return 0;
 	int fd = open(db->ltx_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	int r = syncfs(fd) < 0 ? -errno : 0;
+	r = syncfs(fd) < 0 ? -errno : 0;
 	close(fd);
 	if (r == 0)
 		db->ltx_unsynced = false;
@@ -427,8 +454,133 @@ struct txrec {
 	bool snapshot;
 	uint64_t x, post, txid, epoch;
 	int64_t timestamp;
-	char path[4096];
+	char path[4096]; /* the LTX file written, "" when it is queued */
+	bool queued;
 };
+
+/*
+ * QUEUED LTX FILES. A WAL-mode commit of at most DB_QUEUE_MAX_BYTES of pages
+ * does not write its LTX file inside the write that commits: the pages are
+ * checksummed and copied under db->mu, the in-memory state advances, and the
+ * file is queued. The FUSE worker writes it right after it has replied to
+ * SQLite (db_write_done), so file creation and compression overlap with the
+ * application instead of adding to its commit latency. This is safe because
+ * in WAL mode the WAL is the durable record (DURABILITY above): a crash
+ * before the file exists is repaired by recovery step 4. Files are written in
+ * TXID order by one thread at a time (q_busy). Every reader of the position
+ * or of LTX files (db_get_pos, snapshots, the stream, sync points before a
+ * WAL restart, shutdown) first waits for the queue to drain, so outside
+ * db.c a queued commit is never observable without its file; on_change fires
+ * once the file exists. A write that fails (disk full) stays queued, and
+ * every later write to the database fails with that error until a retry
+ * succeeds.
+ */
+#define DB_QUEUE_MAX_BYTES (1u << 20)
+/* Beyond this much queued, commits write their files themselves (backpressure). */
+#define DB_QUEUE_LIMIT (8u << 20)
+
+struct ltxjob {
+	struct ltxjob *next;
+	struct ltx_header h;
+	uint64_t post;
+	size_t n;
+	uint32_t *pgnos;
+	uint8_t *img; /* n pages of h.page_size bytes */
+};
+
+static void ltxjob_free(struct ltxjob *j)
+{
+	if (!j)
+		return;
+	free(j->pgnos);
+	free(j->img);
+	free(j);
+}
+
+static int ltxjob_write(struct db *db, const struct ltxjob *j)
+{
+	struct ltx_out o;
+	int r = ltx_out_begin(db, &o, &j->h);
+	for (size_t i = 0; i < j->n && r == 0; i++) {
+		r = ltx_encoder_add_page(o.enc, j->pgnos[i], j->img + i * j->h.page_size);
+		if (r < 0)
+			ltx_out_abort(&o);
+	}
+	if (r == 0)
+		r = ltx_out_end(db, &o, j->post, false);
+	return r;
+}
+
+/*
+ * Write every queued LTX file (db->mu held). With unlock, db->mu is released
+ * while a file is written, so commits and reads go on meanwhile. Returns 0
+ * or the error of the file that could not be written (it stays queued).
+ */
+static int db_queue_drain(struct db *db, bool unlock)
+{
+	int r = 0;
+	while (db->q_busy)
+		pthread_cond_wait(&db->q_cond, &db->mu);
+	if (!db->q_head)
+		return 0;
+	db->q_busy = true;
+	struct ltxjob *j;
+	while ((j = db->q_head)) {
+		if (unlock)
+			pthread_mutex_unlock(&db->mu);
+		r = ltxjob_write(db, j);
+		if (unlock)
+			pthread_mutex_lock(&db->mu);
+		if (r < 0)
+			break;
+		db->ltx_unsynced = true;
+		db->q_head = j->next;
+		if (!db->q_head)
+			db->q_tail = NULL;
+		db->q_bytes -= j->n * j->h.page_size;
+		ltxjob_free(j);
+		if (db->opt.on_change)
+			db->opt.on_change(db->opt.change_ctx);
+	}
+	if (r < 0 && !db->q_err)
+		log_error("db '%s': cannot write the LTX file of a commit: %s (writes fail until "
+			  "it can be written)",
+			  db->name, strerror(-r));
+	else if (r == 0 && db->q_err)
+		log_info("db '%s': queued LTX files written", db->name);
+	db->q_err = r;
+	db->q_busy = false;
+	pthread_cond_broadcast(&db->q_cond);
+	return r;
+}
+
+/* db->mu held: make sure no commit is queued. 0 or the write error. */
+static int db_queue_settle(struct db *db)
+{
+	if (db->q_head || db->q_busy)
+		return db_queue_drain(db, false);
+	return 0;
+}
+
+/* Lock db->mu with every queued LTX file written (as far as possible). */
+static void db_lock_settled(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	db_queue_settle(db);
+}
+
+void db_write_done(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	/*
+	 * When the application fsyncs the WAL right after each commit, write
+	 * the files after that fsync rather than during it: creating files
+	 * while it runs makes it wait for the filesystem journal.
+	 */
+	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_wait_sync))
+		db_queue_drain(db, true);
+	pthread_mutex_unlock(&db->mu);
+}
 
 static void db_tx_abort(struct txrec *t)
 {
@@ -455,10 +607,25 @@ static void db_tx_apply(struct db *db, struct txrec *t)
 	__atomic_add_fetch(&db->st_commits, 1, __ATOMIC_RELAXED);
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
+	bool queued = t->queued;
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
-	if (db->opt.on_change)
-		db->opt.on_change(db->opt.change_ctx);
+	if (db->opt.on_change && !queued)
+		db->opt.on_change(db->opt.change_ctx); /* else once the file is written */
+}
+
+/* Apply a prepared queued commit and append its file to the queue. */
+static void db_tx_apply_queued(struct db *db, struct txrec *t, struct ltxjob *j)
+{
+	t->queued = true;
+	db_tx_apply(db, t);
+	if (db->q_tail)
+		db->q_tail->next = j;
+	else
+		db->q_head = j;
+	db->q_tail = j;
+	db->q_bytes += j->n * j->h.page_size;
+	db->q_unsynced = true;
 }
 
 /*
@@ -466,36 +633,46 @@ static void db_tx_apply(struct db *db, struct txrec *t)
  * LTX file. Pages whose checksum is unchanged are left out. Returns 1 with
  * *t prepared, 0 if nothing changed (no file), or -errno (no file left).
  * With snapshot, every page 1..commit must be present and a snapshot LTX
- * (MinTXID 1) is written.
+ * (MinTXID 1) is written. With ret_job, a small transaction's file is not
+ * written: *ret_job holds it for the queue (t->path stays empty).
  */
 static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
 			 const struct page_src *src, const struct walinfo *wi, bool snapshot,
-			 bool sync, struct txrec *t)
+			 bool sync, struct txrec *t, struct ltxjob **ret_job)
 {
-	uint8_t *buf = NULL;
-	size_t nchanged = 0;
+	uint8_t *buf = NULL, *img = NULL;
+	size_t nchanged = 0, ps = db->page_size;
 	uint32_t lock = ltx_lock_pgno(db->page_size);
 	struct ltx_out o = {0};
+	struct ltxjob *job = NULL;
 	int r;
 
 	memset(t, 0, sizeof(*t));
+	if (ret_job)
+		*ret_job = NULL;
 	r = pgck_reserve(db, commit > db->page_count ? commit : db->page_count);
 	if (r < 0)
 		return r;
-	buf = malloc(db->page_size);
-	if (!buf)
+	/* Small transactions keep their images from pass 1 (no second read). */
+	if (n > 0 && n <= DB_QUEUE_MAX_BYTES / ps)
+		img = malloc(n * ps);
+	buf = malloc(ps);
+	if (!buf) {
+		free(img);
 		return -ENOMEM;
+	}
 
-	/* Pass 1: new checksums; keep changed pages at the front. */
+	/* Pass 1: new checksums; keep changed pages (and images) at the front. */
 	uint64_t x = db->xsum;
 	for (size_t i = 0; i < n; i++) {
 		struct txpage *p = &pages[i];
 		if (p->pgno == 0 || p->pgno > commit || p->pgno == lock)
 			continue;
-		r = src->read(src->ctx, p, buf);
+		uint8_t *b = img ? img + nchanged * ps : buf;
+		r = src->read(src->ctx, p, b);
 		if (r < 0)
 			goto out;
-		p->ck = ltx_page_checksum(p->pgno, buf, db->page_size);
+		p->ck = ltx_page_checksum(p->pgno, b, db->page_size);
 		uint64_t old = p->pgno <= db->page_count ? db->pgck[p->pgno] : 0;
 		if (p->ck == old && !snapshot)
 			continue;
@@ -545,25 +722,53 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 		goto out;
 	}
 	t->post = LTX_CHECKSUM_FLAG | x;
-	r = ltx_out_begin(db, &o, &h);
-	if (r < 0)
-		goto out;
-	for (size_t i = 0; i < nchanged; i++) {
-		r = src->read(src->ctx, &pages[i], buf);
-		if (r == 0 && ltx_page_checksum(pages[i].pgno, buf, db->page_size) != pages[i].ck)
-			r = -EIO; /* changed under us: SQLite holds its lock */
-		if (r == 0)
-			r = ltx_encoder_add_page(o.enc, pages[i].pgno, buf);
-		if (r < 0) {
-			ltx_out_abort(&o);
+	for (size_t i = 0; i < nchanged; i++)
+		t->changed[i] = pages[i];
+	if (ret_job && img && !snapshot) {
+		job = calloc(1, sizeof(*job));
+		if (job)
+			job->pgnos = malloc((nchanged ? nchanged : 1) * sizeof(*job->pgnos));
+		if (!job || !job->pgnos) {
+			r = -ENOMEM;
 			goto out;
 		}
-		t->changed[i] = pages[i];
+		for (size_t i = 0; i < nchanged; i++)
+			job->pgnos[i] = pages[i].pgno;
+		job->h = h;
+		job->post = t->post;
+		job->n = nchanged;
+		job->img = img;
+		img = NULL;
+		*ret_job = job;
+		job = NULL;
+	} else {
+		r = db_queue_settle(db); /* files are written in TXID order */
+		if (r == 0)
+			r = ltx_out_begin(db, &o, &h);
+		if (r < 0)
+			goto out;
+		for (size_t i = 0; i < nchanged; i++) {
+			const uint8_t *b = img ? img + i * ps : buf;
+			if (!img) {
+				r = src->read(src->ctx, &pages[i], buf);
+				if (r == 0 && ltx_page_checksum(pages[i].pgno, buf,
+								db->page_size) != pages[i].ck)
+					r = -EIO; /* changed under us: SQLite holds its lock */
+			}
+			if (r == 0)
+				r = ltx_encoder_add_page(o.enc, pages[i].pgno, b);
+			if (r < 0) {
+				ltx_out_abort(&o);
+				goto out;
+			}
+		}
+		r = ltx_out_end(db, &o, t->post, sync);
+		if (r < 0)
+			goto out;
+		if (!sync)
+			db->ltx_unsynced = true;
+		memcpy(t->path, o.path, sizeof(t->path));
 	}
-	r = ltx_out_end(db, &o, t->post, sync);
-	if (r < 0)
-		goto out;
-	memcpy(t->path, o.path, sizeof(t->path));
 	t->n = nchanged;
 	t->commit = commit;
 	t->snapshot = snapshot;
@@ -577,6 +782,8 @@ out:
 		free(t->changed);
 		t->changed = NULL;
 	}
+	ltxjob_free(job);
+	free(img);
 	free(buf);
 	return r;
 }
@@ -587,7 +794,7 @@ static int db_commit_pages(struct db *db, struct txpage *pages, size_t n, uint32
 			   bool sync, bool *ret_written)
 {
 	struct txrec t;
-	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, &t);
+	int r = db_tx_prepare(db, pages, n, commit, src, wi, snapshot, sync, &t, NULL);
 	*ret_written = r == 1;
 	if (r == 1)
 		db_tx_apply(db, &t);
@@ -662,63 +869,112 @@ static int db_commit_snapshot_from_file(struct db *db, uint32_t count, bool sync
  * size, builds the transaction from the dirty pages plus any page past the old
  * end, and writes the LTX file if anything changed.
  */
-static int db_journal_commit(struct db *db)
+/*
+ * Build the LTX file of the open rollback-journal transaction from its dirty
+ * pages (db->mu held). Returns 1 with *t prepared (file written, with sync
+ * made durable), 0 when there is nothing to commit, 2 when the transaction
+ * needs a snapshot (*count set, nothing built), or -errno.
+ */
+static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t *count)
 {
 	uint8_t hdr[SQLITE_HEADER_SIZE];
 	struct sqlite_dbheader dh;
 	struct stat st;
 	struct txpage *pages = NULL;
 	size_t n = 0;
-	bool written = false;
 	int r = 0;
 
 	if (db->n_dirty == 0 && !db->dirty_all)
-		goto out;
-	if (fstat(db->dbfd, &st) < 0) {
-		r = -errno;
-		goto out;
-	}
+		return 0;
+	if (fstat(db->dbfd, &st) < 0)
+		return -errno;
 	ssize_t got = fs_pread_full(db->dbfd, hdr, sizeof(hdr), 0);
-	if (got < 0) {
-		r = (int)got;
-		goto out;
-	}
+	if (got < 0)
+		return (int)got;
 	if (got < (ssize_t)sizeof(hdr) || sqlite_dbheader_parse(&dh, hdr, sizeof(hdr)) < 0) {
 		if (st.st_size == 0 && db->page_count == 0)
-			goto out; /* still empty */
+			return 0; /* still empty */
 		log_error("db '%s': database file has no valid SQLite header at commit", db->name);
-		r = -EIO;
-		goto out;
+		return -EIO;
 	}
-	uint32_t count =
+	*count =
 	    dh.page_count_valid ? dh.page_count : (uint32_t)((uint64_t)st.st_size / dh.page_size);
-	bool snapshot =
-	    db->pos.txid == 0 || (db->page_size && dh.page_size != db->page_size) || db->dirty_all;
-	if (snapshot) {
+	if (db->pos.txid == 0 || (db->page_size && dh.page_size != db->page_size) ||
+	    db->dirty_all) {
 		db->page_size = dh.page_size;
-		r = db_commit_snapshot_from_file(db, count, db->tx_synced);
-		goto out;
+		return 2;
 	}
-	size_t cap = db->n_dirty + (count > db->page_count ? count - db->page_count : 0);
+	size_t cap = db->n_dirty + (*count > db->page_count ? *count - db->page_count : 0);
 	pages = calloc(cap ? cap : 1, sizeof(*pages));
-	if (!pages) {
-		r = -ENOMEM;
-		goto out;
-	}
+	if (!pages)
+		return -ENOMEM;
 	for (size_t i = 0; i < db->n_dirty; i++)
-		if (db->dirty[i] > db->page_count)
-			continue; /* added below */
-		else
+		if (db->dirty[i] <= db->page_count) /* new pages are added below */
 			pages[n++].pgno = db->dirty[i];
-	for (uint32_t pg = db->page_count + 1; pg <= count; pg++)
+	for (uint32_t pg = db->page_count + 1; pg <= *count; pg++)
 		pages[n++].pgno = pg;
 	n = txpages_normalize(pages, n);
 	struct page_src src = {src_dbfile, db};
-	r = db_commit_pages(db, pages, n, count, &src, NULL, false, db->tx_synced, &written);
-out:
+	r = db_tx_prepare(db, pages, n, *count, &src, NULL, false, sync, t, NULL);
 	free(pages);
-	if (r == 0)
+	return r;
+}
+
+/*
+ * PREPARED COMMITS. In a rollback mode SQLite fsyncs the database file just
+ * before the commit point, once every page of the transaction is in it.
+ * db_fsync builds the LTX file right then and fdatasyncs it on the syncer
+ * thread while the application's fsync runs, so the durable LTX costs no
+ * extra flush in sequence. The commit point uses the prepared file if no
+ * write reached the database or journal since (write_gen), the position is
+ * unchanged and the fence still grants the same epoch; otherwise the file
+ * is removed and the transaction is built afresh.
+ */
+static void db_prep_drop(struct db *db)
+{
+	if (!db->prep)
+		return;
+	db_tx_abort(db->prep);
+	free(db->prep);
+	db->prep = NULL;
+	db->prep_synced = false;
+}
+
+static bool db_prep_usable(struct db *db)
+{
+	uint64_t epoch;
+	if (!db->prep || !db->prep_synced || db->prep_gen != db->write_gen ||
+	    db->pos.txid + 1 != db->prep->txid || db->prep_pre != db_cur_checksum(db))
+		return false;
+	if (db_fence(db, &epoch) < 0 || epoch != db->prep->epoch)
+		return false;
+	return true;
+}
+
+static int db_journal_commit(struct db *db)
+{
+	struct txrec t;
+	uint32_t count = 0;
+	int r;
+
+	if (db_prep_usable(db)) {
+		db_tx_apply(db, db->prep);
+		free(db->prep);
+		db->prep = NULL;
+		db->prep_synced = false;
 		dirty_clear(db);
+		return 0;
+	}
+	db_prep_drop(db);
+	r = db_journal_build(db, db->tx_synced, &t, &count);
+	if (r == 2)
+		r = db_commit_snapshot_from_file(db, count, db->tx_synced);
+	else if (r == 1)
+		db_tx_apply(db, &t);
+	if (r >= 0) {
+		dirty_clear(db);
+		r = 0;
+	}
 	return r;
 }
 
@@ -737,25 +993,33 @@ struct walsrc {
 	const struct overlay *ov;
 };
 
-/* Read len bytes at off from the WAL with the overlay applied; -EPROTO if short. */
-static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off_t off)
+/* Read exactly len bytes at off from the file; -EPROTO if it is shorter. */
+static int pread_exact(int fd, void *dst, size_t len, off_t off)
 {
-	ssize_t got = fs_pread_full(fd, dst, len, off);
+	ssize_t got = len ? fs_pread_full(fd, dst, len, off) : 0;
 	if (got < 0)
 		return (int)got;
-	size_t have = (size_t)got;
-	if (ov && ov->n) {
-		off_t a = off > ov->off ? off : ov->off;
-		off_t b = off + (off_t)len < ov->off + (off_t)ov->n ? off + (off_t)len
-								    : ov->off + (off_t)ov->n;
-		if (a < b) {
-			memcpy((uint8_t *)dst + (a - off), ov->buf + (a - ov->off),
-			       (size_t)(b - a));
-			if ((size_t)(b - off) > have && a - off <= (off_t)have)
-				have = (size_t)(b - off);
-		}
-	}
-	return have < len ? -EPROTO : 0;
+	return (size_t)got < len ? -EPROTO : 0;
+}
+
+/*
+ * Read len bytes at off from the WAL with the overlay applied; -EPROTO if
+ * short. Only the parts the overlay does not cover are read from the file:
+ * at a commit the whole page usually comes from the pending write.
+ */
+static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off_t off)
+{
+	off_t end = off + (off_t)len;
+	if (!ov || !ov->n || ov->off >= end || ov->off + (off_t)ov->n <= off)
+		return pread_exact(fd, dst, len, off);
+	off_t a = off > ov->off ? off : ov->off;
+	off_t b = end < ov->off + (off_t)ov->n ? end : ov->off + (off_t)ov->n;
+	int r = pread_exact(fd, dst, (size_t)(a - off), off);
+	if (r == 0)
+		memcpy((uint8_t *)dst + (a - off), ov->buf + (a - ov->off), (size_t)(b - a));
+	if (r == 0)
+		r = pread_exact(fd, (uint8_t *)dst + (b - off), (size_t)(end - b), b);
+	return r;
 }
 
 static int src_wal(void *ctx, const struct txpage *p, uint8_t *buf)
@@ -831,7 +1095,7 @@ static int wal_scan_tx(const struct wal_header *wh, int fd, const struct overlay
  * in *tx is still advanced when tx->end != 0), or -errno.
  */
 static int db_wal_prepare(struct db *db, int fd, const struct overlay *ov, struct wal_tx *tx,
-			  struct txrec *t)
+			  struct txrec *t, struct ltxjob **ret_job)
 {
 	int r = wal_scan_tx(&db->walh, fd, ov, db->wal_end, db->wal_s1, db->wal_s2, tx);
 	if (r <= 0) {
@@ -845,7 +1109,8 @@ static int db_wal_prepare(struct db *db, int fd, const struct overlay *ov, struc
 			     db->walh.salt2};
 	if (db->page_size == 0)
 		db->page_size = db->walh.page_size;
-	return db_tx_prepare(db, tx->pages, n, tx->commit, &src, &wi, db->pos.txid == 0, false, t);
+	return db_tx_prepare(db, tx->pages, n, tx->commit, &src, &wi, db->pos.txid == 0, false, t,
+			     ret_job);
 }
 
 /* Commit every complete transaction already in the file. */
@@ -855,7 +1120,7 @@ static int db_wal_commit_all(struct db *db, int fd)
 	struct txrec t;
 	int r;
 	for (;;) {
-		r = db_wal_prepare(db, fd, NULL, &tx, &t);
+		r = db_wal_prepare(db, fd, NULL, &tx, &t, NULL);
 		if (r < 0 || tx.end == 0)
 			break;
 		if (r == 1)
@@ -887,6 +1152,7 @@ static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off
 		r = fs_pwrite_full(fd, buf, n, off);
 		if (r < 0)
 			return r;
+		db->wal_gen_end = n;
 		if (wal_header_parse(&wh, buf) == 0) {
 			db->walh = wh;
 			db->wal_valid = true;
@@ -954,7 +1220,8 @@ above:
 		if (fstart >= db->wal_end) {
 			struct overlay ov = {buf, n, off};
 			uint8_t fh[WAL_FRAME_HEADER_SIZE];
-			uint64_t size = db->wal_size > last + 1 ? db->wal_size : last + 1;
+			/* bytes past wal_gen_end are stale: the frame is not complete */
+			uint64_t size = db->wal_gen_end > last + 1 ? db->wal_gen_end : last + 1;
 			if (size >= fstart + fsz &&
 			    wal_read(fd, &ov, fh, sizeof(fh), (off_t)fstart) == 0) {
 				struct wal_frame_header f;
@@ -968,17 +1235,22 @@ above:
 		struct overlay ov = {buf, n, off};
 		struct wal_tx tx = {0};
 		struct txrec t;
-		r = db_wal_prepare(db, fd, &ov, &tx, &t);
+		struct ltxjob *job = NULL;
+		r = db_wal_prepare(db, fd, &ov, &tx, &t,
+				   db->q_bytes < DB_QUEUE_LIMIT ? &job : NULL);
 		free(tx.pages);
 		if (r < 0)
 			return r;
 		int w = fs_pwrite_full(fd, buf, n, off);
 		if (w < 0) {
+			ltxjob_free(job);
 			if (r == 1)
 				db_tx_abort(&t);
 			return w;
 		}
-		if (r == 1)
+		if (r == 1 && job)
+			db_tx_apply_queued(db, &t, job);
+		else if (r == 1)
 			db_tx_apply(db, &t);
 		if (tx.end) {
 			db->wal_end = tx.end;
@@ -1011,7 +1283,7 @@ size_t db_index(const struct db *db)
 
 void db_get_pos(struct db *db, struct db_pos *ret)
 {
-	pthread_mutex_lock(&db->mu);
+	db_lock_settled(db);
 	*ret = db->pos;
 	pthread_mutex_unlock(&db->mu);
 }
@@ -1031,7 +1303,7 @@ bool db_exists(struct db *db)
 
 uint64_t db_checksum(struct db *db)
 {
-	pthread_mutex_lock(&db->mu);
+	db_lock_settled(db);
 	uint64_t c = db_cur_checksum(db);
 	pthread_mutex_unlock(&db->mu);
 	return c;
@@ -1123,7 +1395,7 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 			struct stat st;
 			db->wal_exists = true;
 			if (fstat(*ret_fd, &st) == 0) {
-				db->wal_size = (uint64_t)st.st_size;
+				db->wal_size = db->wal_gen_end = (uint64_t)st.st_size;
 				db->wal_live = st.st_size > 0;
 			}
 		}
@@ -1148,6 +1420,10 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		pthread_mutex_unlock(&db->mu);
 		return r;
 	}
+	if (db->q_err && (r = db_queue_settle(db)) < 0) {
+		pthread_mutex_unlock(&db->mu);
+		return r;
+	}
 	switch (kind) {
 	case DB_FILE_DB:
 		if (!db->journal_active && !db->wal_live) {
@@ -1159,6 +1435,7 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		 * checkpoint's writes change nothing committed, so at the next
 		 * rollback-mode commit point they compare equal.
 		 */
+		db->write_gen++;
 		{
 			if (db->page_size == 0 && off == 0 && n >= SQLITE_HEADER_SIZE) {
 				struct sqlite_dbheader dh;
@@ -1179,6 +1456,7 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		r = fs_pwrite_full(fd, buf, n, off);
 		break;
 	case DB_FILE_JOURNAL:
+		db->write_gen++;
 		if (off == 0 && n >= 8 && memcmp(buf, journal_magic, 8) != 0) {
 			/* PERSIST mode (and exclusive locking): header zeroed */
 			r = db_journal_commit(db);
@@ -1191,11 +1469,15 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 			db->journal_active = true;
 		break;
 	case DB_FILE_WAL:
+		if (db->q_unsynced) /* no fsync between that commit and this write */
+			db->q_unsynced = db->q_wait_sync = false;
 		r = db_wal_write(db, fd, buf, n, off);
 		if (r == 0 && n > 0) {
 			db->wal_live = true;
 			if ((uint64_t)off + n > db->wal_size)
 				db->wal_size = (uint64_t)off + n;
+			if ((uint64_t)off + n > db->wal_gen_end)
+				db->wal_gen_end = (uint64_t)off + n;
 		}
 		break;
 	default:
@@ -1245,7 +1527,11 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 		if (size == 0)
 			db->wal_live = false;
 		db->wal_size = (uint64_t)size;
+		if (db->wal_gen_end > (uint64_t)size)
+			db->wal_gen_end = (uint64_t)size;
 	}
+	if (kind == DB_FILE_DB || kind == DB_FILE_JOURNAL)
+		db->write_gen++;
 	if (fd >= 0) {
 		if (ftruncate(fd, size) < 0)
 			r = -errno;
@@ -1284,7 +1570,7 @@ int db_unlink(struct db *db, enum db_file kind)
 			r = -errno;
 		if (r == 0 || r == -ENOENT) {
 			db->wal_exists = db->wal_live = false;
-			db->wal_size = 0;
+			db->wal_size = db->wal_gen_end = 0;
 			db_wal_reset(db);
 		}
 		break;
@@ -1323,9 +1609,165 @@ int db_unlink(struct db *db, enum db_file kind)
 	return r;
 }
 
+/*
+ * The syncer: one thread per database, started on first use, that makes a
+ * prepared LTX file durable while the application's own fsync runs.
+ */
+struct syncer {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int fd;	    /* to sync; -1 when idle */
+	int result; /* of the last sync */
+	bool done, stop, dirsync;
+	const char *dir;
+};
+
+static void *syncer_run(void *arg)
+{
+	struct syncer *sy = arg;
+	pthread_mutex_lock(&sy->mu);
+	for (;;) {
+		while (sy->fd < 0 && !sy->stop)
+			pthread_cond_wait(&sy->cv, &sy->mu);
+		if (sy->fd < 0)
+			break;
+		int fd = sy->fd;
+		pthread_mutex_unlock(&sy->mu);
+		int r = fdatasync(fd) < 0 ? -errno : 0;
+		if (r == 0 && sy->dirsync)
+			r = fs_fsync_dir(sy->dir);
+		pthread_mutex_lock(&sy->mu);
+		sy->fd = -1;
+		sy->result = r;
+		sy->done = true;
+		pthread_cond_broadcast(&sy->cv);
+	}
+	pthread_mutex_unlock(&sy->mu);
+	return NULL;
+}
+
+static void syncer_free(struct syncer *sy)
+{
+	if (!sy)
+		return;
+	pthread_mutex_lock(&sy->mu);
+	sy->stop = true;
+	pthread_cond_broadcast(&sy->cv);
+	pthread_mutex_unlock(&sy->mu);
+	pthread_join(sy->th, NULL);
+	pthread_mutex_destroy(&sy->mu);
+	pthread_cond_destroy(&sy->cv);
+	free(sy);
+}
+
+/* db->mu held. */
+static struct syncer *db_syncer(struct db *db)
+{
+	if (db->syncer)
+		return db->syncer;
+	struct syncer *sy = calloc(1, sizeof(*sy));
+	if (!sy)
+		return NULL;
+	sy->fd = -1;
+	sy->dir = db->ltx_dir;
+	sy->dirsync = db->dirsync;
+	pthread_mutex_init(&sy->mu, NULL);
+	pthread_cond_init(&sy->cv, NULL);
+	if (pthread_create(&sy->th, NULL, syncer_run, sy) != 0) {
+		pthread_mutex_destroy(&sy->mu);
+		pthread_cond_destroy(&sy->cv);
+		free(sy);
+		return NULL;
+	}
+	db->syncer = sy;
+	return sy;
+}
+
+static void syncer_start(struct syncer *sy, int fd)
+{
+	pthread_mutex_lock(&sy->mu);
+	sy->fd = fd;
+	sy->done = false;
+	pthread_cond_broadcast(&sy->cv);
+	pthread_mutex_unlock(&sy->mu);
+}
+
+static int syncer_wait(struct syncer *sy)
+{
+	pthread_mutex_lock(&sy->mu);
+	while (!sy->done)
+		pthread_cond_wait(&sy->cv, &sy->mu);
+	int r = sy->result;
+	pthread_mutex_unlock(&sy->mu);
+	return r;
+}
+
+/*
+ * db->mu held, at an fsync of the database file: build the open
+ * transaction's LTX file (PREPARED COMMITS). Returns a descriptor of it to
+ * make durable, or -1 when there is nothing to prepare.
+ */
+static int db_prep_build(struct db *db)
+{
+	struct txrec *t;
+	uint32_t count;
+	if (!db->journal_active || db->prep || db->sticky_err || !db->live)
+		return -1;
+	t = malloc(sizeof(*t));
+	if (!t)
+		return -1;
+	uint64_t pre = db_cur_checksum(db);
+	int r = db_journal_build(db, false, t, &count);
+	if (r != 1) {
+		free(t);
+		return -1; /* nothing to commit, a snapshot, or an error the commit reports */
+	}
+	int fd = open(t->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		db_tx_abort(t);
+		free(t);
+		return -1;
+	}
+	db->prep = t;
+	db->prep_synced = false;
+	db->prep_gen = db->write_gen;
+	db->prep_pre = pre;
+	return fd;
+}
+
 int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 {
+	struct syncer *sy = NULL;
+	int pfd = -1;
+	if (kind == DB_FILE_DB) {
+		pthread_mutex_lock(&db->mu);
+		if (db->prep && db->prep_gen != db->write_gen)
+			db_prep_drop(db); /* written to since: build it again */
+		if (db->journal_active && !db->prep && (sy = db_syncer(db)) != NULL)
+			pfd = db_prep_build(db);
+		pthread_mutex_unlock(&db->mu);
+		if (pfd >= 0)
+			syncer_start(sy, pfd);
+	}
+	if (kind == DB_FILE_WAL) {
+		pthread_mutex_lock(&db->mu);
+		if (db->q_unsynced) /* synchronous=FULL: an fsync follows each commit */
+			db->q_wait_sync = true;
+		db->q_unsynced = false;
+		pthread_mutex_unlock(&db->mu);
+	}
 	int r = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+	if (pfd >= 0) {
+		int pr = syncer_wait(sy);
+		close(pfd);
+		pthread_mutex_lock(&db->mu);
+		if (pr < 0)
+			db_prep_drop(db); /* the commit point builds and syncs it again */
+		else if (db->prep)
+			db->prep_synced = true;
+		pthread_mutex_unlock(&db->mu);
+	}
 	if (r == 0 && (kind == DB_FILE_DB || kind == DB_FILE_JOURNAL)) {
 		pthread_mutex_lock(&db->mu);
 		if (db->journal_active)
@@ -1337,6 +1779,8 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 
 int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 {
+	struct db_pos pos;
+	db_get_pos(db, &pos); /* a prepared commit's file is newer than the newest commit */
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
 	uint64_t newest = 0;
@@ -1352,7 +1796,8 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 	while ((de = readdir(d))) {
 		uint64_t mn, mx;
 		struct stat st;
-		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || mx == newest || mx > keep_after)
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || mx == newest ||
+		    mx > keep_after || mx >= pos.txid)
 			continue;
 		if (fstatat(dirfd(d), de->d_name, &st, 0) < 0)
 			continue;
@@ -2294,6 +2739,7 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	if (!db)
 		return -ENOMEM;
 	pthread_mutex_init(&db->mu, NULL);
+	pthread_cond_init(&db->q_cond, NULL);
 	db->dbfd = -1;
 	db->opt = *opt;
 	db->dir = strdup(dir);
@@ -2351,7 +2797,15 @@ void db_free(struct db *db)
 	}
 	if (db->dbfd >= 0)
 		close(db->dbfd);
+	syncer_free(db->syncer);
+	db_prep_drop(db);
 	pthread_mutex_destroy(&db->mu);
+	pthread_cond_destroy(&db->q_cond);
+	while (db->q_head) { /* only if the last attempt to write them failed */
+		struct ltxjob *j = db->q_head;
+		db->q_head = j->next;
+		ltxjob_free(j);
+	}
 	free(db->pgck);
 	free(db->dirty_bits);
 	free(db->dirty);
@@ -2370,6 +2824,8 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
 	struct ltx_header h;
 	struct ltx_trailer t;
 	ltx_format_filename(name, min_txid, min_txid);
+	db_lock_settled(db); /* the file of a queued commit exists from here on */
+	pthread_mutex_unlock(&db->mu);
 	int r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
 	if (r < 0)
 		return r;
@@ -2447,11 +2903,11 @@ out:
  */
 static int lock_committed(struct db *db)
 {
-	pthread_mutex_lock(&db->mu);
+	db_lock_settled(db);
 	while (db->journal_active && !db->sticky_err) {
 		pthread_mutex_unlock(&db->mu);
 		usleep(1000);
-		pthread_mutex_lock(&db->mu);
+		db_lock_settled(db);
 	}
 	return db->sticky_err;
 }
@@ -2714,7 +3170,7 @@ void db_get_stats(struct db *db, struct db_stats *st)
 		st->writes[k] = __atomic_load_n(&db->st_writes[k], __ATOMIC_RELAXED);
 	st->commits = __atomic_load_n(&db->st_commits, __ATOMIC_RELAXED);
 	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
-	pthread_mutex_lock(&db->mu);
+	db_lock_settled(db);
 	st->size_bytes = db->exists ? (uint64_t)db->page_count * db->page_size : 0;
 	st->page_size = db->page_size;
 	st->page_count = db->exists ? db->page_count : 0;
@@ -2820,7 +3276,7 @@ static int db_settle(struct db *db, bool *touched, bool *removed)
 	}
 	if (r == 0) {
 		db_wal_reset(db);
-		db->wal_size = 0;
+		db->wal_size = db->wal_gen_end = 0;
 		db->wal_live = false;
 		*touched = true;
 	}
@@ -2884,7 +3340,7 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 	/* The chain: a non-snapshot must start exactly at this position, and
 	 * the result of applying it must be its post-apply checksum. */
 	bool snapshot = ltx_header_is_snapshot(&h);
-	pthread_mutex_lock(&db->mu);
+	db_lock_settled(db);
 	if (!snapshot &&
 	    (db->pos.txid + 1 != h.min_txid || db->pos.checksum != h.pre_apply_checksum)) {
 		log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " does not follow this node's "
@@ -2956,7 +3412,7 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 		r = -errno;
 		goto out;
 	}
-	pthread_mutex_lock(&db->mu);
+	db_lock_settled(db);
 	bool settled = false, unlinked = false;
 	r = db_settle(db, &settled, &unlinked);
 	if (r < 0) {

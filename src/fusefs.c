@@ -832,7 +832,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 				  h->kind, strerror(-r));
 		fuse_reply_err(req, -r);
 	} else {
+		/* h may be released as soon as the reply is out */
+		struct db *db = h->kind == DB_FILE_WAL ? h->db : NULL;
 		fuse_reply_write(req, size);
+		if (db)
+			db_write_done(db);
 	}
 }
 
@@ -855,7 +859,10 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 		r = (datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0 ? -errno : 0;
 	else if (h->kind != DB_FILE_POS && h->kind != KIND_VIRT)
 		r = db_fsync(h->db, (enum db_file)h->kind, h->fd, datasync);
+	struct db *db = h->kind == DB_FILE_WAL ? h->db : NULL; /* h may go with the reply */
 	fuse_reply_err(req, -r);
+	if (db)
+		db_write_done(db);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)

@@ -105,6 +105,13 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
  * non-SQLite file).
  */
 int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n, off_t off);
+/*
+ * Call after replying to a write or an fsync of a WAL, from the same
+ * thread: writes the LTX files of WAL-mode commits that db_write queued
+ * (db.c, QUEUED LTX FILES), so their creation is not part of the write's
+ * latency. Errors are logged here and reported by the next db_write.
+ */
+void db_write_done(struct db *db);
 /* ftruncate semantics (fd may be -1). Truncating a journal to 0 is a commit point. */
 int db_truncate(struct db *db, enum db_file kind, int fd, off_t size);
 /* unlink semantics. Unlinking the journal is a commit point; the database: drop. */

@@ -1,4 +1,5 @@
 """The mount's surface: names, the -pos file, refusals, compatibility, bad input."""
+import contextlib
 import errno
 import signal
 import os
@@ -208,9 +209,9 @@ def test_litefs_data_dir_mounts_as_is(make_node, tmp_path):
     assert open(os.path.join(node.data, "clusterid")).read() == "LFSC0123456789ABCDEF\n"
 
 
-def test_full_disk(make_node, tmp_path):
-    """ENOSPC while writing an LTX: SQLite gets an error, nothing is corrupt, and the
-    next write works once space is back."""
+@contextlib.contextmanager
+def small_disk_node(make_node, tmp_path):
+    """A started node whose data directory is on an 8 MiB tmpfs, for disk-full tests."""
     small = tmp_path / "small"
     small.mkdir()
     subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)])
@@ -220,18 +221,31 @@ def test_full_disk(make_node, tmp_path):
         open(node.config, "w").write(cfg)
         node.data = str(small / "data")
         node.start()
+        yield node, small
+    finally:
+        subprocess.call(["umount", "-l", str(small)])
+
+
+def fill_disk(path):
+    """Write zeros to path until the file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_full_disk(make_node, tmp_path):
+    """ENOSPC while writing an LTX: SQLite gets an error, nothing is corrupt, and the
+    next write works once space is back."""
+    with small_disk_node(make_node, tmp_path) as (node, small):
         c = connect(node.path("db"), "delete")
         c.execute("CREATE TABLE t(v)")
         c.execute("INSERT INTO t VALUES('before')")
         pos = read_pos(node.mount, "db")
         filler = small / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fill_disk(filler)
         with pytest.raises(sqlite3.OperationalError):
             c.execute("BEGIN")
             for i in range(200):
@@ -252,8 +266,41 @@ def test_full_disk(make_node, tmp_path):
         c.close()
         verify_database(node, "db")
         node.stop()
-    finally:
-        subprocess.call(["umount", "-l", str(small)])
+
+
+def test_full_disk_wal_queued_ltx(make_node, tmp_path):
+    """WAL mode writes a small commit's LTX file after replying to SQLite (the WAL is the
+    durable record). When that file cannot be written, the commit SQLite reported stays,
+    later writes fail with a disk-full error, and once space is back the file is written
+    in order and writes work again."""
+    with small_disk_node(make_node, tmp_path) as (node, small):
+        c = connect(node.path("db"), "wal")
+        c.execute("CREATE TABLE t(v)")
+        for i in range(40):  # grow the WAL, so that later frames reuse its blocks
+            c.execute("INSERT INTO t VALUES(?)", ("x" * 3000,))
+        c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        c.execute("INSERT INTO t VALUES('restart')")  # the WAL starts over at its head
+        filler = small / "filler"
+        fill_disk(filler)
+        acked, failed = [], 0
+        for i in range(20):
+            try:
+                c.execute("INSERT INTO t VALUES(?)", ("during-%d" % i,))
+                acked.append("during-%d" % i)
+            except sqlite3.OperationalError as e:
+                assert "full" in str(e) or "disk" in str(e) or "I/O" in str(e), e
+                failed += 1
+        # a commit or two may slip in while the first queued file is failing
+        assert failed >= 15, "writes went on although an LTX file could not be written"
+        assert acked, "the first commit should reuse WAL blocks and be queued"
+        assert "cannot write the LTX file of a commit" in node.read_log()
+        os.unlink(filler)
+        c.execute("INSERT INTO t VALUES('after')")
+        have = [r[0] for r in c.execute("SELECT v FROM t WHERE v NOT LIKE 'xx%'")]
+        assert have == ["restart"] + acked + ["after"]
+        c.close()
+        verify_database(node, "db")
+        node.stop()
 
 
 def test_subprocess_exit_code_and_unmount(make_node):

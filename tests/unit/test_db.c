@@ -29,6 +29,7 @@ static struct db *g_db;
 static char g_dir[256];
 static int g_fail_wal_syncs; /* fail this many WAL syncs */
 static int g_wal_writes_refused;
+static int g_fail_journal_deletes; /* fail this many journal deletes */
 
 struct tfile {
 	sqlite3_file base;
@@ -130,19 +131,19 @@ static int t_caps(sqlite3_file *f)
 }
 
 static const sqlite3_io_methods t_io = {
-	.iVersion = 1,
-	.xClose = t_close,
-	.xRead = t_read,
-	.xWrite = t_write,
-	.xTruncate = t_truncate,
-	.xSync = t_sync,
-	.xFileSize = t_size,
-	.xLock = t_lock,
-	.xUnlock = t_unlock,
-	.xCheckReservedLock = t_reserved,
-	.xFileControl = t_fcntl,
-	.xSectorSize = t_sector,
-	.xDeviceCharacteristics = t_caps,
+    .iVersion = 1,
+    .xClose = t_close,
+    .xRead = t_read,
+    .xWrite = t_write,
+    .xTruncate = t_truncate,
+    .xSync = t_sync,
+    .xFileSize = t_size,
+    .xLock = t_lock,
+    .xUnlock = t_unlock,
+    .xCheckReservedLock = t_reserved,
+    .xFileControl = t_fcntl,
+    .xSectorSize = t_sector,
+    .xDeviceCharacteristics = t_caps,
 };
 
 static int t_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out)
@@ -165,6 +166,10 @@ static int t_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags
 
 static int t_delete(sqlite3_vfs *vfs, const char *name, int sync)
 {
+	if (kind_of(name) == DB_FILE_JOURNAL && g_fail_journal_deletes > 0) {
+		g_fail_journal_deletes--;
+		return SQLITE_IOERR_DELETE;
+	}
 	int r = db_unlink(g_db, kind_of(name));
 	return r < 0 && r != -ENOENT ? SQLITE_IOERR_DELETE : SQLITE_OK;
 }
@@ -234,8 +239,8 @@ static uint64_t file_checksum(void)
 	uint32_t ps = (uint32_t)hdr[16] << 8 | hdr[17];
 	if (ps == 1)
 		ps = 65536;
-	uint32_t n = (uint32_t)hdr[28] << 24 | (uint32_t)hdr[29] << 16 | (uint32_t)hdr[30] << 8 |
-		     hdr[31];
+	uint32_t n =
+	    (uint32_t)hdr[28] << 24 | (uint32_t)hdr[29] << 16 | (uint32_t)hdr[30] << 8 | hdr[31];
 	uint8_t *page = malloc(ps);
 	for (uint32_t pg = 1; pg <= n; pg++) {
 		if (pg == ltx_lock_pgno(ps))
@@ -298,11 +303,12 @@ static void test_wal_commit_undone_by_sqlite(void)
 	sqlite3 *c;
 	fresh_dir("walfail");
 	open_db();
-	CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-				 "ltxfs-test"),
-		 SQLITE_OK);
-	exec(c, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; "
-		"PRAGMA synchronous=FULL; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
+	CHECK_RC(
+	    sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "ltxfs-test"),
+	    SQLITE_OK);
+	exec(c,
+	     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; "
+	     "PRAGMA synchronous=FULL; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
 	     SQLITE_OK);
 	g_fail_wal_syncs = 1;
 	exec(c, "INSERT INTO t VALUES(2)", SQLITE_IOERR);
@@ -331,6 +337,61 @@ static void test_wal_commit_undone_by_sqlite(void)
 	sqlite3_finalize(st);
 	sqlite3_close(c);
 	check_consistent("after more writes");
+	db_free(g_db);
+}
+
+static bool ltx_exists(uint64_t txid)
+{
+	char path[400];
+	snprintf(path, sizeof(path), "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir,
+		 (unsigned long long)txid, (unsigned long long)txid);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * A rollback-mode commit is built at the database fsync (db.c, PREPARED
+ * COMMITS). When the journal delete that would commit it fails, SQLite rolls
+ * the transaction back from the hot journal: the prepared LTX file must go,
+ * and the chain and the file must still agree.
+ */
+static void test_prepared_commit_rolled_back(void)
+{
+	sqlite3 *c;
+	struct db_pos before, after;
+	fresh_dir("prep");
+	open_db();
+	CHECK_RC(
+	    sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "ltxfs-test"),
+	    SQLITE_OK);
+	exec(c,
+	     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
+	     "INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	db_get_pos(g_db, &before);
+	g_fail_journal_deletes = 1;
+	exec(c, "INSERT INTO t VALUES(2)", SQLITE_IOERR);
+	/* the commit was prepared (its file written at the fsync) but not made */
+	CHECK(ltx_exists(before.txid + 1));
+	db_get_pos(g_db, &after);
+	CHECK_EQ_U64(after.txid, before.txid);
+	sqlite3_close(c); /* rolls the hot journal back */
+	CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE, "ltxfs-test"), SQLITE_OK);
+	exec(c, "SELECT count(*) FROM t", SQLITE_OK); /* a hot journal left is rolled back here */
+	db_get_pos(g_db, &after);
+	CHECK_EQ_U64(after.txid, before.txid);
+	CHECK(!ltx_exists(before.txid + 1));
+	check_consistent("after the rollback");
+	exec(c, "INSERT INTO t VALUES(3)", SQLITE_OK);
+	sqlite3_stmt *st;
+	CHECK_RC(sqlite3_prepare_v2(c, "SELECT group_concat(x) FROM t", -1, &st, NULL), 0);
+	CHECK_RC(sqlite3_step(st), SQLITE_ROW);
+	const char *rows = (const char *)sqlite3_column_text(st, 0);
+	CHECK(rows && strcmp(rows, "1,3") == 0);
+	sqlite3_finalize(st);
+	sqlite3_close(c);
+	db_get_pos(g_db, &after);
+	CHECK_EQ_U64(after.txid, before.txid + 1);
+	check_consistent("after the next commit");
 	db_free(g_db);
 }
 
@@ -370,5 +431,6 @@ int main(void)
 	vfs_setup();
 	RUN(test_modes_keep_checksums_exact);
 	RUN(test_wal_commit_undone_by_sqlite);
+	RUN(test_prepared_commit_rolled_back);
 	return UNIT_DONE();
 }
