@@ -59,7 +59,7 @@
  * recovery regenerates any LTX file that power loss tore from the WAL.
  *
  * RECOVERY (db_open, before the mount exists):
- *   1. Remove *.tmp files; verify LTX files from the newest down and delete
+ *   1. Remove *.tmp files (and database.tmp); verify LTX files from the newest down and delete
  *      any that do not verify (torn by a crash), until one verifies.
  *   2. Roll back a hot journal (one SQLite would roll back: valid header, and
  *      any super-journal it names still exists); delete a cold one.
@@ -162,6 +162,7 @@ struct db {
 	uint64_t prep_gen, prep_pre;
 	uint64_t write_gen; /* writes to the database and journal files */
 	struct syncer *syncer;
+	bool snap_locked; /* the next snapshot is built under the lock (atomic) */
 	bool q_unsynced;  /* the newest commit was queued and the WAL not fsync'ed since */
 	bool q_wait_sync; /* the application fsyncs the WAL after each commit */
 	pthread_cond_t q_cond;
@@ -2616,6 +2617,9 @@ static int db_recover(struct db *db)
 	int r;
 
 	memset(&lh, 0, sizeof(lh));
+	/* a database file a replica was building from a snapshot (RECEIVING) */
+	if (fs_path(path, sizeof(path), "%s/database.tmp", db->dir) == 0)
+		fs_unlink_if_exists(path);
 	r = db_recover_ltx(db, &lh, &lt, true);
 	if (r < 0)
 		return r;
@@ -2918,8 +2922,9 @@ static int lock_committed(struct db *db)
  * checksum. what names the caller in the error log.
  */
 static int read_committed_page(struct db *db, const uint64_t *map, int walfd, uint32_t pg,
-			       uint8_t *page, const char *what)
+			       uint8_t *page, const char *what, uint64_t *ret_crc)
 {
+	uint64_t crc = 0;
 	int r;
 	if (map && map[pg]) {
 		ssize_t n = fs_pread_full(walfd, page, db->page_size, (off_t)map[pg]);
@@ -2927,7 +2932,11 @@ static int read_committed_page(struct db *db, const uint64_t *map, int walfd, ui
 	} else {
 		r = read_db_page(db, pg, page);
 	}
-	if (r == 0 && ltx_page_checksum(pg, page, db->page_size) != db->pgck[pg]) {
+	if (r == 0)
+		crc = ltx_page_crc(pg, page, db->page_size);
+	if (ret_crc)
+		*ret_crc = crc;
+	if (r == 0 && (LTX_CHECKSUM_FLAG | crc) != db->pgck[pg]) {
 		log_error("db '%s': page %u does not match its committed checksum while %s",
 			  db->name, pg, what);
 		r = -EIO;
@@ -2935,23 +2944,106 @@ static int read_committed_page(struct db *db, const uint64_t *map, int walfd, ui
 	return r;
 }
 
-int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx_trailer *ret_t)
-{
-	uint64_t *map = NULL;
-	uint8_t *page = NULL;
-	struct ltx_encoder *enc = NULL;
-	struct wbuf *w = NULL;
-	int walfd = -1, fd = -1, r;
+/*
+ * STREAMED SNAPSHOTS. db_snap_start builds an uncompressed snapshot on a
+ * builder thread and returns as soon as its header is fixed; the stream
+ * sends bytes as they are produced (db_snap_read), so building, sending and
+ * the replica's verification overlap. Uncompressed, the length is known in
+ * advance (the stream frame carries it): header, every page but the lock
+ * page with its 4-byte number, the 4-byte end marker and the trailer.
+ *
+ * Two modes. OPTIMISTIC (the default): under db->mu the builder only takes
+ * the position, a copy of the committed page checksums, the map of committed
+ * WAL frames and its own descriptors of the database file and the WAL; it
+ * then reads pages without the lock and checks each against the copied
+ * checksum, handing the bytes over through a bounded ring in memory (the
+ * builder waits for the sender, never the other way round, and no commit
+ * waits for either). A page that no longer matches (a checkpoint or a
+ * rollback-mode transaction rewrote it meanwhile) ends the frame with an
+ * error; the replica discards it and reconnects. The next snapshot of that
+ * database is then LOCKED: built under db->mu into an anonymous file, which
+ * the sender reads as it grows, so the lock is held for the build only and
+ * not while the bytes travel.
+ */
+#define SNAP_CHUNK (1u << 20)
+#define SNAP_RING  8u /* chunks buffered between builder and sender (optimistic) */
 
-	r = lock_committed(db);
-	if (r < 0)
-		goto out;
-	if (db->pos.txid == 0) {
-		r = -ENOENT;
-		goto out;
+struct db_snap {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct db *db;
+	bool locked;	  /* mode LOCKED: bytes go to fd */
+	int fd;		  /* LOCKED: the anonymous file */
+	uint8_t *ring;	  /* OPTIMISTIC: SNAP_RING chunks */
+	uint64_t size;	  /* final length */
+	uint64_t written; /* bytes produced */
+	uint64_t sent;	  /* bytes handed to the sender */
+	int err;
+	bool header_ready, done, cancel;
+	struct ltx_header h;
+	struct ltx_trailer t;
+	uint8_t *buf; /* the chunk being filled */
+	size_t n;
+	/* OPTIMISTIC: what was captured under the lock */
+	uint64_t *ck;
+	uint64_t *map;
+	int dbfd, walfd;
+	uint8_t *rbuf; /* pages rfirst.. of the database file, read ahead */
+	uint32_t rfirst, rn;
+};
+
+#define SNAP_READ_PAGES 256
+
+/* Hand the filled chunk over: append to the file, or wait for ring room. */
+static int snap_publish(struct db_snap *sn)
+{
+	int r = 0;
+	if (sn->locked)
+		r = fs_pwrite_full(sn->fd, sn->buf, sn->n, (off_t)sn->written);
+	pthread_mutex_lock(&sn->mu);
+	if (!sn->locked) {
+		while (!sn->cancel &&
+		       sn->written + sn->n - sn->sent > (uint64_t)SNAP_RING * SNAP_CHUNK)
+			pthread_cond_wait(&sn->cv, &sn->mu);
+		/* chunks are whole SNAP_CHUNKs except the last: positions stay aligned */
+		size_t slot = (size_t)(sn->written / SNAP_CHUNK % SNAP_RING);
+		memcpy(sn->ring + slot * SNAP_CHUNK, sn->buf, sn->n);
 	}
+	if (r == 0)
+		sn->written += sn->n;
+	bool cancel = sn->cancel;
+	pthread_cond_broadcast(&sn->cv);
+	pthread_mutex_unlock(&sn->mu);
+	sn->n = 0;
+	return r < 0 ? r : cancel ? -ECANCELED : 0;
+}
+
+static int snap_write(void *ctx, const void *p, size_t n)
+{
+	struct db_snap *sn = ctx;
+	while (n > 0) {
+		size_t k = SNAP_CHUNK - sn->n < n ? SNAP_CHUNK - sn->n : n;
+		memcpy(sn->buf + sn->n, p, k);
+		sn->n += k;
+		p = (const uint8_t *)p + k;
+		n -= k;
+		if (sn->n == SNAP_CHUNK) {
+			int r = snap_publish(sn);
+			if (r < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+/* db->mu held: fix the header, and for OPTIMISTIC capture what the build needs. */
+static int snap_capture(struct db_snap *sn)
+{
+	struct db *db = sn->db;
+	if (db->pos.txid == 0)
+		return -ENOENT;
 	struct ltx_header h = {
-	    .flags = db->opt.compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
 	    .page_size = db->page_size ? db->page_size : 4096,
 	    .commit = db->exists ? db->page_count : 0,
 	    .min_txid = 1,
@@ -2960,63 +3052,251 @@ int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx
 	    .node_id = db->opt.node_id,
 	    .epoch = db->last_epoch, /* the term that wrote the state it captures */
 	};
-	fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd < 0) {
+	uint32_t lock = ltx_lock_pgno(h.page_size);
+	uint64_t npages = h.commit - (lock <= h.commit ? 1 : 0);
+	sn->h = h;
+	sn->t.post_apply_checksum = db->exists ? db->pos.checksum : LTX_CHECKSUM_FLAG;
+	sn->size = LTX_HEADER_SIZE + npages * (4 + (uint64_t)h.page_size) + 4 + LTX_TRAILER_SIZE;
+	if (sn->locked || h.commit == 0)
+		return 0;
+	char path[4096];
+	int r = wal_frame_map(db, &sn->map);
+	if (r < 0)
+		return r;
+	sn->walfd = sn->map ? r : -1;
+	sn->ck = malloc(((size_t)h.commit + 1) * sizeof(*sn->ck));
+	if (!sn->ck)
+		return -ENOMEM;
+	memcpy(sn->ck, db->pgck, ((size_t)h.commit + 1) * sizeof(*sn->ck));
+	r = db_file_path(db, DB_FILE_DB, path, sizeof(path));
+	if (r == 0 && (sn->dbfd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
 		r = -errno;
-		goto out;
+	return r;
+}
+
+/*
+ * OPTIMISTIC: page pg as committed at capture time (*out points at it, in
+ * page or in the read-ahead), or -EAGAIN if it was rewritten since.
+ */
+static int snap_read_page(struct db_snap *sn, uint32_t pg, uint8_t *page, const uint8_t **out,
+			  uint64_t *crc)
+{
+	size_t ps = sn->h.page_size;
+	ssize_t n;
+	if (sn->map && sn->map[pg]) {
+		n = fs_pread_full(sn->walfd, page, ps, (off_t)sn->map[pg]);
+		if (n < 0)
+			return (int)n;
+		if ((size_t)n < ps)
+			memset(page + n, 0, ps - (size_t)n);
+		*out = page;
+	} else {
+		if (!sn->rn || pg < sn->rfirst || pg >= sn->rfirst + sn->rn) {
+			n = fs_pread_full(sn->dbfd, sn->rbuf, SNAP_READ_PAGES * ps,
+					  (off_t)(pg - 1) * (off_t)ps);
+			if (n < 0)
+				return (int)n;
+			memset(sn->rbuf + n, 0, SNAP_READ_PAGES * ps - (size_t)n);
+			sn->rfirst = pg;
+			sn->rn = SNAP_READ_PAGES;
+		}
+		*out = sn->rbuf + (pg - sn->rfirst) * ps;
 	}
-	w = malloc(sizeof(*w));
-	page = malloc(h.page_size);
-	if (!w || !page) {
+	*crc = ltx_page_crc(pg, *out, (uint32_t)ps);
+	return (LTX_CHECKSUM_FLAG | *crc) == sn->ck[pg] ? 0 : -EAGAIN;
+}
+
+static void *snap_run(void *arg)
+{
+	struct db_snap *sn = arg;
+	struct db *db = sn->db;
+	struct ltx_encoder *enc = NULL;
+	uint64_t *map = NULL;
+	uint8_t *page = NULL;
+	int walfd = -1, r;
+
+	r = lock_committed(db);
+	if (r == 0)
+		r = snap_capture(sn);
+	if (!sn->locked)
+		pthread_mutex_unlock(&db->mu);
+	pthread_mutex_lock(&sn->mu);
+	sn->header_ready = true;
+	sn->err = r;
+	pthread_cond_broadcast(&sn->cv);
+	pthread_mutex_unlock(&sn->mu);
+	if (r < 0)
+		goto out;
+
+	page = malloc(sn->h.page_size);
+	if (!sn->locked)
+		sn->rbuf = malloc((size_t)SNAP_READ_PAGES * sn->h.page_size);
+	if (!page || (!sn->locked && !sn->rbuf)) {
 		r = -ENOMEM;
 		goto out;
 	}
-	w->fd = fd;
-	w->n = 0;
-	if (h.commit > 0) {
+	if (sn->locked && sn->h.commit > 0) {
 		r = wal_frame_map(db, &map);
 		if (r < 0)
 			goto out;
 		walfd = map ? r : -1;
+		r = 0;
 	}
-	r = ltx_encoder_new(&enc, &h, wbuf_write, w);
-	if (r < 0)
-		goto out;
-	uint32_t lock = ltx_lock_pgno(h.page_size);
-	for (uint32_t pg = 1; pg <= h.commit; pg++) {
+	r = ltx_encoder_new(&enc, &sn->h, snap_write, sn);
+	uint32_t lock = ltx_lock_pgno(sn->h.page_size);
+	for (uint32_t pg = 1; r == 0 && pg <= sn->h.commit; pg++) {
 		if (pg == lock)
 			continue;
-		r = read_committed_page(db, map, walfd, pg, page, "building a snapshot");
-		if (r < 0)
-			goto out;
-		r = ltx_encoder_add_page(enc, pg, page);
-		if (r < 0)
-			goto out;
+		uint64_t crc;
+		const uint8_t *p = page;
+		if (sn->locked)
+			r = read_committed_page(db, map, walfd, pg, page, "building a snapshot",
+						&crc);
+		else
+			r = snap_read_page(sn, pg, page, &p, &crc);
+		if (r == 0)
+			r = ltx_encoder_add_page_crc(enc, pg, p, crc);
 	}
-	struct ltx_trailer tr;
-	r = ltx_encoder_finish(enc, db->exists ? db->pos.checksum : LTX_CHECKSUM_FLAG, &tr);
 	if (r == 0)
-		r = wbuf_flush(w);
-	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
-		r = -errno;
-	if (r == 0) {
-		*ret_fd = fd;
-		fd = -1;
-		if (ret_h)
-			*ret_h = h;
-		if (ret_t)
-			*ret_t = tr;
+		r = ltx_encoder_finish(enc, sn->t.post_apply_checksum, &sn->t);
+	if (r == -EAGAIN) {
+		log_info("db '%s': the database changed while a snapshot was streamed; the next "
+			 "one is built under the lock",
+			 db->name);
+		__atomic_store_n(&db->snap_locked, true, __ATOMIC_RELAXED);
 	}
 out:
-	pthread_mutex_unlock(&db->mu);
+	if (sn->locked)
+		pthread_mutex_unlock(&db->mu);
+	if (r == 0 && sn->n > 0)
+		r = snap_publish(sn);
+	if (r == 0 && sn->written != sn->size)
+		r = -EIO;
 	ltx_encoder_free(enc);
 	if (walfd >= 0)
 		close(walfd);
-	if (fd >= 0)
-		close(fd);
 	free(map);
 	free(page);
-	free(w);
+	pthread_mutex_lock(&sn->mu);
+	if (!sn->err)
+		sn->err = r;
+	sn->done = true;
+	pthread_cond_broadcast(&sn->cv);
+	pthread_mutex_unlock(&sn->mu);
+	return NULL;
+}
+
+void db_snap_free(struct db_snap *sn)
+{
+	if (!sn)
+		return;
+	pthread_mutex_lock(&sn->mu);
+	sn->cancel = true;
+	pthread_cond_broadcast(&sn->cv);
+	pthread_mutex_unlock(&sn->mu);
+	pthread_join(sn->th, NULL);
+	pthread_mutex_destroy(&sn->mu);
+	pthread_cond_destroy(&sn->cv);
+	if (sn->fd >= 0)
+		close(sn->fd);
+	if (sn->dbfd >= 0)
+		close(sn->dbfd);
+	if (sn->walfd >= 0)
+		close(sn->walfd);
+	free(sn->map);
+	free(sn->ck);
+	free(sn->rbuf);
+	free(sn->ring);
+	free(sn->buf);
+	free(sn);
+}
+
+int db_snap_start(struct db *db, struct db_snap **ret)
+{
+	struct db_snap *sn = calloc(1, sizeof(*sn));
+	int r = 0;
+	*ret = NULL;
+	if (!sn)
+		return -ENOMEM;
+	sn->db = db;
+	sn->fd = sn->dbfd = sn->walfd = -1;
+	sn->locked = __atomic_exchange_n(&db->snap_locked, false, __ATOMIC_RELAXED);
+	sn->buf = malloc(SNAP_CHUNK);
+	if (sn->locked)
+		sn->fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	else
+		sn->ring = malloc((size_t)SNAP_RING * SNAP_CHUNK);
+	if (!sn->buf || (sn->locked ? sn->fd < 0 : !sn->ring)) {
+		r = sn->locked && sn->fd < 0 ? -errno : -ENOMEM;
+		if (sn->fd >= 0)
+			close(sn->fd);
+		free(sn->ring);
+		free(sn->buf);
+		free(sn);
+		return r;
+	}
+	pthread_mutex_init(&sn->mu, NULL);
+	pthread_cond_init(&sn->cv, NULL);
+	if (pthread_create(&sn->th, NULL, snap_run, sn) != 0) {
+		pthread_mutex_destroy(&sn->mu);
+		pthread_cond_destroy(&sn->cv);
+		if (sn->fd >= 0)
+			close(sn->fd);
+		free(sn->ring);
+		free(sn->buf);
+		free(sn);
+		return -EAGAIN;
+	}
+	pthread_mutex_lock(&sn->mu);
+	while (!sn->header_ready)
+		pthread_cond_wait(&sn->cv, &sn->mu);
+	r = sn->err;
+	pthread_mutex_unlock(&sn->mu);
+	if (r < 0) {
+		db_snap_free(sn);
+		return r;
+	}
+	*ret = sn;
+	return 0;
+}
+
+void db_snap_info(const struct db_snap *sn, uint64_t *size, struct ltx_header *h, uint64_t *post)
+{
+	*size = sn->size;
+	*h = sn->h;
+	*post = sn->t.post_apply_checksum;
+}
+
+ssize_t db_snap_read(struct db_snap *sn, void *buf, size_t max)
+{
+	ssize_t r;
+	pthread_mutex_lock(&sn->mu);
+	while (sn->written <= sn->sent && !sn->done)
+		pthread_cond_wait(&sn->cv, &sn->mu);
+	if (sn->written <= sn->sent) {
+		r = sn->err ? sn->err : -EIO;
+		pthread_mutex_unlock(&sn->mu);
+		return r;
+	}
+	uint64_t off = sn->sent, avail = sn->written - off;
+	size_t k = avail < max ? (size_t)avail : max;
+	if (sn->locked) {
+		pthread_mutex_unlock(&sn->mu);
+		r = pread(sn->fd, buf, k, (off_t)off);
+		if (r < 0)
+			return -errno;
+		pthread_mutex_lock(&sn->mu);
+	} else {
+		/* within one chunk of the ring; the builder does not reuse it yet */
+		size_t in = (size_t)(off % SNAP_CHUNK);
+		if (k > SNAP_CHUNK - in)
+			k = SNAP_CHUNK - in;
+		memcpy(buf, sn->ring + (size_t)(off / SNAP_CHUNK % SNAP_RING) * SNAP_CHUNK + in, k);
+		r = (ssize_t)k;
+	}
+	sn->sent += (uint64_t)r;
+	pthread_cond_broadcast(&sn->cv);
+	pthread_mutex_unlock(&sn->mu);
 	return r;
 }
 
@@ -3047,7 +3327,7 @@ int db_export(struct db *db, int fd, struct db_pos *ret_pos)
 			memset(page, 0, db->page_size);
 			r = 0;
 		} else {
-			r = read_committed_page(db, map, walfd, pg, page, "exporting");
+			r = read_committed_page(db, map, walfd, pg, page, "exporting", NULL);
 		}
 		if (r == 0)
 			r = fs_pwrite_full(fd, page, db->page_size,
@@ -3288,54 +3568,286 @@ out:
 	return r;
 }
 
-int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk)
-{
-	struct ltx_decoder *dec = NULL;
-	struct applypage *pg = NULL;
-	size_t n = 0, cap = 0;
-	uint8_t *page = NULL;
+/* What pass 1 learnt of an LTX file. */
+struct ltx_scan {
 	struct ltx_header h;
 	struct ltx_trailer tr;
-	void *token = NULL;
-	bool locked = false, created = false, dropped = false;
+	struct applypage *pg;
+	size_t n, cap;
+	int stagefd;	/* the new database file built from a snapshot, or -1 */
+	uint8_t *stage; /* pages waiting to be written to stagefd, contiguous */
+	uint32_t stage_first, stage_n;
+};
+
+#define STAGE_PAGES 256
+
+static int scan_stage_flush(struct ltx_scan *sc)
+{
+	if (sc->stage_n == 0)
+		return 0;
+	int r = fs_pwrite_full(sc->stagefd, sc->stage, (size_t)sc->stage_n * sc->h.page_size,
+			       (off_t)(sc->stage_first - 1) * sc->h.page_size);
+	sc->stage_n = 0;
+	return r;
+}
+
+static int scan_stage_page(struct ltx_scan *sc, uint32_t pgno, const uint8_t *page)
+{
+	int r = 0;
+	if (sc->stage_n && (sc->stage_n == STAGE_PAGES || pgno != sc->stage_first + sc->stage_n))
+		r = scan_stage_flush(sc);
+	if (sc->stage_n == 0)
+		sc->stage_first = pgno;
+	memcpy(sc->stage + (size_t)sc->stage_n * sc->h.page_size, page, sc->h.page_size);
+	sc->stage_n++;
+	return r;
+}
+
+static void ltx_scan_release(struct db *db, struct ltx_scan *sc)
+{
+	free(sc->pg);
+	sc->pg = NULL;
+	free(sc->stage);
+	sc->stage = NULL;
+	if (sc->stagefd >= 0) {
+		char path[4096];
+		close(sc->stagefd);
+		if (fs_path(path, sizeof(path), "%s/database.tmp", db->dir) == 0)
+			unlink(path);
+		sc->stagefd = -1;
+	}
+}
+
+/*
+ * Pass 1, before anything is touched: decode and verify the whole file
+ * (page order, file checksum, snapshot completeness) and note each page's
+ * new checksum. With stage, a snapshot of a database that does not exist
+ * here yet is also written, page by page, to database.tmp, which the apply
+ * renames into place instead of a second pass.
+ */
+static int ltx_scan_run(struct db *db, ltx_read_fn fn, void *ctx, bool stage, struct ltx_scan *sc)
+{
+	struct ltx_decoder *dec = NULL;
+	uint8_t *page = NULL;
+	uint32_t pgno;
 	int r;
 
-	/* Pass 1, before anything is touched: decode and verify the whole file
-	 * (page order, file checksum, snapshot completeness) and note each
-	 * page's new checksum. */
-	if (lseek(fd, 0, SEEK_SET) < 0)
-		return -errno;
-	r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+	memset(sc, 0, sizeof(*sc));
+	sc->stagefd = -1;
+	r = ltx_decoder_new(&dec, fn, ctx);
+	if (r < 0)
+		return r;
+	sc->h = *ltx_decoder_header(dec);
+	page = malloc(sc->h.page_size);
+	if (!page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (stage && ltx_header_is_snapshot(&sc->h) && sc->h.commit > 0 && !db_exists(db)) {
+		char path[4096];
+		r = fs_path(path, sizeof(path), "%s/database.tmp", db->dir);
+		if (r == 0) {
+			sc->stagefd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+			if (sc->stagefd < 0)
+				r = -errno;
+		}
+		if (r < 0)
+			goto out;
+		sc->stage = malloc((size_t)STAGE_PAGES * sc->h.page_size);
+		if (!sc->stage) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	while ((r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+		if (sc->n == sc->cap) {
+			sc->cap = sc->cap ? sc->cap * 2 : 64;
+			void *p = realloc(sc->pg, sc->cap * sizeof(*sc->pg));
+			if (!p) {
+				r = -ENOMEM;
+				goto out;
+			}
+			sc->pg = p;
+		}
+		sc->pg[sc->n].pgno = pgno;
+		sc->pg[sc->n].ck = ltx_decoder_page_checksum(dec);
+		sc->n++;
+		if (sc->stagefd >= 0) {
+			r = scan_stage_page(sc, pgno, page);
+			if (r < 0)
+				goto out;
+		}
+	}
 	if (r < 0)
 		goto out;
-	h = *ltx_decoder_header(dec);
+	r = ltx_decoder_finish(dec, &sc->tr);
+	if (r == 0 && sc->stagefd >= 0)
+		r = scan_stage_flush(sc);
+	if (r == 0 && sc->stagefd >= 0 &&
+	    ftruncate(sc->stagefd, (off_t)sc->h.commit * sc->h.page_size) < 0)
+		r = -errno;
+out:
+	ltx_decoder_free(dec);
+	free(page);
+	if (r < 0)
+		ltx_scan_release(db, sc);
+	return r;
+}
+
+static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t flags,
+			    const struct db_apply_hooks *hk);
+
+int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk)
+{
+	struct ltx_scan sc;
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return -errno;
+	int r = ltx_scan_run(db, ltx_fd_read, &fd, false, &sc);
+	if (r == 0)
+		r = db_apply_scanned(db, fd, &sc, flags, hk);
+	return r;
+}
+
+/*
+ * RECEIVING. A large LTX file is verified while it arrives: the receiver
+ * appends bytes to fd and reports each append (db_recv_progress); a scanner
+ * thread runs pass 1 on the bytes as they land, blocking for more, and for a
+ * snapshot of a database this node does not have yet also builds the new
+ * database file. db_recv_finish waits for the scan and applies the file;
+ * nothing is applied unless the whole file verified.
+ */
+struct db_recv {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct db *db;
+	int fd;
+	uint64_t off, written;
+	bool eof, abort, done;
+	int err;
+	struct ltx_scan sc;
+};
+
+static ssize_t recv_read(void *ctx, void *buf, size_t n)
+{
+	struct db_recv *rv = ctx;
+	pthread_mutex_lock(&rv->mu);
+	while (rv->written <= rv->off && !rv->eof && !rv->abort)
+		pthread_cond_wait(&rv->cv, &rv->mu);
+	bool abort = rv->abort;
+	uint64_t avail = rv->written - rv->off;
+	pthread_mutex_unlock(&rv->mu);
+	if (abort)
+		return -ECANCELED;
+	if (avail == 0)
+		return 0; /* the end of what was sent */
+	ssize_t r = pread(rv->fd, buf, n < avail ? n : (size_t)avail, (off_t)rv->off);
+	if (r < 0)
+		return -errno;
+	rv->off += (uint64_t)r;
+	return r;
+}
+
+static void *recv_run(void *arg)
+{
+	struct db_recv *rv = arg;
+	int r = ltx_scan_run(rv->db, recv_read, rv, true, &rv->sc);
+	pthread_mutex_lock(&rv->mu);
+	rv->err = r;
+	rv->done = true;
+	pthread_cond_broadcast(&rv->cv);
+	pthread_mutex_unlock(&rv->mu);
+	return NULL;
+}
+
+int db_recv_start(struct db *db, int fd, struct db_recv **ret)
+{
+	struct db_recv *rv = calloc(1, sizeof(*rv));
+	*ret = NULL;
+	if (!rv)
+		return -ENOMEM;
+	rv->db = db;
+	rv->fd = fd;
+	rv->sc.stagefd = -1;
+	pthread_mutex_init(&rv->mu, NULL);
+	pthread_cond_init(&rv->cv, NULL);
+	if (pthread_create(&rv->th, NULL, recv_run, rv) != 0) {
+		pthread_mutex_destroy(&rv->mu);
+		pthread_cond_destroy(&rv->cv);
+		free(rv);
+		return -EAGAIN;
+	}
+	*ret = rv;
+	return 0;
+}
+
+void db_recv_progress(struct db_recv *rv, uint64_t written)
+{
+	pthread_mutex_lock(&rv->mu);
+	rv->written = written;
+	pthread_cond_broadcast(&rv->cv);
+	pthread_mutex_unlock(&rv->mu);
+}
+
+/* Stop feeding the scanner (abort: it fails at once) and join it. */
+static int recv_join(struct db_recv *rv, bool abort)
+{
+	pthread_mutex_lock(&rv->mu);
+	if (abort)
+		rv->abort = true;
+	rv->eof = true;
+	pthread_cond_broadcast(&rv->cv);
+	pthread_mutex_unlock(&rv->mu);
+	pthread_join(rv->th, NULL);
+	pthread_mutex_destroy(&rv->mu);
+	pthread_cond_destroy(&rv->cv);
+	return rv->err;
+}
+
+void db_recv_free(struct db_recv *rv)
+{
+	if (!rv)
+		return;
+	if (recv_join(rv, true) == 0)
+		ltx_scan_release(rv->db, &rv->sc);
+	free(rv);
+}
+
+int db_recv_finish(struct db_recv *rv, uint32_t flags, const struct db_apply_hooks *hk)
+{
+	int r = recv_join(rv, false);
+	if (r == 0 && rv->off != rv->written) {
+		ltx_scan_release(rv->db, &rv->sc);
+		r = -EBADMSG; /* bytes after the trailer */
+	}
+	if (r == 0)
+		r = db_apply_scanned(rv->db, rv->fd, &rv->sc, flags, hk);
+	else if (r == -ECANCELED)
+		r = -EIO;
+	free(rv);
+	return r;
+}
+
+/* The rest of an apply, after pass 1. Releases sc. */
+static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t flags,
+			    const struct db_apply_hooks *hk)
+{
+	struct ltx_decoder *dec = NULL;
+	struct applypage *pg = sc->pg;
+	size_t n = sc->n;
+	uint8_t *page = NULL;
+	struct ltx_header h = sc->h;
+	struct ltx_trailer tr = sc->tr;
+	void *token = NULL;
+	bool locked = false, created = false, dropped = false;
+	uint32_t pgno;
+	int r;
+
 	page = malloc(h.page_size);
 	if (!page) {
 		r = -ENOMEM;
 		goto out;
 	}
-	uint32_t pgno;
-	while ((r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
-		if (n == cap) {
-			cap = cap ? cap * 2 : 64;
-			void *p = realloc(pg, cap * sizeof(*pg));
-			if (!p) {
-				r = -ENOMEM;
-				goto out;
-			}
-			pg = p;
-		}
-		pg[n].pgno = pgno;
-		pg[n].ck = ltx_page_checksum(pgno, page, h.page_size);
-		n++;
-	}
-	if (r < 0)
-		goto out;
-	r = ltx_decoder_finish(dec, &tr);
-	ltx_decoder_free(dec);
-	dec = NULL;
-	if (r < 0)
-		goto out;
 
 	/* The chain: a non-snapshot must start exactly at this position, and
 	 * the result of applying it must be its post-apply checksum. */
@@ -3437,6 +3949,30 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 			memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
 		db->page_count = 0;
 		db->xsum = 0;
+	} else if (sc->stagefd >= 0 && !db->exists && db->dbfd < 0) {
+		/* A snapshot of a new database: its file was built in pass 1. */
+		char from[4096], to[4096];
+		r = pgck_reserve(db, h.commit);
+		if (r == 0)
+			r = fs_path(from, sizeof(from), "%s/database.tmp", db->dir);
+		if (r == 0)
+			r = db_file_path(db, DB_FILE_DB, to, sizeof(to));
+		if (r == 0 && rename(from, to) < 0)
+			r = -errno;
+		if (r < 0) {
+			pthread_mutex_unlock(&db->mu);
+			goto out;
+		}
+		db->dbfd = sc->stagefd;
+		sc->stagefd = -1;
+		created = true;
+		db->exists = true;
+		memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+		for (size_t k = 0; k < n; k++)
+			db->pgck[pg[k].pgno] = pg[k].ck;
+		db->page_size = h.page_size;
+		db->page_count = h.commit;
+		db->xsum = x;
 	} else {
 		if (!db->exists || db->dbfd < 0) {
 			if (db->dbfd < 0)
@@ -3449,6 +3985,8 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 			db->exists = true;
 		}
 		r = pgck_reserve(db, h.commit > db->page_count ? h.commit : db->page_count);
+		if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+			r = -errno;
 		if (r == 0)
 			r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
 		size_t i = 0;
@@ -3507,6 +4045,6 @@ out:
 		hk->unlock(hk->ctx, db, token, r == 0 && h.commit > 0, h.page_size, h.commit);
 	ltx_decoder_free(dec);
 	free(page);
-	free(pg);
+	ltx_scan_release(db, sc);
 	return r;
 }

@@ -86,7 +86,8 @@ struct stream {
 	uint8_t pend[STREAM_FRAME_HEADER + STREAM_LTX_META_MAX + STREAM_TOKEN_MAX + 64];
 	size_t pend_len, pend_off;
 	int fd;
-	uint64_t fd_remain;
+	uint64_t fd_remain, fd_off;
+	struct db_snap *snap; /* the frame being sent is a snapshot still being built */
 	uint64_t sent_bytes;
 };
 
@@ -357,7 +358,7 @@ static int stream_next(struct stream *s)
 				log_info("db '%s': sending a snapshot at TXID %016" PRIx64
 					 " to replica %016" PRIX64 " because %s",
 					 db_name(db), dp.txid, s->peer_id, why);
-			r = db_snapshot(db, &fd, &lh, &lt);
+			r = db_snap_start(db, &s->snap);
 			if (r == -ENOENT)
 				continue;
 			if (r == 0)
@@ -368,16 +369,23 @@ static int stream_next(struct stream *s)
 				return r;
 			}
 		}
-		struct stat sb;
-		if (fstat(fd, &sb) < 0) {
-			r = -errno;
-			close(fd);
-			return r;
+		uint64_t size;
+		if (s->snap) {
+			db_snap_info(s->snap, &size, &lh, &lt.post_apply_checksum);
+		} else {
+			struct stat sb;
+			if (fstat(fd, &sb) < 0) {
+				r = -errno;
+				close(fd);
+				return r;
+			}
+			size = (uint64_t)sb.st_size;
+			s->fd = fd;
 		}
 		s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags, store_epoch(st),
-						      db_name(db), (uint64_t)sb.st_size);
-		s->fd = fd;
-		s->fd_remain = (uint64_t)sb.st_size;
+						      db_name(db), size);
+		s->fd_remain = size;
+		s->fd_off = 0;
 		metrics_add(MC_FRAMES_LTX, 1);
 		pthread_mutex_lock(&s->h->mu);
 		rp->txid = lh.max_txid;
@@ -405,14 +413,31 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			metrics_add(MC_STREAM_BYTES_SENT, k);
 			return (ssize_t)k;
 		}
-		if (s->fd >= 0 && s->fd_remain > 0) {
+		if ((s->fd >= 0 || s->snap) && s->fd_remain > 0) {
 			size_t k = s->fd_remain < max ? (size_t)s->fd_remain : max;
-			ssize_t r = read(s->fd, buf, k);
+			ssize_t r;
+			if (s->snap) {
+				r = db_snap_read(s->snap, buf, k);
+				if (r < 0) {
+					if (r == -EAGAIN)
+						log_info(
+						    "stream: the snapshot for replica %016" PRIX64
+						    " is cut short and will be sent again",
+						    s->peer_id);
+					else
+						log_error("stream: building a snapshot failed: %s",
+							  strerror((int)-r));
+					return MHD_CONTENT_READER_END_WITH_ERROR;
+				}
+			} else {
+				r = pread(s->fd, buf, k, (off_t)s->fd_off);
+			}
 			if (r <= 0) {
 				log_error("stream: reading an LTX file failed: %s",
 					  r < 0 ? strerror(errno) : "unexpected end of file");
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			}
+			s->fd_off += (uint64_t)r;
 			s->fd_remain -= (uint64_t)r;
 			s->sent_bytes += (uint64_t)r;
 			metrics_add(MC_STREAM_BYTES_SENT, (uint64_t)r);
@@ -421,6 +446,10 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		if (s->fd >= 0) {
 			close(s->fd);
 			s->fd = -1;
+		}
+		if (s->snap) {
+			db_snap_free(s->snap);
+			s->snap = NULL;
 		}
 		if (s->handoff_pending) {
 			/* the HANDOFF frame has been handed to the socket */
@@ -486,6 +515,7 @@ static void stream_free(void *cls)
 		 s->sent_bytes);
 	if (s->fd >= 0)
 		close(s->fd);
+	db_snap_free(s->snap);
 	free(s->pos);
 	free(s);
 }

@@ -374,12 +374,12 @@ static int enc_lz4_room(struct ltx_encoder *e, size_t n)
 }
 
 /* Append page-block bytes: hashed, and compressed when the header says so. */
-static int enc_block(struct ltx_encoder *e, const void *buf, size_t n)
+/* Encode bytes the caller has already folded into e->crc. */
+static int enc_data(struct ltx_encoder *e, const void *buf, size_t n)
 {
 	size_t r;
 	int rc;
 
-	e->crc = crc64_iso(e->crc, buf, n);
 	if (!e->cctx)
 		return enc_raw(e, buf, n);
 	rc = enc_lz4_room(e, n);
@@ -391,6 +391,12 @@ static int enc_block(struct ltx_encoder *e, const void *buf, size_t n)
 		return -EIO;
 	e->out_len += r;
 	return 0;
+}
+
+static int enc_block(struct ltx_encoder *e, const void *buf, size_t n)
+{
+	e->crc = crc64_iso(e->crc, buf, n);
+	return enc_data(e, buf, n);
 }
 
 int ltx_encoder_new(struct ltx_encoder **ret, const struct ltx_header *h, ltx_write_fn fn,
@@ -469,6 +475,13 @@ out:
 
 int ltx_encoder_add_page(struct ltx_encoder *e, uint32_t pgno, const void *page)
 {
+	if (!e || !page)
+		return -EINVAL;
+	return ltx_encoder_add_page_crc(e, pgno, page, ltx_page_crc(pgno, page, e->hdr.page_size));
+}
+
+int ltx_encoder_add_page_crc(struct ltx_encoder *e, uint32_t pgno, const void *page, uint64_t crc)
+{
 	uint8_t be[LTX_PGNO_SIZE];
 	int rc;
 
@@ -484,9 +497,10 @@ int ltx_encoder_add_page(struct ltx_encoder *e, uint32_t pgno, const void *page)
 		return -EINVAL;
 
 	put_be32(be, pgno);
-	rc = enc_block(e, be, sizeof(be));
+	rc = enc_data(e, be, sizeof(be));
 	if (rc == 0)
-		rc = enc_block(e, page, e->hdr.page_size);
+		rc = enc_data(e, page, e->hdr.page_size);
+	e->crc = crc64_combine(e->crc, crc, sizeof(be) + e->hdr.page_size);
 	if (rc < 0) {
 		e->err = rc;
 		return rc;
@@ -588,9 +602,10 @@ struct ltx_decoder {
 	ltx_read_fn fn;
 	void *ctx;
 	enum dec_state state;
-	int err;       /* sticky error */
-	uint64_t crc;  /* running file CRC (without the flag bit) */
-	uint64_t snap; /* snapshot: XOR of the page checksums seen */
+	int err;	  /* sticky error */
+	uint64_t crc;	  /* running file CRC (without the flag bit) */
+	uint64_t page_ck; /* page checksum of the page last decoded */
+	uint64_t snap;	  /* snapshot: XOR of the page checksums seen */
 	uint32_t lock_pgno;
 	uint32_t last_pgno;
 	uint64_t next_snap; /* snapshot: the next page it must hold */
@@ -744,9 +759,9 @@ static int dec_page(struct ltx_decoder *d, uint32_t *ret_pgno)
 	rc = dec_block(d, be, sizeof(be));
 	if (rc < 0)
 		return rc;
-	d->crc = crc64_iso(d->crc, be, sizeof(be));
 	pgno = get_be32(be);
 	if (pgno == 0) {
+		d->crc = crc64_iso(d->crc, be, sizeof(be));
 		if (d->dctx) {
 			rc = dec_lz4_drain(d);
 			if (rc < 0)
@@ -765,9 +780,12 @@ static int dec_page(struct ltx_decoder *d, uint32_t *ret_pgno)
 	rc = dec_block(d, d->page, h->page_size);
 	if (rc < 0)
 		return rc;
-	d->crc = crc64_iso(d->crc, d->page, h->page_size);
+	/* one pass gives the page checksum and, combined, the file CRC */
+	uint64_t crc = crc64_iso(crc64_iso(0, be, sizeof(be)), d->page, h->page_size);
+	d->crc = crc64_combine(d->crc, crc, sizeof(be) + h->page_size);
+	d->page_ck = LTX_CHECKSUM_FLAG | crc;
 	if (snapshot)
-		d->snap ^= ltx_page_checksum(pgno, d->page, h->page_size);
+		d->snap ^= d->page_ck;
 	d->last_pgno = pgno;
 	d->next_snap = (uint64_t)pgno + 1;
 	if (d->next_snap == d->lock_pgno)
@@ -828,6 +846,11 @@ out:
 const struct ltx_header *ltx_decoder_header(const struct ltx_decoder *d)
 {
 	return d ? &d->hdr : NULL;
+}
+
+uint64_t ltx_decoder_page_checksum(const struct ltx_decoder *d)
+{
+	return d->page_ck;
 }
 
 int ltx_decoder_next_page(struct ltx_decoder *d, uint32_t *pgno, void *page)

@@ -70,6 +70,8 @@ struct conn {
 	struct db *db;
 	int fd;
 	uint32_t flags;
+	struct db_recv *rv; /* large frames are verified as they arrive */
+	uint64_t got;
 	char err[256];
 };
 
@@ -82,10 +84,12 @@ static int64_t mono_ms(void)
 
 /* ----------------------------------------------------------- frames */
 
+/* Frames from this size on are verified while they arrive (db.c, RECEIVING). */
+#define RECV_PIPELINE_MIN (4u << 20)
+
 static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t epoch, uint64_t len)
 {
 	struct conn *c = ctx;
-	(void)len;
 	int r = store_note_epoch(c->r->opt.store, epoch);
 	if (r == -ESTALE) {
 		snprintf(c->err, sizeof(c->err),
@@ -107,6 +111,15 @@ static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t ep
 		return r;
 	}
 	c->flags = flags;
+	c->got = 0;
+	if (len >= RECV_PIPELINE_MIN) {
+		r = db_recv_start(c->db, c->fd, &c->rv);
+		if (r < 0) {
+			snprintf(c->err, sizeof(c->err), "db '%s': cannot start verifying: %s",
+				 db_name(c->db), strerror(-r));
+			return r;
+		}
+	}
 	return 0;
 }
 
@@ -125,7 +138,10 @@ static int on_ltx_data(void *ctx, const uint8_t *buf, size_t n)
 		}
 		buf += w;
 		n -= (size_t)w;
+		c->got += (uint64_t)w;
 	}
+	if (c->rv)
+		db_recv_progress(c->rv, c->got);
 	return 0;
 }
 
@@ -137,8 +153,13 @@ static int on_ltx_end(void *ctx)
 	memset(&h, 0, sizeof(h));
 	if (pread(c->fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb))
 		ltx_header_decode(&h, hb);
-	int r = db_apply_ltx(c->db, c->fd, (c->flags & STREAM_LTX_DIVERGED) ? DB_APPLY_DIVERGED : 0,
-			     &c->r->opt.hooks);
+	uint32_t flags = (c->flags & STREAM_LTX_DIVERGED) ? DB_APPLY_DIVERGED : 0;
+	int r;
+	if (c->rv)
+		r = db_recv_finish(c->rv, flags, &c->r->opt.hooks);
+	else
+		r = db_apply_ltx(c->db, c->fd, flags, &c->r->opt.hooks);
+	c->rv = NULL;
 	close(c->fd);
 	c->fd = -1;
 	if (r < 0) {
@@ -438,6 +459,7 @@ static bool run_once(struct replica *r)
 	else
 		report(r, "replication stream from %s ended without an END frame", base);
 out:
+	db_recv_free(c.rv);
 	if (c.fd >= 0)
 		close(c.fd);
 	if (c.checked && c.status == 200)

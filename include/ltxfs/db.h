@@ -142,14 +142,20 @@ struct ltx_trailer;
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
 		struct ltx_trailer *ret_t);
 /*
- * Build a snapshot LTX file (MinTXID 1, MaxTXID = the position) of the
- * committed state into an anonymous temporary file, rewound, for the caller
- * to send and close. Consistent: it waits for a rollback-mode write phase to
- * end and holds the database lock while it reads (the database file plus the
- * committed WAL frames). A dropped database gives a commit-0 snapshot.
- * -ENOENT when the database has no position yet.
+ * A snapshot streamed while it is built (db.c, STREAMED SNAPSHOTS): always
+ * uncompressed, so its length is known from the start. db_snap_start returns
+ * once the header is fixed (-ENOENT: nothing committed yet); db_snap_info
+ * gives the final length, the header and the post-apply checksum;
+ * db_snap_read blocks until bytes are ready and returns up to max of them in
+ * order, or the build's error (-EAGAIN: the database changed under an
+ * optimistic build; the next snapshot takes the lock). db_snap_free stops a
+ * build still running and joins it. One thread uses a db_snap at a time.
  */
-int db_snapshot(struct db *db, int *ret_fd, struct ltx_header *ret_h, struct ltx_trailer *ret_t);
+struct db_snap;
+int db_snap_start(struct db *db, struct db_snap **ret);
+void db_snap_info(const struct db_snap *sn, uint64_t *size, struct ltx_header *h, uint64_t *post);
+ssize_t db_snap_read(struct db_snap *sn, void *buf, size_t max);
+void db_snap_free(struct db_snap *sn);
 
 /*
  * Write a consistent copy of the committed database, as a plain SQLite file
@@ -197,6 +203,21 @@ struct db_apply_hooks {
  * -EBADMSG (corrupt), or another -errno.
  */
 int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk);
+
+/*
+ * The same apply for a file still arriving (db.c, RECEIVING): fd is the file
+ * being appended to; after each append call db_recv_progress with the bytes
+ * written so far. Pass 1 runs on a thread as bytes land, and a snapshot of a
+ * database this node does not have is written straight to its new file.
+ * db_recv_finish, once everything was appended, waits for that thread and
+ * applies (as db_apply_ltx; fd stays the caller's); db_recv_free abandons
+ * it. Either frees rv. Called from one thread.
+ */
+struct db_recv;
+int db_recv_start(struct db *db, int fd, struct db_recv **ret);
+void db_recv_progress(struct db_recv *rv, uint64_t written);
+int db_recv_finish(struct db_recv *rv, uint32_t flags, const struct db_apply_hooks *hk);
+void db_recv_free(struct db_recv *rv);
 
 /*
  * True while a rollback-mode transaction is open (its journal header was

@@ -86,6 +86,9 @@ struct ltx_encoder;
 int ltx_encoder_new(struct ltx_encoder **ret, const struct ltx_header *h, ltx_write_fn fn,
 		    void *ctx);
 int ltx_encoder_add_page(struct ltx_encoder *e, uint32_t pgno, const void *page);
+/* The same, with crc = ltx_page_crc(pgno, page) already computed by the caller
+ * (it is folded into the file checksum instead of a second pass). */
+int ltx_encoder_add_page_crc(struct ltx_encoder *e, uint32_t pgno, const void *page, uint64_t crc);
 int ltx_encoder_finish(struct ltx_encoder *e, uint64_t post_apply_checksum,
 		       struct ltx_trailer *ret);
 void ltx_encoder_free(struct ltx_encoder *e);
@@ -103,6 +106,8 @@ struct ltx_decoder;
 int ltx_decoder_new(struct ltx_decoder **ret, ltx_read_fn fn, void *ctx);
 const struct ltx_header *ltx_decoder_header(const struct ltx_decoder *d);
 int ltx_decoder_next_page(struct ltx_decoder *d, uint32_t *pgno, void *page);
+/* The page checksum (ltx_page_checksum) of the page next_page last returned. */
+uint64_t ltx_decoder_page_checksum(const struct ltx_decoder *d);
 int ltx_decoder_finish(struct ltx_decoder *d, struct ltx_trailer *ret);
 void ltx_decoder_free(struct ltx_decoder *d);
 

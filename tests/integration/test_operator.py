@@ -304,7 +304,9 @@ def test_events(pair):
     tx = [e for e in lines if e["type"] == "tx"]
     assert tx and tx[-1]["db"] == "e.db" and len(tx[-1]["data"]["txID"]) == 16
     assert tx[-1]["data"]["pageSize"] == 4096 and tx[-1]["data"]["timestamp"].endswith("Z")
-    # a replica reports its primary going away and coming back
+    # a replica reports its primary going away and coming back (once it has applied
+    # everything, so that no tx event of its own comes first)
+    wait_for(lambda: r.pos("e.db") == p.pos("e.db"), what="the replica to catch up")
     rl = []
     t2 = threading.Thread(target=reader, args=(r.url, rl, 3), daemon=True)
     t2.start()

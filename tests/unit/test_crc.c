@@ -170,6 +170,29 @@ static void test_page_checksum_definition(void)
 		     LTX_CHECKSUM_FLAG | crc_ref(0, buf, sizeof(buf)));
 }
 
+/* crc(a || b) from crc(a), crc(b) and len(b), for many lengths, twice each (the cache). */
+static void test_combine(void)
+{
+	uint8_t buf[70000];
+	uint32_t x = 12345;
+	for (size_t i = 0; i < sizeof(buf); i++) {
+		x = x * 1103515245u + 12345u;
+		buf[i] = (uint8_t)(x >> 16);
+	}
+	static const size_t lens[] = {1, 2, 3, 7, 8, 100, 516, 1028, 4100, 8196, 65540, 69000};
+	for (int round = 0; round < 2; round++)
+		for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			size_t la = 777 + i, lb = lens[i];
+			if (la + lb > sizeof(buf))
+				la = sizeof(buf) - lb;
+			uint64_t a = crc64_iso(0, buf, la), b = crc64_iso(0, buf + la, lb);
+			CHECK_EQ_U64(crc64_combine(a, b, lb), crc64_iso(0, buf, la + lb));
+		}
+	CHECK_EQ_U64(crc64_combine(42, 7, 0), 42);
+	CHECK_EQ_U64(LTX_CHECKSUM_FLAG | ltx_page_crc(9, buf, 4096),
+		     ltx_page_checksum(9, buf, 4096));
+}
+
 /* Not a pass/fail check: prints throughput so regressions are visible in the log. */
 static void test_speed(void)
 {
@@ -197,6 +220,7 @@ int main(void)
 	RUN(test_db_vectors);
 	RUN(test_page_checksum_definition);
 	RUN(test_lock_page_vector);
+	RUN(test_combine);
 	RUN(test_speed);
 	return UNIT_DONE();
 }
