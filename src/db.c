@@ -162,9 +162,9 @@ struct db {
 	uint64_t prep_gen, prep_pre;
 	uint64_t write_gen; /* writes to the database and journal files */
 	struct syncer *syncer;
-	bool snap_locked; /* the next snapshot is built under the lock (atomic) */
-	bool q_unsynced;  /* the newest commit was queued and the WAL not fsync'ed since */
-	bool q_wait_sync; /* the application fsyncs the WAL after each commit */
+	bool snap_locked;	/* the next snapshot is built under the lock (atomic) */
+	bool q_unsynced;	/* the newest commit was queued and the WAL not fsync'ed since */
+	unsigned q_sync_streak; /* commits in a row followed by an fsync of the WAL */
 	pthread_cond_t q_cond;
 };
 
@@ -576,9 +576,12 @@ void db_write_done(struct db *db)
 	/*
 	 * When the application fsyncs the WAL right after each commit, write
 	 * the files after that fsync rather than during it: creating files
-	 * while it runs makes it wait for the filesystem journal.
+	 * while it runs makes it wait for the filesystem journal. It takes two
+	 * such commits in a row: with synchronous=NORMAL a checkpoint also
+	 * fsyncs the WAL right after a commit, and the next commit, which no
+	 * fsync follows, must not wait for one.
 	 */
-	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_wait_sync))
+	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_sync_streak >= 2))
 		db_queue_drain(db, true);
 	pthread_mutex_unlock(&db->mu);
 }
@@ -1470,8 +1473,10 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 			db->journal_active = true;
 		break;
 	case DB_FILE_WAL:
-		if (db->q_unsynced) /* no fsync between that commit and this write */
-			db->q_unsynced = db->q_wait_sync = false;
+		if (db->q_unsynced) { /* no fsync between that commit and this write */
+			db->q_unsynced = false;
+			db->q_sync_streak = 0;
+		}
 		r = db_wal_write(db, fd, buf, n, off);
 		if (r == 0 && n > 0) {
 			db->wal_live = true;
@@ -1754,7 +1759,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	if (kind == DB_FILE_WAL) {
 		pthread_mutex_lock(&db->mu);
 		if (db->q_unsynced) /* synchronous=FULL: an fsync follows each commit */
-			db->q_wait_sync = true;
+			db->q_sync_streak++;
 		db->q_unsynced = false;
 		pthread_mutex_unlock(&db->mu);
 	}

@@ -75,6 +75,8 @@ static int t_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
 	int r = db_write(g_db, t->kind, t->fd, b, (size_t)n, off);
 	if (r < 0 && t->kind == DB_FILE_WAL)
 		g_wal_writes_refused++;
+	if (r == 0 && t->kind == DB_FILE_WAL)
+		db_write_done(g_db); /* as fusefs does after the reply */
 	return r < 0 ? SQLITE_IOERR_WRITE : SQLITE_OK;
 }
 
@@ -91,7 +93,10 @@ static int t_sync(sqlite3_file *f, int flags)
 		g_fail_wal_syncs--;
 		return SQLITE_IOERR_FSYNC;
 	}
-	return db_fsync(g_db, t->kind, t->fd, false) < 0 ? SQLITE_IOERR_FSYNC : SQLITE_OK;
+	int r = db_fsync(g_db, t->kind, t->fd, false);
+	if (r == 0 && t->kind == DB_FILE_WAL)
+		db_write_done(g_db);
+	return r < 0 ? SQLITE_IOERR_FSYNC : SQLITE_OK;
 }
 
 static int t_size(sqlite3_file *f, sqlite3_int64 *ret)
@@ -395,6 +400,44 @@ static void test_prepared_commit_rolled_back(void)
 	db_free(g_db);
 }
 
+/*
+ * WAL commits queue their LTX file and the writer writes it after replying
+ * (db_write_done), or after the WAL fsync when synchronous=FULL fsyncs each
+ * commit. With synchronous=NORMAL a checkpoint's fsync also follows a
+ * commit; the next commit must still get its file at once, not when some
+ * reader next asks for the position.
+ */
+static void test_queued_ltx_written_after_the_reply(void)
+{
+	static const char *const syncs[] = {"NORMAL", "FULL"};
+	for (int k = 0; k < 2; k++) {
+		sqlite3 *c;
+		struct db_pos pos;
+		char sql[200], dir[32];
+		snprintf(dir, sizeof(dir), "queue-%s", syncs[k]);
+		fresh_dir(dir);
+		open_db();
+		CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+					 "ltxfs-test"),
+			 SQLITE_OK);
+		snprintf(sql, sizeof(sql),
+			 "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA "
+			 "synchronous=%s; CREATE TABLE t(x)",
+			 syncs[k]);
+		exec(c, sql, SQLITE_OK);
+		for (int i = 0; i < 5; i++) {
+			db_get_pos(g_db, &pos);
+			exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
+			CHECK(ltx_exists(pos.txid + 1)); /* without asking for the position */
+			if (i == 2)
+				exec(c, "PRAGMA wal_checkpoint(PASSIVE)", SQLITE_OK);
+		}
+		sqlite3_close(c);
+		check_consistent(syncs[k]);
+		db_free(g_db);
+	}
+}
+
 /* Many transactions in every journal mode; the invariant holds after each close. */
 static void test_modes_keep_checksums_exact(void)
 {
@@ -432,5 +475,6 @@ int main(void)
 	RUN(test_modes_keep_checksums_exact);
 	RUN(test_wal_commit_undone_by_sqlite);
 	RUN(test_prepared_commit_rolled_back);
+	RUN(test_queued_ltx_written_after_the_reply);
 	return UNIT_DONE();
 }
