@@ -1745,41 +1745,38 @@ static int db_prep_build(struct db *db)
 int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 {
 	struct syncer *sy = NULL;
-	int pfd = -1;
+	int pfd = -1, pr = 0;
+	if (kind == DB_FILE_SHM)
+		return (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+	pthread_mutex_lock(&db->mu);
 	if (kind == DB_FILE_DB) {
-		pthread_mutex_lock(&db->mu);
 		if (db->prep && db->prep_gen != db->write_gen)
 			db_prep_drop(db); /* written to since: build it again */
 		if (db->journal_active && !db->prep && (sy = db_syncer(db)) != NULL)
 			pfd = db_prep_build(db);
-		pthread_mutex_unlock(&db->mu);
-		if (pfd >= 0)
-			syncer_start(sy, pfd);
-	}
-	if (kind == DB_FILE_WAL) {
-		pthread_mutex_lock(&db->mu);
+	} else if (kind == DB_FILE_WAL) {
 		if (db->q_unsynced) /* synchronous=FULL: an fsync follows each commit */
 			db->q_sync_streak++;
 		db->q_unsynced = false;
-		pthread_mutex_unlock(&db->mu);
 	}
+	pthread_mutex_unlock(&db->mu);
+	if (pfd >= 0)
+		syncer_start(sy, pfd);
 	int r = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
 	if (pfd >= 0) {
-		int pr = syncer_wait(sy);
+		pr = syncer_wait(sy);
 		close(pfd);
-		pthread_mutex_lock(&db->mu);
-		if (pr < 0)
-			db_prep_drop(db); /* the commit point builds and syncs it again */
-		else if (db->prep)
-			db->prep_synced = true;
-		pthread_mutex_unlock(&db->mu);
 	}
-	if (r == 0 && (kind == DB_FILE_DB || kind == DB_FILE_JOURNAL)) {
-		pthread_mutex_lock(&db->mu);
-		if (db->journal_active)
-			db->tx_synced = true;
-		pthread_mutex_unlock(&db->mu);
-	}
+	if (kind == DB_FILE_WAL)
+		return r;
+	pthread_mutex_lock(&db->mu);
+	if (pfd >= 0 && pr < 0)
+		db_prep_drop(db); /* the commit point builds and syncs it again */
+	else if (pfd >= 0 && db->prep)
+		db->prep_synced = true;
+	if (r == 0 && db->journal_active)
+		db->tx_synced = true;
+	pthread_mutex_unlock(&db->mu);
 	return r;
 }
 
@@ -3219,30 +3216,28 @@ void db_snap_free(struct db_snap *sn)
 int db_snap_start(struct db *db, struct db_snap **ret)
 {
 	struct db_snap *sn = calloc(1, sizeof(*sn));
-	int r = 0;
+	int r;
 	*ret = NULL;
 	if (!sn)
 		return -ENOMEM;
 	sn->db = db;
 	sn->fd = sn->dbfd = sn->walfd = -1;
+	pthread_mutex_init(&sn->mu, NULL);
+	pthread_cond_init(&sn->cv, NULL);
 	sn->locked = __atomic_exchange_n(&db->snap_locked, false, __ATOMIC_RELAXED);
 	sn->buf = malloc(SNAP_CHUNK);
 	if (sn->locked)
 		sn->fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	else
 		sn->ring = malloc((size_t)SNAP_RING * SNAP_CHUNK);
-	if (!sn->buf || (sn->locked ? sn->fd < 0 : !sn->ring)) {
-		r = sn->locked && sn->fd < 0 ? -errno : -ENOMEM;
-		if (sn->fd >= 0)
-			close(sn->fd);
-		free(sn->ring);
-		free(sn->buf);
-		free(sn);
-		return r;
-	}
-	pthread_mutex_init(&sn->mu, NULL);
-	pthread_cond_init(&sn->cv, NULL);
-	if (pthread_create(&sn->th, NULL, snap_run, sn) != 0) {
+	if (sn->locked && sn->fd < 0)
+		r = -errno;
+	else if (!sn->buf || (!sn->locked && !sn->ring))
+		r = -ENOMEM;
+	else
+		r = pthread_create(&sn->th, NULL, snap_run, sn) != 0 ? -EAGAIN : 0;
+	if (r < 0) {
+		/* no thread to join: release here what db_snap_free would */
 		pthread_mutex_destroy(&sn->mu);
 		pthread_cond_destroy(&sn->cv);
 		if (sn->fd >= 0)
@@ -3250,7 +3245,7 @@ int db_snap_start(struct db *db, struct db_snap **ret)
 		free(sn->ring);
 		free(sn->buf);
 		free(sn);
-		return -EAGAIN;
+		return r;
 	}
 	pthread_mutex_lock(&sn->mu);
 	while (!sn->header_ready)

@@ -86,8 +86,8 @@ struct stream {
 	uint8_t pend[STREAM_FRAME_HEADER + STREAM_LTX_META_MAX + STREAM_TOKEN_MAX + 64];
 	size_t pend_len, pend_off;
 	int fd;
-	uint64_t fd_remain, fd_off;
-	struct db_snap *snap; /* the frame being sent is a snapshot still being built */
+	uint64_t fd_size, fd_off; /* the LTX frame's length and what was sent of it */
+	struct db_snap *snap;	  /* the frame being sent is a snapshot still being built */
 	uint64_t sent_bytes;
 };
 
@@ -384,7 +384,7 @@ static int stream_next(struct stream *s)
 		}
 		s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags, store_epoch(st),
 						      db_name(db), size);
-		s->fd_remain = size;
+		s->fd_size = size;
 		s->fd_off = 0;
 		metrics_add(MC_FRAMES_LTX, 1);
 		pthread_mutex_lock(&s->h->mu);
@@ -413,8 +413,9 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			metrics_add(MC_STREAM_BYTES_SENT, k);
 			return (ssize_t)k;
 		}
-		if ((s->fd >= 0 || s->snap) && s->fd_remain > 0) {
-			size_t k = s->fd_remain < max ? (size_t)s->fd_remain : max;
+		if ((s->fd >= 0 || s->snap) && s->fd_off < s->fd_size) {
+			uint64_t remain = s->fd_size - s->fd_off;
+			size_t k = remain < max ? (size_t)remain : max;
 			ssize_t r;
 			if (s->snap) {
 				r = db_snap_read(s->snap, buf, k);
@@ -438,7 +439,6 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			}
 			s->fd_off += (uint64_t)r;
-			s->fd_remain -= (uint64_t)r;
 			s->sent_bytes += (uint64_t)r;
 			metrics_add(MC_STREAM_BYTES_SENT, (uint64_t)r);
 			return r;

@@ -80,7 +80,7 @@ def rel(path):
 
 
 def file_id(path):
-    # pytest also asks for the id of its placeholder when a list is empty
+    # with an empty list pytest passes its own NOTSET object here, not a path
     return rel(path) if isinstance(path, str) else "none"
 
 

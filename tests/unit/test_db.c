@@ -297,6 +297,29 @@ static void fresh_dir(const char *name)
 	fs_mkdir_p(g_dir, 0755);
 }
 
+/* A connection to the test database through the test VFS. */
+static sqlite3 *connect_db(void)
+{
+	sqlite3 *c = NULL;
+	CHECK_RC(
+	    sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "ltxfs-test"),
+	    SQLITE_OK);
+	return c;
+}
+
+/* The values of t.x, in rowid order, must be want ("1,2,4"). */
+static void check_rows(sqlite3 *c, const char *want)
+{
+	sqlite3_stmt *st;
+	CHECK_RC(sqlite3_prepare_v2(c, "SELECT group_concat(x) FROM t", -1, &st, NULL), 0);
+	CHECK_RC(sqlite3_step(st), SQLITE_ROW);
+	const char *rows = (const char *)sqlite3_column_text(st, 0);
+	CHECK(rows && strcmp(rows, want) == 0);
+	if (rows && strcmp(rows, want) != 0)
+		fprintf(stderr, "  rows: %s, wanted %s\n", rows, want);
+	sqlite3_finalize(st);
+}
+
 /*
  * A WAL fsync fails after SQLite wrote a commit frame: SQLite reports the
  * error and would rewrite those frames; ltxfs had captured the commit. It must
@@ -308,9 +331,7 @@ static void test_wal_commit_undone_by_sqlite(void)
 	sqlite3 *c;
 	fresh_dir("walfail");
 	open_db();
-	CHECK_RC(
-	    sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "ltxfs-test"),
-	    SQLITE_OK);
+	c = connect_db();
 	exec(c,
 	     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; "
 	     "PRAGMA synchronous=FULL; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
@@ -326,20 +347,13 @@ static void test_wal_commit_undone_by_sqlite(void)
 	/* restart: recovery resynchronises from the WAL and the file */
 	open_db();
 	check_consistent("after restart");
-	CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE, "ltxfs-test"), SQLITE_OK);
+	c = connect_db();
 	exec(c, "PRAGMA locking_mode=EXCLUSIVE; INSERT INTO t VALUES(4)", SQLITE_OK);
-	sqlite3_stmt *st;
-	CHECK_RC(sqlite3_prepare_v2(c, "SELECT group_concat(x) FROM t", -1, &st, NULL), 0);
-	CHECK_RC(sqlite3_step(st), SQLITE_ROW);
-	const char *rows = (const char *)sqlite3_column_text(st, 0);
 	/*
 	 * The failed fsync did not remove the commit frame: SQLite's own WAL
 	 * recovery on reopen finds transaction 2 committed, as ltxfs captured it.
 	 */
-	CHECK(rows && strcmp(rows, "1,2,4") == 0);
-	if (rows && strcmp(rows, "1,2,4") != 0)
-		fprintf(stderr, "  rows: %s\n", rows);
-	sqlite3_finalize(st);
+	check_rows(c, "1,2,4");
 	sqlite3_close(c);
 	check_consistent("after more writes");
 	db_free(g_db);
@@ -365,9 +379,7 @@ static void test_prepared_commit_rolled_back(void)
 	struct db_pos before, after;
 	fresh_dir("prep");
 	open_db();
-	CHECK_RC(
-	    sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "ltxfs-test"),
-	    SQLITE_OK);
+	c = connect_db();
 	exec(c,
 	     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
 	     "INSERT INTO t VALUES(1)",
@@ -380,19 +392,14 @@ static void test_prepared_commit_rolled_back(void)
 	db_get_pos(g_db, &after);
 	CHECK_EQ_U64(after.txid, before.txid);
 	sqlite3_close(c); /* rolls the hot journal back */
-	CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE, "ltxfs-test"), SQLITE_OK);
+	c = connect_db();
 	exec(c, "SELECT count(*) FROM t", SQLITE_OK); /* a hot journal left is rolled back here */
 	db_get_pos(g_db, &after);
 	CHECK_EQ_U64(after.txid, before.txid);
 	CHECK(!ltx_exists(before.txid + 1));
 	check_consistent("after the rollback");
 	exec(c, "INSERT INTO t VALUES(3)", SQLITE_OK);
-	sqlite3_stmt *st;
-	CHECK_RC(sqlite3_prepare_v2(c, "SELECT group_concat(x) FROM t", -1, &st, NULL), 0);
-	CHECK_RC(sqlite3_step(st), SQLITE_ROW);
-	const char *rows = (const char *)sqlite3_column_text(st, 0);
-	CHECK(rows && strcmp(rows, "1,3") == 0);
-	sqlite3_finalize(st);
+	check_rows(c, "1,3");
 	sqlite3_close(c);
 	db_get_pos(g_db, &after);
 	CHECK_EQ_U64(after.txid, before.txid + 1);
@@ -417,9 +424,7 @@ static void test_queued_ltx_written_after_the_reply(void)
 		snprintf(dir, sizeof(dir), "queue-%s", syncs[k]);
 		fresh_dir(dir);
 		open_db();
-		CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-					 "ltxfs-test"),
-			 SQLITE_OK);
+		c = connect_db();
 		snprintf(sql, sizeof(sql),
 			 "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA "
 			 "synchronous=%s; CREATE TABLE t(x)",
@@ -447,9 +452,7 @@ static void test_modes_keep_checksums_exact(void)
 	for (int m = 0; m < 4; m++) {
 		sqlite3 *c;
 		char sql[256];
-		CHECK_RC(sqlite3_open_v2("db", &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-					 "ltxfs-test"),
-			 SQLITE_OK);
+		c = connect_db();
 		snprintf(sql, sizeof(sql),
 			 "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=%s; PRAGMA "
 			 "cache_size=10; CREATE TABLE IF NOT EXISTS t(x);",
