@@ -141,6 +141,9 @@ struct db {
 	struct wal_header walh;
 	uint64_t wal_end; /* end of the last committed frame */
 	uint32_t wal_s1, wal_s2;
+	/* the WAL bytes at [wal_end, wal_end + wt_len), as in the file (WAL TAIL) */
+	uint8_t *wt;
+	size_t wt_len, wt_cap;
 	bool ltx_unsynced;   /* LTX files written since the last sync */
 	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
 	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
@@ -1026,6 +1029,69 @@ static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off
 	return r;
 }
 
+/*
+ * WAL TAIL. Commit detection reads back the frames of the transaction being
+ * written: the frame header that claims to commit, every frame's checksum
+ * chain, and the pages for the LTX file. db->wt keeps a copy of the bytes
+ * written since the last commit, so that for transactions up to
+ * WAL_TAIL_MAX those reads come from memory rather than from the file (four
+ * preads per single-page commit, on the path SQLite waits on). It covers
+ * [wal_end, wal_end + wt_len) and always equals the file there: a write is
+ * merged before it reaches the file and the tail is emptied if that write
+ * fails; a write that does not join the covered range, or would grow it past
+ * WAL_TAIL_MAX, is not merged, and reads outside the range go to the file.
+ */
+#define WAL_TAIL_MAX (2u << 20)
+
+/*
+ * Merge a write into the tail (db->mu held). Returns true when every byte of
+ * it at or above wal_end is now covered, so that the tail alone can overlay
+ * the file for reads.
+ */
+static bool wal_tail_merge(struct db *db, const uint8_t *buf, size_t n, off_t off)
+{
+	uint64_t base = db->wal_end;
+	if ((uint64_t)off + n <= base)
+		return true;
+	if ((uint64_t)off < base) {
+		buf += base - (uint64_t)off;
+		n -= (size_t)(base - (uint64_t)off);
+		off = (off_t)base;
+	}
+	uint64_t rel = (uint64_t)off - base, end = rel + n;
+	if (rel > db->wt_len || end > WAL_TAIL_MAX)
+		return false;
+	if (end > db->wt_cap) {
+		size_t cap = db->wt_cap ? db->wt_cap : 16384;
+		while (cap < end)
+			cap *= 2;
+		uint8_t *p = realloc(db->wt, cap);
+		if (!p)
+			return false;
+		db->wt = p;
+		db->wt_cap = cap;
+	}
+	memcpy(db->wt + rel, buf, n);
+	if (end > db->wt_len)
+		db->wt_len = (size_t)end;
+	return true;
+}
+
+/* Move wal_end forward to a commit boundary, keeping the tail beyond it. */
+static void wal_advance(struct db *db, uint64_t end, uint32_t s1, uint32_t s2)
+{
+	uint64_t d = end - db->wal_end;
+	if (end < db->wal_end || d >= db->wt_len) {
+		db->wt_len = 0;
+	} else {
+		memmove(db->wt, db->wt + d, db->wt_len - (size_t)d);
+		db->wt_len -= (size_t)d;
+	}
+	db->wal_end = end;
+	db->wal_s1 = s1;
+	db->wal_s2 = s2;
+}
+
 static int src_wal(void *ctx, const struct txpage *p, uint8_t *buf)
 {
 	struct walsrc *s = ctx;
@@ -1124,14 +1190,13 @@ static int db_wal_commit_all(struct db *db, int fd)
 	struct txrec t;
 	int r;
 	for (;;) {
-		r = db_wal_prepare(db, fd, NULL, &tx, &t, NULL);
+		struct overlay tov = {db->wt, db->wt_len, (off_t)db->wal_end};
+		r = db_wal_prepare(db, fd, &tov, &tx, &t, NULL);
 		if (r < 0 || tx.end == 0)
 			break;
 		if (r == 1)
 			db_tx_apply(db, &t);
-		db->wal_end = tx.end;
-		db->wal_s1 = tx.s1;
-		db->wal_s2 = tx.s2;
+		wal_advance(db, tx.end, tx.s1, tx.s2);
 	}
 	free(tx.pages);
 	return r < 0 ? r : 0;
@@ -1141,6 +1206,7 @@ static void db_wal_reset(struct db *db)
 {
 	db->wal_valid = false;
 	db->wal_end = 0;
+	db->wt_len = 0;
 }
 
 static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off_t off)
@@ -1160,6 +1226,7 @@ static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off
 		if (wal_header_parse(&wh, buf) == 0) {
 			db->walh = wh;
 			db->wal_valid = true;
+			db->wt_len = 0;
 			db->wal_end = WAL_HEADER_SIZE;
 			db->wal_s1 = wh.cksum1;
 			db->wal_s2 = wh.cksum2;
@@ -1211,6 +1278,15 @@ above:
 	if (!db->wal_valid)
 		return fs_pwrite_full(fd, buf, n, off);
 
+	/* What reads see: the tail when it took the write, else the write itself. */
+	struct overlay wov = {buf, n, off};
+	const struct overlay *ov = &wov;
+	struct overlay tov;
+	if (wal_tail_merge(db, buf, n, off)) {
+		tov = (struct overlay){db->wt, db->wt_len, (off_t)db->wal_end};
+		ov = &tov;
+	}
+
 	/*
 	 * Does this write complete a frame that claims to commit? Look at the
 	 * frame holding the write's last byte (SQLite writes a frame as its
@@ -1222,12 +1298,11 @@ above:
 	if (last >= WAL_HEADER_SIZE) {
 		uint64_t fstart = WAL_HEADER_SIZE + (last - WAL_HEADER_SIZE) / fsz * fsz;
 		if (fstart >= db->wal_end) {
-			struct overlay ov = {buf, n, off};
 			uint8_t fh[WAL_FRAME_HEADER_SIZE];
 			/* bytes past wal_gen_end are stale: the frame is not complete */
 			uint64_t size = db->wal_gen_end > last + 1 ? db->wal_gen_end : last + 1;
 			if (size >= fstart + fsz &&
-			    wal_read(fd, &ov, fh, sizeof(fh), (off_t)fstart) == 0) {
+			    wal_read(fd, ov, fh, sizeof(fh), (off_t)fstart) == 0) {
 				struct wal_frame_header f;
 				wal_frame_header_parse(&f, fh);
 				candidate = f.commit != 0;
@@ -1236,17 +1311,18 @@ above:
 	}
 	if (candidate) {
 		/* LTX first, then the write that makes SQLite's commit real. */
-		struct overlay ov = {buf, n, off};
 		struct wal_tx tx = {0};
 		struct txrec t;
 		struct ltxjob *job = NULL;
-		r = db_wal_prepare(db, fd, &ov, &tx, &t,
-				   db->q_bytes < DB_QUEUE_LIMIT ? &job : NULL);
+		r = db_wal_prepare(db, fd, ov, &tx, &t, db->q_bytes < DB_QUEUE_LIMIT ? &job : NULL);
 		free(tx.pages);
-		if (r < 0)
+		if (r < 0) {
+			db->wt_len = 0; /* it holds the write, which the file does not */
 			return r;
+		}
 		int w = fs_pwrite_full(fd, buf, n, off);
 		if (w < 0) {
+			db->wt_len = 0;
 			ltxjob_free(job);
 			if (r == 1)
 				db_tx_abort(&t);
@@ -1257,15 +1333,19 @@ above:
 		else if (r == 1)
 			db_tx_apply(db, &t);
 		if (tx.end) {
-			db->wal_end = tx.end;
-			db->wal_s1 = tx.s1;
-			db->wal_s2 = tx.s2;
+			wal_advance(db, tx.end, tx.s1, tx.s2);
 			/* more complete transactions in one write (not SQLite's habit) */
-			return db_wal_commit_all(db, fd);
+			uint64_t have = (uint64_t)off + n > db->wal_gen_end ? (uint64_t)off + n
+									    : db->wal_gen_end;
+			if (have >= tx.end + fsz)
+				return db_wal_commit_all(db, fd);
 		}
 		return 0;
 	}
-	return fs_pwrite_full(fd, buf, n, off);
+	r = fs_pwrite_full(fd, buf, n, off);
+	if (r < 0)
+		db->wt_len = 0;
+	return r;
 }
 
 /* ------------------------------------------------------------ public ops */
@@ -1530,6 +1610,8 @@ int db_truncate(struct db *db, enum db_file kind, int fd, off_t size)
 			goto out;
 		if ((uint64_t)size < db->wal_end || size == 0)
 			db_wal_reset(db);
+		else if ((uint64_t)size - db->wal_end < db->wt_len)
+			db->wt_len = (size_t)((uint64_t)size - db->wal_end);
 		if (size == 0)
 			db->wal_live = false;
 		db->wal_size = (uint64_t)size;
@@ -2815,6 +2897,7 @@ void db_free(struct db *db)
 	free(db->pgck);
 	free(db->dirty_bits);
 	free(db->dirty);
+	free(db->wt);
 	free(db->dir);
 	free(db->name);
 	free(db->ltx_dir);
