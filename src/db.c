@@ -109,6 +109,7 @@ struct db {
 	char *dir;
 	char *name;
 	char *ltx_dir;
+	int ltx_dirfd; /* ltx_dir, opened once: files are created relative to it */
 	struct db_options opt;
 
 	bool exists;
@@ -327,7 +328,7 @@ static int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_head
 	if (!o->w)
 		return -ENOMEM;
 	o->w->n = 0;
-	o->w->fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	o->w->fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (o->w->fd < 0) {
 		r = -errno;
 		free(o->w);
@@ -489,7 +490,8 @@ struct ltxjob {
 	uint64_t post;
 	size_t n;
 	uint32_t *pgnos;
-	uint8_t *img; /* n pages of h.page_size bytes */
+	uint64_t *crcs; /* ltx_page_crc of each page, folded into the file checksum */
+	uint8_t *img;	/* n pages of h.page_size bytes */
 };
 
 static void ltxjob_free(struct ltxjob *j)
@@ -497,6 +499,7 @@ static void ltxjob_free(struct ltxjob *j)
 	if (!j)
 		return;
 	free(j->pgnos);
+	free(j->crcs);
 	free(j->img);
 	free(j);
 }
@@ -506,7 +509,8 @@ static int ltxjob_write(struct db *db, const struct ltxjob *j)
 	struct ltx_out o;
 	int r = ltx_out_begin(db, &o, &j->h);
 	for (size_t i = 0; i < j->n && r == 0; i++) {
-		r = ltx_encoder_add_page(o.enc, j->pgnos[i], j->img + i * j->h.page_size);
+		r = ltx_encoder_add_page_crc(o.enc, j->pgnos[i], j->img + i * j->h.page_size,
+					     j->crcs[i]);
 		if (r < 0)
 			ltx_out_abort(&o);
 	}
@@ -648,6 +652,7 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 			 bool sync, struct txrec *t, struct ltxjob **ret_job)
 {
 	uint8_t *buf = NULL, *img = NULL;
+	uint64_t *crcs = NULL;
 	size_t nchanged = 0, ps = db->page_size;
 	uint32_t lock = ltx_lock_pgno(db->page_size);
 	struct ltx_out o = {0};
@@ -661,11 +666,20 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 	if (r < 0)
 		return r;
 	/* Small transactions keep their images from pass 1 (no second read). */
-	if (n > 0 && n <= DB_QUEUE_MAX_BYTES / ps)
+	if (n > 0 && n <= DB_QUEUE_MAX_BYTES / ps) {
 		img = malloc(n * ps);
+		crcs = malloc(n * sizeof(*crcs));
+		if (!img || !crcs) {
+			free(img);
+			free(crcs);
+			img = NULL;
+			crcs = NULL;
+		}
+	}
 	buf = malloc(ps);
 	if (!buf) {
 		free(img);
+		free(crcs);
 		return -ENOMEM;
 	}
 
@@ -679,11 +693,14 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 		r = src->read(src->ctx, p, b);
 		if (r < 0)
 			goto out;
-		p->ck = ltx_page_checksum(p->pgno, b, db->page_size);
+		uint64_t crc = ltx_page_crc(p->pgno, b, db->page_size);
+		p->ck = LTX_CHECKSUM_FLAG | crc;
 		uint64_t old = p->pgno <= db->page_count ? db->pgck[p->pgno] : 0;
 		if (p->ck == old && !snapshot)
 			continue;
 		x ^= old ^ p->ck;
+		if (crcs)
+			crcs[nchanged] = crc;
 		pages[nchanged++] = *p;
 	}
 	for (uint32_t pg = commit + 1; pg <= db->page_count; pg++)
@@ -745,7 +762,9 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 		job->post = t->post;
 		job->n = nchanged;
 		job->img = img;
+		job->crcs = crcs;
 		img = NULL;
+		crcs = NULL;
 		*ret_job = job;
 		job = NULL;
 	} else {
@@ -762,7 +781,9 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 								db->page_size) != pages[i].ck)
 					r = -EIO; /* changed under us: SQLite holds its lock */
 			}
-			if (r == 0)
+			if (r == 0 && img)
+				r = ltx_encoder_add_page_crc(o.enc, pages[i].pgno, b, crcs[i]);
+			else if (r == 0)
 				r = ltx_encoder_add_page(o.enc, pages[i].pgno, b);
 			if (r < 0) {
 				ltx_out_abort(&o);
@@ -791,6 +812,7 @@ out:
 	}
 	ltxjob_free(job);
 	free(img);
+	free(crcs);
 	free(buf);
 	return r;
 }
@@ -2829,6 +2851,7 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	pthread_mutex_init(&db->mu, NULL);
 	pthread_cond_init(&db->q_cond, NULL);
 	db->dbfd = -1;
+	db->ltx_dirfd = -1;
 	db->opt = *opt;
 	db->dir = strdup(dir);
 	db->name = strdup(name);
@@ -2857,6 +2880,11 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 		r = fs_mkdir_p(ltx, 0755);
 		if (r < 0)
 			goto fail;
+	}
+	db->ltx_dirfd = open(ltx, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (db->ltx_dirfd < 0) {
+		r = -errno;
+		goto fail;
 	}
 	struct statfs sfs;
 	db->dirsync = !(statfs(ltx, &sfs) == 0 && sfs.f_type == 0xEF53 /* EXT4_SUPER_MAGIC */);
@@ -2901,6 +2929,8 @@ void db_free(struct db *db)
 	free(db->dir);
 	free(db->name);
 	free(db->ltx_dir);
+	if (db->ltx_dirfd >= 0)
+		close(db->ltx_dirfd);
 	free(db);
 }
 
