@@ -1064,6 +1064,8 @@ static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off
  * WAL_TAIL_MAX, is not merged, and reads outside the range go to the file.
  */
 #define WAL_TAIL_MAX (2u << 20)
+/* After a commit, a tail buffer bigger than this shrinks back (many databases). */
+#define WAL_TAIL_KEEP (64u << 10)
 
 /*
  * Merge a write into the tail (db->mu held). Returns true when every byte of
@@ -1108,6 +1110,13 @@ static void wal_advance(struct db *db, uint64_t end, uint32_t s1, uint32_t s2)
 	} else {
 		memmove(db->wt, db->wt + d, db->wt_len - (size_t)d);
 		db->wt_len -= (size_t)d;
+	}
+	if (db->wt_cap > WAL_TAIL_KEEP && db->wt_len <= WAL_TAIL_KEEP) {
+		uint8_t *p = realloc(db->wt, WAL_TAIL_KEEP);
+		if (p) {
+			db->wt = p;
+			db->wt_cap = WAL_TAIL_KEEP;
+		}
 	}
 	db->wal_end = end;
 	db->wal_s1 = s1;
