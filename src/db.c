@@ -963,10 +963,21 @@ static void db_prep_drop(struct db *db)
 {
 	if (!db->prep)
 		return;
+	bool synced = db->prep_synced;
 	db_tx_abort(db->prep);
 	free(db->prep);
 	db->prep = NULL;
 	db->prep_synced = false;
+	/*
+	 * A durable prepared file whose removal is not durable would come back
+	 * after a power loss, and recovery (step 5) would roll its transaction
+	 * forward although SQLite rolled it back. Rare: only a commit that
+	 * fails or changes after SQLite's database fsync drops a synced file.
+	 */
+	if (synced && db->ltx_dirfd >= 0 && fsync(db->ltx_dirfd) < 0)
+		log_warn("db '%s': cannot make the removal of a dropped prepared LTX file "
+			 "durable: %s",
+			 db->name, strerror(errno));
 }
 
 static bool db_prep_usable(struct db *db)
