@@ -1072,7 +1072,8 @@ static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off
  * [wal_end, wal_end + wt_len) and always equals the file there: a write is
  * merged before it reaches the file and the tail is emptied if that write
  * fails; a write that does not join the covered range, or would grow it past
- * WAL_TAIL_MAX, is not merged, and reads outside the range go to the file.
+ * WAL_TAIL_MAX, is not merged (the tail is cut where it begins), and reads
+ * outside the range go to the file.
  */
 #define WAL_TAIL_MAX (2u << 20)
 /* After a commit, a tail buffer bigger than this shrinks back (many databases). */
@@ -1094,15 +1095,17 @@ static bool wal_tail_merge(struct db *db, const uint8_t *buf, size_t n, off_t of
 		off = (off_t)base;
 	}
 	uint64_t rel = (uint64_t)off - base, end = rel + n;
-	if (rel > db->wt_len || end > WAL_TAIL_MAX)
-		return false;
+	if (rel > db->wt_len)
+		return false; /* leaves a gap: the tail covers none of it */
+	if (end > WAL_TAIL_MAX)
+		goto cut;
 	if (end > db->wt_cap) {
 		size_t cap = db->wt_cap ? db->wt_cap : 16384;
 		while (cap < end)
 			cap *= 2;
 		uint8_t *p = realloc(db->wt, cap);
 		if (!p)
-			return false;
+			goto cut;
 		db->wt = p;
 		db->wt_cap = cap;
 	}
@@ -1110,6 +1113,11 @@ static bool wal_tail_merge(struct db *db, const uint8_t *buf, size_t n, off_t of
 	if (end > db->wt_len)
 		db->wt_len = (size_t)end;
 	return true;
+cut:
+	/* not merged: the tail must not cover the bytes this write changes (a
+	 * frame rewritten in place can start inside it and end past the limit) */
+	db->wt_len = (size_t)rel;
+	return false;
 }
 
 /* Move wal_end forward to a commit boundary, keeping the tail beyond it. */
