@@ -145,6 +145,8 @@ struct db {
 	/* the WAL bytes at [wal_end, wal_end + wt_len), as in the file (WAL TAIL) */
 	uint8_t *wt;
 	size_t wt_len, wt_cap;
+	unsigned wt_pins;    /* overlays pointing into wt are live: no realloc */
+	uint64_t wt_cuts;    /* writes that overlapped the tail and were not merged */
 	bool ltx_unsynced;   /* LTX files written since the last sync */
 	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
 	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
@@ -1073,7 +1075,10 @@ static int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off
  * merged before it reaches the file and the tail is emptied if that write
  * fails; a write that does not join the covered range, or would grow it past
  * WAL_TAIL_MAX, is not merged (the tail is cut where it begins), and reads
- * outside the range go to the file.
+ * outside the range go to the file. While a commit is prepared with the
+ * tail as its overlay, db->mu can be let go (a big commit waits for the
+ * queue), so the tail is pinned: it is not reallocated meanwhile, and a
+ * write that would need it to grow is cut instead.
  */
 #define WAL_TAIL_MAX (2u << 20)
 /* After a commit, a tail buffer bigger than this shrinks back (many databases). */
@@ -1100,6 +1105,8 @@ static bool wal_tail_merge(struct db *db, const uint8_t *buf, size_t n, off_t of
 	if (end > WAL_TAIL_MAX)
 		goto cut;
 	if (end > db->wt_cap) {
+		if (db->wt_pins)
+			goto cut; /* db->mu may have been let go with an overlay live */
 		size_t cap = db->wt_cap ? db->wt_cap : 16384;
 		while (cap < end)
 			cap *= 2;
@@ -1116,6 +1123,8 @@ static bool wal_tail_merge(struct db *db, const uint8_t *buf, size_t n, off_t of
 cut:
 	/* not merged: the tail must not cover the bytes this write changes (a
 	 * frame rewritten in place can start inside it and end past the limit) */
+	if (rel < db->wt_len)
+		db->wt_cuts++;
 	db->wt_len = (size_t)rel;
 	return false;
 }
@@ -1130,7 +1139,7 @@ static void wal_advance(struct db *db, uint64_t end, uint32_t s1, uint32_t s2)
 		memmove(db->wt, db->wt + d, db->wt_len - (size_t)d);
 		db->wt_len -= (size_t)d;
 	}
-	if (db->wt_cap > WAL_TAIL_KEEP && db->wt_len <= WAL_TAIL_KEEP) {
+	if (db->wt_cap > WAL_TAIL_KEEP && db->wt_len <= WAL_TAIL_KEEP && !db->wt_pins) {
 		uint8_t *p = realloc(db->wt, WAL_TAIL_KEEP);
 		if (p) {
 			db->wt = p;
@@ -1241,7 +1250,9 @@ static int db_wal_commit_all(struct db *db, int fd)
 	int r;
 	for (;;) {
 		struct overlay tov = {db->wt, db->wt_len, (off_t)db->wal_end};
+		db->wt_pins++; /* a big commit may wait for the queue without db->mu */
 		r = db_wal_prepare(db, fd, &tov, &tx, &t, NULL);
+		db->wt_pins--;
 		if (r < 0 || tx.end == 0)
 			break;
 		if (r == 1)
@@ -1270,8 +1281,10 @@ static int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off
 		if (r < 0)
 			return r;
 		r = fs_pwrite_full(fd, buf, n, off);
-		if (r < 0)
+		if (r < 0) {
+			db->wt_len = 0; /* part of it may have reached bytes the tail holds */
 			return r;
+		}
 		db->wal_gen_end = n;
 		if (wal_header_parse(&wh, buf) == 0) {
 			db->walh = wh;
@@ -1364,7 +1377,9 @@ above:
 		struct wal_tx tx = {0};
 		struct txrec t;
 		struct ltxjob *job = NULL;
+		db->wt_pins++; /* a big commit may wait for the queue without db->mu */
 		r = db_wal_prepare(db, fd, ov, &tx, &t, db->q_bytes < DB_QUEUE_LIMIT ? &job : NULL);
+		db->wt_pins--;
 		free(tx.pages);
 		if (r < 0) {
 			db->wt_len = 0; /* it holds the write, which the file does not */
@@ -1902,9 +1917,10 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	if (kind == DB_FILE_WAL)
 		return r;
 	pthread_mutex_lock(&db->mu);
-	if (pfd >= 0 && pr < 0)
-		db_prep_drop(db); /* the commit point builds and syncs it again */
-	else if (pfd >= 0 && db->prep)
+	if (pfd >= 0 && pr < 0) {
+		db->prep_synced = true; /* it may be durable even so: the drop fsyncs ltx/ */
+		db_prep_drop(db);	/* the commit point builds and syncs it again */
+	} else if (pfd >= 0 && db->prep)
 		db->prep_synced = true;
 	if (r == 0 && db->journal_active)
 		db->tx_synced = true;
@@ -3592,6 +3608,7 @@ void db_get_stats(struct db *db, struct db_stats *st)
 	st->commits = __atomic_load_n(&db->st_commits, __ATOMIC_RELAXED);
 	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
 	db_lock_settled(db);
+	st->wal_tail_cuts = db->wt_cuts;
 	st->size_bytes = db->exists ? (uint64_t)db->page_count * db->page_size : 0;
 	st->page_size = db->page_size;
 	st->page_count = db->exists ? db->page_count : 0;

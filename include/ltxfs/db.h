@@ -237,6 +237,8 @@ struct db_stats {
 	uint64_t ltx_removed;	    /* LTX files removed by retention */
 	uint64_t size_bytes;	    /* committed database size */
 	uint32_t page_size, page_count;
+	uint64_t wal_tail_cuts; /* diagnostic: WAL writes that overlapped the in-memory
+				   WAL tail and were not merged into it (db.c, WAL TAIL) */
 };
 /* Snapshot of the counters and sizes (no I/O; any thread). */
 void db_get_stats(struct db *db, struct db_stats *st);

@@ -579,6 +579,14 @@ static void test_wal_split_writes(void)
 		     SQLITE_OK);
 		db_get_pos(g_db, &pos);
 		CHECK_EQ_U64(pos.txid, before.txid + 46);
+		if (k == 3) {
+			/* the WAL restarts at its 1000-frame autocheckpoint after the
+			 * 700-row insert, which puts a 4096 boundary inside the page of
+			 * the frame that crosses 2 MiB: its rewrite must be cut */
+			struct db_stats st;
+			db_get_stats(g_db, &st);
+			CHECK(st.wal_tail_cuts > 0);
+		}
 		CHECK_EQ_U64((uint64_t)check_chain(), pos.txid);
 		sqlite3_close(c);
 		g_wal_split = 0;
