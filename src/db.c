@@ -1918,8 +1918,9 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 		return r;
 	pthread_mutex_lock(&db->mu);
 	if (pfd >= 0 && pr < 0) {
-		db->prep_synced = true; /* it may be durable even so: the drop fsyncs ltx/ */
-		db_prep_drop(db);	/* the commit point builds and syncs it again */
+		if (db->prep) /* it may be durable even so: the drop fsyncs ltx/ */
+			db->prep_synced = true;
+		db_prep_drop(db); /* the commit point builds and syncs it again */
 	} else if (pfd >= 0 && db->prep)
 		db->prep_synced = true;
 	if (r == 0 && db->journal_active)
