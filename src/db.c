@@ -374,8 +374,8 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 	 * create; without one, ext4_sync_parent() writes the parent. Elsewhere
 	 * POSIX's rule applies and the directory is fsync'ed too.
 	 */
-	if (r == 0 && sync && db->dirsync)
-		r = fs_fsync_dir(db->ltx_dir);
+	if (r == 0 && sync && db->dirsync && fsync(db->ltx_dirfd) < 0)
+		r = -errno;
 	if (r < 0) {
 		ltx_out_abort(o);
 		return r;
@@ -398,11 +398,7 @@ static int db_sync_ltx(struct db *db)
 		return r;
 	if (!db->ltx_unsynced)
 		return 0;
-	int fd = open(db->ltx_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	r = syncfs(fd) < 0 ? -errno : 0;
-	close(fd);
+	r = syncfs(db->ltx_dirfd) < 0 ? -errno : 0;
 	if (r == 0)
 		db->ltx_unsynced = false;
 	return r;
@@ -1773,7 +1769,7 @@ struct syncer {
 	int fd;	    /* to sync; -1 when idle */
 	int result; /* of the last sync */
 	bool done, stop, dirsync;
-	const char *dir;
+	int dirfd; /* the database's ltx/ (db->ltx_dirfd, which outlives the syncer) */
 };
 
 static void *syncer_run(void *arg)
@@ -1788,8 +1784,8 @@ static void *syncer_run(void *arg)
 		int fd = sy->fd;
 		pthread_mutex_unlock(&sy->mu);
 		int r = fdatasync(fd) < 0 ? -errno : 0;
-		if (r == 0 && sy->dirsync)
-			r = fs_fsync_dir(sy->dir);
+		if (r == 0 && sy->dirsync && fsync(sy->dirfd) < 0)
+			r = -errno;
 		pthread_mutex_lock(&sy->mu);
 		sy->fd = -1;
 		sy->result = r;
@@ -1823,7 +1819,7 @@ static struct syncer *db_syncer(struct db *db)
 	if (!sy)
 		return NULL;
 	sy->fd = -1;
-	sy->dir = db->ltx_dir;
+	sy->dirfd = db->ltx_dirfd;
 	sy->dirsync = db->dirsync;
 	pthread_mutex_init(&sy->mu, NULL);
 	pthread_cond_init(&sy->cv, NULL);
@@ -3385,7 +3381,7 @@ int db_snap_start(struct db *db, struct db_snap **ret)
 	sn->locked = __atomic_exchange_n(&db->snap_locked, false, __ATOMIC_RELAXED);
 	sn->buf = malloc(SNAP_CHUNK);
 	if (sn->locked)
-		sn->fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+		sn->fd = openat(db->ltx_dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	else
 		sn->ring = malloc((size_t)SNAP_RING * SNAP_CHUNK);
 	if (sn->locked && sn->fd < 0)
@@ -3514,7 +3510,7 @@ out:
 
 int db_ltx_tmpfile(struct db *db, int *ret_fd)
 {
-	int fd = open(db->ltx_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	int fd = openat(db->ltx_dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
 	*ret_fd = fd;
