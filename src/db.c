@@ -61,6 +61,8 @@
  * RECOVERY (db_open, before the mount exists):
  *   1. Remove *.tmp files (and database.tmp); verify LTX files from the newest down and delete
  *      any that do not verify (torn by a crash), until one verifies.
+ *   1b. Write the LTX ring's records that follow the newest intact file back
+ *      as files while they chain (LTX RING); then syncfs and a new ring epoch.
  *   2. Roll back a hot journal (one SQLite would roll back: valid header, and
  *      any super-journal it names still exists); delete a cold one.
  *   3. Compute page checksums of the database file (or load them from the
@@ -78,8 +80,9 @@
  * THREADS. Any FUSE worker may call in; db->mu serialises all state changes
  * and the writes that carry them. The queued LTX files are written without
  * db->mu by the worker that replied (q_busy marks it); the syncer thread only
- * fdatasyncs a descriptor it is handed. SQLite's own locks already serialise
- * writers, so the mutex is uncontended except against checkpoints.
+ * fdatasyncs a descriptor it is handed (the LTX ring, or a prepared file).
+ * SQLite's own locks already serialise writers, so the mutex is uncontended
+ * except against checkpoints.
  */
 #include "ltxfs/db.h"
 
@@ -87,6 +90,7 @@
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
+#include "ltxfs/ltxring.h"
 #include "ltxfs/sqlfmt.h"
 
 #include <dirent.h>
@@ -102,6 +106,7 @@
 #include <unistd.h>
 
 #define CKFILE_MAGIC "LTXFSCK1"
+#define RING_NAME    "ltxring" /* dbs/<name>/ltxring: the LTX RING */
 
 struct db {
 	pthread_mutex_t mu;
@@ -145,9 +150,10 @@ struct db {
 	/* the WAL bytes at [wal_end, wal_end + wt_len), as in the file (WAL TAIL) */
 	uint8_t *wt;
 	size_t wt_len, wt_cap;
-	unsigned wt_pins;    /* overlays pointing into wt are live: no realloc */
-	uint64_t wt_cuts;    /* writes that overlapped the tail and were not merged */
-	bool ltx_unsynced;   /* LTX files written since the last sync */
+	unsigned wt_pins; /* overlays pointing into wt are live: no realloc */
+	uint64_t wt_cuts; /* writes that overlapped the tail and were not merged */
+	uint64_t st_prep_used, st_ring_records; /* db_stats diagnostics */
+	bool ltx_unsynced;			/* LTX files written since the last sync */
 	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
 	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
 	bool ltx_trusted;    /* newest LTX accepted on the clean-shutdown cache's word */
@@ -167,6 +173,11 @@ struct db {
 	bool prep_synced;
 	uint64_t prep_gen, prep_pre;
 	uint64_t write_gen; /* writes to the database and journal files */
+	bool prep_in_ring;  /* a copy of db->prep's file is the ring record at prep_ring_off */
+	uint64_t prep_ring_off;
+	struct ltx_ring *ring; /* durable copies of prepared files (LTX RING); NULL until used */
+	bool ring_dirty;       /* the ring holds records of its current epoch */
+	bool ring_warned;      /* a ring failure was logged: prepared files are fsynced */
 	struct syncer *syncer;
 	bool snap_locked;	/* the next snapshot is built under the lock (atomic) */
 	bool q_unsynced;	/* the newest commit was queued and the WAL not fsync'ed since */
@@ -948,6 +959,116 @@ static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t 
 }
 
 /*
+ * LTX RING (src/ltxring.c). A prepared file's durability comes from a copy in
+ * the database's ring, fdatasynced while SQLite fsyncs the database: an
+ * overwrite of allocated blocks, where an fdatasync of the new file would make
+ * ext4 commit its journal. The file itself is written without sync and made
+ * durable by the next db_sync_ltx, which always runs before the ring wraps, so
+ * every record that can be overwritten stands for a durable file. Start-up
+ * recovery writes the files of records that follow the newest intact LTX file
+ * (db_ring_recover). Rules that keep a record from replaying a commit that
+ * did not happen:
+ *   - a dropped prepared commit's record is zeroed and the ring fdatasynced
+ *     before SQLite can roll the transaction back (db_prep_drop);
+ *   - before this node applies another node's LTX file, every file is synced
+ *     and the ring starts a new epoch, so none of its records count
+ *     (db_ring_retire): they could chain from a shared ancestor;
+ *   - after start-up recovery the same happens.
+ * LTX files over LTX_RING_MAX_LTX are fdatasynced as files.
+ */
+
+/* db->mu held. Ring failures fall back to fsyncing the file; say so once. */
+static void db_ring_warn(struct db *db, const char *what, int err)
+{
+	if (db->ring_warned)
+		return;
+	db->ring_warned = true;
+	log_warn("db '%s': LTX ring: %s: %s; prepared LTX files are fsynced instead", db->name,
+		 what, strerror(-err));
+}
+
+/*
+ * db->mu held: put a copy of the prepared file t into the ring. Returns 0
+ * with db->prep_ring_off set, or 1 when the file must be synced itself.
+ */
+static int db_ring_put(struct db *db, const struct txrec *t)
+{
+	uint8_t *buf = NULL;
+	struct stat st;
+	int fd = -1, r;
+
+	if (!db->ring) {
+		char path[4096];
+		bool created = false;
+		r = fs_path(path, sizeof(path), "%s/" RING_NAME, db->dir);
+		if (r == 0)
+			r = ltx_ring_open(&db->ring, path, true, &created);
+		if (r == 0 && !created)
+			r = ltx_ring_reset(db->ring); /* only recovery reads old records */
+		if (r < 0) {
+			ltx_ring_free(db->ring);
+			db->ring = NULL;
+			db_ring_warn(db, "cannot create or open it", r);
+			return 1;
+		}
+	}
+	fd = open(t->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		r = -errno;
+		goto out;
+	}
+	if ((uint64_t)st.st_size > LTX_RING_MAX_LTX) {
+		r = 1; /* a big transaction: its own fdatasync is cheap beside its writes */
+		goto out;
+	}
+	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (!buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	ssize_t got = fs_pread_full(fd, buf, (size_t)st.st_size, 0);
+	if (got != st.st_size) {
+		r = got < 0 ? (int)got : -EIO;
+		goto out;
+	}
+	if (!ltx_ring_fits(db->ring, (size_t)got)) {
+		/* every file an old record stands for becomes durable first */
+		r = db_sync_ltx(db);
+		if (r < 0)
+			goto out;
+		ltx_ring_wrap(db->ring);
+	}
+	r = ltx_ring_append(db->ring, t->txid, buf, (size_t)got, &db->prep_ring_off);
+	if (r == 0) {
+		db->ring_dirty = true;
+		db->st_ring_records++;
+	}
+out:
+	if (r < 0)
+		db_ring_warn(db, "cannot write a record", r);
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return r == 0 ? 0 : 1;
+}
+
+/*
+ * db->mu held: make every LTX file durable, then start a new epoch so that
+ * no record of the ring counts any more.
+ */
+static int db_ring_retire(struct db *db)
+{
+	if (!db->ring || !db->ring_dirty)
+		return 0;
+	int r = db_sync_ltx(db);
+	if (r == 0)
+		r = ltx_ring_reset(db->ring);
+	if (r == 0)
+		db->ring_dirty = false;
+	return r;
+}
+
+/*
  * PREPARED COMMITS. In a rollback mode SQLite fsyncs the database file just
  * before the commit point, once every page of the transaction is in it.
  * db_fsync builds the LTX file right then and fdatasyncs it on the syncer
@@ -961,18 +1082,36 @@ static void db_prep_drop(struct db *db)
 {
 	if (!db->prep)
 		return;
-	bool synced = db->prep_synced;
+	bool synced = db->prep_synced, in_ring = db->prep_in_ring;
+	/*
+	 * Its record goes first, durably: recovery would otherwise write the
+	 * file again and roll forward a transaction SQLite rolls back. If that
+	 * fails, no record of this epoch may count any more.
+	 */
+	if (in_ring && db->ring) {
+		int r = ltx_ring_cancel(db->ring, db->prep_ring_off);
+		if (r == 0)
+			r = ltx_ring_sync(db->ring);
+		if (r < 0 && (r = db_ring_retire(db)) < 0)
+			log_error(
+			    "db '%s': cannot cancel the LTX ring record of a dropped prepared "
+			    "commit: %s",
+			    db->name, strerror(-r));
+	}
 	db_tx_abort(db->prep);
 	free(db->prep);
 	db->prep = NULL;
 	db->prep_synced = false;
+	db->prep_in_ring = false;
 	/*
 	 * A durable prepared file whose removal is not durable would come back
 	 * after a power loss, and recovery (step 5) would roll its transaction
 	 * forward although SQLite rolled it back. Rare: only a commit that
-	 * fails or changes after SQLite's database fsync drops a synced file.
+	 * fails or changes after SQLite's database fsync drops a prepared file.
+	 * A file whose copy was in the ring was not fsynced, but another
+	 * database's syncfs may have made it durable.
 	 */
-	if (synced && db->ltx_dirfd >= 0 && fsync(db->ltx_dirfd) < 0)
+	if ((synced || in_ring) && db->ltx_dirfd >= 0 && fsync(db->ltx_dirfd) < 0)
 		log_warn("db '%s': cannot make the removal of a dropped prepared LTX file "
 			 "durable: %s",
 			 db->name, strerror(errno));
@@ -996,10 +1135,12 @@ static int db_journal_commit(struct db *db)
 	int r;
 
 	if (db_prep_usable(db)) {
+		db->st_prep_used++;
 		db_tx_apply(db, db->prep);
 		free(db->prep);
 		db->prep = NULL;
 		db->prep_synced = false;
+		db->prep_in_ring = false;
 		dirty_clear(db);
 		return 0;
 	}
@@ -1601,14 +1742,16 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		r = fs_pwrite_full(fd, buf, n, off);
 		break;
 	case DB_FILE_JOURNAL:
-		db->write_gen++;
 		if (off == 0 && n >= 8 && memcmp(buf, journal_magic, 8) != 0) {
-			/* PERSIST mode (and exclusive locking): header zeroed */
+			/* PERSIST mode (and exclusive locking): header zeroed. This
+			 * write is the commit point, so it is counted after the
+			 * prepared commit was checked (PREPARED COMMITS). */
 			r = db_journal_commit(db);
 			if (r < 0)
 				break;
 			db->journal_active = false;
 		}
+		db->write_gen++;
 		r = fs_pwrite_full(fd, buf, n, off);
 		if (r == 0 && off == 0 && n >= 8 && memcmp(buf, journal_magic, 8) == 0)
 			db->journal_active = true;
@@ -1768,8 +1911,9 @@ struct syncer {
 	pthread_cond_t cv;
 	int fd;	    /* to sync; -1 when idle */
 	int result; /* of the last sync */
-	bool done, stop, dirsync;
-	int dirfd; /* the database's ltx/ (db->ltx_dirfd, which outlives the syncer) */
+	bool done, stop;
+	bool dirsync; /* then fsync dirfd too (this job's) */
+	int dirfd;    /* the database's ltx/ (db->ltx_dirfd, which outlives the syncer) */
 };
 
 static void *syncer_run(void *arg)
@@ -1820,7 +1964,6 @@ static struct syncer *db_syncer(struct db *db)
 		return NULL;
 	sy->fd = -1;
 	sy->dirfd = db->ltx_dirfd;
-	sy->dirsync = db->dirsync;
 	pthread_mutex_init(&sy->mu, NULL);
 	pthread_cond_init(&sy->cv, NULL);
 	if (pthread_create(&sy->th, NULL, syncer_run, sy) != 0) {
@@ -1833,10 +1976,11 @@ static struct syncer *db_syncer(struct db *db)
 	return sy;
 }
 
-static void syncer_start(struct syncer *sy, int fd)
+static void syncer_start(struct syncer *sy, int fd, bool dirsync)
 {
 	pthread_mutex_lock(&sy->mu);
 	sy->fd = fd;
+	sy->dirsync = dirsync;
 	sy->done = false;
 	pthread_cond_broadcast(&sy->cv);
 	pthread_mutex_unlock(&sy->mu);
@@ -1854,10 +1998,12 @@ static int syncer_wait(struct syncer *sy)
 
 /*
  * db->mu held, at an fsync of the database file: build the open
- * transaction's LTX file (PREPARED COMMITS). Returns a descriptor of it to
- * make durable, or -1 when there is nothing to prepare.
+ * transaction's LTX file (PREPARED COMMITS). Returns a descriptor to
+ * fdatasync, of the ring holding a copy of the file or else of the file
+ * (*dirsync then says whether ltx/ needs an fsync too), or -1 when there is
+ * nothing to prepare.
  */
-static int db_prep_build(struct db *db)
+static int db_prep_build(struct db *db, bool *dirsync)
 {
 	struct txrec *t;
 	uint32_t count;
@@ -1872,13 +2018,19 @@ static int db_prep_build(struct db *db)
 		free(t);
 		return -1; /* nothing to commit, a snapshot, or an error the commit reports */
 	}
-	int fd = open(t->path, O_RDONLY | O_CLOEXEC);
+	bool in_ring = db_ring_put(db, t) == 0;
+	int fd = in_ring ? fcntl(ltx_ring_fd(db->ring), F_DUPFD_CLOEXEC, 0)
+			 : open(t->path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
+		if (in_ring)
+			ltx_ring_cancel(db->ring, db->prep_ring_off); /* never synced */
 		db_tx_abort(t);
 		free(t);
 		return -1;
 	}
+	*dirsync = !in_ring && db->dirsync;
 	db->prep = t;
+	db->prep_in_ring = in_ring;
 	db->prep_synced = false;
 	db->prep_gen = db->write_gen;
 	db->prep_pre = pre;
@@ -1889,6 +2041,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 {
 	struct syncer *sy = NULL;
 	int pfd = -1, pr = 0;
+	bool dirsync = false;
 	if (kind == DB_FILE_SHM)
 		return (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
 	pthread_mutex_lock(&db->mu);
@@ -1896,7 +2049,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 		if (db->prep && db->prep_gen != db->write_gen)
 			db_prep_drop(db); /* written to since: build it again */
 		if (db->journal_active && !db->prep && (sy = db_syncer(db)) != NULL)
-			pfd = db_prep_build(db);
+			pfd = db_prep_build(db, &dirsync);
 	} else if (kind == DB_FILE_WAL) {
 		if (db->q_unsynced) /* synchronous=FULL: an fsync follows each commit */
 			db->q_sync_streak++;
@@ -1904,7 +2057,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	}
 	pthread_mutex_unlock(&db->mu);
 	if (pfd >= 0)
-		syncer_start(sy, pfd);
+		syncer_start(sy, pfd, dirsync);
 	int r = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
 	if (pfd >= 0) {
 		pr = syncer_wait(sy);
@@ -2754,6 +2907,151 @@ out:
 	return ok;
 }
 
+/*
+ * Recovery step 1b (LTX RING): the records that follow the newest intact LTX
+ * file become LTX files again, fsynced, as long as each chains from the one
+ * before; of two records with one TXID the later (higher sequence) wins. Then
+ * every LTX file is synced and the ring starts a new epoch. The caller's
+ * lh and lt become the newest restored file's.
+ */
+struct ring_recs {
+	struct ltx_ring_record *v;
+	size_t n, cap;
+};
+
+static int ring_collect(void *ctx, const struct ltx_ring_record *rec)
+{
+	struct ring_recs *rs = ctx;
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? rs->cap * 2 : 64;
+		struct ltx_ring_record *v = realloc(rs->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		rs->v = v;
+		rs->cap = cap;
+	}
+	rs->v[rs->n++] = *rec;
+	return 0;
+}
+
+/* Write one record as an fsynced LTX file. 1: it is the next file; 0: it is
+ * not (removed again, with a warning); -errno. */
+static int ring_restore(struct db *db, const struct ltx_ring_record *rec, struct ltx_header *lh,
+			struct ltx_trailer *lt)
+{
+	char name[LTX_FILENAME_LEN + 1];
+	struct ltx_header h;
+	struct ltx_trailer t;
+	const char *why = NULL;
+	if (rec->len < LTX_HEADER_SIZE || ltx_header_decode(&h, rec->ltx) < 0 ||
+	    h.min_txid != rec->txid || h.max_txid != rec->txid)
+		why = "its header is not that of the next transaction";
+	else if (h.pre_apply_checksum != db->pos.checksum)
+		why = "its pre-apply checksum does not follow the newest LTX file";
+	else if (db->page_size && h.commit > 0 && h.page_size != db->page_size)
+		why = "its page size differs";
+	if (why) {
+		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not restored: %s",
+			 db->name, rec->txid, why);
+		return 0;
+	}
+	ltx_format_filename(name, h.min_txid, h.max_txid);
+	int fd = openat(db->ltx_dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int r = fs_write_full(fd, rec->ltx, rec->len);
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+		r = -errno;
+	int v = r == 0 ? ltx_verify_fd(fd, &h, &t) : 0;
+	close(fd);
+	if (r == 0 && v < 0) {
+		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not restored: it does "
+			 "not verify (%s)",
+			 db->name, rec->txid, strerror(-v));
+		unlinkat(db->ltx_dirfd, name, 0);
+		return 0;
+	}
+	if (r < 0) {
+		unlinkat(db->ltx_dirfd, name, 0);
+		return r;
+	}
+	*lh = h;
+	*lt = t;
+	db->pos.txid = h.max_txid;
+	db->pos.checksum = t.post_apply_checksum;
+	db->pos.timestamp = h.timestamp;
+	db->last_epoch = h.epoch;
+	if (!db->page_size)
+		db->page_size = h.page_size;
+	return 1;
+}
+
+static int db_ring_recover(struct db *db, struct ltx_header *lh, struct ltx_trailer *lt)
+{
+	char path[4096];
+	uint8_t *img = NULL;
+	size_t len = 0;
+	struct ring_recs rs = {0};
+	unsigned restored = 0;
+	int r = fs_path(path, sizeof(path), "%s/" RING_NAME, db->dir);
+	if (r < 0)
+		return r;
+	r = ltx_ring_open(&db->ring, path, false, NULL);
+	if (r == -ENOENT)
+		return 0;
+	if (r == -EBADMSG) {
+		/* rewritten at its first use; a reset never leaves records needed */
+		log_warn("db '%s': ignoring the LTX ring: its header is damaged", db->name);
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	r = ltx_ring_load(db->ring, &img, &len);
+	if (r == 0)
+		r = ltx_ring_scan(img, len, ring_collect, &rs);
+	if (r == -EBADMSG) {
+		log_warn("db '%s': ignoring the LTX ring: its header is damaged", db->name);
+		r = 0;
+	}
+	while (r == 0 && db->pos.txid > 0) {
+		const struct ltx_ring_record *best = NULL;
+		for (size_t i = 0; i < rs.n; i++)
+			if (rs.v[i].txid == db->pos.txid + 1 && (!best || rs.v[i].seq > best->seq))
+				best = &rs.v[i];
+		if (!best)
+			break;
+		r = ring_restore(db, best, lh, lt);
+		if (r == 1) {
+			restored++;
+			r = 0;
+		} else if (r == 0) {
+			break;
+		}
+	}
+	if (r == 0 && restored) {
+		if (fsync(db->ltx_dirfd) < 0)
+			r = -errno;
+		db->ltx_trusted = false;
+		log_warn("db '%s': restored %u LTX file(s) up to TXID %016" PRIx64 " from the LTX "
+			 "ring: a crash lost or tore them",
+			 db->name, restored, db->pos.txid);
+	}
+	/* Every LTX file durable: no record is needed any more. */
+	if (r == 0 && syncfs(db->ltx_dirfd) < 0)
+		r = -errno;
+	if (r == 0)
+		r = ltx_ring_reset(db->ring);
+	free(img);
+	free(rs.v);
+	if (r < 0) {
+		ltx_ring_free(db->ring);
+		db->ring = NULL;
+	}
+	return r;
+}
+
 static int db_recover(struct db *db)
 {
 	struct ltx_header lh;
@@ -2768,6 +3066,8 @@ static int db_recover(struct db *db)
 	if (fs_path(path, sizeof(path), "%s/database.tmp", db->dir) == 0)
 		fs_unlink_if_exists(path);
 	r = db_recover_ltx(db, &lh, &lt, true);
+	if (r == 0)
+		r = db_ring_recover(db, &lh, &lt);
 	if (r < 0)
 		return r;
 	r = db_file_path(db, DB_FILE_DB, path, sizeof(path));
@@ -2956,6 +3256,7 @@ void db_free(struct db *db)
 		close(db->dbfd);
 	syncer_free(db->syncer);
 	db_prep_drop(db);
+	ltx_ring_free(db->ring);
 	pthread_mutex_destroy(&db->mu);
 	pthread_cond_destroy(&db->q_cond);
 	while (db->q_head) { /* only if the last attempt to write them failed */
@@ -3606,6 +3907,8 @@ void db_get_stats(struct db *db, struct db_stats *st)
 	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
 	db_lock_settled(db);
 	st->wal_tail_cuts = db->wt_cuts;
+	st->prepared_used = db->st_prep_used;
+	st->ring_records = db->st_ring_records;
 	st->size_bytes = db->exists ? (uint64_t)db->page_count * db->page_size : 0;
 	st->page_size = db->page_size;
 	st->page_count = db->exists ? db->page_count : 0;
@@ -4020,6 +4323,16 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	if (!snapshot && h.commit > 0 && db->page_count > 0 && db->page_size != h.page_size) {
 		pthread_mutex_unlock(&db->mu);
 		r = -EBADMSG;
+		goto out;
+	}
+	/* Records of this node's own commits must not replay over another's
+	 * history after a crash (LTX RING). */
+	r = db_ring_retire(db);
+	if (r < 0) {
+		pthread_mutex_unlock(&db->mu);
+		log_error("db '%s': cannot retire the LTX ring before applying LTX %016" PRIx64
+			  "-%016" PRIx64 ": %s",
+			  db->name, h.min_txid, h.max_txid, strerror(-r));
 		goto out;
 	}
 	uint64_t x = snapshot ? 0 : db->xsum;

@@ -239,6 +239,10 @@ struct db_stats {
 	uint32_t page_size, page_count;
 	uint64_t wal_tail_cuts; /* diagnostic: WAL writes that overlapped the in-memory
 				   WAL tail and were not merged into it (db.c, WAL TAIL) */
+	uint64_t prepared_used; /* diagnostic: rollback-mode commits that used the file
+				   prepared at the database fsync (PREPARED COMMITS) */
+	uint64_t ring_records;	/* diagnostic: prepared files made durable by a copy in
+				   the LTX ring rather than an fsync of their own */
 };
 /* Snapshot of the counters and sizes (no I/O; any thread). */
 void db_get_stats(struct db *db, struct db_stats *st);

@@ -32,19 +32,65 @@ def test_torn_ltx_file_is_discarded_and_nothing_lost(make_node, mode):
     txid, _ = read_pos(node.mount, "db")
     node.stop()
     newest = ltx_files(node.dbdir("db"))[-1][2]
-    size = os.path.getsize(newest)
+    with open(newest, "rb") as f:
+        saved = f.read()
     with open(newest, "r+b") as f:
-        f.truncate(size // 2)
+        f.truncate(len(saved) // 2)
     node.start()
-    assert "does not verify" in node.read_log()
+    log = node.read_log()
+    assert "does not verify" in log
     c = connect(node.path("db"), mode)
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 30
-    # the change the torn file described is recorded again, as a snapshot
-    newest = parse_ltx(ltx_files(node.dbdir("db"))[-1][2])
-    assert (newest["min"], newest["max"]) == (1, txid)
+    if mode == "wal":
+        # the change the torn file described is recorded again, as a snapshot
+        newest = parse_ltx(ltx_files(node.dbdir("db"))[-1][2])
+        assert (newest["min"], newest["max"]) == (1, txid)
+    else:
+        # the LTX ring kept a copy of the prepared file: the same file again
+        assert "restored 1 LTX file(s)" in log
+        with open(ltx_files(node.dbdir("db"))[-1][2], "rb") as f:
+            assert f.read() == saved
     c.execute("INSERT INTO t(v) VALUES('next')")
     c.close()
     assert read_pos(node.mount, "db")[0] == txid + 1
+    verify_database(node, "db")
+
+
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist"])
+def test_ltx_files_lost_after_kill9_are_restored_from_the_ring(make_node, mode):
+    """With synchronous=FULL in a rollback mode, a commit's LTX file is made
+    durable by its copy in dbs/<db>/ltxring, not by an fsync of its own. Kill -9,
+    then do to the files what a power loss may do to files never fsynced: lose
+    the three newest and tear the one before. Every file comes back byte for
+    byte, with no snapshot, and every commit is there."""
+    node = make_node().start()
+    c = fill(node, mode, 30)
+    c.close()
+    ring = os.path.join(node.dbdir("db"), "ltxring")
+    assert os.path.getsize(ring) == 4096 + (4 << 20)
+    pos = read_pos(node.mount, "db")
+    node.kill9()
+    files = ltx_files(node.dbdir("db"))
+    saved = {}
+    for i, (mx, mn, path) in enumerate(reversed(files[-4:])):
+        with open(path, "rb") as f:
+            saved[path] = f.read()
+        if i < 3:
+            os.unlink(path)
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(len(saved[path]) - 9)
+    node.start()
+    assert "restored 4 LTX file(s)" in node.read_log()
+    for path, data in saved.items():
+        with open(path, "rb") as f:
+            assert f.read() == data, path
+    assert all(mn == mx for mx, mn, _ in ltx_files(node.dbdir("db"))), "no snapshot"
+    assert read_pos(node.mount, "db") == pos
+    c = connect(node.path("db"), mode)
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 30
+    c.execute("INSERT INTO t(v) VALUES('after restart')")
+    c.close()
     verify_database(node, "db")
 
 

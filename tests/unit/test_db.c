@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static struct db *g_db;
@@ -596,6 +597,254 @@ static void test_wal_split_writes(void)
 	}
 }
 
+/*
+ * With synchronous=FULL every rollback-mode commit uses the file prepared at
+ * the database fsync, made durable by its copy in the LTX ring: in PERSIST
+ * mode too, whose commit point is itself a write to the journal.
+ */
+static void test_prepared_commits_in_every_rollback_mode(void)
+{
+	static const char *const modes[] = {"DELETE", "TRUNCATE", "PERSIST"};
+	for (int k = 0; k < 3; k++) {
+		char sql[200], name[32];
+		snprintf(name, sizeof(name), "prep-%s", modes[k]);
+		fresh_dir(name);
+		open_db();
+		sqlite3 *c = connect_db();
+		snprintf(sql, sizeof(sql),
+			 "PRAGMA journal_mode=%s; PRAGMA synchronous=FULL; CREATE TABLE t(x)",
+			 modes[k]);
+		exec(c, sql, SQLITE_OK);
+		struct db_stats st0, st;
+		db_get_stats(g_db, &st0);
+		for (int i = 0; i < 10; i++)
+			exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
+		db_get_stats(g_db, &st);
+		if (st.prepared_used - st0.prepared_used != 10 ||
+		    st.ring_records - st0.ring_records != 10)
+			fprintf(stderr, "  %s: %llu prepared, %llu ring records\n", modes[k],
+				(unsigned long long)(st.prepared_used - st0.prepared_used),
+				(unsigned long long)(st.ring_records - st0.ring_records));
+		CHECK_EQ_U64(st.prepared_used - st0.prepared_used, 10);
+		CHECK_EQ_U64(st.ring_records - st0.ring_records, 10);
+		sqlite3_close(c);
+		CHECK_EQ_U64((uint64_t)check_chain(), 11);
+		check_consistent(name);
+		db_free(g_db);
+	}
+}
+
+/* Run fn in a child that exits without any shutdown, as a crash leaves
+ * things (the page cache keeps what was written; a power loss is then
+ * simulated by the caller on the files). */
+static void in_crashing_child(void (*fn)(void))
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		unit_failures = 0; /* the child reports only its own */
+		fn();
+		_exit(unit_failures ? 1 : 0);
+	}
+	int status = 0;
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void ltx_path(char *buf, size_t n, uint64_t min, uint64_t max)
+{
+	snprintf(buf, n, "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir, (unsigned long long)min,
+		 (unsigned long long)max);
+}
+
+static uint64_t newest_txid(void)
+{
+	uint64_t t = 0;
+	while (ltx_exists(t + 1))
+		t++;
+	return t;
+}
+
+static void ring_child_commits(void)
+{
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x)",
+	     SQLITE_OK);
+	for (int i = 1; i <= 20; i++) {
+		char sql[64];
+		snprintf(sql, sizeof(sql), "INSERT INTO t VALUES(%d)", i);
+		exec(c, sql, SQLITE_OK);
+	}
+	sqlite3_close(c);
+}
+
+/*
+ * LTX RING (db.c). With DELETE + FULL a prepared file is not fsynced: its
+ * copy in the ring is. A power loss can then lose or tear the newest files.
+ * The child commits and stops without shutdown; the parent deletes the three
+ * newest files and tears the one before, as a power loss may. Recovery must
+ * write them again from the ring, byte for byte: the same position, an
+ * unbroken chain, and no snapshot (without the ring it would record the
+ * database as a new snapshot).
+ */
+static void test_ring_restores_lost_files(void)
+{
+	fresh_dir("ring");
+	in_crashing_child(ring_child_commits);
+	uint64_t n = newest_txid();
+	CHECK(n == 21); /* CREATE TABLE, then 20 inserts */
+	char path[400], dbring[400];
+	snprintf(dbring, sizeof(dbring), "%s/dbs/db/ltxring", g_dir);
+	CHECK(access(dbring, F_OK) == 0);
+	char *saved[4] = {0};
+	size_t lens[4] = {0};
+	for (int i = 0; i < 4; i++) {
+		ltx_path(path, sizeof(path), n - i, n - i);
+		CHECK_RC(fs_read_file(path, 1 << 20, &saved[i], &lens[i]), 0);
+		if (i < 3)
+			CHECK(unlink(path) == 0);
+		else
+			CHECK(truncate(path, (off_t)lens[i] / 2) == 0);
+	}
+	open_db();
+	struct db_pos pos;
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, n);
+	for (int i = 0; i < 4; i++) {
+		char *got = NULL;
+		size_t len = 0;
+		ltx_path(path, sizeof(path), n - i, n - i);
+		CHECK_RC(fs_read_file(path, 1 << 20, &got, &len), 0);
+		CHECK(got && len == lens[i] && memcmp(got, saved[i], len) == 0);
+		free(got);
+		free(saved[i]);
+	}
+	ltx_path(path, sizeof(path), 1, n + 1);
+	CHECK(access(path, F_OK) != 0); /* no snapshot */
+	CHECK_EQ_U64((uint64_t)check_chain(), n);
+	check_consistent("after the restore");
+	sqlite3 *c = connect_db();
+	check_rows(c, "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20");
+	exec(c, "INSERT INTO t VALUES(21)", SQLITE_OK);
+	sqlite3_close(c);
+	CHECK_EQ_U64((uint64_t)check_chain(), n + 1);
+	check_consistent("after the next commit");
+	db_free(g_db);
+}
+
+static void ring_child_dropped_prep(void)
+{
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c,
+	     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
+	     "INSERT INTO t VALUES(1); INSERT INTO t VALUES(2)",
+	     SQLITE_OK);
+	g_fail_journal_deletes = 1;
+	exec(c, "INSERT INTO t VALUES(3)", SQLITE_IOERR); /* prepared, then not committed */
+	sqlite3_close(c); /* rolled back: the prepared commit is dropped */
+	c = connect_db();
+	exec(c, "SELECT count(*) FROM t", SQLITE_OK);
+	sqlite3_close(c);
+}
+
+/*
+ * A prepared commit that SQLite rolls back leaves its record in the ring
+ * zeroed. Otherwise, once the newest real file is lost, recovery would
+ * restore it, then the dropped one after it (it chains), and roll forward a
+ * transaction SQLite rolled back.
+ */
+static void test_ring_dropped_prepared_commit_not_restored(void)
+{
+	char path[400];
+	fresh_dir("ringdrop");
+	in_crashing_child(ring_child_dropped_prep);
+	uint64_t n = newest_txid();
+	CHECK(n == 3);
+	ltx_path(path, sizeof(path), n, n);
+	CHECK(unlink(path) == 0);
+	open_db();
+	struct db_pos pos;
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, n);
+	CHECK(!ltx_exists(n + 1));
+	check_consistent("after the restore");
+	sqlite3 *c = connect_db();
+	check_rows(c, "1,2");
+	sqlite3_close(c);
+	db_free(g_db);
+}
+
+static uint64_t ring_epoch(void)
+{
+	char path[400];
+	uint8_t b[32];
+	uint64_t e = 0;
+	snprintf(path, sizeof(path), "%s/dbs/db/ltxring", g_dir);
+	int fd = open(path, O_RDONLY);
+	if (fd >= 0 && pread(fd, b, sizeof(b), 0) == (ssize_t)sizeof(b))
+		for (int i = 7; i >= 0; i--)
+			e = e << 8 | b[24 + i];
+	if (fd >= 0)
+		close(fd);
+	return e;
+}
+
+/*
+ * Before this node applies another node's LTX file, its own ring records stop
+ * counting (a new epoch): after a crash they could chain from the shared
+ * history and replay a commit the primary never had.
+ */
+static void test_ring_retired_before_apply(void)
+{
+	fresh_dir("ringapply");
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c,
+	     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
+	     "INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	sqlite3_close(c);
+	uint64_t e0 = ring_epoch();
+	CHECK(e0 != 0);
+
+	/* the next transaction from elsewhere: one new, empty page at the end */
+	struct db_pos pos;
+	db_get_pos(g_db, &pos);
+	struct stat st;
+	char path[400];
+	snprintf(path, sizeof(path), "%s/dbs/db/database", g_dir);
+	CHECK(stat(path, &st) == 0);
+	uint32_t pgno = (uint32_t)(st.st_size / 4096) + 1;
+	uint8_t page[4096] = {0};
+	struct ltx_header h = {
+	    .page_size = 4096,
+	    .commit = pgno,
+	    .min_txid = pos.txid + 1,
+	    .max_txid = pos.txid + 1,
+	    .timestamp = 1,
+	    .pre_apply_checksum = pos.checksum,
+	};
+	snprintf(path, sizeof(path), "%s/next.ltx", g_dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	struct ltx_encoder *enc = NULL;
+	struct ltx_trailer tr;
+	CHECK_RC(ltx_encoder_new(&enc, &h, ltx_fd_write, &fd), 0);
+	CHECK_RC(ltx_encoder_add_page(enc, pgno, page), 0);
+	CHECK_RC(
+	    ltx_encoder_finish(
+		enc, LTX_CHECKSUM_FLAG | (pos.checksum ^ ltx_page_checksum(pgno, page, 4096)), &tr),
+	    0);
+	ltx_encoder_free(enc);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	CHECK_RC(db_apply_ltx(g_db, fd, 0, NULL), 0);
+	close(fd);
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, h.max_txid);
+	CHECK_EQ_U64(ring_epoch(), e0 + 1);
+	db_free(g_db);
+}
+
 int main(void)
 {
 	vfs_setup();
@@ -604,5 +853,9 @@ int main(void)
 	RUN(test_prepared_commit_rolled_back);
 	RUN(test_queued_ltx_written_after_the_reply);
 	RUN(test_wal_split_writes);
+	RUN(test_prepared_commits_in_every_rollback_mode);
+	RUN(test_ring_restores_lost_files);
+	RUN(test_ring_dropped_prepared_commit_not_restored);
+	RUN(test_ring_retired_before_apply);
 	return UNIT_DONE();
 }
