@@ -150,10 +150,9 @@ struct db {
 	/* the WAL bytes at [wal_end, wal_end + wt_len), as in the file (WAL TAIL) */
 	uint8_t *wt;
 	size_t wt_len, wt_cap;
-	unsigned wt_pins; /* overlays pointing into wt are live: no realloc */
-	uint64_t wt_cuts; /* writes that overlapped the tail and were not merged */
-	uint64_t st_prep_used, st_ring_records; /* db_stats diagnostics */
-	bool ltx_unsynced;			/* LTX files written since the last sync */
+	unsigned wt_pins;    /* overlays pointing into wt are live: no realloc */
+	uint64_t wt_cuts;    /* writes that overlapped the tail and were not merged */
+	bool ltx_unsynced;   /* LTX files written since the last sync */
 	int sticky_err;	     /* capture lost sync with SQLite: refuse writes until a restart */
 	bool dirsync;	     /* fsync ltx/ after a new file: not on ext4 (see ltx_out_end) */
 	bool ltx_trusted;    /* newest LTX accepted on the clean-shutdown cache's word */
@@ -161,6 +160,7 @@ struct db {
 	bool live;	     /* start-up recovery is over: commits go through the fence */
 	uint64_t last_epoch; /* lease epoch recorded in the newest LTX file */
 	uint64_t st_writes[DB_FILE_N], st_commits, st_removed; /* GET /metrics (atomics) */
+	uint64_t st_prep_used, st_ring_records;		       /* db_stats diagnostics (db->mu) */
 
 	/* LTX files of WAL commits not written yet (see QUEUED LTX FILES) */
 	struct ltxjob *q_head, *q_tail;
@@ -1926,9 +1926,10 @@ static void *syncer_run(void *arg)
 		if (sy->fd < 0)
 			break;
 		int fd = sy->fd;
+		bool dirsync = sy->dirsync;
 		pthread_mutex_unlock(&sy->mu);
 		int r = fdatasync(fd) < 0 ? -errno : 0;
-		if (r == 0 && sy->dirsync && fsync(sy->dirfd) < 0)
+		if (r == 0 && dirsync && fsync(sy->dirfd) < 0)
 			r = -errno;
 		pthread_mutex_lock(&sy->mu);
 		sy->fd = -1;

@@ -20,8 +20,8 @@
 #include <stdint.h>
 
 #define LTX_RING_BLOCK	       4096u
-#define LTX_RING_AREA	       (4u << 20) /* bytes of records after the header block */
-#define LTX_RING_MAX_LTX       (1u << 20) /* larger LTX files are fsynced as files */
+#define LTX_RING_AREA	       (1u << 20) /* bytes of records after the header block */
+#define LTX_RING_MAX_LTX       (256u << 10) /* larger LTX files are fsynced as files */
 #define LTX_RING_RECORD_HEADER 64u
 
 /* A valid record of the ring's current epoch, as found by a scan. */

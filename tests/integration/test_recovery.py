@@ -67,7 +67,7 @@ def test_ltx_files_lost_after_kill9_are_restored_from_the_ring(make_node, mode):
     c = fill(node, mode, 30)
     c.close()
     ring = os.path.join(node.dbdir("db"), "ltxring")
-    assert os.path.getsize(ring) == 4096 + (4 << 20)
+    assert os.path.getsize(ring) == 4096 + (1 << 20)
     pos = read_pos(node.mount, "db")
     node.kill9()
     files = ltx_files(node.dbdir("db"))
