@@ -60,7 +60,8 @@
  *
  * RECOVERY (db_open, before the mount exists):
  *   1. Remove *.tmp files (and database.tmp); verify LTX files from the newest down and delete
- *      any that do not verify (torn by a crash), until one verifies.
+ *      any that do not verify (torn by a crash), until one verifies. A torn file
+ *      with a record in the LTX ring is written again from it instead.
  *   1b. Write the LTX ring's records that follow the newest intact file back
  *      as files while they chain (LTX RING); then syncfs and a new ring epoch.
  *   2. Roll back a hot journal (one SQLite would roll back: valid header, and
@@ -177,6 +178,7 @@ struct db {
 	uint64_t prep_ring_off;
 	struct ltx_ring *ring; /* durable copies of prepared files (LTX RING); NULL until used */
 	bool ring_dirty;       /* the ring holds records of its current epoch */
+	bool ring_failed;      /* the ring could not be created or reset: not used again */
 	bool ring_warned;      /* a ring failure was logged: prepared files are fsynced */
 	struct syncer *syncer;
 	bool snap_locked;	/* the next snapshot is built under the lock (atomic) */
@@ -377,6 +379,17 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 	int r = ltx_encoder_finish(o->enc, post, &tr);
 	if (r == 0)
 		r = wbuf_flush(o->w);
+	/*
+	 * Files whose durability is a copy in the LTX ring must not end up
+	 * behind a durable one: after a power loss recovery would discard the
+	 * durable file with the torn one before it. syncfs covers both.
+	 */
+	if (r == 0 && sync && db->ring_dirty && db->ltx_unsynced) {
+		if (syncfs(db->ltx_dirfd) < 0)
+			r = -errno;
+		else
+			db->ltx_unsynced = false;
+	}
 	if (r == 0 && sync && fdatasync(o->w->fd) < 0)
 		r = -errno;
 	/*
@@ -974,7 +987,12 @@ static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t 
  *     and the ring starts a new epoch, so none of its records count
  *     (db_ring_retire): they could chain from a shared ancestor;
  *   - after start-up recovery the same happens.
- * LTX files over LTX_RING_MAX_LTX are fdatasynced as files.
+ * LTX files over LTX_RING_MAX_LTX are fdatasynced as files, and so are files
+ * built outside the prepared path; while the ring holds records, syncfs runs
+ * first (ltx_out_end, db_prep_build), so that no durable file follows one
+ * that only a record protects: recovery discards every file after a damaged
+ * one. It also repairs a damaged file from its record first (ring_repair).
+ * A ring that cannot be created or reset is not used again (ring_failed).
  */
 
 /* db->mu held. Ring failures fall back to fsyncing the file; say so once. */
@@ -997,6 +1015,8 @@ static int db_ring_put(struct db *db, const struct txrec *t)
 	struct stat st;
 	int fd = -1, r;
 
+	if (db->ring_failed)
+		return 1;
 	if (!db->ring) {
 		char path[4096];
 		bool created = false;
@@ -1008,6 +1028,7 @@ static int db_ring_put(struct db *db, const struct txrec *t)
 		if (r < 0) {
 			ltx_ring_free(db->ring);
 			db->ring = NULL;
+			db->ring_failed = true; /* not tried again on every commit */
 			db_ring_warn(db, "cannot create or open it", r);
 			return 1;
 		}
@@ -1039,6 +1060,8 @@ static int db_ring_put(struct db *db, const struct txrec *t)
 		ltx_ring_wrap(db->ring);
 	}
 	r = ltx_ring_append(db->ring, t->txid, buf, (size_t)got, &db->prep_ring_off);
+	if (r == -ESTALE)
+		db->ring_failed = true; /* a reset failed */
 	if (r == 0) {
 		db->ring_dirty = true;
 		db->st_ring_records++;
@@ -1065,6 +1088,8 @@ static int db_ring_retire(struct db *db)
 		r = ltx_ring_reset(db->ring);
 	if (r == 0)
 		db->ring_dirty = false;
+	else
+		db->ring_failed = true;
 	return r;
 }
 
@@ -1092,11 +1117,15 @@ static void db_prep_drop(struct db *db)
 		int r = ltx_ring_cancel(db->ring, db->prep_ring_off);
 		if (r == 0)
 			r = ltx_ring_sync(db->ring);
-		if (r < 0 && (r = db_ring_retire(db)) < 0)
+		if (r < 0 && (r = db_ring_retire(db)) < 0) {
+			/* A restart could replay it: take no more writes, say why. */
 			log_error(
 			    "db '%s': cannot cancel the LTX ring record of a dropped prepared "
-			    "commit: %s",
-			    db->name, strerror(-r));
+			    "commit (TXID %016" PRIx64 "): %s; refusing writes",
+			    db->name, db->prep->txid, strerror(-r));
+			if (!db->sticky_err)
+				db->sticky_err = -EIO;
+		}
 	}
 	db_tx_abort(db->prep);
 	free(db->prep);
@@ -2023,8 +2052,16 @@ static int db_prep_build(struct db *db, bool *dirsync)
 	int fd = in_ring ? fcntl(ltx_ring_fd(db->ring), F_DUPFD_CLOEXEC, 0)
 			 : open(t->path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		if (in_ring)
-			ltx_ring_cancel(db->ring, db->prep_ring_off); /* never synced */
+		if (in_ring && (ltx_ring_cancel(db->ring, db->prep_ring_off) < 0 ||
+				ltx_ring_sync(db->ring) < 0))
+			db_ring_retire(db); /* writeback may have stored it */
+		db_tx_abort(t);
+		free(t);
+		return -1;
+	}
+	if (!in_ring && db->ring_dirty && db->ltx_unsynced && db_sync_ltx(db) < 0) {
+		/* see ltx_out_end: no durable file after ring-only ones */
+		close(fd);
 		db_tx_abort(t);
 		free(t);
 		return -1;
@@ -2260,8 +2297,196 @@ static int ltx_check_clean(struct db *db, int fd, struct ltx_header *h, struct l
 	return t->post_apply_checksum == post ? 0 : -EINVAL;
 }
 
+/*
+ * LTX RING at start-up. The records of the ring's epoch are loaded before step
+ * 1: a file that step 1 finds torn, or out of the chain, is written again from its
+ * record when one chains (ring_repair), so that a durable file after it is
+ * not discarded with it. Step 1b (db_ring_recover) then restores the records
+ * that follow the newest file, syncs every LTX file and starts a new epoch.
+ */
+struct ring_recs {
+	struct ltx_ring_record *v;
+	size_t n, cap;
+	uint8_t *img; /* the ring file, which v[].ltx points into */
+};
+
+static int ring_collect(void *ctx, const struct ltx_ring_record *rec)
+{
+	struct ring_recs *rs = ctx;
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? rs->cap * 2 : 64;
+		struct ltx_ring_record *v = realloc(rs->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		rs->v = v;
+		rs->cap = cap;
+	}
+	rs->v[rs->n++] = *rec;
+	return 0;
+}
+
+static void ring_recs_release(struct ring_recs *rs)
+{
+	free(rs->v);
+	free(rs->img);
+	memset(rs, 0, sizeof(*rs));
+}
+
+/* The record for txid with the highest sequence number, or NULL. */
+static const struct ltx_ring_record *ring_find(const struct ring_recs *rs, uint64_t txid)
+{
+	const struct ltx_ring_record *best = NULL;
+	for (size_t i = 0; rs && i < rs->n; i++)
+		if (rs->v[i].txid == txid && (!best || rs->v[i].seq > best->seq))
+			best = &rs->v[i];
+	return best;
+}
+
+/* Open the ring, if there is one, and read its records into *rs. */
+static int db_ring_load(struct db *db, struct ring_recs *rs)
+{
+	char path[4096];
+	size_t len = 0;
+	int r = fs_path(path, sizeof(path), "%s/" RING_NAME, db->dir);
+	if (r < 0)
+		return r;
+	r = ltx_ring_open(&db->ring, path, false, NULL);
+	if (r == -ENOENT)
+		return 0;
+	if (r == 0)
+		r = ltx_ring_load(db->ring, &rs->img, &len);
+	if (r == 0)
+		r = ltx_ring_scan(rs->img, len, ring_collect, rs);
+	if (r == -EBADMSG) {
+		/* rewritten at its next use; a reset never leaves records needed */
+		log_warn("db '%s': ignoring the LTX ring: its header is damaged", db->name);
+		ring_recs_release(rs);
+		r = 0;
+	}
+	return r;
+}
+
+/*
+ * Write a record as the fdatasynced LTX file of its single TXID, if its
+ * header names that TXID and (unless any_pre) its pre-apply checksum is pre,
+ * and if the written file verifies. 1 with h and t filled; 0 when the record
+ * does not qualify (nothing left, a warning); -errno.
+ */
+static int ring_write(struct db *db, const struct ltx_ring_record *rec, bool any_pre, uint64_t pre,
+		      struct ltx_header *h, struct ltx_trailer *t)
+{
+	char name[LTX_FILENAME_LEN + 1];
+	const char *why = NULL;
+	if (rec->len < LTX_HEADER_SIZE || ltx_header_decode(h, rec->ltx) < 0 ||
+	    h->min_txid != rec->txid || h->max_txid != rec->txid)
+		why = "its header does not name that single transaction";
+	else if (!any_pre && h->pre_apply_checksum != pre)
+		why = "its pre-apply checksum does not follow the LTX file before it";
+	if (why) {
+		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not used: %s", db->name,
+			 rec->txid, why);
+		return 0;
+	}
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	int fd = openat(db->ltx_dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int r = fs_write_full(fd, rec->ltx, rec->len);
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+		r = -errno;
+	int v = r == 0 ? ltx_verify_fd(fd, h, t) : 0;
+	close(fd);
+	if (r == 0 && v < 0) {
+		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not used: it does not "
+			 "verify (%s)",
+			 db->name, rec->txid, strerror(-v));
+		unlinkat(db->ltx_dirfd, name, 0);
+		return 0;
+	}
+	if (r < 0)
+		unlinkat(db->ltx_dirfd, name, 0);
+	return r < 0 ? r : 1;
+}
+
+/* Step 1: the file of [mn, mx] is torn or does not link (prev_post, unless
+ * any_pre); write it again from the ring if a record qualifies. */
+static int ring_repair(struct db *db, const struct ring_recs *rs, uint64_t mn, uint64_t mx,
+		       bool any_pre, uint64_t prev_post, struct ltx_header *h,
+		       struct ltx_trailer *t)
+{
+	const struct ltx_ring_record *rec = mn == mx ? ring_find(rs, mx) : NULL;
+	if (!rec)
+		return 0;
+	int r = ring_write(db, rec, any_pre, prev_post, h, t);
+	if (r == 1)
+		log_warn("db '%s': LTX file of TXID %016" PRIx64 " was torn or broke the chain; "
+			 "written again from the LTX ring",
+			 db->name, mx);
+	return r;
+}
+
+/*
+ * Step 1b: restore the records that follow the position while they chain,
+ * then make every LTX file durable and start a new ring epoch. lh and lt
+ * become the newest restored file's.
+ */
+static int db_ring_recover(struct db *db, const struct ring_recs *rs, struct ltx_header *lh,
+			   struct ltx_trailer *lt)
+{
+	unsigned restored = 0;
+	int r = 0;
+	if (!db->ring)
+		return 0;
+	while (db->pos.txid > 0) {
+		const struct ltx_ring_record *rec = ring_find(rs, db->pos.txid + 1);
+		struct ltx_header h;
+		struct ltx_trailer t;
+		if (!rec)
+			break;
+		r = ring_write(db, rec, false, db->pos.checksum, &h, &t);
+		if (r == 1 && db->page_size && h.commit > 0 && h.page_size != db->page_size) {
+			char name[LTX_FILENAME_LEN + 1];
+			ltx_format_filename(name, h.min_txid, h.max_txid);
+			unlinkat(db->ltx_dirfd, name, 0);
+			log_warn("db '%s': LTX ring record for TXID %016" PRIx64
+				 " not used: its page "
+				 "size differs",
+				 db->name, rec->txid);
+			r = 0;
+		}
+		if (r <= 0)
+			break;
+		*lh = h;
+		*lt = t;
+		db->pos.txid = h.max_txid;
+		db->pos.checksum = t.post_apply_checksum;
+		db->pos.timestamp = h.timestamp;
+		db->last_epoch = h.epoch;
+		if (!db->page_size)
+			db->page_size = h.page_size;
+		restored++;
+	}
+	if (r < 0)
+		return r;
+	r = 0;
+	if (restored) {
+		if (fsync(db->ltx_dirfd) < 0)
+			return -errno;
+		db->ltx_trusted = false;
+		log_warn("db '%s': restored %u LTX file(s) up to TXID %016" PRIx64 " from the LTX "
+			 "ring: a crash lost or tore them",
+			 db->name, restored, db->pos.txid);
+	}
+	/* Every LTX file durable: no record is needed any more. */
+	if (syncfs(db->ltx_dirfd) < 0)
+		return -errno;
+	return ltx_ring_reset(db->ring);
+}
+
 static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_trailer *last_t,
-			  bool trust_clean)
+			  bool trust_clean, const struct ring_recs *rs)
 {
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
@@ -2360,6 +2585,14 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 			}
 			bool linked = v == 0 && (i == lo || ltx_header_is_snapshot(&h) ||
 						 h.pre_apply_checksum == prev_post);
+			if (!linked) {
+				r = ring_repair(db, rs, maxes[2 * i + 1], maxes[2 * i], i == lo,
+						prev_post, &h, &t);
+				if (r < 0)
+					goto out;
+				linked = r == 1;
+				r = 0;
+			}
 			if (!linked) {
 				for (size_t k = n; k-- > i;) {
 					ltx_format_filename(name, maxes[2 * k + 1], maxes[2 * k]);
@@ -2908,151 +3141,6 @@ out:
 	return ok;
 }
 
-/*
- * Recovery step 1b (LTX RING): the records that follow the newest intact LTX
- * file become LTX files again, fsynced, as long as each chains from the one
- * before; of two records with one TXID the later (higher sequence) wins. Then
- * every LTX file is synced and the ring starts a new epoch. The caller's
- * lh and lt become the newest restored file's.
- */
-struct ring_recs {
-	struct ltx_ring_record *v;
-	size_t n, cap;
-};
-
-static int ring_collect(void *ctx, const struct ltx_ring_record *rec)
-{
-	struct ring_recs *rs = ctx;
-	if (rs->n == rs->cap) {
-		size_t cap = rs->cap ? rs->cap * 2 : 64;
-		struct ltx_ring_record *v = realloc(rs->v, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		rs->v = v;
-		rs->cap = cap;
-	}
-	rs->v[rs->n++] = *rec;
-	return 0;
-}
-
-/* Write one record as an fsynced LTX file. 1: it is the next file; 0: it is
- * not (removed again, with a warning); -errno. */
-static int ring_restore(struct db *db, const struct ltx_ring_record *rec, struct ltx_header *lh,
-			struct ltx_trailer *lt)
-{
-	char name[LTX_FILENAME_LEN + 1];
-	struct ltx_header h;
-	struct ltx_trailer t;
-	const char *why = NULL;
-	if (rec->len < LTX_HEADER_SIZE || ltx_header_decode(&h, rec->ltx) < 0 ||
-	    h.min_txid != rec->txid || h.max_txid != rec->txid)
-		why = "its header is not that of the next transaction";
-	else if (h.pre_apply_checksum != db->pos.checksum)
-		why = "its pre-apply checksum does not follow the newest LTX file";
-	else if (db->page_size && h.commit > 0 && h.page_size != db->page_size)
-		why = "its page size differs";
-	if (why) {
-		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not restored: %s",
-			 db->name, rec->txid, why);
-		return 0;
-	}
-	ltx_format_filename(name, h.min_txid, h.max_txid);
-	int fd = openat(db->ltx_dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -errno;
-	int r = fs_write_full(fd, rec->ltx, rec->len);
-	if (r == 0 && fdatasync(fd) < 0)
-		r = -errno;
-	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
-		r = -errno;
-	int v = r == 0 ? ltx_verify_fd(fd, &h, &t) : 0;
-	close(fd);
-	if (r == 0 && v < 0) {
-		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not restored: it does "
-			 "not verify (%s)",
-			 db->name, rec->txid, strerror(-v));
-		unlinkat(db->ltx_dirfd, name, 0);
-		return 0;
-	}
-	if (r < 0) {
-		unlinkat(db->ltx_dirfd, name, 0);
-		return r;
-	}
-	*lh = h;
-	*lt = t;
-	db->pos.txid = h.max_txid;
-	db->pos.checksum = t.post_apply_checksum;
-	db->pos.timestamp = h.timestamp;
-	db->last_epoch = h.epoch;
-	if (!db->page_size)
-		db->page_size = h.page_size;
-	return 1;
-}
-
-static int db_ring_recover(struct db *db, struct ltx_header *lh, struct ltx_trailer *lt)
-{
-	char path[4096];
-	uint8_t *img = NULL;
-	size_t len = 0;
-	struct ring_recs rs = {0};
-	unsigned restored = 0;
-	int r = fs_path(path, sizeof(path), "%s/" RING_NAME, db->dir);
-	if (r < 0)
-		return r;
-	r = ltx_ring_open(&db->ring, path, false, NULL);
-	if (r == -ENOENT)
-		return 0;
-	if (r == -EBADMSG) {
-		/* rewritten at its first use; a reset never leaves records needed */
-		log_warn("db '%s': ignoring the LTX ring: its header is damaged", db->name);
-		return 0;
-	}
-	if (r < 0)
-		return r;
-	r = ltx_ring_load(db->ring, &img, &len);
-	if (r == 0)
-		r = ltx_ring_scan(img, len, ring_collect, &rs);
-	if (r == -EBADMSG) {
-		log_warn("db '%s': ignoring the LTX ring: its header is damaged", db->name);
-		r = 0;
-	}
-	while (r == 0 && db->pos.txid > 0) {
-		const struct ltx_ring_record *best = NULL;
-		for (size_t i = 0; i < rs.n; i++)
-			if (rs.v[i].txid == db->pos.txid + 1 && (!best || rs.v[i].seq > best->seq))
-				best = &rs.v[i];
-		if (!best)
-			break;
-		r = ring_restore(db, best, lh, lt);
-		if (r == 1) {
-			restored++;
-			r = 0;
-		} else if (r == 0) {
-			break;
-		}
-	}
-	if (r == 0 && restored) {
-		if (fsync(db->ltx_dirfd) < 0)
-			r = -errno;
-		db->ltx_trusted = false;
-		log_warn("db '%s': restored %u LTX file(s) up to TXID %016" PRIx64 " from the LTX "
-			 "ring: a crash lost or tore them",
-			 db->name, restored, db->pos.txid);
-	}
-	/* Every LTX file durable: no record is needed any more. */
-	if (r == 0 && syncfs(db->ltx_dirfd) < 0)
-		r = -errno;
-	if (r == 0)
-		r = ltx_ring_reset(db->ring);
-	free(img);
-	free(rs.v);
-	if (r < 0) {
-		ltx_ring_free(db->ring);
-		db->ring = NULL;
-	}
-	return r;
-}
-
 static int db_recover(struct db *db)
 {
 	struct ltx_header lh;
@@ -3066,11 +3154,18 @@ static int db_recover(struct db *db)
 	/* a database file a replica was building from a snapshot (RECEIVING) */
 	if (fs_path(path, sizeof(path), "%s/database.tmp", db->dir) == 0)
 		fs_unlink_if_exists(path);
-	r = db_recover_ltx(db, &lh, &lt, true);
+	struct ring_recs rs = {0};
+	r = db_ring_load(db, &rs);
 	if (r == 0)
-		r = db_ring_recover(db, &lh, &lt);
-	if (r < 0)
+		r = db_recover_ltx(db, &lh, &lt, true, &rs);
+	if (r == 0)
+		r = db_ring_recover(db, &rs, &lh, &lt);
+	ring_recs_release(&rs);
+	if (r < 0) {
+		ltx_ring_free(db->ring);
+		db->ring = NULL;
 		return r;
+	}
 	r = db_file_path(db, DB_FILE_DB, path, sizeof(path));
 	if (r < 0)
 		return r;
@@ -3121,7 +3216,7 @@ static int db_recover(struct db *db)
 		if (db->ltx_trusted) {
 			/* the cache did not hold up: verify the newest file after all */
 			db->ltx_trusted = false;
-			r = db_recover_ltx(db, &lh, &lt, false);
+			r = db_recover_ltx(db, &lh, &lt, false, NULL);
 			if (r < 0)
 				return r;
 		}
@@ -3256,7 +3351,9 @@ void db_free(struct db *db)
 	if (db->dbfd >= 0)
 		close(db->dbfd);
 	syncer_free(db->syncer);
+	pthread_mutex_lock(&db->mu);
 	db_prep_drop(db);
+	pthread_mutex_unlock(&db->mu);
 	ltx_ring_free(db->ring);
 	pthread_mutex_destroy(&db->mu);
 	pthread_cond_destroy(&db->q_cond);
@@ -4326,8 +4423,11 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 		r = -EBADMSG;
 		goto out;
 	}
-	/* Records of this node's own commits must not replay over another's
+	/* A commit this node prepared and never made is abandoned (SQLite rolls
+	 * it back from its journal); the file name is about to be the primary's.
+	 * Records of this node's own commits must not replay over another's
 	 * history after a crash (LTX RING). */
+	db_prep_drop(db);
 	r = db_ring_retire(db);
 	if (r < 0) {
 		pthread_mutex_unlock(&db->mu);

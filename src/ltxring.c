@@ -38,7 +38,9 @@
  * are appended at the position; when the next one does not fit before the
  * end, the owner first makes durable every LTX file the ring holds copies of
  * (syncfs) and then wraps to the first block. ltx_ring_reset starts a new
- * epoch: the records of earlier epochs no longer count, whatever their bytes.
+ * epoch (a random number): the records of earlier epochs no longer count,
+ * whatever their bytes. If the reset fails, either header may be the one on
+ * disk, so the ring takes no more records.
  * A record whose commit was abandoned gets its header zeroed.
  *
  * A SCAN (start-up recovery) walks the record area block by block. A block
@@ -60,6 +62,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,6 +106,21 @@ static uint64_t get64(const uint8_t *p)
 	for (int i = 7; i >= 0; i--)
 		v = v << 8 | p[i];
 	return v;
+}
+
+/*
+ * A new epoch: random, so that bytes written into a database page (which can
+ * end up inside a record's payload) cannot be prepared to pass for a record.
+ */
+static uint64_t new_epoch(uint64_t old)
+{
+	uint64_t e = 0;
+	if (getrandom(&e, sizeof(e), 0) != (ssize_t)sizeof(e)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		e = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	}
+	return e == old ? e + 1 : e;
 }
 
 static size_t span(size_t len)
@@ -194,10 +212,7 @@ int ltx_ring_open(struct ltx_ring **ret, const char *path, bool create, bool *re
 	if (rc < 0) {
 		if (!create)
 			goto fail;
-		/* A new epoch that no earlier record can carry by chance. */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		epoch = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+		epoch = new_epoch(0);
 		rc = ring_init(fd, path, epoch);
 		if (rc < 0)
 			goto fail;
@@ -293,13 +308,18 @@ int ltx_ring_sync(struct ltx_ring *r)
 int ltx_ring_reset(struct ltx_ring *r)
 {
 	uint8_t hdr[LTX_RING_BLOCK];
-	header_encode(hdr, r->epoch + 1);
+	uint64_t epoch = new_epoch(r->epoch);
+	header_encode(hdr, epoch);
 	int rc = fs_pwrite_full(r->fd, hdr, sizeof(hdr), 0);
 	if (rc == 0 && fdatasync(r->fd) < 0)
 		rc = -errno;
-	if (rc < 0)
-		return rc; /* the old epoch may still be in force: keep using it */
-	r->epoch++;
+	if (rc < 0) {
+		/* Either header may be the one on disk: no record can be trusted
+		 * to count, so no more are written. */
+		r->ready = false;
+		return rc;
+	}
+	r->epoch = epoch;
 	r->ready = true;
 	r->seq = 1;
 	r->wpos = LTX_RING_BLOCK;

@@ -8,8 +8,8 @@
  * closes. ltx_ring_load() returns a malloc'ed image the caller frees.
  *
  * Threads: a ring has no lock. Its owner (struct db) calls everything under
- * db->mu, except ltx_ring_sync(), which only fdatasyncs and may run on another
- * thread while the owner holds no expectation about the records it syncs.
+ * db->mu; its syncer thread fdatasyncs a duplicate of ltx_ring_fd() while no
+ * record is being written.
  * Functions return 0 or -errno.
  */
 #ifndef LTXFS_LTXRING_H
@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define LTX_RING_BLOCK	       4096u
-#define LTX_RING_AREA	       (1u << 20) /* bytes of records after the header block */
+#define LTX_RING_AREA	       (1u << 20)   /* bytes of records after the header block */
 #define LTX_RING_MAX_LTX       (256u << 10) /* larger LTX files are fsynced as files */
 #define LTX_RING_RECORD_HEADER 64u
 
@@ -70,7 +70,8 @@ int ltx_ring_cancel(struct ltx_ring *r, uint64_t off);
 int ltx_ring_sync(struct ltx_ring *r);
 
 /* Start a new epoch: every record written so far stops counting. The
- * header is rewritten and fdatasynced; the next record goes first. */
+ * header is rewritten and fdatasynced; the next record goes first. On
+ * failure the ring takes no more records (-ESTALE) until a reset succeeds. */
 int ltx_ring_reset(struct ltx_ring *r);
 
 /* Read the whole ring file (header block included) into *ret (malloc'ed). */

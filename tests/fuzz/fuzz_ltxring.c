@@ -7,9 +7,10 @@
  *   1  a valid header block of a real ring, then the bytes (record parsing
  *      with the right epoch but arbitrary headers and CRCs);
  *   2  a valid header block, then the bytes cut into records that are framed
- *      and CRC'ed as ltx_ring_append would write them, with every fifth
- *      header byte flipped by the next input byte (valid records next to
- *      damaged ones).
+ *      and CRC'ed as ltx_ring_append would write them (a two-byte length,
+ *      so records span several blocks, the payload taken cyclically from
+ *      the input), each followed by a byte that, if not zero, flips one of
+ *      the record's header bytes (valid records next to damaged ones).
  * Every record reported must lie inside the image and respect the limits; in
  * mode 2 with nothing flipped, every framed record must be reported.
  */
@@ -86,7 +87,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		(void)ltx_ring_scan(data, size, check, &c);
 		return 0;
 	}
-	size_t cap = LTX_RING_BLOCK + (mode == 1 ? size : size * LTX_RING_BLOCK + size);
+	if (size > 4096)
+		size = 4096; /* mode 2 makes up to a block and a half of image per byte */
+	size_t cap = LTX_RING_BLOCK + (mode == 1 ? size : size * 3 * LTX_RING_BLOCK);
 	uint8_t *img = calloc(1, cap);
 	if (!img)
 		return 0;
@@ -97,21 +100,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(img + len, data, size);
 		len += size;
 	} else {
-		/* records: a length byte, that many payload bytes, a flip byte */
+		/* records: a two-byte length (up to 12 KiB), that many payload
+		 * bytes (from the input, cyclically), a flip byte */
 		size_t i = 0;
-		while (i < size) {
-			size_t n = data[i++];
-			if (n > size - i)
-				n = size - i;
+		while (i + 2 <= size) {
+			size_t n = ((size_t)data[i] | (size_t)data[i + 1] << 8) % (12 * 1024);
+			i += 2;
 			uint8_t *h = img + len;
+			if (len + LTX_RING_RECORD_HEADER + n > cap)
+				break;
 			memcpy(h, "LTXRREC1", 8);
 			put64(h + 8, g_epoch);
 			put64(h + 16, framed + 1);
 			put64(h + 24, framed + 100);
 			put64(h + 32, n);
-			memcpy(h + LTX_RING_RECORD_HEADER, data + i, n);
-			put64(h + 56, crc64_iso(crc64_iso(0, h, 56), data + i, n));
-			i += n;
+			for (size_t k = 0; k < n; k++)
+				h[LTX_RING_RECORD_HEADER + k] = data[(i + k) % size];
+			put64(h + 56,
+			      crc64_iso(crc64_iso(0, h, 56), h + LTX_RING_RECORD_HEADER, n));
+			i += n < 16 ? n : 16;
 			if (i < size) {
 				uint8_t f = data[i++];
 				if (f) {

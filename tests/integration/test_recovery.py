@@ -38,7 +38,7 @@ def test_torn_ltx_file_is_discarded_and_nothing_lost(make_node, mode):
         f.truncate(len(saved) // 2)
     node.start()
     log = node.read_log()
-    assert "does not verify" in log
+    assert mode != "wal" or "does not verify" in log
     c = connect(node.path("db"), mode)
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 30
     if mode == "wal":
@@ -47,7 +47,7 @@ def test_torn_ltx_file_is_discarded_and_nothing_lost(make_node, mode):
         assert (newest["min"], newest["max"]) == (1, txid)
     else:
         # the LTX ring kept a copy of the prepared file: the same file again
-        assert "restored 1 LTX file(s)" in log
+        assert "written again from the LTX ring" in log
         with open(ltx_files(node.dbdir("db"))[-1][2], "rb") as f:
             assert f.read() == saved
     c.execute("INSERT INTO t(v) VALUES('next')")
@@ -81,7 +81,9 @@ def test_ltx_files_lost_after_kill9_are_restored_from_the_ring(make_node, mode):
             with open(path, "r+b") as f:
                 f.truncate(len(saved[path]) - 9)
     node.start()
-    assert "restored 4 LTX file(s)" in node.read_log()
+    log = node.read_log()
+    # the torn one is written again where it was, the three lost ones after it
+    assert "written again from the LTX ring" in log and "restored 3 LTX file(s)" in log
     for path, data in saved.items():
         with open(path, "rb") as f:
             assert f.read() == data, path
@@ -219,6 +221,9 @@ def test_txid_never_goes_back_when_every_ltx_file_is_torn(make_node):
     only = ltx_files(node.dbdir("db"))[0][2]
     with open(only, "r+b") as f:
         f.truncate(50)
+    # without the LTX ring's copy of it (which would write it again: see
+    # test_ltx_files_lost_after_kill9_are_restored_from_the_ring)
+    os.unlink(os.path.join(node.dbdir("db"), "ltxring"))
     node.start()
     assert read_pos(node.mount, "db")[0] == txid
     newest = parse_ltx(ltx_files(node.dbdir("db"))[-1][2])
