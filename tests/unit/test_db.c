@@ -849,6 +849,110 @@ static void test_ring_dropped_prepared_commit_not_restored(void)
 	db_free(g_db);
 }
 
+/* Page 1 of the database file as it is now. */
+static void read_page1(uint8_t page[4096])
+{
+	char path[400];
+	snprintf(path, sizeof(path), "%s/dbs/db/database", g_dir);
+	int fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && pread(fd, page, 4096, 0) == 4096);
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
+ * Apply, as a replica would, the next transaction from another node: page 1
+ * (the committed image page1) with its change counter moved on. Its LTX
+ * file is left in g_dir/next.ltx.
+ */
+static int apply_next_from_elsewhere(const uint8_t page1[4096])
+{
+	struct db_pos pos;
+	struct db_stats st;
+	char path[400];
+	uint8_t page[4096];
+	db_get_pos(g_db, &pos);
+	db_get_stats(g_db, &st);
+	memcpy(page, page1, sizeof(page));
+	uint32_t counter = ((uint32_t)page[24] << 24 | (uint32_t)page[25] << 16 |
+			    (uint32_t)page[26] << 8 | page[27]) +
+			   1;
+	for (int i = 0; i < 4; i++)
+		page[24 + i] = page[92 + i] = (uint8_t)(counter >> (24 - 8 * i));
+	struct ltx_header h = {
+	    .page_size = 4096,
+	    .commit = st.page_count,
+	    .min_txid = pos.txid + 1,
+	    .max_txid = pos.txid + 1,
+	    .timestamp = 1,
+	    .pre_apply_checksum = pos.checksum,
+	};
+	snprintf(path, sizeof(path), "%s/next.ltx", g_dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	struct ltx_encoder *enc = NULL;
+	struct ltx_trailer tr;
+	CHECK_RC(ltx_encoder_new(&enc, &h, ltx_fd_write, &fd), 0);
+	CHECK_RC(ltx_encoder_add_page(enc, 1, page), 0);
+	uint64_t post = LTX_CHECKSUM_FLAG | (pos.checksum ^ ltx_page_checksum(1, page1, 4096) ^
+					     ltx_page_checksum(1, page, 4096));
+	CHECK_RC(ltx_encoder_finish(enc, post, &tr), 0);
+	ltx_encoder_free(enc);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	int r = db_apply_ltx(g_db, fd, 0, NULL);
+	close(fd);
+	return r;
+}
+
+static void ring_child_prepared_then_apply(void)
+{
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c,
+	     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
+	     "INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	struct db_pos pos;
+	uint8_t page1[4096];
+	db_get_pos(g_db, &pos);
+	read_page1(page1);
+	g_fail_journal_deletes = 1;
+	exec(c, "INSERT INTO t VALUES(2)", SQLITE_IOERR); /* prepared, not committed */
+	CHECK(ltx_exists(pos.txid + 1));
+	/* demoted: the new primary's transaction pos+1 arrives; the application
+	 * is gone (its connection is never used again) */
+	CHECK_RC(apply_next_from_elsewhere(page1), 0);
+	db_free(g_db);
+}
+
+/*
+ * An application died between its database fsync (a prepared commit) and
+ * its commit point, and this node then applies the next transaction from a
+ * new primary: the same TXID, the same file name. The prepared commit must be
+ * dropped before, not after, the primary's file is installed, or dropping it
+ * later deletes that file.
+ */
+static void test_prepared_commit_dropped_before_apply(void)
+{
+	char path[400], next[400];
+	fresh_dir("prepapply");
+	in_crashing_child(ring_child_prepared_then_apply);
+	uint64_t n = newest_txid();
+	CHECK(n == 3);
+	char *want = NULL;
+	size_t len = 0;
+	snprintf(next, sizeof(next), "%s/next.ltx", g_dir);
+	CHECK_RC(fs_read_file(next, 1 << 20, &want, &len), 0);
+	ltx_path(path, sizeof(path), n, n);
+	check_same_file(path, want, len);
+	free(want);
+	open_db();
+	struct db_pos pos;
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, n);
+	check_consistent("after the apply");
+	db_free(g_db);
+}
+
 static uint64_t ring_epoch(void)
 {
 	char path[400];
@@ -882,39 +986,14 @@ static void test_ring_retired_before_apply(void)
 	uint64_t e0 = ring_epoch();
 	CHECK(e0 != 0);
 
-	/* the next transaction from elsewhere: one new, empty page at the end */
 	struct db_pos pos;
+	uint8_t page1[4096];
 	db_get_pos(g_db, &pos);
-	struct stat st;
-	char path[400];
-	snprintf(path, sizeof(path), "%s/dbs/db/database", g_dir);
-	CHECK(stat(path, &st) == 0);
-	uint32_t pgno = (uint32_t)(st.st_size / 4096) + 1;
-	uint8_t page[4096] = {0};
-	struct ltx_header h = {
-	    .page_size = 4096,
-	    .commit = pgno,
-	    .min_txid = pos.txid + 1,
-	    .max_txid = pos.txid + 1,
-	    .timestamp = 1,
-	    .pre_apply_checksum = pos.checksum,
-	};
-	snprintf(path, sizeof(path), "%s/next.ltx", g_dir);
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	struct ltx_encoder *enc = NULL;
-	struct ltx_trailer tr;
-	CHECK_RC(ltx_encoder_new(&enc, &h, ltx_fd_write, &fd), 0);
-	CHECK_RC(ltx_encoder_add_page(enc, pgno, page), 0);
-	CHECK_RC(
-	    ltx_encoder_finish(
-		enc, LTX_CHECKSUM_FLAG | (pos.checksum ^ ltx_page_checksum(pgno, page, 4096)), &tr),
-	    0);
-	ltx_encoder_free(enc);
-	CHECK(lseek(fd, 0, SEEK_SET) == 0);
-	CHECK_RC(db_apply_ltx(g_db, fd, 0, NULL), 0);
-	close(fd);
-	db_get_pos(g_db, &pos);
-	CHECK_EQ_U64(pos.txid, h.max_txid);
+	read_page1(page1);
+	CHECK_RC(apply_next_from_elsewhere(page1), 0);
+	struct db_pos after;
+	db_get_pos(g_db, &after);
+	CHECK_EQ_U64(after.txid, pos.txid + 1);
 	CHECK(ring_epoch() != e0);
 	db_free(g_db);
 }
@@ -932,5 +1011,6 @@ int main(void)
 	RUN(test_ring_repairs_a_torn_file_below_a_durable_one);
 	RUN(test_ring_dropped_prepared_commit_not_restored);
 	RUN(test_ring_retired_before_apply);
+	RUN(test_prepared_commit_dropped_before_apply);
 	return UNIT_DONE();
 }
