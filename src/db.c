@@ -372,6 +372,8 @@ static void ltx_out_abort(struct ltx_out *o)
 	o->enc = NULL;
 }
 
+static int db_sync_ring_covered(struct db *db);
+
 /* Finish the file; with sync, fdatasync it and fsync its directory. */
 static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync)
 {
@@ -379,17 +381,8 @@ static int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool syn
 	int r = ltx_encoder_finish(o->enc, post, &tr);
 	if (r == 0)
 		r = wbuf_flush(o->w);
-	/*
-	 * Files whose durability is a copy in the LTX ring must not end up
-	 * behind a durable one: after a power loss recovery would discard the
-	 * durable file with the torn one before it. syncfs covers both.
-	 */
-	if (r == 0 && sync && db->ring_dirty && db->ltx_unsynced) {
-		if (syncfs(db->ltx_dirfd) < 0)
-			r = -errno;
-		else
-			db->ltx_unsynced = false;
-	}
+	if (r == 0 && sync)
+		r = db_sync_ring_covered(db);
 	if (r == 0 && sync && fdatasync(o->w->fd) < 0)
 		r = -errno;
 	/*
@@ -426,6 +419,17 @@ static int db_sync_ltx(struct db *db)
 	if (r == 0)
 		db->ltx_unsynced = false;
 	return r;
+}
+
+/*
+ * db->mu held, before an LTX file is made durable on its own: files whose
+ * durability is only a copy in the LTX ring must not end up behind a durable
+ * one, or after a power loss recovery would discard the durable file with a
+ * torn one before it. syncfs covers them (and that file, once written).
+ */
+static int db_sync_ring_covered(struct db *db)
+{
+	return db->ring_dirty && db->ltx_unsynced ? db_sync_ltx(db) : 0;
 }
 
 /* ------------------------------------------------------ committing a tx */
@@ -989,7 +993,7 @@ static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t 
  *   - after start-up recovery the same happens.
  * LTX files over LTX_RING_MAX_LTX are fdatasynced as files, and so are files
  * built outside the prepared path; while the ring holds records, syncfs runs
- * first (ltx_out_end, db_prep_build), so that no durable file follows one
+ * first (db_sync_ring_covered), so that no durable file follows one
  * that only a record protects: recovery discards every file after a damaged
  * one. It also repairs a damaged file from its record first (ring_repair).
  * A ring that cannot be created or reset is not used again (ring_failed).
@@ -1011,9 +1015,9 @@ static void db_ring_warn(struct db *db, const char *what, int err)
  */
 static int db_ring_put(struct db *db, const struct txrec *t)
 {
-	uint8_t *buf = NULL;
-	struct stat st;
-	int fd = -1, r;
+	char *buf = NULL;
+	size_t len = 0;
+	int r;
 
 	if (db->ring_failed)
 		return 1;
@@ -1033,33 +1037,21 @@ static int db_ring_put(struct db *db, const struct txrec *t)
 			return 1;
 		}
 	}
-	fd = open(t->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		r = -errno;
-		goto out;
-	}
-	if ((uint64_t)st.st_size > LTX_RING_MAX_LTX) {
+	r = fs_read_file(t->path, LTX_RING_MAX_LTX, &buf, &len);
+	if (r == -EFBIG) {
 		r = 1; /* a big transaction: its own fdatasync is cheap beside its writes */
 		goto out;
 	}
-	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
-	if (!buf) {
-		r = -ENOMEM;
+	if (r < 0)
 		goto out;
-	}
-	ssize_t got = fs_pread_full(fd, buf, (size_t)st.st_size, 0);
-	if (got != st.st_size) {
-		r = got < 0 ? (int)got : -EIO;
-		goto out;
-	}
-	if (!ltx_ring_fits(db->ring, (size_t)got)) {
+	if (!ltx_ring_fits(db->ring, len)) {
 		/* every file an old record stands for becomes durable first */
 		r = db_sync_ltx(db);
 		if (r < 0)
 			goto out;
 		ltx_ring_wrap(db->ring);
 	}
-	r = ltx_ring_append(db->ring, t->txid, buf, (size_t)got, &db->prep_ring_off);
+	r = ltx_ring_append(db->ring, t->txid, buf, len, &db->prep_ring_off);
 	if (r == -ESTALE)
 		db->ring_failed = true; /* a reset failed */
 	if (r == 0) {
@@ -1069,8 +1061,6 @@ static int db_ring_put(struct db *db, const struct txrec *t)
 out:
 	if (r < 0)
 		db_ring_warn(db, "cannot write a record", r);
-	if (fd >= 0)
-		close(fd);
 	free(buf);
 	return r == 0 ? 0 : 1;
 }
@@ -2059,8 +2049,7 @@ static int db_prep_build(struct db *db, bool *dirsync)
 		free(t);
 		return -1;
 	}
-	if (!in_ring && db->ring_dirty && db->ltx_unsynced && db_sync_ltx(db) < 0) {
-		/* see ltx_out_end: no durable file after ring-only ones */
+	if (!in_ring && db_sync_ring_covered(db) < 0) {
 		close(fd);
 		db_tx_abort(t);
 		free(t);
@@ -2368,9 +2357,10 @@ static int db_ring_load(struct db *db, struct ring_recs *rs)
 
 /*
  * Write a record as the fdatasynced LTX file of its single TXID, if its
- * header names that TXID and (unless any_pre) its pre-apply checksum is pre,
- * and if the written file verifies. 1 with h and t filled; 0 when the record
- * does not qualify (nothing left, a warning); -errno.
+ * header names that TXID, (unless any_pre) its pre-apply checksum is pre,
+ * its page size is the database's (when known), and the written file
+ * verifies. 1 with h and t filled; 0 when the record does not qualify
+ * (nothing left, a warning); -errno.
  */
 static int ring_write(struct db *db, const struct ltx_ring_record *rec, bool any_pre, uint64_t pre,
 		      struct ltx_header *h, struct ltx_trailer *t)
@@ -2382,6 +2372,8 @@ static int ring_write(struct db *db, const struct ltx_ring_record *rec, bool any
 		why = "its header does not name that single transaction";
 	else if (!any_pre && h->pre_apply_checksum != pre)
 		why = "its pre-apply checksum does not follow the LTX file before it";
+	else if (db->page_size && h->commit > 0 && h->page_size != db->page_size)
+		why = "its page size differs";
 	if (why) {
 		log_warn("db '%s': LTX ring record for TXID %016" PRIx64 " not used: %s", db->name,
 			 rec->txid, why);
@@ -2446,16 +2438,6 @@ static int db_ring_recover(struct db *db, const struct ring_recs *rs, struct ltx
 		if (!rec)
 			break;
 		r = ring_write(db, rec, false, db->pos.checksum, &h, &t);
-		if (r == 1 && db->page_size && h.commit > 0 && h.page_size != db->page_size) {
-			char name[LTX_FILENAME_LEN + 1];
-			ltx_format_filename(name, h.min_txid, h.max_txid);
-			unlinkat(db->ltx_dirfd, name, 0);
-			log_warn("db '%s': LTX ring record for TXID %016" PRIx64
-				 " not used: its page "
-				 "size differs",
-				 db->name, rec->txid);
-			r = 0;
-		}
 		if (r <= 0)
 			break;
 		*lh = h;

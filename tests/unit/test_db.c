@@ -395,11 +395,16 @@ static void test_wal_commit_undone_by_sqlite(void)
 	db_free(g_db);
 }
 
+static void ltx_path(char *buf, size_t n, uint64_t min, uint64_t max)
+{
+	snprintf(buf, n, "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir, (unsigned long long)min,
+		 (unsigned long long)max);
+}
+
 static bool ltx_exists(uint64_t txid)
 {
 	char path[400];
-	snprintf(path, sizeof(path), "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir,
-		 (unsigned long long)txid, (unsigned long long)txid);
+	ltx_path(path, sizeof(path), txid, txid);
 	return access(path, F_OK) == 0;
 }
 
@@ -649,12 +654,6 @@ static void in_crashing_child(void (*fn)(void))
 	int status = 0;
 	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
-
-static void ltx_path(char *buf, size_t n, uint64_t min, uint64_t max)
-{
-	snprintf(buf, n, "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir, (unsigned long long)min,
-		 (unsigned long long)max);
 }
 
 static uint64_t newest_txid(void)
