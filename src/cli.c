@@ -9,6 +9,7 @@
  * Import and export draw a progress bar on stderr when it is a terminal.
  */
 #include "ltxfs/cli.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/crc.h"
 #include "ltxfs/httpc.h"
@@ -153,18 +154,11 @@ struct bar {
 	uint64_t total_hint;
 };
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void bar_draw(struct bar *b, uint64_t now, uint64_t total, bool final)
 {
 	if (!b->on)
 		return;
-	int64_t t = mono_ms();
+	int64_t t = clock_mono_ms();
 	if (!final && t - b->last_ms < 100)
 		return;
 	b->last_ms = t;

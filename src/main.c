@@ -13,11 +13,13 @@
  * or the subprocess's own status.
  */
 #include "ltxfs/cli.h"
+#include "ltxfs/clock.h"
 #include "ltxfs/config.h"
 #include "ltxfs/elector.h"
 #include "ltxfs/fusefs.h"
 #include "ltxfs/httpd.h"
 #include "ltxfs/lease.h"
+#include "ltxfs/lease_backend.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/log.h"
 #include "ltxfs/replica.h"
@@ -82,17 +84,12 @@ static void *retention_run(void *arg)
 	struct retention *r = arg;
 	pthread_mutex_lock(&r->mu);
 	while (!r->stop) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		int64_t ns = ts.tv_nsec + (r->interval_ms % 1000) * 1000000;
-		ts.tv_sec += r->interval_ms / 1000 + ns / 1000000000;
-		ts.tv_nsec = ns % 1000000000;
+		struct timespec ts = clock_deadline(CLOCK_REALTIME, r->interval_ms);
 		pthread_cond_timedwait(&r->cond, &r->mu, &ts);
 		if (r->stop)
 			break;
 		pthread_mutex_unlock(&r->mu);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		int64_t cutoff = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - r->retention_ms;
+		int64_t cutoff = clock_wall_ms() - r->retention_ms;
 		size_t n = store_count(r->store);
 		for (size_t i = 0; i < n; i++) {
 			struct db *db = store_at(r->store, i);

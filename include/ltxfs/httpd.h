@@ -58,7 +58,5 @@ uint64_t httpd_retention_floor(struct httpd *h, const char *name);
 /* Number of replica streams open now. */
 size_t httpd_stream_count(struct httpd *h);
 
-/* Parse an http.addr value into host ("" for all interfaces) and port. 0 or -EINVAL. */
-int httpd_parse_addr(const char *addr, char *host, size_t hostlen, unsigned *port);
 
 #endif

@@ -14,6 +14,11 @@
  * -errno for a transient failure (network, 5xx) after which the state is
  * unknown.
  *
+ * Backends (lease_consul.c, lease_etcd.c) fill in struct lease_ops and are
+ * built by lease_backend.h; this header and lease.c know none of them, so the
+ * dependency runs one way: lease_backend.c -> lease_consul.c, lease_etcd.c ->
+ * lease.c.
+ *
  * Threads: one lease object is used by the elector thread only, except
  * lease_abort() (any thread), which makes a blocked call return -ECANCELED.
  */
@@ -59,11 +64,6 @@ struct lease {
 	int64_t ttl_ms;	      /* configured TTL */
 	char err[512];	      /* the last failure, for logs */
 };
-
-/* Build the backend lease.type names from cfg. On error *errmsg says why. */
-int lease_new(struct lease **ret, const struct config *cfg, char *errmsg, size_t n);
-int lease_consul_new(struct lease **ret, const struct config *cfg, char *errmsg, size_t n);
-int lease_etcd_new(struct lease **ret, const struct config *cfg, char *errmsg, size_t n);
 
 /* Try to take the key with value; on success *epoch and the granted TTL. */
 int lease_acquire(struct lease *l, const char *value, uint64_t *epoch, int64_t *ttl_ms);

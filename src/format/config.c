@@ -59,6 +59,7 @@
  * success, so a failed parse leaves the caller's config untouched.
  */
 #include "ltxfs/config.h"
+#include "ltxfs/hostport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1375,64 +1376,12 @@ static int check_log_format(struct pctx *p, const yaml_node_t *n, const char *do
 	return fail(p, n, "key '%s': expected 'text' or 'json', got %s", dotted, show(n, &sh));
 }
 
-/*
- * The port of a Go listen address ("host:port", "[v6]:port", ":port"), with
- * net.SplitHostPort's rules. An empty port is 0, as in Go. Service names are
- * not looked up. 0 or -EINVAL with *why set.
- */
-static int addr_port(const char *addr, unsigned *port, const char **why)
-{
-	const char *colon = strrchr(addr, ':'), *rest = addr;
-	if (!colon) {
-		*why = "missing port";
-		return -EINVAL;
-	}
-	if (addr[0] == '[') {
-		const char *end = strchr(addr, ']');
-		if (!end) {
-			*why = "missing ']'";
-			return -EINVAL;
-		}
-		if (end + 1 != colon) {
-			*why = end[1] == ':' ? "too many colons" : "missing port";
-			return -EINVAL;
-		}
-		rest = end + 1;
-		if (strchr(addr + 1, '[')) {
-			*why = "unexpected '['";
-			return -EINVAL;
-		}
-	} else {
-		if (memchr(addr, ':', (size_t)(colon - addr))) {
-			*why = "too many colons (write IPv6 hosts as [addr]:port)";
-			return -EINVAL;
-		}
-		if (strchr(addr, '[')) {
-			*why = "unexpected '['";
-			return -EINVAL;
-		}
-	}
-	if (strchr(rest, ']')) {
-		*why = "unexpected ']'";
-		return -EINVAL;
-	}
-	unsigned long v = 0;
-	for (const char *c = colon + 1; *c; c++) {
-		if (!is_digit(*c) || (v = v * 10 + (unsigned long)(*c - '0')) > 65535) {
-			*why = "the port must be a number from 0 to 65535";
-			return -EINVAL;
-		}
-	}
-	*port = (unsigned)v;
-	return 0;
-}
-
 static int check_http_addr(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
 {
 	struct shown sh;
 	const char *why = NULL;
 	unsigned port;
-	if (addr_port(*(char **)field, &port, &why) < 0)
+	if (hostport_split(*(char **)field, NULL, 0, &port, &why) < 0)
 		return fail(p, n, "key '%s': invalid listen address %s: %s (e.g. ':20202')", dotted,
 			    show(n, &sh), why);
 	return 0;
@@ -2025,7 +1974,7 @@ static int finish(struct pctx *p)
 	if (!c->lease.advertise_url) {
 		unsigned port = 0;
 		const char *why = NULL;
-		if (addr_port(c->http.addr, &port, &why) < 0)
+		if (hostport_split(c->http.addr, NULL, 0, &port, &why) < 0)
 			return fail(p, NULL, "key 'http.addr': invalid listen address '%s': %s",
 				    c->http.addr, why);
 		if (port == 0)

@@ -116,6 +116,7 @@
  * caller's fd (never moves its offset, never writes, never closes it).
  */
 #include "ltxfs/sqlfmt.h"
+#include "ltxfs/byteorder.h"
 
 #include "ltxfs/fsutil.h"
 
@@ -143,16 +144,6 @@ const uint8_t journal_magic[8] = {0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7
 _Static_assert(sizeof(sqlite_magic) == 16, "magic includes the NUL");
 _Static_assert(WAL_HEADER_SIZE == 32 && WAL_FRAME_HEADER_SIZE == 24, "wal.c sizes");
 _Static_assert(JOURNAL_HEADER_MIN == 8 + 5 * 4, "pager.c journal header");
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
-}
 
 static bool is_pow2(uint32_t v)
 {

@@ -86,6 +86,7 @@
  * finish() fails (LiteFS exits; ltxfs stages).
  */
 #include "ltxfs/ltx.h"
+#include "ltxfs/byteorder.h"
 
 #include "ltxfs/crc.h"
 #include "ltxfs/fsutil.h"
@@ -109,30 +110,6 @@ _Static_assert(LTX_FILENAME_LEN == 37, "LTX file name is 37 characters");
 static const uint8_t lz4_frame_magic[4] = {0x04, 0x22, 0x4d, 0x18};
 
 /* --- byte order ---------------------------------------------------------- */
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	put_be32(p, (uint32_t)(v >> 32));
-	put_be32(p + 4, (uint32_t)v);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
-}
 
 /* --- header, file names -------------------------------------------------- */
 

@@ -17,6 +17,7 @@
  * input can make the parser fail but never allocate.
  */
 #include "ltxfs/stream.h"
+#include "ltxfs/byteorder.h"
 
 #include "ltxfs/crc.h"
 
@@ -25,30 +26,6 @@
 #include <string.h>
 
 enum { ST_HDR, ST_META, ST_DATA, ST_CTRL, ST_HANDOFF };
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
 
 bool stream_name_valid(const char *name, size_t len)
 {
@@ -81,15 +58,15 @@ int stream_posmap_encode(struct stream_pos *pos, size_t n, uint8_t **ret, size_t
 	uint8_t *b = malloc(len), *p = b;
 	if (!b)
 		return -ENOMEM;
-	put32(p, (uint32_t)n);
+	put_be32(p, (uint32_t)n);
 	p += 4;
 	for (size_t i = 0; i < n; i++) {
 		size_t nl = strlen(pos[i].name);
-		put32(p, (uint32_t)nl);
+		put_be32(p, (uint32_t)nl);
 		memcpy(p + 4, pos[i].name, nl);
 		p += 4 + nl;
-		put64(p, pos[i].txid);
-		put64(p + 8, pos[i].checksum);
+		put_be64(p, pos[i].txid);
+		put_be64(p + 8, pos[i].checksum);
 		p += 16;
 	}
 	*ret = b;
@@ -105,7 +82,7 @@ int stream_posmap_decode(const uint8_t *buf, size_t len, struct stream_pos **ret
 	*ret_n = 0;
 	if (len < 4)
 		return -EBADMSG;
-	uint32_t n = get32(buf);
+	uint32_t n = get_be32(buf);
 	/* every entry takes at least 21 bytes: bound the allocation by the input */
 	if (n > (len - 4) / 21)
 		return -EBADMSG;
@@ -117,7 +94,7 @@ int stream_posmap_decode(const uint8_t *buf, size_t len, struct stream_pos **ret
 	for (uint32_t i = 0; i < n; i++) {
 		if (len - off < 4)
 			goto bad;
-		uint32_t nl = get32(buf + off);
+		uint32_t nl = get_be32(buf + off);
 		off += 4;
 		if (nl > len - off || len - off - nl < 16 ||
 		    !stream_name_valid((const char *)buf + off, nl))
@@ -125,8 +102,8 @@ int stream_posmap_decode(const uint8_t *buf, size_t len, struct stream_pos **ret
 		memcpy(v[i].name, buf + off, nl);
 		v[i].name[nl] = '\0';
 		off += nl;
-		v[i].txid = get64(buf + off);
-		v[i].checksum = get64(buf + off + 8);
+		v[i].txid = get_be64(buf + off);
+		v[i].checksum = get_be64(buf + off + 8);
 		off += 16;
 		if (i > 0 && strcmp(v[i - 1].name, v[i].name) >= 0)
 			goto bad; /* sorted and unique */
@@ -143,8 +120,8 @@ bad:
 
 void stream_frame_header(uint8_t out[STREAM_FRAME_HEADER], uint32_t type, uint64_t len)
 {
-	put32(out, type);
-	put64(out + 4, len);
+	put_be32(out, type);
+	put_be64(out + 4, len);
 }
 
 size_t stream_ltx_frame_begin(uint8_t *out, uint32_t flags, uint64_t epoch, const char *name,
@@ -154,19 +131,19 @@ size_t stream_ltx_frame_begin(uint8_t *out, uint32_t flags, uint64_t epoch, cons
 	size_t meta = 4 + 8 + 4 + nl + 8;
 	uint8_t *m = out + STREAM_FRAME_HEADER;
 	stream_frame_header(out, STREAM_LTX, meta + ltx_len);
-	put32(m, flags);
-	put64(m + 4, epoch);
-	put32(m + 12, (uint32_t)nl);
+	put_be32(m, flags);
+	put_be64(m + 4, epoch);
+	put_be32(m + 12, (uint32_t)nl);
 	memcpy(m + 16, name, nl);
-	put64(m + 16 + nl, crc64_iso(0, m, 16 + nl));
+	put_be64(m + 16 + nl, crc64_iso(0, m, 16 + nl));
 	return STREAM_FRAME_HEADER + meta;
 }
 
 size_t stream_heartbeat_frame(uint8_t *out, int64_t now_ms, uint64_t epoch)
 {
 	stream_frame_header(out, STREAM_HEARTBEAT, 16);
-	put64(out + STREAM_FRAME_HEADER, (uint64_t)now_ms);
-	put64(out + STREAM_FRAME_HEADER + 8, epoch);
+	put_be64(out + STREAM_FRAME_HEADER, (uint64_t)now_ms);
+	put_be64(out + STREAM_FRAME_HEADER + 8, epoch);
 	return STREAM_FRAME_HEADER + 16;
 }
 
@@ -185,8 +162,8 @@ bool stream_parser_idle(const struct stream_parser *p)
 /* The frame header is complete: decide what follows. */
 static int on_header(struct stream_parser *p)
 {
-	p->type = get32(p->hdr);
-	p->len = get64(p->hdr + 4);
+	p->type = get_be32(p->hdr);
+	p->len = get_be64(p->hdr + 4);
 	p->have = 0;
 	switch (p->type) {
 	case STREAM_LTX:
@@ -223,7 +200,7 @@ static int on_header(struct stream_parser *p)
 /* A complete HANDOFF payload: u64 epoch, u32 token length, token. */
 static int on_handoff(struct stream_parser *p)
 {
-	uint32_t tl = get32(p->meta + 8);
+	uint32_t tl = get_be32(p->meta + 8);
 	if ((uint64_t)tl + 12 != p->len)
 		return -EBADMSG;
 	char token[STREAM_TOKEN_MAX + 1];
@@ -234,15 +211,15 @@ static int on_handoff(struct stream_parser *p)
 			return -EBADMSG;
 	p->have = 0;
 	p->state = ST_HDR;
-	return p->cb.handoff ? p->cb.handoff(p->cb.ctx, token, get64(p->meta)) : 0;
+	return p->cb.handoff ? p->cb.handoff(p->cb.ctx, token, get_be64(p->meta)) : 0;
 }
 
 size_t stream_handoff_frame(uint8_t *out, uint64_t epoch, const char *token)
 {
 	size_t tl = strlen(token);
 	stream_frame_header(out, STREAM_HANDOFF, 12 + tl);
-	put64(out + STREAM_FRAME_HEADER, epoch);
-	put32(out + STREAM_FRAME_HEADER + 8, (uint32_t)tl);
+	put_be64(out + STREAM_FRAME_HEADER, epoch);
+	put_be32(out + STREAM_FRAME_HEADER + 8, (uint32_t)tl);
 	memcpy(out + STREAM_FRAME_HEADER + 12, token, tl);
 	return STREAM_FRAME_HEADER + 12 + tl;
 }
@@ -251,14 +228,14 @@ size_t stream_handoff_frame(uint8_t *out, uint64_t epoch, const char *token)
 static int on_meta(struct stream_parser *p)
 {
 	if (p->meta_need == 16) {
-		uint32_t nl = get32(p->meta + 12);
+		uint32_t nl = get_be32(p->meta + 12);
 		if (nl == 0 || nl > STREAM_NAME_MAX || p->len < 16 + (uint64_t)nl + 8)
 			return -EBADMSG;
 		p->meta_need = 16 + nl + 8;
 		return 0;
 	}
-	uint32_t nl = get32(p->meta + 12);
-	if (get64(p->meta + 16 + nl) != crc64_iso(0, p->meta, 16 + nl))
+	uint32_t nl = get_be32(p->meta + 12);
+	if (get_be64(p->meta + 16 + nl) != crc64_iso(0, p->meta, 16 + nl))
 		return -EBADMSG;
 	if (!stream_name_valid((const char *)p->meta + 16, nl))
 		return -EBADMSG;
@@ -269,8 +246,8 @@ static int on_meta(struct stream_parser *p)
 	p->state = ST_DATA;
 	p->meta_need = 0;
 	p->have = 0;
-	int r = p->cb.ltx_begin ? p->cb.ltx_begin(p->cb.ctx, name, get32(p->meta),
-						  get64(p->meta + 4), p->remain)
+	int r = p->cb.ltx_begin ? p->cb.ltx_begin(p->cb.ctx, name, get_be32(p->meta),
+						  get_be64(p->meta + 4), p->remain)
 				: 0;
 	if (r == 0 && p->remain == 0) {
 		p->state = ST_HDR;
@@ -321,8 +298,8 @@ int stream_parser_feed(struct stream_parser *p, const uint8_t *buf, size_t n)
 				p->state = ST_HDR;
 				if (p->cb.control)
 					r = p->cb.control(p->cb.ctx, p->type,
-							  (int64_t)get64(p->meta),
-							  get64(p->meta + 8));
+							  (int64_t)get_be64(p->meta),
+							  get_be64(p->meta + 8));
 			}
 			break;
 		default: /* ST_DATA */

@@ -1,6 +1,7 @@
 /*
- * lease.c - the backend-independent part of the primary lease: dispatch to
- * Consul (lease_consul.c) or etcd (lease_etcd.c) and LiteFS's value format.
+ * lease.c - the backend-independent part of the primary lease: the calls
+ * that dispatch through struct lease_ops, and LiteFS's value format. It knows
+ * no backend; lease_backend.c builds one.
  */
 #include "ltxfs/lease.h"
 
@@ -9,17 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int lease_new(struct lease **ret, const struct config *cfg, char *errmsg, size_t n)
-{
-	*ret = NULL;
-	if (strcmp(cfg->lease.type, "consul") == 0)
-		return lease_consul_new(ret, cfg, errmsg, n);
-	if (strcmp(cfg->lease.type, "etcd") == 0)
-		return lease_etcd_new(ret, cfg, errmsg, n);
-	snprintf(errmsg, n, "lease type '%s' has no backend", cfg->lease.type);
-	return -EINVAL;
-}
 
 int lease_acquire(struct lease *l, const char *value, uint64_t *epoch, int64_t *ttl_ms)
 {

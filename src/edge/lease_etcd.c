@@ -27,6 +27,7 @@
 #include "ltxfs/config.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/lease.h"
+#include "ltxfs/lease_backend.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -86,6 +86,7 @@
  * except against checkpoints.
  */
 #include "ltxfs/db.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/crc.h"
 #include "ltxfs/fsutil.h"
@@ -200,13 +201,6 @@ static int db_fence(struct db *db, uint64_t *epoch)
 }
 
 /* ---------------------------------------------------------------- helpers */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static uint64_t db_cur_checksum(const struct db *db)
 {
@@ -755,7 +749,7 @@ static int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t
 	    .commit = commit,
 	    .min_txid = snapshot ? 1 : db->pos.txid + 1,
 	    .max_txid = db->pos.txid + 1,
-	    .timestamp = now_ms(),
+	    .timestamp = clock_wall_ms(),
 	    .pre_apply_checksum = snapshot ? 0 : db_cur_checksum(db),
 	    .node_id = db->opt.node_id,
 	    .epoch = epoch,
@@ -878,7 +872,7 @@ static int db_commit_drop(struct db *db)
 	    .commit = 0,
 	    .min_txid = db->pos.txid + 1,
 	    .max_txid = db->pos.txid + 1,
-	    .timestamp = now_ms(),
+	    .timestamp = clock_wall_ms(),
 	    .pre_apply_checksum = db->pos.checksum ? db->pos.checksum : db_cur_checksum(db),
 	    .node_id = db->opt.node_id,
 	    .epoch = epoch,
@@ -3585,7 +3579,7 @@ static int snap_capture(struct db_snap *sn)
 	    .commit = db->exists ? db->page_count : 0,
 	    .min_txid = 1,
 	    .max_txid = db->pos.txid,
-	    .timestamp = db->pos.timestamp ? db->pos.timestamp : now_ms(),
+	    .timestamp = db->pos.timestamp ? db->pos.timestamp : clock_wall_ms(),
 	    .node_id = db->opt.node_id,
 	    .epoch = db->last_epoch, /* the term that wrote the state it captures */
 	};
@@ -3923,7 +3917,7 @@ static void ltx_orphan_all(struct db *db, uint64_t keep_min, uint64_t keep_max)
 	int moved = 0;
 	if (!d)
 		return;
-	if (fs_path(odir, sizeof(odir), "%s/orphaned/%" PRId64, db->dir, now_ms()) < 0) {
+	if (fs_path(odir, sizeof(odir), "%s/orphaned/%" PRId64, db->dir, clock_wall_ms()) < 0) {
 		closedir(d);
 		return;
 	}

@@ -38,6 +38,8 @@
  * LTX file above the lowest of these (httpd_retention_floor).
  */
 #include "ltxfs/httpd.h"
+#include "ltxfs/hostport.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
@@ -121,20 +123,6 @@ struct httpd {
 	size_t nstreams;
 	volatile bool stopping;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------ responses */
 
@@ -295,8 +283,8 @@ static void pend_frame(struct stream *s, uint32_t type)
 static void pend_heartbeat(struct stream *s)
 {
 	s->pend_len +=
-	    stream_heartbeat_frame(s->pend + s->pend_len, wall_ms(), store_epoch(s->h->store));
-	s->last_hb = mono_ms();
+	    stream_heartbeat_frame(s->pend + s->pend_len, clock_wall_ms(), store_epoch(s->h->store));
+	s->last_hb = clock_mono_ms();
 	metrics_add(MC_FRAMES_HEARTBEAT, 1);
 	/* Everything before this heartbeat has been handed to the socket. */
 	pthread_mutex_lock(&s->h->mu);
@@ -493,7 +481,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			s->ready_sent = true;
 			continue;
 		}
-		int64_t wait = HEARTBEAT_MS - (mono_ms() - s->last_hb);
+		int64_t wait = HEARTBEAT_MS - (clock_mono_ms() - s->last_hb);
 		if (wait <= 0) {
 			pend_heartbeat(s);
 			continue;
@@ -690,7 +678,7 @@ static enum MHD_Result handle_stream(struct httpd *h, struct MHD_Connection *c, 
 	s->h = h;
 	s->fd = -1;
 	s->peer_id = peer;
-	s->last_hb = mono_ms();
+	s->last_hb = clock_mono_ms();
 	for (size_t i = 0; i < npm; i++) {
 		struct spos *p = spos_get(s, pm[i].name);
 		if (!p) {
@@ -777,12 +765,12 @@ static enum MHD_Result handle_handoff(struct httpd *h, struct MHD_Connection *c)
 	 * never will be and the fence is lifted: never both primaries.
 	 */
 	bool sent = false;
-	int64_t end = mono_ms() + 5000;
+	int64_t end = clock_mono_ms() + 5000;
 	for (;;) {
 		pthread_mutex_lock(&h->mu);
 		sent = h->handoff_queued;
 		pthread_mutex_unlock(&h->mu);
-		if (sent || mono_ms() >= end || !stream_connected(h, peer))
+		if (sent || clock_mono_ms() >= end || !stream_connected(h, peer))
 			break;
 		struct timespec ts = {0, 1000000};
 		nanosleep(&ts, NULL);
@@ -954,9 +942,7 @@ static enum MHD_Result handle_metrics(struct httpd *h, struct MHD_Connection *c)
 	    {"ltxfs_db_ltx_reap_count", "counter", "LTX files removed by retention."},
 	    {"ltxfs_db_lag_seconds", "gauge", "Now minus the timestamp of the last transaction."},
 	};
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
-	double now_s = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	double now_s = (double)clock_wall_ms() / 1e3;
 	enum { NPER = sizeof(per) / sizeof(per[0]) };
 	/* one pass over the databases (one ltx/ listing each), then the families */
 	double *val = calloc(n ? n : 1, sizeof(double) * NPER);
@@ -1135,7 +1121,7 @@ static ssize_t events_read(void *cls, uint64_t pos, char *buf, size_t max)
 			e->off += k;
 			if (e->off == e->len)
 				e->off = e->len = 0;
-			e->last_write = mono_ms();
+			e->last_write = clock_mono_ms();
 			return (ssize_t)k;
 		}
 		if (e->h->stopping)
@@ -1144,9 +1130,9 @@ static ssize_t events_read(void *cls, uint64_t pos, char *buf, size_t max)
 		ev_scan(e);
 		if (e->len)
 			continue;
-		if (mono_ms() - e->last_write >= 15000) {
+		if (clock_mono_ms() - e->last_write >= 15000) {
 			/* keep-alive: an empty line, so idle proxies do not cut the stream */
-			e->last_write = mono_ms();
+			e->last_write = clock_mono_ms();
 			buf[0] = '\n';
 			return 1;
 		}
@@ -1171,7 +1157,7 @@ static enum MHD_Result handle_events(struct httpd *h, struct MHD_Connection *c)
 	if (!e)
 		return MHD_NO;
 	e->h = h;
-	e->last_write = mono_ms();
+	e->last_write = clock_mono_ms();
 	struct MHD_Response *resp =
 	    MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, events_read, e, events_free);
 	if (!resp) {
@@ -1483,36 +1469,6 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
 
 /* ----------------------------------------------------------- lifecycle */
 
-int httpd_parse_addr(const char *addr, char *host, size_t hostlen, unsigned *port)
-{
-	const char *colon;
-	if (!addr)
-		return -EINVAL;
-	if (addr[0] == '[') {
-		const char *end = strchr(addr, ']');
-		if (!end || end[1] != ':')
-			return -EINVAL;
-		if ((size_t)(end - addr - 1) >= hostlen)
-			return -EINVAL;
-		memcpy(host, addr + 1, (size_t)(end - addr - 1));
-		host[end - addr - 1] = '\0';
-		colon = end + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (!colon || (size_t)(colon - addr) >= hostlen)
-			return -EINVAL;
-		memcpy(host, addr, (size_t)(colon - addr));
-		host[colon - addr] = '\0';
-	}
-	char *end;
-	errno = 0;
-	unsigned long p = strtoul(colon + 1, &end, 10);
-	if (errno || *end || colon[1] == '\0' || p > 65535)
-		return -EINVAL;
-	*port = (unsigned)p;
-	return 0;
-}
-
 int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errmsg, size_t n)
 {
 	struct httpd *h = calloc(1, sizeof(*h));
@@ -1541,7 +1497,7 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		r = -ENOMEM;
 		goto fail;
 	}
-	if (httpd_parse_addr(opt->addr, host, sizeof(host), &port) < 0) {
+	if (hostport_split(opt->addr, host, sizeof(host), &port, NULL) < 0) {
 		snprintf(errmsg, n, "invalid http.addr '%s' (want HOST:PORT or :PORT)", opt->addr);
 		r = -EINVAL;
 		goto fail;

@@ -22,6 +22,7 @@
  * of the next connection tells the primary where to resume.
  */
 #include "ltxfs/replica.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
@@ -74,13 +75,6 @@ struct conn {
 	uint64_t got;
 	char err[256];
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ----------------------------------------------------------- frames */
 
@@ -487,7 +481,7 @@ static void *replica_run(void *arg)
 		if (gen != last_gen) /* a new primary: its failures so far are not ours */
 			backoff = 50;
 		last_gen = gen;
-		int64_t t0 = mono_ms();
+		int64_t t0 = clock_mono_ms();
 		bool progress = run_once(r);
 		if (r->stopping)
 			break;
@@ -495,15 +489,11 @@ static void *replica_run(void *arg)
 			backoff = 50;
 			continue;
 		}
-		if (progress && mono_ms() - t0 > 1000)
+		if (progress && clock_mono_ms() - t0 > 1000)
 			backoff = 50;
 		if (r->last_status == 503 && backoff > 100)
 			backoff = 100; /* elected but not serving yet: it will be in a moment */
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += (long)(backoff % 1000) * 1000000;
-		ts.tv_sec += backoff / 1000 + ts.tv_nsec / 1000000000;
-		ts.tv_nsec %= 1000000000;
+		struct timespec ts = clock_deadline(CLOCK_MONOTONIC, backoff);
 		pthread_mutex_lock(&r->mu);
 		while (!r->stopping && r->gen == gen &&
 		       pthread_cond_timedwait(&r->cond, &r->mu, &ts) == 0)

@@ -53,6 +53,7 @@
  * the fdatasync may run on its syncer thread.
  */
 #include "ltxfs/ltxring.h"
+#include "ltxfs/byteorder.h"
 
 #include "ltxfs/crc.h"
 #include "ltxfs/fsutil.h"
@@ -80,34 +81,6 @@ struct ltx_ring {
 	bool ready;    /* created or reset by this process: records may be appended */
 };
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v = 0;
-	for (int i = 3; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
 /*
  * A new epoch: random, so that bytes written into a database page (which can
  * end up inside a record's payload) cannot be prepared to pass for a record.
@@ -133,21 +106,21 @@ static void header_encode(uint8_t b[LTX_RING_BLOCK], uint64_t epoch)
 {
 	memset(b, 0, LTX_RING_BLOCK);
 	memcpy(b, RING_MAGIC, 8);
-	put32(b + 8, RING_VERSION);
-	put32(b + 12, LTX_RING_BLOCK);
-	put64(b + 16, LTX_RING_AREA);
-	put64(b + 24, epoch);
-	put64(b + 32, crc64_iso(0, b, 32));
+	put_le32(b + 8, RING_VERSION);
+	put_le32(b + 12, LTX_RING_BLOCK);
+	put_le64(b + 16, LTX_RING_AREA);
+	put_le64(b + 24, epoch);
+	put_le64(b + 32, crc64_iso(0, b, 32));
 }
 
 /* The epoch of a valid header, or -EBADMSG. */
 static int header_decode(const uint8_t *b, size_t len, uint64_t *epoch)
 {
-	if (len < 40 || memcmp(b, RING_MAGIC, 8) != 0 || get32(b + 8) != RING_VERSION ||
-	    get32(b + 12) != LTX_RING_BLOCK || get64(b + 16) != LTX_RING_AREA ||
-	    get64(b + 32) != crc64_iso(0, b, 32))
+	if (len < 40 || memcmp(b, RING_MAGIC, 8) != 0 || get_le32(b + 8) != RING_VERSION ||
+	    get_le32(b + 12) != LTX_RING_BLOCK || get_le64(b + 16) != LTX_RING_AREA ||
+	    get_le64(b + 32) != crc64_iso(0, b, 32))
 		return -EBADMSG;
-	*epoch = get64(b + 24);
+	*epoch = get_le64(b + 24);
 	return 0;
 }
 
@@ -274,14 +247,14 @@ int ltx_ring_append(struct ltx_ring *r, uint64_t txid, const void *ltx, size_t l
 	if (!b)
 		return -ENOMEM;
 	memcpy(b, REC_MAGIC, 8);
-	put64(b + 8, r->epoch);
-	put64(b + 16, r->seq);
-	put64(b + 24, txid);
-	put64(b + 32, len);
+	put_le64(b + 8, r->epoch);
+	put_le64(b + 16, r->seq);
+	put_le64(b + 24, txid);
+	put_le64(b + 32, len);
 	memcpy(b + LTX_RING_RECORD_HEADER, ltx, len);
 	uint64_t crc = crc64_iso(0, b, 56);
 	crc = crc64_iso(crc, ltx, len);
-	put64(b + 56, crc);
+	put_le64(b + 56, crc);
 	int rc = fs_pwrite_full(r->fd, b, n, (off_t)r->wpos);
 	free(b);
 	if (rc < 0)
@@ -350,17 +323,17 @@ int ltx_ring_scan(const uint8_t *img, size_t len, ltx_ring_fn fn, void *ctx)
 	size_t off = LTX_RING_BLOCK;
 	while (off + LTX_RING_RECORD_HEADER <= len) {
 		const uint8_t *h = img + off;
-		uint64_t n = get64(h + 32);
-		if (memcmp(h, REC_MAGIC, 8) != 0 || get64(h + 8) != epoch || n > LTX_RING_MAX_LTX ||
+		uint64_t n = get_le64(h + 32);
+		if (memcmp(h, REC_MAGIC, 8) != 0 || get_le64(h + 8) != epoch || n > LTX_RING_MAX_LTX ||
 		    n > len - off - LTX_RING_RECORD_HEADER ||
 		    crc64_iso(crc64_iso(0, h, 56), h + LTX_RING_RECORD_HEADER, (size_t)n) !=
-			get64(h + 56)) {
+			get_le64(h + 56)) {
 			off += LTX_RING_BLOCK;
 			continue;
 		}
 		struct ltx_ring_record rec = {
-		    .seq = get64(h + 16),
-		    .txid = get64(h + 24),
+		    .seq = get_le64(h + 16),
+		    .txid = get_le64(h + 24),
 		    .off = off,
 		    .ltx = h + LTX_RING_RECORD_HEADER,
 		    .len = (size_t)n,

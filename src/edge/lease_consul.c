@@ -28,6 +28,7 @@
 #include "ltxfs/config.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/lease.h"
+#include "ltxfs/lease_backend.h"
 
 #include <curl/curl.h>
 #include <errno.h>

@@ -27,6 +27,7 @@
  */
 #define FUSE_USE_VERSION 312
 #include "ltxfs/fusefs.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
@@ -1060,18 +1061,11 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* ------------------------------------------- timing for GET /metrics */
 
-static int64_t op_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 #define TIMED(op, call)                                                                            \
 	do {                                                                                       \
-		int64_t t0_ = op_now();                                                            \
+		int64_t t0_ = clock_mono_ns();                                                            \
 		call;                                                                              \
-		metrics_op(op, op_now() - t0_);                                                    \
+		metrics_op(op, clock_mono_ns() - t0_);                                                    \
 	} while (0)
 
 static void t_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -1507,9 +1501,7 @@ void fusefs_stop(struct fusefs *fs)
 			 * start).
 			 */
 			fuse_session_unmount(fs->se);
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 10;
+			struct timespec ts = clock_deadline(CLOCK_REALTIME, 10000);
 			if (pthread_timedjoin_np(fs->thread, NULL, &ts) != 0) {
 				log_warn("files are still open in %s; aborting the FUSE connection",
 					 fs->mountpoint);

@@ -35,6 +35,7 @@
  * threads post requests under e->mu.
  */
 #include "ltxfs/elector.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
@@ -70,13 +71,6 @@ struct elector {
 	char last_err[512];
 };
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * After an election (not a handoff, whose successor is exactly caught up),
  * commits wait this long: the other replicas reconnect within milliseconds
@@ -95,14 +89,7 @@ static int64_t margin_ms(int64_t ttl)
 /* Sleep up to ms unless woken (stop, handoff). Caller holds e->mu. */
 static void nap_locked(struct elector *e, int64_t ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
+	struct timespec ts = clock_deadline(CLOCK_MONOTONIC, ms);
 	pthread_cond_timedwait(&e->cond, &e->mu, &ts);
 }
 
@@ -212,7 +199,7 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 					   : e->opt.reconnect_delay_ms);
 			return;
 		}
-		t0 = mono_ms();
+		t0 = clock_mono_ms();
 		r = lease_renew(l, &ttl);
 		if (r < 0) {
 			report(e, "renewing the lease just acquired failed: %s", l->err);
@@ -247,7 +234,7 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 {
 	struct lease *l = e->opt.lease;
 	pthread_mutex_lock(&e->mu);
-	int64_t now = mono_ms();
+	int64_t now = clock_mono_ms();
 	if (!e->stop && !e->handed_off && now < *next_renew)
 		nap_locked(e, *next_renew - now);
 	bool handed = e->handed_off, stop = e->stop;
@@ -259,7 +246,7 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 		demote(e, "the lease was handed to another node");
 		return;
 	}
-	now = mono_ms();
+	now = clock_mono_ms();
 	if (now < *next_renew)
 		return;
 	int64_t ttl = l->ttl_ms;
@@ -296,8 +283,8 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 		return;
 	metrics_add(MC_LEASE_RENEW_FAILURES, 1);
 	report(e, "renewing the primary lease failed: %s (retrying)", l->err);
-	*next_renew = mono_ms() + 1000;
-	if (mono_ms() >= store_lease_until(e->opt.store)) {
+	*next_renew = clock_mono_ms() + 1000;
+	if (clock_mono_ms() >= store_lease_until(e->opt.store)) {
 		log_error("could not renew the primary lease before its local deadline");
 		demote(e, "lease deadline passed");
 		lease_release(l); /* best effort: lets a successor in sooner */
@@ -375,7 +362,7 @@ static void run_follower(struct elector *e, uint64_t *index)
 	e->rx = false;
 	pthread_mutex_unlock(&e->mu);
 	if (rx) {
-		int64_t t0 = mono_ms();
+		int64_t t0 = clock_mono_ms();
 		r = lease_acquire_handoff(l, token, e->value, &epoch, &ttl);
 		if (r == 0) {
 			become_primary(e, epoch, t0, ttl);
@@ -467,7 +454,7 @@ static void *elector_run(void *arg)
 		} else {
 			run_follower(e, &index);
 			if (e->primary)
-				next_renew = mono_ms() + e->opt.lease->ttl_ms / 3;
+				next_renew = clock_mono_ms() + e->opt.lease->ttl_ms / 3;
 		}
 	}
 	if (e->primary) {
@@ -592,8 +579,8 @@ int elector_promote(struct elector *e, int timeout_ms, char *err, size_t n)
 	int r = request_handoff(e, url, timeout_ms, err, n);
 	if (r < 0)
 		return r;
-	int64_t end = mono_ms() + timeout_ms;
-	while (mono_ms() < end) {
+	int64_t end = clock_mono_ms() + timeout_ms;
+	while (clock_mono_ms() < end) {
 		if (store_accepts_writes(e->opt.store))
 			return 0;
 		struct timespec ts = {0, 2000000};

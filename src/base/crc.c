@@ -15,6 +15,7 @@
  * b) == crc64_iso(0, a || b), which is what Go's Hash64.Write sequence gives.
  */
 #include "ltxfs/crc.h"
+#include "ltxfs/byteorder.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -42,14 +43,6 @@ static void crc_table_init(void)
 	}
 }
 
-/* Unaligned little-endian load; one mov on little-endian hosts. */
-static inline uint64_t load_le64(const uint8_t *p)
-{
-	return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
-	       (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 |
-	       (uint64_t)p[7] << 56;
-}
-
 uint64_t crc64_iso(uint64_t crc, const void *buf, size_t n)
 {
 	const uint8_t *p = buf;
@@ -57,7 +50,7 @@ uint64_t crc64_iso(uint64_t crc, const void *buf, size_t n)
 	pthread_once(&crc_once, crc_table_init);
 	crc = ~crc;
 	while (n >= 16) {
-		uint64_t a = crc ^ load_le64(p), b = load_le64(p + 8);
+		uint64_t a = crc ^ get_le64(p), b = get_le64(p + 8);
 		crc = crc_table[15][a & 0xff] ^ crc_table[14][(a >> 8) & 0xff] ^
 		      crc_table[13][(a >> 16) & 0xff] ^ crc_table[12][(a >> 24) & 0xff] ^
 		      crc_table[11][(a >> 32) & 0xff] ^ crc_table[10][(a >> 40) & 0xff] ^

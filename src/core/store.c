@@ -7,6 +7,7 @@
  * stays LiteFS's).
  */
 #include "ltxfs/store.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
@@ -55,17 +56,10 @@ struct store {
 	bool candidate;	     /* informational, for /info */
 };
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The fence (cmu held): primary, no handoff, inside the lease, past the adoption window. */
 static bool writable_locked(const struct store *s)
 {
-	int64_t now = mono_ms();
+	int64_t now = clock_mono_ms();
 	return s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
 }
 
@@ -80,13 +74,6 @@ static bool store_may_commit(void *ctx, uint64_t *epoch)
 	*epoch = s->epoch;
 	pthread_mutex_unlock(&s->cmu);
 	return ok;
-}
-
-static int64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void store_on_change(void *ctx)
@@ -450,7 +437,7 @@ int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int6
 	pthread_mutex_lock(&s->cmu);
 	s->epoch = epoch;
 	s->until_ms = until_ms;
-	s->hold_until = hold_ms > 0 ? mono_ms() + hold_ms : 0;
+	s->hold_until = hold_ms > 0 ? clock_mono_ms() + hold_ms : 0;
 	s->term_committed = false;
 	s->fenced = false;
 	s->primary = true;
@@ -640,7 +627,7 @@ void store_note_primary_time(struct store *s, int64_t primary_ms, bool caught_up
 {
 	pthread_mutex_lock(&s->cmu);
 	s->primary_ms = primary_ms;
-	s->local_ms = wall_ms();
+	s->local_ms = clock_wall_ms();
 	s->synced = true;
 	s->caught_up = caught_up;
 	pthread_mutex_unlock(&s->cmu);
@@ -661,7 +648,7 @@ int64_t store_lag_ms(struct store *s)
 	else if (!s->synced)
 		lag = INT32_MAX;
 	else {
-		int64_t now = wall_ms();
+		int64_t now = clock_wall_ms();
 		if (s->upstream[0] && now - s->local_ms <= 2000)
 			lag = s->local_ms - s->primary_ms;
 		else
@@ -685,14 +672,7 @@ uint64_t store_change_seq(struct store *s)
 
 uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
+	struct timespec ts = clock_deadline(CLOCK_MONOTONIC, timeout_ms);
 	pthread_mutex_lock(&s->cmu);
 	while (s->seq == seen)
 		if (pthread_cond_timedwait(&s->ccond, &s->cmu, &ts) != 0)
