@@ -1,0 +1,719 @@
+/*
+ * db_apply.c - what a replica does with an LTX file from its primary:
+ * verify it, install it, write its pages and move the position
+ * (db_apply_ltx), while it is still arriving if it is large (db_recv_*).
+ * docs/architecture.md section 9, "Applying one LTX file", walks the steps.
+ *
+ * TWO PASSES. Pass 1 (ltx_scan_run) touches nothing: it decodes and
+ * verifies the whole file and notes every page's new checksum. Then
+ * db_apply_scanned checks the chain (a non-snapshot starts at this position,
+ * with the same page size) and that the new checksums give the post-apply
+ * checksum the file records (-ESTALE, -EBADMSG: nothing changed). It drops a
+ * commit this node prepared and never made and retires the LTX ring, then
+ * installs the file under its final name (a snapshot removes the older
+ * files, or moves them to orphaned/<ms>/ with DB_APPLY_DIVERGED): from here
+ * on the file is the redo record that start-up recovery re-applies over a
+ * torn apply. Pass 2 takes SQLite's locks through the hooks, settles what
+ * this node left as primary (db_settle: a hot journal rolled back, the
+ * WAL's committed pages moved into the database file), writes the pages
+ * (or renames the database file pass 1 built for a snapshot of a new
+ * database, or deletes the files for a commit-0 file), and moves pgck,
+ * xsum and the position. A failed page write sets the sticky error.
+ * Nothing is fsynced: the LTX files are made durable at shutdown.
+ *
+ * RECEIVING. A large LTX file is verified while it arrives: the receiver
+ * appends bytes to fd and reports each append (db_recv_progress); a scanner
+ * thread runs pass 1 on the bytes as they land, blocking for more, and for a
+ * snapshot of a database this node does not have yet also builds the new
+ * database file. db_recv_finish waits for the scan and applies the file;
+ * nothing is applied unless the whole file verified.
+ *
+ * THREADS. The replica thread calls db_ltx_tmpfile, db_apply_ltx and
+ * db_recv_*; an HTTP thread calls db_ltx_tmpfile and db_apply_ltx when a new
+ * primary adopts transactions from a replica (httpd.c), and FUSE workers
+ * call db_wal_mode. Pass 1 runs without db->mu (on the calling thread, or on
+ * the scanner thread recv_run, which shares only rv->mu and the bytes
+ * appended to fd with the receiver). db_apply_scanned takes db->mu to check the chain
+ * and again to settle and write; the lock and unlock hooks are called
+ * without db->mu (SQLite's kernel locks are always taken before it), and
+ * so are invalidate, entries and on_change, after the new state is in
+ * place.
+ */
+
+#include "db_int.h"
+
+#include "ltxfs/clock.h"
+#include "ltxfs/log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+int db_ltx_tmpfile(struct db *db, int *ret_fd)
+{
+	int fd = openat(db->ltx_dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	*ret_fd = fd;
+	return 0;
+}
+
+bool db_wal_mode(struct db *db)
+{
+	uint8_t v[2] = {0, 0};
+	pthread_mutex_lock(&db->mu);
+	if (db->exists && db->dbfd >= 0 && fs_pread_full(db->dbfd, v, 2, 18) != 2)
+		v[0] = 0;
+	pthread_mutex_unlock(&db->mu);
+	return v[0] == 2 && v[1] == 2;
+}
+
+/* A page the apply writes: where, and its new checksum. */
+struct applypage {
+	uint32_t pgno;
+	uint64_t ck;
+};
+
+/* Move every LTX file of the replaced history into orphaned/<time>/. */
+static void ltx_orphan_all(struct db *db, uint64_t keep_min, uint64_t keep_max)
+{
+	char odir[4096];
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	int moved = 0;
+	if (!d)
+		return;
+	if (fs_path(odir, sizeof(odir), "%s/orphaned/%" PRId64, db->dir, clock_wall_ms()) < 0) {
+		closedir(d);
+		return;
+	}
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		char to[4096 + 512];
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 ||
+		    (mn == keep_min && mx == keep_max))
+			continue;
+		if (moved == 0 && fs_mkdir_p(odir, 0755) < 0)
+			break;
+		if (fs_path(to, sizeof(to), "%s/%s", odir, de->d_name) < 0)
+			continue;
+		if (renameat(dirfd(d), de->d_name, AT_FDCWD, to) == 0)
+			moved++;
+	}
+	closedir(d);
+	if (moved)
+		log_warn("db '%s': this node's history diverged from the primary's: its %d LTX "
+			 "file(s), among them transactions no other node has, were moved to %s "
+			 "(list them with `ltxfs orphans`)",
+			 db->name, moved, odir);
+}
+
+/* Delete every LTX file but the one named keep_min-keep_max. */
+static void ltx_remove_others(struct db *db, uint64_t keep_min, uint64_t keep_max)
+{
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) == 0 &&
+		    !(mn == keep_min && mx == keep_max))
+			unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
+static void apply_hooks_invalidate(const struct db_apply_hooks *hk, struct db *db,
+				   const struct applypage *pg, size_t n, uint32_t page_size)
+{
+	size_t i = 0;
+	while (i < n) {
+		size_t j = i + 1;
+		while (j < n && pg[j].pgno == pg[j - 1].pgno + 1)
+			j++;
+		hk->invalidate(hk->ctx, db, (uint64_t)(pg[i].pgno - 1) * page_size,
+			       (uint64_t)(j - i) * page_size);
+		i = j;
+	}
+}
+
+/*
+ * Before a replica's first apply after this node was primary (caller holds
+ * db->mu and SQLite's locks through the apply hooks, so no SQLite writer is
+ * inside a transaction): a journal left by a transaction the fence refused
+ * is hot and is rolled back, exactly as SQLite would; committed WAL frames
+ * not yet checkpointed are copied into the database file and the WAL is
+ * emptied, because applied pages go to the database file and the WAL-index
+ * header the unlock hook writes describes an empty WAL. *touched says the
+ * database file changed (its kernel cache must go); *removed that a journal
+ * file was deleted (its directory entry must go).
+ */
+static int db_settle(struct db *db, bool *touched, bool *removed)
+{
+	uint64_t *map = NULL;
+	uint8_t *page = NULL;
+	int r, wfd = -1;
+	bool t = false;
+	char jpath[4096];
+	*touched = *removed = false;
+	/* a journal, hot or cold, goes behind the kernel's back: its entry must go too */
+	if (db_file_path(db, DB_FILE_JOURNAL, jpath, sizeof(jpath)) == 0 &&
+	    access(jpath, F_OK) == 0)
+		*removed = true;
+	r = db->dbfd >= 0 ? db_recover_journal(db, &t) : 0;
+	if (r < 0)
+		return r;
+	if (t)
+		*touched = true;
+	db->journal_exists = db->journal_active = false;
+	dirty_clear(db);
+	if (!db->wal_valid || db->wal_end <= WAL_HEADER_SIZE || db->dbfd < 0)
+		return 0;
+	r = wal_frame_map(db, &map);
+	if (r < 0)
+		return r;
+	wfd = r;
+	r = 0;
+	if (map) {
+		page = malloc(db->page_size);
+		if (!page) {
+			r = -ENOMEM;
+			goto out;
+		}
+		for (uint32_t pg = 1; pg <= db->page_count && r == 0; pg++) {
+			if (!map[pg])
+				continue;
+			ssize_t got = fs_pread_full(wfd, page, db->page_size, (off_t)map[pg]);
+			if (got != (ssize_t)db->page_size)
+				r = got < 0 ? (int)got : -EIO;
+			else
+				r = fs_pwrite_full(db->dbfd, page, db->page_size,
+						   (off_t)(pg - 1) * db->page_size);
+		}
+		if (r < 0)
+			goto out;
+		if (ftruncate(db->dbfd, (off_t)db->page_count * db->page_size) < 0 ||
+		    fdatasync(db->dbfd) < 0) {
+			r = -errno;
+			goto out;
+		}
+		log_warn("db '%s': moved the WAL's committed pages into the database file before "
+			 "following the new primary",
+			 db->name);
+	}
+	{
+		char path[4096];
+		r = db_file_path(db, DB_FILE_WAL, path, sizeof(path));
+		if (r == 0 && truncate(path, 0) < 0 && errno != ENOENT)
+			r = -errno;
+	}
+	if (r == 0) {
+		db_wal_reset(db);
+		db->wal_size = db->wal_gen_end = 0;
+		db->wal_live = false;
+		*touched = true;
+	}
+out:
+	if (wfd >= 0)
+		close(wfd);
+	free(map);
+	free(page);
+	return r;
+}
+
+/* ----------------------------------------------------------------- pass 1 */
+
+/* What pass 1 learnt of an LTX file. */
+struct ltx_scan {
+	struct ltx_header h;
+	struct ltx_trailer tr;
+	struct applypage *pg;
+	size_t n, cap;
+	int stagefd;	/* the new database file built from a snapshot, or -1 */
+	uint8_t *stage; /* pages waiting to be written to stagefd, contiguous */
+	uint32_t stage_first, stage_n;
+};
+
+#define STAGE_PAGES 256
+
+static int scan_stage_flush(struct ltx_scan *sc)
+{
+	if (sc->stage_n == 0)
+		return 0;
+	int r = fs_pwrite_full(sc->stagefd, sc->stage, (size_t)sc->stage_n * sc->h.page_size,
+			       (off_t)(sc->stage_first - 1) * sc->h.page_size);
+	sc->stage_n = 0;
+	return r;
+}
+
+static int scan_stage_page(struct ltx_scan *sc, uint32_t pgno, const uint8_t *page)
+{
+	int r = 0;
+	if (sc->stage_n && (sc->stage_n == STAGE_PAGES || pgno != sc->stage_first + sc->stage_n))
+		r = scan_stage_flush(sc);
+	if (sc->stage_n == 0)
+		sc->stage_first = pgno;
+	memcpy(sc->stage + (size_t)sc->stage_n * sc->h.page_size, page, sc->h.page_size);
+	sc->stage_n++;
+	return r;
+}
+
+static void ltx_scan_release(struct db *db, struct ltx_scan *sc)
+{
+	free(sc->pg);
+	sc->pg = NULL;
+	free(sc->stage);
+	sc->stage = NULL;
+	if (sc->stagefd >= 0) {
+		char path[4096];
+		close(sc->stagefd);
+		if (fs_path(path, sizeof(path), "%s/database.tmp", db->dir) == 0)
+			unlink(path);
+		sc->stagefd = -1;
+	}
+}
+
+/*
+ * Pass 1, before anything is touched: decode and verify the whole file
+ * (page order, file checksum, snapshot completeness) and note each page's
+ * new checksum. With stage, a snapshot of a database that does not exist
+ * here yet is also written, page by page, to database.tmp, which the apply
+ * renames into place instead of a second pass.
+ */
+static int ltx_scan_run(struct db *db, ltx_read_fn fn, void *ctx, bool stage, struct ltx_scan *sc)
+{
+	struct ltx_decoder *dec = NULL;
+	uint8_t *page = NULL;
+	uint32_t pgno;
+	int r;
+
+	memset(sc, 0, sizeof(*sc));
+	sc->stagefd = -1;
+	r = ltx_decoder_new(&dec, fn, ctx);
+	if (r < 0)
+		return r;
+	sc->h = *ltx_decoder_header(dec);
+	page = malloc(sc->h.page_size);
+	if (!page) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (stage && ltx_header_is_snapshot(&sc->h) && sc->h.commit > 0 && !db_exists(db)) {
+		char path[4096];
+		r = fs_path(path, sizeof(path), "%s/database.tmp", db->dir);
+		if (r == 0) {
+			sc->stagefd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+			if (sc->stagefd < 0)
+				r = -errno;
+		}
+		if (r < 0)
+			goto out;
+		sc->stage = malloc((size_t)STAGE_PAGES * sc->h.page_size);
+		if (!sc->stage) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	while ((r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+		if (sc->n == sc->cap) {
+			sc->cap = sc->cap ? sc->cap * 2 : 64;
+			void *p = realloc(sc->pg, sc->cap * sizeof(*sc->pg));
+			if (!p) {
+				r = -ENOMEM;
+				goto out;
+			}
+			sc->pg = p;
+		}
+		sc->pg[sc->n].pgno = pgno;
+		sc->pg[sc->n].ck = ltx_decoder_page_checksum(dec);
+		sc->n++;
+		if (sc->stagefd >= 0) {
+			r = scan_stage_page(sc, pgno, page);
+			if (r < 0)
+				goto out;
+		}
+	}
+	if (r < 0)
+		goto out;
+	r = ltx_decoder_finish(dec, &sc->tr);
+	if (r == 0 && sc->stagefd >= 0)
+		r = scan_stage_flush(sc);
+	if (r == 0 && sc->stagefd >= 0 &&
+	    ftruncate(sc->stagefd, (off_t)sc->h.commit * sc->h.page_size) < 0)
+		r = -errno;
+out:
+	ltx_decoder_free(dec);
+	free(page);
+	if (r < 0)
+		ltx_scan_release(db, sc);
+	return r;
+}
+
+static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t flags,
+			    const struct db_apply_hooks *hk);
+
+int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk)
+{
+	struct ltx_scan sc;
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return -errno;
+	int r = ltx_scan_run(db, ltx_fd_read, &fd, false, &sc);
+	if (r == 0)
+		r = db_apply_scanned(db, fd, &sc, flags, hk);
+	return r;
+}
+
+/* -------------------------------------------------------------- receiving */
+
+struct db_recv {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct db *db;
+	int fd;
+	uint64_t off, written;
+	bool eof, abort, done;
+	int err;
+	struct ltx_scan sc;
+};
+
+static ssize_t recv_read(void *ctx, void *buf, size_t n)
+{
+	struct db_recv *rv = ctx;
+	pthread_mutex_lock(&rv->mu);
+	while (rv->written <= rv->off && !rv->eof && !rv->abort)
+		pthread_cond_wait(&rv->cv, &rv->mu);
+	bool abort = rv->abort;
+	uint64_t avail = rv->written - rv->off;
+	pthread_mutex_unlock(&rv->mu);
+	if (abort)
+		return -ECANCELED;
+	if (avail == 0)
+		return 0; /* the end of what was sent */
+	ssize_t r = pread(rv->fd, buf, n < avail ? n : (size_t)avail, (off_t)rv->off);
+	if (r < 0)
+		return -errno;
+	rv->off += (uint64_t)r;
+	return r;
+}
+
+static void *recv_run(void *arg)
+{
+	struct db_recv *rv = arg;
+	int r = ltx_scan_run(rv->db, recv_read, rv, true, &rv->sc);
+	pthread_mutex_lock(&rv->mu);
+	rv->err = r;
+	rv->done = true;
+	pthread_cond_broadcast(&rv->cv);
+	pthread_mutex_unlock(&rv->mu);
+	return NULL;
+}
+
+int db_recv_start(struct db *db, int fd, struct db_recv **ret)
+{
+	struct db_recv *rv = calloc(1, sizeof(*rv));
+	*ret = NULL;
+	if (!rv)
+		return -ENOMEM;
+	rv->db = db;
+	rv->fd = fd;
+	rv->sc.stagefd = -1;
+	pthread_mutex_init(&rv->mu, NULL);
+	pthread_cond_init(&rv->cv, NULL);
+	if (pthread_create(&rv->th, NULL, recv_run, rv) != 0) {
+		pthread_mutex_destroy(&rv->mu);
+		pthread_cond_destroy(&rv->cv);
+		free(rv);
+		return -EAGAIN;
+	}
+	*ret = rv;
+	return 0;
+}
+
+void db_recv_progress(struct db_recv *rv, uint64_t written)
+{
+	pthread_mutex_lock(&rv->mu);
+	rv->written = written;
+	pthread_cond_broadcast(&rv->cv);
+	pthread_mutex_unlock(&rv->mu);
+}
+
+/* Stop feeding the scanner (abort: it fails at once) and join it. */
+static int recv_join(struct db_recv *rv, bool abort)
+{
+	pthread_mutex_lock(&rv->mu);
+	if (abort)
+		rv->abort = true;
+	rv->eof = true;
+	pthread_cond_broadcast(&rv->cv);
+	pthread_mutex_unlock(&rv->mu);
+	pthread_join(rv->th, NULL);
+	pthread_mutex_destroy(&rv->mu);
+	pthread_cond_destroy(&rv->cv);
+	return rv->err;
+}
+
+void db_recv_free(struct db_recv *rv)
+{
+	if (!rv)
+		return;
+	if (recv_join(rv, true) == 0)
+		ltx_scan_release(rv->db, &rv->sc);
+	free(rv);
+}
+
+int db_recv_finish(struct db_recv *rv, uint32_t flags, const struct db_apply_hooks *hk)
+{
+	int r = recv_join(rv, false);
+	if (r == 0 && rv->off != rv->written) {
+		ltx_scan_release(rv->db, &rv->sc);
+		r = -EBADMSG; /* bytes after the trailer */
+	}
+	if (r == 0)
+		r = db_apply_scanned(rv->db, rv->fd, &rv->sc, flags, hk);
+	else if (r == -ECANCELED)
+		r = -EIO;
+	free(rv);
+	return r;
+}
+
+/* ----------------------------------------------------------------- pass 2 */
+
+/* The rest of an apply, after pass 1. Releases sc. */
+static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t flags,
+			    const struct db_apply_hooks *hk)
+{
+	struct ltx_decoder *dec = NULL;
+	struct applypage *pg = sc->pg;
+	size_t n = sc->n;
+	uint8_t *page = NULL;
+	struct ltx_header h = sc->h;
+	struct ltx_trailer tr = sc->tr;
+	void *token = NULL;
+	bool locked = false, created = false, dropped = false;
+	uint32_t pgno;
+	int r;
+
+	page = malloc(h.page_size);
+	if (!page) {
+		r = -ENOMEM;
+		goto out;
+	}
+
+	/* The chain: a non-snapshot must start exactly at this position, and
+	 * the result of applying it must be its post-apply checksum. */
+	bool snapshot = ltx_header_is_snapshot(&h);
+	db_lock_settled(db);
+	if (!snapshot &&
+	    (db->pos.txid + 1 != h.min_txid || db->pos.checksum != h.pre_apply_checksum)) {
+		log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " does not follow this node's "
+			 "position %016" PRIx64 "/%016" PRIx64,
+			 db->name, h.min_txid, h.max_txid, db->pos.txid, db->pos.checksum);
+		pthread_mutex_unlock(&db->mu);
+		r = -ESTALE;
+		goto out;
+	}
+	if (!snapshot && h.commit > 0 && db->page_count > 0 && db->page_size != h.page_size) {
+		pthread_mutex_unlock(&db->mu);
+		r = -EBADMSG;
+		goto out;
+	}
+	/* A commit this node prepared and never made is abandoned (SQLite rolls
+	 * it back from its journal); the file name is about to be the primary's.
+	 * Records of this node's own commits must not replay over another's
+	 * history after a crash (LTX RING). */
+	db_prep_drop(db);
+	r = db_ring_retire(db);
+	if (r < 0) {
+		pthread_mutex_unlock(&db->mu);
+		log_error("db '%s': cannot retire the LTX ring before applying LTX %016" PRIx64
+			  "-%016" PRIx64 ": %s",
+			  db->name, h.min_txid, h.max_txid, strerror(-r));
+		goto out;
+	}
+	uint64_t x = snapshot ? 0 : db->xsum;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t old =
+		    (!snapshot && pg[i].pgno <= db->page_count) ? db->pgck[pg[i].pgno] : 0;
+		x ^= old ^ pg[i].ck;
+	}
+	if (!snapshot)
+		for (uint32_t p = h.commit + 1; p <= db->page_count; p++)
+			x ^= db->pgck[p];
+	if (h.commit == 0)
+		x = 0;
+	pthread_mutex_unlock(&db->mu);
+	if ((LTX_CHECKSUM_FLAG | x) != tr.post_apply_checksum) {
+		log_warn("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " would give checksum "
+			 "%016" PRIx64 ", not the %016" PRIx64 " it records",
+			 db->name, h.min_txid, h.max_txid, LTX_CHECKSUM_FLAG | x,
+			 tr.post_apply_checksum);
+		r = -EBADMSG;
+		goto out;
+	}
+
+	/* Install the file: it is the redo record of what follows (start-up
+	 * recovery re-applies it over a torn apply). */
+	{
+		char name[LTX_FILENAME_LEN + 1], path[4096], tmp[4096 + 8], proc[64];
+		ltx_format_filename(name, h.min_txid, h.max_txid);
+		r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
+		if (r < 0)
+			goto out;
+		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		unlink(tmp);
+		if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) < 0 ||
+		    rename(tmp, path) < 0) {
+			r = -errno;
+			unlink(tmp);
+			goto out;
+		}
+		if (snapshot) {
+			if (flags & DB_APPLY_DIVERGED)
+				ltx_orphan_all(db, h.min_txid, h.max_txid);
+			else
+				ltx_remove_others(db, h.min_txid, h.max_txid);
+		}
+	}
+
+	/* Pass 2: take SQLite's locks against readers, write the pages. */
+	if (hk && hk->lock) {
+		r = hk->lock(hk->ctx, db, &token);
+		if (r < 0)
+			goto out;
+		locked = true;
+	}
+	if (lseek(fd, 0, SEEK_SET) < 0) {
+		r = -errno;
+		goto out;
+	}
+	db_lock_settled(db);
+	bool settled = false, unlinked = false;
+	r = db_settle(db, &settled, &unlinked);
+	if (r < 0) {
+		pthread_mutex_unlock(&db->mu);
+		log_error("db '%s': cannot settle the transaction this node left as primary: %s",
+			  db->name, strerror(-r));
+		goto out;
+	}
+	if (h.commit == 0) {
+		static const enum db_file kinds[] = {DB_FILE_DB, DB_FILE_JOURNAL, DB_FILE_WAL,
+						     DB_FILE_SHM};
+		char path[4096];
+		for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+			if (db_file_path(db, kinds[i], path, sizeof(path)) == 0)
+				fs_unlink_if_exists(path);
+		if (db->dbfd >= 0)
+			close(db->dbfd);
+		db->dbfd = -1;
+		dropped = db->exists;
+		db->exists = false;
+		if (db->pgck)
+			memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+		db->page_count = 0;
+		db->xsum = 0;
+	} else if (sc->stagefd >= 0 && !db->exists && db->dbfd < 0) {
+		/* A snapshot of a new database: its file was built in pass 1. */
+		char from[4096], to[4096];
+		r = pgck_reserve(db, h.commit);
+		if (r == 0)
+			r = fs_path(from, sizeof(from), "%s/database.tmp", db->dir);
+		if (r == 0)
+			r = db_file_path(db, DB_FILE_DB, to, sizeof(to));
+		if (r == 0 && rename(from, to) < 0)
+			r = -errno;
+		if (r < 0) {
+			pthread_mutex_unlock(&db->mu);
+			goto out;
+		}
+		db->dbfd = sc->stagefd;
+		sc->stagefd = -1;
+		created = true;
+		db->exists = true;
+		memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+		for (size_t k = 0; k < n; k++)
+			db->pgck[pg[k].pgno] = pg[k].ck;
+		db->page_size = h.page_size;
+		db->page_count = h.commit;
+		db->xsum = x;
+	} else {
+		if (!db->exists || db->dbfd < 0) {
+			if (db->dbfd < 0)
+				r = open_backing(db, DB_FILE_DB, O_RDWR | O_CREAT, 0644, &db->dbfd);
+			if (r < 0) {
+				pthread_mutex_unlock(&db->mu);
+				goto out;
+			}
+			created = !db->exists;
+			db->exists = true;
+		}
+		r = pgck_reserve(db, h.commit > db->page_count ? h.commit : db->page_count);
+		if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+			r = -errno;
+		if (r == 0)
+			r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+		size_t i = 0;
+		while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+			r = fs_pwrite_full(db->dbfd, page, h.page_size,
+					   (off_t)(pgno - 1) * h.page_size);
+			i++;
+		}
+		if (r == 0 && i != n)
+			r = -EIO; /* the file changed between the passes */
+		if (r == 0 && ftruncate(db->dbfd, (off_t)h.commit * h.page_size) < 0)
+			r = -errno;
+		if (r < 0) {
+			/* Pages may be half written: refuse further applies until a
+			 * restart re-applies the installed file. */
+			db->sticky_err = -EIO;
+			pthread_mutex_unlock(&db->mu);
+			log_error("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " failed: %s",
+				  db->name, h.min_txid, h.max_txid, strerror(-r));
+			goto out;
+		}
+		if (snapshot || db->page_size != h.page_size)
+			memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
+		for (size_t k = 0; k < n; k++)
+			db->pgck[pg[k].pgno] = pg[k].ck;
+		for (uint32_t p = h.commit + 1; p <= db->page_count; p++)
+			db->pgck[p] = 0;
+		db->page_size = h.page_size;
+		db->page_count = h.commit;
+		db->xsum = x;
+	}
+	uint32_t old_count = db->page_count;
+	db->pos.txid = h.max_txid;
+	db->pos.checksum = tr.post_apply_checksum;
+	db->pos.timestamp = h.timestamp;
+	db->last_epoch = h.epoch;
+	db->ltx_unsynced = true;
+	pthread_mutex_unlock(&db->mu);
+	(void)old_count;
+
+	if (hk && hk->invalidate) {
+		if (snapshot || h.commit == 0 || settled)
+			hk->invalidate(hk->ctx, db, 0, 0);
+		else {
+			apply_hooks_invalidate(hk, db, pg, n, h.page_size);
+			hk->invalidate(hk->ctx, db, (uint64_t)h.commit * h.page_size, 0);
+		}
+	}
+	if (hk && hk->entries && (created || dropped || unlinked))
+		hk->entries(hk->ctx, db);
+	if (db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
+	r = 0;
+out:
+	if (locked)
+		hk->unlock(hk->ctx, db, token, r == 0 && h.commit > 0, h.page_size, h.commit);
+	ltx_decoder_free(dec);
+	free(page);
+	ltx_scan_release(db, sc);
+	return r;
+}

@@ -1,0 +1,259 @@
+/*
+ * db_ltxout.c - LTX output: writing one LTX file, the queue of WAL commits
+ * whose files are written after the reply, and the sync that makes the
+ * files written without fsync durable.
+ *
+ * FORMAT. ltx/%016x-%016x.ltx, named by its min and max TXID, in the LTX
+ * format of docs/ltx.md, encoded by src/format/ltx.c through a 64 KiB write
+ * buffer (struct wbuf). A file is created under its final name, never as a
+ * .tmp renamed into place: start-up recovery verifies the newest files and
+ * discards a torn one (db_recover.c). ltx_out_begin creates it, the caller
+ * adds pages, ltx_out_end writes the trailer, and ltx_out_abort (or a
+ * failed ltx_out_end) unlinks it again.
+ *
+ * DURABILITY. ltx_out_end with sync fdatasyncs the file and, except on ext4
+ * (see there), fsyncs ltx/. Files written without sync set ltx_unsynced;
+ * db_sync_ltx drains the queue and runs syncfs on the LTX directory's file
+ * system, before a WAL restart, truncation or unlink, a drop, a ring wrap
+ * or retirement, and at shutdown. db_sync_ring_covered (db_int.h) runs it
+ * before a file is fsynced on its own while the ring holds records.
+ *
+ * QUEUED LTX FILES. A WAL-mode commit of at most DB_QUEUE_MAX_BYTES of pages
+ * does not write its LTX file inside the write that commits: the pages are
+ * checksummed and copied under db->mu, the in-memory state advances, and the
+ * file is queued. The FUSE worker writes it right after it has replied to
+ * SQLite (db_write_done), so file creation and compression overlap with the
+ * application instead of adding to its commit latency. This is safe because
+ * in WAL mode the WAL is the durable record (DURABILITY above): a crash
+ * before the file exists is repaired by recovery step 4. Files are written in
+ * TXID order by one thread at a time (q_busy). Every reader of the position
+ * or of LTX files (db_get_pos, snapshots, the stream, sync points before a
+ * WAL restart, shutdown) first waits for the queue to drain, so outside
+ * db.c a queued commit is never observable without its file; on_change fires
+ * once the file exists. A write that fails (disk full) stays queued, and
+ * every later write to the database fails with that error until a retry
+ * succeeds.
+ *
+ * States (db_int.h, CAPTURE STATES: QUEUED, UNSYNCED): the queue is empty,
+ * or holds jobs q_head..q_tail in TXID order; q_busy while a thread writes
+ * them; q_err after a failed write. A job owns its page images and their
+ * CRCs (struct ltxjob) and is freed once its file exists.
+ *
+ * THREADS. Everything here runs with db->mu held, on the FUSE worker whose
+ * operation writes or needs the files (or db_open's thread). The one
+ * exception: db_write_done, called by the FUSE worker right after it replied
+ * to a WAL write or fsync, drains with db_queue_drain(db, true), which lets
+ * db->mu go while it writes q_head; q_busy reserves the queue to it, and
+ * everyone who needs it empty waits on q_cond. Without db->mu it touches only
+ * the job, the ltx_out and what db_open fixed (ltx_dir, ltx_dirfd).
+ */
+
+#include "db_int.h"
+
+#include "ltxfs/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+struct wbuf {
+	int fd;
+	size_t n;
+	uint8_t buf[1 << 16];
+};
+
+static int wbuf_flush(struct wbuf *w)
+{
+	int r = fs_write_full(w->fd, w->buf, w->n);
+	w->n = 0;
+	return r;
+}
+
+static int wbuf_write(void *ctx, const void *p, size_t n)
+{
+	struct wbuf *w = ctx;
+	if (w->n + n > sizeof(w->buf)) {
+		int r = wbuf_flush(w);
+		if (r < 0)
+			return r;
+		if (n > sizeof(w->buf))
+			return fs_write_full(w->fd, p, n);
+	}
+	memcpy(w->buf + w->n, p, n);
+	w->n += n;
+	return 0;
+}
+
+int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
+{
+	char name[LTX_FILENAME_LEN + 1];
+	int r;
+	memset(o, 0, sizeof(*o));
+	o->h = *h;
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	r = fs_path(o->path, sizeof(o->path), "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	o->w = malloc(sizeof(*o->w));
+	if (!o->w)
+		return -ENOMEM;
+	o->w->n = 0;
+	o->w->fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (o->w->fd < 0) {
+		r = -errno;
+		free(o->w);
+		o->w = NULL;
+		return r;
+	}
+	r = ltx_encoder_new(&o->enc, h, wbuf_write, o->w);
+	if (r < 0) {
+		close(o->w->fd);
+		unlink(o->path);
+		free(o->w);
+		o->w = NULL;
+	}
+	return r;
+}
+
+void ltx_out_abort(struct ltx_out *o)
+{
+	if (!o->w)
+		return;
+	ltx_encoder_free(o->enc);
+	close(o->w->fd);
+	unlink(o->path);
+	free(o->w);
+	o->w = NULL;
+	o->enc = NULL;
+}
+
+/* Finish the file; with sync, fdatasync it and fsync its directory. */
+int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync)
+{
+	struct ltx_trailer tr;
+	int r = ltx_encoder_finish(o->enc, post, &tr);
+	if (r == 0)
+		r = wbuf_flush(o->w);
+	if (r == 0 && sync)
+		r = db_sync_ring_covered(db);
+	if (r == 0 && sync && fdatasync(o->w->fd) < 0)
+		r = -errno;
+	/*
+	 * On ext4, fsync of a newly created file also makes its directory entry
+	 * durable: with a journal, the commit that fsync forces contains the
+	 * create; without one, ext4_sync_parent() writes the parent. Elsewhere
+	 * POSIX's rule applies and the directory is fsync'ed too.
+	 */
+	if (r == 0 && sync && db->dirsync && fsync(db->ltx_dirfd) < 0)
+		r = -errno;
+	if (r < 0) {
+		ltx_out_abort(o);
+		return r;
+	}
+	ltx_encoder_free(o->enc);
+	close(o->w->fd);
+	free(o->w);
+	o->w = NULL;
+	o->enc = NULL;
+	return 0;
+}
+
+/* Make every LTX file written without fsync durable. */
+
+int db_sync_ltx(struct db *db)
+{
+	int r = db_queue_settle(db);
+	if (r < 0)
+		return r;
+	if (!db->ltx_unsynced)
+		return 0;
+	r = syncfs(db->ltx_dirfd) < 0 ? -errno : 0;
+	if (r == 0)
+		db->ltx_unsynced = false;
+	return r;
+}
+
+void ltxjob_free(struct ltxjob *j)
+{
+	if (!j)
+		return;
+	free(j->pgnos);
+	free(j->crcs);
+	free(j->img);
+	free(j);
+}
+
+static int ltxjob_write(struct db *db, const struct ltxjob *j)
+{
+	struct ltx_out o;
+	int r = ltx_out_begin(db, &o, &j->h);
+	for (size_t i = 0; i < j->n && r == 0; i++) {
+		r = ltx_encoder_add_page_crc(o.enc, j->pgnos[i], j->img + i * j->h.page_size,
+					     j->crcs[i]);
+		if (r < 0)
+			ltx_out_abort(&o);
+	}
+	if (r == 0)
+		r = ltx_out_end(db, &o, j->post, false);
+	return r;
+}
+
+/*
+ * Write every queued LTX file (db->mu held). With unlock, db->mu is released
+ * while a file is written, so commits and reads go on meanwhile. Returns 0
+ * or the error of the file that could not be written (it stays queued).
+ */
+int db_queue_drain(struct db *db, bool unlock)
+{
+	int r = 0;
+	while (db->q_busy)
+		pthread_cond_wait(&db->q_cond, &db->mu);
+	if (!db->q_head)
+		return 0;
+	db->q_busy = true;
+	struct ltxjob *j;
+	while ((j = db->q_head)) {
+		if (unlock)
+			pthread_mutex_unlock(&db->mu);
+		r = ltxjob_write(db, j);
+		if (unlock)
+			pthread_mutex_lock(&db->mu);
+		if (r < 0)
+			break;
+		db->ltx_unsynced = true;
+		db->q_head = j->next;
+		if (!db->q_head)
+			db->q_tail = NULL;
+		db->q_bytes -= j->n * j->h.page_size;
+		ltxjob_free(j);
+		if (db->opt.on_change)
+			db->opt.on_change(db->opt.change_ctx);
+	}
+	if (r < 0 && !db->q_err)
+		log_error("db '%s': cannot write the LTX file of a commit: %s (writes fail until "
+			  "it can be written)",
+			  db->name, strerror(-r));
+	else if (r == 0 && db->q_err)
+		log_info("db '%s': queued LTX files written", db->name);
+	db->q_err = r;
+	db->q_busy = false;
+	pthread_cond_broadcast(&db->q_cond);
+	return r;
+}
+
+void db_write_done(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	/*
+	 * When the application fsyncs the WAL right after each commit, write
+	 * the files after that fsync rather than during it: creating files
+	 * while it runs makes it wait for the filesystem journal. It takes two
+	 * such commits in a row: with synchronous=NORMAL a checkpoint also
+	 * fsyncs the WAL right after a commit, and the next commit, which no
+	 * fsync follows, must not wait for one.
+	 */
+	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_sync_streak >= 2))
+		db_queue_drain(db, true);
+	pthread_mutex_unlock(&db->mu);
+}

@@ -1,0 +1,90 @@
+/*
+ * db_util.c - the small helpers every other db_*.c file uses, kept apart so
+ * that none of those files has to call one listed after it (db_int.h, THE
+ * FILES). No state of its own:
+ *
+ *   db_fence      the write fence: asks db_options.may_commit whether this
+ *                 node may commit now, and under which lease epoch (written
+ *                 into the LTX header); -EROFS refuses the commit-point
+ *                 operation. Start-up recovery (!db->live) is never fenced.
+ *   db_file_path  dbs/<name>/database, journal, wal and shm
+ *   open_backing  open(2) of one of them
+ *   db_exists     whether the database file exists (a dropped database
+ *                 keeps its TXID)
+ *   pgck_reserve  room in db->pgck, the committed checksum of every page
+ *
+ * db_cur_checksum and read_db_page, which the commit path calls per
+ * transaction and per page, are static inline in db_int.h.
+ *
+ * THREADS. db_fence, open_backing and pgck_reserve are called with db->mu
+ * held (or by db_open's thread before anyone else sees the db); db_fence
+ * calls may_commit under db->mu, and the store's fence takes only its leaf
+ * lock (docs/architecture.md, section 2). db_file_path reads only what
+ * db_open fixed and needs no lock. db_exists takes db->mu itself.
+ */
+
+#include "db_int.h"
+
+#include "ltxfs/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+
+/* The write fence (db_options.may_commit); recovery is never fenced. */
+int db_fence(struct db *db, uint64_t *epoch)
+{
+	*epoch = 0;
+	if (!db->live || !db->opt.may_commit)
+		return 0;
+	if (db->opt.may_commit(db->opt.change_ctx, epoch))
+		return 0;
+	log_warn("db '%s': commit refused: this node does not hold the primary lease", db->name);
+	return -EROFS;
+}
+
+static const char *const file_names[DB_FILE_N] = {"database", "journal", "wal", "shm", NULL};
+
+int db_file_path(struct db *db, enum db_file kind, char *buf, size_t n)
+{
+	if (kind >= DB_FILE_POS)
+		return -EINVAL;
+	return fs_path(buf, n, "%s/%s", db->dir, file_names[kind]);
+}
+
+bool db_exists(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	bool e = db->exists;
+	pthread_mutex_unlock(&db->mu);
+	return e;
+}
+
+int pgck_reserve(struct db *db, uint32_t npages)
+{
+	if (npages <= db->pgck_cap)
+		return 0;
+	uint32_t cap = db->pgck_cap ? db->pgck_cap : 64;
+	while (cap < npages)
+		cap = cap > UINT32_MAX / 2 ? npages : cap * 2;
+	uint64_t *p = realloc(db->pgck, ((size_t)cap + 1) * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	memset(p + db->pgck_cap + 1, 0, (size_t)(cap - db->pgck_cap) * sizeof(*p));
+	db->pgck = p;
+	db->pgck_cap = cap;
+	return 0;
+}
+
+int open_backing(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd)
+{
+	char path[4096];
+	int r = db_file_path(db, kind, path, sizeof(path));
+	if (r < 0)
+		return r;
+	int fd = open(path, flags | O_CLOEXEC, mode);
+	if (fd < 0)
+		return -errno;
+	*ret_fd = fd;
+	return 0;
+}
