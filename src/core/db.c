@@ -67,13 +67,14 @@
  * the top of db_recover.c.
  *
  * THE OPERATIONS. db_open_file, db_write, db_truncate, db_unlink and
- * db_fsync each take db->mu, check the sticky error (db_int.h, CAPTURE
- * STATES), and turn what SQLite does into transitions: a journal header
- * opens a transaction, a journal's unlink, truncation or zeroed header is a
- * commit point (db_journal_commit), a WAL write may complete a commit
- * (db_wal_write), an fsync of the database prepares one (db_prep_build), a
- * WAL restart, truncation or unlink first makes the LTX files durable
- * (db_sync_ltx), and the database's unlink is a drop (db_commit_drop).
+ * db_fsync each take db->mu (db_write and db_truncate refuse while the
+ * sticky error is set) and turn what SQLite does into transitions of the
+ * capture states (db_int.h): a journal header opens a transaction, a
+ * journal's unlink, truncation or zeroed header is a commit point
+ * (db_journal_commit), a WAL write may complete a commit (db_wal_write), an
+ * fsync of the database prepares one (db_prep_build), a WAL restart,
+ * truncation or unlink first makes the LTX files durable (db_sync_ltx), and
+ * the database's unlink is a drop (db_commit_drop).
  * Writes to -shm go straight to the file without db->mu.
  *
  * THREADS. Any FUSE worker may call in; db->mu serialises all state changes
@@ -81,9 +82,13 @@
  * db->mu by the worker that replied (q_busy marks it); the syncer thread only
  * fdatasyncs a descriptor it is handed (the LTX ring, or a prepared file).
  * SQLite's own locks already serialise writers, so the mutex is uncontended
- * except against checkpoints.
+ * except against checkpoints. Each concept file's essay says which thread
+ * calls it with db->mu held or not. Here: the getters take db->mu for a
+ * moment (db_get_pos, db_checksum and db_get_stats drain the queue first)
+ * and are called from any thread; db_enforce_retention runs on the
+ * retention thread and takes db->mu only inside db_get_pos; db_open runs
+ * before anyone else sees the db, and db_free after the last call.
  */
-#include "ltxfs/db.h"
 
 #include "db_int.h"
 
@@ -99,7 +104,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-/* ---------------------------------------------------------------- getters */
+/* ----------------------------------------------------------------- getters */
 
 const char *db_name(const struct db *db)
 {
@@ -180,7 +185,7 @@ void db_ltx_usage(struct db *db, uint64_t *files, uint64_t *bytes)
 	closedir(d);
 }
 
-/* ------------------------------------------------------- file operations */
+/* --------------------------------------------------------- file operations */
 
 int db_stat_file(struct db *db, enum db_file kind, struct stat *st)
 {
@@ -319,7 +324,8 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 		if (off == 0 && n >= 8 && memcmp(buf, journal_magic, 8) != 0) {
 			/* PERSIST mode (and exclusive locking): header zeroed. This
 			 * write is the commit point, so it is counted after the
-			 * prepared commit was checked (PREPARED COMMITS). */
+			 * prepared commit was checked (PREPARED COMMITS,
+			 * db_journal.c). */
 			r = db_journal_commit(db);
 			if (r < 0)
 				break;
@@ -516,7 +522,7 @@ int db_fsync(struct db *db, enum db_file kind, int fd, bool datasync)
 	return r;
 }
 
-/* -------------------------------------------------------------- retention */
+/* --------------------------------------------------------------- retention */
 
 int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 {
@@ -553,7 +559,7 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 	return n;
 }
 
-/* -------------------------------------------------------- open and free */
+/* ----------------------------------------------------------- open and free */
 
 int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	    const struct db_options *opt)

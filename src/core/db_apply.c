@@ -45,6 +45,8 @@
 #include "ltxfs/clock.h"
 #include "ltxfs/log.h"
 
+/* ----------------------------------------------------- the replica's files */
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -71,6 +73,8 @@ bool db_wal_mode(struct db *db)
 	pthread_mutex_unlock(&db->mu);
 	return v[0] == 2 && v[1] == 2;
 }
+
+/* ----------------------------------------------------------------- helpers */
 
 /* A page the apply writes: where, and its new checksum. */
 struct applypage {
@@ -226,7 +230,7 @@ out:
 	return r;
 }
 
-/* ----------------------------------------------------------------- pass 1 */
+/* ------------------------------------------------------------------ pass 1 */
 
 /* What pass 1 learnt of an LTX file. */
 struct ltx_scan {
@@ -368,7 +372,7 @@ int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_ho
 	return r;
 }
 
-/* -------------------------------------------------------------- receiving */
+/* --------------------------------------------------------------- receiving */
 
 struct db_recv {
 	pthread_t th;
@@ -482,7 +486,7 @@ int db_recv_finish(struct db_recv *rv, uint32_t flags, const struct db_apply_hoo
 	return r;
 }
 
-/* ----------------------------------------------------------------- pass 2 */
+/* ------------------------------------------------------------------ pass 2 */
 
 /* The rest of an apply, after pass 1. Releases sc. */
 static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t flags,
@@ -526,7 +530,7 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	/* A commit this node prepared and never made is abandoned (SQLite rolls
 	 * it back from its journal); the file name is about to be the primary's.
 	 * Records of this node's own commits must not replay over another's
-	 * history after a crash (LTX RING). */
+	 * history after a crash (LTX RING, db_ring.c). */
 	db_prep_drop(db);
 	r = db_ring_retire(db);
 	if (r < 0) {

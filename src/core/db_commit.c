@@ -59,6 +59,7 @@
 
 /* --------------------------------------------------------- the dirty pages */
 
+/* Empty the set at a commit point; dirty_all and tx_synced go too. */
 void dirty_clear(struct db *db)
 {
 	for (size_t i = 0; i < db->n_dirty; i++) {
@@ -100,7 +101,7 @@ int dirty_grow_list(struct db *db)
 	return 0;
 }
 
-/* -------------------------------------------------------- one transaction */
+/* --------------------------------------------------------- one transaction */
 
 static int cmp_txpage(const void *a, const void *b)
 {
@@ -126,6 +127,7 @@ size_t txpages_normalize(struct txpage *p, size_t n)
 	return out;
 }
 
+/* Remove a prepared transaction's file; the in-memory state never moved. */
 void db_tx_abort(struct txrec *t)
 {
 	if (t->path[0])
@@ -134,6 +136,10 @@ void db_tx_abort(struct txrec *t)
 	memset(t, 0, sizeof(*t));
 }
 
+/*
+ * Install a prepared transaction: page checksums, size, position, and
+ * on_change (for a queued one once its file is written). Empties *t.
+ */
 void db_tx_apply(struct db *db, struct txrec *t)
 {
 	if (t->snapshot)

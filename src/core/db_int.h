@@ -195,12 +195,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 
 struct syncer; /* db_journal.c */
 struct wbuf;   /* db_ltxout.c */
 
+/*
+ * One database, from db_open to db_free. Every field is read and written
+ * under mu except those named under LOCKS above; CAPTURE STATES says which
+ * combinations of them are valid.
+ */
 struct db {
 	pthread_mutex_t mu;
 	size_t idx;
@@ -240,7 +246,7 @@ struct db {
 	struct wal_header walh;
 	uint64_t wal_end; /* end of the last committed frame */
 	uint32_t wal_s1, wal_s2;
-	/* the WAL bytes at [wal_end, wal_end + wt_len), as in the file (WAL TAIL) */
+	/* the WAL bytes at [wal_end, wal_end + wt_len), as in the file (WAL TAIL, db_wal.c) */
 	uint8_t *wt;
 	size_t wt_len, wt_cap;
 	unsigned wt_pins;    /* overlays pointing into wt are live: no realloc */
@@ -255,13 +261,13 @@ struct db {
 	uint64_t st_writes[DB_FILE_N], st_commits, st_removed; /* GET /metrics (atomics) */
 	uint64_t st_prep_used, st_ring_records;		       /* db_stats diagnostics (db->mu) */
 
-	/* LTX files of WAL commits not written yet (see QUEUED LTX FILES) */
+	/* LTX files of WAL commits not written yet (QUEUED LTX FILES, db_ltxout.c) */
 	struct ltxjob *q_head, *q_tail;
 	size_t q_bytes; /* page bytes queued */
 	bool q_busy;	/* a thread is writing q_head */
 	int q_err;	/* the last attempt failed: the error the next write reports */
 
-	/* a rollback-mode commit built at the database fsync (PREPARED COMMITS) */
+	/* a rollback-mode commit built at the database fsync (PREPARED COMMITS, db_journal.c) */
 	struct txrec *prep; /* NULL when none */
 	bool prep_synced;
 	uint64_t prep_gen, prep_pre;
@@ -279,7 +285,7 @@ struct db {
 	pthread_cond_t q_cond;
 };
 
-/* ------------------------------------------- a transaction (db_commit.c) */
+/* --------------------------------------------- a transaction (db_commit.c) */
 
 /* A page of a transaction: where its new image is (file offset of the WAL
  * frame, or unused for the database file) and its new checksum. */
@@ -323,13 +329,11 @@ struct ltx_out {
 
 /* A WAL-mode commit of at most this many bytes of pages is queued (QUEUED LTX
  * FILES, db_ltxout.c). */
-
 #define DB_QUEUE_MAX_BYTES (1u << 20)
 /* Beyond this much queued, commits write their files themselves (backpressure). */
 #define DB_QUEUE_LIMIT (8u << 20)
 
 /* A queued commit: its LTX file, to be written by db_queue_drain. */
-
 struct ltxjob {
 	struct ltxjob *next;
 	struct ltx_header h;
@@ -340,7 +344,7 @@ struct ltxjob {
 	uint8_t *img;	/* n pages of h.page_size bytes */
 };
 
-/* --------------------------------------------------------- WAL (db_wal.c) */
+/* ---------------------------------------------------------- WAL (db_wal.c) */
 
 /* A pending write that is not in the file yet but must be seen by reads. */
 struct overlay {
@@ -356,7 +360,6 @@ struct walsrc {
 };
 
 /* A transaction found in the WAL (wal_scan_tx). */
-
 struct wal_tx {
 	uint64_t start, end;
 	uint32_t commit;
@@ -368,7 +371,6 @@ struct wal_tx {
 /* ------------------------------------------------ the LTX ring (db_ring.c) */
 
 /* The ring's records, read at start-up (LTX RING at start-up, db_ring.c). */
-
 struct ring_recs {
 	struct ltx_ring_record *v;
 	size_t n, cap;
@@ -392,7 +394,6 @@ int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h);
 void ltx_out_abort(struct ltx_out *o);
 int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync);
 int db_sync_ltx(struct db *db); /* drain the queue, then syncfs if anything is unsynced */
-void ltxjob_free(struct ltxjob *j);
 int db_queue_drain(struct db *db, bool unlock);
 
 /* db_ring.c */
@@ -438,7 +439,8 @@ int src_wal(void *ctx, const struct txpage *p, uint8_t *buf); /* page source: WA
 int wal_scan_tx(const struct wal_header *wh, int fd, const struct overlay *ov, uint64_t start,
 		uint32_t s1, uint32_t s2, struct wal_tx *tx);
 int db_wal_write(struct db *db, int fd, const uint8_t *buf, size_t n, off_t off);
-int wal_frame_map(struct db *db, uint64_t **ret); /* the WAL's descriptor, or 0 */
+/* The map and the WAL's descriptor; 0 and no map when nothing is committed; -errno. */
+int wal_frame_map(struct db *db, uint64_t **ret);
 
 /* db_recover.c */
 int db_recover(struct db *db);	      /* db_open's thread */
@@ -450,6 +452,7 @@ int db_save_checksums(struct db *db); /* db_free, after the last operation */
  * files; they call only db_ltxout.c and db_commit.c.
  */
 
+/* The checksum of the committed database (db.c, CHECKSUMS). */
 static inline uint64_t db_cur_checksum(const struct db *db)
 {
 	return LTX_CHECKSUM_FLAG | db->xsum;
@@ -467,7 +470,6 @@ static inline int read_db_page(struct db *db, uint32_t pgno, uint8_t *buf)
 }
 
 /* db->mu held: make sure no commit is queued. 0 or the write error. */
-
 static inline int db_queue_settle(struct db *db)
 {
 	if (db->q_head || db->q_busy)
@@ -493,8 +495,18 @@ static inline int db_sync_ring_covered(struct db *db)
 	return db->ring_dirty && db->ltx_unsynced ? db_sync_ltx(db) : 0;
 }
 
-/* Forget the WAL's contents: a new generation must begin with a header. */
+/* NULL ok. Every commit calls it (db_tx_prepare), most with NULL. */
+static inline void ltxjob_free(struct ltxjob *j)
+{
+	if (!j)
+		return;
+	free(j->pgnos);
+	free(j->crcs);
+	free(j->img);
+	free(j);
+}
 
+/* Forget the WAL's contents: a new generation must begin with a header. */
 static inline void db_wal_reset(struct db *db)
 {
 	db->wal_valid = false;

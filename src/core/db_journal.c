@@ -63,13 +63,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* -------------------------------------------------------- the commit point */
+/* ------------------------------------------------ building the transaction */
 
-/*
- * Rollback-mode commit point. Reads the database header to learn the new
- * size, builds the transaction from the dirty pages plus any page past the old
- * end, and writes the LTX file if anything changed.
- */
 /*
  * Build the LTX file of the open rollback-journal transaction from its dirty
  * pages (db->mu held). Returns 1 with *t prepared (file written, with sync
@@ -121,8 +116,9 @@ static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t 
 	return r;
 }
 
-/* Remove the prepared commit, and its ring record durably first. */
+/* -------------------------------------------------------- prepared commits */
 
+/* Remove the prepared commit, and its ring record durably first. */
 void db_prep_drop(struct db *db)
 {
 	if (!db->prep)
@@ -177,8 +173,62 @@ static bool db_prep_usable(struct db *db)
 	return true;
 }
 
-/* The rollback-mode commit point (db->mu held): see the top of this file. */
+/*
+ * db->mu held, at an fsync of the database file: build the open
+ * transaction's LTX file (PREPARED COMMITS). Returns a descriptor to
+ * fdatasync, of the ring holding a copy of the file or else of the file
+ * (*dirsync then says whether ltx/ needs an fsync too), or -1 when there is
+ * nothing to prepare.
+ */
+int db_prep_build(struct db *db, bool *dirsync)
+{
+	struct txrec *t;
+	uint32_t count;
+	if (!db->journal_active || db->prep || db->sticky_err || !db->live)
+		return -1;
+	t = malloc(sizeof(*t));
+	if (!t)
+		return -1;
+	uint64_t pre = db_cur_checksum(db);
+	int r = db_journal_build(db, false, t, &count);
+	if (r != 1) {
+		free(t);
+		return -1; /* nothing to commit, a snapshot, or an error the commit reports */
+	}
+	bool in_ring = db_ring_put(db, t) == 0;
+	int fd = in_ring ? fcntl(ltx_ring_fd(db->ring), F_DUPFD_CLOEXEC, 0)
+			 : open(t->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (in_ring && (ltx_ring_cancel(db->ring, db->prep_ring_off) < 0 ||
+				ltx_ring_sync(db->ring) < 0))
+			db_ring_retire(db); /* writeback may have stored it */
+		db_tx_abort(t);
+		free(t);
+		return -1;
+	}
+	if (!in_ring && db_sync_ring_covered(db) < 0) {
+		close(fd);
+		db_tx_abort(t);
+		free(t);
+		return -1;
+	}
+	*dirsync = !in_ring && db->dirsync;
+	db->prep = t;
+	db->prep_in_ring = in_ring;
+	db->prep_synced = false;
+	db->prep_gen = db->write_gen;
+	db->prep_pre = pre;
+	return fd;
+}
 
+/* -------------------------------------------------------- the commit point */
+
+/*
+ * Rollback-mode commit point (db->mu held). Uses the prepared commit if it
+ * still holds; else reads the database header to learn the new size, builds
+ * the transaction from the dirty pages plus any page past the old end, and
+ * writes the LTX file if anything changed.
+ */
 int db_journal_commit(struct db *db)
 {
 	struct txrec t;
@@ -246,6 +296,7 @@ static void *syncer_run(void *arg)
 	return NULL;
 }
 
+/* Stop the thread and join it (NULL ok; without db->mu). */
 void syncer_free(struct syncer *sy)
 {
 	if (!sy)
@@ -282,6 +333,7 @@ struct syncer *db_syncer(struct db *db)
 	return sy;
 }
 
+/* Hand fd to the syncer (without db->mu); syncer_wait collects the result. */
 void syncer_start(struct syncer *sy, int fd, bool dirsync)
 {
 	pthread_mutex_lock(&sy->mu);
@@ -292,6 +344,7 @@ void syncer_start(struct syncer *sy, int fd, bool dirsync)
 	pthread_mutex_unlock(&sy->mu);
 }
 
+/* Wait for the sync syncer_start asked for: 0 or -errno. */
 int syncer_wait(struct syncer *sy)
 {
 	pthread_mutex_lock(&sy->mu);
@@ -300,56 +353,6 @@ int syncer_wait(struct syncer *sy)
 	int r = sy->result;
 	pthread_mutex_unlock(&sy->mu);
 	return r;
-}
-
-/* -------------------------------------------------------- prepared commits */
-
-/*
- * db->mu held, at an fsync of the database file: build the open
- * transaction's LTX file (PREPARED COMMITS). Returns a descriptor to
- * fdatasync, of the ring holding a copy of the file or else of the file
- * (*dirsync then says whether ltx/ needs an fsync too), or -1 when there is
- * nothing to prepare.
- */
-int db_prep_build(struct db *db, bool *dirsync)
-{
-	struct txrec *t;
-	uint32_t count;
-	if (!db->journal_active || db->prep || db->sticky_err || !db->live)
-		return -1;
-	t = malloc(sizeof(*t));
-	if (!t)
-		return -1;
-	uint64_t pre = db_cur_checksum(db);
-	int r = db_journal_build(db, false, t, &count);
-	if (r != 1) {
-		free(t);
-		return -1; /* nothing to commit, a snapshot, or an error the commit reports */
-	}
-	bool in_ring = db_ring_put(db, t) == 0;
-	int fd = in_ring ? fcntl(ltx_ring_fd(db->ring), F_DUPFD_CLOEXEC, 0)
-			 : open(t->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		if (in_ring && (ltx_ring_cancel(db->ring, db->prep_ring_off) < 0 ||
-				ltx_ring_sync(db->ring) < 0))
-			db_ring_retire(db); /* writeback may have stored it */
-		db_tx_abort(t);
-		free(t);
-		return -1;
-	}
-	if (!in_ring && db_sync_ring_covered(db) < 0) {
-		close(fd);
-		db_tx_abort(t);
-		free(t);
-		return -1;
-	}
-	*dirsync = !in_ring && db->dirsync;
-	db->prep = t;
-	db->prep_in_ring = in_ring;
-	db->prep_synced = false;
-	db->prep_gen = db->write_gen;
-	db->prep_pre = pre;
-	return fd;
 }
 
 /* ------------------------------------------------------------ hot journals */

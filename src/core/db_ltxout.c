@@ -24,12 +24,12 @@
  * file is queued. The FUSE worker writes it right after it has replied to
  * SQLite (db_write_done), so file creation and compression overlap with the
  * application instead of adding to its commit latency. This is safe because
- * in WAL mode the WAL is the durable record (DURABILITY above): a crash
+ * in WAL mode the WAL is the durable record (DURABILITY in db.c): a crash
  * before the file exists is repaired by recovery step 4. Files are written in
  * TXID order by one thread at a time (q_busy). Every reader of the position
  * or of LTX files (db_get_pos, snapshots, the stream, sync points before a
  * WAL restart, shutdown) first waits for the queue to drain, so outside
- * db.c a queued commit is never observable without its file; on_change fires
+ * the engine a queued commit is never observable without its file; on_change fires
  * once the file exists. A write that fails (disk full) stays queued, and
  * every later write to the database fails with that error until a retry
  * succeeds.
@@ -56,6 +56,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+/* ------------------------------------------------------------ one LTX file */
 
 struct wbuf {
 	int fd;
@@ -85,6 +87,10 @@ static int wbuf_write(void *ctx, const void *p, size_t n)
 	return 0;
 }
 
+/*
+ * Create the LTX file of h under its final name and start its encoder.
+ * On failure nothing is left behind.
+ */
 int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
 {
 	char name[LTX_FILENAME_LEN + 1];
@@ -116,6 +122,7 @@ int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
 	return r;
 }
 
+/* Stop writing the file and remove it (nothing when o holds no file). */
 void ltx_out_abort(struct ltx_out *o)
 {
 	if (!o->w)
@@ -160,7 +167,6 @@ int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync)
 }
 
 /* Make every LTX file written without fsync durable. */
-
 int db_sync_ltx(struct db *db)
 {
 	int r = db_queue_settle(db);
@@ -174,15 +180,7 @@ int db_sync_ltx(struct db *db)
 	return r;
 }
 
-void ltxjob_free(struct ltxjob *j)
-{
-	if (!j)
-		return;
-	free(j->pgnos);
-	free(j->crcs);
-	free(j->img);
-	free(j);
-}
+/* --------------------------------------------------------------- the queue */
 
 static int ltxjob_write(struct db *db, const struct ltxjob *j)
 {

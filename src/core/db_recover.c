@@ -9,7 +9,7 @@
  *      any that do not verify (torn by a crash), until one verifies. A torn file
  *      with a record in the LTX ring is written again from it instead.
  *   1b. Write the LTX ring's records that follow the newest intact file back
- *      as files while they chain (LTX RING); then syncfs and a new ring epoch.
+ *      as files while they chain (LTX RING, db_ring.c); then syncfs and a new ring epoch.
  *   2. Roll back a hot journal (one SQLite would roll back: valid header, and
  *      any super-journal it names still exists); delete a cold one.
  *   3. Compute page checksums of the database file (or load them from the
@@ -61,6 +61,7 @@
 
 #include "db_int.h"
 
+#include "ltxfs/byteorder.h"
 #include "ltxfs/crc.h"
 #include "ltxfs/log.h"
 
@@ -74,7 +75,7 @@
 
 #define CKFILE_MAGIC "LTXFSCK1"
 
-/* ------------------------------------------------------- page checksums */
+/* ---------------------------------------------------------- page checksums */
 
 /* Checksum every page of the database file into db->pgck (parallel for big files). */
 struct ckjob {
@@ -180,7 +181,7 @@ static int db_file_page_count(struct db *db, uint32_t *ret)
 	return 0;
 }
 
-/* ------------------------------------------------------------ LTX files */
+/* --------------------------------------------------------------- LTX files */
 
 /* Clean-shutdown checksum file. */
 static int ckfile_path(struct db *db, char *buf, size_t n)
@@ -194,7 +195,6 @@ static int ckfile_path(struct db *db, char *buf, size_t n)
  * checked against the cache: decoding a large one (the file of a 1 GB
  * transaction) would dominate start-up. Returns 0 when trusted.
  */
-
 static int ltx_check_clean(struct db *db, int fd, struct ltx_header *h, struct ltx_trailer *t)
 {
 	char path[4096];
@@ -218,16 +218,12 @@ static int ltx_check_clean(struct db *db, int fd, struct ltx_header *h, struct l
 		return -EINVAL;
 	if (ltx_header_decode(h, hb) < 0 || h->max_txid != txid)
 		return -EINVAL;
-	t->post_apply_checksum = (uint64_t)tb[0] << 56 | (uint64_t)tb[1] << 48 |
-				 (uint64_t)tb[2] << 40 | (uint64_t)tb[3] << 32 |
-				 (uint64_t)tb[4] << 24 | (uint64_t)tb[5] << 16 |
-				 (uint64_t)tb[6] << 8 | tb[7];
+	t->post_apply_checksum = get_be64(tb);
 	t->file_checksum = 0;
 	return t->post_apply_checksum == post ? 0 : -EINVAL;
 }
 
 /* Delete torn LTX files from the top; set db->pos from the newest good one. */
-
 static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_trailer *last_t,
 			  bool trust_clean, const struct ring_recs *rs)
 {
@@ -406,7 +402,7 @@ out:
 	return r;
 }
 
-/* ------------------------------------------------------------------ WAL */
+/* --------------------------------------------------------------------- WAL */
 
 /*
  * Apply a recovered WAL transaction to the in-memory checksum state, using the
@@ -612,7 +608,7 @@ out:
 	return r;
 }
 
-/* -------------------------------------------------------------- step 5 */
+/* ------------------------------------------------------------------ step 5 */
 
 /* Apply the pages of an LTX file to the database file (recovery only). */
 static int db_reapply_ltx(struct db *db, const struct ltx_header *h)
@@ -694,7 +690,7 @@ out:
 	return res;
 }
 
-/* ----------------------------------------------------- the checksum file */
+/* ------------------------------------------------------- the checksum file */
 
 int db_save_checksums(struct db *db)
 {
@@ -788,7 +784,7 @@ out:
 	return ok;
 }
 
-/* --------------------------------------------------------------- driver */
+/* ------------------------------------------------------------------ driver */
 
 int db_recover(struct db *db)
 {

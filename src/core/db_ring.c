@@ -4,7 +4,7 @@
  * 4 KiB boundaries, each with its epoch, sequence number and TXID) is
  * src/format/ltxring.c; docs/architecture.md section 5 has its byte layout.
  *
- * LTX RING (src/ltxring.c). A prepared file's durability comes from a copy in
+ * LTX RING (src/format/ltxring.c). A prepared file's durability comes from a copy in
  * the database's ring, fdatasynced while SQLite fsyncs the database: an
  * overwrite of allocated blocks, where an fdatasync of the new file would make
  * ext4 commit its journal. The file itself is written without sync and made

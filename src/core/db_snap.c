@@ -51,6 +51,8 @@
 #include "ltxfs/clock.h"
 #include "ltxfs/log.h"
 
+/* --------------------------------------------------------------- LTX files */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -85,6 +87,8 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
 		*ret_t = t;
 	return 0;
 }
+
+/* --------------------------------------------------------- committed pages */
 
 /*
  * Take db->mu at a committed state: in rollback modes the file holds
@@ -131,7 +135,7 @@ static int read_committed_page(struct db *db, const uint64_t *map, int walfd, ui
 	return r;
 }
 
-/* ---------------------------------------------------- streamed snapshots */
+/* ------------------------------------------------------ streamed snapshots */
 
 #define SNAP_CHUNK (1u << 20)
 #define SNAP_RING  8u /* chunks buffered between builder and sender (optimistic) */

@@ -60,6 +60,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* --------------------------------------------------------- reading the WAL */
+
 /* Read exactly len bytes at off from the file; -EPROTO if it is shorter. */
 static int pread_exact(int fd, void *dst, size_t len, off_t off)
 {
@@ -88,6 +90,8 @@ int wal_read(int fd, const struct overlay *ov, void *dst, size_t len, off_t off)
 		r = pread_exact(fd, (uint8_t *)dst + (b - off), (size_t)(end - b), b);
 	return r;
 }
+
+/* ------------------------------------------------------------ the WAL tail */
 
 #define WAL_TAIL_MAX (2u << 20)
 /* After a commit, a tail buffer bigger than this shrinks back (many databases). */
@@ -138,6 +142,8 @@ cut:
 	return false;
 }
 
+/* ---------------------------------------------------- finding transactions */
+
 /* Move wal_end forward to a commit boundary, keeping the tail beyond it. */
 static void wal_advance(struct db *db, uint64_t end, uint32_t s1, uint32_t s2)
 {
@@ -160,6 +166,7 @@ static void wal_advance(struct db *db, uint64_t end, uint32_t s1, uint32_t s2)
 	db->wal_s2 = s2;
 }
 
+/* Page source (db_tx_prepare): a frame's page, read through the overlay. */
 int src_wal(void *ctx, const struct txpage *p, uint8_t *buf)
 {
 	struct walsrc *s = ctx;
@@ -263,6 +270,8 @@ static int db_wal_commit_all(struct db *db, int fd)
 	free(tx.pages);
 	return r < 0 ? r : 0;
 }
+
+/* ------------------------------------------------------------------ writes */
 
 /* Apply a prepared queued commit and append its file to the queue. */
 static void db_tx_apply_queued(struct db *db, struct txrec *t, struct ltxjob *j)
@@ -420,6 +429,8 @@ above:
 		db->wt_len = 0;
 	return r;
 }
+
+/* ---------------------------------------------------- the committed frames */
 
 /* Map every page in the committed WAL prefix to its newest frame. */
 int wal_frame_map(struct db *db, uint64_t **ret)
