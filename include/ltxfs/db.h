@@ -1,7 +1,8 @@
 /*
  * db.h - one replicated SQLite database: its data directory, commit capture
- * into LTX files, and crash recovery (core layer). See src/db.c for the
- * design essay and docs/architecture.md for the safety argument.
+ * into LTX files, and crash recovery (core layer). See src/core/db.c for the
+ * design essay, src/core/db_int.h for the engine's files and capture states,
+ * and docs/architecture.md for the safety argument.
  *
  * Threads: every function may be called from any FUSE worker thread; each
  * takes db->mu internally for as long as it needs (db_enforce_retention only
@@ -69,8 +70,9 @@ struct db;
  * dbs/<name>) and run crash recovery: discard torn LTX files, roll back a hot
  * journal, turn committed WAL frames beyond the last LTX file into LTX files,
  * checkpoint the WAL into the database file, and check the database against
- * the last LTX file (see db.c). Called by the store: at start-up before the
- * mount exists, and from a FUSE worker when a new database is created.
+ * the last LTX file (see db_recover.c). Called by the store: at start-up
+ * before the mount exists, and from a FUSE worker when a new database is
+ * created.
  */
 int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	    const struct db_options *opt);
@@ -108,8 +110,8 @@ int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n
 /*
  * Call after replying to a write or an fsync of a WAL, from the same
  * thread: writes the LTX files of WAL-mode commits that db_write queued
- * (db.c, QUEUED LTX FILES), so their creation is not part of the write's
- * latency. Errors are logged here and reported by the next db_write.
+ * (db_ltxout.c, QUEUED LTX FILES), so their creation is not part of the
+ * write's latency. Errors are logged here and reported by the next db_write.
  */
 void db_write_done(struct db *db);
 /* ftruncate semantics (fd may be -1). Truncating a journal to 0 is a commit point. */
@@ -142,8 +144,8 @@ struct ltx_trailer;
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
 		struct ltx_trailer *ret_t);
 /*
- * A snapshot streamed while it is built (db.c, STREAMED SNAPSHOTS): always
- * uncompressed, so its length is known from the start. db_snap_start returns
+ * A snapshot streamed while it is built (db_snap.c, STREAMED SNAPSHOTS):
+ * always uncompressed, so its length is known from the start. db_snap_start returns
  * once the header is fixed (-ENOENT: nothing committed yet); db_snap_info
  * gives the final length, the header and the post-apply checksum;
  * db_snap_read blocks until bytes are ready and returns up to max of them in
@@ -205,10 +207,11 @@ struct db_apply_hooks {
 int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk);
 
 /*
- * The same apply for a file still arriving (db.c, RECEIVING): fd is the file
- * being appended to; after each append call db_recv_progress with the bytes
- * written so far. Pass 1 runs on a thread as bytes land, and a snapshot of a
- * database this node does not have is written straight to its new file.
+ * The same apply for a file still arriving (db_apply.c, RECEIVING): fd is
+ * the file being appended to; after each append call db_recv_progress with
+ * the bytes written so far. Pass 1 runs on a thread as bytes land, and a
+ * snapshot of a database this node does not have is written straight to its
+ * new file.
  * db_recv_finish, once everything was appended, waits for that thread and
  * applies (as db_apply_ltx; fd stays the caller's); db_recv_free abandons
  * it. Either frees rv. Called from one thread.
@@ -238,9 +241,11 @@ struct db_stats {
 	uint64_t size_bytes;	    /* committed database size */
 	uint32_t page_size, page_count;
 	uint64_t wal_tail_cuts; /* diagnostic: WAL writes that overlapped the in-memory
-				   WAL tail and were not merged into it (db.c, WAL TAIL) */
+				   WAL tail and were not merged into it (db_wal.c,
+				   WAL TAIL) */
 	uint64_t prepared_used; /* diagnostic: rollback-mode commits that used the file
-				   prepared at the database fsync (PREPARED COMMITS) */
+				   prepared at the database fsync (db_journal.c,
+				   PREPARED COMMITS) */
 	uint64_t ring_records;	/* diagnostic: prepared files made durable by a copy in
 				   the LTX ring rather than an fsync of their own */
 };
