@@ -387,6 +387,7 @@ struct ring_recs {
 /* db_util.c */
 int db_fence(struct db *db, uint64_t *epoch); /* 0 with the epoch, or -EROFS */
 int pgck_reserve(struct db *db, uint32_t npages);
+int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid); /* fd or -errno */
 int open_backing(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd);
 
 /* db_ltxout.c */

@@ -272,11 +272,7 @@ static int db_recover_ltx(struct db *db, struct ltx_header *last_h, struct ltx_t
 	db->txid_floor = 0;
 	bool clean = false;
 	if (trust_clean && n > 0) {
-		char name[LTX_FILENAME_LEN + 1], path[4096];
-		ltx_format_filename(name, maxes[2 * (n - 1) + 1], maxes[2 * (n - 1)]);
-		int fd = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) == 0
-			     ? open(path, O_RDONLY | O_CLOEXEC)
-			     : -1;
+		int fd = db_ltx_file_open(db, maxes[2 * (n - 1) + 1], maxes[2 * (n - 1)]);
 		if (fd >= 0) {
 			clean = ltx_check_clean(db, fd, last_h, last_t) == 0;
 			close(fd);
@@ -613,17 +609,12 @@ out:
 /* Apply the pages of an LTX file to the database file (recovery only). */
 static int db_reapply_ltx(struct db *db, const struct ltx_header *h)
 {
-	char name[LTX_FILENAME_LEN + 1], path[4096];
 	struct ltx_decoder *dec = NULL;
 	uint8_t *page = NULL;
 	int fd, r;
-	ltx_format_filename(name, h->min_txid, h->max_txid);
-	r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
-	if (r < 0)
-		return r;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = db_ltx_file_open(db, h->min_txid, h->max_txid);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
 	if (r < 0)
 		goto out;
@@ -657,16 +648,12 @@ out:
  * state would give (0 if the file cannot be read). */
 static uint64_t db_reapply_result(struct db *db, const struct ltx_header *h)
 {
-	char name[LTX_FILENAME_LEN + 1], path[4096];
 	struct ltx_decoder *dec = NULL;
 	uint8_t *page = NULL;
 	uint64_t x = ltx_header_is_snapshot(h) ? 0 : db->xsum, res = 0;
 	uint32_t pgno;
 	int fd, r;
-	ltx_format_filename(name, h->min_txid, h->max_txid);
-	if (fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name) < 0)
-		return 0;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = db_ltx_file_open(db, h->min_txid, h->max_txid);
 	if (fd < 0)
 		return 0;
 	page = malloc(h->page_size);

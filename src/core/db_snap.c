@@ -61,19 +61,14 @@
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
 		struct ltx_trailer *ret_t)
 {
-	char name[LTX_FILENAME_LEN + 1], path[4096];
 	struct ltx_header h;
 	struct ltx_trailer t;
-	ltx_format_filename(name, min_txid, min_txid);
 	db_lock_settled(db); /* the file of a queued commit exists from here on */
 	pthread_mutex_unlock(&db->mu);
-	int r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
-	if (r < 0)
-		return r;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = db_ltx_file_open(db, min_txid, min_txid);
 	if (fd < 0)
-		return -errno;
-	r = ltx_verify_fd(fd, &h, &t);
+		return fd;
+	int r = ltx_verify_fd(fd, &h, &t);
 	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
 		r = -errno;
 	if (r < 0) {

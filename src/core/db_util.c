@@ -11,6 +11,7 @@
  *   open_backing  open(2) of one of them
  *   db_exists     whether the database file exists (a dropped database
  *                 keeps its TXID)
+ *   db_ltx_file_open  open(2) of an LTX file by its TXIDs
  *   pgck_reserve  room in db->pgck, the committed checksum of every page
  *
  * db_cur_checksum and read_db_page, which the commit path calls per
@@ -19,8 +20,8 @@
  * THREADS. db_fence, open_backing and pgck_reserve are called with db->mu
  * held (or by db_open's thread before anyone else sees the db); db_fence
  * calls may_commit under db->mu, and the store's fence takes only its leaf
- * lock (docs/architecture.md, section 2). db_file_path reads only what
- * db_open fixed and needs no lock. db_exists takes db->mu itself.
+ * lock (docs/architecture.md, section 2). db_file_path and db_ltx_file_open
+ * read only what db_open fixed and need no lock. db_exists takes db->mu itself.
  */
 
 #include "db_int.h"
@@ -58,6 +59,18 @@ bool db_exists(struct db *db)
 	bool e = db->exists;
 	pthread_mutex_unlock(&db->mu);
 	return e;
+}
+
+/* Open ltx/<min_txid>-<max_txid>.ltx read-only: a descriptor, or -errno. */
+int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid)
+{
+	char name[LTX_FILENAME_LEN + 1], path[4096];
+	ltx_format_filename(name, min_txid, max_txid);
+	int r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
 }
 
 int pgck_reserve(struct db *db, uint32_t npages)
