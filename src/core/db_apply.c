@@ -33,10 +33,10 @@
  * primary adopts transactions from a replica (httpd.c), and FUSE workers
  * call db_wal_mode. Pass 1 runs without db->mu (on the calling thread, or on
  * the scanner thread recv_run, which shares only rv->mu and the bytes
- * appended to fd with the receiver). db_apply_scanned takes db->mu to check the chain
- * and again to settle and write; the lock and unlock hooks are called
- * without db->mu (SQLite's kernel locks are always taken before it), and
- * so are invalidate, entries and on_change, after the new state is in
+ * appended to fd with the receiver). db_apply_scanned takes db->mu to check
+ * the chain and again to settle and write; the lock and unlock hooks are
+ * called without db->mu (SQLite's kernel locks are always taken before it),
+ * and so are invalidate, entries and on_change, after the new state is in
  * place.
  */
 
@@ -45,8 +45,6 @@
 #include "ltxfs/clock.h"
 #include "ltxfs/log.h"
 
-/* ----------------------------------------------------- the replica's files */
-
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -54,6 +52,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+/* ----------------------------------------------------- the replica's files */
 
 int db_ltx_tmpfile(struct db *db, int *ret_fd)
 {

@@ -9,7 +9,8 @@
  *      any that do not verify (torn by a crash), until one verifies. A torn file
  *      with a record in the LTX ring is written again from it instead.
  *   1b. Write the LTX ring's records that follow the newest intact file back
- *      as files while they chain (LTX RING, db_ring.c); then syncfs and a new ring epoch.
+ *      as files while they chain (LTX RING, db_ring.c); then syncfs and a
+ *      new ring epoch.
  *   2. Roll back a hot journal (one SQLite would roll back: valid header, and
  *      any super-journal it names still exists); delete a cold one.
  *   3. Compute page checksums of the database file (or load them from the

@@ -4,7 +4,7 @@
  * 4 KiB boundaries, each with its epoch, sequence number and TXID) is
  * src/format/ltxring.c; docs/architecture.md section 5 has its byte layout.
  *
- * LTX RING (src/format/ltxring.c). A prepared file's durability comes from a copy in
+ * LTX RING. A prepared file's durability comes from a copy in
  * the database's ring, fdatasynced while SQLite fsyncs the database: an
  * overwrite of allocated blocks, where an fdatasync of the new file would make
  * ext4 commit its journal. The file itself is written without sync and made
@@ -38,11 +38,11 @@
  *
  * THREADS. db_ring_put runs with db->mu held on the FUSE worker whose fsync
  * of the database prepares a commit (db_prep_build); db_ring_retire with
- * db->mu held from db_prep_drop and from the replica thread's apply
- * (db_apply_scanned). The start-up helpers (db_ring_load, ring_repair,
- * db_ring_recover) run on db_open's thread, before anyone else sees the db.
- * The syncer thread fdatasyncs a duplicate of the ring's descriptor and
- * touches nothing here.
+ * db->mu held from db_prep_build and db_prep_drop when a record cannot be
+ * cancelled, and from the apply of another node's file (db_apply_scanned).
+ * The start-up helpers (db_ring_load, ring_repair, db_ring_recover) run on
+ * db_open's thread, before anyone else sees the db. The syncer thread
+ * fdatasyncs a duplicate of the ring's descriptor and touches nothing here.
  */
 
 #include "db_int.h"

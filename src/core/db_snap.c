@@ -38,9 +38,9 @@
  *
  * THREADS. HTTP connection threads (httpd.c) call db_ltx_open (a stream,
  * GET /ltx) and db_snap_start, db_snap_info, db_snap_read and db_snap_free
- * (a stream, one thread per db_snap at a time); one builder
- * thread per snapshot runs snap_run. The builder holds db->mu while it
- * captures (OPTIMISTIC) or for the whole build (LOCKED); the hand-over
+ * (a stream, one thread per db_snap at a time); one builder thread per
+ * snapshot runs snap_run. The builder holds db->mu while it captures
+ * (OPTIMISTIC) or for the whole build (LOCKED); the hand-over
  * between builder and sender is guarded by sn->mu alone, and neither waits
  * for the other while it holds db->mu. db_export runs on the HTTP thread of
  * GET /export with db->mu held for the whole copy.
@@ -51,12 +51,12 @@
 #include "ltxfs/clock.h"
 #include "ltxfs/log.h"
 
-/* --------------------------------------------------------------- LTX files */
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+/* --------------------------------------------------------------- LTX files */
 
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
 		struct ltx_trailer *ret_t)
