@@ -35,9 +35,9 @@
  * running, and its deletion is recorded (db_commit_drop).
  *
  * THE CHECKSUM FILE (dbs/<name>/checksums). Written at a clean shutdown by
- * db_free (db_save_checksums) and removed at every start, so that the next
- * start can skip reading and checksumming the whole database file. Host
- * byte order:
+ * db_free (db_save_checksums) and removed when start-up reads it
+ * (db_load_checksums), so that a start after a clean stop can skip reading
+ * and checksumming the whole database file. Host byte order:
  *
  *     0  magic "LTXFSCK1"
  *     8  page size (u32)           12  page count (u32)
@@ -47,9 +47,11 @@
  *    64  the committed checksum of pages 1..page count (u64 each)
  *     -  CRC-64/ISO of every byte before it (u64)
  *
- * It counts only if everything matches the file and the newest LTX file
- * (db_load_checksums); the newest LTX file is then checked by its header and
- * trailer alone (ltx_check_clean) instead of being decoded in full.
+ * With it, step 1 checks the newest LTX file by its header and trailer
+ * alone (ltx_check_clean) instead of decoding it in full. It counts only if
+ * no WAL is left and every field matches the database file and that LTX
+ * file (db_load_checksums); otherwise the newest LTX file is verified in
+ * full after all, and step 3 checksums the database file.
  *
  * THREADS. All of it runs on db_open's thread (the main thread at start-up,
  * or the FUSE worker that creates a database), before any other thread can

@@ -44,11 +44,12 @@
  *
  * States (db_int.h, CAPTURE STATES: WAL LIVE, WAL VALID, QUEUED).
  *
- * THREADS. db_wal_write and wal_frame_map run with db->mu held, on the FUSE
- * worker writing the WAL (wal_frame_map also on the snapshot builder, the
- * HTTP thread of an export, the replica thread). A commit may wait for the
- * queue inside db_tx_prepare, which lets db->mu go: wt_pins keeps the tail's
- * buffer in place meanwhile, and a write that would grow it is cut instead.
+ * THREADS. db_wal_write runs with db->mu held on the FUSE worker writing
+ * the WAL; wal_frame_map with db->mu held on a snapshot builder, the HTTP
+ * thread of an export, or the thread that applies (db_settle). A commit may
+ * wait for the queue inside db_tx_prepare, which lets db->mu go: wt_pins
+ * keeps the tail's buffer in place meanwhile, and a write that would grow it
+ * is cut instead.
  */
 
 #include "db_int.h"
