@@ -44,10 +44,13 @@
  *
  *   IDLE           exists, dbfd open, neither JOURNAL OPEN nor WAL LIVE: no
  *                  transaction that SQLite protects, so a database write is
- *                  refused with EPERM. The dirty-page set is empty.
- *                  pgck[1..page_count] and xsum describe the committed
- *                  database and db_cur_checksum(db) == pos.checksum (whenever
- *                  pos.txid != 0; after a drop both are LTX_CHECKSUM_FLAG).
+ *                  refused with EPERM. The dirty-page set is empty, or
+ *                  holds only pages that checkpoints rewrote with their
+ *                  committed content (they compare equal at the next
+ *                  commit point). pgck[1..page_count] and xsum describe the
+ *                  committed database, and db_cur_checksum(db) ==
+ *                  pos.checksum (whenever pos.txid != 0; after a drop both
+ *                  are LTX_CHECKSUM_FLAG).
  *
  *   JOURNAL OPEN   journal_active: SQLite wrote a journal header with the
  *                  magic at offset 0, so a rollback-mode transaction is open
@@ -73,8 +76,9 @@
  *                  roll the transaction back (db_prep_drop).
  *
  *   WAL LIVE       wal_live: the WAL file has bytes (SQLite treats an empty
- *                  WAL as absent), so database writes are allowed (they are
- *                  checkpoints). wal_exists: the file exists. wal_size and
+ *                  WAL as absent), so database writes are allowed: they are
+ *                  checkpoints, and go into the dirty-page set like any
+ *                  other. wal_exists: the file exists. wal_size and
  *                  wal_gen_end follow every write and truncation; bytes past
  *                  wal_gen_end are stale frames of an earlier generation.
  *
