@@ -270,6 +270,19 @@ out:
 	return rc;
 }
 
+char *config_abs_path(const char *path)
+{
+	char *abs = NULL, *cwd = NULL;
+	if (path[0] != '/' && (cwd = getcwd(NULL, 0)) != NULL) {
+		if (asprintf(&abs, "%s/%s", cwd, path) < 0)
+			abs = NULL;
+		free(cwd);
+	} else {
+		abs = strdup(path);
+	}
+	return abs;
+}
+
 int config_find(char **ret_path)
 {
 	static const char *const candidates[] = {"ltxfs.yml", "litefs.yml", "/etc/ltxfs.yml",
@@ -284,14 +297,7 @@ int config_find(char **ret_path)
 		 * Found, or present but unreadable: return it either way so that
 		 * config_load() reports the real error, as LiteFS does.
 		 */
-		char *path = NULL, *cwd = NULL;
-		if (c[0] != '/' && (cwd = getcwd(NULL, 0)) != NULL) {
-			if (asprintf(&path, "%s/%s", cwd, c) < 0)
-				path = NULL;
-			free(cwd);
-		} else {
-			path = strdup(c);
-		}
+		char *path = config_abs_path(c);
 		if (!path)
 			return -ENOMEM;
 		*ret_path = path;

@@ -86,6 +86,11 @@ int64_t config_ns_to_ms(int64_t ns);
 void config_free_exec(struct config_exec *list, size_t n);
 /* Deep copy src into dst (dst is overwritten). 0 or -ENOMEM (dst released). */
 int config_copy(struct config *dst, const struct config *src);
+/*
+ * path made absolute against the working directory (as it is when getcwd
+ * fails), not cleaned. Caller frees; NULL on OOM.
+ */
+char *config_abs_path(const char *path);
 
 /* ------------------------------------------------------------------------ */
 /* config_yaml.c: the parse context and its messages                        */

@@ -259,14 +259,7 @@ const struct key_def *config_find_key(const char *parent, const char *name, size
 /* Go filepath.Clean of an absolute version of path. Caller frees; NULL on OOM. */
 static char *clean_path(const char *path)
 {
-	char *abs = NULL, *cwd = NULL, *out = NULL;
-	if (path[0] != '/' && (cwd = getcwd(NULL, 0)) != NULL) {
-		if (asprintf(&abs, "%s/%s", cwd, path) < 0)
-			abs = NULL;
-		free(cwd);
-	} else {
-		abs = strdup(path);
-	}
+	char *abs = config_abs_path(path), *out = NULL;
 	if (!abs)
 		return NULL;
 

@@ -350,19 +350,36 @@ ok:
 /* Typed readers                                                            */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The typed readers return 1 when they stored a value, 0 for a null value
+ * (the current value stays, as with yaml.v3), or a negative errno.
+ *
+ * Their common start: n must be a scalar ("expected <what>" otherwise) whose
+ * explicit tag, if any, fits its value. Returns 1 with its kind in *k (and a
+ * boolean's value in *b) when the value is not null, 0 when it is, or a
+ * negative errno.
+ */
+static int typed_scalar(struct pctx *p, const yaml_node_t *n, const char *dotted, const char *what,
+			enum skind *k, bool *b)
+{
+	struct shown sh;
+	if (n->type != YAML_SCALAR_NODE)
+		return config_fail(p, at(p, n), "key '%s': expected %s, got %s", dotted, what,
+				   config_show(n, &sh));
+	int rc = scalar_kind(p, n, dotted, k, b);
+	if (rc)
+		return rc;
+	return *k != SK_NULL;
+}
+
 static int get_bool(struct pctx *p, const yaml_node_t *n, const char *dotted, bool *dst)
 {
 	struct shown sh;
 	enum skind k;
 	bool b;
-	if (n->type != YAML_SCALAR_NODE)
-		return config_fail(p, at(p, n), "key '%s': expected a boolean, got %s", dotted,
-				   config_show(n, &sh));
-	int rc = scalar_kind(p, n, dotted, &k, &b);
-	if (rc)
+	int rc = typed_scalar(p, n, dotted, "a boolean", &k, &b);
+	if (rc <= 0)
 		return rc;
-	if (k == SK_NULL)
-		return 0;
 	if (k == SK_BOOL || (k == SK_STR && yaml11_bool((const char *)n->data.scalar.value,
 							n->data.scalar.length, &b))) {
 		*dst = b;
@@ -372,25 +389,14 @@ static int get_bool(struct pctx *p, const yaml_node_t *n, const char *dotted, bo
 			   config_show(n, &sh));
 }
 
-/*
- * The typed readers return 1 when they stored a value, 0 for a null value
- * (the current value stays, as with yaml.v3), or a negative errno.
- */
-
 /* A string value; *dst is replaced (and freed) unless the value is null. */
 static int get_string(struct pctx *p, const yaml_node_t *n, const char *dotted, char **dst)
 {
-	struct shown sh;
 	enum skind k;
 	bool b;
-	if (n->type != YAML_SCALAR_NODE)
-		return config_fail(p, at(p, n), "key '%s': expected a string, got %s", dotted,
-				   config_show(n, &sh));
-	int rc = scalar_kind(p, n, dotted, &k, &b);
-	if (rc)
+	int rc = typed_scalar(p, n, dotted, "a string", &k, &b);
+	if (rc <= 0)
 		return rc;
-	if (k == SK_NULL)
-		return 0;
 	const char *v = (const char *)n->data.scalar.value;
 	size_t len = n->data.scalar.length;
 	if (memchr(v, '\0', len))
@@ -409,14 +415,9 @@ static int get_duration(struct pctx *p, const yaml_node_t *n, const char *dotted
 	enum skind k;
 	bool b;
 	int64_t ns;
-	if (n->type != YAML_SCALAR_NODE)
-		return config_fail(p, at(p, n), "key '%s': expected a duration, got %s", dotted,
-				   config_show(n, &sh));
-	int rc = scalar_kind(p, n, dotted, &k, &b);
-	if (rc)
+	int rc = typed_scalar(p, n, dotted, "a duration", &k, &b);
+	if (rc <= 0)
 		return rc;
-	if (k == SK_NULL)
-		return 0;
 	if (config_parse_duration_ns((const char *)n->data.scalar.value, n->data.scalar.length,
 				     &ns) < 0)
 		return config_fail(p, n,

@@ -38,12 +38,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	(void)argc;
-	(void)argv;
-	/* Give the expression and variable paths something to find. */
-	setenv("FLY_REGION", "ord", 1);
-	setenv("PRIMARY_REGION", "ord", 1);
-	setenv("FUZZ_A", "a b 'c'", 1);
+	/* Variables for the expansion to find, and the two sides of an expression. */
+	static const char *const env[][2] = {
+	    {"FLY_REGION", "ord"}, {"PRIMARY_REGION", "ord"}, {"FUZZ_A", "a b 'c'"}};
+	for (size_t i = 0; i < sizeof(env) / sizeof(env[0]); i++)
+		setenv(env[i][0], env[i][1], 1);
 	return 0;
 }
 
@@ -203,12 +202,9 @@ static void expand(const char *s)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *s = malloc(size + 1);
+	char *s = strndup((const char *)data, size); /* the text up to a NUL */
 	if (!s)
 		return 0;
-	memcpy(s, data, size);
-	s[size] = '\0';
-
 	durations((const char *)data, size, s);
 	words(s);
 	expand(s);
