@@ -127,8 +127,9 @@ void config_dump(const struct config *cfg, FILE *f);
 int config_log_line(const struct config *cfg, char **ret);
 
 /*
- * The Go-compatible parsers (config_go.c). Pure: text in, value or error out;
- * reentrant. config_expand_env() above is the third one.
+ * The Go-compatible parsers (config_go.c): text in, value or error out, no
+ * state, reentrant. config_expand_env() above is the third one (it also reads
+ * the environment).
  */
 
 /*

@@ -510,7 +510,7 @@ static int url_item(struct pctx *p, const yaml_node_t *e, const char *dotted, si
  * string of comma-separated URLs (so that "${ETCD_ENDPOINTS}" works). Spaces
  * around each URL are dropped; a blank string is an empty list. A null value
  * clears the list, as yaml.v3 does for a slice. On success *dst (freed with
- * free_argv) and *count are replaced. 0 or a negative errno.
+ * config_argv_free) and *count are replaced. 0 or a negative errno.
  */
 static int get_url_list(struct pctx *p, const yaml_node_t *v, const char *dotted, char ***dst,
 			size_t *count)
