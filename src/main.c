@@ -123,46 +123,16 @@ static void follow(void *ctx, const char *url)
 
 /*
  * The effective configuration as one log line of dotted keys
- * ("fuse.dir=/litefs data.dir=..."), secrets masked: config_dump's YAML,
- * flattened so that a log line stays one event.
+ * ("fuse.dir=/litefs data.dir=..."), secrets masked, so that a log line stays
+ * one event (config_log_line).
  */
 static void log_config(const struct config *cfg)
 {
-	char *yaml = NULL, out[8192], sect[3][64] = {"", "", ""};
-	size_t ylen = 0, n = 0;
-	FILE *f = open_memstream(&yaml, &ylen);
-	if (!f)
+	char *line = NULL;
+	if (config_log_line(cfg, &line) < 0)
 		return;
-	config_dump(cfg, f);
-	fclose(f);
-	out[0] = '\0';
-	for (char *line = strtok(yaml, "\n"); line; line = strtok(NULL, "\n")) {
-		int ind = 0;
-		while (line[ind] == ' ')
-			ind++;
-		char *k = line + ind, *colon = strstr(k, ": ");
-		int lvl = ind / 2 > 2 ? 2 : ind / 2;
-		size_t kl = strlen(k);
-		if (k[0] == '#' || kl == 0)
-			continue;
-		if (!colon && k[kl - 1] == ':' && k[0] != '-') { /* a section */
-			snprintf(sect[lvl], sizeof(sect[lvl]), "%.*s", (int)kl - 1, k);
-			continue;
-		}
-		char key[256] = "";
-		for (int l = 0; l < lvl; l++)
-			snprintf(key + strlen(key), sizeof(key) - strlen(key), "%s.", sect[l]);
-		if (k[0] == '-') /* a list item of the enclosing section */
-			n += (size_t)snprintf(out + n, n < sizeof(out) ? sizeof(out) - n : 0,
-					      "%s%.*s=%s", n ? " " : "", (int)strlen(key) - 1, key,
-					      k + 2);
-		else if (colon)
-			n += (size_t)snprintf(out + n, n < sizeof(out) ? sizeof(out) - n : 0,
-					      "%s%s%.*s=%s", n ? " " : "", key, (int)(colon - k), k,
-					      colon + 2);
-	}
-	free(yaml);
-	log_info("effective configuration: %s", out);
+	log_info("effective configuration: %s", line);
+	free(line);
 }
 
 static pid_t spawn(char **argv, const sigset_t *oldmask)

@@ -111,12 +111,63 @@ char *config_expand_env(const char *text);
 
 /*
  * Print the effective configuration as YAML to f, secrets masked (http.token,
- * lease.etcd.password, a token in lease.consul.url): `ltxfs mount
- * -check-config` and the start-up log.
+ * lease.etcd.password, the password in lease.consul.url and in
+ * lease.etcd.endpoints): `ltxfs mount -check-config`.
  */
 void config_dump(const struct config *cfg, FILE *f);
 
-/* Go time.ParseDuration subset ("10m", "1m30s", "250ms", "2h", "0"). 0 or -EINVAL. */
+/*
+ * The same keys and values as config_dump(), masked the same way, as one line
+ * of space-separated dotted pairs for the start-up log:
+ * 'exit-on-error=true ... fuse.dir="/litefs" ... http.token="*****" ...'.
+ * Each item of a list repeats its key ('exec={cmd: "app", if-candidate: true}',
+ * 'lease.etcd.endpoints="http://etcd:2379"'). Returns 0 and a malloc'd string
+ * in *ret (caller frees), or -ENOMEM (*ret untouched).
+ */
+int config_log_line(const struct config *cfg, char **ret);
+
+/*
+ * The Go-compatible parsers (config_go.c): text in, value or error out, no
+ * state, reentrant. config_expand_env() above is the third one (it also reads
+ * the environment).
+ */
+
+/*
+ * A non-negative Go duration ("10m", "1m30s", "250ms", "2h", "0") in
+ * milliseconds, rounded up. 0 or -EINVAL (*ret_ms untouched).
+ */
 int config_parse_duration(const char *s, int64_t *ret_ms);
+
+/*
+ * Go's time.ParseDuration on s[0..len), in full: a sign, fractions, the units
+ * ns us µs μs ms s m h, the whole int64 range of nanoseconds. 0 or -EINVAL
+ * (*ret_ns untouched).
+ */
+int config_parse_duration_ns(const char *s, size_t len, int64_t *ret_ns);
+
+#define CONFIG_DURATION_MAX 24 /* bytes config_format_duration() needs, NUL included */
+
+/*
+ * A duration as the effective configuration shows it: "10s" for whole
+ * seconds, "1500ms" otherwise; config_parse_duration() reads it back. Writes
+ * at most len bytes to buf and returns buf.
+ */
+char *config_format_duration(int64_t ms, char *buf, size_t len);
+
+/*
+ * Split a command into words as LiteFS's exec does (go-shellwords): words are
+ * separated by unquoted space, tab, CR or LF; '...' is literal; "..." keeps
+ * spaces; a backslash outside single quotes escapes the next character; ""
+ * is an empty word. The shell operators ; & | < > ( ) and ` outside quotes
+ * are refused (there is no shell), as are unterminated quotes and an empty
+ * command. Returns 0 and a NULL-terminated argv of at least one word in
+ * *ret_argv (free with config_argv_free), -EINVAL with the reason in why
+ * (when why is not NULL; e.g. "the command is empty"), or -ENOMEM. *ret_argv
+ * is untouched on failure.
+ */
+int config_split_words(const char *s, char ***ret_argv, char *why, size_t whylen);
+
+/* Free a NULL-terminated argv of malloc'd strings. NULL-safe. */
+void config_argv_free(char **argv);
 
 #endif

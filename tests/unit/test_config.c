@@ -1,7 +1,9 @@
 /*
  * test_config.c - ltxfs.yml / litefs.yml: defaults, the full schema, every
  * error path, LiteFS's env expansion, durations, exec splitting, YAML bools,
- * loading from disk and the search order.
+ * loading from disk and the search order; the effective configuration (the
+ * log line against the dump, key by key) and the Go-compatible parsers
+ * called directly.
  */
 #include "ltxfs/config.h"
 #include "unit.h"
@@ -1429,6 +1431,285 @@ static void test_find(void)
 	free(old);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The effective configuration: config_dump and config_log_line             */
+/* ------------------------------------------------------------------------ */
+
+static char *dump_of(const struct config *c)
+{
+	char *s = NULL;
+	size_t n = 0;
+	FILE *f = open_memstream(&s, &n);
+	if (!f) {
+		fprintf(stderr, "open_memstream failed\n");
+		exit(1);
+	}
+	config_dump(c, f);
+	fclose(f);
+	return s;
+}
+
+/*
+ * The dump's YAML as "dotted.key=value" pairs joined by spaces: what the log
+ * line must be. A section names the keys below it; a list item ("- x")
+ * repeats the key of its list.
+ */
+static char *pairs_of_dump(char *yaml)
+{
+	char sect[4][64] = {"", "", "", ""}, *out = NULL;
+	size_t outlen = 0;
+	FILE *o = open_memstream(&out, &outlen);
+	bool first = true;
+	for (char *line = yaml, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		size_t ind = strspn(line, " "), lvl = ind / 2;
+		char *k = line + ind, *colon = strstr(k, ": ");
+		size_t kl = strlen(k);
+		if (k[0] == '#' || kl == 0 || lvl > 3)
+			continue;
+		if (k[0] == '-') { /* an item of the list one level up */
+			fprintf(o, "%s", first ? "" : " ");
+			for (size_t l = 0; l < lvl; l++)
+				fprintf(o, "%s%s", l ? "." : "", sect[l]);
+			fprintf(o, "=%s", k + 2);
+		} else if (!colon && k[kl - 1] == ':') {
+			snprintf(sect[lvl], sizeof(sect[lvl]), "%.*s", (int)kl - 1, k);
+			continue;
+		} else {
+			fprintf(o, "%s", first ? "" : " ");
+			for (size_t l = 0; l < lvl; l++)
+				fprintf(o, "%s.", sect[l]);
+			fprintf(o, "%.*s=%s", (int)(colon - k), k, colon + 2);
+		}
+		first = false;
+	}
+	fclose(o);
+	return out;
+}
+
+/* The log line holds exactly the dump's keys and values, in the same order. */
+static void check_line_matches_dump(const struct config *c)
+{
+	char *yaml = dump_of(c), *want = pairs_of_dump(yaml), *line = NULL;
+	CHECK_RC(config_log_line(c, &line), 0);
+	if (line && strcmp(line, want) != 0) {
+		fprintf(stderr, "log line:\n%s\nwant (from the dump):\n%s\n", line, want);
+		unit_failures++;
+	}
+	/* Key by key, so that a failure names the key. */
+	for (char *p = want, *next; p && *p; p = next) {
+		next = strstr(p, " ");
+		while (next && !(next[1] >= 'a' && next[1] <= 'z'))
+			next = strstr(next + 1, " ");
+		size_t n = next ? (size_t)(next - p) : strlen(p);
+		if (line && !memmem(line, strlen(line), p, n)) {
+			fprintf(stderr, "log line lacks '%.*s'\n", (int)n, p);
+			unit_failures++;
+		}
+		if (next)
+			next++;
+	}
+	free(line);
+	free(want);
+	free(yaml);
+}
+
+static bool line_has(const char *line, const char *pair)
+{
+	size_t n = strlen(pair);
+	for (const char *p = line; (p = strstr(p, pair)) != NULL; p++)
+		if ((p == line || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+			return true;
+	return false;
+}
+
+#define CHECK_LINE_HAS(line, pair)                                                                 \
+	do {                                                                                       \
+		if (!(line) || !line_has((line), (pair))) {                                        \
+			fprintf(stderr, "%s:%d: log line lacks '%s': %s\n", __FILE__, __LINE__,    \
+				(pair), (line) ? (line) : "(null)");                               \
+			unit_failures++;                                                           \
+		}                                                                                  \
+	} while (0)
+
+static void test_log_line(void)
+{
+	struct config c;
+	char *line = NULL;
+
+	/* etcd: a list of masked URLs, a masked password and token, an exec list. */
+	setenv("LTXFS_HTTP_TOKEN", "tok-s3cret-value", 1);
+	if (parses("exec:\n"
+		   "  - cmd: app -name 'a b' x\\\\y \\\"q\\\"\n"
+		   "    if-candidate: true\n"
+		   "  - cmd: migrate\n"
+		   "fuse:\n  dir: /litefs\n"
+		   "data:\n  retention: 1500ms\n"
+		   "lease:\n  type: etcd\n  hostname: node1\n"
+		   "  etcd:\n"
+		   "    endpoints: \"http://root:pw-s3cret@e1:2379, https://e2:2379\"\n"
+		   "    username: root\n    password: pw-s3cret\n",
+		   &c)) {
+		check_line_matches_dump(&c);
+		CHECK_RC(config_log_line(&c, &line), 0);
+		CHECK_LINE_HAS(line, "exit-on-error=true");
+		CHECK_LINE_HAS(line, "exec={cmd: \"app -name a b x\\\\y \\\"q\\\"\", if-candidate: "
+				     "true}");
+		CHECK_LINE_HAS(line, "exec={cmd: \"migrate\", if-candidate: false}");
+		CHECK_LINE_HAS(line, "fuse.dir=\"/litefs\"");
+		CHECK_LINE_HAS(line, "data.retention=1500ms");
+		CHECK_LINE_HAS(line, "data.retention-monitor-interval=60s");
+		CHECK_LINE_HAS(line, "http.token=\"*****\"");
+		CHECK_LINE_HAS(line, "lease.type=\"etcd\"");
+		CHECK_LINE_HAS(line, "lease.etcd.endpoints=\"http://root:*****@e1:2379\"");
+		CHECK_LINE_HAS(line, "lease.etcd.endpoints=\"https://e2:2379\"");
+		CHECK_LINE_HAS(line, "lease.etcd.password=\"*****\"");
+		CHECK_LINE_HAS(line, "lease.etcd.username=\"root\"");
+		CHECK_LINE_HAS(line, "log.debug=false");
+		CHECK(line && !strstr(line, "s3cret"));
+		CHECK(line && !strstr(line, "consul") && !strchr(line, '\n'));
+		free(line);
+		line = NULL;
+	}
+	config_release(&c);
+	unsetenv("LTXFS_HTTP_TOKEN");
+
+	/* consul: the token in the URL is masked; no exec key without a command. */
+	if (parses("fuse:\n  dir: /litefs\nlease:\n  type: consul\n  consul:\n"
+		   "    url: https://:ctok-s3cret@consul:8500/pre/\n    key: litefs/app\n",
+		   &c)) {
+		check_line_matches_dump(&c);
+		CHECK_RC(config_log_line(&c, &line), 0);
+		CHECK_LINE_HAS(line, "lease.consul.url=\"https://:*****@consul:8500/pre/\"");
+		CHECK_LINE_HAS(line, "lease.consul.ttl=10s");
+		CHECK_LINE_HAS(line, "http.token=null");
+		CHECK(line && !strstr(line, "s3cret") && !strstr(line, "exec") &&
+		      !strstr(line, "etcd"));
+		free(line);
+		line = NULL;
+	}
+	config_release(&c);
+
+	/* The defaults alone (no path, no lease type). */
+	CHECK_RC(config_init(&c), 0);
+	check_line_matches_dump(&c);
+	CHECK_RC(config_log_line(&c, &line), 0);
+	CHECK(line && strncmp(line, "exit-on-error=true skip-sync=false fuse.dir=null ", 49) == 0);
+	free(line);
+	config_release(&c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The Go-compatible parsers, called directly                               */
+/* ------------------------------------------------------------------------ */
+
+static void test_go_duration_ns(void)
+{
+	static const struct {
+		const char *in;
+		int64_t ns;
+	} ok[] = {
+	    {"0", 0},
+	    {"-0", 0},
+	    {"1h30m", 5400LL * 1000000000},
+	    {"-1.5us", -1500},
+	    {"+2\xc2\xb5s", 2000},
+	    {"1ns", 1},
+	    {".5ms", 500000},
+	    {"9223372036854775807ns", INT64_MAX},
+	    {"-9223372036854775808ns", INT64_MIN},
+	    {"-2562047h", -2562047LL * 3600 * 1000000000},
+	};
+	static const char *const bad[] = {"",	 "1",	"-", "1d", "9223372036854775808ns",
+					  "1s ", "--1s"};
+	int64_t ns;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		ns = 12345;
+		int rc = config_parse_duration_ns(ok[i].in, strlen(ok[i].in), &ns);
+		if (rc != 0 || ns != ok[i].ns) {
+			fprintf(stderr, "duration_ns '%s': rc %d ns %lld, want %lld\n", ok[i].in,
+				rc, (long long)ns, (long long)ok[i].ns);
+			unit_failures++;
+		}
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ns = 12345;
+		CHECK_RC(config_parse_duration_ns(bad[i], strlen(bad[i]), &ns), -EINVAL);
+		CHECK(ns == 12345);
+	}
+	/* The length bounds the text: no NUL needed, nothing read past it. */
+	CHECK_RC(config_parse_duration_ns("1m30s", 2, &ns), 0);
+	CHECK(ns == 60LL * 1000000000);
+	CHECK_RC(config_parse_duration_ns("10s", 2, &ns), -EINVAL);
+	CHECK_RC(config_parse_duration_ns(NULL, 0, &ns), -EINVAL);
+
+	/* The dump's form reads back. */
+	static const int64_t ms[] = {0, 1, 999, 1000, 1500, 600000, 9223372036854LL};
+	char buf[CONFIG_DURATION_MAX];
+	int64_t back;
+	CHECK_STR(config_format_duration(600000, buf, sizeof(buf)), "600s");
+	CHECK_STR(config_format_duration(1500, buf, sizeof(buf)), "1500ms");
+	CHECK_STR(config_format_duration(0, buf, sizeof(buf)), "0s");
+	for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+		back = -1;
+		CHECK_RC(
+		    config_parse_duration(config_format_duration(ms[i], buf, sizeof(buf)), &back),
+		    0);
+		CHECK(back == ms[i]);
+	}
+	CHECK(strlen(config_format_duration(INT64_MIN, buf, sizeof(buf))) < sizeof(buf));
+}
+
+static void test_go_split_words(void)
+{
+	char **argv = NULL, *sentinel[] = {NULL};
+	char why[160];
+
+	CHECK_RC(config_split_words("run -x 'a b' \"c\\\"d\" e\\ f '' \"\"\tg\\\\h", &argv, why,
+				    sizeof(why)),
+		 0);
+	static const char *const want[] = {"run", "-x", "a b", "c\"d", "e f", "", "", "g\\h"};
+	CHECK_EQ_U64(argc_of(argv), sizeof(want) / sizeof(want[0]));
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && i < argc_of(argv); i++)
+		CHECK_STR(argv[i], want[i]);
+	config_argv_free(argv);
+	config_argv_free(NULL);
+
+	static const struct {
+		const char *in, *why;
+	} bad[] = {
+	    {"a | b", "'|' is shell syntax, but the command runs without a shell"},
+	    {"a;b", "';' is shell syntax"},
+	    {"echo `id`", "'`' is shell syntax"},
+	    {"'open", "unterminated quote in the command"},
+	    {"x \"open", "unterminated quote in the command"},
+	    {"trailing\\", "unterminated backslash escape in the command"},
+	    {" \t\r\n", "the command is empty"},
+	    {"", "the command is empty"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		argv = sentinel;
+		why[0] = 'x';
+		why[1] = '\0';
+		int rc = config_split_words(bad[i].in, &argv, why, sizeof(why));
+		if (rc != -EINVAL || argv != sentinel || !strstr(why, bad[i].why)) {
+			fprintf(stderr, "split '%s': rc %d why '%s', want -EINVAL '%s'\n",
+				bad[i].in, rc, why, bad[i].why);
+			unit_failures++;
+		}
+		CHECK_RC(config_split_words(bad[i].in, &argv, NULL, 0), -EINVAL);
+	}
+	/* Quoted, the operators are words; '$' is literal. */
+	argv = NULL;
+	CHECK_RC(config_split_words("sh -c 'a | b; $X'", &argv, NULL, 0), 0);
+	CHECK_EQ_U64(argc_of(argv), 3);
+	if (argc_of(argv) == 3)
+		CHECK_STR(argv[2], "a | b; $X");
+	config_argv_free(argv);
+}
+
 int main(void)
 {
 	RUN(test_defaults);
@@ -1449,5 +1730,8 @@ int main(void)
 	RUN(test_lease_reparse);
 	RUN(test_lease_fly);
 	RUN(test_find);
+	RUN(test_log_line);
+	RUN(test_go_duration_ns);
+	RUN(test_go_split_words);
 	return UNIT_DONE();
 }
