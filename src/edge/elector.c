@@ -1,7 +1,7 @@
 /*
  * elector.c - the role loop: Consul or etcd decides who is primary.
  *
- * One thread, two states:
+ * The lease loop, one thread in two states:
  *
  *   FOLLOWER  lease_observe() (a blocking query or watch) tells who holds
  *             the key. A holder: follow its advertise-url as a replica and
@@ -44,8 +44,9 @@
  * reached. The adopter is a thread of its own so that a slow replica never
  * delays a renewal.
  *
- *   offer:   QUEUED --(adopter takes it)--> FETCHING --> DONE (caller wakes)
- *            QUEUED --(elector_stop)------------------> DONE
+ *   offer:  QUEUED --(adopter takes it)--> FETCHING --> DONE (caller wakes)
+ *           QUEUED --(elector_stop)------------------> DONE
+ *           (elector_stop also cuts a fetch short: FETCHING --> DONE)
  *
  * Threads: the elector thread runs the loop and is the only user of the
  * lease object, except lease_kick()/lease_abort() which interrupt it. The
