@@ -59,6 +59,7 @@
 #include "ltxfs/elector.h"
 #include "ltxfs/clock.h"
 
+#include "ltxfs/fsutil.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/metrics.h"
@@ -508,19 +509,10 @@ static void *elector_run(void *arg)
 
 /* ------------------------------------------------------------ adoption */
 
+/* httpc on_data: the fetched LTX file into its temporary file. */
 static bool to_fd(void *ctx, const char *buf, size_t n)
 {
-	int fd = *(int *)ctx;
-	while (n > 0) {
-		ssize_t w = write(fd, buf, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return false;
-		buf += w;
-		n -= (size_t)w;
-	}
-	return true;
+	return fs_write_full(*(int *)ctx, buf, n) == 0;
 }
 
 /*

@@ -34,7 +34,7 @@
  *   COMPLETED   on_completed frees the request and removes the upload file
  *
  * Every response, errors included, carries Ltxfs-Node-Id and, once the node
- * has one, Ltxfs-Cluster-Id (httpd_add_identity); JSON bodies end with a
+ * has one, Ltxfs-Cluster-Id (httpd_queue); JSON bodies end with a
  * newline.
  *
  * Locks. h->mu guards the list of streams with their positions, the stream
@@ -60,6 +60,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,14 +72,25 @@
 
 /* ------------------------------------------------------------ responses */
 
-void httpd_add_identity(struct httpd *h, struct MHD_Response *resp)
+enum MHD_Result httpd_queue(struct httpd *h, struct MHD_Connection *c, unsigned status,
+			    struct MHD_Response *resp, ...)
 {
 	char id[32], cid[21];
+	va_list ap;
 	snprintf(id, sizeof(id), "%016" PRIX64, store_node_id(h->store));
 	MHD_add_response_header(resp, "Ltxfs-Node-Id", id);
 	store_cluster_id(h->store, cid);
 	if (cid[0])
 		MHD_add_response_header(resp, "Ltxfs-Cluster-Id", cid);
+	va_start(ap, resp);
+	for (const char *name; (name = va_arg(ap, const char *));) {
+		const char *value = va_arg(ap, const char *);
+		MHD_add_response_header(resp, name, value);
+	}
+	va_end(ap);
+	enum MHD_Result r = MHD_queue_response(c, status, resp);
+	MHD_destroy_response(resp);
+	return r;
 }
 
 enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsigned status,
@@ -104,11 +116,7 @@ enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsi
 		free(body);
 		return MHD_NO;
 	}
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Content-Type", "application/json");
-	enum MHD_Result r = MHD_queue_response(c, status, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return httpd_queue(h, c, status, resp, "Content-Type", "application/json", NULL);
 }
 
 enum MHD_Result httpd_reply_error(struct httpd *h, struct MHD_Connection *c, unsigned status,
@@ -221,12 +229,8 @@ static enum MHD_Result reply_unauthorized(struct httpd *h, struct MHD_Connection
 		free(body);
 		return MHD_NO;
 	}
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Content-Type", "application/json");
-	MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_UNAUTHORIZED, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return httpd_queue(h, c, MHD_HTTP_UNAUTHORIZED, resp, "Content-Type", "application/json",
+			   "WWW-Authenticate", "Bearer", NULL);
 }
 
 /* ------------------------------------------------------------ /health */
@@ -380,6 +384,30 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
 
 /* ----------------------------------------------------------- lifecycle */
 
+/* Listen on port, or on sa when given (then its address and port). NULL on failure. */
+static struct MHD_Daemon *start_daemon(struct httpd *h, unsigned flags, unsigned port,
+				       const struct sockaddr *sa)
+{
+	return MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h,
+				MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+				MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+				sa ? MHD_OPTION_SOCK_ADDR : MHD_OPTION_END, sa, MHD_OPTION_END);
+}
+
+/* Free h and what it holds; its daemon is stopped or was never started. */
+static void httpd_free(struct httpd *h)
+{
+	pthread_mutex_destroy(&h->mu);
+	pthread_mutex_destroy(&h->import_mu);
+	free(h->hostname);
+	free(h->advertise_url);
+	free(h->mount_dir);
+	free(h->data_dir);
+	free(h->token);
+	free(h);
+}
+
 int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errmsg, size_t n)
 {
 	struct httpd *h = calloc(1, sizeof(*h));
@@ -432,22 +460,11 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		if (ai->ai_family == AF_INET6)
 			flags |= MHD_USE_IPv6;
 		freeaddrinfo(ai);
-		h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h,
-					MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-					MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-					MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-					MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_END);
+		h->d = start_daemon(h, flags, port, (struct sockaddr *)&ss);
 	} else {
-		h->d = MHD_start_daemon(flags | MHD_USE_DUAL_STACK, (uint16_t)port, NULL, NULL,
-					on_request, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-					MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-					MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_END);
+		h->d = start_daemon(h, flags | MHD_USE_DUAL_STACK, port, NULL);
 		if (!h->d) /* no IPv6 on this host */
-			h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h,
-						MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-						MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-						MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-						MHD_OPTION_END);
+			h->d = start_daemon(h, flags, port, NULL);
 	}
 	if (!h->d) {
 		snprintf(errmsg, n, "cannot listen on http.addr '%s' (port in use?)", opt->addr);
@@ -457,14 +474,7 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 	*ret = h;
 	return 0;
 fail:
-	free(h->hostname);
-	free(h->advertise_url);
-	free(h->mount_dir);
-	free(h->data_dir);
-	free(h->token);
-	pthread_mutex_destroy(&h->import_mu);
-	pthread_mutex_destroy(&h->mu);
-	free(h);
+	httpd_free(h);
 	return r;
 }
 
@@ -482,14 +492,7 @@ void httpd_stop(struct httpd *h)
 	}
 	if (h->d)
 		MHD_stop_daemon(h->d);
-	pthread_mutex_destroy(&h->mu);
-	pthread_mutex_destroy(&h->import_mu);
-	free(h->hostname);
-	free(h->advertise_url);
-	free(h->mount_dir);
-	free(h->data_dir);
-	free(h->token);
-	free(h);
+	httpd_free(h);
 }
 
 void httpd_set_elector(struct httpd *h, struct elector *e)

@@ -172,11 +172,8 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 		free(text);
 		return MHD_NO;
 	}
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Content-Type",
+			   "text/plain; version=0.0.4; charset=utf-8", NULL);
 }
 
 /* ------------------------------------------------------------ /events */
@@ -349,12 +346,8 @@ enum MHD_Result httpd_serve_events(struct httpd *h, struct MHD_Connection *c)
 	pthread_mutex_lock(&h->mu);
 	h->nevents++;
 	pthread_mutex_unlock(&h->mu);
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Content-Type", "application/x-ndjson");
-	MHD_add_response_header(resp, "Cache-Control", "no-cache");
-	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Content-Type", "application/x-ndjson",
+			   "Cache-Control", "no-cache", NULL);
 }
 
 /* ------------------------------------------------------------ /export */
@@ -388,12 +381,8 @@ enum MHD_Result httpd_serve_export(struct httpd *h, struct MHD_Connection *c)
 	}
 	char txid[17];
 	snprintf(txid, sizeof(txid), "%016" PRIx64, p.txid);
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Content-Type", "application/vnd.sqlite3");
-	MHD_add_response_header(resp, "Ltxfs-Txid", txid);
-	enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Content-Type", "application/vnd.sqlite3",
+			   "Ltxfs-Txid", txid, NULL);
 }
 
 /* ------------------------------------------------------------ /import */

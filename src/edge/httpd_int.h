@@ -87,8 +87,15 @@ struct httpd {
 	volatile bool stopping;
 };
 
-/* httpd.c: every response carries Ltxfs-Node-Id and, when set, Ltxfs-Cluster-Id. */
-void httpd_add_identity(struct httpd *h, struct MHD_Response *resp);
+/*
+ * httpd.c: queue resp as the answer with status. Its headers: Ltxfs-Node-Id
+ * and, once the node has one, Ltxfs-Cluster-Id, then the (name, value)
+ * pairs given, in order, up to a NULL name. resp is destroyed here (MHD
+ * keeps its own reference). Returns what MHD_queue_response returned.
+ */
+__attribute__((sentinel)) enum MHD_Result httpd_queue(struct httpd *h, struct MHD_Connection *c,
+						      unsigned status, struct MHD_Response *resp,
+						      ...);
 /* Queue obj (its reference is taken) as a JSON body ending with a newline. */
 enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsigned status,
 				 json_t *obj);

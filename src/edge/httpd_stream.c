@@ -439,12 +439,8 @@ enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, st
 	h->nstreams++;
 	pthread_mutex_unlock(&h->mu);
 	log_info("replica %016" PRIX64 " connected with %zu database position(s)", peer, npm);
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Ltxfs-Hostname", h->hostname);
-	MHD_add_response_header(resp, "Content-Type", "application/vnd.ltxfs.stream");
-	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Ltxfs-Hostname", h->hostname, "Content-Type",
+			   "application/vnd.ltxfs.stream", NULL);
 }
 
 /* ---------------------------------------------------------------- /ltx */
@@ -480,11 +476,8 @@ enum MHD_Result httpd_serve_ltx(struct httpd *h, struct MHD_Connection *c)
 		close(fd);
 		return MHD_NO;
 	}
-	httpd_add_identity(h, resp);
-	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-	enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Content-Type", "application/octet-stream",
+			   NULL);
 }
 
 /* ------------------------------------------------------------ /handoff */

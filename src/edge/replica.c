@@ -34,6 +34,7 @@
 #include "ltxfs/replica.h"
 #include "ltxfs/clock.h"
 
+#include "ltxfs/fsutil.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
@@ -130,20 +131,13 @@ static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t ep
 static int on_ltx_data(void *ctx, const uint8_t *buf, size_t n)
 {
 	struct conn *c = ctx;
-	while (n > 0) {
-		ssize_t w = write(c->fd, buf, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			int e = errno;
-			snprintf(c->err, sizeof(c->err), "db '%s': writing a received LTX file: %s",
-				 db_name(c->db), strerror(e));
-			return -e;
-		}
-		buf += w;
-		n -= (size_t)w;
-		c->got += (uint64_t)w;
+	int r = fs_write_full(c->fd, buf, n);
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err), "db '%s': writing a received LTX file: %s",
+			 db_name(c->db), strerror(-r));
+		return r;
 	}
+	c->got += n;
 	if (c->rv)
 		db_recv_progress(c->rv, c->got);
 	return 0;
