@@ -334,8 +334,6 @@ static bool run_once(struct replica *r)
 	uint8_t *body = NULL;
 	size_t blen = 0;
 	char url[2048], hid[64], hcid[64], hadv[1100], hauth[600];
-	const char *hdrs[6] = {0};
-	size_t nh = 0;
 	struct httpc_resp resp = {0};
 	bool progress = false;
 
@@ -358,22 +356,6 @@ static bool run_once(struct replica *r)
 	if (posmap(st, &body, &blen) < 0)
 		return false;
 	snprintf(url, sizeof(url), "%s/stream", base);
-	snprintf(hid, sizeof(hid), "Ltxfs-Node-Id: %016" PRIX64, store_node_id(st));
-	hdrs[nh++] = hid;
-	char cid[21];
-	store_cluster_id(st, cid);
-	if (cid[0]) {
-		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
-		hdrs[nh++] = hcid;
-	}
-	httpc_bearer(hauth, sizeof(hauth), r->opt.token);
-	if (hauth[0])
-		hdrs[nh++] = hauth;
-	if (r->opt.advertise_url) {
-		snprintf(hadv, sizeof(hadv), "Ltxfs-Advertise-Url: %s", r->opt.advertise_url);
-		hdrs[nh++] = hadv;
-	}
-	hdrs[nh++] = "Content-Type: application/octet-stream";
 	/*
 	 * A stream that stays silent for 5 s (less than 1 byte per second: the
 	 * primary sends a heartbeat every second) is dead. The 256 KiB receive
@@ -394,7 +376,23 @@ static bool run_once(struct replica *r)
 				.on_header = on_header,
 				.on_status = on_status,
 				.ctx = &c};
-	memcpy(req.headers, hdrs, sizeof(hdrs));
+	size_t nh = 0;
+	snprintf(hid, sizeof(hid), "Ltxfs-Node-Id: %016" PRIX64, store_node_id(st));
+	req.headers[nh++] = hid;
+	char cid[21];
+	store_cluster_id(st, cid);
+	if (cid[0]) {
+		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
+		req.headers[nh++] = hcid;
+	}
+	httpc_bearer(hauth, sizeof(hauth), r->opt.token);
+	if (hauth[0])
+		req.headers[nh++] = hauth;
+	if (r->opt.advertise_url) {
+		snprintf(hadv, sizeof(hadv), "Ltxfs-Advertise-Url: %s", r->opt.advertise_url);
+		req.headers[nh++] = hadv;
+	}
+	req.headers[nh++] = "Content-Type: application/octet-stream";
 	int hr = httpc_do(&req, &resp);
 	if (!c.checked && hr == 0) {
 		/* a response with no body at all: an error status */
