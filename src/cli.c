@@ -105,18 +105,14 @@ static int parse_flags(int argc, char **argv, struct flag *flags, const char **p
 	return 0;
 }
 
-/* Append name to url, percent-encoded as a query value. */
+/* Append name to url, percent-encoded as a query value (httpc_escape). */
 static void append_escaped(char *url, size_t n, const char *name)
 {
+	char *e = httpc_escape(name);
 	size_t k = strlen(url);
-	for (const unsigned char *c = (const unsigned char *)name; *c && k + 4 < n; c++) {
-		if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-		    (*c >= '0' && *c <= '9') || *c == '-' || *c == '_' || *c == '.' || *c == '~')
-			url[k++] = (char)*c;
-		else
-			k += (size_t)snprintf(url + k, n - k, "%%%02X", *c);
-	}
-	url[k] = '\0';
+	if (e && k < n)
+		snprintf(url + k, n - k, "%s", e);
+	free(e);
 }
 
 static void auth_header(char *buf, size_t n)

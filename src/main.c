@@ -17,6 +17,7 @@
 #include "ltxfs/config.h"
 #include "ltxfs/elector.h"
 #include "ltxfs/fusefs.h"
+#include "ltxfs/httpc.h"
 #include "ltxfs/httpd.h"
 #include "ltxfs/lease.h"
 #include "ltxfs/lease_backend.h"
@@ -25,7 +26,6 @@
 #include "ltxfs/replica.h"
 #include "ltxfs/store.h"
 
-#include <curl/curl.h>
 #include <systemd/sd-daemon.h>
 
 #include <dirent.h>
@@ -626,9 +626,9 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (strcmp(cmd, "mount") == 0) {
-		curl_global_init(CURL_GLOBAL_DEFAULT);
+		httpc_global_init();
 		int rc = cmd_mount(argc - 2, argv + 2);
-		curl_global_cleanup();
+		httpc_global_cleanup();
 		return rc;
 	}
 	static const struct {
@@ -643,10 +643,10 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(cmd, cmds[i].name) == 0) {
 			if (cmds[i].curl)
-				curl_global_init(CURL_GLOBAL_DEFAULT);
+				httpc_global_init();
 			int rc = cmds[i].fn(argc - 2, argv + 2);
 			if (cmds[i].curl)
-				curl_global_cleanup();
+				httpc_global_cleanup();
 			return rc;
 		}
 	if (f && (strcmp(f, "h") == 0 || strcmp(f, "help") == 0)) {

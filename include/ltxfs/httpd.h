@@ -1,7 +1,11 @@
 /*
  * httpd.h - the node's HTTP server (edge layer; the only module that
- * includes libmicrohttpd). Serves POST /stream (replication, primary only)
- * and GET /info. docs/protocol.md describes every endpoint byte for byte.
+ * includes libmicrohttpd, in httpd.c, httpd_stream.c and httpd_admin.c).
+ * Serves replication (POST /stream, primary only; GET /ltx; POST
+ * /handoff), node information (GET /info, /health; POST /promote) and the
+ * operator's endpoints (/metrics, /events, /export, /import). It makes no
+ * HTTP requests itself. docs/http-api.md lists every endpoint;
+ * docs/protocol.md describes the node-to-node ones byte for byte.
  *
  * Threads: httpd_start/httpd_stop run on the main thread. Each connection
  * has its own thread (libmicrohttpd's thread-per-connection mode), so a
@@ -28,7 +32,10 @@ struct httpd_options {
 	 * answer 409).
 	 */
 	struct elector *elector;
-	/* The mount's apply hooks: a new primary adopts transactions a replica got further in. */
+	/*
+	 * The mount's apply hooks, lent to elector_adopt when a new primary
+	 * adopts the transactions a replica got further in.
+	 */
 	struct db_apply_hooks hooks;
 	const char *mount_dir; /* fuse.dir: POST /import writes through the mount */
 	const char *data_dir;  /* data.dir: where an upload waits while it is checked */
@@ -57,6 +64,5 @@ void httpd_stop(struct httpd *h);
 uint64_t httpd_retention_floor(struct httpd *h, const char *name);
 /* Number of replica streams open now. */
 size_t httpd_stream_count(struct httpd *h);
-
 
 #endif

@@ -1,6 +1,6 @@
 /*
- * replica.h - the replica side of replication (edge layer; the only module
- * that includes libcurl). One thread follows the primary: it posts this
+ * replica.h - the replica side of replication (edge layer; its HTTP goes
+ * through httpc). One thread follows the primary: it posts this
  * node's positions to <primary URL>/stream, verifies and applies every LTX
  * file that comes back (db_apply_ltx with the mount's hooks), and reconnects
  * with back-off after any error, a primary restart or a cut link.

@@ -1,7 +1,7 @@
 /*
  * elector.c - the role loop: Consul or etcd decides who is primary.
  *
- * One thread, two states:
+ * The lease loop, one thread in two states:
  *
  *   FOLLOWER  lease_observe() (a blocking query or watch) tells who holds
  *             the key. A holder: follow its advertise-url as a replica and
@@ -30,13 +30,36 @@
  * gives a new epoch and needs no lock-delay. If the replica never does, the
  * lease expires and a normal election follows.
  *
+ * Adoption (a new primary after an unclean failover; docs/leases.md 6.2).
+ * For ADOPT_WINDOW_MS after an election the store refuses commits, and as
+ * long as nothing has committed in the term (store_can_adopt) a replica
+ * whose position is ahead on the same chain may hand its extra
+ * transactions over. Its POST /stream handler (httpd_stream.c) posts an
+ * offer (elector_adopt: the replica's URL and position map) and waits; the
+ * adopter thread takes the offers one at a time and, per database the
+ * replica is ahead in, fetches TXID+1, TXID+2, ... with GET <url>/ltx and
+ * applies each with db_apply_ltx, whose chain check accepts only a
+ * continuation of this node's own history. It stops at the first failure
+ * or once something commits; the stream then starts from the position
+ * reached. The adopter is a thread of its own so that a slow replica never
+ * delays a renewal.
+ *
+ *   offer:  QUEUED --(adopter takes it)--> FETCHING --> DONE (caller wakes)
+ *           QUEUED --(elector_stop)------------------> DONE
+ *           (elector_stop also cuts a fetch short: FETCHING --> DONE)
+ *
  * Threads: the elector thread runs the loop and is the only user of the
- * lease object, except lease_kick()/lease_abort() which interrupt it. Other
- * threads post requests under e->mu.
+ * lease object, except lease_kick()/lease_abort() which interrupt it. The
+ * adopter thread runs the offers. Other threads post requests under e->mu:
+ * the HTTP connection threads (handoff, promote, adoption offers, which
+ * wait on adopt_cond for their offer to be done) and the replica thread (a
+ * received HANDOFF token). elector_stop joins both threads and then waits
+ * until no caller is left inside elector_adopt before it frees anything.
  */
 #include "ltxfs/elector.h"
 #include "ltxfs/clock.h"
 
+#include "ltxfs/fsutil.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/metrics.h"
@@ -49,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct elector {
 	struct elector_options opt;
@@ -57,7 +81,7 @@ struct elector {
 	bool started;
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
-	bool stop;
+	volatile bool stop; /* also ends the adopter's requests (httpc abort) */
 	bool primary;
 	char token[256];    /* this primary's lease token */
 	bool handing_off;   /* primary: fenced for a handoff */
@@ -69,13 +93,26 @@ struct elector {
 	bool promote_pending;
 	bool synced_once; /* has been caught up with a primary in this process */
 	char last_err[512];
+	/* adoption, under mu */
+	struct offer *offers, **offers_tail; /* queued for the adopter */
+	size_t adopt_callers;		     /* threads inside elector_adopt */
+	pthread_cond_t adopt_cond;	     /* an offer queued or done; a caller left */
+	pthread_t adopter;
+	bool adopter_started;
+};
+
+/* One elector_adopt call's offer, on its caller's stack. */
+struct offer {
+	const struct elector_offer *o;
+	struct offer *next;
+	bool done; /* under mu: the caller may return */
 };
 
 /*
  * After an election (not a handoff, whose successor is exactly caught up),
  * commits wait this long: the other replicas reconnect within milliseconds
  * and one that received more of the dead primary's stream than this node
- * hands those transactions over (httpd.c, adoption) before anything new
+ * hands those transactions over (adopter thread, below) before anything new
  * commits on top.
  */
 #define ADOPT_WINDOW_MS 500
@@ -470,6 +507,127 @@ static void *elector_run(void *arg)
 	return NULL;
 }
 
+/* ------------------------------------------------------------ adoption */
+
+/* httpc on_data: the fetched LTX file into its temporary file. */
+static bool to_fd(void *ctx, const char *buf, size_t n)
+{
+	return fs_write_full(*(int *)ctx, buf, n) == 0;
+}
+
+/*
+ * A primary elected after its predecessor died, with nothing committed yet
+ * in its term, takes over the transactions a connecting replica received
+ * beyond this node's own position: the replica serves them (GET /ltx) and
+ * each is verified and chained exactly as a replica applies it, so only a
+ * continuation of this node's own history is accepted. Without this, a
+ * transaction that reached some replica but not the new primary would be
+ * orphaned. Adopter thread.
+ */
+static void adopt(struct elector *e, const struct elector_offer *o)
+{
+	struct store *st = e->opt.store;
+	for (size_t i = 0; i < o->n && store_can_adopt(st); i++) {
+		const struct stream_pos *pm = &o->pos[i];
+		struct db *db = store_find(st, pm->name);
+		struct db_pos p;
+		if (!db)
+			continue;
+		db_get_pos(db, &p);
+		if (p.txid == 0 || pm->txid <= p.txid)
+			continue;
+		char *qname = httpc_escape(pm->name);
+		if (!qname)
+			break;
+		uint64_t got = 0;
+		for (uint64_t tx = p.txid + 1; tx <= pm->txid && store_can_adopt(st); tx++) {
+			char url[1400];
+			int fd;
+			struct httpc_resp resp;
+			if (db_ltx_tmpfile(db, &fd) < 0)
+				break;
+			snprintf(url, sizeof(url), "%s/ltx?db=%s&txid=%016" PRIx64, o->url, qname,
+				 tx);
+			char auth[600];
+			httpc_bearer(auth, sizeof(auth), e->opt.token);
+			struct httpc_req req = {.method = "GET",
+						.url = url,
+						.headers = {auth[0] ? auth : NULL},
+						.timeout_ms = 10000,
+						.abort = &e->stop,
+						.on_data = to_fd,
+						.ctx = &fd};
+			int r = httpc_do(&req, &resp);
+			if (r == 0 && resp.status != 200)
+				r = -ENOENT;
+			httpc_resp_release(&resp);
+			if (r == 0)
+				r = db_apply_ltx(db, fd, 0, o->hooks);
+			close(fd);
+			if (r < 0) {
+				log_warn("db '%s': cannot adopt TXID %016" PRIx64
+					 " from replica %016" PRIX64 ": %s",
+					 pm->name, tx, o->peer, strerror(-r));
+				break;
+			}
+			got++;
+		}
+		free(qname);
+		if (got)
+			log_warn("db '%s': adopted %" PRIu64
+				 " transaction(s) from replica %016" PRIX64
+				 " that the previous primary had sent to it but not to this node",
+				 pm->name, got, o->peer);
+	}
+}
+
+/* The adopter thread: run the queued offers in turn; at stop, drop the rest. */
+static void *adopter_run(void *arg)
+{
+	struct elector *e = arg;
+	pthread_mutex_lock(&e->mu);
+	for (;;) {
+		while (!e->stop && !e->offers)
+			pthread_cond_wait(&e->adopt_cond, &e->mu);
+		struct offer *f = e->offers;
+		if (!f)
+			break; /* stopping, nothing queued */
+		e->offers = f->next;
+		if (!e->offers)
+			e->offers_tail = &e->offers;
+		bool stop = e->stop;
+		pthread_mutex_unlock(&e->mu);
+		if (!stop)
+			adopt(e, f->o);
+		pthread_mutex_lock(&e->mu);
+		f->done = true;
+		pthread_cond_broadcast(&e->adopt_cond);
+	}
+	pthread_mutex_unlock(&e->mu);
+	return NULL;
+}
+
+void elector_adopt(struct elector *e, const struct elector_offer *o)
+{
+	struct offer f = {.o = o};
+	pthread_mutex_lock(&e->mu);
+	if (e->stop || !e->adopter_started) {
+		pthread_mutex_unlock(&e->mu);
+		return;
+	}
+	e->adopt_callers++;
+	*e->offers_tail = &f;
+	e->offers_tail = &f.next;
+	pthread_cond_broadcast(&e->adopt_cond);
+	while (!f.done)
+		pthread_cond_wait(&e->adopt_cond, &e->mu);
+	e->adopt_callers--;
+	pthread_cond_broadcast(&e->adopt_cond);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/* ----------------------------------------------------------- lifecycle */
+
 int elector_start(struct elector **ret, const struct elector_options *opt)
 {
 	struct elector *e = calloc(1, sizeof(*e));
@@ -482,15 +640,23 @@ int elector_start(struct elector **ret, const struct elector_options *opt)
 		return -ENOMEM;
 	}
 	e->promote_pending = opt->promote;
+	e->offers_tail = &e->offers;
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&e->cond, &ca);
 	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&e->adopt_cond, NULL);
 	store_set_primary(opt->store, false);
 	store_set_candidate(opt->store, opt->candidate);
-	int r = pthread_create(&e->thread, NULL, elector_run, e);
+	int r = pthread_create(&e->adopter, NULL, adopter_run, e);
+	if (r) {
+		elector_stop(e);
+		return -r;
+	}
+	e->adopter_started = true;
+	r = pthread_create(&e->thread, NULL, elector_run, e);
 	if (r) {
 		elector_stop(e);
 		return -r;
@@ -507,12 +673,21 @@ void elector_stop(struct elector *e)
 	pthread_mutex_lock(&e->mu);
 	e->stop = true;
 	pthread_cond_broadcast(&e->cond);
+	pthread_cond_broadcast(&e->adopt_cond);
 	pthread_mutex_unlock(&e->mu);
 	lease_kick(e->opt.lease);
 	if (e->started)
 		pthread_join(e->thread, NULL);
+	if (e->adopter_started)
+		pthread_join(e->adopter, NULL);
+	/* every offer is done now; wait for their callers to leave elector_adopt */
+	pthread_mutex_lock(&e->mu);
+	while (e->adopt_callers > 0)
+		pthread_cond_wait(&e->adopt_cond, &e->mu);
+	pthread_mutex_unlock(&e->mu);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->cond);
+	pthread_cond_destroy(&e->adopt_cond);
 	free(e->value);
 	free(e);
 }

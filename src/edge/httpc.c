@@ -1,5 +1,37 @@
 /*
- * httpc.c - one HTTP request over libcurl, for the lease backends.
+ * httpc.c - the node's one HTTP client: a request over libcurl.
+ *
+ * Every outgoing HTTP request of the node goes through httpc_do: the lease
+ * backends (Consul, etcd), the elector (POST /handoff, GET /ltx during
+ * adoption), the replica's stream (POST /stream) and the command-line
+ * client. No other file includes <curl/curl.h>; the helpers below (URL
+ * parsing and escaping, base64, the bearer header, libcurl's global set-up)
+ * exist so that none needs to.
+ *
+ * One request, one easy handle, one call:
+ *
+ *   SETUP    the headers (the caller's, then a JSON Content-Type if it sent
+ *            a body and named none, then an empty "Expect:" so that a POST
+ *            never waits for 100-continue), timeouts, TCP options, buffer
+ *   RUN      the easy handle in a multi handle, polled every 20 ms: an
+ *            abort flag set by another thread (shutdown, lease_kick, the
+ *            replica told to follow another primary) ends even an idle
+ *            request within 20 ms, where the progress callback alone would
+ *            notice about once a second
+ *   HEADERS  each header line to on_header (X-Consul-Index is parsed here
+ *            for the Consul backend)
+ *   BODY     the first chunk delivers the status (on_status); then each
+ *            chunk goes to on_data straight from libcurl's receive buffer,
+ *            with no copy and no allocation (the replica's catch-up rate
+ *            depends on it), or, without on_data, is collected in
+ *            resp->body
+ *   DONE     libcurl's result becomes 0 (a response arrived, any status),
+ *            -ECANCELED, -ETIMEDOUT, -ENOMEM or -EIO, with resp->err set to
+ *            "<url>: <reason>" on failure
+ *
+ * Threads: any; a call shares nothing with another call. The callbacks run
+ * on the calling thread, inside httpc_do. httpc_global_init and
+ * httpc_global_cleanup run on the main thread while no other thread exists.
  */
 #include "ltxfs/httpc.h"
 
@@ -14,14 +46,24 @@
 struct rctx {
 	const struct httpc_req *req;
 	struct httpc_resp *resp;
+	CURL *h;
 	size_t cap;
 	bool oom;
+	bool begun; /* the first body chunk arrived: on_status was called */
 };
 
 static size_t on_body(char *buf, size_t size, size_t nmemb, void *arg)
 {
 	struct rctx *c = arg;
 	size_t n = size * nmemb;
+	if (!c->begun) {
+		c->begun = true;
+		if (c->req->on_status) {
+			long status = 0;
+			curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
+			c->req->on_status(c->req->ctx, status);
+		}
+	}
 	if (c->req->on_data) {
 		if (!c->req->on_data(c->req->ctx, buf, n) || (c->req->abort2 && *c->req->abort2)) {
 			c->resp->stopped = true;
@@ -47,25 +89,34 @@ static size_t on_body(char *buf, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+/* One header line ("Name: value\r\n", the status line, or the blank line). */
 static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 {
 	struct rctx *c = arg;
 	size_t n = size * nitems;
-	static const char name[] = "x-consul-index:";
-	if (n > sizeof(name) - 1 && strncasecmp(buf, name, sizeof(name) - 1) == 0) {
-		char tmp[64];
-		size_t k = n - (sizeof(name) - 1);
-		if (k >= sizeof(tmp))
-			k = sizeof(tmp) - 1;
-		memcpy(tmp, buf + sizeof(name) - 1, k);
-		tmp[k] = '\0';
-		char *end;
-		uint64_t v = strtoull(tmp, &end, 10);
-		if (end != tmp) {
-			c->resp->consul_index = v;
+	char line[1024];
+	size_t k = n < sizeof(line) ? n : sizeof(line) - 1;
+	memcpy(line, buf, k);
+	line[k] = '\0';
+	char *colon = strchr(line, ':');
+	if (!colon || colon == line)
+		return n;
+	*colon = '\0';
+	char *v = colon + 1, *end = line + k;
+	while (*v == ' ' || *v == '\t')
+		v++;
+	while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+		*--end = '\0';
+	if (strcasecmp(line, "X-Consul-Index") == 0) {
+		char *e;
+		uint64_t x = strtoull(v, &e, 10);
+		if (e != v) {
+			c->resp->consul_index = x;
 			c->resp->has_index = true;
 		}
 	}
+	if (c->req->on_header)
+		c->req->on_header(c->req->ctx, line, v);
 	return n;
 }
 
@@ -76,6 +127,16 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
 		c->req->progress(c->req->pctx, (uint64_t)dn, (uint64_t)dt, (uint64_t)un,
 				 (uint64_t)ut);
 	return (c->req->abort && *c->req->abort) || (c->req->abort2 && *c->req->abort2) ? 1 : 0;
+}
+
+static bool has_header(const struct httpc_req *req, const char *name)
+{
+	size_t nl = strlen(name);
+	for (size_t i = 0; i < sizeof(req->headers) / sizeof(req->headers[0]) && req->headers[i];
+	     i++)
+		if (strncasecmp(req->headers[i], name, nl) == 0 && req->headers[i][nl] == ':')
+			return true;
+	return false;
 }
 
 int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
@@ -89,10 +150,11 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
 		snprintf(resp->err, sizeof(resp->err), "cannot create a curl handle");
 		return -ENOMEM;
 	}
+	c.h = h;
 	for (size_t i = 0; i < sizeof(req->headers) / sizeof(req->headers[0]) && req->headers[i];
 	     i++)
 		hdrs = curl_slist_append(hdrs, req->headers[i]);
-	if (req->body)
+	if (req->body && !has_header(req, "Content-Type"))
 		hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
 	hdrs = curl_slist_append(hdrs, "Expect:");
 	curl_easy_setopt(h, CURLOPT_URL, req->url);
@@ -114,9 +176,18 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
 	curl_easy_setopt(h, CURLOPT_XFERINFODATA, &c);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
 	if (req->timeout_ms > 0)
 		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+	if (req->low_speed_s > 0) {
+		curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, req->low_speed_bytes);
+		curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, req->low_speed_s);
+	}
+	if (req->keepalive)
+		curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	if (req->buffer_size > 0)
+		curl_easy_setopt(h, CURLOPT_BUFFERSIZE, req->buffer_size);
 	/*
 	 * The multi interface, polled every 20 ms, so that an abort (shutdown,
 	 * lease_kick) ends even an idle blocking query at once; the progress
@@ -159,7 +230,8 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
 	} else if (cc == CURLE_ABORTED_BY_CALLBACK) {
 		r = -ECANCELED;
 		snprintf(resp->err, sizeof(resp->err), "cancelled");
-	} else if (cc == CURLE_OPERATION_TIMEDOUT && req->on_data && resp->status == 200) {
+	} else if (cc == CURLE_OPERATION_TIMEDOUT && req->on_data && !req->low_speed_s &&
+		   resp->status == 200) {
 		/* a stream that simply ran to its deadline */
 		cc = CURLE_OK;
 	} else if (cc == CURLE_OPERATION_TIMEDOUT) {
@@ -179,6 +251,16 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
 	return r;
 }
 
+int httpc_global_init(void)
+{
+	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
+}
+
+void httpc_global_cleanup(void)
+{
+	curl_global_cleanup();
+}
+
 void httpc_resp_release(struct httpc_resp *resp)
 {
 	if (!resp)
@@ -193,6 +275,69 @@ void httpc_bearer(char *buf, size_t n, const char *token)
 	buf[0] = '\0';
 	if (token && *token)
 		snprintf(buf, n, "Authorization: Bearer %s", token);
+}
+
+char *httpc_escape(const char *s)
+{
+	char *e = curl_easy_escape(NULL, s, 0);
+	char *out = e ? strdup(e) : NULL;
+	curl_free(e);
+	return out;
+}
+
+void httpc_url_release(struct httpc_url *u)
+{
+	if (!u)
+		return;
+	free(u->scheme);
+	free(u->host);
+	free(u->port);
+	free(u->password);
+	free(u->path);
+	memset(u, 0, sizeof(*u));
+}
+
+/* One part of a parsed URL into *ret (malloc'd, NULL when absent). 0 or -ENOMEM. */
+static int url_part(CURLU *u, CURLUPart what, unsigned flags, char **ret)
+{
+	char *v = NULL;
+	*ret = NULL;
+	if (curl_url_get(u, what, &v, flags) != CURLUE_OK || !v)
+		return 0;
+	*ret = strdup(v);
+	curl_free(v);
+	return *ret ? 0 : -ENOMEM;
+}
+
+int httpc_url_parse(const char *url, struct httpc_url *ret)
+{
+	struct httpc_url p = {0};
+	int r = -ENOMEM;
+	memset(ret, 0, sizeof(*ret));
+	CURLU *u = curl_url();
+	if (!u)
+		goto out;
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
+		r = -EINVAL;
+		goto out;
+	}
+	if (url_part(u, CURLUPART_SCHEME, 0, &p.scheme) < 0 ||
+	    url_part(u, CURLUPART_HOST, 0, &p.host) < 0 ||
+	    url_part(u, CURLUPART_PORT, 0, &p.port) < 0 ||
+	    url_part(u, CURLUPART_PASSWORD, CURLU_URLDECODE, &p.password) < 0 ||
+	    url_part(u, CURLUPART_PATH, 0, &p.path) < 0)
+		goto out;
+	if (!p.scheme || !p.host) {
+		r = -EINVAL;
+		goto out;
+	}
+	*ret = p;
+	memset(&p, 0, sizeof(p));
+	r = 0;
+out:
+	httpc_url_release(&p);
+	curl_url_cleanup(u);
+	return r;
 }
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -30,7 +30,6 @@
 #include "ltxfs/lease.h"
 #include "ltxfs/lease_backend.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -450,33 +449,28 @@ static const struct lease_ops consul_ops = {
 int lease_consul_new(struct lease **ret, const struct config *cfg, char *errmsg, size_t n)
 {
 	struct consul *c = calloc(1, sizeof(*c));
-	CURLU *u = curl_url();
-	char *scheme = NULL, *host = NULL, *port = NULL, *pass = NULL, *path = NULL;
+	struct httpc_url u = {0};
 	int r = -ENOMEM;
-	if (!c || !u)
+	if (!c)
 		goto out;
 	c->base.ops = &consul_ops;
 	c->base.ttl_ms = cfg->lease.consul.ttl_ms;
 	c->lock_delay_ms = cfg->lease.consul.lock_delay_ms;
-	if (curl_url_set(u, CURLUPART_URL, cfg->lease.consul.url, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+	r = httpc_url_parse(cfg->lease.consul.url, &u);
+	if (r == -EINVAL) {
 		snprintf(errmsg, n, "key 'lease.consul.url': cannot parse '%s'",
 			 cfg->lease.consul.url);
-		r = -EINVAL;
 		goto out;
 	}
-	curl_url_get(u, CURLUPART_PORT, &port, 0);
-	curl_url_get(u, CURLUPART_PASSWORD, &pass, CURLU_URLDECODE);
-	curl_url_get(u, CURLUPART_PATH, &path, 0);
-	if (asprintf(&c->baseurl, "%s://%s%s%s", scheme, host, port ? ":" : "", port ? port : "") <
-	    0) {
+	r = -ENOMEM;
+	if (asprintf(&c->baseurl, "%s://%s%s%s", u.scheme, u.host, u.port ? ":" : "",
+		     u.port ? u.port : "") < 0) {
 		c->baseurl = NULL;
 		goto out;
 	}
-	if (pass && *pass)
-		snprintf(c->auth, sizeof(c->auth), "X-Consul-Token: %s", pass);
-	const char *p = path ? path : "";
+	if (u.password && *u.password)
+		snprintf(c->auth, sizeof(c->auth), "X-Consul-Token: %s", u.password);
+	const char *p = u.path ? u.path : "";
 	while (*p == '/')
 		p++;
 	size_t pl = strlen(p);
@@ -501,12 +495,7 @@ int lease_consul_new(struct lease **ret, const struct config *cfg, char *errmsg,
 out:
 	if (r == -ENOMEM)
 		snprintf(errmsg, n, "out of memory");
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(port);
-	curl_free(pass);
-	curl_free(path);
-	curl_url_cleanup(u);
+	httpc_url_release(&u);
 	if (c)
 		c_free(&c->base);
 	return r;

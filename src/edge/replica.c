@@ -20,17 +20,27 @@
  * A stream that stays silent for 5 s (the primary sends a heartbeat every
  * second) is treated as dead. Every error ends the stream; the position map
  * of the next connection tells the primary where to resume.
+ *
+ * The connection is one streamed request of httpc (httpc_do with on_data):
+ * each chunk goes from libcurl's 256 KiB receive buffer to the frame parser
+ * and on to the frame's file with no copy in between.
+ *
+ * Threads: everything above runs on the replica thread (replica_run).
+ * replica_follow, called on the elector thread, swaps the URL under mu,
+ * bumps gen and sets cut, which httpc polls: the stream in flight ends
+ * within 20 ms and the thread connects to the new primary at once.
+ * replica_start and replica_stop run on the main thread.
  */
 #include "ltxfs/replica.h"
 #include "ltxfs/clock.h"
 
+#include "ltxfs/fsutil.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/metrics.h"
 #include "ltxfs/stream.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -47,6 +57,7 @@ struct replica {
 	char *url;	   /* under mu; NULL: follow nobody */
 	uint64_t gen;	   /* bumped by replica_follow: the stream in flight ends */
 	uint64_t conn_gen; /* gen of the stream in flight */
+	volatile bool cut; /* under mu: replica_follow ended the stream in flight */
 	long last_status;  /* HTTP status of the last connection (0: none) */
 	pthread_t thread;
 	bool started;
@@ -120,20 +131,13 @@ static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t ep
 static int on_ltx_data(void *ctx, const uint8_t *buf, size_t n)
 {
 	struct conn *c = ctx;
-	while (n > 0) {
-		ssize_t w = write(c->fd, buf, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			int e = errno;
-			snprintf(c->err, sizeof(c->err), "db '%s': writing a received LTX file: %s",
-				 db_name(c->db), strerror(e));
-			return -e;
-		}
-		buf += w;
-		n -= (size_t)w;
-		c->got += (uint64_t)w;
+	int r = fs_write_full(c->fd, buf, n);
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err), "db '%s': writing a received LTX file: %s",
+			 db_name(c->db), strerror(-r));
+		return r;
 	}
+	c->got += n;
 	if (c->rv)
 		db_recv_progress(c->rv, c->got);
 	return 0;
@@ -207,55 +211,31 @@ static int on_handoff(void *ctx, const char *token, uint64_t epoch)
 	return 0;
 }
 
-/* ------------------------------------------------------------- curl */
+/* ------------------------------------------------------------- HTTP */
 
-static void trim(char *s)
-{
-	size_t n = strlen(s);
-	while (n && (s[n - 1] == '\r' || s[n - 1] == '\n' || s[n - 1] == ' '))
-		s[--n] = '\0';
-}
-
-static size_t on_header(char *buf, size_t size, size_t nitems, void *ctx)
+/* The response headers the stream needs (httpc on_header). */
+static void on_header(void *ctx, const char *name, const char *value)
 {
 	struct conn *c = ctx;
-	size_t n = size * nitems;
-	static const struct {
-		const char *name;
-		size_t off, len;
-	} keys[] = {
-	    {"Ltxfs-Hostname:", offsetof(struct conn, hostname),
-	     sizeof(((struct conn *)0)->hostname)},
-	    {"Ltxfs-Cluster-Id:", offsetof(struct conn, cluster_id),
-	     sizeof(((struct conn *)0)->cluster_id)},
-	    {"Ltxfs-Node-Id:", offsetof(struct conn, peer_id), sizeof(((struct conn *)0)->peer_id)},
-	};
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		size_t kl = strlen(keys[i].name);
-		if (n > kl && strncasecmp(buf, keys[i].name, kl) == 0) {
-			char *dst = (char *)c + keys[i].off;
-			const char *v = buf + kl;
-			size_t vl = n - kl;
-			while (vl && *v == ' ') {
-				v++;
-				vl--;
-			}
-			if (vl >= keys[i].len)
-				vl = keys[i].len - 1;
-			memcpy(dst, v, vl);
-			dst[vl] = '\0';
-			trim(dst);
-		}
-	}
-	return n;
+	if (strcasecmp(name, "Ltxfs-Hostname") == 0)
+		snprintf(c->hostname, sizeof(c->hostname), "%s", value);
+	else if (strcasecmp(name, "Ltxfs-Cluster-Id") == 0)
+		snprintf(c->cluster_id, sizeof(c->cluster_id), "%s", value);
+	else if (strcasecmp(name, "Ltxfs-Node-Id") == 0)
+		snprintf(c->peer_id, sizeof(c->peer_id), "%s", value);
+}
+
+static void on_status(void *ctx, long status)
+{
+	struct conn *c = ctx;
+	c->status = status;
 }
 
 /* The first body bytes: check who answered before applying anything. */
-static int check_peer(struct conn *c, CURL *h)
+static int check_peer(struct conn *c)
 {
 	struct store *st = c->r->opt.store;
 	char mine[21];
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
 	if (c->status != 200) {
 		snprintf(c->err, sizeof(c->err), "primary answered HTTP %ld", c->status);
 		return -EPROTO;
@@ -284,41 +264,25 @@ static int check_peer(struct conn *c, CURL *h)
 	return 0;
 }
 
-struct wctx {
-	struct conn *c;
-	CURL *h;
-};
-
-static size_t on_body(char *buf, size_t size, size_t nmemb, void *ctx)
+/* Each chunk of the body, straight from the receive buffer (httpc on_data). */
+static bool on_body(void *ctx, const char *buf, size_t n)
 {
-	struct wctx *w = ctx;
-	struct conn *c = w->c;
-	size_t n = size * nmemb;
+	struct conn *c = ctx;
 	metrics_add(MC_STREAM_BYTES_RECEIVED, n);
 	if (!c->checked) {
 		c->checked = true;
-		if (check_peer(c, w->h) < 0)
-			return 0;
+		if (check_peer(c) < 0)
+			return false;
 	}
 	if (c->status != 200)
-		return 0;
+		return false;
 	c->worked = true;
 	if (stream_parser_feed(&c->parser, (const uint8_t *)buf, n) < 0) {
 		if (!c->err[0])
 			snprintf(c->err, sizeof(c->err), "malformed stream frame from the primary");
-		return 0;
+		return false;
 	}
-	return n;
-}
-
-static int on_progress(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
-{
-	struct replica *r = ctx;
-	(void)dt;
-	(void)dn;
-	(void)ut;
-	(void)un;
-	return r->stopping || __atomic_load_n(&r->gen, __ATOMIC_RELAXED) != r->conn_gen ? 1 : 0;
+	return true;
 }
 
 /* Build the position map of every local database. */
@@ -370,8 +334,7 @@ static bool run_once(struct replica *r)
 	uint8_t *body = NULL;
 	size_t blen = 0;
 	char url[2048], hid[64], hcid[64], hadv[1100], hauth[600];
-	struct curl_slist *hdrs = NULL;
-	CURL *h = NULL;
+	struct httpc_resp resp = {0};
 	bool progress = false;
 
 	char base[1024];
@@ -382,6 +345,7 @@ static bool run_once(struct replica *r)
 	}
 	snprintf(base, sizeof(base), "%s", r->url);
 	r->conn_gen = r->gen;
+	r->cut = false;
 	pthread_mutex_unlock(&r->mu);
 	memset(&c, 0, sizeof(c));
 	c.r = r;
@@ -391,51 +355,48 @@ static bool run_once(struct replica *r)
 	stream_parser_init(&c.parser, &cb);
 	if (posmap(st, &body, &blen) < 0)
 		return false;
-	h = curl_easy_init();
-	if (!h)
-		goto out;
 	snprintf(url, sizeof(url), "%s/stream", base);
+	/*
+	 * A stream that stays silent for 5 s (less than 1 byte per second: the
+	 * primary sends a heartbeat every second) is dead. The 256 KiB receive
+	 * buffer matches the primary's 256 KiB blocks.
+	 */
+	struct httpc_req req = {.method = "POST",
+				.url = url,
+				.body = (const char *)body,
+				.body_len = blen,
+				.connect_timeout_ms = 3000,
+				.low_speed_bytes = 1,
+				.low_speed_s = 5,
+				.keepalive = true,
+				.buffer_size = 256L * 1024,
+				.abort = &r->stopping,
+				.abort2 = &r->cut,
+				.on_data = on_body,
+				.on_header = on_header,
+				.on_status = on_status,
+				.ctx = &c};
+	size_t nh = 0;
 	snprintf(hid, sizeof(hid), "Ltxfs-Node-Id: %016" PRIX64, store_node_id(st));
-	hdrs = curl_slist_append(hdrs, hid);
+	req.headers[nh++] = hid;
 	char cid[21];
 	store_cluster_id(st, cid);
 	if (cid[0]) {
 		snprintf(hcid, sizeof(hcid), "Ltxfs-Cluster-Id: %s", cid);
-		hdrs = curl_slist_append(hdrs, hcid);
+		req.headers[nh++] = hcid;
 	}
 	httpc_bearer(hauth, sizeof(hauth), r->opt.token);
 	if (hauth[0])
-		hdrs = curl_slist_append(hdrs, hauth);
+		req.headers[nh++] = hauth;
 	if (r->opt.advertise_url) {
 		snprintf(hadv, sizeof(hadv), "Ltxfs-Advertise-Url: %s", r->opt.advertise_url);
-		hdrs = curl_slist_append(hdrs, hadv);
+		req.headers[nh++] = hadv;
 	}
-	hdrs = curl_slist_append(hdrs, "Content-Type: application/octet-stream");
-	hdrs = curl_slist_append(hdrs, "Expect:");
-	struct wctx w = {&c, h};
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_POST, 1L);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)body);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(h, CURLOPT_HEADERDATA, &c);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &w);
-	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(h, CURLOPT_XFERINFODATA, r);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 5L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 256L * 1024);
-	CURLcode cc = curl_easy_perform(h);
-	if (!c.checked && cc == CURLE_OK) {
+	req.headers[nh++] = "Content-Type: application/octet-stream";
+	int hr = httpc_do(&req, &resp);
+	if (!c.checked && hr == 0) {
 		/* a response with no body at all: an error status */
-		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c.status);
+		c.status = resp.status;
 		snprintf(c.err, sizeof(c.err), "primary answered HTTP %ld", c.status);
 	}
 	progress = c.worked;
@@ -448,8 +409,8 @@ static bool run_once(struct replica *r)
 		log_info("primary %s closed the stream", c.hostname);
 	else if (c.err[0])
 		report(r, "replication stream from %s: %s", base, c.err);
-	else if (cc != CURLE_OK)
-		report(r, "replication stream from %s: %s", base, curl_easy_strerror(cc));
+	else if (hr < 0)
+		report(r, "replication stream from %s", resp.err);
 	else
 		report(r, "replication stream from %s ended without an END frame", base);
 out:
@@ -458,9 +419,7 @@ out:
 		close(c.fd);
 	if (c.checked && c.status == 200)
 		store_set_upstream(st, NULL);
-	curl_slist_free_all(hdrs);
-	if (h)
-		curl_easy_cleanup(h);
+	httpc_resp_release(&resp);
 	free(body);
 	return progress;
 }
@@ -555,6 +514,7 @@ int replica_follow(struct replica *r, const char *url)
 	free(r->url);
 	r->url = u;
 	__atomic_add_fetch(&r->gen, 1, __ATOMIC_RELAXED);
+	r->cut = true;
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->mu);
 	if (!u)

@@ -1,0 +1,119 @@
+/*
+ * httpd_int.h - what the files of the HTTP server share (private to
+ * src/edge; not installed).
+ *
+ * httpd.c owns struct httpd, its lifecycle, the request callback and the
+ * reply helpers below; httpd_stream.c owns struct stream and struct spos
+ * (replication: POST /stream, GET /ltx, POST /handoff); httpd_admin.c the
+ * operator's endpoints. Every httpd_serve_* runs on the connection's own
+ * thread (libmicrohttpd's thread-per-connection mode), after routing and
+ * authorisation, and returns what MHD_queue_response returned (MHD_NO
+ * closes the connection). Locks: h->mu, then the store's and a database's
+ * own (never the other way round); nothing waits while holding h->mu.
+ */
+#ifndef LTXFS_HTTPD_INT_H
+#define LTXFS_HTTPD_INT_H
+
+#include "ltxfs/httpd.h"
+#include "ltxfs/stream.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * A replica stream's record of one database (httpd_stream.c). txid and
+ * checksum: what the replica has, or has been sent; floor: what it surely
+ * holds (retention). Written by the stream's thread under h->mu.
+ */
+struct spos {
+	char name[STREAM_NAME_MAX + 1];
+	uint64_t txid, checksum;
+	uint64_t floor; /* TXID the replica surely holds (retention) */
+};
+
+/*
+ * One POST /stream response (httpd_stream.c). The list links and pos are
+ * under h->mu; the rest belongs to the connection's thread alone.
+ */
+struct stream {
+	struct stream *prev, *next;
+	struct httpd *h;
+	struct spos *pos;
+	size_t n, cap;
+	uint64_t peer_id;
+	bool ready_sent, ended, handoff_pending;
+	int64_t last_hb; /* monotonic ms */
+	uint8_t pend[STREAM_FRAME_HEADER + STREAM_LTX_META_MAX + STREAM_TOKEN_MAX + 64];
+	size_t pend_len, pend_off;
+	int fd;
+	uint64_t fd_size, fd_off; /* the LTX frame's length and what was sent of it */
+	struct db_snap *snap;	  /* the frame being sent is a snapshot still being built */
+	uint64_t sent_bytes;
+};
+
+/* One request's state between on_request calls (*con_cls), httpd.c. */
+struct request {
+	char *body; /* the body in memory (POST /stream's position map) */
+	size_t len;
+	bool too_big; /* it passed MAX_POSMAP_BYTES and was dropped */
+	int upfd;     /* POST /import: the upload goes to this file (-1: to body) */
+	char uppath[4200];
+	uint64_t uplen;
+	int uperr;
+};
+
+struct httpd {
+	struct MHD_Daemon *d;
+	struct store *store;
+	struct elector *elector;
+	struct db_apply_hooks hooks;
+	char *hostname;
+	char *advertise_url;
+	char *mount_dir, *data_dir, *token;
+	bool read_auth;
+	size_t nevents;		   /* open GET /events streams, under mu */
+	pthread_mutex_t import_mu; /* one import at a time */
+	/* a handoff in progress, under mu */
+	uint64_t handoff_peer;
+	char handoff_token[STREAM_TOKEN_MAX + 1];
+	bool handoff_queued; /* the frame is queued: the successor may take the lease */
+	pthread_mutex_t mu;  /* streams list, nstreams, nevents, handoff */
+	struct stream streams;
+	size_t nstreams;
+	volatile bool stopping;
+};
+
+/*
+ * httpd.c: queue resp as the answer with status. Its headers: Ltxfs-Node-Id
+ * and, once the node has one, Ltxfs-Cluster-Id, then the (name, value)
+ * pairs given, in order, up to a NULL name. resp is destroyed here (MHD
+ * keeps its own reference). Returns what MHD_queue_response returned.
+ */
+__attribute__((sentinel)) enum MHD_Result httpd_queue(struct httpd *h, struct MHD_Connection *c,
+						      unsigned status, struct MHD_Response *resp,
+						      ...);
+/* Queue obj (its reference is taken) as a JSON body ending with a newline. */
+enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsigned status,
+				 json_t *obj);
+/* Queue {"error":msg}. */
+enum MHD_Result httpd_reply_error(struct httpd *h, struct MHD_Connection *c, unsigned status,
+				  const char *msg);
+
+/* httpd_stream.c: replication, node to node. */
+enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, struct request *rq);
+enum MHD_Result httpd_serve_ltx(struct httpd *h, struct MHD_Connection *c);
+enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
+/* GET /info's "replicas": each connected stream's node ID and positions (takes h->mu). */
+json_t *httpd_stream_replicas(struct httpd *h);
+
+/* httpd_admin.c: the operator's endpoints. */
+enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c);
+enum MHD_Result httpd_serve_events(struct httpd *h, struct MHD_Connection *c);
+enum MHD_Result httpd_serve_export(struct httpd *h, struct MHD_Connection *c);
+enum MHD_Result httpd_serve_import(struct httpd *h, struct MHD_Connection *c, struct request *rq);
+
+#endif

@@ -1,0 +1,603 @@
+/*
+ * httpd_stream.c - the HTTP server's replication side: POST /stream,
+ * GET /ltx and POST /handoff (httpd.c routes to them).
+ *
+ * POST /stream. A replica posts its position map; the primary answers 200
+ * and then keeps the response open, writing frames (stream.h) as long as it
+ * is primary. One stream's state machine, run by the connection's own
+ * thread inside libmicrohttpd's content-reader callback:
+ *
+ *   DRAIN   copy the pending frame bytes (header, metadata) to the socket,
+ *           then the LTX file behind them, if any
+ *   SCAN    compare each database's position with the replica's:
+ *             equal                          nothing to send
+ *             replica behind, and the file   send "txid+1-txid+1.ltx"
+ *               for txid+1 exists and its
+ *               pre-apply checksum matches
+ *             replica empty, file pruned     send a snapshot
+ *             replica ahead, or checksums    send a snapshot flagged
+ *               disagree                       DIVERGED
+ *           and advance the replica's position to what was sent
+ *   READY   once the first SCAN finds nothing left: READY, HEARTBEAT
+ *   WAIT    sleep on the store's change counter; at 1 s with nothing to
+ *           send, a HEARTBEAT; at shutdown or loss of the primary role, END
+ *
+ * HANDOFF. POST /handoff?nodeID=X (the primary's side of a planned
+ * handoff): the elector fences commits; X's stream, once it has nothing
+ * left to send, writes a HANDOFF frame with the lease token and END; the
+ * request answers 200 when the frame is on the socket (the elector then
+ * steps down), or 504 after 5 s (the fence is lifted). POST /promote
+ * (httpd.c) asks this node's primary for a handoff and answers once this
+ * node is primary.
+ *
+ * The replica verifies and applies each LTX file; it reconnects after any
+ * error, and its new position map tells the primary where to resume. The
+ * primary keeps no per-replica state beyond the open stream.
+ *
+ * Retention. Each stream records, per database, the position the replica
+ * reported and, at each heartbeat (sent only when everything was written to
+ * the socket), what it has been sent since. The retention thread keeps every
+ * LTX file above the lowest of these (httpd_retention_floor).
+ *
+ * Adoption. On a primary elected after an unclean failover, while nothing
+ * has committed in its term (store_can_adopt), a connecting replica that
+ * names its own URL (Ltxfs-Advertise-Url) may be ahead on the same chain.
+ * Before its stream starts, httpd_serve_stream hands the replica's position
+ * map to the elector (elector_adopt), whose adopter thread fetches the
+ * missing transactions from the replica's GET /ltx and applies them. The
+ * handler only waits (it makes no client call); the stream then starts
+ * from the position reached, so the replica is not sent a DIVERGED
+ * snapshot for what the primary has just taken over (docs/leases.md 6.2).
+ *
+ * GET /ltx?db=NAME&txid=HEX. One LTX file, verified in full, sent from its
+ * descriptor: what a new primary fetches from a replica during adoption.
+ * Served by every node.
+ *
+ * Threads and locks. A stream's own state (pend, fd, snap, the flags)
+ * belongs to its connection's thread. The list of streams and each
+ * stream's position table are under h->mu, which the threads of /info,
+ * /metrics and /handoff and the retention thread (httpd_retention_floor)
+ * also take; so are the handoff fields, which the /handoff thread sets and
+ * the stream's thread turns into the frame. Queueing and cancelling the
+ * frame both happen under h->mu, so it is either on its way and this node
+ * steps down, or never sent. The stream's thread holds h->mu only for a
+ * few assignments, never while it waits for a commit or writes.
+ */
+#include "httpd_int.h"
+#include "ltxfs/clock.h"
+
+#include "ltxfs/db.h"
+#include "ltxfs/elector.h"
+#include "ltxfs/log.h"
+#include "ltxfs/ltx.h"
+#include "ltxfs/metrics.h"
+#include "ltxfs/stream.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HEARTBEAT_MS 1000
+#define STREAM_BLOCK (256u << 10)
+
+/* ------------------------------------------------------------- /stream */
+
+static struct spos *spos_find(struct stream *s, const char *name)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (strcmp(s->pos[i].name, name) == 0)
+			return &s->pos[i];
+	return NULL;
+}
+
+static struct spos *spos_get(struct stream *s, const char *name)
+{
+	struct spos *p = spos_find(s, name);
+	if (p)
+		return p;
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 8;
+		void *np = realloc(s->pos, cap * sizeof(*s->pos));
+		if (!np)
+			return NULL;
+		s->pos = np;
+		s->cap = cap;
+	}
+	p = &s->pos[s->n++];
+	memset(p, 0, sizeof(*p));
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	return p;
+}
+
+static void pend_frame(struct stream *s, uint32_t type)
+{
+	metrics_add(type == STREAM_READY ? MC_FRAMES_READY : MC_FRAMES_END, 1);
+	stream_frame_header(s->pend + s->pend_len, type, 0);
+	s->pend_len += STREAM_FRAME_HEADER;
+}
+
+static void pend_heartbeat(struct stream *s)
+{
+	s->pend_len += stream_heartbeat_frame(s->pend + s->pend_len, clock_wall_ms(),
+					      store_epoch(s->h->store));
+	s->last_hb = clock_mono_ms();
+	metrics_add(MC_FRAMES_HEARTBEAT, 1);
+	/* Everything before this heartbeat has been handed to the socket. */
+	pthread_mutex_lock(&s->h->mu);
+	for (size_t i = 0; i < s->n; i++)
+		s->pos[i].floor = s->pos[i].txid;
+	pthread_mutex_unlock(&s->h->mu);
+}
+
+/*
+ * Find the next LTX file (or snapshot) some database needs and queue it.
+ * Returns 1 when something was queued, 0 when the replica is up to date,
+ * -errno on failure (the stream then ends and the replica reconnects).
+ */
+static int stream_next(struct stream *s)
+{
+	struct store *st = s->h->store;
+	size_t n = store_count(st);
+	for (size_t i = 0; i < n; i++) {
+		struct db *db = store_at(st, i);
+		struct db_pos dp;
+		db_get_pos(db, &dp);
+		if (dp.txid == 0)
+			continue;
+		pthread_mutex_lock(&s->h->mu);
+		struct spos *rp = spos_get(s, db_name(db));
+		pthread_mutex_unlock(&s->h->mu);
+		if (!rp)
+			return -ENOMEM;
+		if (rp->txid == dp.txid && rp->checksum == dp.checksum)
+			continue;
+		struct ltx_header lh;
+		struct ltx_trailer lt;
+		int fd = -1, r = -ENOENT;
+		uint32_t flags = 0;
+		const char *why = NULL;
+		if (rp->txid > dp.txid || (rp->txid == dp.txid && rp->checksum != dp.checksum)) {
+			why = "the replica's history diverged";
+			flags |= STREAM_LTX_DIVERGED;
+		} else if (rp->txid > 0) {
+			r = db_ltx_open(db, rp->txid + 1, &fd, &lh, &lt);
+			if (r == 0 && lh.pre_apply_checksum != rp->checksum) {
+				close(fd);
+				fd = -1;
+				r = -ESTALE;
+				why = "the replica's history diverged";
+				flags |= STREAM_LTX_DIVERGED;
+			} else if (r == -ENOENT) {
+				why = "the LTX files it needs were removed by retention";
+			} else if (r < 0) {
+				log_error("db '%s': LTX file for TXID %016" PRIx64
+					  " is unreadable: %s; "
+					  "sending a snapshot",
+					  db_name(db), rp->txid + 1, strerror(-r));
+				why = "an LTX file is damaged";
+			}
+		}
+		if (fd < 0) {
+			if (why)
+				log_info("db '%s': sending a snapshot at TXID %016" PRIx64
+					 " to replica %016" PRIX64 " because %s",
+					 db_name(db), dp.txid, s->peer_id, why);
+			r = db_snap_start(db, &s->snap);
+			if (r == -ENOENT)
+				continue;
+			if (r == 0)
+				metrics_add(MC_SNAPSHOTS_SENT, 1);
+			if (r < 0) {
+				log_error("db '%s': cannot build a snapshot: %s", db_name(db),
+					  strerror(-r));
+				return r;
+			}
+		}
+		uint64_t size;
+		if (s->snap) {
+			db_snap_info(s->snap, &size, &lh, &lt.post_apply_checksum);
+		} else {
+			struct stat sb;
+			if (fstat(fd, &sb) < 0) {
+				r = -errno;
+				close(fd);
+				return r;
+			}
+			size = (uint64_t)sb.st_size;
+			s->fd = fd;
+		}
+		s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags, store_epoch(st),
+						      db_name(db), size);
+		s->fd_size = size;
+		s->fd_off = 0;
+		metrics_add(MC_FRAMES_LTX, 1);
+		pthread_mutex_lock(&s->h->mu);
+		rp->txid = lh.max_txid;
+		rp->checksum = lt.post_apply_checksum;
+		pthread_mutex_unlock(&s->h->mu);
+		return 1;
+	}
+	return 0;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct stream *s = cls;
+	struct httpd *h = s->h;
+	(void)pos;
+	for (;;) {
+		if (s->pend_off < s->pend_len) {
+			size_t k = s->pend_len - s->pend_off;
+			k = k < max ? k : max;
+			memcpy(buf, s->pend + s->pend_off, k);
+			s->pend_off += k;
+			if (s->pend_off == s->pend_len)
+				s->pend_off = s->pend_len = 0;
+			s->sent_bytes += k;
+			metrics_add(MC_STREAM_BYTES_SENT, k);
+			return (ssize_t)k;
+		}
+		if ((s->fd >= 0 || s->snap) && s->fd_off < s->fd_size) {
+			uint64_t remain = s->fd_size - s->fd_off;
+			size_t k = remain < max ? (size_t)remain : max;
+			ssize_t r;
+			if (s->snap) {
+				r = db_snap_read(s->snap, buf, k);
+				if (r < 0) {
+					if (r == -EAGAIN)
+						log_info(
+						    "stream: the snapshot for replica %016" PRIX64
+						    " is cut short and will be sent again",
+						    s->peer_id);
+					else
+						log_error("stream: building a snapshot failed: %s",
+							  strerror((int)-r));
+					return MHD_CONTENT_READER_END_WITH_ERROR;
+				}
+			} else {
+				r = pread(s->fd, buf, k, (off_t)s->fd_off);
+			}
+			if (r <= 0) {
+				log_error("stream: reading an LTX file failed: %s",
+					  r < 0 ? strerror(errno) : "unexpected end of file");
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			}
+			s->fd_off += (uint64_t)r;
+			s->sent_bytes += (uint64_t)r;
+			metrics_add(MC_STREAM_BYTES_SENT, (uint64_t)r);
+			return r;
+		}
+		if (s->fd >= 0) {
+			close(s->fd);
+			s->fd = -1;
+		}
+		if (s->snap) {
+			db_snap_free(s->snap);
+			s->snap = NULL;
+		}
+		if (s->handoff_pending) {
+			/* the HANDOFF frame has been handed to the socket */
+			log_info("handoff frame sent to replica %016" PRIX64, s->peer_id);
+			s->handoff_pending = false;
+		}
+		if (s->ended)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (h->stopping || !store_is_primary(h->store)) {
+			pend_frame(s, STREAM_END);
+			s->ended = true;
+			continue;
+		}
+		uint64_t seq = store_change_seq(h->store);
+		int r = stream_next(s);
+		if (r < 0)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		if (r > 0)
+			continue;
+		pthread_mutex_lock(&h->mu);
+		bool handoff = h->handoff_peer == s->peer_id && !h->handoff_queued;
+		if (handoff) {
+			/* From here the successor may hold the lease: the handler
+			 * must step this node down whatever happens to the socket. */
+			h->handoff_queued = true;
+			/* Commits are fenced and this replica has everything: pass the lease. */
+			metrics_add(MC_FRAMES_HANDOFF, 1);
+			s->pend_len += stream_handoff_frame(
+			    s->pend + s->pend_len, store_epoch(h->store), h->handoff_token);
+			pend_frame(s, STREAM_END);
+			s->ended = true;
+		}
+		pthread_mutex_unlock(&h->mu);
+		if (handoff) {
+			s->handoff_pending = true;
+			continue;
+		}
+		if (!s->ready_sent) {
+			pend_frame(s, STREAM_READY);
+			pend_heartbeat(s);
+			s->ready_sent = true;
+			continue;
+		}
+		int64_t wait = HEARTBEAT_MS - (clock_mono_ms() - s->last_hb);
+		if (wait <= 0) {
+			pend_heartbeat(s);
+			continue;
+		}
+		store_wait_change(h->store, seq, (int)wait);
+	}
+}
+
+static void stream_free(void *cls)
+{
+	struct stream *s = cls;
+	struct httpd *h = s->h;
+	pthread_mutex_lock(&h->mu);
+	s->prev->next = s->next;
+	s->next->prev = s->prev;
+	h->nstreams--;
+	pthread_mutex_unlock(&h->mu);
+	log_info("replica %016" PRIX64 " disconnected (%" PRIu64 " bytes sent)", s->peer_id,
+		 s->sent_bytes);
+	if (s->fd >= 0)
+		close(s->fd);
+	db_snap_free(s->snap);
+	free(s->pos);
+	free(s);
+}
+
+static bool parse_node_id(const char *v, uint64_t *ret)
+{
+	char *end;
+	if (!v || !*v || strlen(v) > 16)
+		return false;
+	errno = 0;
+	unsigned long long x = strtoull(v, &end, 16);
+	if (errno || *end)
+		return false;
+	*ret = x;
+	return true;
+}
+
+enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, struct request *rq)
+{
+	uint64_t peer = 0;
+	char cid[21];
+	if (!store_is_primary(h->store))
+		return httpd_reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+					 "this node is not the primary");
+	if (rq->too_big)
+		return httpd_reply_error(h, c, MHD_HTTP_CONTENT_TOO_LARGE,
+					 "position map too large");
+	const char *pid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Node-Id");
+	if (!parse_node_id(pid, &peer))
+		return httpd_reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+					 "missing or malformed Ltxfs-Node-Id header");
+	if (peer == store_node_id(h->store))
+		return httpd_reply_error(h, c, MHD_HTTP_BAD_REQUEST, "cannot stream to self");
+	const char *pcid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Cluster-Id");
+	store_cluster_id(h->store, cid);
+	if (pcid && *pcid && strcmp(pcid, cid) != 0) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "cluster ID mismatch: replica has %.24s, primary has %s",
+			 pcid, cid);
+		log_warn("refusing replica %016" PRIX64 ": %s", peer, msg);
+		return httpd_reply_error(h, c, MHD_HTTP_CONFLICT, msg);
+	}
+	struct stream_pos *pm = NULL;
+	size_t npm = 0;
+	if (stream_posmap_decode((const uint8_t *)rq->body, rq->len, &pm, &npm) < 0)
+		return httpd_reply_error(h, c, MHD_HTTP_BAD_REQUEST, "malformed position map");
+	const char *adv = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Advertise-Url");
+	if (adv && (strncmp(adv, "http://", 7) == 0 || strncmp(adv, "https://", 8) == 0) &&
+	    h->hooks.lock && h->elector && store_can_adopt(h->store)) {
+		/* a new primary: the elector adopts what this replica has beyond it */
+		struct elector_offer o = {
+		    .url = adv, .peer = peer, .pos = pm, .n = npm, .hooks = &h->hooks};
+		elector_adopt(h->elector, &o);
+	}
+	struct stream *s = calloc(1, sizeof(*s));
+	if (!s) {
+		free(pm);
+		return MHD_NO;
+	}
+	s->h = h;
+	s->fd = -1;
+	s->peer_id = peer;
+	s->last_hb = clock_mono_ms();
+	for (size_t i = 0; i < npm; i++) {
+		struct spos *p = spos_get(s, pm[i].name);
+		if (!p) {
+			free(pm);
+			free(s->pos);
+			free(s);
+			return MHD_NO;
+		}
+		p->txid = pm[i].txid;
+		p->checksum = pm[i].checksum;
+		p->floor = pm[i].txid;
+	}
+	free(pm);
+	struct MHD_Response *resp = MHD_create_response_from_callback(
+	    MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, s, stream_free);
+	if (!resp) {
+		free(s->pos);
+		free(s);
+		return MHD_NO;
+	}
+	pthread_mutex_lock(&h->mu);
+	s->next = h->streams.next;
+	s->prev = &h->streams;
+	s->next->prev = s;
+	h->streams.next = s;
+	h->nstreams++;
+	pthread_mutex_unlock(&h->mu);
+	log_info("replica %016" PRIX64 " connected with %zu database position(s)", peer, npm);
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Ltxfs-Hostname", h->hostname, "Content-Type",
+			   "application/vnd.ltxfs.stream", NULL);
+}
+
+/* ---------------------------------------------------------------- /ltx */
+
+/* GET /ltx?db=NAME&txid=HEX: the verified LTX file of one transaction. */
+enum MHD_Result httpd_serve_ltx(struct httpd *h, struct MHD_Connection *c)
+{
+	const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "db");
+	const char *tx = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "txid");
+	uint64_t txid;
+	if (!name || !stream_name_valid(name, strlen(name)) || !parse_node_id(tx, &txid) ||
+	    txid == 0)
+		return httpd_reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+					 "want db=NAME and txid=HEX (1 to 16 hex digits)");
+	struct db *db = store_find(h->store, name);
+	if (!db)
+		return httpd_reply_error(h, c, MHD_HTTP_NOT_FOUND, "no such database");
+	int fd;
+	struct ltx_header lh;
+	struct ltx_trailer lt;
+	int r = db_ltx_open(db, txid, &fd, &lh, &lt);
+	if (r == -ENOENT)
+		return httpd_reply_error(h, c, MHD_HTTP_NOT_FOUND, "no LTX file for that TXID");
+	if (r < 0)
+		return httpd_reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(-r));
+	struct stat sb;
+	if (fstat(fd, &sb) < 0) {
+		close(fd);
+		return httpd_reply_error(h, c, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(errno));
+	}
+	struct MHD_Response *resp = MHD_create_response_from_fd((size_t)sb.st_size, fd);
+	if (!resp) {
+		close(fd);
+		return MHD_NO;
+	}
+	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Content-Type", "application/octet-stream",
+			   NULL);
+}
+
+/* ------------------------------------------------------------ /handoff */
+
+static bool stream_connected(struct httpd *h, uint64_t peer)
+{
+	bool found = false;
+	pthread_mutex_lock(&h->mu);
+	for (struct stream *s = h->streams.next; s != &h->streams && !found; s = s->next)
+		found = s->peer_id == peer && !s->ended;
+	pthread_mutex_unlock(&h->mu);
+	return found;
+}
+
+enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c)
+{
+	uint64_t peer;
+	char token[STREAM_TOKEN_MAX + 1];
+	if (!h->elector)
+		return httpd_reply_error(
+		    h, c, MHD_HTTP_CONFLICT,
+		    "handoff needs a consul or etcd lease (this node has a static lease)");
+	const char *nid = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "nodeID");
+	if (!parse_node_id(nid, &peer))
+		return httpd_reply_error(h, c, MHD_HTTP_BAD_REQUEST,
+					 "missing or malformed nodeID parameter");
+	if (!store_is_primary(h->store))
+		return httpd_reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+					 "this node is not the primary");
+	if (!stream_connected(h, peer))
+		return httpd_reply_error(h, c, MHD_HTTP_NOT_FOUND,
+					 "that node is not a replica connected to this primary");
+	int r = elector_handoff_begin(h->elector, token, sizeof(token));
+	if (r == -EBUSY)
+		return httpd_reply_error(h, c, MHD_HTTP_CONFLICT,
+					 "a handoff is already in progress");
+	if (r < 0)
+		return httpd_reply_error(h, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+					 "this node is not the primary");
+	log_info("handing the primary lease to %016" PRIX64, peer);
+	pthread_mutex_lock(&h->mu);
+	h->handoff_peer = peer;
+	snprintf(h->handoff_token, sizeof(h->handoff_token), "%s", token);
+	h->handoff_queued = false;
+	pthread_mutex_unlock(&h->mu);
+	store_kick(h->store);
+	/*
+	 * Wait until that stream queues the frame (it first sends everything up
+	 * to the fenced position). Queueing and cancelling happen under h->mu,
+	 * so either the frame is on its way and this node steps down, or it
+	 * never will be and the fence is lifted: never both primaries.
+	 */
+	bool sent = false;
+	int64_t end = clock_mono_ms() + 5000;
+	for (;;) {
+		pthread_mutex_lock(&h->mu);
+		sent = h->handoff_queued;
+		pthread_mutex_unlock(&h->mu);
+		if (sent || clock_mono_ms() >= end || !stream_connected(h, peer))
+			break;
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&h->mu);
+	sent = h->handoff_queued;
+	h->handoff_peer = 0;
+	h->handoff_token[0] = '\0';
+	pthread_mutex_unlock(&h->mu);
+	elector_handoff_end(h->elector, sent);
+	if (!sent) {
+		log_warn("handoff to %016" PRIX64 " failed: the replica did not take the frame",
+			 peer);
+		return httpd_reply_error(h, c, MHD_HTTP_GATEWAY_TIMEOUT,
+					 "the replica did not receive the handoff in time");
+	}
+	return httpd_reply_json(h, c, MHD_HTTP_OK, json_pack("{s:b}", "handedOff", 1));
+}
+
+/* ---------------------------------------------------------- node state */
+
+json_t *httpd_stream_replicas(struct httpd *h)
+{
+	json_t *reps = json_array();
+	pthread_mutex_lock(&h->mu);
+	for (struct stream *st = h->streams.next; st != &h->streams; st = st->next) {
+		char pid[17];
+		json_t *pos = json_array();
+		snprintf(pid, sizeof(pid), "%016" PRIX64, st->peer_id);
+		for (size_t i = 0; i < st->n; i++) {
+			char tx[17];
+			snprintf(tx, sizeof(tx), "%016" PRIx64, st->pos[i].txid);
+			json_array_append_new(
+			    pos, json_pack("{s:s,s:s}", "name", st->pos[i].name, "txid", tx));
+		}
+		json_array_append_new(reps,
+				      json_pack("{s:s,s:o}", "nodeID", pid, "databases", pos));
+	}
+	pthread_mutex_unlock(&h->mu);
+	return reps;
+}
+
+uint64_t httpd_retention_floor(struct httpd *h, const char *name)
+{
+	uint64_t floor = UINT64_MAX;
+	if (!h)
+		return floor;
+	pthread_mutex_lock(&h->mu);
+	for (struct stream *s = h->streams.next; s != &h->streams; s = s->next) {
+		struct spos *p = spos_find(s, name);
+		if (p && p->floor < floor)
+			floor = p->floor;
+	}
+	pthread_mutex_unlock(&h->mu);
+	return floor;
+}
+
+size_t httpd_stream_count(struct httpd *h)
+{
+	pthread_mutex_lock(&h->mu);
+	size_t n = h->nstreams;
+	pthread_mutex_unlock(&h->mu);
+	return n;
+}
