@@ -135,6 +135,26 @@ static void on_progress(void *ctx, uint64_t down, uint64_t down_total, uint64_t 
 
 /* ------------------------------------------------------------- import */
 
+/*
+ * The arguments of import and export, `-name NAME [-url URL] PATH`: 0, or
+ * FLAGS_HELP or FLAGS_USAGE as flags_parse (a missing -name or PATH is a
+ * usage error).
+ */
+static int parse_transfer(const char *cmd, const char *usage, int argc, char **argv,
+			  const char **name, const char **url, const char **path)
+{
+	size_t got;
+	const struct flag flags[] = {{"name", name, NULL}, {"url", url, NULL}, {NULL}};
+	const struct flags_spec spec = {cmd, usage, flags, path, 1};
+	int r = flags_parse(&spec, argc, argv, &got, NULL);
+	if (r)
+		return r;
+	if (!*name || got != 1)
+		return flags_usage_error(&spec, "%s",
+					 !*name ? "-name is required" : "PATH is required");
+	return 0;
+}
+
 static const char import_usage[] =
     "Usage: ltxfs import -name NAME [-url URL] PATH\n\n"
     "Upload the SQLite database at PATH to the primary as database NAME,\n"
@@ -146,15 +166,9 @@ static const char import_usage[] =
 int cmd_import(int argc, char **argv)
 {
 	const char *name = NULL, *url = DEFAULT_URL, *pos[1];
-	size_t got;
-	const struct flag flags[] = {{"name", &name, NULL}, {"url", &url, NULL}, {NULL}};
-	const struct flags_spec spec = {"ltxfs import", import_usage, flags, pos, 1};
-	int r = flags_parse(&spec, argc, argv, &got, NULL);
+	int r = parse_transfer("ltxfs import", import_usage, argc, argv, &name, &url, pos);
 	if (r)
 		return r == FLAGS_HELP ? 0 : 2;
-	if (!name || got != 1)
-		return flags_usage_error(&spec, "%s",
-					 !name ? "-name is required" : "PATH is required");
 	int fd = open(pos[0], O_RDONLY | O_CLOEXEC);
 	struct stat sb;
 	if (fd < 0 || fstat(fd, &sb) < 0) {
@@ -265,15 +279,9 @@ static int remove_sidecars(const char *path)
 int cmd_export(int argc, char **argv)
 {
 	const char *name = NULL, *url = DEFAULT_URL, *pos[1];
-	size_t got;
-	const struct flag flags[] = {{"name", &name, NULL}, {"url", &url, NULL}, {NULL}};
-	const struct flags_spec spec = {"ltxfs export", export_usage, flags, pos, 1};
-	int r = flags_parse(&spec, argc, argv, &got, NULL);
+	int r = parse_transfer("ltxfs export", export_usage, argc, argv, &name, &url, pos);
 	if (r)
 		return r == FLAGS_HELP ? 0 : 2;
-	if (!name || got != 1)
-		return flags_usage_error(&spec, "%s",
-					 !name ? "-name is required" : "PATH is required");
 	char tmp[4200], u[2048], auth[600], err[700], dir[4200];
 	snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", pos[0]);
 	int fd = mkostemp(tmp, O_CLOEXEC);

@@ -79,6 +79,15 @@ static void reply_negative(fuse_req_t req)
 	fuse_reply_entry(req, &e);
 }
 
+/* A failed lookup: ENOENT as a negative entry (cached), anything else as an error. */
+static void reply_lookup_err(fuse_req_t req, int r)
+{
+	if (r == -ENOENT)
+		reply_negative(req);
+	else
+		fuse_reply_err(req, -r);
+}
+
 /* ----------------------------------------------------------------- ops */
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -118,12 +127,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	int r = fusefs_parse_name(name, &f);
-	if (r == -ENOENT) {
-		reply_negative(req);
-		return;
-	}
 	if (r < 0) {
-		fuse_reply_err(req, -r);
+		reply_lookup_err(req, r);
 		return;
 	}
 	struct db *db = store_find(fs->store, f.db);
@@ -167,12 +172,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 				close(wfd);
 			r = db_stat_file(db, DB_FILE_WAL, &st);
 		}
-		if (r == -ENOENT) {
-			reply_negative(req);
-			return;
-		}
 		if (r < 0) {
-			fuse_reply_err(req, -r);
+			reply_lookup_err(req, r);
 			return;
 		}
 	}
@@ -305,6 +306,14 @@ void fusefs_handle_free(struct fusefs *fs, struct handle *h)
 	free(h);
 }
 
+/* An open or a create that failed: close what it opened, reply the error. */
+static void reply_open_err(fuse_req_t req, int fd, int r)
+{
+	if (fd >= 0)
+		close(fd);
+	fuse_reply_err(req, -r);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fusefs *fs = fuse_req_userdata(req);
@@ -347,9 +356,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = handle_new(fs, fi, fd, db, kind);
 out:
 	if (r < 0) {
-		if (fd >= 0)
-			close(fd);
-		fuse_reply_err(req, -r);
+		reply_open_err(req, fd, r);
 		return;
 	}
 	if (fuse_reply_open(req, fi) == -ENOENT) /* interrupted: no release will come */
@@ -433,9 +440,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	r = handle_new(fs, fi, fd, db, f.kind);
 out:
 	if (r < 0) {
-		if (fd >= 0)
-			close(fd);
-		fuse_reply_err(req, -r);
+		reply_open_err(req, fd, r);
 		return;
 	}
 	fusefs_fill_entry(&e, ino, gen, &st);
