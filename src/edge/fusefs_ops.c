@@ -32,9 +32,9 @@
  * exactly as on a local file system (see docs/architecture.md).
  *
  * THREADS. libfuse's multi-threaded loop; each handler replies exactly once
- * and does no network I/O. Handlers take fs->mu only for the handle list
- * and the inode tables, and db->mu inside the db_* calls. Every handler is
- * timed for GET /metrics (the t_* wrappers).
+ * and does no network I/O. Handlers take fs->mu only for the handle list,
+ * the inode tables and the notifier's queue, and db->mu inside the db_*
+ * calls. Every handler is timed for GET /metrics (the t_* wrappers).
  */
 #include "fusefs_int.h"
 
