@@ -1,20 +1,30 @@
 /*
- * cli.c - the client commands of the ltxfs binary: import, export, status,
- * run, ltx dump, ltx verify. Each talks to a node's HTTP API (default
- * http://localhost:20202, docs/http-api.md) or reads an LTX file; none
- * needs a mount. Usage errors exit 2 with the command's usage on stderr;
- * failures exit 1 with one line naming what failed.
+ * cli.c - the commands of the ltxfs binary other than mount and version:
+ * import, export, status, run (clients of a node's HTTP API, default
+ * http://localhost:20202, docs/http-api.md), ltx dump and ltx verify (read
+ * an LTX file) and orphans (lists what a node set aside in its data
+ * directory); none needs a mount. Also the configuration loader mount and
+ * orphans share. Flags are parsed by flags.c; usage errors exit 2 with the
+ * command's usage on stderr; failures exit 1 with one line naming what
+ * failed.
  *
  * The bearer token for protected endpoints comes from $LTXFS_HTTP_TOKEN.
  * Import and export draw a progress bar on stderr when it is a terminal.
+ *
+ * THREADS. Each command runs on the main thread alone (libcurl's transfer
+ * runs on it too); run forwards SIGINT, SIGTERM and SIGHUP to its child
+ * from a signal handler.
  */
 #include "ltxfs/cli.h"
 #include "ltxfs/clock.h"
 
+#include "ltxfs/config.h"
 #include "ltxfs/crc.h"
+#include "ltxfs/flags.h"
 #include "ltxfs/httpc.h"
 #include "ltxfs/ltx.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -33,77 +43,7 @@
 
 #define DEFAULT_URL "http://localhost:20202"
 
-/* ------------------------------------------------------------- flags */
-
-struct flag {
-	const char *name;
-	bool takes_value;
-	const char **value; /* string flags */
-	bool *set;	    /* boolean flags */
-};
-
-/*
- * Parse -name / --name / -name=value / -name value. Positional arguments go
- * to pos (up to npos); "--" ends the flags and *rest points after it. 0 on
- * success, 1 for -h (usage printed to stdout), 2 for a usage error (printed).
- */
-static int parse_flags(int argc, char **argv, struct flag *flags, const char **pos, size_t npos,
-		       size_t *got, char ***rest, const char *usage)
-{
-	*got = 0;
-	if (rest)
-		*rest = NULL;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i];
-		if (strcmp(a, "--") == 0) {
-			if (!rest) {
-				fprintf(stderr, "ltxfs: unexpected argument '--'\n\n%s", usage);
-				return 2;
-			}
-			*rest = argv + i + 1;
-			return 0;
-		}
-		if (a[0] != '-' || a[1] == '\0') {
-			if (*got >= npos) {
-				fprintf(stderr, "ltxfs: unexpected argument '%s'\n\n%s", a, usage);
-				return 2;
-			}
-			pos[(*got)++] = a;
-			continue;
-		}
-		const char *f = a[1] == '-' ? a + 2 : a + 1;
-		if (strcmp(f, "h") == 0 || strcmp(f, "help") == 0) {
-			fputs(usage, stdout);
-			return 1;
-		}
-		const char *eq = strchr(f, '=');
-		size_t fl = eq ? (size_t)(eq - f) : strlen(f);
-		struct flag *fg = NULL;
-		for (struct flag *x = flags; x && x->name; x++)
-			if (strlen(x->name) == fl && strncmp(x->name, f, fl) == 0)
-				fg = x;
-		if (!fg) {
-			fprintf(stderr, "ltxfs: unknown flag '%s'\n\n%s", a, usage);
-			return 2;
-		}
-		if (!fg->takes_value) {
-			if (eq) {
-				fprintf(stderr, "ltxfs: flag -%s takes no value\n\n%s", fg->name,
-					usage);
-				return 2;
-			}
-			*fg->set = true;
-		} else if (eq) {
-			*fg->value = eq + 1;
-		} else if (i + 1 < argc) {
-			*fg->value = argv[++i];
-		} else {
-			fprintf(stderr, "ltxfs: flag -%s needs a value\n\n%s", fg->name, usage);
-			return 2;
-		}
-	}
-	return 0;
-}
+/* ------------------------------------------------------------ helpers */
 
 /* Append name to url, percent-encoded as a query value (httpc_escape). */
 static void append_escaped(char *url, size_t n, const char *name)
@@ -191,6 +131,26 @@ static void on_progress(void *ctx, uint64_t down, uint64_t down_total, uint64_t 
 
 /* ------------------------------------------------------------- import */
 
+/*
+ * The arguments of import and export, `-name NAME [-url URL] PATH`: 0, or
+ * FLAGS_HELP or FLAGS_USAGE as flags_parse (a missing -name or PATH is a
+ * usage error).
+ */
+static int parse_transfer(const char *cmd, const char *usage, int argc, char **argv,
+			  const char **name, const char **url, const char **path)
+{
+	size_t got;
+	const struct flag flags[] = {{"name", name, NULL}, {"url", url, NULL}, {NULL}};
+	const struct flags_spec spec = {cmd, usage, flags, path, 1};
+	int r = flags_parse(&spec, argc, argv, &got, NULL);
+	if (r)
+		return r;
+	if (!*name || got != 1)
+		return flags_usage_error(&spec, "%s",
+					 !*name ? "-name is required" : "PATH is required");
+	return 0;
+}
+
 static const char import_usage[] =
     "Usage: ltxfs import -name NAME [-url URL] PATH\n\n"
     "Upload the SQLite database at PATH to the primary as database NAME,\n"
@@ -202,16 +162,9 @@ static const char import_usage[] =
 int cmd_import(int argc, char **argv)
 {
 	const char *name = NULL, *url = DEFAULT_URL, *pos[1];
-	size_t got;
-	struct flag flags[] = {{"name", true, &name, NULL}, {"url", true, &url, NULL}, {0}};
-	int r = parse_flags(argc, argv, flags, pos, 1, &got, NULL, import_usage);
+	int r = parse_transfer("ltxfs import", import_usage, argc, argv, &name, &url, pos);
 	if (r)
-		return r == 1 ? 0 : 2;
-	if (!name || got != 1) {
-		fprintf(stderr, "ltxfs import: %s\n\n%s",
-			!name ? "-name is required" : "PATH is required", import_usage);
-		return 2;
-	}
+		return r == FLAGS_HELP ? 0 : 2;
 	int fd = open(pos[0], O_RDONLY | O_CLOEXEC);
 	struct stat sb;
 	if (fd < 0 || fstat(fd, &sb) < 0) {
@@ -322,16 +275,9 @@ static int remove_sidecars(const char *path)
 int cmd_export(int argc, char **argv)
 {
 	const char *name = NULL, *url = DEFAULT_URL, *pos[1];
-	size_t got;
-	struct flag flags[] = {{"name", true, &name, NULL}, {"url", true, &url, NULL}, {0}};
-	int r = parse_flags(argc, argv, flags, pos, 1, &got, NULL, export_usage);
+	int r = parse_transfer("ltxfs export", export_usage, argc, argv, &name, &url, pos);
 	if (r)
-		return r == 1 ? 0 : 2;
-	if (!name || got != 1) {
-		fprintf(stderr, "ltxfs export: %s\n\n%s",
-			!name ? "-name is required" : "PATH is required", export_usage);
-		return 2;
-	}
+		return r == FLAGS_HELP ? 0 : 2;
 	char tmp[4200], u[2048], auth[600], err[700], dir[4200];
 	snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", pos[0]);
 	int fd = mkostemp(tmp, O_CLOEXEC);
@@ -438,11 +384,11 @@ int cmd_status(int argc, char **argv)
 {
 	const char *url = DEFAULT_URL;
 	bool as_json = false;
-	size_t got;
-	struct flag flags[] = {{"url", true, &url, NULL}, {"json", false, NULL, &as_json}, {0}};
-	int r = parse_flags(argc, argv, flags, NULL, 0, &got, NULL, status_usage);
+	const struct flag flags[] = {{"url", &url, NULL}, {"json", NULL, &as_json}, {NULL}};
+	const struct flags_spec spec = {"ltxfs status", status_usage, flags};
+	int r = flags_parse(&spec, argc, argv, NULL, NULL);
 	if (r)
-		return r == 1 ? 0 : 2;
+		return r == FLAGS_HELP ? 0 : 2;
 	json_t *o = NULL;
 	if (get_info(url, &o) < 0)
 		return 1;
@@ -533,18 +479,16 @@ int cmd_run(int argc, char **argv)
 	const char *url = DEFAULT_URL;
 	bool promote = false, if_candidate = false;
 	char **rest = NULL, err[700];
-	size_t got;
-	struct flag flags[] = {{"url", true, &url, NULL},
-			       {"promote", false, NULL, &promote},
-			       {"if-candidate", false, NULL, &if_candidate},
-			       {0}};
-	int r = parse_flags(argc, argv, flags, NULL, 0, &got, &rest, run_usage);
+	const struct flag flags[] = {{"url", &url, NULL},
+				     {"promote", NULL, &promote},
+				     {"if-candidate", NULL, &if_candidate},
+				     {NULL}};
+	const struct flags_spec spec = {"ltxfs run", run_usage, flags, .rest = true};
+	int r = flags_parse(&spec, argc, argv, NULL, &rest);
 	if (r)
-		return r == 1 ? 0 : 2;
-	if (!rest || !rest[0]) {
-		fprintf(stderr, "ltxfs run: a command is required after --\n\n%s", run_usage);
-		return 2;
-	}
+		return r == FLAGS_HELP ? 0 : 2;
+	if (!rest || !rest[0])
+		return flags_usage_error(&spec, "a command is required after --");
 	if (if_candidate) {
 		json_t *o = NULL;
 		if (get_info(url, &o) < 0)
@@ -613,13 +557,12 @@ int cmd_ltx(int argc, char **argv)
 {
 	const char *pos[2];
 	size_t got;
-	int r = parse_flags(argc, argv, NULL, pos, 2, &got, NULL, ltx_usage);
+	const struct flags_spec spec = {"ltxfs ltx", ltx_usage, NULL, pos, 2};
+	int r = flags_parse(&spec, argc, argv, &got, NULL);
 	if (r)
-		return r == 1 ? 0 : 2;
-	if (got != 2 || (strcmp(pos[0], "dump") != 0 && strcmp(pos[0], "verify") != 0)) {
-		fprintf(stderr, "ltxfs ltx: want 'dump FILE' or 'verify FILE'\n\n%s", ltx_usage);
-		return 2;
-	}
+		return r == FLAGS_HELP ? 0 : 2;
+	if (got != 2 || (strcmp(pos[0], "dump") != 0 && strcmp(pos[0], "verify") != 0))
+		return flags_usage_error(&spec, "want 'dump FILE' or 'verify FILE'");
 	bool dump = strcmp(pos[0], "dump") == 0;
 	int fd = open(pos[1], O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -683,4 +626,126 @@ int cmd_ltx(int argc, char **argv)
 	free(page);
 	close(fd);
 	return r == 0 ? 0 : 1;
+}
+
+/* ------------------------------------------------------------- config */
+
+int cli_load_config(struct config *cfg, const char *path, bool expand_env)
+{
+	char *found = NULL, err[1024] = "";
+	if (!path) {
+		if (config_find(&found) < 0) {
+			fprintf(stderr,
+				"ltxfs: no config file: none of ./ltxfs.yml, ./litefs.yml, "
+				"/etc/ltxfs.yml, /etc/litefs.yml exists (use -config PATH)\n");
+			return 2;
+		}
+		path = found;
+	}
+	if (config_init(cfg) < 0) {
+		free(found);
+		return 1;
+	}
+	if (config_load(cfg, path, expand_env, err, sizeof(err)) < 0) {
+		fprintf(stderr, "ltxfs: %s\n", err);
+		config_release(cfg);
+		free(found);
+		return 2;
+	}
+	free(found);
+	return 0;
+}
+
+/* ------------------------------------------------------------ orphans */
+
+static int scandir_sorted(const char *dir, struct dirent ***ret)
+{
+	return scandir(dir, ret, NULL, alphasort);
+}
+
+static const char orphans_usage[] =
+    "Usage: ltxfs orphans [-config PATH]\n\n"
+    "Lists the LTX files set aside in <data.dir>/dbs/<db>/orphaned/ when\n"
+    "this node rejoined a cluster whose history had diverged from its own.\n";
+
+/*
+ * `ltxfs orphans`: the transactions this node set aside when it rejoined a
+ * cluster whose history had moved on (dbs/<db>/orphaned/<ms>/), one line per
+ * LTX file with what an operator needs to decide what to do with it.
+ */
+int cmd_orphans(int argc, char **argv)
+{
+	const char *config_path = NULL;
+	char dbs[4096];
+	struct config cfg;
+	int n = 0, total = 0;
+	const struct flag flags[] = {{"config", &config_path, NULL}, {NULL}};
+	const struct flags_spec spec = {"ltxfs orphans", orphans_usage, flags};
+	int rc = flags_parse(&spec, argc, argv, NULL, NULL);
+	if (rc)
+		return rc == FLAGS_HELP ? 0 : 2;
+	rc = cli_load_config(&cfg, config_path, true);
+	if (rc)
+		return rc;
+	snprintf(dbs, sizeof(dbs), "%s/dbs", cfg.data.dir);
+	struct dirent **dl = NULL;
+	int nd = scandir_sorted(dbs, &dl);
+	for (int i = 0; i < nd; i++) {
+		char od[4096 + 512];
+		struct dirent **sets = NULL;
+		snprintf(od, sizeof(od), "%s/%s/orphaned", dbs, dl[i]->d_name);
+		int ns = dl[i]->d_name[0] == '.' ? -1 : scandir_sorted(od, &sets);
+		for (int j = 0; j < ns; j++) {
+			char sd[8192];
+			struct dirent **files = NULL;
+			snprintf(sd, sizeof(sd), "%s/%s", od, sets[j]->d_name);
+			int nf = sets[j]->d_name[0] == '.' ? -1 : scandir_sorted(sd, &files);
+			if (nf > 0) {
+				time_t t = (time_t)(strtoll(sets[j]->d_name, NULL, 10) / 1000);
+				char when[64];
+				strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+				printf("db %s: set aside at %s in %s\n", dl[i]->d_name, when, sd);
+				n++;
+			}
+			for (int k = 0; k < nf; k++) {
+				char fp[8448];
+				struct ltx_header h;
+				uint64_t a, b;
+				if (ltx_parse_filename(files[k]->d_name, &a, &b) == 0) {
+					snprintf(fp, sizeof(fp), "%s/%s", sd, files[k]->d_name);
+					int fd = open(fp, O_RDONLY | O_CLOEXEC);
+					int r = fd < 0 ? -errno : ltx_verify_fd(fd, &h, NULL);
+					if (fd >= 0)
+						close(fd);
+					if (r == 0)
+						printf("  %s  txid %016" PRIx64 "-%016" PRIx64
+						       "  epoch %" PRIu64 "  node %016" PRIX64
+						       "  commit %u pages  %s\n",
+						       files[k]->d_name, h.min_txid, h.max_txid,
+						       h.epoch, h.node_id, h.commit,
+						       ltx_header_is_snapshot(&h) ? "snapshot"
+										  : "");
+					else
+						printf("  %s  does not verify: %s\n",
+						       files[k]->d_name, strerror(-r));
+					total++;
+				}
+				free(files[k]);
+			}
+			free(files);
+			free(sets[j]);
+		}
+		free(sets);
+		free(dl[i]);
+	}
+	free(dl);
+	if (n == 0)
+		printf("no orphaned transactions under %s\n", dbs);
+	else
+		printf("%d set(s), %d LTX file(s): transactions committed here that the cluster "
+		       "never received. Compare them with the current database before removing a "
+		       "set's directory.\n",
+		       n, total);
+	config_release(&cfg);
+	return 0;
 }

@@ -1,6 +1,7 @@
 /*
- * store.h - the set of databases under <data.dir>/dbs, the node identity and
- * the exclusive claim on the data directory (core layer).
+ * store.h - the set of databases under <data.dir>/dbs, the node identity,
+ * the exclusive claim on the data directory (store.c) and the cluster state
+ * (store_cluster.c) (core layer).
  *
  * Threads: store_open/store_close run on the main thread before the mount
  * exists and after it is gone. Lookups and creation may be called from any
@@ -45,7 +46,7 @@ int store_get_or_create(struct store *s, const char *name, struct db **ret);
 size_t store_count(struct store *s);
 struct db *store_at(struct store *s, size_t i);
 
-/* ---- cluster state (any thread; store->cmu) ---- */
+/* ---- cluster state (store_cluster.c; any thread; store->cmu) ---- */
 
 /* Role: the FUSE layer refuses writes unless primary. */
 void store_set_primary(struct store *s, bool primary);

@@ -1,13 +1,33 @@
 /*
  * store.c - the table of databases and the claim on the data directory.
+ * The cluster state (role, lease and fence, epoch, cluster ID, upstream,
+ * lag, change notification) lives beside it in store_cluster.c.
  *
- * The claim is an flock(LOCK_EX|LOCK_NB) on the data directory itself, held
+ * LAYOUT. <data.dir>/dbs/<db>/ is one database (db.c); its name is the
+ * directory's, any name without '/' that is not "." or "..", under 200
+ * bytes. The table is an array in the order the databases became known:
+ * a database's index never changes and it stays in the table until
+ * store_close, dropped or not (it keeps its TXID), which is what lets the
+ * mount derive inode numbers from the index (fusefs_inode.c).
+ *
+ * THE CLAIM is an flock(LOCK_EX|LOCK_NB) on the data directory itself, held
  * for the life of the process, so a second ltxfs on the same data directory
  * fails at once with a clear message and no extra file is needed (the layout
  * stays LiteFS's).
+ *
+ * START-UP (store_open, main thread, before the mount exists): claim the
+ * directory, create dbs/, draw the node ID, load the cluster state, open
+ * (recover) every database found, then delete the super-journals that
+ * crashed multi-database transactions left behind and no child journal
+ * still names.
+ *
+ * THREADS AND LOCKS. After store_open, FUSE workers, HTTP connections and
+ * the replica thread look databases up and create them (a FUSE create, a
+ * replica receiving a new database). store->mu guards the array and its
+ * count; it is held across db_open only for a database being created, which
+ * no other thread can see yet and which has nothing to recover.
  */
-#include "ltxfs/store.h"
-#include "ltxfs/clock.h"
+#include "store_int.h"
 
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
@@ -22,68 +42,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
-
-struct store {
-	pthread_mutex_t mu;
-	char *data_dir;
-	char *dbs_dir;
-	char *mount_dir;
-	int lock_fd;
-	uint64_t node_id;
-	struct db_options dbopt;
-	struct db **dbs;
-	size_t n, cap;
-
-	/* cluster state, under cmu */
-	pthread_mutex_t cmu;
-	pthread_cond_t ccond;
-	uint64_t seq;
-	bool primary;
-	char cluster_id[21];
-	char upstream[256]; /* "" when not connected */
-	int64_t primary_ms; /* primary clock of the last frame */
-	int64_t local_ms;   /* local clock when it arrived */
-	bool synced;
-	bool caught_up;
-	bool ready;	     /* READY received on the current stream (cleared when it ends) */
-	uint64_t epoch;	     /* highest lease epoch seen (persisted in <data>/epoch) */
-	int64_t until_ms;    /* CLOCK_MONOTONIC deadline of this primary's lease */
-	bool fenced;	     /* a handoff is in progress: no commits */
-	int64_t hold_until;  /* CLOCK_MONOTONIC: no commits before (adoption window) */
-	bool term_committed; /* a commit happened since this node became primary */
-	bool candidate;	     /* informational, for /info */
-};
-
-/* The fence (cmu held): primary, no handoff, inside the lease, past the adoption window. */
-static bool writable_locked(const struct store *s)
-{
-	int64_t now = clock_mono_ms();
-	return s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
-}
-
-/* db_options.may_commit: the write fence. */
-static bool store_may_commit(void *ctx, uint64_t *epoch)
-{
-	struct store *s = ctx;
-	pthread_mutex_lock(&s->cmu);
-	bool ok = writable_locked(s);
-	if (ok)
-		s->term_committed = true;
-	*epoch = s->epoch;
-	pthread_mutex_unlock(&s->cmu);
-	return ok;
-}
-
-static void store_on_change(void *ctx)
-{
-	struct store *s = ctx;
-	pthread_mutex_lock(&s->cmu);
-	s->seq++;
-	pthread_cond_broadcast(&s->ccond);
-	pthread_mutex_unlock(&s->cmu);
-}
 
 static int store_add(struct store *s, struct db *db)
 {
@@ -155,14 +114,7 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->mu, NULL);
-	pthread_mutex_init(&s->cmu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->ccond, &ca);
-	pthread_condattr_destroy(&ca);
-	s->primary = !opt->replica;
-	s->until_ms = INT64_MAX; /* a static primary's lease never ends */
+	store_cluster_init(s, opt->replica);
 	s->lock_fd = -1;
 	s->data_dir = strdup(opt->data_dir);
 	if (!s->data_dir) {
@@ -217,29 +169,7 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	s->dbopt.on_change = store_on_change;
 	s->dbopt.may_commit = store_may_commit;
 	s->dbopt.change_ctx = s;
-	{
-		char ep[4096], *buf = NULL;
-		size_t len = 0;
-		if (fs_path(ep, sizeof(ep), "%s/epoch", opt->data_dir) == 0 &&
-		    fs_read_file(ep, 64, &buf, &len) == 0) {
-			s->epoch = strtoull(buf, NULL, 10);
-			free(buf);
-		}
-	}
-	{
-		char cid[4096], *buf = NULL;
-		size_t len = 0;
-		if (fs_path(cid, sizeof(cid), "%s/clusterid", opt->data_dir) == 0 &&
-		    fs_read_file(cid, 64, &buf, &len) == 0) {
-			while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
-				buf[--len] = '\0';
-			if (store_cluster_id_valid(buf))
-				memcpy(s->cluster_id, buf, 21);
-			else
-				log_warn("ignoring malformed cluster ID in '%s'", cid);
-		}
-		free(buf);
-	}
+	store_cluster_load(s);
 
 	d = opendir(path);
 	if (!d) {
@@ -311,8 +241,7 @@ void store_close(struct store *s)
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 	pthread_mutex_destroy(&s->mu);
-	pthread_mutex_destroy(&s->cmu);
-	pthread_cond_destroy(&s->ccond);
+	store_cluster_release(s);
 	free(s->data_dir);
 	free(s->dbs_dir);
 	free(s->mount_dir);
@@ -389,300 +318,4 @@ struct db *store_at(struct store *s, size_t i)
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n)
 {
 	return fs_path(buf, n, "%s/%s/mj%s", s->dbs_dir, db, hex);
-}
-
-/* ------------------------------------------------------- cluster state */
-
-void store_set_primary(struct store *s, bool primary)
-{
-	pthread_mutex_lock(&s->cmu);
-	s->primary = primary;
-	if (primary)
-		s->upstream[0] = '\0';
-	s->seq++;
-	pthread_cond_broadcast(&s->ccond);
-	pthread_mutex_unlock(&s->cmu);
-}
-
-bool store_is_primary(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	bool p = s->primary;
-	pthread_mutex_unlock(&s->cmu);
-	return p;
-}
-
-static int store_write_epoch(struct store *s, uint64_t epoch)
-{
-	char path[4096], line[32];
-	int r = fs_path(path, sizeof(path), "%s/epoch", s->data_dir);
-	if (r < 0)
-		return r;
-	snprintf(line, sizeof(line), "%llu\n", (unsigned long long)epoch);
-	return fs_write_atomic(path, line, strlen(line));
-}
-
-int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms)
-{
-	pthread_mutex_lock(&s->cmu);
-	uint64_t cur = s->epoch;
-	pthread_mutex_unlock(&s->cmu);
-	if (epoch < cur)
-		return -ESTALE;
-	if (epoch > cur) {
-		int r = store_write_epoch(s, epoch); /* durable before any write */
-		if (r < 0)
-			return r;
-	}
-	pthread_mutex_lock(&s->cmu);
-	s->epoch = epoch;
-	s->until_ms = until_ms;
-	s->hold_until = hold_ms > 0 ? clock_mono_ms() + hold_ms : 0;
-	s->term_committed = false;
-	s->fenced = false;
-	s->primary = true;
-	s->upstream[0] = '\0';
-	s->seq++;
-	pthread_cond_broadcast(&s->ccond);
-	pthread_mutex_unlock(&s->cmu);
-	return 0;
-}
-
-void store_extend_lease(struct store *s, int64_t until_ms)
-{
-	pthread_mutex_lock(&s->cmu);
-	if (until_ms > s->until_ms)
-		s->until_ms = until_ms;
-	pthread_mutex_unlock(&s->cmu);
-}
-
-int64_t store_lease_until(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	int64_t v = s->until_ms;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-void store_set_fenced(struct store *s, bool fenced)
-{
-	pthread_mutex_lock(&s->cmu);
-	s->fenced = fenced;
-	pthread_mutex_unlock(&s->cmu);
-}
-
-bool store_accepts_writes(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	bool ok = writable_locked(s);
-	pthread_mutex_unlock(&s->cmu);
-	return ok;
-}
-
-bool store_can_adopt(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	bool v = s->primary && !s->term_committed;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-uint64_t store_epoch(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	uint64_t v = s->epoch;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-int store_note_epoch(struct store *s, uint64_t epoch)
-{
-	pthread_mutex_lock(&s->cmu);
-	uint64_t cur = s->epoch;
-	pthread_mutex_unlock(&s->cmu);
-	if (epoch < cur)
-		return -ESTALE;
-	if (epoch == cur)
-		return 0;
-	int r = store_write_epoch(s, epoch);
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&s->cmu);
-	if (epoch > s->epoch)
-		s->epoch = epoch;
-	pthread_mutex_unlock(&s->cmu);
-	return 0;
-}
-
-void store_set_ready(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	s->ready = s->upstream[0] != '\0';
-	pthread_mutex_unlock(&s->cmu);
-}
-
-bool store_has_data(struct store *s)
-{
-	size_t n = store_count(s);
-	for (size_t i = 0; i < n; i++) {
-		struct db_pos p;
-		db_get_pos(store_at(s, i), &p);
-		if (p.txid > 0)
-			return true;
-	}
-	return false;
-}
-
-bool store_caught_up(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	bool v = s->upstream[0] && s->ready;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-void store_set_candidate(struct store *s, bool candidate)
-{
-	pthread_mutex_lock(&s->cmu);
-	s->candidate = candidate;
-	pthread_mutex_unlock(&s->cmu);
-}
-
-bool store_is_candidate(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	bool v = s->candidate;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-bool store_cluster_id_valid(const char *id)
-{
-	if (!id || strlen(id) != 20 || strncmp(id, "LFSC", 4) != 0)
-		return false;
-	for (int i = 4; i < 20; i++)
-		if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'A' && id[i] <= 'F')))
-			return false;
-	return true;
-}
-
-void store_cluster_id(struct store *s, char buf[21])
-{
-	pthread_mutex_lock(&s->cmu);
-	memcpy(buf, s->cluster_id, 21);
-	pthread_mutex_unlock(&s->cmu);
-}
-
-int store_set_cluster_id(struct store *s, const char *id)
-{
-	char path[4096], line[32];
-	if (!store_cluster_id_valid(id))
-		return -EINVAL;
-	int r = fs_path(path, sizeof(path), "%s/clusterid", s->data_dir);
-	if (r < 0)
-		return r;
-	snprintf(line, sizeof(line), "%s\n", id);
-	r = fs_write_atomic(path, line, strlen(line));
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&s->cmu);
-	memcpy(s->cluster_id, id, 21);
-	pthread_mutex_unlock(&s->cmu);
-	return 0;
-}
-
-int store_ensure_cluster_id(struct store *s)
-{
-	char id[21];
-	uint64_t v;
-	store_cluster_id(s, id);
-	if (id[0])
-		return 0;
-	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
-		return -errno;
-	snprintf(id, sizeof(id), "LFSC%016llX", (unsigned long long)v);
-	return store_set_cluster_id(s, id);
-}
-
-void store_set_upstream(struct store *s, const char *hostname)
-{
-	pthread_mutex_lock(&s->cmu);
-	snprintf(s->upstream, sizeof(s->upstream), "%s", hostname ? hostname : "");
-	if (!hostname)
-		s->caught_up = s->ready = false;
-	pthread_mutex_unlock(&s->cmu);
-}
-
-int store_upstream(struct store *s, char *buf, size_t n)
-{
-	pthread_mutex_lock(&s->cmu);
-	int r = s->upstream[0] ? 0 : -ENOENT;
-	if (r == 0)
-		snprintf(buf, n, "%s", s->upstream);
-	pthread_mutex_unlock(&s->cmu);
-	return r;
-}
-
-void store_note_primary_time(struct store *s, int64_t primary_ms, bool caught_up)
-{
-	pthread_mutex_lock(&s->cmu);
-	s->primary_ms = primary_ms;
-	s->local_ms = clock_wall_ms();
-	s->synced = true;
-	s->caught_up = caught_up;
-	pthread_mutex_unlock(&s->cmu);
-}
-
-/*
- * While frames keep arriving, the lag is the delay of the last one (its
- * primary timestamp against the local clock, so clock skew shows); once no
- * frame has come for two heartbeat intervals, it is the time since the
- * primary's last timestamp and grows.
- */
-int64_t store_lag_ms(struct store *s)
-{
-	int64_t lag;
-	pthread_mutex_lock(&s->cmu);
-	if (s->primary)
-		lag = 0;
-	else if (!s->synced)
-		lag = INT32_MAX;
-	else {
-		int64_t now = clock_wall_ms();
-		if (s->upstream[0] && now - s->local_ms <= 2000)
-			lag = s->local_ms - s->primary_ms;
-		else
-			lag = now - s->primary_ms;
-		if (lag < 0)
-			lag = 0;
-		if (lag > INT32_MAX)
-			lag = INT32_MAX;
-	}
-	pthread_mutex_unlock(&s->cmu);
-	return lag;
-}
-
-uint64_t store_change_seq(struct store *s)
-{
-	pthread_mutex_lock(&s->cmu);
-	uint64_t v = s->seq;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
-{
-	struct timespec ts = clock_deadline(CLOCK_MONOTONIC, timeout_ms);
-	pthread_mutex_lock(&s->cmu);
-	while (s->seq == seen)
-		if (pthread_cond_timedwait(&s->ccond, &s->cmu, &ts) != 0)
-			break;
-	uint64_t v = s->seq;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
-}
-
-void store_kick(struct store *s)
-{
-	store_on_change(s);
 }

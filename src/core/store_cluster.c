@@ -1,0 +1,428 @@
+/*
+ * store_cluster.c - the cluster state of this node: its role, the lease
+ * and the write fence, the highest epoch seen, the cluster ID, the primary
+ * it follows and how far behind it is, and the change counter that streams
+ * and waiters sleep on. The table of databases is store.c's; both halves
+ * share struct store (store_int.h), since every database reaches this
+ * state through the callbacks store_open gives it (may_commit, on_change).
+ *
+ * ROLE.
+ *
+ *   start    primary (a static-lease candidate: the lease never ends) or
+ *            replica (everything else)
+ *   replica  -> primary   store_become_primary (the elector won the lease:
+ *                         the epoch is made durable first, then the
+ *                         deadline, the adoption window, no fence)
+ *   primary  -> replica   store_set_primary(false) (lease lost, handed
+ *                         over, or stopping)
+ *   primary  fenced       store_set_fenced (a handoff in progress)
+ *            renewed      store_extend_lease (the deadline only moves on)
+ *
+ * THE FENCE. A commit is allowed only if this node is primary, not fenced,
+ * before its lease deadline and past the adoption window (writable_locked).
+ * db.c asks at every commit (store_may_commit, which also marks the term as
+ * having committed, closing the adoption window for good); the FUSE layer
+ * asks before every write (store_accepts_writes). docs/leases.md.
+ *
+ * FILES. <data.dir>/epoch holds the highest lease epoch seen, decimal;
+ * <data.dir>/clusterid the cluster ID, "LFSC" + 16 uppercase hex digits, as
+ * LiteFS. Both are replaced atomically (fs_write_atomic) before the value
+ * is used, and read by store_cluster_load at start-up.
+ *
+ * UPSTREAM (a replica). The replica thread sets the primary's hostname when
+ * its stream connects and clears it when the stream ends; READY marks it
+ * caught up; each frame's primary timestamp feeds the lag (.lag, /info).
+ *
+ * THREADS AND LOCKS. Any thread: the elector (role, lease, fence, epoch),
+ * the replica thread (upstream, lag, epoch, cluster ID), HTTP connections
+ * and FUSE workers (reads), committing threads through db.c's callbacks.
+ * store->cmu guards all of it. It is a leaf: taken last, under db->mu by
+ * the callbacks, held for a few instructions, never across I/O (the epoch
+ * and cluster ID files are written before it is taken). ccond is
+ * signalled on every change of the counter (store_wait_change).
+ */
+#include "store_int.h"
+
+#include "ltxfs/clock.h"
+#include "ltxfs/fsutil.h"
+#include "ltxfs/log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+void store_cluster_init(struct store *s, bool replica)
+{
+	pthread_mutex_init(&s->cmu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->ccond, &ca);
+	pthread_condattr_destroy(&ca);
+	s->primary = !replica;
+	s->until_ms = INT64_MAX; /* a static primary's lease never ends */
+}
+
+void store_cluster_load(struct store *s)
+{
+	/* the highest epoch seen */
+	{
+		char ep[4096], *buf = NULL;
+		size_t len = 0;
+		if (fs_path(ep, sizeof(ep), "%s/epoch", s->data_dir) == 0 &&
+		    fs_read_file(ep, 64, &buf, &len) == 0) {
+			s->epoch = strtoull(buf, NULL, 10);
+			free(buf);
+		}
+	}
+	/* the cluster ID */
+	{
+		char cid[4096], *buf = NULL;
+		size_t len = 0;
+		if (fs_path(cid, sizeof(cid), "%s/clusterid", s->data_dir) == 0 &&
+		    fs_read_file(cid, 64, &buf, &len) == 0) {
+			while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+				buf[--len] = '\0';
+			if (store_cluster_id_valid(buf))
+				memcpy(s->cluster_id, buf, 21);
+			else
+				log_warn("ignoring malformed cluster ID in '%s'", cid);
+		}
+		free(buf);
+	}
+}
+
+void store_cluster_release(struct store *s)
+{
+	pthread_mutex_destroy(&s->cmu);
+	pthread_cond_destroy(&s->ccond);
+}
+
+/* The fence (cmu held): primary, no handoff, inside the lease, past the adoption window. */
+static bool writable_locked(const struct store *s)
+{
+	int64_t now = clock_mono_ms();
+	return s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+}
+
+/* db_options.may_commit: the write fence. */
+bool store_may_commit(void *ctx, uint64_t *epoch)
+{
+	struct store *s = ctx;
+	pthread_mutex_lock(&s->cmu);
+	bool ok = writable_locked(s);
+	if (ok)
+		s->term_committed = true;
+	*epoch = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	return ok;
+}
+
+void store_on_change(void *ctx)
+{
+	struct store *s = ctx;
+	pthread_mutex_lock(&s->cmu);
+	s->seq++;
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
+}
+
+/* ---------------------------------------------------------------- role */
+
+void store_set_primary(struct store *s, bool primary)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->primary = primary;
+	if (primary)
+		s->upstream[0] = '\0';
+	s->seq++;
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_is_primary(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool p = s->primary;
+	pthread_mutex_unlock(&s->cmu);
+	return p;
+}
+
+static int store_write_epoch(struct store *s, uint64_t epoch)
+{
+	char path[4096], line[32];
+	int r = fs_path(path, sizeof(path), "%s/epoch", s->data_dir);
+	if (r < 0)
+		return r;
+	snprintf(line, sizeof(line), "%llu\n", (unsigned long long)epoch);
+	return fs_write_atomic(path, line, strlen(line));
+}
+
+int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t cur = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	if (epoch < cur)
+		return -ESTALE;
+	if (epoch > cur) {
+		int r = store_write_epoch(s, epoch); /* durable before any write */
+		if (r < 0)
+			return r;
+	}
+	pthread_mutex_lock(&s->cmu);
+	s->epoch = epoch;
+	s->until_ms = until_ms;
+	s->hold_until = hold_ms > 0 ? clock_mono_ms() + hold_ms : 0;
+	s->term_committed = false;
+	s->fenced = false;
+	s->primary = true;
+	s->upstream[0] = '\0';
+	s->seq++;
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
+	return 0;
+}
+
+void store_extend_lease(struct store *s, int64_t until_ms)
+{
+	pthread_mutex_lock(&s->cmu);
+	if (until_ms > s->until_ms)
+		s->until_ms = until_ms;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+int64_t store_lease_until(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	int64_t v = s->until_ms;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+void store_set_fenced(struct store *s, bool fenced)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->fenced = fenced;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_accepts_writes(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool ok = writable_locked(s);
+	pthread_mutex_unlock(&s->cmu);
+	return ok;
+}
+
+bool store_can_adopt(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->primary && !s->term_committed;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+uint64_t store_epoch(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t v = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+int store_note_epoch(struct store *s, uint64_t epoch)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t cur = s->epoch;
+	pthread_mutex_unlock(&s->cmu);
+	if (epoch < cur)
+		return -ESTALE;
+	if (epoch == cur)
+		return 0;
+	int r = store_write_epoch(s, epoch);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->cmu);
+	if (epoch > s->epoch)
+		s->epoch = epoch;
+	pthread_mutex_unlock(&s->cmu);
+	return 0;
+}
+
+void store_set_ready(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->ready = s->upstream[0] != '\0';
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_has_data(struct store *s)
+{
+	size_t n = store_count(s);
+	for (size_t i = 0; i < n; i++) {
+		struct db_pos p;
+		db_get_pos(store_at(s, i), &p);
+		if (p.txid > 0)
+			return true;
+	}
+	return false;
+}
+
+bool store_caught_up(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->upstream[0] && s->ready;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+void store_set_candidate(struct store *s, bool candidate)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->candidate = candidate;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+bool store_is_candidate(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->candidate;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+bool store_cluster_id_valid(const char *id)
+{
+	if (!id || strlen(id) != 20 || strncmp(id, "LFSC", 4) != 0)
+		return false;
+	for (int i = 4; i < 20; i++)
+		if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'A' && id[i] <= 'F')))
+			return false;
+	return true;
+}
+
+void store_cluster_id(struct store *s, char buf[21])
+{
+	pthread_mutex_lock(&s->cmu);
+	memcpy(buf, s->cluster_id, 21);
+	pthread_mutex_unlock(&s->cmu);
+}
+
+int store_set_cluster_id(struct store *s, const char *id)
+{
+	char path[4096], line[32];
+	if (!store_cluster_id_valid(id))
+		return -EINVAL;
+	int r = fs_path(path, sizeof(path), "%s/clusterid", s->data_dir);
+	if (r < 0)
+		return r;
+	snprintf(line, sizeof(line), "%s\n", id);
+	r = fs_write_atomic(path, line, strlen(line));
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->cmu);
+	memcpy(s->cluster_id, id, 21);
+	pthread_mutex_unlock(&s->cmu);
+	return 0;
+}
+
+int store_ensure_cluster_id(struct store *s)
+{
+	char id[21];
+	uint64_t v;
+	store_cluster_id(s, id);
+	if (id[0])
+		return 0;
+	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
+		return -errno;
+	snprintf(id, sizeof(id), "LFSC%016llX", (unsigned long long)v);
+	return store_set_cluster_id(s, id);
+}
+
+void store_set_upstream(struct store *s, const char *hostname)
+{
+	pthread_mutex_lock(&s->cmu);
+	snprintf(s->upstream, sizeof(s->upstream), "%s", hostname ? hostname : "");
+	if (!hostname)
+		s->caught_up = s->ready = false;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+int store_upstream(struct store *s, char *buf, size_t n)
+{
+	pthread_mutex_lock(&s->cmu);
+	int r = s->upstream[0] ? 0 : -ENOENT;
+	if (r == 0)
+		snprintf(buf, n, "%s", s->upstream);
+	pthread_mutex_unlock(&s->cmu);
+	return r;
+}
+
+void store_note_primary_time(struct store *s, int64_t primary_ms, bool caught_up)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->primary_ms = primary_ms;
+	s->local_ms = clock_wall_ms();
+	s->synced = true;
+	s->caught_up = caught_up;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+/*
+ * While frames keep arriving, the lag is the delay of the last one (its
+ * primary timestamp against the local clock, so clock skew shows); once no
+ * frame has come for two heartbeat intervals, it is the time since the
+ * primary's last timestamp and grows.
+ */
+int64_t store_lag_ms(struct store *s)
+{
+	int64_t lag;
+	pthread_mutex_lock(&s->cmu);
+	if (s->primary)
+		lag = 0;
+	else if (!s->synced)
+		lag = INT32_MAX;
+	else {
+		int64_t now = clock_wall_ms();
+		if (s->upstream[0] && now - s->local_ms <= 2000)
+			lag = s->local_ms - s->primary_ms;
+		else
+			lag = now - s->primary_ms;
+		if (lag < 0)
+			lag = 0;
+		if (lag > INT32_MAX)
+			lag = INT32_MAX;
+	}
+	pthread_mutex_unlock(&s->cmu);
+	return lag;
+}
+
+uint64_t store_change_seq(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	uint64_t v = s->seq;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
+{
+	struct timespec ts = clock_deadline(CLOCK_MONOTONIC, timeout_ms);
+	pthread_mutex_lock(&s->cmu);
+	while (s->seq == seen)
+		if (pthread_cond_timedwait(&s->ccond, &s->cmu, &ts) != 0)
+			break;
+	uint64_t v = s->seq;
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+void store_kick(struct store *s)
+{
+	store_on_change(s);
+}

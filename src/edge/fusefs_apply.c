@@ -1,0 +1,212 @@
+/*
+ * fusefs_apply.c - the replica-apply lock protocol: the hooks a replica's
+ * db_apply_ltx() uses to change a database under the feet of applications
+ * that hold SQLite locks through the mount.
+ *
+ * A replica applies an LTX file while SQLite readers use the mount. The
+ * kernel holds their POSIX locks, so ltxfs takes the same locks a SQLite
+ * writer would, through its own mount (this thread is not a FUSE worker):
+ *
+ *   rollback modes  PENDING (new readers wait), RESERVED, then the SHARED
+ *                   range exclusively once current readers are done;
+ *   WAL mode        in the -shm file: WRITE and CKPT; then the first header
+ *                   copy is made to differ from the second, so readers
+ *                   that start now retry; then every READ slot, so no
+ *                   reader is inside a read transaction; afterwards the
+ *                   wal-index header is rewritten (empty WAL, new page
+ *                   count, change counter + 1) through the mount, so every
+ *                   reader's mapping sees it and drops its page cache.
+ *
+ * Locks are polled (F_SETLK with a short back-off), never F_SETLKW, and are
+ * held only while the pages of one transaction are written.
+ *
+ * ONE APPLY, in the order db_apply_ltx() calls the hooks:
+ *
+ *   hook_lock        open <mount>/<db> or <db>-shm, take the locks above;
+ *                    the descriptors are the token (a new database: none)
+ *   (db.c writes the pages under db->mu, then releases it)
+ *   hook_invalidate  drop the kernel's cached data of a changed range
+ *   hook_entries     drop the entries of <db> and its companions, when the
+ *                    database appeared or disappeared
+ *   hook_unlock      WAL: rewrite the wal-index header; close the
+ *                    descriptors, which releases the locks; give a WAL
+ *                    database an empty -wal if it has none
+ *
+ * THREADS. The hooks run on the replica thread (or an HTTP connection's
+ * thread during adoption), never on a FUSE worker: their opens, lock
+ * requests and fuse_lowlevel_notify_inval_* calls are FUSE requests that
+ * workers must be free to answer. No ltxfs mutex is held while they wait.
+ * fusefs_begin_stop() sets fs->stopping, which makes a wait for readers'
+ * locks give up with -ESHUTDOWN so that shutdown is never held by a reader.
+ */
+#include "fusefs_int.h"
+
+#include "ltxfs/fsutil.h"
+#include "ltxfs/log.h"
+#include "ltxfs/sqlfmt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct applytok {
+	int dbfd, shmfd;
+};
+
+static int lock_wait(struct fusefs *fs, int fd, off_t start, off_t len, const char *what,
+		     struct db *db)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+	unsigned delay = 20, waited = 0, warned = 0;
+	while (fcntl(fd, F_SETLK, &fl) < 0) {
+		if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+			return -errno;
+		if (fs->stopping)
+			return -ESHUTDOWN;
+		usleep(delay);
+		waited += delay;
+		delay = delay < 1000 ? delay * 2 : 1000;
+		if (waited / 5000000 > warned) {
+			warned = waited / 5000000;
+			log_warn("db '%s': waiting %us for readers to release the %s lock",
+				 db_name(db), warned * 5, what);
+		}
+	}
+	return 0;
+}
+
+static int hook_lock(void *ctx, struct db *db, void **token)
+{
+	struct fusefs *fs = ctx;
+	struct applytok *t = malloc(sizeof(*t));
+	char path[4096];
+	int r = 0;
+	if (!t)
+		return -ENOMEM;
+	t->dbfd = t->shmfd = -1;
+	*token = t;
+	if (!db_exists(db))
+		return 0; /* a new database: no reader can be inside it */
+	if (db_wal_mode(db)) {
+		r = fs_path(path, sizeof(path), "%s/%s-shm", fs->mountpoint, db_name(db));
+		if (r == 0 && (t->shmfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0)
+			r = -errno;
+		if (r == 0)
+			r = lock_wait(fs, t->shmfd, SHM_LOCK_WRITE, 1, "WAL write", db);
+		if (r == 0)
+			r = lock_wait(fs, t->shmfd, SHM_LOCK_CKPT, 1, "WAL checkpoint", db);
+		if (r == 0) {
+			/*
+			 * Make the two header copies differ, as a writer mid-update
+			 * would: a reader starting now sees an unstable header, needs
+			 * the WRITE lock to recover it and retries, so the READ slots
+			 * drain even under a steady read load.
+			 */
+			uint8_t h1[48];
+			if (fs_pread_full(t->shmfd, h1, sizeof(h1), 0) == (ssize_t)sizeof(h1)) {
+				uint32_t chg;
+				memcpy(&chg, h1 + 8, 4);
+				chg++;
+				memcpy(h1 + 8, &chg, 4);
+				if (fs_pwrite_full(t->shmfd, h1, sizeof(h1), 0) < 0)
+					r = -errno;
+			}
+		}
+		if (r == 0)
+			r = lock_wait(fs, t->shmfd, SHM_LOCK_READ(0), SHM_NREADER, "WAL read", db);
+	} else {
+		r = fs_path(path, sizeof(path), "%s/%s", fs->mountpoint, db_name(db));
+		if (r == 0 && (t->dbfd = open(path, O_RDWR | O_CLOEXEC)) < 0)
+			r = -errno;
+		if (r == 0)
+			r = lock_wait(fs, t->dbfd, SQLITE_PENDING_BYTE, 1, "PENDING", db);
+		if (r == 0)
+			r = lock_wait(fs, t->dbfd, SQLITE_RESERVED_BYTE, 1, "RESERVED", db);
+		if (r == 0)
+			r = lock_wait(fs, t->dbfd, SQLITE_SHARED_FIRST, SQLITE_SHARED_SIZE,
+				      "SHARED", db);
+	}
+	if (r < 0) {
+		if (t->dbfd >= 0)
+			close(t->dbfd);
+		if (t->shmfd >= 0)
+			close(t->shmfd);
+		free(t);
+		*token = NULL;
+	}
+	return r;
+}
+
+static void hook_invalidate(void *ctx, struct db *db, uint64_t off, uint64_t len)
+{
+	struct fusefs *fs = ctx;
+	int r = fuse_lowlevel_notify_inval_inode(fs->se, fusefs_db_ino(db, DB_FILE_DB), (off_t)off,
+						 (off_t)len);
+	if (r < 0 && r != -ENOENT)
+		log_debug("db '%s': invalidate [%llu,+%llu): %s", db_name(db),
+			  (unsigned long long)off, (unsigned long long)len, strerror(-r));
+}
+
+static void inval_entry_now(struct fusefs *fs, struct db *db, const char *suffix)
+{
+	char name[512];
+	snprintf(name, sizeof(name), "%s%s", db_name(db), suffix);
+	fuse_lowlevel_notify_inval_entry(fs->se, INO_ROOT, name, strlen(name));
+}
+
+static void hook_entries(void *ctx, struct db *db)
+{
+	struct fusefs *fs = ctx;
+	static const char *const sfx[] = {"", "-journal", "-wal", "-shm", "-pos"};
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++)
+		inval_entry_now(fs, db, sfx[i]);
+}
+
+static void hook_unlock(void *ctx, struct db *db, void *token, bool ok, uint32_t page_size,
+			uint32_t npages)
+{
+	struct fusefs *fs = ctx;
+	struct applytok *t = token;
+	bool wal = ok && db_wal_mode(db);
+	if (t && t->shmfd >= 0 && ok) {
+		uint8_t old[SHM_HEADER_SIZE], hdr[SHM_HEADER_SIZE];
+		if (fs_pread_full(t->shmfd, old, sizeof(old), 0) == (ssize_t)sizeof(old)) {
+			shm_header_build(hdr, old, page_size, npages);
+			/* SQLite's order: checkpoint info, the second copy, then the first */
+			if (fs_pwrite_full(t->shmfd, hdr + 96, SHM_HEADER_SIZE - 96, 96) < 0 ||
+			    fs_pwrite_full(t->shmfd, hdr + 48, 48, 48) < 0 ||
+			    fs_pwrite_full(t->shmfd, hdr, 48, 0) < 0)
+				log_warn("db '%s': cannot update the wal-index header: %s",
+					 db_name(db), strerror(errno));
+		}
+	}
+	if (t) {
+		if (t->dbfd >= 0)
+			close(t->dbfd);
+		if (t->shmfd >= 0)
+			close(t->shmfd);
+		free(t);
+	}
+	if (wal) {
+		/* readers of a WAL database need a -wal to open read-only */
+		struct stat st;
+		int wfd;
+		if (db_stat_file(db, DB_FILE_WAL, &st) == -ENOENT &&
+		    db_open_file(db, DB_FILE_WAL, O_RDWR | O_CREAT, 0644, &wfd) == 0) {
+			close(wfd);
+			inval_entry_now(fs, db, "-wal");
+		}
+	}
+}
+
+void fusefs_apply_hooks(struct fusefs *fs, struct db_apply_hooks *ret)
+{
+	ret->lock = hook_lock;
+	ret->invalidate = hook_invalidate;
+	ret->entries = hook_entries;
+	ret->unlock = hook_unlock;
+	ret->ctx = fs;
+}

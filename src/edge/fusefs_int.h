@@ -1,0 +1,137 @@
+/*
+ * fusefs_int.h - what the files of the FUSE mount share (not installed).
+ *
+ *   fusefs.c        the session: mount, the loop and notifier threads, stop
+ *   fusefs_inode.c  names, inode numbers, generations, super-journals,
+ *                   attributes, the root listing
+ *   fusefs_ops.c    the FUSE operations and the table libfuse calls
+ *   fusefs_apply.c  the hooks a replica's db_apply_ltx() uses
+ *
+ * Only these files include libfuse (through this header).
+ */
+#ifndef LTXFS_FUSEFS_INT_H
+#define LTXFS_FUSEFS_INT_H
+
+#define FUSE_USE_VERSION 312
+#include "ltxfs/fusefs.h"
+
+#include "ltxfs/db.h"
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#define INO_ROOT    1
+#define INO_PRIMARY 2 /* .primary */
+#define INO_LAG	    3 /* .lag */
+#define INO_DB_BASE 16
+#define INO_MJ_BASE (UINT64_C(1) << 40)
+#define KIND_MJ	    DB_FILE_N
+#define KIND_VIRT   (DB_FILE_N + 1) /* .primary / .lag: handle->db is NULL */
+
+#define CACHE_TIMEOUT 86400.0
+
+struct mj {
+	struct mj *next;
+	fuse_ino_t ino;
+	char name[256]; /* full mount name */
+	char db[256];
+	char hex[32];
+};
+
+/* A kernel dentry to invalidate once the current request has been answered. */
+struct inval {
+	struct inval *next;
+	char name[512];
+};
+
+/* An open file. Live handles are listed so that the ones the kernel never
+ * releases (after the connection is aborted) are freed at stop. */
+struct handle {
+	struct handle *prev, *next;
+	int fd;
+	struct db *db;
+	int kind;
+};
+
+struct fusefs {
+	struct store *store;
+	/* notifier: invalidations cannot run inside a handler (the kernel holds
+	 * the directory lock for create/unlink), so a thread sends them */
+	pthread_t notifier;
+	bool notifier_started;
+	bool notifier_stop;
+	pthread_cond_t notifier_cond;
+	struct inval *invals, **invals_tail;
+	struct fuse_session *se;
+	pthread_t thread;
+	bool thread_started;
+	volatile bool done;
+	char *mountpoint;
+	unsigned max_threads;
+	dev_t conn_dev; /* the mount's st_dev: names its /sys/fs/fuse/connections entry */
+
+	pthread_mutex_t mu; /* generations and super-journals (also the notifier queue, handles) */
+	uint64_t (*gen)[DB_FILE_N];
+	size_t ngen;
+	struct mj *mjs;
+	uint64_t mj_next;
+	struct handle handles; /* list head */
+	volatile bool stopping;
+};
+
+/* A mount name taken apart: database, kind (enum db_file or KIND_MJ), super-journal hex. */
+struct fname {
+	int kind;
+	char db[256];
+	char hex[32];
+};
+
+/* A directory listing being built (fuse_add_direntry format); b->p is malloc'd. */
+struct dirbuf {
+	char *p;
+	size_t size;
+};
+
+/* ---- fusefs_inode.c: names and inodes (any FUSE worker) ---- */
+
+/* 0, or -ENOENT for names that can never exist, -ENAMETOOLONG. */
+int fusefs_parse_name(const char *name, struct fname *f);
+fuse_ino_t fusefs_db_ino(struct db *db, int kind);
+/* The generation of (db, kind), incremented first if bump (fs->mu). */
+uint64_t fusefs_gen_get(struct fusefs *fs, struct db *db, int kind, bool bump);
+/* Resolve an inode to (db, kind), and a super-journal to a copy of its entry; -ENOENT if unknown.
+ */
+int fusefs_ino_resolve(struct fusefs *fs, fuse_ino_t ino, struct db **db, int *kind,
+		       struct mj *mjcopy);
+int fusefs_mj_path(struct fusefs *fs, const struct mj *m, char *buf, size_t n);
+/* The inode of the super-journal called name in the mount, or 0. */
+fuse_ino_t fusefs_mj_find(struct fusefs *fs, const char *name);
+/* Number and list a super-journal just created; -ENOMEM. */
+int fusefs_mj_add(struct fusefs *fs, const char *name, const struct fname *f, fuse_ino_t *ret);
+void fusefs_mj_remove(struct fusefs *fs, const char *name);
+/* Content of .primary or .lag; its length, or -ENOENT (.primary on a primary). */
+int fusefs_virt_content(struct fusefs *fs, fuse_ino_t ino, char *buf, size_t n);
+int fusefs_virt_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
+void fusefs_pos_attr(struct db *db, struct stat *st);
+int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
+void fusefs_fill_entry(struct fuse_entry_param *e, fuse_ino_t ino, uint64_t gen,
+		       const struct stat *st);
+/* The root directory's entries into b (0, or -ENOMEM). */
+int fusefs_root_listing(fuse_req_t req, struct fusefs *fs, struct dirbuf *b);
+/* Free the generation table and the super-journal list (at stop). */
+void fusefs_inodes_release(struct fusefs *fs);
+
+/* ---- fusefs_ops.c: the FUSE operations ---- */
+
+extern const struct fuse_lowlevel_ops fusefs_ops;
+void fusefs_handle_free(struct fusefs *fs, struct handle *h);
+
+/* ---- fusefs.c: the session ---- */
+
+/* Queue an invalidation of the root entry db+suffix (sent after the reply). */
+void fusefs_queue_inval(struct fusefs *fs, const char *db, const char *suffix);
+
+#endif
