@@ -1,6 +1,6 @@
 #!/bin/sh
 # The whole test suite, from a clean clone on Debian 12 as root:
-#   1. install what is missing (Debian packages only)
+#   1. install what is missing (Debian packages only, the test tools included)
 #   2. build under ASan+UBSan (warnings are errors) and run the C unit tests
 #   3. build the libFuzzer targets with clang and give each a short run
 #   4. run the integration tests (real FUSE mounts, real SQLite clients)
@@ -9,7 +9,7 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-sh deploy/install-deps.sh || exit 1
+sh deploy/install-deps.sh --tests || exit 1
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
