@@ -59,10 +59,10 @@ def test_import_export_round_trip(pair, tmp_path):
     c = sqlite3.connect(p.path("app.db"), isolation_level=None)
     c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     c.execute("INSERT INTO t(v) VALUES('old')")
-    assert c.execute("SELECT count(*) FROM t").fetchone().status == 1
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 1
     out = cli("import", "-name", "app.db", "-url", p.url, src, check=0)
     assert "imported" in out.stdout and out.stderr == ""  # no progress bar off a TTY
-    assert c.execute("SELECT count(*) FROM t").fetchone().status == 500
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 500
     c.close()
     wait_for(lambda: r.pos("app.db") == p.pos("app.db"), what="replication of the import")
     assert count(r.path("app.db")) == 500
@@ -70,7 +70,7 @@ def test_import_export_round_trip(pair, tmp_path):
     os.makedirs(os.path.dirname(dst))
     cli("export", "-name", "app.db", "-url", r.url, dst, check=0)
     assert count(dst) == 500
-    assert sqlite3.connect(dst).execute("PRAGMA integrity_check").fetchone().status == "ok"
+    assert sqlite3.connect(dst).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert not [f for f in os.listdir(os.path.dirname(dst)) if ".tmp" in f]
     # a new database created by import
     cli("import", "-name", "fresh.db", "-url", p.url, src, check=0)
