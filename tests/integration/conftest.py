@@ -2,20 +2,23 @@
 
 Every test gets fresh data and mount directories under pytest's tmp_path.
 Waiting is always polling a condition with a deadline, never a bare sleep.
+
+A Node's every run ends checked (helpers.check_exit): stop(), terminate()
+and wait_exit() insist on the expected exit status and no sanitizer report
+in the log of that run, and the make_node fixture stops, and checks, every
+node still running when the test ends. kill9() is the one exemption, for
+tests that kill a node on purpose.
 """
-import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LTXFS = os.environ.get("LTXFS_BIN", os.path.join(ROOT, "build", "src", "ltxfs"))
+from helpers import LTXFS, check_exit, http, sanitizer_report
 
 MODES = ["delete", "truncate", "persist", "wal"]
 
@@ -89,8 +92,9 @@ class Node:
                           self.port, lease, extra_config))
 
     def info(self):
-        with urllib.request.urlopen(self.url + "/info", timeout=5) as r:
-            return json.loads(r.read())
+        r = http(self.url + "/info", timeout=5)
+        assert r.status == 200, "%s: GET /info: %r" % (self.name, r)
+        return r.json()
 
     def pos(self, db):
         try:
@@ -100,6 +104,8 @@ class Node:
             return None
 
     def start(self, args=(), wait=True):
+        # the log is appended to: the exit check reads only this run's part
+        self.log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         logf = open(self.log, "a")
         self.proc = subprocess.Popen([LTXFS, "mount", "-config", self.config, *args],
                                      stdout=logf, stderr=subprocess.STDOUT)
@@ -108,8 +114,9 @@ class Node:
             wait_for(lambda: is_mounted(self.mount) or self.proc.poll() is not None,
                      timeout=30, what="mount of %s" % self.mount)
             if self.proc.poll() is not None:
-                raise AssertionError("ltxfs exited with %s:\n%s" % (self.proc.returncode,
-                                                                    self.read_log()))
+                rc, self.proc = self.proc.returncode, None
+                raise AssertionError("ltxfs node %s exited during start with %s:\n%s" % (
+                    self.name, rc, self.read_log()))
             # the HTTP server starts right after the mount: wait for it too
             wait_for(lambda: self._listening() or self.proc.poll() is not None,
                      timeout=30, what="the HTTP server of %s" % self.name)
@@ -129,37 +136,73 @@ class Node:
         except FileNotFoundError:
             return ""
 
-    def stop(self, timeout=20):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def run_log(self):
+        """The log of the current (or last) run only."""
+        return self.read_log()[getattr(self, "log_start", 0):]
+
+    def _check(self, rc, expect):
+        self.proc = None
+        check_exit("ltxfs node %s" % self.name, rc, expect, self.run_log(), sanitized=True)
+        return rc
+
+    def terminate(self, timeout=20, expect=0, sig=signal.SIGTERM):
+        """Send sig (SIGTERM) and wait for the exit, which must be expect
+        with a log free of sanitizer reports. Returns the exit status; does
+        not wait for the unmount (see stop)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError("ltxfs did not stop on SIGTERM:\n" + self.read_log())
-        rc = self.proc.returncode if self.proc else None
-        self.proc = None
+                self.proc = None
+                raise AssertionError("ltxfs node %s did not stop on %s within %ds:\n%s" % (
+                    self.name, signal.Signals(sig).name, timeout, self.run_log()))
+        return self._check(self.proc.returncode, expect)
+
+    def stop(self, timeout=20, expect=0):
+        """terminate(), then wait for the unmount."""
+        rc = self.terminate(timeout, expect)
         wait_for(lambda: not is_mounted(self.mount), what="unmount")
         return rc
 
+    def wait_exit(self, expect, timeout=30):
+        """Wait for a node to exit by itself (its exec command ended), with
+        the exit status expect."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("ltxfs node %s did not exit within %ds:\n%s" % (
+                self.name, timeout, self.run_log()))
+        return self._check(rc, expect)
+
     def kill9(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-        if is_mounted(self.mount):
-            subprocess.call(["umount", "-l", self.mount])
+        """kill -9, on purpose: the exit status is exempt from the check (it
+        has none of its own), but a sanitizer report in its log still fails,
+        and so does a node that had already exited by itself."""
+        try:
+            if self.proc is not None:
+                if self.proc.poll() is not None:
+                    self._check(self.proc.returncode, ())
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+                report = sanitizer_report(self.run_log())
+                assert report is None, ("ltxfs node %s (killed with -9 on purpose): a "
+                                        "sanitizer report in its log:\n%s" % (self.name, report))
+        finally:
+            if is_mounted(self.mount):
+                subprocess.call(["umount", "-l", self.mount])
 
     def cleanup(self):
+        """At the end of a test: a node still running is stopped with SIGTERM
+        and checked like stop(); one that exited by itself, unwaited for,
+        must have exited 0. Always unmounts."""
         try:
-            if self.proc and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            self.terminate()
         finally:
             if is_mounted(self.mount):
                 subprocess.call(["umount", "-l", self.mount])
@@ -181,8 +224,14 @@ def make_node(tmp_path):
         return n
 
     yield make
+    errors = []
     for n in nodes:
-        n.cleanup()
+        try:
+            n.cleanup()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
 
 
 @pytest.fixture

@@ -10,27 +10,30 @@ waits for its "listening on" line, and wraps its emulator-only endpoints
     emu.advance(25000)                  # 25 s on the emulator's clock
     emu.stop()
 
-request() returns a Response for every HTTP status (never raises HTTPError);
-connection-level failures (dropped, refused, timed out) raise OSError.
+ConsulEmu.request() returns a helpers.Response for every HTTP status (never
+raises HTTPError); connection-level failures (dropped, refused, timed out)
+raise OSError.
+
+stop() checks the exit: status 0 after SIGTERM, and no Python traceback on
+the emulator's stderr (it prints one for each bug it hits while serving a
+request, and answers 500). The stderr goes to a file, copied to the test's
+own stderr at stop so that pytest shows it with the test's output.
 """
 import atexit
 import base64
-import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from helpers import check_exit, http
 
 EMULATOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "consul_emu", "consul_emu.py")
-
-# Never route loopback requests through an http_proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # Emulators still running when the interpreter exits (a test that failed before
 # its stop()) are killed rather than left behind.
@@ -41,44 +44,6 @@ _RUNNING = set()
 def _kill_leftovers():
     for emu in list(_RUNNING):
         emu._kill()
-
-
-class Response:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8", "replace")
-
-    def json(self):
-        return json.loads(self.body)
-
-    @property
-    def index(self):
-        """X-Consul-Index as an int (None when absent)."""
-        v = self.headers.get("X-Consul-Index")
-        return None if v is None else int(v)
-
-    def __repr__(self):
-        return "<Response %d %r>" % (self.status, self.body[:200])
-
-
-def request(url, method="GET", body=None, headers=None, timeout=10.0):
-    """One HTTP request with urllib.  body: bytes, str, or a JSON-able object."""
-    if body is not None and not isinstance(body, (bytes, str)):
-        body = json.dumps(body)
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with _OPENER.open(req, timeout=timeout) as r:
-            return Response(r.status, r.headers, r.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return Response(e.code, e.headers, e.read())
 
 
 class ConsulEmu:
@@ -104,7 +69,9 @@ class ConsulEmu:
             cmd.append("--jitter")
         if self.log:
             cmd.append("--log")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     stderr=self.err)
         _RUNNING.add(self)
         line = b""
         deadline = time.monotonic() + timeout
@@ -113,7 +80,8 @@ class ConsulEmu:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
                 self._kill()
-                raise AssertionError("consul emulator did not start (got %r)" % line)
+                raise AssertionError("consul emulator did not start (got %r):\n%s" % (
+                    line, self._stderr()))
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 256)
@@ -128,7 +96,8 @@ class ConsulEmu:
         return self
 
     def stop(self, timeout=10.0):
-        """SIGTERM, wait for exit (SIGKILL after timeout).  Returns the exit status."""
+        """SIGTERM, wait for the exit and check it (see the top): an
+        AssertionError names a failed one. Returns the exit status."""
         if self.proc is None:
             return None
         rc = self.proc.poll()
@@ -142,9 +111,21 @@ class ConsulEmu:
         self.proc.stdout.close()
         self.proc = None
         _RUNNING.discard(self)
+        err = self._stderr()
+        if err:
+            sys.stderr.write(err)
+        check_exit("consul emulator", rc, 0, err)
+        assert "Traceback (most recent call last)" not in err, \
+            "consul emulator: a Python traceback on its stderr:\n" + err
         return rc
 
+    def _stderr(self):
+        """What the emulator wrote on stderr so far."""
+        self.err.seek(0)
+        return self.err.read().decode("utf-8", "replace")
+
     def _kill(self):
+        """Not a stop: a test that failed before stop(), or a start that failed."""
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -180,7 +161,7 @@ class ConsulEmu:
             q = "&".join(k if v is True else "%s=%s" % (k, urllib.parse.quote(str(v), safe=""))
                          for k, v in params.items() if v is not None and v is not False)
             url += ("&" if "?" in url else "?") + q
-        return request(url, method, body, headers, timeout)
+        return http(url, method, body, headers, timeout=timeout)
 
     def _emu(self, name, /, **params):
         r = self.request("POST", "/_emu/" + name, query=params)

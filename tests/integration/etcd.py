@@ -2,24 +2,21 @@
 
 Test fixture only. Etcd() picks free ports on 127.0.0.1, keeps its data in a
 temporary directory, and waits until the JSON gateway answers. stop() ends
-it; start() again reuses the same data (a backend that was down and came
-back). pause()/resume() freeze it with SIGSTOP/SIGCONT (a backend that stops
-answering without closing connections).
+it and checks the exit (etcd re-raises SIGTERM once its handlers have run:
+killed by SIGTERM, or status 0, is clean); start() again reuses the same
+data (a backend that was down and came back). pause()/resume() freeze it
+with SIGSTOP/SIGCONT (a backend that stops answering without closing
+connections).
 """
 import base64
-import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
-import urllib.request
 
 from conftest import free_port, wait_for
-
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+from helpers import check_exit, describe_status, http, require
 
 
 class Etcd:
@@ -31,9 +28,10 @@ class Etcd:
         self.proc = None
 
     def start(self):
+        etcd = require("etcd")
         log = open(os.path.join(self.dir, "etcd.log"), "a")
         self.proc = subprocess.Popen(
-            [ETCD, "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
+            [etcd, "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
              "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
@@ -47,7 +45,9 @@ class Etcd:
 
     def _healthy(self):
         if self.proc.poll() is not None:
-            raise AssertionError("etcd exited:\n" + self.read_log())
+            rc, self.proc = self.proc.returncode, None
+            raise AssertionError("etcd exited during start with %s:\n%s" % (
+                describe_status(rc), self.read_log()))
         try:
             self.post("/v3/kv/range", {"key": base64.b64encode(b"x").decode()}, timeout=1)
             return True
@@ -62,10 +62,11 @@ class Etcd:
             return ""
 
     def post(self, path, body, timeout=5):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with _OPENER.open(req, timeout=timeout) as r:
-            return json.loads(r.read())
+        r = http(self.url + path, "POST", body, {"Content-Type": "application/json"},
+                 timeout=timeout)
+        if r.status != 200:
+            raise OSError("etcd %s: %r" % (path, r))
+        return r.json()
 
     def get(self, key):
         """The value stored at key (bytes) or None."""
@@ -82,16 +83,25 @@ class Etcd:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
+        """SIGTERM (SIGCONT first, if paused), wait, and check the exit."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
             try:
-                self.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+                proc.kill()
+                proc.wait()
+                raise AssertionError("etcd did not stop on SIGTERM within 10 s:\n" +
+                                     self.read_log())
+        check_exit("etcd", proc.returncode, (0, -signal.SIGTERM), self.read_log())
+        return proc.returncode
 
     def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

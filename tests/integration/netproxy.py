@@ -8,9 +8,16 @@ black hole (a network partition): bytes are swallowed in both directions and
 new connections are accepted but never answered, so peers see timeouts, not
 resets; unblock() heals it (connections opened during the partition are
 closed, as a real TCP connection would eventually fail).
+
+close() is the proxy's stop and is checked like a daemon's: every thread of
+the proxy must have ended, and none may have died of an exception other than
+the OSError a closed connection gives; an AssertionError names the proxy,
+its target and the first lines of the traceback.
 """
 import socket
 import threading
+import time
+import traceback
 
 
 class Proxy:
@@ -30,7 +37,24 @@ class Proxy:
         self.closed = False
         self.blocked = False
         self.held = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = []
+        self.errors = []
+        self._spawn(self._accept)
+
+    def _spawn(self, fn, *args):
+        """A daemon thread running fn(*args); an exception it dies of is kept
+        for close() to report."""
+        def run():
+            try:
+                fn(*args)
+            except BaseException:  # noqa: B902 - reported by close()
+                with self.lock:
+                    self.errors.append(traceback.format_exc())
+
+        t = threading.Thread(target=run, daemon=True)
+        with self.lock:
+            self.threads = [x for x in self.threads if x.is_alive()] + [t]
+        t.start()
 
     def _accept(self):
         while True:
@@ -40,8 +64,11 @@ class Proxy:
                 return
             if self.blocked:
                 with self.lock:
+                    if self.closed:
+                        c.close()
+                        return
                     self.held.append(c)
-                threading.Thread(target=self._swallow, args=(c,), daemon=True).start()
+                self._spawn(self._swallow, c)
                 continue
             try:
                 u = socket.create_connection(self.target, timeout=5)
@@ -50,11 +77,15 @@ class Proxy:
                 c.close()
                 continue
             with self.lock:
+                if self.closed:  # close() ran meanwhile: it cut what it saw
+                    c.close()
+                    u.close()
+                    return
                 self.conns += [c, u]
                 self.accepted += 1
                 corrupt, self.corrupt_at = self.corrupt_at, None
-            threading.Thread(target=self._pipe, args=(c, u, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(u, c, corrupt), daemon=True).start()
+            self._spawn(self._pipe, c, u, None)
+            self._spawn(self._pipe, u, c, corrupt)
 
     def _pipe(self, src, dst, corrupt_at):
         seen = b""
@@ -105,14 +136,7 @@ class Proxy:
 
     def unblock(self):
         self.blocked = False
-        with self.lock:
-            held, self.held = self.held, []
-        for s in held:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        self._shut(self._take("held"))
         self.cut()
 
     def corrupt_next(self, offset):
@@ -120,16 +144,38 @@ class Proxy:
             self.corrupt_at = offset
 
     def cut(self):
+        self._shut(self._take("conns"))
+
+    def _take(self, name):
+        """Empty the list of sockets self.<name> and return what it held."""
         with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
+            socks = getattr(self, name)
+            setattr(self, name, [])
+        return socks
+
+    @staticmethod
+    def _shut(socks):
+        for s in socks:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             s.close()
 
-    def close(self):
-        self.closed = True
-        self.lsock.close()
+    def close(self, timeout=5.0):
+        with self.lock:
+            self.closed = True
+        self._shut([self.lsock])  # the shutdown wakes the accept()
+        self._shut(self._take("held"))
         self.cut()
+        with self.lock:
+            threads = list(self.threads)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = sum(t.is_alive() for t in threads)
+        name = "proxy %s -> 127.0.0.1:%d" % (self.url, self.target[1])
+        assert not self.errors, "%s: a thread died:\n%s" % (
+            name, "\n".join(self.errors[0].splitlines()[-20:]))
+        assert not alive, "%s: %d thread(s) still running %.0fs after close" % (
+            name, alive, timeout)

@@ -9,11 +9,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import MODES, connect, wait_for
+from helpers import check_exit
 from ltxcheck import ltx_files, parse_ltx, read_pos, verify_database
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -169,7 +169,7 @@ def test_clean_restart(make_node, mode):
         c.execute("INSERT INTO t(v) VALUES(?)", (str(i),))
     c.close()
     pos = read_pos(node.mount, "db")
-    assert node.stop() == 0
+    node.stop()
     assert os.path.exists(os.path.join(node.dbdir("db"), "checksums"))
     node.start()
     assert read_pos(node.mount, "db") == pos
@@ -193,12 +193,11 @@ def test_kill9_during_write_load(make_node, mode):
     wait_for(lambda: os.path.exists(ack) and os.path.getsize(ack) > 2000, timeout=60,
              what="some acknowledged commits")
     node.kill9()
-    w.wait(60)
+    check_exit("workload insert-ack", w.wait(60), 0)  # it stops at the first error
     with open(ack) as f:
         acked = [int(x) for x in f.read().split()]
     assert acked
     node.start()
-    assert "hot journal" in node.read_log() or True  # informative only
     c = connect(node.path("db"), mode)
     have = {r[0] for r in c.execute("SELECT id FROM t")}
     missing = [a for a in acked if a not in have]

@@ -6,42 +6,40 @@ throughout and at no instant may two of them accept writes.
 Timings (TTL 2 s on both backends) keep the suite short; the budgets are the
 issue's: etcd ttl + 2 s, Consul 2 x ttl + lock-delay + 2 s.
 """
+import base64
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
-from conftest import LTXFS, Node, free_port, is_mounted, wait_for  # noqa: F401
+from conftest import free_port, wait_for
+from consul import ConsulEmu
+from etcd import Etcd
+from helpers import check_exit, cli, http
 from netproxy import Proxy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WRITER = os.path.join(HERE, "failover_writer.py")
 TTL = 2.0
 LOCK_DELAY = 0.5
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def info(node, timeout=1.0):
-    import json
+    """The node's /info, or None while it does not answer."""
     try:
-        with _OPENER.open(node.url + "/info", timeout=timeout) as r:
-            return json.loads(r.read())
+        r = http(node.url + "/info", timeout=timeout)
     except OSError:
         return None
+    return r.json() if r.status == 200 else None
 
 
 def post(url, timeout=15.0):
-    req = urllib.request.Request(url, data=b"", method="POST")
-    try:
-        with _OPENER.open(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return http(url, "POST", b"", timeout=timeout)
 
 
 class Backend:
@@ -51,12 +49,10 @@ class Backend:
         self.kind = kind
         self.proxies = {}
         if kind == "consul":
-            from consul import ConsulEmu
             self.emu = ConsulEmu().start(ttl_min="1s")
-            self.port = int(self.emu.url.rsplit(":", 1)[1])
+            self.port = self.emu.port
             self.budget = 2 * TTL + LOCK_DELAY + 2.0
         else:
-            from etcd import Etcd
             self.etcd = Etcd().start()
             self.port = self.etcd.port
             self.budget = TTL + 2.0
@@ -80,7 +76,6 @@ class Backend:
         if self.kind == "consul":
             assert self.emu.request("DELETE", "/v1/kv/" + key).status == 200
         else:
-            import base64
             self.etcd.post("/v3/kv/deleterange",
                            {"key": base64.b64encode(key.encode()).decode()})
 
@@ -104,12 +99,22 @@ class Backend:
             self.etcd.resume()
 
     def close(self):
+        """Close every proxy and stop the backend, each checked (a failure
+        of one does not leave the others running)."""
+        errors = []
         for p in self.proxies.values():
-            p.close()
-        if self.kind == "consul":
-            self.emu.stop()
-        else:
-            self.etcd.cleanup()
+            try:
+                p.close()
+            except AssertionError as e:
+                errors.append(str(e))
+        try:
+            if self.kind == "consul":
+                self.emu.stop()
+            else:
+                self.etcd.cleanup()
+        except AssertionError as e:
+            errors.append(str(e))
+        assert not errors, "\n\n".join(errors)
 
 
 @pytest.fixture(params=["consul", "etcd"])
@@ -227,7 +232,7 @@ class Writer:
 
     def stop(self):
         open(self.stopfile, "w").close()
-        self.proc.wait(30)
+        check_exit("failover writer", self.proc.wait(30), 0)
 
 
 def check_no_interleaving(acks, old, new):
@@ -348,8 +353,7 @@ def test_partitioned_primary_steps_down(backend, make_node, tmp_path, mode):
         assert os.path.isdir(od) and any(os.scandir(od)), \
             "n1's unreplicated transactions were not kept aside"
         assert "orphaned" in n1.read_log()
-        out = subprocess.run([LTXFS, "orphans", "-config", n1.config], capture_output=True,
-                             text=True, check=True).stdout
+        out = cli("orphans", "-config", n1.config, check=0).stdout
         assert "db db: set aside at" in out and " epoch " in out, out
 
 
@@ -395,8 +399,8 @@ def test_planned_handoff(backend, make_node, tmp_path):
     w = Writer(tmp_path, nodes)
     try:
         w.wait_acks(50, "n1")
-        status, body = post(n2.url + "/promote")
-        assert status == 200, body
+        r = post(n2.url + "/promote")
+        assert r.status == 200, r
         assert info(n2)["acceptsWrites"]
         w.wait_acks(50, "n2")
     finally:
@@ -415,8 +419,8 @@ def test_planned_handoff(backend, make_node, tmp_path):
     assert not lost, "handoff lost acknowledged commits: %r" % sorted(lost)[:10]
     assert wait_for(lambda: (info(n1) or {}).get("primary", {}).get("hostname") == "n2")
     # errors: promote on the primary itself is a no-op success; on a static node, 409
-    assert post(n2.url + "/promote")[0] == 200
-    assert post(n1.url + "/handoff?nodeID=zz")[0] == 400
+    assert post(n2.url + "/promote").status == 200
+    assert post(n1.url + "/handoff?nodeID=zz").status == 400
 
 
 def test_new_primary_adopts_what_only_a_replica_received(backend, make_node, tmp_path):
@@ -458,8 +462,8 @@ def test_non_candidate_never_takes_the_lease(backend, make_node, tmp_path):
     time.sleep(backend.budget)
     assert primary_of([n2, n3]) is None
     assert not info(n2)["candidate"] and not info(n3)["candidate"]
-    status, body = post(n2.url + "/promote")
-    assert status == 409, body
+    r = post(n2.url + "/promote")
+    assert r.status == 409, r
     n1.start()
     wait_for(lambda: primary_of(nodes) is n1, timeout=backend.budget + 10,
              what="n1 to be primary again")
@@ -494,7 +498,6 @@ def test_replica_refuses_frames_of_an_older_epoch(backend, make_node, tmp_path):
 
 
 def test_etcd_authentication(make_node, tmp_path):
-    from etcd import Etcd
     e = Etcd().start()
     try:
         e.post("/v3/auth/role/add", {"name": "root"})
@@ -519,8 +522,6 @@ def test_etcd_authentication(make_node, tmp_path):
 def test_consul_token_and_prefix_from_the_url(make_node, tmp_path):
     """As LiteFS reads lease.consul.url: the userinfo password is the ACL
     token, the path a key prefix (with a catalog node for the sessions)."""
-    import json
-    from consul import ConsulEmu
     emu = ConsulEmu(acl_token="t0ken").start(ttl_min="1s")
     try:
         host = emu.url.split("//", 1)[1]

@@ -6,20 +6,19 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import LTXFS, MODES, connect, is_mounted, wait_for
+from conftest import MODES, connect, is_mounted, wait_for
+from helpers import LTXFS, check_exit, cli
 from ltxcheck import (FLAG, db_checksum_bytes, encode_ltx_v1, ltx_files, parse_ltx, read_pos,
                       verify_database)
 
 
 def test_version():
-    out = subprocess.run([LTXFS, "version"], capture_output=True, text=True, check=True)
+    out = cli("version", check=0)
     assert out.stdout.startswith("ltxfs ")
-    out2 = subprocess.run([LTXFS, "--version"], capture_output=True, text=True, check=True)
-    assert out2.stdout == out.stdout
+    assert cli("--version", check=0).stdout == out.stdout
 
 
 def test_pos_file_format(node):
@@ -125,8 +124,7 @@ def test_second_mount_refused(node, make_node):
     other = make_node("other")
     with open(other.config, "w") as f:
         f.write(open(node.config).read().replace(node.mount, other.mount))
-    p = subprocess.run([LTXFS, "mount", "-config", other.config], capture_output=True,
-                       text=True, timeout=30)
+    p = cli("mount", "-config", other.config, timeout=30)
     assert p.returncode != 0
     assert "in use by another ltxfs" in p.stdout + p.stderr
     assert is_mounted(node.mount)
@@ -306,7 +304,7 @@ def test_full_disk_wal_queued_ltx(make_node, tmp_path):
 def test_subprocess_exit_code_and_unmount(make_node):
     node = make_node()
     node.start(args=["--", "sh", "-c", "test -d %s && exit 7" % node.mount], wait=False)
-    assert node.proc.wait(30) == 7
+    node.wait_exit(7)
     wait_for(lambda: not is_mounted(node.mount), what="unmount after subprocess exit")
 
 
@@ -341,9 +339,7 @@ def test_retention_prunes_old_files_but_never_the_newest(make_node):
 def test_config_errors_exit_2_naming_key_and_file(tmp_path, body, needle):
     cfg = tmp_path / "bad.yml"
     cfg.write_text(body)
-    p = subprocess.run([LTXFS, "mount", "--config", str(cfg)], capture_output=True, text=True,
-                       timeout=30)
-    assert p.returncode == 2
+    p = cli("mount", "--config", str(cfg), timeout=30, check=2)
     assert needle in p.stderr and str(cfg) in p.stderr
 
 
@@ -370,14 +366,16 @@ def test_litefs_yml_found_in_working_directory_and_sigint(tmp_path):
         c.execute("CREATE TABLE t(x)")
         c.close()
         p.send_signal(signal.SIGINT)
-        assert p.wait(30) == 0
+        rc = p.wait(30)
         out = p.stdout.read()
+        check_exit("ltxfs (litefs.yml in the working directory)", rc, 0, out, sanitized=True)
         assert '"level":"INFO"' in out  # log.format: json
         assert not is_mounted(str(mnt))
         assert os.path.isdir(data / "dbs" / "db" / "ltx")
     finally:
-        if p.poll() is None:
+        if p.poll() is None:  # the test failed before its check: not a stop
             p.kill()
+            p.wait()
         if is_mounted(str(mnt)):
             subprocess.call(["umount", "-l", str(mnt)])
 
@@ -398,14 +396,12 @@ def test_sigterm_with_a_file_held_open_still_shuts_down(make_node):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "[(1,)]"  # it has the database open
-        node.proc.send_signal(signal.SIGTERM)
-        assert node.proc.wait(40) == 0
+        node.terminate(timeout=40)
         assert "aborting the FUSE connection" in node.read_log()
     finally:
-        holder.kill()
+        holder.kill()  # the reader, killed on purpose once it has done its part
         holder.wait()
         c.close()
-    node.proc = None
     if is_mounted(node.mount):
         subprocess.call(["umount", "-l", node.mount])
     node.start()

@@ -7,43 +7,18 @@ import select
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import LTXFS, wait_for
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http(url, method="GET", data=None, token=None, timeout=10):
-    req = urllib.request.Request(url, data=data, method=method)
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with _OPENER.open(req, timeout=timeout) as r:
-            return r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
-
-
-def cli(*args, env=None, check=None):
-    e = dict(os.environ)
-    e.pop("LTXFS_HTTP_TOKEN", None)
-    e.update(env or {})
-    p = subprocess.run([LTXFS, *args], capture_output=True, text=True, env=e, timeout=60)
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
-    return p
+from conftest import is_mounted, wait_for
+from helpers import LTXFS, OPENER, check_exit, cli, http, require
 
 
 def _up(url):
     try:
-        return http(url + "/health")[0] == 200
+        return http(url + "/health").status == 200
     except OSError:
         return False
 
@@ -138,11 +113,11 @@ def test_import_refuses_bad_input(pair, tmp_path):
     out = cli("import", "-name", "x.db", "-url", r.url, good, check=1)
     assert "not the primary" in out.stderr
     # HTTP errors
-    assert http(p.url + "/import?name=x.db", "POST", b"")[0] == 400
-    assert http(p.url + "/import", "POST", open(good, "rb").read())[0] == 400
-    assert http(p.url + "/export?name=nope.db")[0] == 404
-    assert http(p.url + "/export")[0] == 400
-    assert http(p.url + "/import?name=x.db")[0] == 405
+    assert http(p.url + "/import?name=x.db", "POST", b"").status == 400
+    assert http(p.url + "/import", "POST", open(good, "rb").read()).status == 400
+    assert http(p.url + "/export?name=nope.db").status == 404
+    assert http(p.url + "/export").status == 400
+    assert http(p.url + "/import?name=x.db").status == 405
     # CLI usage errors
     assert cli("import", "-url", p.url, good).returncode == 2
     assert cli("export", "-name", "x").returncode == 2
@@ -171,7 +146,9 @@ def test_progress_bar_only_on_a_tty(pair, tmp_path):
             break
         out += d
     _, st = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(st) == 0, out
+    text = out.decode("utf-8", "replace")
+    check_exit("ltxfs import (on a terminal)", os.waitstatus_to_exitcode(st), 0, text,
+               sanitized=True)
     assert b"upload" in out and b"%" in out, out
     q = cli("export", "-name", "big.db", "-url", p.url, str(tmp_path / "e.db"), check=0)
     assert "%" not in q.stderr and "download" not in q.stderr
@@ -249,26 +226,25 @@ def test_health_and_metrics(pair):
         c.execute("INSERT INTO t VALUES(?)", (i,))
     c.close()
     wait_for(lambda: r.pos("m.db") == p.pos("m.db"))
-    st, body, _ = http(p.url + "/health")
-    assert st == 200 and json.loads(body)["ok"]
-    wait_for(lambda: http(r.url + "/health")[0] == 200, what="the replica to be healthy")
-    st, body, _ = http(r.url + "/health?maxLag=-5")
-    assert st == 400
+    r_ = http(p.url + "/health")
+    assert r_.status == 200 and r_.json()["ok"]
+    wait_for(lambda: http(r.url + "/health").status == 200, what="the replica to be healthy")
+    assert http(r.url + "/health?maxLag=-5").status == 400
     p.stop()
-    wait_for(lambda: http(r.url + "/health?maxLag=100")[0] == 503, timeout=15,
+    wait_for(lambda: http(r.url + "/health?maxLag=100").status == 503, timeout=15,
              what="the replica to report itself unhealthy without its primary")
     p.start()
     wait_for(lambda: _up(p.url), what="the restarted primary's HTTP server")
-    st, body, hdr = http(p.url + "/metrics")
-    assert st == 200 and hdr["Content-Type"].startswith("text/plain")
-    text = body.decode()
+    m = http(p.url + "/metrics")
+    assert m.status == 200 and m.headers["Content-Type"].startswith("text/plain")
+    text = m.text
     for name in ("ltxfs_db_count", "ltxfs_is_primary 1", 'ltxfs_db_txid{db="m.db"}',
                  'ltxfs_db_commit_count{db="m.db"}', 'ltxfs_db_ltx_count{db="m.db"}',
                  "ltxfs_fuse_op_duration_seconds_bucket{op=\"write\",le=",
                  "ltxfs_stream_sent_bytes_total", "ltxfs_lease_renewals_total",
                  "ltxfs_snapshots_sent_total", "ltxfs_http_stream_count"):
         assert name in text, name
-    rt = http(r.url + "/metrics")[1].decode()
+    rt = http(r.url + "/metrics").text
     assert "ltxfs_is_primary 0" in rt
     recv = [l for l in rt.splitlines() if l.startswith("ltxfs_stream_received_bytes_total")]
     assert recv and int(recv[0].split()[1]) > 0
@@ -285,7 +261,7 @@ def test_events(pair):
     lines = []
 
     def reader(url, out, n):
-        with _OPENER.open(url + "/events", timeout=30) as resp:
+        with OPENER.open(url + "/events", timeout=30) as resp:
             for raw in resp:
                 if raw.strip():
                     out.append(json.loads(raw))
@@ -342,13 +318,13 @@ def test_token(make_node, tmp_path):
     for path, method in (("/import?name=z.db", "POST"), ("/stream", "POST"),
                          ("/ltx?db=k.db&txid=1", "GET"), ("/promote", "POST"),
                          ("/handoff?nodeID=1", "POST")):
-        st, body, hdr = http(p.url + path, method, b"x" if method == "POST" else None)
-        assert st == 401, (path, st)
-        assert hdr.get("WWW-Authenticate") == "Bearer"
+        r_ = http(p.url + path, method, b"x" if method == "POST" else None)
+        assert r_.status == 401, (path, r_)
+        assert r_.headers.get("WWW-Authenticate") == "Bearer"
         assert http(p.url + path, method, b"x" if method == "POST" else None,
-                    token="wrong")[0] == 401
-    assert http(p.url + "/info")[0] == 200  # read-only stays open
-    assert http(p.url + "/ltx?db=k.db&txid=1", token=tok)[0] == 200
+                    token="wrong").status == 401
+    assert http(p.url + "/info").status == 200  # read-only stays open
+    assert http(p.url + "/ltx?db=k.db&txid=1", token=tok).status == 200
     assert cli("import", "-name", "z.db", "-url", p.url, src).returncode == 1
     cli("import", "-name", "z.db", "-url", p.url, src, env={"LTXFS_HTTP_TOKEN": tok}, check=0)
     # check-config masks the secret
@@ -363,23 +339,22 @@ def test_read_auth_closes_read_endpoints(make_node):
     with open(p.config, "w") as f:
         f.write(text.replace("http:\n", "http:\n  token: abcdefgh12\n  read-auth: true\n", 1))
     p.start()
-    assert http(p.url + "/info")[0] == 401
-    assert http(p.url + "/metrics")[0] == 401
-    assert http(p.url + "/info", token="abcdefgh12")[0] == 200
-    assert http(p.url + "/health")[0] == 200  # container health checks need no secret
+    assert http(p.url + "/info").status == 401
+    assert http(p.url + "/metrics").status == 401
+    assert http(p.url + "/info", token="abcdefgh12").status == 200
+    assert http(p.url + "/health").status == 200  # container health checks need no secret
     assert cli("status", "-url", p.url, env={"LTXFS_HTTP_TOKEN": "abcdefgh12"}).returncode == 0
 
 
 def test_endpoint_errors(pair):
     p, r = pair
-    st, body, _ = http(p.url + "/nope")
-    assert st == 404 and json.loads(body)["error"]
-    st, body, _ = http(p.url + "/info", "POST", b"")
-    assert st == 405 and "GET" in json.loads(body)["error"]
-    st, body, _ = http(p.url + "/stream", "POST", b"\x00\x00\x00\x05garbage",)
-    assert st == 400
-    st, body, _ = http(p.url + "/promote", "POST", b"")
-    assert st == 409 and "static lease" in json.loads(body)["error"]
+    r_ = http(p.url + "/nope")
+    assert r_.status == 404 and r_.json()["error"]
+    r_ = http(p.url + "/info", "POST", b"")
+    assert r_.status == 405 and "GET" in r_.json()["error"]
+    assert http(p.url + "/stream", "POST", b"\x00\x00\x00\x05garbage").status == 400
+    r_ = http(p.url + "/promote", "POST", b"")
+    assert r_.status == 409 and "static lease" in r_.json()["error"]
 
 
 # ------------------------------------------------------ config and commands
@@ -423,8 +398,7 @@ def test_exec_supervision(make_node, tmp_path):
     n.start()
     wait_for(lambda: mark.exists(), what="the migration to run")
     wait_for(lambda: ready.exists(), what="the command to be ready for signals")
-    rc = n.stop()
-    assert rc == 42  # SIGTERM forwarded, the command's status returned
+    n.stop(expect=42)  # SIGTERM forwarded, the command's status returned
     # migrations with if-candidate are skipped on a non-candidate
     mark2 = tmp_path / "migrated2"
     p = make_node("p2").start()
@@ -434,12 +408,11 @@ def test_exec_supervision(make_node, tmp_path):
     r.start()
     time.sleep(0.5)
     assert not mark2.exists()
-    r.stop()
+    r.stop(expect=128 + signal.SIGTERM)  # sleep dies of the forwarded SIGTERM
     # the supervised command exiting ends ltxfs with its status
     q = make_node("q", extra_config="exec: \"sh -c 'exit 3'\"\n")
     q.start(wait=False)
-    q.proc.wait(30)
-    assert q.proc.returncode == 3
+    q.wait_exit(3)
 
 
 def test_pid1_in_a_container(make_node, tmp_path):
@@ -449,11 +422,10 @@ def test_pid1_in_a_container(make_node, tmp_path):
         "exec: \"sh -c '(sleep 0.2 &); trap \\\"exit 5\\\" TERM; touch %s; while true; do "
         "sleep 0.05; done'\"\n" % (tmp_path / "trapped")))
     logf = open(n.log, "a")
-    outer = subprocess.Popen(["unshare", "--pid", "--fork", LTXFS, "mount",
+    outer = subprocess.Popen([require("unshare"), "--pid", "--fork", LTXFS, "mount",
                               "-config", n.config], stdout=logf, stderr=subprocess.STDOUT)
     logf.close()
     try:
-        from conftest import is_mounted
         wait_for(lambda: is_mounted(n.mount), timeout=30, what="the mount")
 
         def ltxfs_pid():
@@ -487,9 +459,10 @@ def test_pid1_in_a_container(make_node, tmp_path):
         time.sleep(0.6)  # the orphaned sleep 0.2 has exited by now
         assert zombies() == [], "ltxfs left orphans unreaped"
         os.kill(pid, signal.SIGTERM)
-        assert outer.wait(30) == 5, n.read_log()
+        check_exit("ltxfs node n (PID 1 of a PID namespace)", outer.wait(30), 5,
+                   n.read_log(), sanitized=True)
     finally:
-        if outer.poll() is None:
+        if outer.poll() is None:  # the test failed before its check: not a stop
             outer.kill()
             outer.wait()
         subprocess.call(["umount", "-l", n.mount], stderr=subprocess.DEVNULL)
@@ -510,9 +483,8 @@ def test_systemd_notify(make_node, tmp_path):
         del os.environ["NOTIFY_SOCKET"]
     msg = s.recv(4096).decode()
     assert "READY=1" in msg
-    from conftest import is_mounted
     assert is_mounted(n.mount)
-    assert http(n.url + "/health")[0] == 200
+    assert http(n.url + "/health").status == 200
     n.stop()
     assert "STOPPING=1" in s.recv(4096).decode()
     s.close()
@@ -520,9 +492,9 @@ def test_systemd_notify(make_node, tmp_path):
 
 def test_status_reports_a_malformed_reply(tmp_path):
     """A URL that answers something other than ltxfs's JSON is named, not trusted."""
-    import http.server
+    from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    class H(http.server.BaseHTTPRequestHandler):
+    class H(BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -531,7 +503,7 @@ def test_status_reports_a_malformed_reply(tmp_path):
 
         def log_message(self, *a):
             pass
-    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    srv = HTTPServer(("127.0.0.1", 0), H)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import MODES, connect, wait_for
 from ltxcheck import ltx_files, verify_database
+from helpers import check_exit, require
 from netproxy import Proxy
 
 
@@ -25,7 +26,8 @@ def cluster(make_node, n_replicas=2, **kw):
 
 
 def sqldiff(a, b):
-    out = subprocess.run(["sqldiff", a, b], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([require("sqldiff"), a, b], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -377,6 +379,7 @@ while not os.path.exists(sys.argv[2]):
         wait_for(lambda: txid(r) > 0, timeout=60, what="the replica to restore")
     finally:
         open(stop, "w").close()
-        w.wait(30)
+        rc = w.wait(30)
+    check_exit("the page-rewriting writer", rc, 0)
     assert_same(p, r, timeout=60)
     assert "built under the lock" in p.read_log()

@@ -277,11 +277,10 @@ static uint64_t file_checksum(void)
 			close(fd);
 		return LTX_CHECKSUM_FLAG;
 	}
-	uint32_t ps = (uint32_t)hdr[16] << 8 | hdr[17];
+	uint32_t ps = get_be16(hdr + 16);
 	if (ps == 1)
 		ps = 65536;
-	uint32_t n =
-	    (uint32_t)hdr[28] << 24 | (uint32_t)hdr[29] << 16 | (uint32_t)hdr[30] << 8 | hdr[31];
+	uint32_t n = get_be32(hdr + 28);
 	uint8_t *page = malloc(ps);
 	for (uint32_t pg = 1; pg <= n; pg++) {
 		if (pg == ltx_lock_pgno(ps))
@@ -873,11 +872,9 @@ static int apply_next_from_elsewhere(const uint8_t page1[4096])
 	db_get_pos(g_db, &pos);
 	db_get_stats(g_db, &st);
 	memcpy(page, page1, sizeof(page));
-	uint32_t counter = ((uint32_t)page[24] << 24 | (uint32_t)page[25] << 16 |
-			    (uint32_t)page[26] << 8 | page[27]) +
-			   1;
-	for (int i = 0; i < 4; i++)
-		page[24 + i] = page[92 + i] = (uint8_t)(counter >> (24 - 8 * i));
+	uint32_t counter = get_be32(page + 24) + 1;
+	put_be32(page + 24, counter);
+	put_be32(page + 92, counter);
 	struct ltx_header h = {
 	    .page_size = 4096,
 	    .commit = st.page_count,
@@ -960,8 +957,7 @@ static uint64_t ring_epoch(void)
 	snprintf(path, sizeof(path), "%s/dbs/db/ltxring", g_dir);
 	int fd = open(path, O_RDONLY);
 	if (fd >= 0 && pread(fd, b, sizeof(b), 0) == (ssize_t)sizeof(b))
-		for (int i = 7; i >= 0; i--)
-			e = e << 8 | b[24 + i];
+		e = get_le64(b + 24);
 	if (fd >= 0)
 		close(fd);
 	return e;

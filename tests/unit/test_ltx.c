@@ -16,75 +16,7 @@
 
 #define F LTX_CHECKSUM_FLAG
 
-/* --- byte buffers, sinks and sources -------------------------------------- */
-
-struct buf {
-	uint8_t *p;
-	size_t len, cap;
-	size_t writes, max_write;
-	long fail_at; /* sink: fail once the total would pass this (-1: never) */
-	int fail_rc;
-};
-
-static void buf_init(struct buf *b)
-{
-	memset(b, 0, sizeof(*b));
-	b->fail_at = -1;
-}
-
-static void buf_put(struct buf *b, const void *p, size_t n)
-{
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		while (cap < b->len + n)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		if (!b->p)
-			abort();
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->len, p, n);
-	b->len += n;
-}
-
-static void buf_u32(struct buf *b, uint32_t v)
-{
-	uint8_t be[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-	buf_put(b, be, 4);
-}
-
-static void buf_u64(struct buf *b, uint64_t v)
-{
-	buf_u32(b, (uint32_t)(v >> 32));
-	buf_u32(b, (uint32_t)v);
-}
-
-static void buf_fill(struct buf *b, uint8_t c, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		buf_put(b, &c, 1);
-}
-
-static void buf_free(struct buf *b)
-{
-	free(b->p);
-	b->p = NULL;
-	b->len = b->cap = 0;
-}
-
-static int sink_write(void *ctx, const void *p, size_t n)
-{
-	struct buf *b = ctx;
-
-	if (b->fail_at >= 0 && b->len + n > (size_t)b->fail_at)
-		return b->fail_rc;
-	buf_put(b, p, n);
-	b->writes++;
-	if (n > b->max_write)
-		b->max_write = n;
-	return 0;
-}
+/* --- sources (struct buf, the sink, is in unit.h) ------------------------- */
 
 struct source {
 	const uint8_t *p;
@@ -180,7 +112,7 @@ static int encode_fill(const struct ltx_header *h, const struct pg *pages, size_
 	uint8_t *page = malloc(h->page_size);
 	int rc;
 
-	rc = ltx_encoder_new(&e, h, sink_write, out);
+	rc = ltx_encoder_new(&e, h, buf_sink_write, out);
 	for (size_t i = 0; rc == 0 && i < n; i++) {
 		memset(page, pages[i].fill, h->page_size);
 		rc = ltx_encoder_add_page(e, pages[i].pgno, page);
@@ -496,7 +428,7 @@ static void test_litefs_shaped_file(void)
 
 	struct ltx_header h = mk_hdr(0, ps, 10, 13, 13, 0, pre);
 	buf_init(&out);
-	CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 	post = pre;
 	for (uint32_t p = 1; p <= 10; p++) {
 		if (p != 1 && p != 7 && p != 8)
@@ -691,14 +623,14 @@ static void test_encoder_rules(void)
 
 	/* Invalid header: nothing written, nothing returned. */
 	struct ltx_header bad = mk_hdr(2, 512, 1, 1, 1, 0, 0);
-	CHECK_RC(ltx_encoder_new(&e, &bad, sink_write, &out), -EINVAL);
+	CHECK_RC(ltx_encoder_new(&e, &bad, buf_sink_write, &out), -EINVAL);
 	CHECK(e == NULL && out.len == 0);
-	CHECK_RC(ltx_encoder_new(NULL, &bad, sink_write, &out), -EINVAL);
+	CHECK_RC(ltx_encoder_new(NULL, &bad, buf_sink_write, &out), -EINVAL);
 
 	/* Non-snapshot: gaps fine; order, range, zero, lock page enforced. */
 	uint32_t lock = ltx_lock_pgno(512);
 	struct ltx_header h = mk_hdr(0, 512, lock + 5, 5, 5, 0, F | 9);
-	CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 	CHECK_RC(out.len, LTX_HEADER_SIZE); /* the header is written at once */
 	CHECK_RC(ltx_encoder_add_page(e, 0, page), -EINVAL);
 	CHECK_RC(ltx_encoder_add_page(e, 3, page), 0);
@@ -725,7 +657,7 @@ static void test_encoder_rules(void)
 	/* Snapshot: 1..commit with no gap, completeness checked in finish. */
 	struct ltx_header s = mk_hdr(LTX_FLAG_COMPRESS_LZ4, 512, 3, 1, 4, 0, 0);
 	buf_init(&out);
-	CHECK_RC(ltx_encoder_new(&e, &s, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &s, buf_sink_write, &out), 0);
 	CHECK_RC(ltx_encoder_add_page(e, 2, page), -EINVAL);
 	CHECK_RC(ltx_encoder_add_page(e, 1, page), 0);
 	CHECK_RC(ltx_encoder_add_page(e, 3, page), -EINVAL);
@@ -744,7 +676,7 @@ static void test_encoder_rules(void)
 	/* Deletion: no page allowed, post must be exactly the flag. */
 	struct ltx_header del = mk_hdr(0, 512, 0, 3, 3, 3000, 0xa678a10ddddddddd);
 	buf_init(&out);
-	CHECK_RC(ltx_encoder_new(&e, &del, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &del, buf_sink_write, &out), 0);
 	CHECK_RC(ltx_encoder_add_page(e, 1, page), -EINVAL);
 	CHECK_RC(ltx_encoder_finish(e, F | 1, &t), -EINVAL);
 	CHECK_RC(ltx_encoder_finish(e, F, &t), 0);
@@ -1163,7 +1095,7 @@ static void test_round_trips(void)
 					h.wal_salt2 = 2;
 				}
 				buf_init(&out);
-				CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+				CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 				for (uint32_t i = 0; i < npages; i++) {
 					pgnos[i] = snapshot ? i + 1 : 3 * i + 2;
 					gen_page(page, ps, pgnos[i]);
@@ -1210,7 +1142,7 @@ static void test_checksum_is_logical(void)
 	crc = crc64_iso(0, hb, sizeof(hb));
 	buf_init(&out);
 	struct ltx_encoder *e = NULL;
-	CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 	for (uint32_t p = 1; p <= 8; p += 3) {
 		uint8_t be[4] = {0, 0, 0, (uint8_t)p};
 		gen_page(page, 4096, p);
@@ -1239,7 +1171,7 @@ static void test_streaming(void)
 		int n = 0;
 
 		buf_init(&out);
-		CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+		CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 		for (uint32_t p = 1; p <= 512; p++) {
 			for (uint32_t i = 0; i < 4096; i++)
 				page[i] = rnd8();
@@ -1281,11 +1213,11 @@ static void test_io_errors(void)
 	buf_init(&out);
 	out.fail_at = 10;
 	out.fail_rc = -ENOSPC;
-	CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), -ENOSPC);
+	CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), -ENOSPC);
 	CHECK(e == NULL);
 	/* Sink fails later: sticky. */
 	out.fail_at = 300000;
-	CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 	for (uint32_t p = 1; p <= 100 && rc == 0; p++) {
 		for (uint32_t i = 0; i < 4096; i++)
 			page[i] = rnd8();
@@ -1433,7 +1365,7 @@ static void test_lock_page_snapshot(void)
 
 	buf_init(&out);
 	memset(page, 'x', ps);
-	CHECK_RC(ltx_encoder_new(&e, &h, sink_write, &out), 0);
+	CHECK_RC(ltx_encoder_new(&e, &h, buf_sink_write, &out), 0);
 	for (uint32_t p = 1; p <= commit && rc == 0; p++)
 		if (p != lock)
 			rc = ltx_encoder_add_page(e, p, page);

@@ -28,43 +28,6 @@ static char tmpdir[256];
 
 /* ---- helpers ---- */
 
-struct buf {
-	uint8_t *p;
-	size_t n;
-};
-
-static void buf_free(struct buf *b)
-{
-	free(b->p);
-	b->p = NULL;
-	b->n = 0;
-}
-
-/* Whole file into b (malloc'd; caller frees with buf_free). false if missing. */
-static bool slurp(const char *path, struct buf *b)
-{
-	FILE *f = fopen(path, "rb");
-	long len;
-
-	b->p = NULL;
-	b->n = 0;
-	if (!f)
-		return false;
-	if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-		fclose(f);
-		return false;
-	}
-	b->p = malloc((size_t)len + 1);
-	if (!b->p || fread(b->p, 1, (size_t)len, f) != (size_t)len) {
-		fclose(f);
-		buf_free(b);
-		return false;
-	}
-	b->n = (size_t)len;
-	fclose(f);
-	return true;
-}
-
 static bool spit(const char *path, const uint8_t *p, size_t n)
 {
 	FILE *f = fopen(path, "wb");
@@ -137,19 +100,6 @@ static int memfd_with(const uint8_t *p, size_t n)
 	return fd;
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
 static bool host_is_big_endian(void)
 {
 	const uint16_t one = 1;
@@ -166,15 +116,15 @@ static int apply_journal(const struct buf *journal, const struct buf *db, uint32
 			 struct buf *out)
 {
 	struct journal_reader *r = NULL;
-	int jfd = memfd_with(journal->p, journal->n);
-	int dfd = memfd_with(db->p, db->n);
+	int jfd = memfd_with(journal->p, journal->len);
+	int dfd = memfd_with(db->p, db->len);
 	uint8_t *page = malloc(65536);
 	uint32_t pgno, ps;
 	int rc, count = 0;
 	off_t size;
 
 	out->p = NULL;
-	out->n = 0;
+	out->len = 0;
 	CHECK(jfd >= 0 && dfd >= 0 && page);
 	rc = journal_reader_new(&r, jfd, db_page_size);
 	if (rc < 0)
@@ -190,8 +140,8 @@ static int apply_journal(const struct buf *journal, const struct buf *db, uint32
 	size = (off_t)journal_reader_header(r)->initial_size * ps;
 	CHECK(ftruncate(dfd, size) == 0);
 	out->p = malloc((size_t)size + 1);
-	out->n = (size_t)size;
-	CHECK(out->p && pread(dfd, out->p, out->n, 0) == (ssize_t)out->n);
+	out->len = (size_t)size;
+	CHECK(out->p && pread(dfd, out->p, out->len, 0) == (ssize_t)out->len);
 	rc = count;
 out:
 	journal_reader_free(r);
@@ -205,7 +155,7 @@ out:
 
 static bool same(const struct buf *a, const struct buf *b)
 {
-	return a->n == b->n && (a->n == 0 || memcmp(a->p, b->p, a->n) == 0);
+	return a->len == b->len && (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
 }
 
 /*
@@ -215,16 +165,17 @@ static bool same(const struct buf *a, const struct buf *b)
  */
 static unsigned walk_segments(const struct buf *j, unsigned *nonzero, size_t *end)
 {
-	uint32_t sector = j->n >= 28 ? be32(j->p + 20) : 0, ps = j->n >= 28 ? be32(j->p + 24) : 0;
+	uint32_t sector = j->len >= 28 ? get_be32(j->p + 20) : 0,
+		 ps = j->len >= 28 ? get_be32(j->p + 24) : 0;
 	size_t off = 0;
 	unsigned n = 0;
 
 	*nonzero = 0;
-	while (sector >= 32 && ps >= 512 && off + 28 <= j->n &&
+	while (sector >= 32 && ps >= 512 && off + 28 <= j->len &&
 	       memcmp(j->p + off, journal_magic, 8) == 0) {
-		uint32_t nrec = be32(j->p + off + 8);
+		uint32_t nrec = get_be32(j->p + off + 8);
 		if (nrec == 0xffffffffu)
-			nrec = (uint32_t)((j->n - sector) / (ps + 8));
+			nrec = (uint32_t)((j->len - sector) / (ps + 8));
 		n++;
 		*nonzero += nrec != 0;
 		off += sector + (size_t)nrec * (ps + 8);
@@ -253,13 +204,13 @@ static void check_db_header_for(uint32_t page_size)
 			"300") "INSERT INTO t SELECT x, randomblob(700) FROM s");
 	sqlite3_close(db);
 
-	CHECK(slurp(path, &b));
-	CHECK_RC(sqlite_dbheader_parse(&h, b.p, b.n), 0);
+	CHECK(buf_slurp(path, &b));
+	CHECK_RC(sqlite_dbheader_parse(&h, b.p, b.len), 0);
 	CHECK_EQ_U64(h.page_size, page_size);
 	CHECK_EQ_U64(h.write_version, 1);
 	CHECK_EQ_U64(h.read_version, 1);
 	CHECK(h.page_count_valid);
-	CHECK_EQ_U64(h.page_count, b.n / page_size);
+	CHECK_EQ_U64(h.page_count, b.len / page_size);
 	CHECK_EQ_U64(h.change_counter, h.version_valid_for);
 	CHECK(h.change_counter >= 1);
 	if (page_size == 65536)
@@ -288,8 +239,8 @@ static void test_db_header_wal_mode(void)
 	exec_ok(db, "INSERT INTO t VALUES (2)");
 	sqlite3_close(db);
 
-	CHECK(slurp(path, &b));
-	CHECK_RC(sqlite_dbheader_parse(&h, b.p, b.n), 0);
+	CHECK(buf_slurp(path, &b));
+	CHECK_RC(sqlite_dbheader_parse(&h, b.p, b.len), 0);
 	CHECK_EQ_U64(h.write_version, 2);
 	CHECK_EQ_U64(h.read_version, 2);
 	CHECK_EQ_U64(h.page_size, 4096);
@@ -346,13 +297,11 @@ static void ref_wal_cksum(bool be, const uint8_t *p, size_t n, uint32_t *s1, uin
 	for (size_t i = 0; i < n; i += 8) {
 		uint32_t w0, w1;
 		if (be) {
-			w0 = be32(p + i);
-			w1 = be32(p + i + 4);
+			w0 = get_be32(p + i);
+			w1 = get_be32(p + i + 4);
 		} else {
-			w0 = (uint32_t)p[i] | (uint32_t)p[i + 1] << 8 | (uint32_t)p[i + 2] << 16 |
-			     (uint32_t)p[i + 3] << 24;
-			w1 = (uint32_t)p[i + 4] | (uint32_t)p[i + 5] << 8 |
-			     (uint32_t)p[i + 6] << 16 | (uint32_t)p[i + 7] << 24;
+			w0 = get_le32(p + i);
+			w1 = get_le32(p + i + 4);
 		}
 		*s1 = *s1 + w0 + *s2;
 		*s2 = *s2 + w1 + *s1;
@@ -436,11 +385,11 @@ static bool make_wal(struct wal_fixture *fx)
 	fx->commits[fx->ncommits++] = (uint32_t)query_int(db, "PRAGMA page_count");
 	fx->rows = query_int(db, "SELECT count(*) FROM t");
 
-	CHECK(slurp(wpath, &fx->wal));
-	CHECK(slurp(path, &fx->db));
+	CHECK(buf_slurp(wpath, &fx->wal));
+	CHECK(buf_slurp(path, &fx->db));
 	sqlite3_close(db);
-	CHECK(fx->wal.n > WAL_HEADER_SIZE && fx->db.n > 0);
-	return fx->wal.n > WAL_HEADER_SIZE && fx->db.n > 0;
+	CHECK(fx->wal.len > WAL_HEADER_SIZE && fx->db.len > 0);
+	return fx->wal.len > WAL_HEADER_SIZE && fx->db.len > 0;
 }
 
 static void wal_fixture_free(struct wal_fixture *fx)
@@ -462,14 +411,14 @@ static unsigned walk_wal(const struct buf *w, uint32_t *commits, unsigned *ncomm
 
 	*ncommits = 0;
 	*last_commit = 0;
-	if (w->n < WAL_HEADER_SIZE || wal_header_parse(&h, w->p) != 0)
+	if (w->len < WAL_HEADER_SIZE || wal_header_parse(&h, w->p) != 0)
 		return 0;
 	s1 = h.cksum1;
 	s2 = h.cksum2;
 	for (uint64_t i = 0;; i++) {
 		uint64_t off = wal_frame_offset(h.page_size, i);
 		struct wal_frame_header f;
-		if (off + WAL_FRAME_HEADER_SIZE + h.page_size > w->n)
+		if (off + WAL_FRAME_HEADER_SIZE + h.page_size > w->len)
 			break;
 		if (!wal_frame_verify(&h, &s1, &s2, w->p + off, w->p + off + WAL_FRAME_HEADER_SIZE))
 			break;
@@ -496,23 +445,23 @@ static void test_wal_real_file(void)
 		wal_fixture_free(&fx);
 		return;
 	}
-	CHECK(fx.wal.n > WAL_HEADER_SIZE);
+	CHECK(fx.wal.len > WAL_HEADER_SIZE);
 	CHECK_RC(wal_header_parse(&h, fx.wal.p), 0);
 	/* SQLite writes checksums in the host's order (WAL_MAGIC|SQLITE_BIGENDIAN). */
 	CHECK_EQ_U64(h.magic, host_is_big_endian() ? WAL_MAGIC_BE : WAL_MAGIC_LE);
 	CHECK(h.big_endian == host_is_big_endian());
 	CHECK_EQ_U64(h.version, 3007000);
 	CHECK_EQ_U64(h.page_size, 4096);
-	CHECK_EQ_U64(h.cksum1, be32(fx.wal.p + 24));
-	CHECK_EQ_U64(h.cksum2, be32(fx.wal.p + 28));
+	CHECK_EQ_U64(h.cksum1, get_be32(fx.wal.p + 24));
+	CHECK_EQ_U64(h.cksum2, get_be32(fx.wal.p + 28));
 	{
 		uint32_t s1 = 0, s2 = 0;
 		ref_wal_cksum(h.big_endian, fx.wal.p, 24, &s1, &s2);
 		CHECK(s1 == h.cksum1 && s2 == h.cksum2);
 	}
 
-	nframes = (unsigned)((fx.wal.n - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
-	CHECK_EQ_U64(fx.wal.n, wal_frame_offset(4096, nframes)); /* whole frames only */
+	nframes = (unsigned)((fx.wal.len - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
+	CHECK_EQ_U64(fx.wal.len, wal_frame_offset(4096, nframes)); /* whole frames only */
 	valid = walk_wal(&fx.wal, commits, &ncommits, &last_commit);
 	CHECK_EQ_U64(valid, nframes);
 	CHECK_EQ_U64(last_commit, nframes); /* the last frame commits */
@@ -543,7 +492,7 @@ static void test_wal_corruption(void)
 		return;
 	}
 	CHECK_RC(wal_header_parse(&h, fx.wal.p), 0);
-	nframes = (unsigned)((fx.wal.n - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + ps));
+	nframes = (unsigned)((fx.wal.len - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + ps));
 	CHECK(nframes >= 10);
 
 	/* Any single-byte change to the WAL header is rejected. */
@@ -597,9 +546,9 @@ static void test_wal_corruption(void)
 		frame[fields[s] + 2] ^= 0x10;
 	}
 	/* A truncated tail frame is simply not there. */
-	fx.wal.n -= 1;
+	fx.wal.len -= 1;
 	CHECK_EQ_U64(walk_wal(&fx.wal, NULL, &ncommits, &last_commit), nframes - 1);
-	fx.wal.n += 1;
+	fx.wal.len += 1;
 
 	/* Page number 0 is rejected even with a matching checksum. */
 	{
@@ -620,13 +569,13 @@ static void test_wal_corruption(void)
 /* Rewrite a WAL's checksums in the given word order (magic included). */
 static void rechecksum_wal(struct buf *w, bool big_endian)
 {
-	uint32_t ps = be32(w->p + 8), s1 = 0, s2 = 0;
+	uint32_t ps = get_be32(w->p + 8), s1 = 0, s2 = 0;
 
 	put_be32(w->p, big_endian ? WAL_MAGIC_BE : WAL_MAGIC_LE);
 	wal_checksum(big_endian, w->p, 24, &s1, &s2);
 	put_be32(w->p + 24, s1);
 	put_be32(w->p + 28, s2);
-	for (uint64_t i = 0; wal_frame_offset(ps, i + 1) <= w->n; i++) {
+	for (uint64_t i = 0; wal_frame_offset(ps, i + 1) <= w->len; i++) {
 		uint8_t *fr = w->p + wal_frame_offset(ps, i);
 		wal_checksum(big_endian, fr, 8, &s1, &s2);
 		wal_checksum(big_endian, fr + WAL_FRAME_HEADER_SIZE, ps, &s1, &s2);
@@ -644,8 +593,8 @@ static int64_t sqlite_rows_with_wal(const char *name, const struct buf *db, cons
 
 	path_of(path, sizeof(path), name);
 	snprintf(wpath, sizeof(wpath), "%s-wal", path);
-	CHECK(spit(path, db->p, db->n));
-	CHECK(spit(wpath, wal->p, wal->n));
+	CHECK(spit(path, db->p, db->len));
+	CHECK(spit(wpath, wal->p, wal->len));
 	c = open_db(path, NULL);
 	rows = query_int(c, "SELECT count(*) FROM t");
 	CHECK(query_int(c, "SELECT integrity_check = 'ok' FROM pragma_integrity_check") == 1);
@@ -665,16 +614,15 @@ static void test_wal_both_endians(void)
 		wal_fixture_free(&fx);
 		return;
 	}
-	nframes = (unsigned)((fx.wal.n - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
+	nframes = (unsigned)((fx.wal.len - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
 
 	/* The host order: SQLite's own file. */
 	CHECK_EQ_U64(walk_wal(&fx.wal, NULL, &ncommits, &last_commit), nframes);
 	CHECK(sqlite_rows_with_wal("wal-native.db", &fx.db, &fx.wal) == fx.rows);
 
 	/* The other order, crafted with wal_checksum. */
-	other.n = fx.wal.n;
-	other.p = malloc(other.n);
-	memcpy(other.p, fx.wal.p, other.n);
+	buf_init(&other);
+	buf_put(&other, fx.wal.p, fx.wal.len);
 	rechecksum_wal(&other, !host_be);
 	CHECK_RC(wal_header_parse(&h, other.p), 0);
 	CHECK(h.big_endian == !host_be);
@@ -692,9 +640,11 @@ static void test_wal_both_endians(void)
 	 * Neither we nor SQLite accept any frame; SQLite silently falls back
 	 * to the 20 rows in the database file. */
 	{
-		struct buf mixed = {malloc(fx.wal.n), fx.wal.n};
+		struct buf mixed;
 		uint32_t s1 = 0, s2 = 0;
-		memcpy(mixed.p, fx.wal.p, mixed.n);
+
+		buf_init(&mixed);
+		buf_put(&mixed, fx.wal.p, fx.wal.len);
 		put_be32(mixed.p, host_be ? WAL_MAGIC_LE : WAL_MAGIC_BE);
 		wal_checksum(!host_be, mixed.p, 24, &s1, &s2);
 		put_be32(mixed.p + 24, s1);
@@ -740,7 +690,7 @@ static void test_wal_spill_checksum_rewrite(void)
 	CHECK(query_is(db, "PRAGMA journal_mode=WAL", "wal"));
 	exec_ok(db, "PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=10");
 	exec_ok(db, "UPDATE t SET v = randomblob(500) WHERE id < 10");
-	if (!slurp(wpath, &mid)) {
+	if (!buf_slurp(wpath, &mid)) {
 		CHECK(!"no WAL");
 		sqlite3_close(db);
 		return;
@@ -754,21 +704,21 @@ static void test_wal_spill_checksum_rewrite(void)
 	exec_ok(db, "BEGIN; UPDATE t SET v = randomblob(500) WHERE id % 2 = 0;"
 		    "UPDATE t SET v = randomblob(500) WHERE id % 3 = 0;" SERIES(
 			"500") "INSERT INTO t(v) SELECT randomblob(500) FROM s");
-	CHECK(slurp(wpath, &mid));
+	CHECK(buf_slurp(wpath, &mid));
 	exec_ok(db, "UPDATE t SET v = randomblob(500) WHERE id < 4; COMMIT");
-	CHECK(slurp(wpath, &fin));
+	CHECK(buf_slurp(wpath, &fin));
 	sqlite3_close(db);
-	if (mid.n < WAL_HEADER_SIZE || fin.n < WAL_HEADER_SIZE) {
+	if (mid.len < WAL_HEADER_SIZE || fin.len < WAL_HEADER_SIZE) {
 		buf_free(&mid);
 		buf_free(&fin);
 		return;
 	}
 
 	CHECK_RC(wal_header_parse(&h, mid.p), 0);
-	total_mid = (unsigned)((mid.n - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
+	total_mid = (unsigned)((mid.len - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
 	for (unsigned i = before; i < total_mid; i++) {
 		const uint8_t *fr = mid.p + wal_frame_offset(4096, i);
-		if (be32(fr + 8) == 0 && be32(fr + 12) == 0 && be32(fr + 16) == 0)
+		if (get_be32(fr + 8) == 0 && get_be32(fr + 12) == 0 && get_be32(fr + 16) == 0)
 			zero_salt++;
 	}
 	nmid = walk_wal(&mid, NULL, &ncommits, &last_commit);
@@ -779,7 +729,7 @@ static void test_wal_spill_checksum_rewrite(void)
 	CHECK(zero_salt > 0);	 /* frames after an overwrite have zero salt/cksum */
 
 	nfin = walk_wal(&fin, NULL, &ncommits, &last_commit);
-	CHECK_EQ_U64(nfin, (fin.n - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
+	CHECK_EQ_U64(nfin, (fin.len - WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + 4096));
 	CHECK_EQ_U64(last_commit, nfin);
 	buf_free(&mid);
 	buf_free(&fin);
@@ -1251,15 +1201,15 @@ static void hot_journal_case(const char *tag, uint32_t ps, const char *mode, con
 	exec_ok(db, sql);
 	if (strcmp(mode, "PERSIST") == 0) /* leave a bigger stale journal behind */
 		exec_ok(db, "UPDATE t SET v = randomblob(300)");
-	CHECK(slurp(path, &pre));
+	CHECK(buf_slurp(path, &pre));
 
 	exec_ok(db, "BEGIN; UPDATE t SET v = randomblob(300) WHERE id % 3 = 0;" SERIES(
 			"300") "INSERT INTO t(v) SELECT randomblob(300) FROM s;"
 			       "UPDATE t SET v = randomblob(300) WHERE id % 5 = 0");
-	CHECK(slurp(jpath, &journal));
-	CHECK(slurp(path, &now));
+	CHECK(buf_slurp(jpath, &journal));
+	CHECK(buf_slurp(path, &now));
 	CHECK(!same(&now, &pre)); /* the spills reached the database file */
-	if (journal.n < 28 || pre.n == 0) {
+	if (journal.len < 28 || pre.len == 0) {
 		CHECK(!"fixture");
 		goto out;
 	}
@@ -1267,7 +1217,7 @@ static void hot_journal_case(const char *tag, uint32_t ps, const char *mode, con
 	hdrs = walk_segments(&journal, &nonzero, &end);
 	if (expect_ffff) {
 		/* synchronous=OFF: one segment, nRec "to the end of the file". */
-		CHECK_EQ_U64(be32(journal.p + 8), 0xffffffffu);
+		CHECK_EQ_U64(get_be32(journal.p + 8), 0xffffffffu);
 		CHECK_EQ_U64(hdrs, 1);
 	} else {
 		/* One segment per journal sync (a cache spill) ... */
@@ -1278,10 +1228,10 @@ static void hot_journal_case(const char *tag, uint32_t ps, const char *mode, con
 		 * syncJournal() puts them in. Its records are unsynced and are
 		 * not played back. */
 		static const uint8_t zero[12];
-		CHECK(end + 12 <= journal.n);
-		if (end + 12 <= journal.n)
+		CHECK(end + 12 <= journal.len);
+		if (end + 12 <= journal.len)
 			CHECK(memcmp(journal.p + end, zero, 12) == 0);
-		CHECK(journal.n > end + 512); /* records follow it */
+		CHECK(journal.len > end + 512); /* records follow it */
 	}
 
 	nrec = apply_journal(&journal, &now, ps, &ours);
@@ -1289,12 +1239,12 @@ static void hot_journal_case(const char *tag, uint32_t ps, const char *mode, con
 	CHECK(same(&ours, &pre));
 	{
 		struct journal_header h;
-		CHECK_RC(journal_header_parse(&h, journal.p, journal.n), 0);
+		CHECK_RC(journal_header_parse(&h, journal.p, journal.len), 0);
 		CHECK_EQ_U64(h.page_size, ps);
-		CHECK_EQ_U64(h.initial_size, pre.n / ps);
+		CHECK_EQ_U64(h.initial_size, pre.len / ps);
 	}
 	{
-		int fd = memfd_with(journal.p, journal.n);
+		int fd = memfd_with(journal.p, journal.len);
 		char sname[64];
 		CHECK_RC(journal_super_name(fd, sname, sizeof(sname)), 0);
 		close(fd);
@@ -1304,14 +1254,14 @@ static void hot_journal_case(const char *tag, uint32_t ps, const char *mode, con
 	snprintf(name, sizeof(name), "hot-%s-copy.db", tag);
 	path_of(cpath, sizeof(cpath), name);
 	snprintf(cjpath, sizeof(cjpath), "%s-journal", cpath);
-	CHECK(spit(cpath, now.p, now.n));
-	CHECK(spit(cjpath, journal.p, journal.n));
+	CHECK(spit(cpath, now.p, now.len));
+	CHECK(spit(cjpath, journal.p, journal.len));
 	{
 		sqlite3 *c = open_db(cpath, NULL);
 		CHECK(query_int(c, "SELECT count(*) FROM t") == rows);
 		sqlite3_close(c);
 	}
-	CHECK(slurp(cpath, &theirs));
+	CHECK(buf_slurp(cpath, &theirs));
 	CHECK(same(&theirs, &ours));
 
 out:
@@ -1364,9 +1314,9 @@ static void test_journal_persist_committed(void)
 	exec_ok(db, "PRAGMA journal_mode=PERSIST; CREATE TABLE t(v);"
 		    "INSERT INTO t VALUES (randomblob(5000))");
 	sqlite3_close(db);
-	CHECK(slurp(jpath, &journal));
-	CHECK(journal.n > 28);
-	fd = memfd_with(journal.p, journal.n);
+	CHECK(buf_slurp(jpath, &journal));
+	CHECK(journal.len > 28);
+	fd = memfd_with(journal.p, journal.len);
 	CHECK_RC(journal_reader_new(&r, fd, 0), -EBADMSG);
 	close(fd);
 	buf_free(&journal);
@@ -1405,11 +1355,11 @@ static int shim_delete(sqlite3_vfs *vfs, const char *name, int syncdir)
 	if (capturing && ncaptures < 8 && (ends_with(name, "-journal") || is_super_journal(name))) {
 		struct capture *c = &captures[ncaptures++];
 		snprintf(c->name, sizeof(c->name), "%s", name);
-		slurp(name, &c->bytes);
+		buf_slurp(name, &c->bytes);
 		if (ends_with(name, "-journal")) {
 			char dbpath[700];
 			snprintf(dbpath, sizeof(dbpath), "%.*s", (int)(strlen(name) - 8), name);
-			slurp(dbpath, &c->db);
+			buf_slurp(dbpath, &c->db);
 		}
 	}
 	return base_vfs->xDelete(base_vfs, name, syncdir);
@@ -1442,8 +1392,8 @@ static void super_case(const char *sync, bool aligned)
 										       "s",
 	    bpath, sync, sync);
 	exec_ok(db, sql);
-	CHECK(slurp(a, &pre_a));
-	CHECK(slurp(bpath, &pre_b));
+	CHECK(buf_slurp(a, &pre_a));
+	CHECK(buf_slurp(bpath, &pre_b));
 
 	capturing = true;
 	exec_ok(db, "BEGIN; UPDATE main.t SET v = randomblob(400);"
@@ -1463,22 +1413,23 @@ static void super_case(const char *sync, bool aligned)
 		int fd;
 		uint32_t len, sector;
 
-		if (!ends_with(c->name, "-journal") || c->bytes.n < 28)
+		if (!ends_with(c->name, "-journal") || c->bytes.len < 28)
 			continue;
 		njournals++;
 		pre = strncmp(c->name, a, strlen(a)) == 0 ? &pre_a : &pre_b;
 		/* The super-journal itself lists this journal's name. */
-		fd = memfd_with(c->bytes.p, c->bytes.n);
+		fd = memfd_with(c->bytes.p, c->bytes.len);
 		CHECK_RC(journal_super_name(fd, got, sizeof(got)), 1);
 		CHECK(strcmp(got, super) == 0);
 		CHECK_RC(journal_super_name(fd, got, strlen(super)), -ENAMETOOLONG);
 		close(fd);
-		len = be32(c->bytes.p + c->bytes.n - 16);
-		sector = be32(c->bytes.p + 20);
+		len = get_be32(c->bytes.p + c->bytes.len - 16);
+		sector = get_be32(c->bytes.p + 20);
 		CHECK_EQ_U64(len, strlen(super));
-		CHECK_EQ_U64(be32(c->bytes.p + c->bytes.n - 20 - len), 0x40000000u / 4096 + 1);
+		CHECK_EQ_U64(get_be32(c->bytes.p + c->bytes.len - 20 - len),
+			     0x40000000u / 4096 + 1);
 		if (aligned) /* fullSync: the record starts a sector */
-			CHECK((c->bytes.n - 20 - len) % sector == 0);
+			CHECK((c->bytes.len - 20 - len) % sector == 0);
 
 		/* Playback stops before the super-journal record and restores
 		 * the pre-transaction database from the committed one. */
