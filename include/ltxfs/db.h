@@ -86,8 +86,24 @@ const char *db_name(const struct db *db);
 /* A stable small integer the store assigns (the FUSE layer derives inode numbers from it). */
 void db_set_index(struct db *db, size_t idx);
 size_t db_index(const struct db *db);
-/* The position after the last LTX file. */
+/*
+ * The position after the last committed transaction. A pure getter: it takes
+ * db->mu for a copy and writes nothing, so a WAL-mode commit's LTX file may
+ * still be queued (db_write_queued_ltx). Any thread.
+ */
 void db_get_pos(struct db *db, struct db_pos *ret);
+/*
+ * Write the LTX files of WAL-mode commits that are still queued, on the
+ * calling thread. Their committing FUSE worker normally writes them right
+ * after its reply (db_write_done); a caller that needs every committed
+ * transaction's file to exist now calls this first: the -pos file's read,
+ * the stream before it sends a database's next file. db->mu is let go while
+ * each file is compressed and written (a queue owner flag keeps the order);
+ * the call returns once the queue is empty. 0, or the write error (then
+ * writes to the database fail until a retry succeeds; the error is logged
+ * once here). Any thread, db->mu not held.
+ */
+int db_write_queued_ltx(struct db *db);
 /* Format the -pos file content: "%016x/%016x\n" (34 bytes) into buf[35]. */
 void db_format_pos(const struct db_pos *pos, char buf[35]);
 /* True while the database file exists (a dropped database keeps its TXID). */
@@ -138,7 +154,8 @@ struct ltx_header;
 struct ltx_trailer;
 /*
  * Open the LTX file whose TXIDs start at min_txid (a one-transaction file
- * "min-min.ltx"), verified in full and rewound. -ENOENT when retention
+ * "min-min.ltx"), verified in full and rewound. It calls db_write_queued_ltx
+ * first, so a committed transaction's file is found even while queued. -ENOENT when retention
  * removed it; -EBADMSG when it does not verify. The caller closes *ret_fd.
  */
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
@@ -253,8 +270,5 @@ struct db_stats {
 void db_get_stats(struct db *db, struct db_stats *st);
 /* LTX files in ltx/ and their bytes (lists the directory: GET /metrics only). */
 void db_ltx_usage(struct db *db, uint64_t *files, uint64_t *bytes);
-
-/* Test/diagnostic: the rolling checksum the engine holds in memory. */
-uint64_t db_checksum(struct db *db);
 
 #endif

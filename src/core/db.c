@@ -84,10 +84,11 @@
  * SQLite's own locks already serialise writers, so the mutex is uncontended
  * except against checkpoints. Each concept file's essay says which thread
  * calls it with db->mu held or not. Here: the getters take db->mu for a
- * moment (db_get_pos, db_checksum and db_get_stats drain the queue first)
- * and are called from any thread; db_enforce_retention runs on the
- * retention thread and takes db->mu only inside db_get_pos; db_open runs
- * before anyone else sees the db, and db_free after the last call.
+ * moment to copy, never to write (a queued commit's LTX file is written by
+ * db_write_queued_ltx, which callers that need the files call by name), and
+ * are called from any thread; db_enforce_retention runs on the retention
+ * thread and takes db->mu only inside db_get_pos; db_open runs before anyone
+ * else sees the db, and db_free after the last call.
  */
 
 #include "db_int.h"
@@ -123,7 +124,7 @@ size_t db_index(const struct db *db)
 
 void db_get_pos(struct db *db, struct db_pos *ret)
 {
-	db_lock_settled(db);
+	pthread_mutex_lock(&db->mu);
 	*ret = db->pos;
 	pthread_mutex_unlock(&db->mu);
 }
@@ -131,14 +132,6 @@ void db_get_pos(struct db *db, struct db_pos *ret)
 void db_format_pos(const struct db_pos *pos, char buf[35])
 {
 	snprintf(buf, 35, "%016" PRIx64 "/%016" PRIx64 "\n", pos->txid, pos->checksum);
-}
-
-uint64_t db_checksum(struct db *db)
-{
-	db_lock_settled(db);
-	uint64_t c = db_cur_checksum(db);
-	pthread_mutex_unlock(&db->mu);
-	return c;
 }
 
 bool db_txn_pending(struct db *db)
@@ -156,7 +149,7 @@ void db_get_stats(struct db *db, struct db_stats *st)
 		st->writes[k] = __atomic_load_n(&db->st_writes[k], __ATOMIC_RELAXED);
 	st->commits = __atomic_load_n(&db->st_commits, __ATOMIC_RELAXED);
 	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
-	db_lock_settled(db);
+	pthread_mutex_lock(&db->mu);
 	st->wal_tail_cuts = db->wt_cuts;
 	st->prepared_used = db->st_prep_used;
 	st->ring_records = db->st_ring_records;

@@ -96,9 +96,11 @@
  *                  TXID order, q_bytes of pages. q_busy: one thread is
  *                  writing them, possibly without db->mu. q_err: the last
  *                  attempt failed, and every db_write returns it until a
- *                  retry succeeds. Whoever reads the position or LTX files
- *                  drains the queue first (db_lock_settled), and on_change
- *                  fires only once a file exists. q_unsynced and
+ *                  retry succeeds. The position advances at the commit;
+ *                  whoever needs the LTX files drains the queue first
+ *                  (db_queue_settle, db_lock_settled inside the engine,
+ *                  db_write_queued_ltx outside it), and on_change fires
+ *                  only once a file exists. q_unsynced and
  *                  q_sync_streak only decide when db_write_done drains.
  *
  *   UNSYNCED       ltx_unsynced: LTX files were written without fsync since
@@ -161,8 +163,10 @@
  *                                    commit under DB_QUEUE_MAX_BYTES while
  *                                    less than DB_QUEUE_LIMIT is queued)
  *   QUEUED       -> empty            db_queue_drain: from db_write_done
- *                                    after the reply, or db_queue_settle
- *                                    wherever the queue must be empty
+ *                                    after the reply, db_write_queued_ltx
+ *                                    when a caller needs the files, or
+ *                                    db_queue_settle wherever the queue
+ *                                    must be empty
  *   -> UNSYNCED                      db_queue_drain, db_tx_prepare without
  *                                    sync, db_apply_scanned; ring_dirty:
  *                                    db_ring_put

@@ -26,13 +26,15 @@
  * application instead of adding to its commit latency. This is safe because
  * in WAL mode the WAL is the durable record (DURABILITY in db.c): a crash
  * before the file exists is repaired by recovery step 4. Files are written in
- * TXID order by one thread at a time (q_busy). Every reader of the position
- * or of LTX files (db_get_pos, snapshots, the stream, sync points before a
- * WAL restart, shutdown) first waits for the queue to drain, so outside
- * the engine a queued commit is never observable without its file; on_change fires
- * once the file exists. A write that fails (disk full) stays queued, and
- * every later write to the database fails with that error until a retry
- * succeeds.
+ * TXID order by one thread at a time (q_busy). The position (db_get_pos)
+ * advances at the commit, before the file exists; a reader that needs the
+ * files says so by calling db_write_queued_ltx (the -pos file's read, the
+ * stream through db_ltx_open), and inside the engine the readers of LTX
+ * files (snapshots, sync points before a WAL restart, shutdown) drain the
+ * queue first. on_change fires once the file exists, so a replica stream
+ * woken by it finds the file. A write that fails (disk full) stays queued,
+ * and every later write to the database fails with that error until a
+ * retry succeeds.
  *
  * States (db_int.h, CAPTURE STATES: QUEUED, UNSYNCED): the queue is empty,
  * or holds jobs q_head..q_tail in TXID order; q_busy while a thread writes
@@ -40,11 +42,13 @@
  * CRCs (struct ltxjob) and is freed once its file exists.
  *
  * THREADS. Everything here runs with db->mu held, on the FUSE worker whose
- * operation writes or needs the files (or db_open's thread). The one
- * exception: db_write_done, called by the FUSE worker right after it replied
- * to a WAL write or fsync, drains with db_queue_drain(db, true), which lets
- * db->mu go while it writes q_head; q_busy reserves the queue to it, and
- * everyone who needs it empty waits on q_cond. Without db->mu it touches only
+ * operation writes or needs the files (or db_open's thread). Two
+ * exceptions take db->mu themselves and drain with db_queue_drain(db, true),
+ * which lets db->mu go while it writes q_head: db_write_done, called by the
+ * FUSE worker right after it replied to a WAL write or fsync, and
+ * db_write_queued_ltx, called by any thread that needs the files; q_busy
+ * reserves the queue to the one that writes, and everyone who needs it empty
+ * waits on q_cond. Without db->mu it touches only
  * the job, the ltx_out and what db_open fixed (ltx_dir, ltx_dirfd).
  */
 
@@ -237,6 +241,14 @@ int db_queue_drain(struct db *db, bool unlock)
 	db->q_err = r;
 	db->q_busy = false;
 	pthread_cond_broadcast(&db->q_cond);
+	return r;
+}
+
+int db_write_queued_ltx(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	int r = db->q_head || db->q_busy ? db_queue_drain(db, true) : 0;
+	pthread_mutex_unlock(&db->mu);
 	return r;
 }
 

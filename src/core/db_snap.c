@@ -63,8 +63,7 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
 {
 	struct ltx_header h;
 	struct ltx_trailer t;
-	db_lock_settled(db); /* the file of a queued commit exists from here on */
-	pthread_mutex_unlock(&db->mu);
+	db_write_queued_ltx(db); /* an error leaves the file missing: -ENOENT below */
 	int fd = db_ltx_file_open(db, min_txid, min_txid);
 	if (fd < 0)
 		return fd;

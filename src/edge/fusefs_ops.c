@@ -469,6 +469,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (h->kind == DB_FILE_POS) {
 		struct db_pos pos;
 		char buf[35];
+		/*
+		 * The position a reader sees has its LTX file on disk, as
+		 * LiteFS's does (tools read -pos, then the file). An error
+		 * leaves the file queued; the position is still committed.
+		 */
+		db_write_queued_ltx(h->db);
 		db_get_pos(h->db, &pos);
 		db_format_pos(&pos, buf);
 		if (off >= 34) {

@@ -30,6 +30,7 @@
 static struct db *g_db;
 static char g_dir[256];
 static int g_fail_wal_syncs; /* fail this many WAL syncs */
+static bool g_no_write_done; /* skip db_write_done, as a worker not yet back from its reply */
 static int g_wal_writes_refused;
 static int g_fail_journal_deletes; /* fail this many journal deletes */
 static size_t g_wal_split;	   /* split WAL writes at multiples of this offset (0: no) */
@@ -111,7 +112,7 @@ static int t_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
 	int r = write_pieces(t, b, (size_t)n, off);
 	if (r < 0 && t->kind == DB_FILE_WAL)
 		g_wal_writes_refused++;
-	if (r == 0 && t->kind == DB_FILE_WAL)
+	if (r == 0 && t->kind == DB_FILE_WAL && !g_no_write_done)
 		db_write_done(g_db); /* as fusefs does after the reply */
 	return r < 0 ? SQLITE_IOERR_WRITE : SQLITE_OK;
 }
@@ -130,7 +131,7 @@ static int t_sync(sqlite3_file *f, int flags)
 		return SQLITE_IOERR_FSYNC;
 	}
 	int r = db_fsync(g_db, t->kind, t->fd, false);
-	if (r == 0 && t->kind == DB_FILE_WAL)
+	if (r == 0 && t->kind == DB_FILE_WAL && !g_no_write_done)
 		db_write_done(g_db);
 	return r < 0 ? SQLITE_IOERR_FSYNC : SQLITE_OK;
 }
@@ -481,6 +482,45 @@ static void test_queued_ltx_written_after_the_reply(void)
 		check_consistent(syncs[k]);
 		db_free(g_db);
 	}
+}
+
+/*
+ * Reading the position writes nothing: a commit whose worker has not yet
+ * written its queued LTX file is visible in the position without its file,
+ * until a caller asks for the files by name (db_write_queued_ltx), or opens
+ * one (db_ltx_open, which the stream uses).
+ */
+static void test_position_read_writes_nothing(void)
+{
+	sqlite3 *c;
+	struct db_pos before, pos;
+	fresh_dir("pure-getter");
+	open_db();
+	c = connect_db();
+	exec(c,
+	     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA "
+	     "synchronous=NORMAL; CREATE TABLE t(x)",
+	     SQLITE_OK);
+	db_get_pos(g_db, &before);
+	g_no_write_done = true;
+	exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, before.txid + 1);
+	CHECK(!ltx_exists(pos.txid)); /* queued: the getter did not write it */
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	CHECK(ltx_exists(pos.txid));
+	exec(c, "INSERT INTO t VALUES(2)", SQLITE_OK);
+	CHECK(!ltx_exists(pos.txid + 1));
+	int fd = -1;
+	struct ltx_header h;
+	CHECK_RC(db_ltx_open(g_db, pos.txid + 1, &fd, &h, NULL), 0);
+	CHECK_EQ_U64(h.max_txid, pos.txid + 1);
+	if (fd >= 0)
+		close(fd);
+	g_no_write_done = false;
+	sqlite3_close(c);
+	check_consistent("after the queued commits");
+	db_free(g_db);
 }
 
 /* Many transactions in every journal mode; the invariant holds after each close. */
@@ -1000,6 +1040,7 @@ int main(void)
 	RUN(test_wal_commit_undone_by_sqlite);
 	RUN(test_prepared_commit_rolled_back);
 	RUN(test_queued_ltx_written_after_the_reply);
+	RUN(test_position_read_writes_nothing);
 	RUN(test_wal_split_writes);
 	RUN(test_prepared_commits_in_every_rollback_mode);
 	RUN(test_ring_restores_lost_files);
