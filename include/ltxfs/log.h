@@ -26,6 +26,17 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 		if (log_enabled(LOG_DEBUG))                                                        \
 			log_msg(LOG_DEBUG, __VA_ARGS__);                                           \
 	} while (0)
+/*
+ * A failure that a loop keeps retrying: logged at WARN the first time and
+ * whenever the message changes, at DEBUG while it repeats, so a node cut off
+ * for an hour logs one line, not one a second. last (LOG_LAST_LEN bytes, the
+ * caller's, one per loop) holds the previous message; the caller clears it
+ * (last[0] = '\0') once the operation succeeds. Thread: the loop's own.
+ */
+#define LOG_LAST_LEN 512
+void log_warn_repeat(char last[LOG_LAST_LEN], const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)

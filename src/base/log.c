@@ -80,3 +80,18 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	ssize_t w = write(STDERR_FILENO, line, n);
 	(void)w;
 }
+
+void log_warn_repeat(char last[LOG_LAST_LEN], const char *fmt, ...)
+{
+	char msg[LOG_LAST_LEN];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (strcmp(msg, last) == 0) {
+		log_debug("%s", msg);
+		return;
+	}
+	memcpy(last, msg, sizeof(msg));
+	log_warn("%s", msg);
+}

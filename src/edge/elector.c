@@ -92,7 +92,7 @@ struct elector {
 	char follow_host[256];
 	bool promote_pending;
 	bool synced_once; /* has been caught up with a primary in this process */
-	char last_err[512];
+	char last_err[LOG_LAST_LEN];
 	/* adoption, under mu */
 	struct offer *offers, **offers_tail; /* queued for the adopter */
 	size_t adopt_callers;		     /* threads inside elector_adopt */
@@ -136,22 +136,6 @@ static void nap(struct elector *e, int64_t ms)
 	if (!e->stop && !e->rx && !e->handed_off)
 		nap_locked(e, ms);
 	pthread_mutex_unlock(&e->mu);
-}
-
-/* Log a failure once; repeats go to debug until something succeeds. */
-__attribute__((format(printf, 2, 3))) static void report(struct elector *e, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (strcmp(msg, e->last_err) == 0) {
-		log_debug("%s", msg);
-		return;
-	}
-	snprintf(e->last_err, sizeof(e->last_err), "%s", msg);
-	log_warn("%s", msg);
 }
 
 static void follow(struct elector *e, const char *url, const char *host)
@@ -205,10 +189,11 @@ static int check_cluster_id(struct elector *e)
 		log_info("adopted cluster ID %s from the lease backend", stored);
 		return 0;
 	}
-	report(e,
-	       "lease backend holds cluster ID %s but this node has data of cluster %s; not "
-	       "taking the lease (see docs/leases.md)",
-	       stored, mine);
+	log_warn_repeat(
+	    e->last_err,
+	    "lease backend holds cluster ID %s but this node has data of cluster %s; not "
+	    "taking the lease (see docs/leases.md)",
+	    stored, mine);
 	return -EXDEV;
 }
 
@@ -228,8 +213,9 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 		r = check_cluster_id(e);
 		if (r < 0) {
 			if (r != -EXDEV)
-				report(e, "cannot check the cluster ID in the lease backend: %s",
-				       l->err);
+				log_warn_repeat(
+				    e->last_err,
+				    "cannot check the cluster ID in the lease backend: %s", l->err);
 			lease_release(l);
 			/* a cluster ID mismatch needs an operator: do not churn the key */
 			nap(e, r == -EXDEV ? 10 * e->opt.reconnect_delay_ms
@@ -239,7 +225,8 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 		t0 = clock_mono_ms();
 		r = lease_renew(l, &ttl);
 		if (r < 0) {
-			report(e, "renewing the lease just acquired failed: %s", l->err);
+			log_warn_repeat(e->last_err, "renewing the lease just acquired failed: %s",
+					l->err);
 			lease_release(l);
 			return;
 		}
@@ -319,7 +306,7 @@ static void run_primary(struct elector *e, int64_t *next_renew)
 	if (r == -ECANCELED)
 		return;
 	metrics_add(MC_LEASE_RENEW_FAILURES, 1);
-	report(e, "renewing the primary lease failed: %s (retrying)", l->err);
+	log_warn_repeat(e->last_err, "renewing the primary lease failed: %s (retrying)", l->err);
 	*next_renew = clock_mono_ms() + 1000;
 	if (clock_mono_ms() >= store_lease_until(e->opt.store)) {
 		log_error("could not renew the primary lease before its local deadline");
@@ -372,16 +359,17 @@ static bool may_lead(struct elector *e)
 	char stored[21];
 	int r = lease_cluster_id(e->opt.lease, NULL, stored);
 	if (r < 0) {
-		report(e, "cannot read the cluster ID from the lease backend: %s",
-		       e->opt.lease->err);
+		log_warn_repeat(e->last_err,
+				"cannot read the cluster ID from the lease backend: %s",
+				e->opt.lease->err);
 		return false;
 	}
 	if (!stored[0])
 		return true;
-	report(e,
-	       "not taking the lease: this node has no data and has not caught up with a "
-	       "primary of cluster %s yet",
-	       stored);
+	log_warn_repeat(e->last_err,
+			"not taking the lease: this node has no data and has not caught up with a "
+			"primary of cluster %s yet",
+			stored);
 	return false;
 }
 
@@ -405,8 +393,8 @@ static void run_follower(struct elector *e, uint64_t *index)
 			become_primary(e, epoch, t0, ttl);
 			return;
 		}
-		report(e, "taking over the handed-off lease failed: %s",
-		       r == LEASE_HELD ? "the key changed hands" : l->err);
+		log_warn_repeat(e->last_err, "taking over the handed-off lease failed: %s",
+				r == LEASE_HELD ? "the key changed hands" : l->err);
 	}
 
 	struct lease_holder hd;
@@ -418,7 +406,7 @@ static void run_follower(struct elector *e, uint64_t *index)
 	if (r == -ECANCELED)
 		return;
 	if (r < 0) {
-		report(e, "reading the primary lease failed: %s", l->err);
+		log_warn_repeat(e->last_err, "reading the primary lease failed: %s", l->err);
 		*index = 0;
 		nap(e, e->opt.reconnect_delay_ms);
 		return;
@@ -426,10 +414,10 @@ static void run_follower(struct elector *e, uint64_t *index)
 	bool mine = hd.present && strcmp(hd.advertise_url, e->opt.advertise_url) == 0;
 	if (hd.present && !mine) {
 		if (store_note_epoch(e->opt.store, hd.epoch) < 0)
-			report(e,
-			       "the lease names epoch %" PRIu64 ", older than %" PRIu64
-			       " seen before; following it anyway",
-			       hd.epoch, store_epoch(e->opt.store));
+			log_warn_repeat(e->last_err,
+					"the lease names epoch %" PRIu64 ", older than %" PRIu64
+					" seen before; following it anyway",
+					hd.epoch, store_epoch(e->opt.store));
 		follow(e, hd.advertise_url, hd.hostname);
 		if (store_caught_up(e->opt.store))
 			e->synced_once = true;
@@ -468,7 +456,7 @@ static void run_follower(struct elector *e, uint64_t *index)
 		return;
 	}
 	if (r != -ECANCELED) {
-		report(e, "acquiring the primary lease failed: %s", l->err);
+		log_warn_repeat(e->last_err, "acquiring the primary lease failed: %s", l->err);
 		nap(e, e->opt.reconnect_delay_ms);
 	}
 }

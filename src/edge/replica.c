@@ -64,7 +64,7 @@ struct replica {
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	volatile bool stopping;
-	char last_err[512];
+	char last_err[LOG_LAST_LEN];
 };
 
 /* One connection's state. */
@@ -309,23 +309,6 @@ static int posmap(struct store *st, uint8_t **ret, size_t *len)
 }
 
 /* Log a failure once; repeats of the same message go to debug until a stream works. */
-static void report(struct replica *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void report(struct replica *r, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (strcmp(msg, r->last_err) == 0) {
-		log_debug("%s", msg);
-		return;
-	}
-	snprintf(r->last_err, sizeof(r->last_err), "%s", msg);
-	log_warn("%s (retrying)", msg);
-}
-
 /* One connection; returns true if it made progress (resets the back-off). */
 static bool run_once(struct replica *r)
 {
@@ -408,11 +391,14 @@ static bool run_once(struct replica *r)
 	if (c.ended && stream_parser_idle(&c.parser))
 		log_info("primary %s closed the stream", c.hostname);
 	else if (c.err[0])
-		report(r, "replication stream from %s: %s", base, c.err);
+		log_warn_repeat(r->last_err, "replication stream from %s: %s (retrying)", base,
+				c.err);
 	else if (hr < 0)
-		report(r, "replication stream from %s", resp.err);
+		log_warn_repeat(r->last_err, "replication stream from %s (retrying)", resp.err);
 	else
-		report(r, "replication stream from %s ended without an END frame", base);
+		log_warn_repeat(r->last_err,
+				"replication stream from %s ended without an END frame (retrying)",
+				base);
 out:
 	db_recv_free(c.rv);
 	if (c.fd >= 0)
