@@ -118,9 +118,8 @@ int db_stat_file(struct db *db, enum db_file kind, struct stat *st);
 int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd);
 /*
  * Write n bytes at off through fd (a descriptor from db_open_file), capturing
- * commits: see db.c. Returns 0 or -errno (-EPERM for a database write outside
- * any journal or WAL transaction, e.g. journal_mode=OFF/MEMORY or a
- * non-SQLite file).
+ * commits: see src/core/db.c (THE MODEL) and db_int.h. Returns 0 or -errno (-EPERM for a database
+ * write outside any journal or WAL transaction, e.g. journal_mode=OFF/MEMORY or a non-SQLite file).
  */
 int db_write(struct db *db, enum db_file kind, int fd, const void *buf, size_t n, off_t off);
 /*

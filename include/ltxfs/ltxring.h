@@ -2,7 +2,7 @@
  * ltxring.h - the LTX ring: a preallocated file that holds copies of recent
  * LTX files, so that a rollback-mode commit is made durable by overwriting
  * blocks that already exist instead of by fsyncing a new inode (formats
- * layer; the design is in src/ltxring.c and docs/architecture.md §5).
+ * layer; the design is in src/format/ltxring.c and docs/architecture.md §5).
  *
  * Ownership: ltx_ring_open() returns a ring that ltx_ring_free() (NULL ok)
  * closes. ltx_ring_load() returns a malloc'ed image the caller frees.

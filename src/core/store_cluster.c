@@ -20,9 +20,10 @@
  *
  * THE FENCE. A commit is allowed only if this node is primary, not fenced,
  * before its lease deadline and past the adoption window (writable_locked).
- * db.c asks at every commit (store_may_commit, which also marks the term as
- * having committed, closing the adoption window for good); the FUSE layer
- * asks before every write (store_accepts_writes). docs/leases.md.
+ * The engine asks at every commit (db_fence calls store_may_commit, which
+ * also marks the term as having committed, closing the adoption window for
+ * good); the FUSE layer asks before every write (store_accepts_writes).
+ * docs/leases.md.
  *
  * FILES. <data.dir>/epoch holds the highest lease epoch seen, decimal;
  * <data.dir>/clusterid the cluster ID, "LFSC" + 16 uppercase hex digits, as

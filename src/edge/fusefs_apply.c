@@ -24,7 +24,7 @@
  *
  *   hook_lock        open <mount>/<db> or <db>-shm, take the locks above;
  *                    the descriptors are the token (a new database: none)
- *   (db.c writes the pages under db->mu, then releases it)
+ *   (db_apply.c writes the pages under db->mu, then releases it)
  *   hook_invalidate  drop the kernel's cached data of a changed range
  *   hook_entries     drop the entries of <db> and its companions, when the
  *                    database appeared or disappeared

@@ -62,7 +62,7 @@ static bool replica_refuses(struct fusefs *fs, int kind)
 /*
  * Except on a node that lost the lease while a rollback-mode transaction was
  * open: SQLite may then write the database and the journal to roll that
- * transaction back (the fence in db.c refuses any commit).
+ * transaction back (db_fence in src/core/db_util.c refuses any commit).
  */
 static bool refuses_write(struct fusefs *fs, struct db *db, int kind)
 {

@@ -89,7 +89,7 @@ struct conn {
 
 /* ----------------------------------------------------------- frames */
 
-/* Frames from this size on are verified while they arrive (db.c, RECEIVING). */
+/* Frames from this size on are verified while they arrive (src/core/db_apply.c, RECEIVING). */
 #define RECV_PIPELINE_MIN (4u << 20)
 
 static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t epoch, uint64_t len)

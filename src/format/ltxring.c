@@ -324,8 +324,8 @@ int ltx_ring_scan(const uint8_t *img, size_t len, ltx_ring_fn fn, void *ctx)
 	while (off + LTX_RING_RECORD_HEADER <= len) {
 		const uint8_t *h = img + off;
 		uint64_t n = get_le64(h + 32);
-		if (memcmp(h, REC_MAGIC, 8) != 0 || get_le64(h + 8) != epoch || n > LTX_RING_MAX_LTX ||
-		    n > len - off - LTX_RING_RECORD_HEADER ||
+		if (memcmp(h, REC_MAGIC, 8) != 0 || get_le64(h + 8) != epoch ||
+		    n > LTX_RING_MAX_LTX || n > len - off - LTX_RING_RECORD_HEADER ||
 		    crc64_iso(crc64_iso(0, h, 56), h + LTX_RING_RECORD_HEADER, (size_t)n) !=
 			get_le64(h + 56)) {
 			off += LTX_RING_BLOCK;

@@ -54,7 +54,7 @@ def test_three_nodes_identical(make_node, mode):
     c.execute("BEGIN")
     write_rows(c, 2000, start=1000, size=300)  # one big transaction
     c.execute("COMMIT")
-    # a frame over 4 MiB: replicas verify it while it arrives (db.c, RECEIVING)
+    # a frame over 4 MiB: replicas verify it while it arrives (src/core/db_apply.c, RECEIVING)
     c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
               "INSERT INTO t(id, v) SELECT 50000 + i, randomblob(2000) FROM n")
     c.execute("DELETE FROM t WHERE id % 3 = 0")

@@ -409,7 +409,7 @@ static bool ltx_exists(uint64_t txid)
 }
 
 /*
- * A rollback-mode commit is built at the database fsync (db.c, PREPARED
+ * A rollback-mode commit is built at the database fsync (db_journal.c, PREPARED
  * COMMITS). When the journal delete that would commit it fails, SQLite rolls
  * the transaction back from the hot journal: the prepared LTX file must go,
  * and the chain and the file must still agree.
@@ -733,7 +733,7 @@ static void ring_child_commits(void)
 }
 
 /*
- * LTX RING (db.c). With DELETE + FULL a prepared file is not fsynced: its
+ * LTX RING (db_ring.c). With DELETE + FULL a prepared file is not fsynced: its
  * copy in the ring is. A power loss can then lose or tear the newest files.
  * The child commits (enough to wrap the ring) and stops without shutdown; the parent deletes the
  * three newest files and tears the one before, as a power loss may. Recovery must write them again

@@ -1,5 +1,5 @@
 /*
- * test_ltxring.c - the LTX ring (src/ltxring.c): records written, found by a
+ * test_ltxring.c - the LTX ring (src/format/ltxring.c): records written, found by a
  * scan, cancelled, superseded by a new epoch, wrapped, and rejected when torn
  * or when the header is damaged.
  */
