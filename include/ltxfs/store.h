@@ -61,14 +61,37 @@ bool store_is_primary(struct store *s);
  * A static primary's deadline is INT64_MAX. hold_ms > 0 opens the adoption
  * window: commits wait that long after election so that replicas which
  * received more of the old primary's stream than this node can hand those
- * transactions over first (httpd.c).
+ * transactions over first (httpd.c); and after it, as long as an adoption
+ * offer is in progress (store_adopt_begin/end), but no longer than
+ * adopt_max_ms after the election. hold_ms <= 0 (a handoff): no wait.
  */
-int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms);
+int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms,
+			 int64_t adopt_max_ms);
 void store_extend_lease(struct store *s, int64_t until_ms);
 int64_t store_lease_until(struct store *s);
 void store_set_fenced(struct store *s, bool fenced);
 /* The fence's verdict now. */
 bool store_accepts_writes(struct store *s);
+/*
+ * Primary and past the start of its term (the adoption window and any
+ * adoption): what /info's isPrimary, .primary and /events report. Such a node
+ * accepts writes unless fenced for a handoff or past its lease deadline.
+ */
+bool store_primary_ready(struct store *s);
+/*
+ * Wait up to timeout_ms for this node to accept writes. 0: it does (at once
+ * or after the wait). -EROFS: it is not primary, or stopped being (at once).
+ * -ETIMEDOUT: it holds the lease but still does not accept writes at the
+ * deadline. -ECANCELED: give_up(ctx) said so (called, under cmu, at the
+ * start and at every wake-up; store_kick wakes the waiters). *why is a static
+ * string saying what the node waited for (NULL after 0). Blocks on cmu's
+ * condvar; the caller holds no lock.
+ */
+int store_await_writes(struct store *s, int timeout_ms, bool (*give_up)(void *), void *ctx,
+		       const char **why);
+/* An adoption offer is queued or running (the elector): writes wait for it, within the cap. */
+void store_adopt_begin(struct store *s);
+void store_adopt_end(struct store *s);
 /* Primary and nothing committed in this term yet: a replica's longer history may be adopted. */
 bool store_can_adopt(struct store *s);
 /* Highest epoch seen; store_note_epoch raises (and persists) it, or -ESTALE if epoch is older. */

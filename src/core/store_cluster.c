@@ -19,10 +19,26 @@
  *            renewed      store_extend_lease (the deadline only moves on)
  *
  * THE FENCE. A commit is allowed only if this node is primary, not fenced,
- * before its lease deadline and past the adoption window (writable_locked).
+ * before its lease deadline and past the start of its term (writable_locked).
  * The engine asks at every commit (db_fence calls store_may_commit, which
- * also marks the term as having committed, closing the adoption window for
- * good); the FUSE layer asks before every write (store_accepts_writes).
+ * also marks the term as having committed, which ends adoption for good);
+ * the FUSE layer asks before every write (store_accepts_writes) and, when
+ * the answer is "not yet", waits for it (store_await_writes).
+ *
+ * THE START OF A TERM. An elected primary holds writes back until both the
+ * adoption window (hold_until, 500 ms after the election) has passed and no
+ * adoption offer is queued or running (adopting, counted by
+ * store_adopt_begin/end), but no later than adopt_until (a cap: a replica
+ * that stalls its adoption cannot keep the primary read-only). Once over,
+ * the start is over for the rest of the term (opened): an offer that comes
+ * later does not close the fence again, so acceptsWrites and isPrimary never
+ * go back to false while the node keeps its lease. A handoff's successor and
+ * a static primary start opened.
+ *
+ *   elected --(window passed, no adoption, or the cap)--> opened
+ *   opened  --(fenced / past the deadline)--> not writable, still primary
+ *   any     --(store_set_primary(false))--> replica: waiters refuse at once
+ *
  * docs/leases.md.
  *
  * FILES. <data.dir>/epoch holds the highest lease epoch seen, decimal;
@@ -36,7 +52,8 @@
  *
  * THREADS AND LOCKS. Any thread: the elector (role, lease, fence, epoch),
  * the replica thread (upstream, lag, epoch, cluster ID), HTTP connections
- * and FUSE workers (reads), committing threads through db.c's callbacks.
+ * and FUSE workers (reads; a FUSE worker may wait in store_await_writes),
+ * committing threads through db.c's callbacks.
  * store->cmu guards all of it. It is a leaf: taken last, under db->mu by
  * the callbacks, held for a few instructions, never across I/O (the epoch
  * and cluster ID files are written before it is taken). ccond is
@@ -65,6 +82,7 @@ void store_cluster_init(struct store *s, bool replica)
 	pthread_cond_init(&s->ccond, &ca);
 	pthread_condattr_destroy(&ca);
 	s->primary = !replica;
+	s->opened = true;	 /* a static primary has no start of term */
 	s->until_ms = INT64_MAX; /* a static primary's lease never ends */
 }
 
@@ -103,11 +121,19 @@ void store_cluster_release(struct store *s)
 	pthread_cond_destroy(&s->ccond);
 }
 
-/* The fence (cmu held): primary, no handoff, inside the lease, past the adoption window. */
-static bool writable_locked(const struct store *s)
+/* The start of the term is over (cmu held): see THE START OF A TERM. */
+static bool opened_locked(struct store *s, int64_t now)
+{
+	if (!s->opened && now >= s->hold_until && (s->adopting == 0 || now >= s->adopt_until))
+		s->opened = true;
+	return s->opened;
+}
+
+/* The fence (cmu held): primary, no handoff, inside the lease, past the start of the term. */
+static bool writable_locked(struct store *s)
 {
 	int64_t now = clock_mono_ms();
-	return s->primary && !s->fenced && now < s->until_ms && now >= s->hold_until;
+	return s->primary && !s->fenced && now < s->until_ms && opened_locked(s, now);
 }
 
 /* db_options.may_commit: the write fence. */
@@ -163,7 +189,8 @@ static int store_write_epoch(struct store *s, uint64_t epoch)
 	return fs_write_atomic(path, line, strlen(line));
 }
 
-int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms)
+int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int64_t hold_ms,
+			 int64_t adopt_max_ms)
 {
 	pthread_mutex_lock(&s->cmu);
 	uint64_t cur = s->epoch;
@@ -178,7 +205,10 @@ int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int6
 	pthread_mutex_lock(&s->cmu);
 	s->epoch = epoch;
 	s->until_ms = until_ms;
-	s->hold_until = hold_ms > 0 ? clock_mono_ms() + hold_ms : 0;
+	int64_t now = clock_mono_ms();
+	s->hold_until = hold_ms > 0 ? now + hold_ms : 0;
+	s->adopt_until = hold_ms > 0 ? now + (adopt_max_ms > hold_ms ? adopt_max_ms : hold_ms) : 0;
+	s->opened = hold_ms <= 0;
 	s->term_committed = false;
 	s->fenced = false;
 	s->primary = true;
@@ -194,6 +224,7 @@ void store_extend_lease(struct store *s, int64_t until_ms)
 	pthread_mutex_lock(&s->cmu);
 	if (until_ms > s->until_ms)
 		s->until_ms = until_ms;
+	pthread_cond_broadcast(&s->ccond); /* writers waiting past the deadline */
 	pthread_mutex_unlock(&s->cmu);
 }
 
@@ -209,6 +240,7 @@ void store_set_fenced(struct store *s, bool fenced)
 {
 	pthread_mutex_lock(&s->cmu);
 	s->fenced = fenced;
+	pthread_cond_broadcast(&s->ccond); /* writers waiting for a handoff's outcome */
 	pthread_mutex_unlock(&s->cmu);
 }
 
@@ -218,6 +250,83 @@ bool store_accepts_writes(struct store *s)
 	bool ok = writable_locked(s);
 	pthread_mutex_unlock(&s->cmu);
 	return ok;
+}
+
+bool store_primary_ready(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	bool v = s->primary && opened_locked(s, clock_mono_ms());
+	pthread_mutex_unlock(&s->cmu);
+	return v;
+}
+
+/* Why a primary does not accept writes now (cmu held, s->primary). */
+static const char *pending_why_locked(struct store *s, int64_t now)
+{
+	if (s->fenced)
+		return "a handoff to another node is in progress";
+	if (now >= s->until_ms)
+		return "its lease is past its local deadline, waiting for a renewal";
+	if (now < s->hold_until)
+		return "the adoption window after its election";
+	return "adoption of transactions a replica received from the previous primary";
+}
+
+int store_await_writes(struct store *s, int timeout_ms, bool (*give_up)(void *), void *ctx,
+		       const char **why)
+{
+	int64_t end = clock_mono_ms() + timeout_ms;
+	int r;
+	*why = NULL;
+	pthread_mutex_lock(&s->cmu);
+	for (;;) {
+		if (writable_locked(s)) {
+			r = 0;
+			break;
+		}
+		int64_t now = clock_mono_ms();
+		if (!s->primary) {
+			*why = "this node is not the primary";
+			r = -EROFS;
+			break;
+		}
+		*why = pending_why_locked(s, now);
+		if (give_up && give_up(ctx)) {
+			r = -ECANCELED;
+			break;
+		}
+		if (now >= end) {
+			r = -ETIMEDOUT;
+			break;
+		}
+		/* wake at the deadline or at the next time the start of the term may end */
+		int64_t wake = end;
+		if (!s->opened && s->hold_until > now && s->hold_until < wake)
+			wake = s->hold_until;
+		if (!s->opened && s->adopt_until > now && s->adopt_until < wake)
+			wake = s->adopt_until;
+		struct timespec ts = clock_deadline(CLOCK_MONOTONIC, wake - now);
+		pthread_cond_timedwait(&s->ccond, &s->cmu, &ts);
+	}
+	pthread_mutex_unlock(&s->cmu);
+	return r;
+}
+
+void store_adopt_begin(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	s->adopting++;
+	pthread_mutex_unlock(&s->cmu);
+}
+
+void store_adopt_end(struct store *s)
+{
+	pthread_mutex_lock(&s->cmu);
+	if (s->adopting > 0)
+		s->adopting--;
+	s->seq++; /* the start of the term may be over: /info, .primary, /events, waiters */
+	pthread_cond_broadcast(&s->ccond);
+	pthread_mutex_unlock(&s->cmu);
 }
 
 bool store_can_adopt(struct store *s)

@@ -37,6 +37,9 @@ struct store {
 	int64_t until_ms;    /* CLOCK_MONOTONIC deadline of this primary's lease */
 	bool fenced;	     /* a handoff is in progress: no commits */
 	int64_t hold_until;  /* CLOCK_MONOTONIC: no commits before (adoption window) */
+	int64_t adopt_until; /* CLOCK_MONOTONIC: an adoption holds commits no later than this */
+	unsigned adopting;   /* adoption offers queued or running (store_adopt_begin) */
+	bool opened;	     /* the start of this term is over: it stays over */
 	bool term_committed; /* a commit happened since this node became primary */
 	bool candidate;	     /* informational, for /info */
 };

@@ -31,8 +31,12 @@
  * lease expires and a normal election follows.
  *
  * Adoption (a new primary after an unclean failover; docs/leases.md 6.2).
- * For ADOPT_WINDOW_MS after an election the store refuses commits, and as
- * long as nothing has committed in the term (store_can_adopt) a replica
+ * For ADOPT_WINDOW_MS after an election the store refuses commits, and then
+ * for as long as an offer is queued or running, up to ADOPT_MAX_MS after the
+ * election (store_adopt_begin/end; writes through the mount wait meanwhile,
+ * store_await_writes). The lease loop logs when writes open ("this node
+ * accepts writes, N ms after it took the lease"). As long as nothing has
+ * committed in the term (store_can_adopt) a replica
  * whose position is ahead on the same chain may hand its extra
  * transactions over. Its POST /stream handler (httpd_stream.c) posts an
  * offer (elector_adopt: the replica's URL and position map) and waits; the
@@ -91,7 +95,9 @@ struct elector {
 	char follow_url[1024]; /* the primary followed now ("" none) */
 	char follow_host[256];
 	bool promote_pending;
-	bool synced_once; /* has been caught up with a primary in this process */
+	bool synced_once;   /* has been caught up with a primary in this process */
+	int64_t elected_ms; /* primary: when this term began (CLOCK_MONOTONIC) */
+	bool open_logged;   /* primary: "accepts writes" has been logged for this term */
 	char last_err[LOG_LAST_LEN];
 	/* adoption, under mu */
 	struct offer *offers, **offers_tail; /* queued for the adopter */
@@ -116,6 +122,16 @@ struct offer {
  * commits on top.
  */
 #define ADOPT_WINDOW_MS 500
+
+/*
+ * An adoption that began in the window holds writes back until it is done,
+ * but no longer than this after the election: a replica that serves its
+ * transactions slowly (or not at all: each GET /ltx may take 10 s) must not
+ * keep the new primary read-only. Past it, the first commit ends adoption
+ * and what was not adopted is orphaned on that replica (section 7 of
+ * docs/leases.md).
+ */
+#define ADOPT_MAX_MS 10000
 
 /* Margin between the local deadline and the earliest the backend frees the key. */
 static int64_t margin_ms(int64_t ttl)
@@ -232,7 +248,7 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 		}
 	}
 	r = store_become_primary(e->opt.store, epoch, t0 + ttl - margin_ms(ttl),
-				 handoff ? 0 : ADOPT_WINDOW_MS);
+				 handoff ? 0 : ADOPT_WINDOW_MS, ADOPT_MAX_MS);
 	if (r < 0) {
 		log_error("cannot become primary with epoch %" PRIu64 " (highest seen %" PRIu64
 			  "): %s",
@@ -244,6 +260,8 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 	follow(e, NULL, NULL);
 	pthread_mutex_lock(&e->mu);
 	e->primary = true;
+	e->elected_ms = clock_mono_ms();
+	e->open_logged = false;
 	e->promote_pending = false;
 	if (lease_handoff_token(l, e->token, sizeof(e->token)) < 0)
 		e->token[0] = '\0';
@@ -254,13 +272,39 @@ static void become_primary(struct elector *e, uint64_t epoch, int64_t t0, int64_
 		 l->ops->name, epoch, ttl);
 }
 
+/*
+ * Log once per term when the start of the term is over (the node now says
+ * isPrimary and accepts writes), and wake /events streams and waiters. Until
+ * then the loop naps no later than the next moment it can end (the window,
+ * the adoption cap); the end of an adoption wakes it (elector_adopt).
+ */
+static int64_t note_open(struct elector *e, int64_t now)
+{
+	if (e->open_logged)
+		return INT64_MAX;
+	if (store_primary_ready(e->opt.store)) {
+		e->open_logged = true;
+		store_kick(e->opt.store);
+		log_info("this node accepts writes, %" PRId64 " ms after it took the lease",
+			 now - e->elected_ms);
+		return INT64_MAX;
+	}
+	int64_t w = e->elected_ms + ADOPT_WINDOW_MS;
+	if (now >= w)
+		w = e->elected_ms + ADOPT_MAX_MS;
+	return w > now ? w : now + 1;
+}
+
 static void run_primary(struct elector *e, int64_t *next_renew)
 {
 	struct lease *l = e->opt.lease;
+	int64_t wake = note_open(e, clock_mono_ms());
 	pthread_mutex_lock(&e->mu);
 	int64_t now = clock_mono_ms();
-	if (!e->stop && !e->handed_off && now < *next_renew)
-		nap_locked(e, *next_renew - now);
+	if (wake > *next_renew)
+		wake = *next_renew;
+	if (!e->stop && !e->handed_off && now < wake)
+		nap_locked(e, wake - now);
 	bool handed = e->handed_off, stop = e->stop;
 	pthread_mutex_unlock(&e->mu);
 	if (stop)
@@ -604,13 +648,17 @@ void elector_adopt(struct elector *e, const struct elector_offer *o)
 		return;
 	}
 	e->adopt_callers++;
+	/* writes wait for this offer, within ADOPT_MAX_MS (cmu is a leaf lock) */
+	store_adopt_begin(e->opt.store);
 	*e->offers_tail = &f;
 	e->offers_tail = &f.next;
 	pthread_cond_broadcast(&e->adopt_cond);
 	while (!f.done)
 		pthread_cond_wait(&e->adopt_cond, &e->mu);
+	store_adopt_end(e->opt.store);
 	e->adopt_callers--;
 	pthread_cond_broadcast(&e->adopt_cond);
+	pthread_cond_broadcast(&e->cond); /* the lease loop logs when writes open */
 	pthread_mutex_unlock(&e->mu);
 }
 

@@ -18,7 +18,10 @@
  *                   reader's mapping sees it and drops its page cache.
  *
  * Locks are polled (F_SETLK with a short back-off), never F_SETLKW, and are
- * held only while the pages of one transaction are written.
+ * held only while the pages of one transaction are written. While a poll
+ * waits, fs->apply_waiting is raised and the store kicked: on a new primary
+ * (adoption), a write waiting for the node to accept writes may be the
+ * holder, and it gives way at once (fusefs_ops.c) instead of both waiting.
  *
  * ONE APPLY, in the order db_apply_ltx() calls the hooks:
  *
@@ -61,11 +64,23 @@ static int lock_wait(struct fusefs *fs, int fd, off_t start, off_t len, const ch
 {
 	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
 	unsigned delay = 20, waited = 0, warned = 0;
+	bool announced = false;
+	int r = 0;
 	while (fcntl(fd, F_SETLK, &fl) < 0) {
-		if (errno != EAGAIN && errno != EACCES && errno != EINTR)
-			return -errno;
-		if (fs->stopping)
-			return -ESHUTDOWN;
+		if (errno != EAGAIN && errno != EACCES && errno != EINTR) {
+			r = -errno;
+			break;
+		}
+		if (fs->stopping) {
+			r = -ESHUTDOWN;
+			break;
+		}
+		if (!announced) {
+			/* a write waiting in fusefs_ops.c may hold this lock: it gives way */
+			__atomic_add_fetch(&fs->apply_waiting, 1, __ATOMIC_SEQ_CST);
+			store_kick(fs->store);
+			announced = true;
+		}
 		usleep(delay);
 		waited += delay;
 		delay = delay < 1000 ? delay * 2 : 1000;
@@ -75,7 +90,9 @@ static int lock_wait(struct fusefs *fs, int fd, off_t start, off_t len, const ch
 				 db_name(db), warned * 5, what);
 		}
 	}
-	return 0;
+	if (announced)
+		__atomic_sub_fetch(&fs->apply_waiting, 1, __ATOMIC_SEQ_CST);
+	return r;
 }
 
 static int hook_lock(void *ctx, struct db *db, void **token)
@@ -91,8 +108,15 @@ static int hook_lock(void *ctx, struct db *db, void **token)
 	if (!db_exists(db))
 		return 0; /* a new database: no reader can be inside it */
 	if (db_wal_mode(db)) {
+		/*
+		 * Without O_CREAT when it exists: an O_CREAT open takes the root
+		 * directory's lock in the kernel, which a create waiting for this
+		 * node to accept writes holds (fusefs_ops.c, WRITE REFUSAL).
+		 */
 		r = fs_path(path, sizeof(path), "%s/%s-shm", fs->mountpoint, db_name(db));
-		if (r == 0 && (t->shmfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0)
+		if (r == 0 && (t->shmfd = open(path, O_RDWR | O_CLOEXEC)) < 0 && errno == ENOENT)
+			t->shmfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+		if (r == 0 && t->shmfd < 0)
 			r = -errno;
 		if (r == 0)
 			r = lock_wait(fs, t->shmfd, SHM_LOCK_WRITE, 1, "WAL write", db);

@@ -80,6 +80,10 @@ struct fusefs {
 	uint64_t mj_next;
 	struct handle handles; /* list head */
 	volatile bool stopping;
+	/* writes waiting for this node to accept them, and applies waiting for
+	 * SQLite locks (fusefs_apply.c), which make those writes give way (__atomic) */
+	unsigned write_waiters;
+	unsigned apply_waiting;
 };
 
 /* A mount name taken apart: database, kind (enum db_file or KIND_MJ), super-journal hex. */

@@ -10,12 +10,21 @@
  * passed through. Errors become errno here and nowhere else.
  *
  * WRITE REFUSAL. Unless the store accepts writes (primary, inside its lease,
- * no handoff fence), a write, create, truncate or unlink is refused with
- * EACCES, so SQLite reports SQLITE_READONLY; the -shm file is local state
- * and exempt. A node that lost the lease with a rollback-mode transaction
- * open may still write the database and journal so that SQLite can roll it
- * back (refuses_write). A WAL database on a replica gets an empty -wal
- * file on demand, since SQLite's read-only open of a WAL database needs one.
+ * no handoff fence, past the start of its term), a write, create, truncate
+ * or unlink is refused with EACCES, so SQLite reports SQLITE_READONLY; the
+ * -shm file is local state and exempt. On a replica the refusal is
+ * immediate. On a node that holds the lease but does not accept writes yet
+ * (a new primary's adoption window or adoption, a handoff's outcome, a
+ * renewal past the deadline) the request waits for it instead, up to
+ * WRITE_WAIT_MS, then is refused with a log line saying what it waited for
+ * (await_writes): so a node that says isPrimary takes the first write. A
+ * waiting request occupies a worker (at most WRITE_WAITERS_MAX wait; more
+ * are refused at once) and, for a create, the kernel's lock on the
+ * directory; it gives way at once when an apply (adoption) waits for
+ * SQLite's locks, which its client may hold. A node that lost the lease with a rollback-mode
+ * transaction open may still write the database and journal so that SQLite can roll it back
+ * (refuses_write). A WAL database on a replica gets an empty -wal file on demand, since SQLite's
+ * read-only open of a WAL database needs one.
  *
  * CACHING. Every change to these files arrives through this mount, so the
  * kernel may cache what it can: file data (keep_cache, no automatic
@@ -53,10 +62,59 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+/*
+ * How long a write waits for a node that holds the lease to accept writes,
+ * and how many may wait at once (half of libfuse's 16 workers, so that
+ * readers and an adoption's own requests always find one).
+ */
+#define WRITE_WAIT_MS	  5000
+#define WRITE_WAITERS_MAX 8
+
+static bool apply_waits(void *ctx)
+{
+	struct fusefs *fs = ctx;
+	return __atomic_load_n(&fs->apply_waiting, __ATOMIC_SEQ_CST) > 0;
+}
+
+/*
+ * The node does not accept writes now. A replica (or a node that lost the
+ * lease) refuses at once: -EACCES. A node that holds the lease but is not
+ * writable yet (the start of its term, a handoff's outcome, a renewal past
+ * its deadline) makes the write wait, up to WRITE_WAIT_MS: 0 once it
+ * accepts, -EACCES after the bound, or at once if an apply needs SQLite's
+ * locks (the waiting client may hold them) or too many already wait. Each
+ * refusal after a wait is logged once, with its reason.
+ */
+static int await_writes(struct fusefs *fs)
+{
+	const char *why = NULL;
+	int r;
+	if (__atomic_add_fetch(&fs->write_waiters, 1, __ATOMIC_SEQ_CST) > WRITE_WAITERS_MAX) {
+		r = store_await_writes(fs->store, 0, NULL, NULL, &why);
+		if (r == -ETIMEDOUT)
+			log_warn("refusing a write: %d writes already wait for this node to accept "
+				 "writes (%s)",
+				 WRITE_WAITERS_MAX, why);
+	} else {
+		r = store_await_writes(fs->store, WRITE_WAIT_MS, apply_waits, fs, &why);
+		if (r == -ETIMEDOUT)
+			log_warn(
+			    "refusing a write after waiting %d ms: this node holds the primary "
+			    "lease but does not accept writes yet (%s)",
+			    WRITE_WAIT_MS, why);
+		else if (r == -ECANCELED)
+			log_warn("refusing a waiting write: an apply needs the SQLite locks its "
+				 "client may hold (%s)",
+				 why);
+	}
+	__atomic_sub_fetch(&fs->write_waiters, 1, __ATOMIC_SEQ_CST);
+	return r == 0 ? 0 : -EACCES;
+}
+
 /* Writes are refused on a replica; the -shm file is local state and exempt. */
 static bool replica_refuses(struct fusefs *fs, int kind)
 {
-	return kind != DB_FILE_SHM && !store_accepts_writes(fs->store);
+	return kind != DB_FILE_SHM && !store_accepts_writes(fs->store) && await_writes(fs) < 0;
 }
 
 /*
@@ -66,9 +124,11 @@ static bool replica_refuses(struct fusefs *fs, int kind)
  */
 static bool refuses_write(struct fusefs *fs, struct db *db, int kind)
 {
-	if (!replica_refuses(fs, kind))
+	if (kind == DB_FILE_SHM || store_accepts_writes(fs->store))
 		return false;
-	return !((kind == DB_FILE_DB || kind == DB_FILE_JOURNAL) && db && db_txn_pending(db));
+	if ((kind == DB_FILE_DB || kind == DB_FILE_JOURNAL) && db && db_txn_pending(db))
+		return false;
+	return await_writes(fs) < 0;
 }
 
 static void reply_negative(fuse_req_t req)
@@ -383,8 +443,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		r = -EPERM;
 		goto out;
 	}
-	if (replica_refuses(fs, f.kind) && (f.kind != DB_FILE_DB || !store_find(fs->store, f.db) ||
-					    !db_exists(store_find(fs->store, f.db)))) {
+	if ((f.kind != DB_FILE_DB || !store_find(fs->store, f.db) ||
+	     !db_exists(store_find(fs->store, f.db))) &&
+	    replica_refuses(fs, f.kind)) {
 		/* A journal SQLite cannot create gives SQLITE_READONLY. */
 		r = -EACCES;
 		if (f.kind == DB_FILE_WAL && (db = store_find(fs->store, f.db)) && db_exists(db) &&
@@ -563,8 +624,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (f.kind == DB_FILE_POS) {
 		r = -EPERM;
-	} else if ((f.kind == DB_FILE_DB || f.kind == KIND_MJ) &&
-		   !store_accepts_writes(fs->store)) {
+	} else if ((f.kind == DB_FILE_DB || f.kind == KIND_MJ) && replica_refuses(fs, f.kind)) {
 		/* (a journal may go: db.c refuses it if that would commit) */
 		r = -EACCES;
 	} else if (f.kind == KIND_MJ) {

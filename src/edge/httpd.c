@@ -149,14 +149,23 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 	}
 	snprintf(id, sizeof(id), "%016" PRIX64, store_node_id(h->store));
 	store_cluster_id(h->store, cid);
+	/*
+	 * isPrimary says "write here": a node that has just won the lease says
+	 * so only once its start of term is over and writes are accepted (role
+	 * is "primary" from the election on, writesHeld says why not yet).
+	 */
 	bool primary = store_is_primary(h->store);
+	bool ready = store_primary_ready(h->store);
 	bool writable = store_accepts_writes(h->store);
 	json_t *o =
 	    json_pack("{s:s,s:s,s:s,s:s,s:b,s:b,s:s,s:I,s:I,s:o}", "nodeID", id, "clusterID", cid,
-		      "hostname", h->hostname, "advertiseURL", h->advertise_url, "isPrimary",
-		      primary, "acceptsWrites", writable, "role", primary ? "primary" : "replica",
-		      "epoch", (json_int_t)store_epoch(h->store), "lag",
-		      (json_int_t)store_lag_ms(h->store), "databases", dbs);
+		      "hostname", h->hostname, "advertiseURL", h->advertise_url, "isPrimary", ready,
+		      "acceptsWrites", writable, "role", primary ? "primary" : "replica", "epoch",
+		      (json_int_t)store_epoch(h->store), "lag", (json_int_t)store_lag_ms(h->store),
+		      "databases", dbs);
+	const char *why = NULL;
+	if (primary && !writable && store_await_writes(h->store, 0, NULL, NULL, &why) < 0 && why)
+		json_object_set_new(o, "writesHeld", json_string(why));
 	json_object_set_new(o, "candidate",
 			    json_boolean(h->elector ? store_is_candidate(h->store) : primary));
 	json_object_set_new(o, "lease", json_string(h->elector ? "elected" : "static"));

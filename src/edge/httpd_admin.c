@@ -196,7 +196,7 @@ struct events {
 
 static void ev_primary(struct events *e, bool *primary, char *host, size_t n)
 {
-	*primary = store_is_primary(e->h->store);
+	*primary = store_primary_ready(e->h->store); /* once it accepts writes */
 	if (*primary)
 		snprintf(host, n, "%s", e->h->hostname);
 	else if (store_upstream(e->h->store, host, n) < 0)
