@@ -68,12 +68,12 @@ def test_first_start_is_writable_when_it_says_is_primary(backend, make_node):
     n1 = make_node("n1", lease=backend.lease_yaml("n1"))
     n1.start()
     t_role, t_prim, i = watch_until_primary(n1, 15)
-    assert i["acceptsWrites"] and "writesHeld" not in i, i
     c = sqlite3.connect(n1.path("fresh.db"), timeout=0, isolation_level=None)
     c.execute("CREATE TABLE x(v)")
     c.execute("INSERT INTO x VALUES(1)")
     c.close()
     t_write = time.monotonic()
+    assert i["acceptsWrites"] and "writesHeld" not in i, i
     print("first start (%s): lease -> isPrimary %.0f ms, isPrimary -> first write %.0f ms"
           % (backend.kind, (t_prim - t_role) * 1000, (t_write - t_prim) * 1000))
     assert "this node accepts writes" in n1.read_log()
@@ -92,8 +92,8 @@ def test_failover_is_writable_when_it_says_is_primary(backend, make_node, mode):
     converge(nodes)
     n1.kill9()
     t_role, t_prim, i = watch_until_primary(n2, backend.budget + 10)
-    assert i["acceptsWrites"], i
     t_write = write_now(n2)
+    assert i["acceptsWrites"], i
     print("failover (%s, %s): lease -> isPrimary %.0f ms, isPrimary -> first write %.0f ms"
           % (backend.kind, mode, (t_prim - t_role) * 1000, (t_write - t_prim) * 1000))
     assert n2.name in {r for (r,) in sqlite3.connect(
@@ -158,3 +158,30 @@ def test_write_waits_for_adoption_with_a_bound(backend, make_node):
     converge([n2, n3])
     assert "n2" in {r for (r,) in sqlite3.connect(
         "file:%s?mode=ro" % n3.path("db"), uri=True).execute("SELECT node FROM t")}
+
+
+@pytest.mark.parametrize("backend", ["consul", "etcd"], indirect=True)
+def test_write_in_the_adoption_window_waits_and_succeeds(backend, make_node):
+    """A write that arrives after the election but before isPrimary (the
+    adoption window) waits and is accepted; in WAL mode the connection it
+    opened then is read-write (it used to be read-only for good)."""
+    nodes = start_cluster(make_node, backend, n=2)
+    n1, n2 = nodes
+    create_table(n1, "wal")
+    converge(nodes)
+    n1.kill9()
+    i = wait_for(lambda: (lambda i: i if i and i["role"] == "primary" else None)(info(n2)),
+                 timeout=backend.budget + 10, what="n2 to take the lease", interval=0.002)
+    assert not i["acceptsWrites"], ("missed the window", i)
+    t0 = time.monotonic()
+    c = sqlite3.connect(n2.path("db"), timeout=0, isolation_level=None)
+    c.execute("INSERT INTO t(node) VALUES('in-window')")
+    waited = time.monotonic() - t0
+    assert not i["isPrimary"], i
+    assert i["writesHeld"] == "the adoption window after its election", i
+    c.execute("INSERT INTO t(node) VALUES('same-connection')")
+    c.close()
+    print("write in the window (%s): waited %.0f ms" % (backend.kind, waited * 1000))
+    assert waited < WAIT_MS / 1000, waited
+    assert info(n2)["isPrimary"]
+    assert "refusing a write" not in n2.read_log()
