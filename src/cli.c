@@ -406,6 +406,8 @@ int cmd_status(int argc, char **argv)
 	       json_is_true(json_object_get(o, "acceptsWrites")) ? " (accepts writes)" : "",
 	       jstr(o, "lease"), (long long)json_integer_value(json_object_get(o, "epoch")),
 	       json_is_true(json_object_get(o, "candidate")) ? ", candidate" : "");
+	if (jstr(o, "writesHeld")[0])
+		printf("writes     held back: %s\n", jstr(o, "writesHeld"));
 	if (pr)
 		printf("primary    %s%s%s\n", jstr(pr, "hostname"),
 		       jstr(pr, "advertiseURL")[0] ? " " : "", jstr(pr, "advertiseURL"));

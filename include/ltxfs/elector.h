@@ -76,7 +76,9 @@ struct elector_offer {
  * committed nothing in its term (store_can_adopt), every transaction the
  * replica of o holds beyond this node's own position: the adopter thread
  * fetches each one (GET <url>/ltx) and applies it as a replica would
- * (docs/leases.md section 6.2). Returns when the offer has been dealt with
+ * (docs/leases.md section 6.2). Until the offer is done, writes are held
+ * back (store_adopt_begin/end), at most ADOPT_MAX_MS after the election
+ * (elector.c). Returns when the offer has been dealt with
  * (failures are logged), or at once when the elector is stopping. Offers of
  * several replicas are taken one at a time. o and what it points to must
  * stay valid until the call returns. Any thread but the elector's.

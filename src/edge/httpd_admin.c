@@ -86,9 +86,9 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 		"ltxfs_db_count %zu\n",
 		n);
 	fprintf(f,
-		"# HELP ltxfs_is_primary 1 on the primary.\n# TYPE ltxfs_is_primary gauge\n"
-		"ltxfs_is_primary %d\n",
-		store_is_primary(h->store) ? 1 : 0);
+		"# HELP ltxfs_is_primary 1 on the primary (isPrimary in /info).\n"
+		"# TYPE ltxfs_is_primary gauge\nltxfs_is_primary %d\n",
+		store_primary_ready(h->store) ? 1 : 0);
 	fprintf(f,
 		"# HELP ltxfs_accepts_writes 1 while the write fence is open.\n"
 		"# TYPE ltxfs_accepts_writes gauge\nltxfs_accepts_writes %d\n",
