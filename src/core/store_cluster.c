@@ -281,6 +281,7 @@ int store_await_writes(struct store *s, int timeout_ms, bool (*give_up)(void *),
 	pthread_mutex_lock(&s->cmu);
 	for (;;) {
 		if (writable_locked(s)) {
+			*why = NULL;
 			r = 0;
 			break;
 		}
