@@ -104,7 +104,7 @@ def test_failover_is_writable_when_it_says_is_primary(backend, make_node, mode):
     converge(nodes, db="fresh.db")
 
 
-@pytest.mark.parametrize("backend", ["etcd"], indirect=True)
+@pytest.mark.parametrize("backend", ["consul", "etcd"], indirect=True)
 def test_write_waits_for_adoption_with_a_bound(backend, make_node):
     """n3 (not a candidate) holds 20 transactions the elected n2 lacks, and
     its advertised URL is a black hole: adoption stalls. A write on n2
