@@ -154,6 +154,8 @@ fuse_ino_t fusefs_plain_find(struct fusefs *fs, const char *name, struct stat *s
 /* Resolve a plain file's inode to a copy of its entry; -ENOENT. */
 int fusefs_plain_resolve(struct fusefs *fs, fuse_ino_t ino, struct pfile *copy);
 int fusefs_plain_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
+/* A dup of a pending create's staging file (the caller closes it); -ENOENT. */
+int fusefs_plain_stage_dup(struct fusefs *fs, fuse_ino_t ino);
 /* True when flags ask for a whole-file write (O_WRONLY, O_TRUNC or O_EXCL). */
 bool fusefs_whole_flags(int flags);
 /*

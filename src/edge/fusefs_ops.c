@@ -227,8 +227,23 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	if (ino >= INO_FILE_BASE) {
 		struct pfile p;
 		r = fusefs_plain_resolve(fs, ino, &p);
-		if (r == 0 && p.stagefd >= 0)
-			r = -EBUSY;
+		if (r == 0 && p.stagefd >= 0) {
+			/* a create not closed yet (install's fchmod): its staging file */
+			int sfd = fusefs_plain_stage_dup(fs, ino);
+			r = sfd < 0 ? sfd : 0;
+			if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) &&
+			    ftruncate(sfd, attr->st_size) < 0)
+				r = -errno;
+			if (r == 0 && (to_set & FUSE_SET_ATTR_MODE) &&
+			    fchmod(sfd, attr->st_mode & 07777) < 0)
+				r = -errno;
+			if (r == 0 && fstat(sfd, &st) < 0)
+				r = -errno;
+			if (sfd >= 0)
+				close(sfd);
+			st.st_ino = ino;
+			goto out;
+		}
 		if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) && !store_accepts_writes(fs->store))
 			r = -EACCES;
 		if (r == 0)

@@ -198,6 +198,21 @@ int fusefs_plain_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 	return r;
 }
 
+int fusefs_plain_stage_dup(struct fusefs *fs, fuse_ino_t ino)
+{
+	int r = -ENOENT;
+	pthread_mutex_lock(&fs->mu);
+	for (struct pfile *q = fs->pfiles; q; q = q->next)
+		if (q->ino == ino && q->stagefd >= 0) {
+			r = fcntl(q->stagefd, F_DUPFD_CLOEXEC, 0);
+			if (r < 0)
+				r = -errno;
+			break;
+		}
+	pthread_mutex_unlock(&fs->mu);
+	return r;
+}
+
 int fusefs_plain_unlink(struct fusefs *fs, const char *name)
 {
 	char path[4096];
@@ -358,6 +373,13 @@ out:
 	return r;
 }
 
+/* A name that may become a database: parses as one and is not hidden. */
+static bool db_name_ok(const char *name)
+{
+	struct fname f;
+	return name[0] != '.' && fusefs_parse_name(name, &f) == 0 && f.kind == DB_FILE_DB;
+}
+
 /* True when the file starts like a SQLite database (its first bytes, up to 16). */
 static bool starts_like_sqlite(int fd, off_t *ret_size)
 {
@@ -403,9 +425,11 @@ int fusefs_stage_flush(struct fusefs *fs, struct handle *h)
 		goto out;
 	}
 	bool sqlite = starts_like_sqlite(h->fd, &size);
+	if (pending && size == 0)
+		return 0; /* nothing written yet (a dup closed first, as dd does): decided at release */
 	struct db *db = h->db ? h->db : store_find(fs->store, h->name);
 	bool is_db = db && db_exists(db);
-	if (sqlite || is_db) {
+	if (is_db || (sqlite && db_name_ok(h->name))) {
 		if (!sqlite) {
 			r = -EINVAL;
 			why = "it is not a SQLite database and the name is one (remove the "
@@ -459,10 +483,23 @@ void fusefs_stage_release(struct fusefs *fs, struct handle *h)
 	struct pfile *p = pfile_get(fs, h->name);
 	pending = p && p->stagefd >= 0;
 	pthread_mutex_unlock(&fs->mu);
-	if (pending) {
-		pfile_remove(fs, h->name);
-		fusefs_queue_inval(fs, h->name, "");
+	if (!pending)
+		return;
+	struct stat st;
+	if (h->dirty && fstat(h->fd, &st) == 0 && st.st_size == 0 &&
+	    link_plain(fs, h->fd, h->name) == 0) {
+		/* created and closed empty (touch, a shell's > with no output): a plain file */
+		pthread_mutex_lock(&fs->mu);
+		struct pfile *q = pfile_get(fs, h->name);
+		if (q && q->stagefd >= 0) {
+			close(q->stagefd);
+			q->stagefd = -1;
+		}
+		pthread_mutex_unlock(&fs->mu);
+		return;
 	}
+	pfile_remove(fs, h->name);
+	fusefs_queue_inval(fs, h->name, "");
 }
 
 /* -------------------------------------------------------------- rename */
@@ -482,13 +519,6 @@ static enum what classify(struct fusefs *fs, const char *name, struct db **ret_d
 		}
 	}
 	return fusefs_plain_find(fs, name, &st) ? W_PLAIN : W_NONE;
-}
-
-/* A name that may become a database: parses as one and is not hidden. */
-static bool db_name_ok(const char *name)
-{
-	struct fname f;
-	return name[0] != '.' && fusefs_parse_name(name, &f) == 0 && f.kind == DB_FILE_DB;
 }
 
 int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned flags)
