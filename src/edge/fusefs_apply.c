@@ -32,6 +32,16 @@
  *                    descriptors, which releases the locks; give a WAL
  *                    database an empty -wal if it has none
  *
+ * A WHOLE-FILE INSTALL on the primary (fusefs_whole.c) takes the same locks
+ * through fusefs_install_lock and releases them through
+ * fusefs_install_unlock, on a FUSE worker (FLUSH, RENAME): other workers
+ * answer its opens. Inside a RENAME (dir_locked) the kernel holds the
+ * root's lock, so nothing may be looked up or created: the database file is
+ * the rename's target (its dentry is pinned), the -shm is opened without
+ * O_CREAT and only when some handle has it open (otherwise no WAL reader is
+ * inside a transaction, and a new one waits for the rename to create or
+ * look up its -shm), and entries are invalidated by the notifier.
+ *
  * THREADS. The hooks run on the replica thread (or an HTTP connection's
  * thread during adoption), never on a FUSE worker: their opens, lock
  * requests and fuse_lowlevel_notify_inval_* calls are FUSE requests that

@@ -5,7 +5,9 @@
  *   fusefs_inode.c  names, inode numbers, generations, super-journals,
  *                   attributes, the root listing
  *   fusefs_ops.c    the FUSE operations and the table libfuse calls
- *   fusefs_apply.c  the hooks a replica's db_apply_ltx() uses
+ *   fusefs_apply.c  the hooks a replica's db_apply_ltx() uses, and the
+ *                   locks a whole-file install takes
+ *   fusefs_whole.c  whole-file writes, renames, plain files
  *
  * Only these files include libfuse (through this header).
  */

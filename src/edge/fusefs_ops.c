@@ -6,8 +6,12 @@
  * engine: reads go straight to the backing file through the handle's own
  * descriptor; writes, truncates, fsyncs and unlinks of a database, journal
  * or WAL go through db_write/db_truncate/db_fsync/db_unlink, which see the
- * commits (docs/architecture.md section 4). Super-journals are plain files
- * passed through. Errors become errno here and nowhere else.
+ * commits (docs/architecture.md section 4). Super-journals and plain files
+ * (files/<name>) are passed through. An open for writing with O_WRONLY,
+ * O_TRUNC or O_EXCL is a whole-file write: a KIND_STAGE handle whose
+ * staging file FLUSH installs as one transaction; RENAME and the staging
+ * handles are fusefs_whole.c's. LINK is refused with EPERM and a log line.
+ * Errors become errno here and nowhere else.
  *
  * WRITE REFUSAL. Unless the store accepts writes (primary, inside its lease,
  * no handoff fence), a write, create, truncate or unlink is refused with
