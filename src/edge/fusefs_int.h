@@ -52,6 +52,7 @@ struct pfile {
 	fuse_ino_t ino;
 	char name[256];
 	int stagefd; /* a pending create's staging file (a dup), or -1 */
+	bool stale;  /* became a database: ESTALE, so the kernel looks the name up again */
 };
 
 /* A kernel dentry to invalidate once the current request has been answered. */

@@ -410,6 +410,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	r = fusefs_ino_resolve(fs, ino, &db, &kind, &m);
 	if (r < 0)
 		goto out;
+	if (kind == DB_FILE_DB && !db_exists(db)) {
+		/* a dentry left by a rename or a drop: the kernel looks the name up again */
+		r = -ESTALE;
+		goto out;
+	}
 	if (kind == DB_FILE_DB && (flags & O_ACCMODE) != O_RDONLY && fusefs_whole_flags(flags)) {
 		/* cp, a shell's >, truncate: a whole-file write (fusefs_whole.c) */
 		fuse_ino_t sino;

@@ -126,6 +126,26 @@ static void pfile_remove(struct fusefs *fs, const char *name)
 	pthread_mutex_unlock(&fs->mu);
 }
 
+/*
+ * The name became a database (an install from a create or a rename): the
+ * kernel may still map the name to this inode (RENAME moves the source's
+ * dentry to the target), so the inode answers ESTALE from now on and the
+ * kernel looks the name up again. The entry is kept, nameless.
+ */
+static void pfile_retire(struct fusefs *fs, const char *name)
+{
+	pthread_mutex_lock(&fs->mu);
+	struct pfile *p = pfile_get(fs, name);
+	if (p) {
+		p->stale = true;
+		p->name[0] = '\0';
+		if (p->stagefd >= 0)
+			close(p->stagefd);
+		p->stagefd = -1;
+	}
+	pthread_mutex_unlock(&fs->mu);
+}
+
 void fusefs_plain_release_all(struct fusefs *fs)
 {
 	while (fs->pfiles) {
@@ -166,7 +186,7 @@ int fusefs_plain_resolve(struct fusefs *fs, fuse_ino_t ino, struct pfile *copy)
 	for (struct pfile *p = fs->pfiles; p; p = p->next)
 		if (p->ino == ino) {
 			*copy = *p;
-			r = 0;
+			r = p->stale ? -ESTALE : 0;
 			break;
 		}
 	pthread_mutex_unlock(&fs->mu);
@@ -182,7 +202,9 @@ int fusefs_plain_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 	for (struct pfile *q = fs->pfiles; q; q = q->next)
 		if (q->ino == ino) {
 			p = *q;
-			r = q->stagefd >= 0 ? (fstat(q->stagefd, st) < 0 ? -errno : 1) : 0;
+			r = q->stale	      ? -ESTALE
+			    : q->stagefd >= 0 ? (fstat(q->stagefd, st) < 0 ? -errno : 1)
+					      : 0;
 			break;
 		}
 	pthread_mutex_unlock(&fs->mu);
@@ -426,7 +448,8 @@ int fusefs_stage_flush(struct fusefs *fs, struct handle *h)
 	}
 	bool sqlite = starts_like_sqlite(h->fd, &size);
 	if (pending && size == 0)
-		return 0; /* nothing written yet (a dup closed first, as dd does): decided at release */
+		return 0; /* nothing written yet (a dup closed first, as dd does): decided at
+			     release */
 	struct db *db = h->db ? h->db : store_find(fs->store, h->name);
 	bool is_db = db && db_exists(db);
 	if (is_db || (sqlite && db_name_ok(h->name))) {
@@ -460,7 +483,10 @@ out:
 			p->stagefd = -1;
 		}
 		pthread_mutex_unlock(&fs->mu);
-		if (h->kind != KIND_FILE) {
+		if (r == 0 && h->kind != KIND_FILE) {
+			pfile_retire(fs, h->name);
+			fusefs_queue_inval(fs, h->name, "");
+		} else if (h->kind != KIND_FILE) {
 			pfile_remove(fs, h->name);
 			fusefs_queue_inval(fs, h->name, "");
 		}
@@ -565,7 +591,7 @@ int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned 
 			r = install(fs, to, fd, true, &why);
 			if (r == 0) {
 				unlink(spath);
-				pfile_remove(fs, from);
+				pfile_retire(fs, from);
 				if (d == W_PLAIN)
 					fusefs_plain_unlink(fs, to);
 				/* the kernel moves the old inode to the new name */
