@@ -174,6 +174,12 @@ int fusefs_stage_flush(struct fusefs *fs, struct handle *h);
 void fusefs_stage_release(struct fusefs *fs, struct handle *h);
 /* rename(2) inside the root (the kernel holds the directory lock). */
 int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned flags);
+/*
+ * SQLite opening an empty plain file under a database name (touch, then
+ * sqlite3): it becomes an empty database; -ESTALE makes the kernel look the
+ * name up again. 1: not such a file (open it as a plain file).
+ */
+int fusefs_plain_to_database(struct fusefs *fs, const char *name);
 /* unlink of a plain file. */
 int fusefs_plain_unlink(struct fusefs *fs, const char *name);
 void fusefs_plain_release_all(struct fusefs *fs);

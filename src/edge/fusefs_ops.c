@@ -397,6 +397,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = fusefs_plain_resolve(fs, ino, &p);
 		if (r == 0 && p.stagefd >= 0)
 			r = -EBUSY; /* still being written for the first time */
+		if (r == 0 && (flags & O_ACCMODE) == O_RDWR && !fusefs_whole_flags(flags) &&
+		    store_accepts_writes(fs->store)) {
+			/* touch app.db, then SQLite opens it: an empty file becomes a database */
+			r = fusefs_plain_to_database(fs, p.name);
+			if (r == 1)
+				r = 0;
+			else
+				goto out;
+		}
 		if (r == 0 && (flags & O_ACCMODE) != O_RDONLY && !store_accepts_writes(fs->store))
 			r = -EACCES;
 		if (r == 0)

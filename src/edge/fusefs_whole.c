@@ -528,6 +528,33 @@ void fusefs_stage_release(struct fusefs *fs, struct handle *h)
 	fusefs_queue_inval(fs, h->name, "");
 }
 
+int fusefs_plain_to_database(struct fusefs *fs, const char *name)
+{
+	char path[4096];
+	struct stat st;
+	struct db *db;
+	int fd;
+	if (!db_name_ok(name) || fusefs_plain_path(fs, name, path, sizeof(path)) < 0 ||
+	    stat(path, &st) < 0 || st.st_size != 0)
+		return 1;
+	pthread_mutex_lock(&fs->install_mu);
+	int r = store_get_or_create(fs->store, name, &db);
+	if (r == 0 && db_exists(db))
+		r = -EEXIST;
+	if (r == 0)
+		r = db_open_file(db, DB_FILE_DB, O_RDWR | O_CREAT, st.st_mode & 07777, &fd);
+	if (r == 0) {
+		close(fd);
+		unlink(path);
+		pfile_retire(fs, name);
+		fusefs_queue_inval(fs, name, "");
+		fusefs_queue_inval(fs, name, "-pos");
+		r = -ESTALE;
+	}
+	pthread_mutex_unlock(&fs->install_mu);
+	return r == -EINVAL || r == -EEXIST ? 1 : r;
+}
+
 /* -------------------------------------------------------------- rename */
 
 enum what { W_NONE, W_DB, W_COMPANION, W_PLAIN };

@@ -274,3 +274,16 @@ def test_plain_files(make_node):
     p.stop()
     p.start()
     assert open(p.path("helper.tcl")).read() == "put"
+
+
+def test_touch_then_sqlite_makes_a_database(make_node):
+    p, (r,) = cluster(make_node, 1)
+    subprocess.run(["touch", p.path("app.db")], check=True)
+    assert os.path.getsize(p.path("app.db")) == 0
+    c = connect(p.path("app.db"), "wal")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    c.execute("INSERT INTO t VALUES(1, 'x')")
+    c.close()
+    assert "app.db-pos" in names(p)
+    assert_same(p, r, "app.db")
+    assert not os.path.exists(os.path.join(p.data, "files", "app.db"))
