@@ -247,6 +247,24 @@ void fusefs_pos_attr(struct db *db, struct stat *st)
 	st->st_blksize = 4096;
 }
 
+/*
+ * A file unlinked (a database dropped) while a process has it open: its
+ * attributes are those of the open backing file, with no links, as on a
+ * local file system (SQLite's fstat must keep working). -ENOENT otherwise.
+ */
+static int stat_open_handle(struct fusefs *fs, struct db *db, int kind, struct stat *st)
+{
+	int r = -ENOENT;
+	pthread_mutex_lock(&fs->mu);
+	for (struct handle *h = fs->handles.next; h != &fs->handles; h = h->next)
+		if (h->db == db && h->kind == kind && h->fd >= 0) {
+			r = fstat(h->fd, st) < 0 ? -errno : 0;
+			break;
+		}
+	pthread_mutex_unlock(&fs->mu);
+	return r;
+}
+
 int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 {
 	struct db *db;
@@ -277,6 +295,8 @@ int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 		fusefs_pos_attr(db, st);
 	} else {
 		r = db_stat_file(db, (enum db_file)kind, st);
+		if (r == -ENOENT)
+			r = stat_open_handle(fs, db, kind, st);
 	}
 	if (r == 0)
 		st->st_ino = ino;

@@ -232,7 +232,10 @@ def test_unlink_database_while_open(make_node):
     assert rc.execute("SELECT count(*) FROM t").fetchone() == (1,)
     os.unlink(p.path("db"))
     assert "db" not in names(p)
+    # the connection that had it open still reads what it had, as on a local file system
+    assert c.execute("SELECT count(*) FROM t").fetchone() == (1,)
     wait_for(lambda: not os.path.exists(r.path("db")), what="the drop on the replica")
+    assert rc.execute("SELECT count(*) FROM t").fetchone() == (1,)
     c.close()
     rc.close()
     # and the name can be used again
