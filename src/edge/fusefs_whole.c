@@ -23,15 +23,16 @@
  *     └───────────────────────────────FLUSH, invalid──> refused (EINVAL)
  *   RELEASE of a handle whose FLUSH never installed: the pending name goes
  *
- * INSTALL (fusefs_install). At FLUSH (close(2) waits for it and reports its
+ * INSTALL (install()). At FLUSH (close(2) waits for it and reports its
  * error; RELEASE does not): SQLite's locks are taken through the mount, as
  * a replica's apply takes them (fusefs_apply.c), db_install_build turns the
  * staging file into one LTX transaction (validating it: a truncated copy is
  * refused and the old database stays), and db_apply_ltx installs it: the
  * same verified path a replica uses, so connections already open see a
  * database changed by another process, and replicas receive one LTX file.
- * A writer killed half way is closed by the kernel: its FLUSH finds an
- * invalid file and the old database stays. fs->install_mu lets one install
+ * The database file and ltx/ are fsynced before the reply. A writer killed
+ * half way is closed by the kernel: its FLUSH finds an invalid file and the
+ * old database stays. fs->install_mu lets one install
  * run at a time.
  *
  * PLAIN FILES live in <data-dir>/files/<name>, are passed through like
@@ -343,6 +344,34 @@ static void queue_entries(void *ctx, struct db *db)
 }
 
 /*
+ * Make an install durable before close(2) returns: the database file, and
+ * the ltx/ directory that holds the new LTX file under its final name (the
+ * apply path leaves both to the next fsync, as a replica may).
+ */
+static int sync_installed(struct db *db, const char **why)
+{
+	char path[4096], dir[4096];
+	int r = db_file_path(db, DB_FILE_DB, path, sizeof(path));
+	int fd = r == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	if (r == 0 && (fd < 0 || fsync(fd) < 0))
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	char *slash = strrchr(path, '/');
+	if (r == 0 && slash) {
+		*slash = '\0';
+		r = fs_path(dir, sizeof(dir), "%s/ltx", path);
+		if (r == 0)
+			r = fs_fsync_dir(dir);
+		if (r == 0)
+			r = fs_fsync_dir(path);
+	}
+	if (r < 0)
+		*why = "installed, but it could not be made durable";
+	return r;
+}
+
+/*
  * Install the database in srcfd as the new content of database name (created
  * if absent) in one transaction. 0; -EINVAL with *why; -EROFS (fence);
  * another -errno. dir_locked: called inside a rename.
@@ -386,6 +415,8 @@ static int install(struct fusefs *fs, const char *name, int srcfd, bool dir_lock
 	if (r < 0 && !*why)
 		*why = r == -ESTALE ? "the database changed while the file was installed"
 				    : "the transaction could not be applied";
+	if (r == 0)
+		r = sync_installed(db, why);
 out:
 	if (locked)
 		fusefs_install_unlock(fs, db, tok, r == 0, ps, npages, dir_locked);
