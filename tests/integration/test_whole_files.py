@@ -290,3 +290,23 @@ def test_touch_then_sqlite_makes_a_database(make_node):
     assert "app.db-pos" in names(p)
     assert_same(p, r, "app.db")
     assert not os.path.exists(os.path.join(p.data, "files", "app.db"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rename_onto_database_open_in_each_mode(make_node, tmp_path, mode):
+    """The atomic-replace idiom while a connection has the target open (in WAL mode its
+    -shm is open, so the rename takes the WAL locks with the directory locked)."""
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("app.db"), mode)
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    c.execute("INSERT INTO t VALUES(1, 'old')")
+    assert c.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    seed = make_seed(str(tmp_path / "seed.db"), rows=64, mode=mode)
+    shutil.copy(seed, p.path("incoming.tmp"))
+    os.replace(p.path("incoming.tmp"), p.path("app.db"))
+    assert c.execute("SELECT count(*) FROM t").fetchone() == (64,)
+    c.execute("INSERT INTO t VALUES(1000, 'new')")
+    c.close()
+    assert rows(p.path("app.db")) == (65, sum(range(64)) + 1000)
+    assert_same(p, r, "app.db")
+    assert rows(r.path("app.db")) == (65, sum(range(64)) + 1000)
