@@ -183,6 +183,24 @@ void db_snap_free(struct db_snap *sn);
  */
 int db_export(struct db *db, int fd, struct db_pos *ret_pos);
 
+/* ---- whole-file writes (db_install.c) ---- */
+
+/*
+ * Check that fd holds a whole SQLite database: magic, page size, file format
+ * versions, a size that is a non-zero multiple of the page size and equal to
+ * the header's page count when that count is valid. 0 with the page size and
+ * count, -EINVAL with *why (a static string) naming what is wrong, or the
+ * read's -errno.
+ */
+int db_install_validate(int fd, uint32_t *ret_page_size, uint32_t *ret_npages, const char **why);
+/*
+ * Build the LTX file that replaces the committed database with the content
+ * of srcfd as one transaction (validated first, as above; -EROFS when the
+ * fence refuses). The caller holds SQLite's locks through the mount and
+ * applies the file with db_apply_ltx, then closes *ret_ltxfd. A FUSE worker.
+ */
+int db_install_build(struct db *db, int srcfd, int *ret_ltxfd, const char **why);
+
 /* ---- replication (replica side) ---- */
 
 /* An anonymous file in the database's ltx directory to receive an LTX file into. */

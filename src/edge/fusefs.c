@@ -169,6 +169,7 @@ int fusefs_start(struct fusefs **ret, struct store *store, const struct fusefs_o
 	if (!fs)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->mu, NULL);
+	pthread_mutex_init(&fs->install_mu, NULL);
 	pthread_cond_init(&fs->notifier_cond, NULL);
 	fs->invals_tail = &fs->invals;
 	fs->handles.next = fs->handles.prev = &fs->handles;
@@ -277,8 +278,10 @@ void fusefs_stop(struct fusefs *fs)
 	while (fs->handles.next != &fs->handles) /* never released: connection aborted */
 		fusefs_handle_free(fs, fs->handles.next);
 	fusefs_inodes_release(fs);
+	fusefs_plain_release_all(fs);
 	free(fs->mountpoint);
 	pthread_cond_destroy(&fs->notifier_cond);
 	pthread_mutex_destroy(&fs->mu);
+	pthread_mutex_destroy(&fs->install_mu);
 	free(fs);
 }

@@ -35,6 +35,16 @@
  *                    descriptors, which releases the locks; give a WAL
  *                    database an empty -wal if it has none
  *
+ * A WHOLE-FILE INSTALL on the primary (fusefs_whole.c) takes the same locks
+ * through fusefs_install_lock and releases them through
+ * fusefs_install_unlock, on a FUSE worker (FLUSH, RENAME): other workers
+ * answer its opens. Inside a RENAME (dir_locked) the kernel holds the
+ * root's lock, so nothing may be looked up or created: the database file is
+ * the rename's target (its dentry is pinned), the -shm is opened without
+ * O_CREAT and only when some handle has it open (otherwise no WAL reader is
+ * inside a transaction, and a new one waits for the rename to create or
+ * look up its -shm), and entries are invalidated by the notifier.
+ *
  * THREADS. The hooks run on the replica thread (or an HTTP connection's
  * thread during adoption), never on a FUSE worker: their opens, lock
  * requests and fuse_lowlevel_notify_inval_* calls are FUSE requests that
@@ -95,9 +105,20 @@ static int lock_wait(struct fusefs *fs, int fd, off_t start, off_t len, const ch
 	return r;
 }
 
-static int hook_lock(void *ctx, struct db *db, void **token)
+/* True while some handle has kind of db open (its dentry is then pinned). */
+static bool handle_open(struct fusefs *fs, struct db *db, int kind)
 {
-	struct fusefs *fs = ctx;
+	bool found = false;
+	pthread_mutex_lock(&fs->mu);
+	for (struct handle *h = fs->handles.next; h != &fs->handles; h = h->next)
+		if (h->db == db && h->kind == kind)
+			found = true;
+	pthread_mutex_unlock(&fs->mu);
+	return found;
+}
+
+static int lock_db(struct fusefs *fs, struct db *db, bool dir_locked, void **token)
+{
 	struct applytok *t = malloc(sizeof(*t));
 	char path[4096];
 	int r = 0;
@@ -109,12 +130,21 @@ static int hook_lock(void *ctx, struct db *db, void **token)
 		return 0; /* a new database: no reader can be inside it */
 	if (db_wal_mode(db)) {
 		/*
-		 * Without O_CREAT when it exists: an O_CREAT open takes the root
-		 * directory's lock in the kernel, which a create waiting for this
-		 * node to accept writes holds (fusefs_ops.c, WRITE REFUSAL).
+		 * Inside a rename the kernel holds the root's lock: a lookup or
+		 * a create would wait for it forever. An -shm some handle has
+		 * open is cached and opens without either; with none open, no
+		 * WAL reader is inside a transaction and a new one must create
+		 * or look up the -shm, which waits for the rename to finish.
+		 * Outside a rename, open without O_CREAT when it exists: an
+		 * O_CREAT open takes the root directory's lock in the kernel,
+		 * which a create waiting for this node to accept writes holds
+		 * (fusefs_ops.c, WRITE REFUSAL).
 		 */
+		if (dir_locked && !handle_open(fs, db, DB_FILE_SHM))
+			return 0;
 		r = fs_path(path, sizeof(path), "%s/%s-shm", fs->mountpoint, db_name(db));
-		if (r == 0 && (t->shmfd = open(path, O_RDWR | O_CLOEXEC)) < 0 && errno == ENOENT)
+		if (r == 0 && (t->shmfd = open(path, O_RDWR | O_CLOEXEC)) < 0 && errno == ENOENT &&
+		    !dir_locked)
 			t->shmfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 		if (r == 0 && t->shmfd < 0)
 			r = -errno;
@@ -142,6 +172,7 @@ static int hook_lock(void *ctx, struct db *db, void **token)
 		if (r == 0)
 			r = lock_wait(fs, t->shmfd, SHM_LOCK_READ(0), SHM_NREADER, "WAL read", db);
 	} else {
+		/* (inside a rename the database is its target: its dentry is pinned) */
 		r = fs_path(path, sizeof(path), "%s/%s", fs->mountpoint, db_name(db));
 		if (r == 0 && (t->dbfd = open(path, O_RDWR | O_CLOEXEC)) < 0)
 			r = -errno;
@@ -162,6 +193,16 @@ static int hook_lock(void *ctx, struct db *db, void **token)
 		*token = NULL;
 	}
 	return r;
+}
+
+static int hook_lock(void *ctx, struct db *db, void **token)
+{
+	return lock_db(ctx, db, false, token);
+}
+
+int fusefs_install_lock(struct fusefs *fs, struct db *db, bool dir_locked, void **token)
+{
+	return lock_db(fs, db, dir_locked, token);
 }
 
 static void hook_invalidate(void *ctx, struct db *db, uint64_t off, uint64_t len)
@@ -189,10 +230,9 @@ static void hook_entries(void *ctx, struct db *db)
 		inval_entry_now(fs, db, sfx[i]);
 }
 
-static void hook_unlock(void *ctx, struct db *db, void *token, bool ok, uint32_t page_size,
-			uint32_t npages)
+static void unlock_db(struct fusefs *fs, struct db *db, void *token, bool ok, uint32_t page_size,
+		      uint32_t npages, bool dir_locked)
 {
-	struct fusefs *fs = ctx;
 	struct applytok *t = token;
 	bool wal = ok && db_wal_mode(db);
 	if (t && t->shmfd >= 0 && ok) {
@@ -221,9 +261,24 @@ static void hook_unlock(void *ctx, struct db *db, void *token, bool ok, uint32_t
 		if (db_stat_file(db, DB_FILE_WAL, &st) == -ENOENT &&
 		    db_open_file(db, DB_FILE_WAL, O_RDWR | O_CREAT, 0644, &wfd) == 0) {
 			close(wfd);
-			inval_entry_now(fs, db, "-wal");
+			if (dir_locked)
+				fusefs_queue_inval(fs, db_name(db), "-wal");
+			else
+				inval_entry_now(fs, db, "-wal");
 		}
 	}
+}
+
+static void hook_unlock(void *ctx, struct db *db, void *token, bool ok, uint32_t page_size,
+			uint32_t npages)
+{
+	unlock_db(ctx, db, token, ok, page_size, npages, false);
+}
+
+void fusefs_install_unlock(struct fusefs *fs, struct db *db, void *token, bool ok,
+			   uint32_t page_size, uint32_t npages, bool dir_locked)
+{
+	unlock_db(fs, db, token, ok, page_size, npages, dir_locked);
 }
 
 void fusefs_apply_hooks(struct fusefs *fs, struct db_apply_hooks *ret)

@@ -8,14 +8,17 @@
  * (multi-database commits over ATTACH), passed through to dbs/<db>/mj<HEX>.
  * ".primary" and ".lag" are virtual files about the replication stream.
  * Names starting with '.' (other than those two) and "<db>-lock" (LiteFS's
- * HALT lock) never exist. Directories are refused with EPERM (fusefs_ops.c).
+ * HALT lock) are never databases. A name that is none of these may be a
+ * plain file, kept in <data-dir>/files/ (fusefs_whole.c). Directories are
+ * refused with EPERM (fusefs_ops.c).
  *
  * INODES. 1 is the root, 2 .primary, 3 .lag. Database i (its stable index
  * in the store) owns inodes 16 + 8i + kind (kind is enum db_file), so an
  * inode number never needs a table lookup and stays valid for the life of
  * the process; each (re)creation of a journal, WAL or SHM bumps a generation
  * so the kernel never confuses the new file with the old one. Super-journals
- * get numbers from 2^40 upward, in a list. FORGET needs no bookkeeping.
+ * get numbers from 2^40 upward, in a list, plain files from 2^41 upward, in
+ * another (fusefs_whole.c). FORGET needs no bookkeeping.
  *
  * ATTRIBUTES come from the backing file with the inode number replaced; the
  * root is 0777 on a primary and 0555 on a replica. The kernel caches entries
@@ -31,6 +34,9 @@
 
 #include "ltxfs/store.h"
 
+#include "ltxfs/fsutil.h"
+
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,6 +247,24 @@ void fusefs_pos_attr(struct db *db, struct stat *st)
 	st->st_blksize = 4096;
 }
 
+/*
+ * A file unlinked (a database dropped) while a process has it open: its
+ * attributes are those of the open backing file, with no links, as on a
+ * local file system (SQLite's fstat must keep working). -ENOENT otherwise.
+ */
+static int stat_open_handle(struct fusefs *fs, struct db *db, int kind, struct stat *st)
+{
+	int r = -ENOENT;
+	pthread_mutex_lock(&fs->mu);
+	for (struct handle *h = fs->handles.next; h != &fs->handles; h = h->next)
+		if (h->db == db && h->kind == kind && h->fd >= 0) {
+			r = fstat(h->fd, st) < 0 ? -errno : 0;
+			break;
+		}
+	pthread_mutex_unlock(&fs->mu);
+	return r;
+}
+
 int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 {
 	struct db *db;
@@ -257,6 +281,8 @@ int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 	}
 	if (ino == INO_PRIMARY || ino == INO_LAG)
 		return fusefs_virt_attr(fs, ino, st);
+	if (ino >= INO_FILE_BASE)
+		return fusefs_plain_attr(fs, ino, st);
 	int r = fusefs_ino_resolve(fs, ino, &db, &kind, &m);
 	if (r < 0)
 		return r;
@@ -269,6 +295,8 @@ int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 		fusefs_pos_attr(db, st);
 	} else {
 		r = db_stat_file(db, (enum db_file)kind, st);
+		if (r == -ENOENT)
+			r = stat_open_handle(fs, db, kind, st);
 	}
 	if (r == 0)
 		st->st_ino = ino;
@@ -344,6 +372,22 @@ int fusefs_root_listing(fuse_req_t req, struct fusefs *fs, struct dirbuf *b)
 	for (struct mj *m = fs->mjs; m; m = m->next)
 		dirbuf_add(req, b, m->name, m->ino, S_IFREG);
 	pthread_mutex_unlock(&fs->mu);
+	/* plain files (fusefs_whole.c) */
+	char dir[4096];
+	DIR *d = fs_path(dir, sizeof(dir), "%s/files", store_data_dir(fs->store)) == 0
+		     ? opendir(dir)
+		     : NULL;
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		struct stat st;
+		fuse_ino_t ino;
+		if (strncmp(de->d_name, ".ltxfs-link.", 12) == 0)
+			continue;
+		if ((ino = fusefs_plain_find(fs, de->d_name, &st)) != 0)
+			dirbuf_add(req, b, de->d_name, ino, S_IFREG);
+	}
+	if (d)
+		closedir(d);
 	return b->p ? 0 : -ENOMEM;
 }
 

@@ -5,7 +5,9 @@
  *   fusefs_inode.c  names, inode numbers, generations, super-journals,
  *                   attributes, the root listing
  *   fusefs_ops.c    the FUSE operations and the table libfuse calls
- *   fusefs_apply.c  the hooks a replica's db_apply_ltx() uses
+ *   fusefs_apply.c  the hooks a replica's db_apply_ltx() uses, and the
+ *                   locks a whole-file install takes
+ *   fusefs_whole.c  whole-file writes, renames, plain files
  *
  * Only these files include libfuse (through this header).
  */
@@ -23,13 +25,16 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
-#define INO_ROOT    1
-#define INO_PRIMARY 2 /* .primary */
-#define INO_LAG	    3 /* .lag */
-#define INO_DB_BASE 16
-#define INO_MJ_BASE (UINT64_C(1) << 40)
-#define KIND_MJ	    DB_FILE_N
-#define KIND_VIRT   (DB_FILE_N + 1) /* .primary / .lag: handle->db is NULL */
+#define INO_ROOT      1
+#define INO_PRIMARY   2 /* .primary */
+#define INO_LAG	      3 /* .lag */
+#define INO_DB_BASE   16
+#define INO_MJ_BASE   (UINT64_C(1) << 40)
+#define KIND_MJ	      DB_FILE_N
+#define KIND_VIRT     (DB_FILE_N + 1) /* .primary / .lag: handle->db is NULL */
+#define KIND_FILE     (DB_FILE_N + 2) /* a plain file: files/<name>, passed through */
+#define KIND_STAGE    (DB_FILE_N + 3) /* a whole-file write: a staging file, installed at close */
+#define INO_FILE_BASE (UINT64_C(1) << 41)
 
 #define CACHE_TIMEOUT 86400.0
 
@@ -39,6 +44,15 @@ struct mj {
 	char name[256]; /* full mount name */
 	char db[256];
 	char hex[32];
+};
+
+/* A plain file (or a whole-file create not yet closed): name <-> inode. */
+struct pfile {
+	struct pfile *next;
+	fuse_ino_t ino;
+	char name[256];
+	int stagefd; /* a pending create's staging file (a dup), or -1 */
+	bool stale;  /* became a database: ESTALE, so the kernel looks the name up again */
 };
 
 /* A kernel dentry to invalidate once the current request has been answered. */
@@ -54,6 +68,11 @@ struct handle {
 	int fd;
 	struct db *db;
 	int kind;
+	/* KIND_STAGE: the name being written, its inode, whether the staging
+	 * file differs from what is installed (written or truncated) */
+	bool dirty;
+	fuse_ino_t ino;
+	char name[256];
 };
 
 struct fusefs {
@@ -79,6 +98,9 @@ struct fusefs {
 	struct mj *mjs;
 	uint64_t mj_next;
 	struct handle handles; /* list head */
+	struct pfile *pfiles;  /* plain files and pending creates (fs->mu) */
+	uint64_t pfile_next;
+	pthread_mutex_t install_mu; /* one whole-file install at a time */
 	volatile bool stopping;
 	/* writes waiting for this node to accept them, and applies waiting for
 	 * SQLite locks (fusefs_apply.c), which make those writes give way (__atomic) */
@@ -127,6 +149,54 @@ void fusefs_fill_entry(struct fuse_entry_param *e, fuse_ino_t ino, uint64_t gen,
 int fusefs_root_listing(fuse_req_t req, struct fusefs *fs, struct dirbuf *b);
 /* Free the generation table and the super-journal list (at stop). */
 void fusefs_inodes_release(struct fusefs *fs);
+
+/* ---- fusefs_whole.c: whole-file writes, plain files, renames ---- */
+
+/* A name a plain file may have: 1..255 bytes, no '/', not ".", "..", ".primary", ".lag". */
+bool fusefs_plain_name_ok(const char *name);
+/* "<data-dir>/files/<name>" into buf. */
+int fusefs_plain_path(struct fusefs *fs, const char *name, char *buf, size_t n);
+/* The inode of plain file name (listed on first use); 0 when it does not exist. */
+fuse_ino_t fusefs_plain_find(struct fusefs *fs, const char *name, struct stat *st);
+/* Resolve a plain file's inode to a copy of its entry; -ENOENT. */
+int fusefs_plain_resolve(struct fusefs *fs, fuse_ino_t ino, struct pfile *copy);
+int fusefs_plain_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
+/* A dup of a pending create's staging file (the caller closes it); -ENOENT. */
+int fusefs_plain_stage_dup(struct fusefs *fs, fuse_ino_t ino);
+/* True when flags ask for a whole-file write (O_WRONLY, O_TRUNC or O_EXCL). */
+bool fusefs_whole_flags(int flags);
+/*
+ * A whole-file handle on name (db NULL for a name that does not exist yet;
+ * pending creates get a plain-file inode): a staging file in files/, filled
+ * with the committed database unless trunc. *ret_ino: the inode to reply.
+ */
+int fusefs_stage_open(struct fusefs *fs, struct fuse_file_info *fi, const char *name, struct db *db,
+		      bool trunc, fuse_ino_t *ret_ino, struct stat *st);
+/* At FLUSH: install a dirty staging file (0, or -EINVAL/-EIO... logged here). */
+int fusefs_stage_flush(struct fusefs *fs, struct handle *h);
+/* At RELEASE of a staging handle: forget a pending create that never installed. */
+void fusefs_stage_release(struct fusefs *fs, struct handle *h);
+/* rename(2) inside the root (the kernel holds the directory lock). */
+int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned flags);
+/*
+ * SQLite opening an empty plain file under a database name (touch, then
+ * sqlite3): it becomes an empty database; -ESTALE makes the kernel look the
+ * name up again. 1: not such a file (open it as a plain file).
+ */
+int fusefs_plain_to_database(struct fusefs *fs, const char *name);
+/* unlink of a plain file. */
+int fusefs_plain_unlink(struct fusefs *fs, const char *name);
+void fusefs_plain_release_all(struct fusefs *fs);
+int fusefs_handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, struct db *db,
+		      int kind);
+
+/* ---- fusefs_apply.c: locks for a whole-file install on the primary ---- */
+
+/* Take SQLite's locks on db through the mount; dir_locked: inside a
+ * rename, where nothing may be looked up or created (see fusefs_apply.c). */
+int fusefs_install_lock(struct fusefs *fs, struct db *db, bool dir_locked, void **token);
+void fusefs_install_unlock(struct fusefs *fs, struct db *db, void *token, bool ok,
+			   uint32_t page_size, uint32_t npages, bool dir_locked);
 
 /* ---- fusefs_ops.c: the FUSE operations ---- */
 

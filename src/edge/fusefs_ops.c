@@ -6,8 +6,12 @@
  * engine: reads go straight to the backing file through the handle's own
  * descriptor; writes, truncates, fsyncs and unlinks of a database, journal
  * or WAL go through db_write/db_truncate/db_fsync/db_unlink, which see the
- * commits (docs/architecture.md section 4). Super-journals are plain files
- * passed through. Errors become errno here and nowhere else.
+ * commits (docs/architecture.md section 4). Super-journals and plain files
+ * (files/<name>) are passed through. An open for writing with O_WRONLY,
+ * O_TRUNC or O_EXCL is a whole-file write: a KIND_STAGE handle whose
+ * staging file FLUSH installs as one transaction; RENAME and the staging
+ * handles are fusefs_whole.c's. LINK is refused with EPERM and a log line.
+ * Errors become errno here and nowhere else.
  *
  * WRITE REFUSAL. Unless the store accepts writes (primary, inside its lease,
  * no handoff fence, past the start of its term), a write, create, truncate
@@ -161,6 +165,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* Locks stay in the kernel. */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 	conn->want &= ~FUSE_CAP_SPLICE_WRITE;
+	/* O_TRUNC arrives with the open: a truncating open is a whole-file write */
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
 		conn->want &= ~FUSE_CAP_SPLICE_READ;
 }
@@ -187,13 +194,18 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	int r = fusefs_parse_name(name, &f);
-	if (r < 0) {
-		reply_lookup_err(req, r);
-		return;
-	}
-	struct db *db = store_find(fs->store, f.db);
-	if (!db) {
-		reply_negative(req);
+	struct db *db = r == 0 ? store_find(fs->store, f.db) : NULL;
+	if (r < 0 || !db || (f.kind == DB_FILE_DB && !db_exists(db))) {
+		/* not a database: maybe a plain file */
+		fuse_ino_t pino = fusefs_plain_find(fs, name, &st);
+		if (pino) {
+			fusefs_fill_entry(&e, pino, 0, &st);
+			fuse_reply_entry(req, &e);
+		} else if (r < 0 && r != -ENOENT) {
+			fuse_reply_err(req, -r);
+		} else {
+			reply_negative(req);
+		}
 		return;
 	}
 	if (f.kind == KIND_MJ) {
@@ -263,6 +275,51 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	int kind, r;
 	struct mj m;
 	char path[4096];
+	struct stat st;
+	if (h && h->kind == KIND_STAGE) {
+		/* a whole-file write: only its size matters until it is installed */
+		r = 0;
+		if ((to_set & FUSE_SET_ATTR_SIZE) && ftruncate(h->fd, attr->st_size) < 0)
+			r = -errno;
+		if (to_set & FUSE_SET_ATTR_SIZE)
+			h->dirty = true;
+		if (r == 0 && fstat(h->fd, &st) < 0)
+			r = -errno;
+		st.st_ino = ino;
+		goto out;
+	}
+	if (ino >= INO_FILE_BASE) {
+		struct pfile p;
+		r = fusefs_plain_resolve(fs, ino, &p);
+		if (r == 0 && p.stagefd >= 0) {
+			/* a create not closed yet (install's fchmod): its staging file */
+			int sfd = fusefs_plain_stage_dup(fs, ino);
+			r = sfd < 0 ? sfd : 0;
+			if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) &&
+			    ftruncate(sfd, attr->st_size) < 0)
+				r = -errno;
+			if (r == 0 && (to_set & FUSE_SET_ATTR_MODE) &&
+			    fchmod(sfd, attr->st_mode & 07777) < 0)
+				r = -errno;
+			if (r == 0 && fstat(sfd, &st) < 0)
+				r = -errno;
+			if (sfd >= 0)
+				close(sfd);
+			st.st_ino = ino;
+			goto out;
+		}
+		if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) && !store_accepts_writes(fs->store))
+			r = -EACCES;
+		if (r == 0)
+			r = fusefs_plain_path(fs, p.name, path, sizeof(path));
+		if (r < 0)
+			goto out;
+		if ((to_set & FUSE_SET_ATTR_SIZE) && truncate(path, attr->st_size) < 0) {
+			r = -errno;
+			goto out;
+		}
+		goto attrs;
+	}
 	r = fusefs_ino_resolve(fs, ino, &db, &kind, &m);
 	if (ino == INO_ROOT) {
 		r = 0;
@@ -292,6 +349,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		if (r < 0)
 			goto out;
 	}
+attrs:
 	if (to_set & FUSE_SET_ATTR_MODE) {
 		if (chmod(path, attr->st_mode & 07777) < 0) {
 			r = -errno;
@@ -322,8 +380,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			goto out;
 		}
 	}
-reply:;
-	struct stat st;
+reply:
 	r = fusefs_get_attr(fs, ino, &st);
 out:
 	if (r < 0)
@@ -332,9 +389,9 @@ out:
 		fuse_reply_attr(req, &st, CACHE_TIMEOUT);
 }
 
-static int handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, struct db *db, int kind)
+int fusefs_handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, struct db *db, int kind)
 {
-	struct handle *h = malloc(sizeof(*h));
+	struct handle *h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
 	h->fd = fd;
@@ -347,7 +404,8 @@ static int handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, stru
 	fs->handles.next = h;
 	pthread_mutex_unlock(&fs->mu);
 	fi->fh = (uint64_t)(uintptr_t)h;
-	if (kind == DB_FILE_POS || kind == KIND_VIRT) {
+	if (kind == DB_FILE_POS || kind == KIND_VIRT || kind == KIND_STAGE) {
+		/* (a staging file is not the data the kernel caches for the inode) */
 		fi->direct_io = 1;
 	} else {
 		fi->keep_cache = 1;
@@ -386,13 +444,55 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		kind = KIND_VIRT;
 		r = (fi->flags & O_ACCMODE) != O_RDONLY ? -EACCES : 0;
 		if (r == 0)
-			r = handle_new(fs, fi, ino == INO_PRIMARY ? -2 : -3, NULL, KIND_VIRT);
+			r = fusefs_handle_new(fs, fi, ino == INO_PRIMARY ? -2 : -3, NULL,
+					      KIND_VIRT);
+		goto out;
+	}
+	int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY);
+	if (ino >= INO_FILE_BASE) {
+		struct pfile p;
+		char path[4096];
+		db = NULL;
+		kind = KIND_FILE;
+		r = fusefs_plain_resolve(fs, ino, &p);
+		if (r == 0 && p.stagefd >= 0)
+			r = -EBUSY; /* still being written for the first time */
+		if (r == 0 && (flags & O_ACCMODE) == O_RDWR && !fusefs_whole_flags(flags) &&
+		    store_accepts_writes(fs->store)) {
+			/* touch app.db, then SQLite opens it: an empty file becomes a database */
+			r = fusefs_plain_to_database(fs, p.name);
+			if (r == 1)
+				r = 0;
+			else
+				goto out;
+		}
+		if (r == 0 && (flags & O_ACCMODE) != O_RDONLY && !store_accepts_writes(fs->store))
+			r = -EACCES;
+		if (r == 0)
+			r = fusefs_plain_path(fs, p.name, path, sizeof(path));
+		if (r == 0 && (fd = open(path, flags | O_CLOEXEC)) < 0)
+			r = -errno;
+		if (r == 0)
+			r = fusefs_handle_new(fs, fi, fd, NULL, KIND_FILE);
 		goto out;
 	}
 	r = fusefs_ino_resolve(fs, ino, &db, &kind, &m);
 	if (r < 0)
 		goto out;
-	int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY);
+	if (kind == DB_FILE_DB && !db_exists(db)) {
+		/* a dentry left by a rename or a drop: the kernel looks the name up again */
+		r = -ESTALE;
+		goto out;
+	}
+	if (kind == DB_FILE_DB && (flags & O_ACCMODE) != O_RDONLY && fusefs_whole_flags(flags)) {
+		/* cp, a shell's >, truncate: a whole-file write (fusefs_whole.c) */
+		fuse_ino_t sino;
+		struct stat sst;
+		r = refuses_write(fs, db, kind)
+			? -EACCES
+			: fusefs_stage_open(fs, fi, db_name(db), db, flags & O_TRUNC, &sino, &sst);
+		goto out;
+	}
 	if ((flags & O_ACCMODE) != O_RDONLY && kind != DB_FILE_DB && kind != DB_FILE_POS &&
 	    refuses_write(fs, db, kind)) {
 		/* SQLite then opens the -wal read-only and reports SQLITE_READONLY */
@@ -413,7 +513,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = db_open_file(db, (enum db_file)kind, flags, 0644, &fd);
 	}
 	if (r == 0)
-		r = handle_new(fs, fi, fd, db, kind);
+		r = fusefs_handle_new(fs, fi, fd, db, kind);
 out:
 	if (r < 0) {
 		reply_open_err(req, fd, r);
@@ -435,8 +535,51 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	fuse_ino_t ino = 0;
 	uint64_t gen = 0;
 	int r = parent == INO_ROOT ? fusefs_parse_name(name, &f) : -ENOENT;
-	if (r == -ENOENT && parent == INO_ROOT)
-		r = -EPERM;
+	bool whole = fusefs_whole_flags(fi->flags);
+	if (parent == INO_ROOT && (r == -ENOENT ||
+				   (r == 0 && f.kind != DB_FILE_POS && f.kind != KIND_MJ &&
+				    !store_find(fs->store, f.db)) ||
+				   (r == 0 && f.kind == DB_FILE_DB && whole))) {
+		/*
+		 * Not a database SQLite is creating: a whole-file write (its
+		 * first bytes decide at close) or a plain file that exists.
+		 */
+		struct db *xdb = r == 0 ? store_find(fs->store, f.db) : NULL;
+		bool isdb = r == 0 && f.kind == DB_FILE_DB && xdb && db_exists(xdb);
+		if (!fusefs_plain_name_ok(name) ||
+		    (r == 0 && !isdb && !whole && name[0] != '.' && f.kind == DB_FILE_DB)) {
+			if (!fusefs_plain_name_ok(name)) {
+				r = -EPERM;
+				goto out;
+			}
+			/* SQLite creating a database: below */
+		} else if (!store_accepts_writes(fs->store)) {
+			r = -EACCES;
+			goto out;
+		} else if (!isdb && (ino = fusefs_plain_find(fs, name, &st)) != 0) {
+			char path[4096];
+			r = fusefs_plain_path(fs, name, path, sizeof(path));
+			if (r == 0 && (fd = open(path, (fi->flags & ~O_NOCTTY) | O_CLOEXEC,
+						 mode & 07777)) < 0)
+				r = -errno;
+			if (r == 0 && fstat(fd, &st) < 0)
+				r = -errno;
+			st.st_ino = ino;
+			if (r == 0)
+				r = fusefs_handle_new(fs, fi, fd, NULL, KIND_FILE);
+			goto out;
+		} else {
+			if (isdb && (fi->flags & O_EXCL)) {
+				r = -EEXIST;
+				goto out;
+			}
+			r = fusefs_stage_open(fs, fi, name, isdb ? xdb : NULL,
+					      !isdb || (fi->flags & O_TRUNC), &ino, &st);
+			if (r < 0)
+				goto out;
+			goto reply;
+		}
+	}
 	if (r < 0)
 		goto out;
 	if (f.kind == DB_FILE_POS) {
@@ -498,12 +641,13 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		ino = fusefs_db_ino(db, f.kind);
 		gen = fusefs_gen_get(fs, db, f.kind, !existed);
 	}
-	r = handle_new(fs, fi, fd, db, f.kind);
+	r = fusefs_handle_new(fs, fi, fd, db, f.kind);
 out:
 	if (r < 0) {
 		reply_open_err(req, fd, r);
 		return;
 	}
+reply:
 	fusefs_fill_entry(&e, ino, gen, &st);
 	fuse_reply_create(req, &e, fi);
 }
@@ -562,16 +706,21 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		r = -EPERM;
 	else if (refuses_write(fuse_req_userdata(req), h->db, h->kind))
 		r = -EACCES;
-	else if (h->kind == KIND_MJ)
+	else if (h->kind == KIND_MJ || h->kind == KIND_FILE)
 		r = fs_pwrite_full(h->fd, buf, size, off);
+	else if (h->kind == KIND_STAGE)
+		r = (h->dirty = true, fs_pwrite_full(h->fd, buf, size, off));
 	else
 		r = db_write(h->db, (enum db_file)h->kind, h->fd, buf, size, off);
 	if (r < 0) {
 		if (r == -EPERM && h->kind == DB_FILE_DB)
-			log_warn("refusing a write to database '%s' outside a journal or WAL "
-				 "transaction (journal_mode OFF/MEMORY, or not a SQLite "
-				 "database)",
-				 db_name(h->db));
+			log_warn(
+			    "db '%s': refusing a write to the database outside a journal or "
+			    "WAL transaction: journal_mode OFF and MEMORY are not supported "
+			    "(ltxfs captures each commit from the rollback journal or the WAL; "
+			    "use DELETE, TRUNCATE, PERSIST or WAL). SQLite reports \"disk I/O "
+			    "error\"; nothing was written",
+			    db_name(h->db));
 		else if (r != -EPERM && r != -EACCES)
 			log_error("write to '%s' (%d) failed: %s", h->db ? db_name(h->db) : "?",
 				  h->kind, strerror(-r));
@@ -587,11 +736,16 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, 0);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	int r = 0;
+	if (h->kind == KIND_STAGE) /* close(2) waits for this and reports its error */
+		r = fusefs_stage_flush(fuse_req_userdata(req), h);
+	fuse_reply_err(req, -r);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	fusefs_stage_release(fuse_req_userdata(req), (struct handle *)(uintptr_t)fi->fh);
 	fusefs_handle_free(fuse_req_userdata(req), (struct handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
@@ -600,7 +754,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	int r = 0;
-	if (h->kind == KIND_MJ)
+	if (h->kind == KIND_MJ || h->kind == KIND_FILE || h->kind == KIND_STAGE)
 		r = (datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0 ? -errno : 0;
 	else if (h->kind != DB_FILE_POS && h->kind != KIND_VIRT)
 		r = db_fsync(h->db, (enum db_file)h->kind, h->fd, datasync);
@@ -614,13 +768,18 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fusefs *fs = fuse_req_userdata(req);
 	struct fname f;
+	struct stat st;
 	int r = parent == INO_ROOT ? fusefs_parse_name(name, &f) : -ENOENT;
+	if (r == -ENOENT && parent == INO_ROOT) {
+		r = !store_accepts_writes(fs->store) ? -EACCES : fusefs_plain_unlink(fs, name);
+		goto plain;
+	}
 	if (r < 0)
 		goto out;
 	struct db *db = store_find(fs->store, f.db);
-	if (!db) {
-		r = -ENOENT;
-		goto out;
+	if (!db || (f.kind == DB_FILE_DB && !db_exists(db) && fusefs_plain_find(fs, name, &st))) {
+		r = !store_accepts_writes(fs->store) ? -EACCES : fusefs_plain_unlink(fs, name);
+		goto plain;
 	}
 	if (f.kind == DB_FILE_POS) {
 		r = -EPERM;
@@ -646,6 +805,9 @@ out:
 		fusefs_queue_inval(fs, f.db, "-wal");
 		fusefs_queue_inval(fs, f.db, "-shm");
 	}
+	return;
+plain:
+	fuse_reply_err(req, -r);
 }
 
 static void op_refuse(fuse_req_t req)
@@ -671,7 +833,10 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
 		      const char *newname, unsigned int flags)
 {
-	op_refuse(req);
+	int r = parent == INO_ROOT && newparent == INO_ROOT
+		    ? fusefs_rename(fuse_req_userdata(req), name, newname, flags)
+		    : -ENOENT;
+	fuse_reply_err(req, -r);
 }
 
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
@@ -681,6 +846,9 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
+	log_warn("hard link '%s' refused: a database has one name in the mount (copy it, or "
+		 "rename it)",
+		 newname);
 	op_refuse(req);
 }
 

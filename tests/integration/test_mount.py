@@ -43,12 +43,24 @@ def test_directories_refused(node):
     assert e.value.errno == errno.EPERM
 
 
-def test_non_sqlite_file_refused(node):
-    with pytest.raises(OSError) as e:
-        with open(node.path("notes.txt"), "w") as f:
-            f.write("hello, this is not a database\n")
+def test_non_sqlite_file_is_a_plain_file(node):
+    with open(node.path("notes.txt"), "w") as f:
+        f.write("hello, this is not a database\n")
+    assert open(node.path("notes.txt")).read() == "hello, this is not a database\n"
+    assert "notes.txt-pos" not in os.listdir(node.mount)
+    # but not through a handle SQLite-style (read-write, no truncation) on a database name
+    c = connect(node.path("db"), "delete")
+    c.execute("CREATE TABLE t(x)")
+    c.close()
+    fd = os.open(node.path("db"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"scribble", 100)
+    finally:
+        os.close(fd)
     assert e.value.errno == errno.EPERM
     assert "outside a journal or WAL transaction" in node.read_log()
+    verify_database(node, "db")
 
 
 @pytest.mark.parametrize("base", ["delete", "persist", "truncate"])
@@ -63,6 +75,8 @@ def test_journal_mode_memory_and_off_refused(node, jm, base):
     with pytest.raises(sqlite3.OperationalError) as e:
         c.execute("INSERT INTO t VALUES(1)")
     assert "disk I/O error" in str(e.value)
+    assert ("db 'db': refusing a write to the database outside a journal or WAL transaction: "
+            "journal_mode OFF and MEMORY are not supported") in node.read_log()
     c.close()
     assert read_pos(node.mount, "db") == pos
     c = connect(node.path("db"), base)

@@ -1033,6 +1033,59 @@ static void test_ring_retired_before_apply(void)
 	db_free(g_db);
 }
 
+/* db_install_validate: what a whole-file write must be to be installed. */
+static void test_install_validate(void)
+{
+	char path[] = "/tmp/ltxfs-validate-XXXXXX";
+	int fd = mkstemp(path);
+	CHECK(fd >= 0);
+	unlink(path);
+	uint8_t page[4096];
+	uint32_t ps = 0, n = 0;
+	const char *why = NULL;
+	memset(page, 0, sizeof(page));
+	memcpy(page, "SQLite format 3", 16);
+	page[16] = 0x10; /* page size 4096 */
+	page[18] = page[19] = 1;
+	page[24 + 3] = 7; /* change counter 7 */
+	page[92 + 3] = 7; /* version-valid-for 7: the page count is valid */
+	page[28 + 3] = 2; /* two pages */
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), -EINVAL); /* empty */
+	CHECK(why && strstr(why, "empty"));
+	CHECK(pwrite(fd, page, sizeof(page), 0) == (ssize_t)sizeof(page));
+	/* one page of two: a truncated copy */
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), -EINVAL);
+	CHECK(why && strstr(why, "page count"));
+	memset(page, 0, 100);
+	CHECK(pwrite(fd, page, sizeof(page), 4096) == (ssize_t)sizeof(page));
+	memcpy(page, "SQLite format 3", 16);
+	page[16] = 0x10;
+	page[18] = page[19] = 1;
+	page[24 + 3] = page[92 + 3] = 7;
+	page[28 + 3] = 2;
+	CHECK(pwrite(fd, page, sizeof(page), 0) == (ssize_t)sizeof(page));
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), 0);
+	CHECK(ps == 4096 && n == 2);
+	/* a size that is not a multiple of the page size */
+	CHECK(pwrite(fd, "x", 1, 8192) == 1);
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), -EINVAL);
+	CHECK(why && strstr(why, "multiple"));
+	CHECK(ftruncate(fd, 8192) == 0);
+	/* a stale in-header page count (an old SQLite) is not held against it */
+	page[92 + 3] = 6;
+	page[28 + 3] = 9;
+	CHECK(pwrite(fd, page, 100, 0) == 100);
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), 0);
+	/* bad page size, bad magic */
+	page[16] = 0x11;
+	CHECK(pwrite(fd, page, 100, 0) == 100);
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), -EINVAL);
+	CHECK(pwrite(fd, "hello, not sqlite", 17, 0) == 17);
+	CHECK_RC(db_install_validate(fd, &ps, &n, &why), -EINVAL);
+	CHECK(why && strstr(why, "SQLite header"));
+	close(fd);
+}
+
 int main(void)
 {
 	vfs_setup();
@@ -1048,5 +1101,6 @@ int main(void)
 	RUN(test_ring_dropped_prepared_commit_not_restored);
 	RUN(test_ring_retired_before_apply);
 	RUN(test_prepared_commit_dropped_before_apply);
+	RUN(test_install_validate);
 	return UNIT_DONE();
 }
