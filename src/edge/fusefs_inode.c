@@ -297,6 +297,16 @@ int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 		r = db_stat_file(db, (enum db_file)kind, st);
 		if (r == -ENOENT)
 			r = stat_open_handle(fs, db, kind, st);
+		/*
+		 * The kernel reached an inode whose file is gone through a dentry
+		 * it still holds: a rename moved the source's dentry onto the
+		 * target's name, or the daemon dropped the file (a replica's apply,
+		 * a renamed database). ESTALE makes a path lookup start again with
+		 * a fresh lookup; ENOENT would fail it (SQLite's stat of its
+		 * database path would report the database moved, SQLITE_READONLY).
+		 */
+		if (r == -ENOENT)
+			r = -ESTALE;
 	}
 	if (r == 0)
 		st->st_ino = ino;

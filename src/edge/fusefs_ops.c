@@ -515,6 +515,14 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (r == 0)
 		r = fusefs_handle_new(fs, fi, fd, db, kind);
 out:
+	/*
+	 * The kernel opens an inode it found through a dentry; a file that is
+	 * gone (removed by the daemon: a replica's apply, an install dropping
+	 * a stale -journal, a rename) makes that dentry stale, and ESTALE
+	 * makes the kernel look the name up again instead of failing the open.
+	 */
+	if (r == -ENOENT)
+		r = -ESTALE;
 	if (r < 0) {
 		reply_open_err(req, fd, r);
 		return;

@@ -8,6 +8,9 @@ and wait_exit() insist on the expected exit status and no sanitizer report
 in the log of that run, and the make_node fixture stops, and checks, every
 node still running when the test ends. kill9() is the one exemption, for
 tests that kill a node on purpose.
+
+LTXFS_TEST_DEBUG=1 in the environment turns on log.debug and fuse.debug in
+every node's config: each FUSE request and its reply is then in ltxfs.log.
 """
 import os
 import signal
@@ -85,10 +88,10 @@ class Node:
         os.makedirs(self.base, exist_ok=True)
         with open(self.config, "w") as f:
             f.write(
-                "fuse:\n  dir: %s\n"
+                ("fuse:\n  dir: %s\n" + ("  debug: true\n" if os.environ.get("LTXFS_TEST_DEBUG") else "") +
                 "data:\n  dir: %s\n  compress: %s\n%s"
                 "http:\n  addr: 127.0.0.1:%d\n"
-                "%s%s" % (self.mount, self.data, "true" if compress else "false", data_extra,
+                "%s%s" + ("log:\n  debug: true\n" if os.environ.get("LTXFS_TEST_DEBUG") else "")) % (self.mount, self.data, "true" if compress else "false", data_extra,
                           self.port, lease, extra_config))
 
     def info(self):
