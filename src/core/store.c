@@ -3,9 +3,13 @@
  * The cluster state (role, lease and fence, epoch, cluster ID, upstream,
  * lag, change notification) lives beside it in store_cluster.c.
  *
- * LAYOUT. <data.dir>/dbs/<db>/ is one database (db.c); its name is the
- * directory's, any name without '/' that is not "." or "..", under 200
- * bytes. The table is an array in the order the databases became known:
+ * LAYOUT. <data.dir>/dbs/<dir>/ is one database (db.c). Its name is its
+ * path in the mount ("app.db", "tenants/42/app.db"); <dir> is the name
+ * itself at the root (LiteFS's layout) and the name escaped into one
+ * component in a subdirectory (dbname.h: "tenants%2F42%2Fapp.db"). The
+ * mount's directories live in <data.dir>/files/ (fusefs_whole.c): creating
+ * a nested database creates its parent directories there, so a replica that
+ * receives "tenants/42/app.db" shows tenants/42/. The table is an array in the order the databases became known:
  * a database's index never changes and it stays in the table until
  * store_close, dropped or not (it keeps its TXID), which is what lets the
  * mount derive inode numbers from the index (fusefs_inode.c).
@@ -29,6 +33,7 @@
  */
 #include "store_int.h"
 
+#include "ltxfs/dbname.h"
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
 #include "ltxfs/sqlfmt.h"
@@ -61,8 +66,27 @@ static int store_add(struct store *s, struct db *db)
 
 static bool name_ok(const char *name)
 {
-	return name[0] && strcmp(name, ".") && strcmp(name, "..") && !strchr(name, '/') &&
-	       strlen(name) < 200;
+	return dbname_valid(name, strlen(name));
+}
+
+/* dbs/<dir> of the database called name, into buf. */
+static int db_dir_path(struct store *s, const char *name, char *buf, size_t n)
+{
+	char comp[DBNAME_MAX * 3 + 1];
+	int r = dbname_to_dir(name, comp, sizeof(comp));
+	return r < 0 ? r : fs_path(buf, n, "%s/%s", s->dbs_dir, comp);
+}
+
+/* The mount directory holding a nested database, in files/ (mkdir -p). */
+static int make_parent_dir(struct store *s, const char *name)
+{
+	char path[4096];
+	const char *slash = strrchr(name, '/');
+	if (!slash)
+		return 0;
+	int r = fs_path(path, sizeof(path), "%s/files/%.*s", s->data_dir, (int)(slash - name),
+			name);
+	return r < 0 ? r : fs_mkdir_p(path, 0755);
 }
 
 /*
@@ -178,18 +202,21 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	}
 	struct dirent *de;
 	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || !name_ok(de->d_name))
+		char dir[4096], name[DBNAME_MAX + 1];
+		struct db *db = NULL;
+		if (de->d_name[0] == '.' || dbname_from_dir(de->d_name, name, sizeof(name)) < 0)
 			continue;
-		char dir[4096];
-		struct db *db;
 		if (fs_path(dir, sizeof(dir), "%s/%s", path, de->d_name) < 0)
 			continue;
-		r = db_open(&db, dir, de->d_name, false, &s->dbopt);
+		r = db_open(&db, dir, name, false, &s->dbopt);
 		if (r == -ENOTDIR)
 			continue;
+		if (r == 0 && db_exists(db))
+			r = make_parent_dir(s, name);
 		if (r < 0) {
-			snprintf(errmsg, n, "cannot open database '%s': %s", de->d_name,
-				 strerror(-r));
+			snprintf(errmsg, n, "cannot open database '%s': %s", name, strerror(-r));
+			if (db)
+				db_free(db);
 			goto fail;
 		}
 		r = store_add(s, db);
@@ -206,7 +233,7 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	 */
 	for (size_t i = 0; i < s->n; i++) {
 		char dir[4096];
-		if (fs_path(dir, sizeof(dir), "%s/%s", path, db_name(s->dbs[i])) < 0)
+		if (db_dir_path(s, db_name(s->dbs[i]), dir, sizeof(dir)) < 0)
 			continue;
 		DIR *dd = opendir(dir);
 		if (!dd)
@@ -282,7 +309,9 @@ int store_get_or_create(struct store *s, const char *name, struct db **ret)
 			goto out;
 		}
 	struct db *db;
-	r = fs_path(dir, sizeof(dir), "%s/%s", s->dbs_dir, name);
+	r = db_dir_path(s, name, dir, sizeof(dir));
+	if (r == 0)
+		r = make_parent_dir(s, name);
 	if (r == 0)
 		r = db_open(&db, dir, name, true, &s->dbopt);
 	if (r == 0) {
@@ -317,5 +346,7 @@ struct db *store_at(struct store *s, size_t i)
 
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n)
 {
-	return fs_path(buf, n, "%s/%s/mj%s", s->dbs_dir, db, hex);
+	char dir[4096];
+	int r = db_dir_path(s, db, dir, sizeof(dir));
+	return r < 0 ? r : fs_path(buf, n, "%s/mj%s", dir, hex);
 }

@@ -58,13 +58,21 @@
 
 /* ------------------------------------------------------------ notifier */
 
-/* Queue an invalidation of the root entry `name` (sent after the reply). */
+/*
+ * Queue an invalidation of the entry of path db+suffix (sent after the
+ * reply). A directory the kernel never looked up holds no dentry to drop.
+ */
 void fusefs_queue_inval(struct fusefs *fs, const char *db, const char *suffix)
 {
+	const char *slash = strrchr(db, '/');
+	fuse_ino_t parent = fusefs_dir_known(fs, db, slash ? (size_t)(slash - db) : 0);
+	if (!parent)
+		return;
 	struct inval *iv = calloc(1, sizeof(*iv));
 	if (!iv)
 		return; /* the entry then expires on its own */
-	snprintf(iv->name, sizeof(iv->name), "%s%s", db, suffix);
+	iv->parent = parent;
+	snprintf(iv->name, sizeof(iv->name), "%s%s", slash ? slash + 1 : db, suffix);
 	pthread_mutex_lock(&fs->mu);
 	*fs->invals_tail = iv;
 	fs->invals_tail = &iv->next;
@@ -87,7 +95,7 @@ static void *notifier_run(void *arg)
 			fs->invals_tail = &fs->invals;
 		pthread_mutex_unlock(&fs->mu);
 		if (!fs->notifier_stop) {
-			int r = fuse_lowlevel_notify_inval_entry(fs->se, INO_ROOT, iv->name,
+			int r = fuse_lowlevel_notify_inval_entry(fs->se, iv->parent, iv->name,
 								 strlen(iv->name));
 			if (r < 0 && r != -ENOENT)
 				log_debug("invalidate '%s': %s", iv->name, strerror(-r));
@@ -279,6 +287,7 @@ void fusefs_stop(struct fusefs *fs)
 		fusefs_handle_free(fs, fs->handles.next);
 	fusefs_inodes_release(fs);
 	fusefs_plain_release_all(fs);
+	fusefs_dirs_release(fs);
 	free(fs->mountpoint);
 	pthread_cond_destroy(&fs->notifier_cond);
 	pthread_mutex_destroy(&fs->mu);

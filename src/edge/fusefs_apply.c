@@ -218,14 +218,37 @@ static void hook_invalidate(void *ctx, struct db *db, uint64_t off, uint64_t len
 static void inval_entry_now(struct fusefs *fs, struct db *db, const char *suffix)
 {
 	char name[512];
-	snprintf(name, sizeof(name), "%s%s", db_name(db), suffix);
-	fuse_lowlevel_notify_inval_entry(fs->se, INO_ROOT, name, strlen(name));
+	const char *dbn = db_name(db), *slash = strrchr(dbn, '/');
+	fuse_ino_t parent = fusefs_dir_known(fs, dbn, slash ? (size_t)(slash - dbn) : 0);
+	if (!parent)
+		return; /* the kernel holds no dentry in a directory it never looked up */
+	snprintf(name, sizeof(name), "%s%s", slash ? slash + 1 : dbn, suffix);
+	fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+}
+
+/*
+ * The directories above a nested database: created with it (store.c), they
+ * may be cached as negative entries by a lookup that came first.
+ */
+static void inval_ancestors(struct fusefs *fs, struct db *db)
+{
+	const char *name = db_name(db);
+	for (const char *s = strchr(name, '/'); s; s = strchr(s + 1, '/')) {
+		const char *prev = s;
+		while (prev > name && prev[-1] != '/')
+			prev--;
+		size_t plen = prev > name ? (size_t)(prev - 1 - name) : 0;
+		fuse_ino_t parent = fusefs_dir_known(fs, name, plen);
+		if (parent)
+			fuse_lowlevel_notify_inval_entry(fs->se, parent, prev, (size_t)(s - prev));
+	}
 }
 
 static void hook_entries(void *ctx, struct db *db)
 {
 	struct fusefs *fs = ctx;
 	static const char *const sfx[] = {"", "-journal", "-wal", "-shm", "-pos"};
+	inval_ancestors(fs, db);
 	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++)
 		inval_entry_now(fs, db, sfx[i]);
 }

@@ -32,6 +32,7 @@
  */
 #include "fusefs_int.h"
 
+#include "ltxfs/dbname.h"
 #include "ltxfs/store.h"
 
 #include "ltxfs/fsutil.h"
@@ -68,10 +69,9 @@ int fusefs_parse_name(const char *name, struct fname *f)
 		   {"-pos", DB_FILE_POS}};
 	size_t len = strlen(name);
 	memset(f, 0, sizeof(*f));
-	if (len == 0 || name[0] == '.')
+	/* a hidden name is never a database; nor a path too long for one */
+	if (len == 0 || dbname_base(name)[0] == '.' || len >= sizeof(f->db))
 		return -ENOENT;
-	if (len >= sizeof(f->db))
-		return -ENAMETOOLONG;
 	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
 		size_t sl = strlen(sfx[i].suffix);
 		if (len > sl && strcmp(name + len - sl, sfx[i].suffix) == 0) {
@@ -99,20 +99,56 @@ fuse_ino_t fusefs_db_ino(struct db *db, int kind)
 	return INO_DB_BASE + (fuse_ino_t)db_index(db) * 8 + (fuse_ino_t)kind;
 }
 
+/* Room for database idx in the per-database tables (fs->mu held). */
+static void tables_grow(struct fusefs *fs, size_t idx)
+{
+	if (idx < fs->ngen)
+		return;
+	size_t n = idx + 16;
+	bool *h = realloc(fs->pos_hidden, n * sizeof(*h));
+	if (h) {
+		memset(h + fs->ngen, 0, (n - fs->ngen) * sizeof(*h));
+		fs->pos_hidden = h;
+	}
+	void *p = h ? realloc(fs->gen, n * sizeof(*fs->gen)) : NULL;
+	if (p) {
+		fs->gen = p;
+		memset(fs->gen + fs->ngen, 0, (n - fs->ngen) * sizeof(*fs->gen));
+		fs->ngen = n;
+	}
+}
+
+bool fusefs_pos_visible(struct fusefs *fs, struct db *db)
+{
+	if (db_exists(db))
+		return true;
+	struct db_pos pos;
+	db_get_pos(db, &pos);
+	if (pos.txid == 0)
+		return false;
+	size_t idx = db_index(db);
+	pthread_mutex_lock(&fs->mu);
+	bool hidden = idx < fs->ngen && fs->pos_hidden[idx];
+	pthread_mutex_unlock(&fs->mu);
+	return !hidden;
+}
+
+void fusefs_pos_hide(struct fusefs *fs, struct db *db, bool hide)
+{
+	size_t idx = db_index(db);
+	pthread_mutex_lock(&fs->mu);
+	tables_grow(fs, idx);
+	if (idx < fs->ngen)
+		fs->pos_hidden[idx] = hide;
+	pthread_mutex_unlock(&fs->mu);
+}
+
 uint64_t fusefs_gen_get(struct fusefs *fs, struct db *db, int kind, bool bump)
 {
 	size_t idx = db_index(db);
 	uint64_t g = 0;
 	pthread_mutex_lock(&fs->mu);
-	if (idx >= fs->ngen) {
-		size_t n = idx + 16;
-		void *p = realloc(fs->gen, n * sizeof(*fs->gen));
-		if (p) {
-			fs->gen = p;
-			memset(fs->gen + fs->ngen, 0, (n - fs->ngen) * sizeof(*fs->gen));
-			fs->ngen = n;
-		}
-	}
+	tables_grow(fs, idx);
 	if (idx < fs->ngen) {
 		if (bump)
 			fs->gen[idx][kind]++;
@@ -281,6 +317,8 @@ int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 	}
 	if (ino == INO_PRIMARY || ino == INO_LAG)
 		return fusefs_virt_attr(fs, ino, st);
+	if (ino >= INO_DIR_BASE)
+		return fusefs_dir_attr(fs, ino, st);
 	if (ino >= INO_FILE_BASE)
 		return fusefs_plain_attr(fs, ino, st);
 	int r = fusefs_ino_resolve(fs, ino, &db, &kind, &m);
@@ -327,80 +365,6 @@ void fusefs_fill_entry(struct fuse_entry_param *e, fuse_ino_t ino, uint64_t gen,
 
 /* ------------------------------------------------------------ listing */
 
-static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino,
-		       mode_t mode)
-{
-	struct stat st;
-	memset(&st, 0, sizeof(st));
-	st.st_ino = ino;
-	st.st_mode = mode;
-	size_t old = b->size;
-	size_t need = fuse_add_direntry(req, NULL, 0, name, NULL, 0);
-	char *p = realloc(b->p, old + need);
-	if (!p)
-		return;
-	b->p = p;
-	b->size += need;
-	fuse_add_direntry(req, b->p + old, need, name, &st, (off_t)b->size);
-}
-
-/*
- * The root listing, built afresh for every READDIR: no buffer lives between
- * requests, so nothing can be freed under a READDIR that the kernel still
- * has in flight when RELEASEDIR arrives (seen with an interrupted syscall).
- * Offsets are byte offsets into the listing; if databases come or go
- * between two calls, an entry may be seen twice or not at all, which POSIX
- * allows for a directory that changes while it is read.
- */
-int fusefs_root_listing(fuse_req_t req, struct fusefs *fs, struct dirbuf *b)
-{
-	dirbuf_add(req, b, ".", INO_ROOT, S_IFDIR);
-	dirbuf_add(req, b, "..", INO_ROOT, S_IFDIR);
-	{
-		struct stat vst;
-		if (fusefs_virt_attr(fs, INO_PRIMARY, &vst) == 0)
-			dirbuf_add(req, b, ".primary", INO_PRIMARY, S_IFREG);
-		dirbuf_add(req, b, ".lag", INO_LAG, S_IFREG);
-	}
-	static const char *const sfx[DB_FILE_N] = {"", "-journal", "-wal", "-shm", "-pos"};
-	size_t n = store_count(fs->store);
-	for (size_t i = 0; i < n; i++) {
-		struct db *db = store_at(fs->store, i);
-		struct stat st;
-		struct db_pos pos;
-		char name[512];
-		db_get_pos(db, &pos);
-		for (int k = 0; k < DB_FILE_N; k++) {
-			if (k == DB_FILE_POS ? (!db_exists(db) && pos.txid == 0)
-					     : db_stat_file(db, (enum db_file)k, &st) < 0)
-				continue;
-			snprintf(name, sizeof(name), "%s%s", db_name(db), sfx[k]);
-			dirbuf_add(req, b, name, fusefs_db_ino(db, k), S_IFREG);
-		}
-	}
-	pthread_mutex_lock(&fs->mu);
-	for (struct mj *m = fs->mjs; m; m = m->next)
-		dirbuf_add(req, b, m->name, m->ino, S_IFREG);
-	pthread_mutex_unlock(&fs->mu);
-	/* plain files (fusefs_whole.c) */
-	char dir[4096];
-	DIR *d = fs_path(dir, sizeof(dir), "%s/files", store_data_dir(fs->store)) == 0
-		     ? opendir(dir)
-		     : NULL;
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		struct stat st;
-		fuse_ino_t ino;
-		if (strncmp(de->d_name, ".ltxfs-link.", 12) == 0)
-			continue;
-		if ((ino = fusefs_plain_find(fs, de->d_name, &st)) != 0)
-			dirbuf_add(req, b, de->d_name, ino, S_IFREG);
-	}
-	if (d)
-		closedir(d);
-	return b->p ? 0 : -ENOMEM;
-}
-
 void fusefs_inodes_release(struct fusefs *fs)
 {
 	while (fs->mjs) {
@@ -410,5 +374,7 @@ void fusefs_inodes_release(struct fusefs *fs)
 	}
 	free(fs->gen);
 	fs->gen = NULL;
+	free(fs->pos_hidden);
+	fs->pos_hidden = NULL;
 	fs->ngen = 0;
 }

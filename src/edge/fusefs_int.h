@@ -8,6 +8,7 @@
  *   fusefs_apply.c  the hooks a replica's db_apply_ltx() uses, and the
  *                   locks a whole-file install takes
  *   fusefs_whole.c  whole-file writes, renames, plain files
+ *   fusefs_dir.c    directories, and the path of a (parent, name) pair
  *
  * Only these files include libfuse (through this header).
  */
@@ -35,13 +36,17 @@
 #define KIND_FILE     (DB_FILE_N + 2) /* a plain file: files/<name>, passed through */
 #define KIND_STAGE    (DB_FILE_N + 3) /* a whole-file write: a staging file, installed at close */
 #define INO_FILE_BASE (UINT64_C(1) << 41)
+#define INO_DIR_BASE  (UINT64_C(1) << 42)
+
+/* A path in the mount ("tenants/42/notes.txt"), NUL included. */
+#define MOUNT_NAME_MAX 1024
 
 #define CACHE_TIMEOUT 86400.0
 
 struct mj {
 	struct mj *next;
 	fuse_ino_t ino;
-	char name[256]; /* full mount name */
+	char name[512]; /* its path in the mount */
 	char db[256];
 	char hex[32];
 };
@@ -50,15 +55,23 @@ struct mj {
 struct pfile {
 	struct pfile *next;
 	fuse_ino_t ino;
-	char name[256];
+	char name[MOUNT_NAME_MAX]; /* its path in the mount */
 	int stagefd; /* a pending create's staging file (a dup), or -1 */
 	bool stale;  /* became a database: ESTALE, so the kernel looks the name up again */
+};
+
+/* A directory of the mount (fusefs_dir.c): path <-> inode. */
+struct pdir {
+	struct pdir *next;
+	fuse_ino_t ino;
+	char path[MOUNT_NAME_MAX];
 };
 
 /* A kernel dentry to invalidate once the current request has been answered. */
 struct inval {
 	struct inval *next;
-	char name[512];
+	fuse_ino_t parent;
+	char name[MOUNT_NAME_MAX]; /* one component */
 };
 
 /* An open file. Live handles are listed so that the ones the kernel never
@@ -72,7 +85,7 @@ struct handle {
 	 * file differs from what is installed (written or truncated) */
 	bool dirty;
 	fuse_ino_t ino;
-	char name[256];
+	char name[MOUNT_NAME_MAX];
 };
 
 struct fusefs {
@@ -94,12 +107,15 @@ struct fusefs {
 
 	pthread_mutex_t mu; /* generations and super-journals (also the notifier queue, handles) */
 	uint64_t (*gen)[DB_FILE_N];
-	size_t ngen;
+	bool *pos_hidden; /* a dropped database's -pos was unlinked (rm -r) */
+	size_t ngen;	  /* of gen and pos_hidden */
 	struct mj *mjs;
 	uint64_t mj_next;
 	struct handle handles; /* list head */
 	struct pfile *pfiles;  /* plain files and pending creates (fs->mu) */
 	uint64_t pfile_next;
+	struct pdir *pdirs; /* directories (fs->mu) */
+	uint64_t pdir_next;
 	pthread_mutex_t install_mu; /* one whole-file install at a time */
 	volatile bool stopping;
 	/* writes waiting for this node to accept them, and applies waiting for
@@ -142,17 +158,43 @@ void fusefs_mj_remove(struct fusefs *fs, const char *name);
 int fusefs_virt_content(struct fusefs *fs, fuse_ino_t ino, char *buf, size_t n);
 int fusefs_virt_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
 void fusefs_pos_attr(struct db *db, struct stat *st);
+/*
+ * A database's -pos shows while the database exists, and after a drop
+ * (with the position of the drop) until it is unlinked: fusefs_pos_hide.
+ */
+bool fusefs_pos_visible(struct fusefs *fs, struct db *db);
+void fusefs_pos_hide(struct fusefs *fs, struct db *db, bool hide);
 int fusefs_get_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
 void fusefs_fill_entry(struct fuse_entry_param *e, fuse_ino_t ino, uint64_t gen,
 		       const struct stat *st);
-/* The root directory's entries into b (0, or -ENOMEM). */
-int fusefs_root_listing(fuse_req_t req, struct fusefs *fs, struct dirbuf *b);
 /* Free the generation table and the super-journal list (at stop). */
 void fusefs_inodes_release(struct fusefs *fs);
 
+/* ---- fusefs_dir.c: directories and paths (any FUSE worker) ---- */
+
+/* The path of directory ino ("" for the root); -ENOTDIR (not a directory), -ESTALE. */
+int fusefs_dir_path(struct fusefs *fs, fuse_ino_t ino, char *buf, size_t n);
+/* The path of name in directory parent; -ENOTDIR, -ESTALE, -ENAMETOOLONG. */
+int fusefs_child(struct fusefs *fs, fuse_ino_t parent, const char *name, char *buf, size_t n);
+/* The inode of directory path (listed on first use), with its attributes; 0: not a directory. */
+fuse_ino_t fusefs_dir_find(struct fusefs *fs, const char *path, struct stat *st);
+/* The inode of directory path[0..len) if the kernel may know it (INO_ROOT for ""), else 0. */
+fuse_ino_t fusefs_dir_known(struct fusefs *fs, const char *path, size_t len);
+int fusefs_dir_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
+bool fusefs_is_dir(struct fusefs *fs, const char *path);
+int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, fuse_ino_t *ret_ino,
+		 struct stat *st);
+/* -ENOTEMPTY for a directory holding a database or a file. */
+int fusefs_rmdir(struct fusefs *fs, const char *path);
+/* A directory renamed, with every database below it (fusefs_rename_tree). */
+int fusefs_dir_rename(struct fusefs *fs, const char *from, const char *to);
+/* Directory ino's entries into b (0, -ENOMEM, -ENOTDIR, -ESTALE). */
+int fusefs_dir_listing(fuse_req_t req, struct fusefs *fs, fuse_ino_t ino, struct dirbuf *b);
+void fusefs_dirs_release(struct fusefs *fs);
+
 /* ---- fusefs_whole.c: whole-file writes, plain files, renames ---- */
 
-/* A name a plain file may have: 1..255 bytes, no '/', not ".", "..", ".primary", ".lag". */
+/* A path a plain file may have: under MOUNT_NAME_MAX bytes; not ".primary" or ".lag". */
 bool fusefs_plain_name_ok(const char *name);
 /* "<data-dir>/files/<name>" into buf. */
 int fusefs_plain_path(struct fusefs *fs, const char *name, char *buf, size_t n);
@@ -176,7 +218,7 @@ int fusefs_stage_open(struct fusefs *fs, struct fuse_file_info *fi, const char *
 int fusefs_stage_flush(struct fusefs *fs, struct handle *h);
 /* At RELEASE of a staging handle: forget a pending create that never installed. */
 void fusefs_stage_release(struct fusefs *fs, struct handle *h);
-/* rename(2) inside the root (the kernel holds the directory lock). */
+/* rename(2) of path from to path to (the kernel holds the directories' locks). */
 int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned flags);
 /*
  * SQLite opening an empty plain file under a database name (touch, then
@@ -184,6 +226,12 @@ int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned 
  * name up again. 1: not such a file (open it as a plain file).
  */
 int fusefs_plain_to_database(struct fusefs *fs, const char *name);
+/*
+ * Inside a directory rename: every database under from renamed under to
+ * (each a copy installed, then a drop). 0, or the first failure (logged;
+ * the databases not yet renamed stay under their old names).
+ */
+int fusefs_rename_tree(struct fusefs *fs, const char *from, const char *to);
 /* unlink of a plain file. */
 int fusefs_plain_unlink(struct fusefs *fs, const char *name);
 void fusefs_plain_release_all(struct fusefs *fs);

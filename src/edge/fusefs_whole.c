@@ -55,6 +55,7 @@
  */
 #include "fusefs_int.h"
 
+#include "ltxfs/dbname.h"
 #include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
 #include "ltxfs/store.h"
@@ -73,10 +74,12 @@ static const char sqlite_magic[16] = "SQLite format 3";
 bool fusefs_plain_name_ok(const char *name)
 {
 	size_t len = strlen(name);
-	if (len == 0 || len > 255 || strchr(name, '/'))
+	const char *base = dbname_base(name);
+	if (len == 0 || len >= MOUNT_NAME_MAX || !base[0] || strcmp(base, ".") == 0 ||
+	    strcmp(base, "..") == 0)
 		return false;
-	return strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && strcmp(name, ".primary") != 0 &&
-	       strcmp(name, ".lag") != 0;
+	/* .primary and .lag exist at the root only */
+	return base != name || (strcmp(name, ".primary") != 0 && strcmp(name, ".lag") != 0);
 }
 
 int fusefs_plain_path(struct fusefs *fs, const char *name, char *buf, size_t n)
@@ -430,7 +433,8 @@ out:
 static bool db_name_ok(const char *name)
 {
 	struct fname f;
-	return name[0] != '.' && fusefs_parse_name(name, &f) == 0 && f.kind == DB_FILE_DB;
+	return dbname_base(name)[0] != '.' && fusefs_parse_name(name, &f) == 0 &&
+	       f.kind == DB_FILE_DB && dbname_valid(name, strlen(name));
 }
 
 /* True when the file starts like a SQLite database (its first bytes, up to 16). */
@@ -605,6 +609,73 @@ static enum what classify(struct fusefs *fs, const char *name, struct db **ret_d
 	return fusefs_plain_find(fs, name, &st) ? W_PLAIN : W_NONE;
 }
 
+/*
+ * Database from renamed to to (inside a rename): a consistent copy installed
+ * under the new name, then a drop of the old one; two transactions, each
+ * replicated. 0, or -errno with *why.
+ */
+static int rename_database(struct fusefs *fs, struct db *sdb, const char *from, const char *to,
+			   const char **why)
+{
+	int fd = -1;
+	if (!db_name_ok(to)) {
+		*why = "a database can only be renamed to a database name";
+		return -EINVAL;
+	}
+	int r = stage_tmpfile(fs, &fd);
+	if (r == 0) {
+		struct db_pos pos;
+		r = db_export(sdb, fd, &pos);
+	}
+	if (r < 0)
+		*why = "cannot copy the database";
+	if (r == 0)
+		r = install(fs, to, fd, true, why);
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		return r;
+	r = db_unlink(sdb, DB_FILE_DB);
+	if (r < 0) {
+		*why = "installed under the new name, but the old one could not be dropped";
+		return r;
+	}
+	fusefs_pos_hide(fs, sdb, true); /* a rename leaves nothing under the old name */
+	static const char *const sfx[] = {"", "-journal", "-wal", "-shm", "-pos"};
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		fusefs_queue_inval(fs, from, sfx[i]);
+		fusefs_queue_inval(fs, to, sfx[i]);
+	}
+	return 0;
+}
+
+int fusefs_rename_tree(struct fusefs *fs, const char *from, const char *to)
+{
+	const char *why = NULL;
+	size_t fl = strlen(from), n = store_count(fs->store);
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct db *db = store_at(fs->store, i);
+		char oldn[DBNAME_MAX + 1], newn[MOUNT_NAME_MAX];
+		snprintf(oldn, sizeof(oldn), "%s", db_name(db));
+		if (strncmp(oldn, from, fl) != 0 || oldn[fl] != '/' || !db_exists(db))
+			continue;
+		if (snprintf(newn, sizeof(newn), "%s%s", to, oldn + fl) >= (int)sizeof(newn) ||
+		    !dbname_valid(newn, strlen(newn))) {
+			r = -ENAMETOOLONG;
+			why = "the new name is too long for a database";
+		} else {
+			r = rename_database(fs, db, oldn, newn, &why);
+		}
+		if (r < 0)
+			log_error("rename of directory '%s' to '%s': database '%s' stays: %s: %s",
+				  from, to, oldn, why ? why : "error", strerror(-r));
+		else
+			log_info("db '%s': renamed to '%s'", oldn, newn);
+	}
+	return r;
+}
+
 int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned flags)
 {
 	struct db *sdb, *ddb;
@@ -613,6 +684,15 @@ int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned 
 	int fd = -1, r;
 	if (flags & RENAME_EXCHANGE)
 		return -EINVAL;
+	if (fusefs_is_dir(fs, from)) {
+		if ((flags & RENAME_NOREPLACE) && (fusefs_is_dir(fs, to) || classify(fs, to, &ddb)))
+			return -EEXIST;
+		if (!store_accepts_writes(fs->store))
+			return -EACCES;
+		return fusefs_dir_rename(fs, from, to);
+	}
+	if (fusefs_is_dir(fs, to))
+		return -EISDIR;
 	enum what s = classify(fs, from, &sdb), d = classify(fs, to, &ddb);
 	if (s == W_NONE)
 		return -ENOENT;
@@ -673,35 +753,11 @@ int fusefs_rename(struct fusefs *fs, const char *from, const char *to, unsigned 
 	}
 
 	/* A database: a consistent copy installed under the new name, then a drop. */
-	if (!db_name_ok(to)) {
-		r = -EINVAL;
-		why = "a database can only be renamed to a database name";
-		goto out;
-	}
-	r = stage_tmpfile(fs, &fd);
-	if (r == 0) {
-		struct db_pos pos;
-		r = db_export(sdb, fd, &pos);
-	}
-	if (r < 0) {
-		why = "cannot copy the database";
-		goto out;
-	}
-	r = install(fs, to, fd, true, &why);
-	if (r < 0)
-		goto out;
 	if (d == W_PLAIN)
 		fusefs_plain_unlink(fs, to);
-	r = db_unlink(sdb, DB_FILE_DB);
-	if (r < 0) {
-		why = "installed under the new name, but the old one could not be dropped";
+	r = rename_database(fs, sdb, from, to, &why);
+	if (r < 0)
 		goto out;
-	}
-	static const char *const sfx[] = {"", "-journal", "-wal", "-shm", "-pos"};
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-		fusefs_queue_inval(fs, from, sfx[i]);
-		fusefs_queue_inval(fs, to, sfx[i]);
-	}
 	log_info("db '%s': renamed to '%s'", from, to);
 out:
 	if (fd >= 0)

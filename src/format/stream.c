@@ -20,6 +20,7 @@
 #include "ltxfs/byteorder.h"
 
 #include "ltxfs/crc.h"
+#include "ltxfs/dbname.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -29,14 +30,8 @@ enum { ST_HDR, ST_META, ST_DATA, ST_CTRL, ST_HANDOFF };
 
 bool stream_name_valid(const char *name, size_t len)
 {
-	if (len == 0 || len > STREAM_NAME_MAX)
-		return false;
-	if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if (name[i] == '/' || name[i] == '\0')
-			return false;
-	return true;
+	/* a database's path in the mount (dbname.h): "app.db", "tenants/42/app.db" */
+	return len <= STREAM_NAME_MAX && dbname_valid(name, len);
 }
 
 static int cmp_pos(const void *a, const void *b)

@@ -214,7 +214,15 @@ class Node:
         return os.path.join(self.mount, name)
 
     def dbdir(self, name):
-        return os.path.join(self.data, "dbs", name)
+        return dbdir(self.data, name)
+
+
+def dbdir(data, name):
+    """dbs/<dir> of database name: a nested name is escaped into one component
+    (include/ltxfs/dbname.h: '%' -> %25, '/' -> %2F)."""
+    if "/" in name:
+        name = name.replace("%", "%25").replace("/", "%2F")
+    return os.path.join(data, "dbs", name)
 
 
 @pytest.fixture

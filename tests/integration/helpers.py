@@ -143,6 +143,7 @@ def cli(*args, env=None, check=None, timeout=60, cwd=None):
 TOOLS = {
     "etcd": "etcd-server",
     "sqldiff": "sqlite3-tools",
+    "rsync": "rsync",
     "unshare": "util-linux",
     "systemd-analyze": "systemd",
     "man": "man-db",

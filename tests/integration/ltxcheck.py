@@ -255,7 +255,7 @@ def verify_database(node, name, check_pos=True):
     read through the mount first: that waits for LTX files of WAL commits that are still
     queued (docs/architecture.md 4.2), which a reader of the data directory alone could
     otherwise see a moment before their files exist."""
-    dbdir = os.path.join(node.data, "dbs", name)
+    dbdir = node.dbdir(name)
     pos = read_pos(node.mount, name) if check_pos else None
     txid, post, _ = check_chain(dbdir)
     data, ps = logical_database(dbdir)
