@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 struct httpc_req {
-	const char *method; /* "GET", "PUT", "POST", "DELETE" */
+	const char *method; /* "GET", "PUT", "POST", "DELETE", "HEAD" (no body read) */
 	const char *url;
 	const char *body; /* may be NULL */
 	size_t body_len;
@@ -28,7 +28,7 @@ struct httpc_req {
 	 * Extra "Name: value" lines, NULL-terminated when fewer. A body is sent
 	 * as "Content-Type: application/json" unless one of these names another.
 	 */
-	const char *headers[6];
+	const char *headers[12];
 	long timeout_ms;	 /* whole request; 0: none */
 	long connect_timeout_ms; /* 0: 2 s */
 	/*

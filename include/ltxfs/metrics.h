@@ -45,6 +45,14 @@ enum metrics_counter {
 	MC_FRAMES_HEARTBEAT,
 	MC_FRAMES_END,
 	MC_FRAMES_HANDOFF,
+	MC_BACKUP_REQ_PUT, /* S3 requests of backups, by kind (s3.c) */
+	MC_BACKUP_REQ_GET,
+	MC_BACKUP_REQ_HEAD,
+	MC_BACKUP_REQ_LIST,
+	MC_BACKUP_REQ_DELETE,
+	MC_BACKUP_BYTES_UP,   /* bytes of PUT bodies */
+	MC_BACKUP_BYTES_DOWN, /* bytes of GET bodies */
+	MC_BACKUP_ERRORS,     /* failed S3 requests (not 404 or 412) */
 	MC_N
 };
 

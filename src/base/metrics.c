@@ -69,10 +69,28 @@ void metrics_render(FILE *f)
 	static const char *const ftype[] = {"ltx", "ready", "heartbeat", "end", "handoff"};
 	fprintf(f, "# HELP ltxfs_http_frame_send_count Replication frames sent, by type.\n"
 		   "# TYPE ltxfs_http_frame_send_count counter\n");
-	for (int c = MC_FRAMES_LTX; c < MC_N; c++)
+	for (int c = MC_FRAMES_LTX; c <= MC_FRAMES_HANDOFF; c++)
 		fprintf(f, "ltxfs_http_frame_send_count{type=\"%s\"} %llu\n",
 			ftype[c - MC_FRAMES_LTX],
 			(unsigned long long)metrics_get((enum metrics_counter)c));
+	static const char *const rkind[] = {"put", "get", "head", "list", "delete"};
+	fprintf(f, "# HELP ltxfs_backup_requests_total S3 requests made for backups, by kind.\n"
+		   "# TYPE ltxfs_backup_requests_total counter\n");
+	for (int c = MC_BACKUP_REQ_PUT; c <= MC_BACKUP_REQ_DELETE; c++)
+		fprintf(f, "ltxfs_backup_requests_total{kind=\"%s\"} %llu\n",
+			rkind[c - MC_BACKUP_REQ_PUT],
+			(unsigned long long)metrics_get((enum metrics_counter)c));
+	fprintf(f,
+		"# HELP ltxfs_backup_bytes_total Bytes sent to (up) and received from (down) S3.\n"
+		"# TYPE ltxfs_backup_bytes_total counter\n"
+		"ltxfs_backup_bytes_total{direction=\"up\"} %llu\n"
+		"ltxfs_backup_bytes_total{direction=\"down\"} %llu\n"
+		"# HELP ltxfs_backup_errors_total Failed S3 requests (not counting 404 and 412).\n"
+		"# TYPE ltxfs_backup_errors_total counter\n"
+		"ltxfs_backup_errors_total %llu\n",
+		(unsigned long long)metrics_get(MC_BACKUP_BYTES_UP),
+		(unsigned long long)metrics_get(MC_BACKUP_BYTES_DOWN),
+		(unsigned long long)metrics_get(MC_BACKUP_ERRORS));
 	fprintf(f, "# HELP ltxfs_fuse_op_duration_seconds FUSE operations served, by operation.\n"
 		   "# TYPE ltxfs_fuse_op_duration_seconds histogram\n");
 	for (int op = 0; op < MOP_N; op++) {

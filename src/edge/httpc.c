@@ -161,6 +161,8 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
 	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
 	if (strcmp(req->method, "GET") == 0)
 		curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+	if (strcmp(req->method, "HEAD") == 0)
+		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
 	if (req->body || strcmp(req->method, "PUT") == 0 || strcmp(req->method, "POST") == 0) {
 		curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
 		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
