@@ -65,6 +65,7 @@ int config_init(struct config *cfg)
 	cfg->lease.consul.ttl_ms = 10 * 1000;
 	cfg->lease.consul.lock_delay_ms = 1000;
 	cfg->lease.etcd.ttl_ms = 10 * 1000;
+	cfg->backup.sync_interval_ms = 1000;
 	cfg->data.dir = strdup(DEFAULT_DATA_DIR);
 	cfg->http.addr = strdup(DEFAULT_HTTP_ADDR);
 	cfg->log.format = strdup(DEFAULT_LOG_FORMAT);
@@ -94,6 +95,15 @@ void config_release(struct config *cfg)
 	free(cfg->lease.etcd.key);
 	free(cfg->lease.etcd.username);
 	free(cfg->lease.etcd.password);
+	free(cfg->backup.type);
+	free(cfg->backup.endpoint);
+	free(cfg->backup.region);
+	free(cfg->backup.bucket);
+	free(cfg->backup.path);
+	free(cfg->backup.access_key_id);
+	if (cfg->backup.secret_access_key)
+		explicit_bzero(cfg->backup.secret_access_key, strlen(cfg->backup.secret_access_key));
+	free(cfg->backup.secret_access_key);
 	free(cfg->log.format);
 	memset(cfg, 0, sizeof(*cfg));
 }
@@ -138,6 +148,8 @@ int config_copy(struct config *dst, const struct config *src)
 	dst->lease.etcd.endpoints = NULL;
 	dst->lease.etcd.key = dst->lease.etcd.username = dst->lease.etcd.password = NULL;
 	dst->log.format = NULL;
+	dst->backup.type = dst->backup.endpoint = dst->backup.region = dst->backup.bucket = NULL;
+	dst->backup.path = dst->backup.access_key_id = dst->backup.secret_access_key = NULL;
 	dst->exec = NULL;
 	dst->n_exec = 0;
 
@@ -153,7 +165,14 @@ int config_copy(struct config *dst, const struct config *src)
 	    dup_str(&dst->lease.etcd.key, src->lease.etcd.key) ||
 	    dup_str(&dst->lease.etcd.username, src->lease.etcd.username) ||
 	    dup_str(&dst->lease.etcd.password, src->lease.etcd.password) ||
-	    dup_str(&dst->log.format, src->log.format)) {
+	    dup_str(&dst->log.format, src->log.format) ||
+	    dup_str(&dst->backup.type, src->backup.type) ||
+	    dup_str(&dst->backup.endpoint, src->backup.endpoint) ||
+	    dup_str(&dst->backup.region, src->backup.region) ||
+	    dup_str(&dst->backup.bucket, src->backup.bucket) ||
+	    dup_str(&dst->backup.path, src->backup.path) ||
+	    dup_str(&dst->backup.access_key_id, src->backup.access_key_id) ||
+	    dup_str(&dst->backup.secret_access_key, src->backup.secret_access_key)) {
 		rc = -ENOMEM;
 		goto out;
 	}

@@ -250,6 +250,8 @@ static bool shown(const struct config *c, const struct key_def *d)
 	case K_EXEC:
 		return c->n_exec > 0;
 	case K_SECTION:
+		if (strcmp(d->path, "backup") == 0)
+			return c->backup.type != NULL;
 		if (strncmp(d->path, lease, sizeof(lease) - 1) == 0)
 			return c->lease.type &&
 			       strcmp(d->path + sizeof(lease) - 1, c->lease.type) == 0;

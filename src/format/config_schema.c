@@ -144,6 +144,115 @@ static int check_etcd_ttl(struct pctx *p, const yaml_node_t *n, const char *dott
 	return 0;
 }
 
+static int check_backup_type(struct pctx *p, const yaml_node_t *n, const char *dotted,
+			     void *field)
+{
+	struct shown sh;
+	const char *s = *(char **)field;
+	if (strcmp(s, "s3") == 0)
+		return 0;
+	if (strcmp(s, "litefs-cloud") == 0)
+		return config_fail(p, n,
+				   "key '%s': LiteFS Cloud backups are not supported (it was "
+				   "retired); use 'type: s3'",
+				   dotted);
+	return config_fail(p, n, "key '%s': unknown backup type %s (allowed: 's3')", dotted,
+			   config_show(n, &sh));
+}
+
+/* S3's bucket naming rules, the parts that matter for a URL: 3..63 of [a-z0-9.-]. */
+static int check_bucket(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
+{
+	struct shown sh;
+	const char *s = *(char **)field;
+	size_t len = strlen(s);
+	bool ok = len >= 3 && len <= 63;
+	for (const char *c = s; *c && ok; c++)
+		ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '.' || *c == '-';
+	if (!ok)
+		return config_fail(p, n,
+				   "key '%s': invalid bucket name %s (3 to 63 of a-z, 0-9, '.' "
+				   "and '-')",
+				   dotted, config_show(n, &sh));
+	return 0;
+}
+
+/* A key prefix: "" or segments of [A-Za-z0-9._-] joined by single '/'. */
+static int check_backup_path(struct pctx *p, const yaml_node_t *n, const char *dotted,
+			     void *field)
+{
+	struct shown sh;
+	const char *s = *(char **)field;
+	bool ok = strlen(s) <= 256, seg = false;
+	for (const char *c = s; *c && ok; c++) {
+		if (*c == '/') {
+			ok = seg;
+			seg = false;
+			continue;
+		}
+		ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		     (*c >= '0' && *c <= '9') || *c == '.' || *c == '_' || *c == '-';
+		seg = true;
+	}
+	if (!ok || (*s && !seg) || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+		return config_fail(p, n,
+				   "key '%s': invalid key prefix %s (segments of A-Z, a-z, 0-9, "
+				   "'.', '_' and '-' joined by '/', no leading or trailing '/')",
+				   dotted, config_show(n, &sh));
+	return 0;
+}
+
+static int check_not_yet(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
+{
+	return config_fail(p, n,
+			   "key '%s' is not supported yet: ltxfs uploads every transaction "
+			   "and never compacts, snapshots on a schedule or deletes backups "
+			   "(docs/backup.md)",
+			   dotted);
+}
+
+/* Whole-file rules of the backup section. */
+static int check_backup(struct pctx *p)
+{
+	struct config *c = p->cfg;
+	struct {
+		char **field;
+		const char *env, *key;
+	} creds[] = {{&c->backup.access_key_id, "AWS_ACCESS_KEY_ID", "backup.access-key-id"},
+		     {&c->backup.secret_access_key, "AWS_SECRET_ACCESS_KEY",
+		      "backup.secret-access-key"}};
+	if (!c->backup.type) {
+		if (c->backup.endpoint || c->backup.bucket || c->backup.path ||
+		    c->backup.access_key_id || c->backup.secret_access_key || c->backup.region ||
+		    c->backup.restore_if_empty)
+			return config_fail(p, NULL,
+					   "key 'backup.type' is required in a backup section "
+					   "('s3')");
+		return 0;
+	}
+	if (c->backup.restore_if_empty)
+		return config_fail(p, NULL,
+				   "key 'backup.restore-if-empty' is not supported yet: restore "
+				   "with 'ltxfs restore' (docs/backup.md)");
+	if (!c->backup.bucket)
+		return config_fail(p, NULL, "key 'backup.bucket' is required with 'backup.type: s3'");
+	if (!c->backup.region && !(c->backup.region = strdup("us-east-1")))
+		return -ENOMEM;
+	if (!c->backup.path && !(c->backup.path = strdup("")))
+		return -ENOMEM;
+	for (size_t i = 0; i < 2; i++) {
+		if (*creds[i].field)
+			continue;
+		const char *v = getenv(creds[i].env);
+		if (!v || !*v)
+			return config_fail(p, NULL, "key '%s' is not set and $%s is empty",
+					   creds[i].key, creds[i].env);
+		if (!(*creds[i].field = strdup(v)))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The key table                                                            */
 /* ------------------------------------------------------------------------ */
@@ -217,9 +326,20 @@ const struct key_def config_keys[] = {
     {"proxy.write-timeout", K_LITEFS, 0, NULL},
     {"proxy.idle-timeout", K_LITEFS, 0, NULL},
 
-    {"backup", K_LITEFS_SECTION, 0, NULL},
-    {"backup.type", K_LITEFS, 0, NULL},
-    {"backup.path", K_LITEFS, 0, NULL},
+    {"backup", K_SECTION, 0, NULL},
+    {"backup.type", K_STRING, F(backup.type), check_backup_type},
+    {"backup.endpoint", K_STRING, F(backup.endpoint), check_url},
+    {"backup.force-path-style", K_BOOL, F(backup.force_path_style), NULL},
+    {"backup.region", K_STRING, F(backup.region), check_not_empty},
+    {"backup.bucket", K_STRING, F(backup.bucket), check_bucket},
+    {"backup.path", K_STRING, F(backup.path), check_backup_path},
+    {"backup.access-key-id", K_STRING, F(backup.access_key_id), check_empty_is_unset},
+    {"backup.secret-access-key", K_STRING, F(backup.secret_access_key), check_empty_is_unset,
+     MASK_SECRET},
+    {"backup.sync-interval", K_DURATION, F(backup.sync_interval_ms), check_positive},
+    {"backup.snapshot-interval", K_DURATION, F(backup.snapshot_interval_ms), check_not_yet},
+    {"backup.retention", K_DURATION, F(backup.retention_ms), check_not_yet},
+    {"backup.restore-if-empty", K_BOOL, F(backup.restore_if_empty), NULL},
     {"backup.url", K_LITEFS, 0, NULL},
     {"backup.cluster", K_LITEFS, 0, NULL},
     {"backup.auth-token", K_LITEFS, 0, NULL},
@@ -418,6 +538,8 @@ int config_finish(struct pctx *p)
 		    p, NULL,
 		    "key 'http.read-auth' needs a token (http.token or $LTXFS_HTTP_TOKEN)");
 	if ((rc = check_lease(p)) < 0)
+		return rc;
+	if ((rc = check_backup(p)) < 0)
 		return rc;
 
 	if (!c->lease.hostname) {

@@ -465,8 +465,6 @@ static void test_unsupported_litefs_keys(void)
 	    "proxy.read-header-timeout",
 	    "proxy.write-timeout",
 	    "proxy.idle-timeout",
-	    "backup.type",
-	    "backup.path",
 	    "backup.url",
 	    "backup.cluster",
 	    "backup.auth-token",
@@ -501,7 +499,7 @@ static void test_unsupported_litefs_keys(void)
 	/* A whole section, empty or not, and a value equal to the default. */
 	expect_error(BASE "proxy:\n", "key 'proxy' is a LiteFS setting", NULL);
 	expect_error(BASE "proxy: {}\n", "key 'proxy' is a LiteFS setting", NULL);
-	expect_error(BASE "backup: litefs-cloud\n", "key 'backup' is a LiteFS setting", NULL);
+	expect_error(BASE "backup: litefs-cloud\n", "key 'backup': expected a mapping", NULL);
 	expect_error(BASE "strict-verify: false\n", "line 5: key 'strict-verify' is a LiteFS",
 		     NULL);
 	expect_error(BASE "  databases: [db]\n", "line 5: key 'lease.databases' is a LiteFS", NULL);
@@ -1710,6 +1708,71 @@ static void test_go_split_words(void)
 	config_argv_free(argv);
 }
 
+static void test_backup(void)
+{
+	struct config c;
+	unsetenv("AWS_ACCESS_KEY_ID");
+	unsetenv("AWS_SECRET_ACCESS_KEY");
+	CHECK(parse(&c, BASE "backup:\n  type: s3\n  endpoint: http://127.0.0.1:9000\n"
+			     "  force-path-style: true\n  bucket: backups\n  path: cluster-a/x\n"
+			     "  access-key-id: AK\n  secret-access-key: SK\n"
+			     "  sync-interval: 250ms\n  restore-if-empty: false\n") == 0);
+	CHECK(c.backup.type && strcmp(c.backup.type, "s3") == 0);
+	CHECK(c.backup.force_path_style);
+	CHECK(c.backup.region && strcmp(c.backup.region, "us-east-1") == 0);
+	CHECK(c.backup.path && strcmp(c.backup.path, "cluster-a/x") == 0);
+	CHECK(c.backup.sync_interval_ms == 250);
+	char *line = NULL;
+	CHECK(config_log_line(&c, &line) == 0);
+	CHECK(line && strstr(line, "backup.bucket=\"backups\""));
+	CHECK(line && strstr(line, "backup.secret-access-key=\"*****\""));
+	CHECK(line && !strstr(line, "SK\""));
+	free(line);
+	config_release(&c);
+	/* no backup section: none shown */
+	CHECK(parse(&c, BASE) == 0);
+	CHECK(!c.backup.type && c.backup.sync_interval_ms == 1000);
+	line = NULL;
+	CHECK(config_log_line(&c, &line) == 0);
+	CHECK(line && !strstr(line, "backup"));
+	free(line);
+	config_release(&c);
+	/* credentials from the environment */
+	setenv("AWS_ACCESS_KEY_ID", "envak", 1);
+	setenv("AWS_SECRET_ACCESS_KEY", "envsk", 1);
+	CHECK(parse(&c, BASE "backup:\n  type: s3\n  bucket: backups\n") == 0);
+	CHECK(c.backup.access_key_id && strcmp(c.backup.access_key_id, "envak") == 0);
+	CHECK(c.backup.secret_access_key && strcmp(c.backup.secret_access_key, "envsk") == 0);
+	CHECK(c.backup.path && strcmp(c.backup.path, "") == 0);
+	config_release(&c);
+	unsetenv("AWS_SECRET_ACCESS_KEY");
+	expect_error(BASE "backup:\n  type: s3\n  bucket: backups\n",
+		     "key 'backup.secret-access-key' is not set and $AWS_SECRET_ACCESS_KEY is empty",
+		     NULL);
+	unsetenv("AWS_ACCESS_KEY_ID");
+	expect_error(BASE "backup:\n  type: s3\n", "key 'backup.bucket' is required", NULL);
+	expect_error(BASE "backup:\n  bucket: b12\n", "key 'backup.type' is required", NULL);
+	expect_error(BASE "backup:\n  type: litefs-cloud\n", "LiteFS Cloud backups are not", NULL);
+	expect_error(BASE "backup:\n  type: gcs\n", "unknown backup type 'gcs'", NULL);
+	expect_error(BASE "backup:\n  type: s3\n  bucket: B\n", "invalid bucket name 'B'", NULL);
+	expect_error(BASE "backup:\n  type: s3\n  path: /a\n", "invalid key prefix '/a'", NULL);
+	expect_error(BASE "backup:\n  type: s3\n  path: a//b\n", "invalid key prefix", NULL);
+	expect_error(BASE "backup:\n  type: s3\n  path: a/\n", "invalid key prefix", NULL);
+	expect_error(BASE "backup:\n  type: s3\n  endpoint: ftp://x\n", "expected an http://",
+		     NULL);
+	expect_error(BASE "backup:\n  retention: 24h\n",
+		     "key 'backup.retention' is not supported yet", NULL);
+	expect_error(BASE "backup:\n  snapshot-interval: 24h\n",
+		     "key 'backup.snapshot-interval' is not supported yet", NULL);
+	expect_error(BASE "backup:\n  type: s3\n  bucket: bbb\n  access-key-id: a\n"
+			  "  secret-access-key: b\n  restore-if-empty: true\n",
+		     "key 'backup.restore-if-empty' is not supported yet", NULL);
+	expect_error(BASE "backup:\n  sync-interval: 0s\n",
+		     "key 'backup.sync-interval': must be greater than zero", NULL);
+	expect_error(BASE "backup:\n  url: http://x\n", "key 'backup.url' is a LiteFS setting",
+		     NULL);
+}
+
 int main(void)
 {
 	RUN(test_defaults);
@@ -1733,5 +1796,6 @@ int main(void)
 	RUN(test_log_line);
 	RUN(test_go_duration_ns);
 	RUN(test_go_split_words);
+	RUN(test_backup);
 	return UNIT_DONE();
 }
