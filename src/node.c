@@ -18,6 +18,8 @@
  *             static replica follows lease.advertise-url; with consul or
  *             etcd it follows whomever the elector names)
  *   elector   consul or etcd: decides who is primary (elector.c)
+ *   backup    the S3 uploader, when a backup section is configured
+ *             (it uploads only while this node accepts writes)
  *   retention when data.retention > 0
  *
  * SUPERVISION (node_supervise). With an elected lease the commands wait
@@ -30,7 +32,7 @@
  * SIGINT/SIGTERM/SIGHUP (forwarded to the child, which is waited for), and
  * every second checks that the mount is still there.
  *
- * SHUTDOWN (node_stop), in reverse: retention, the elector (commits stop
+ * SHUTDOWN (node_stop), in reverse: retention, backups, the elector (commits stop
  * and a held lease is released, so a successor may take over at once),
  * fusefs_begin_stop (an apply waiting for readers' locks gives up), the
  * replica, the HTTP server (streams get END), the mount, the lease, the
@@ -44,13 +46,15 @@
  * through the modules it starts. The retention thread (retention_run)
  * wakes every data.retention-monitor-interval and prunes each database's
  * LTX files older than data.retention, keeping what a connected replica
- * still needs (httpd_retention_floor); its mutex guards only its stop
+ * still needs (httpd_retention_floor) and what is not in the backup bucket
+ * yet (backup_retention_floor); its mutex guards only its stop
  * flag. The replica thread reaches the elector through on_handoff, and the
  * elector the replica through follow: callbacks wired here, so that the
  * two modules never call each other.
  */
 #include "ltxfs/node.h"
 
+#include "ltxfs/backup.h"
 #include "ltxfs/clock.h"
 #include "ltxfs/elector.h"
 #include "ltxfs/fusefs.h"
@@ -79,6 +83,7 @@
 struct retention {
 	struct store *store;
 	struct httpd *httpd;
+	struct backup *backup; /* NULL without backups */
 	int64_t retention_ms, interval_ms;
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
@@ -100,8 +105,10 @@ static void *retention_run(void *arg)
 		size_t n = store_count(r->store);
 		for (size_t i = 0; i < n; i++) {
 			struct db *db = store_at(r->store, i);
-			int k = db_enforce_retention(db, cutoff,
-						     httpd_retention_floor(r->httpd, db_name(db)));
+			/* what a replica still needs, and what is not in the bucket yet */
+			uint64_t floor = httpd_retention_floor(r->httpd, db_name(db));
+			uint64_t bfloor = backup_retention_floor(r->backup, db);
+			int k = db_enforce_retention(db, cutoff, bfloor < floor ? bfloor : floor);
 			if (k > 0)
 				log_debug("db '%s': retention removed %d LTX file(s)", db_name(db),
 					  k);
@@ -168,6 +175,7 @@ struct node {
 	struct replica *replica;
 	struct lease *lease;
 	struct elector *elector;
+	struct backup *backup;
 	struct retention ret;
 	bool ret_started;
 	pid_t child;  /* the supervised subprocess, or -1 */
@@ -254,9 +262,21 @@ static int node_start(struct node *n)
 		httpd_set_elector(n->httpd, n->elector);
 		log_info("primary chosen by a %s lease", cfg->lease.type);
 	}
+	if (cfg->backup.type) {
+		struct backup_options bo = {.store = n->store, .cfg = cfg};
+		r = backup_start(&n->backup, &bo);
+		if (r < 0) {
+			log_error("cannot start backups: %s", strerror(-r));
+			return 1;
+		}
+		log_info("backups to s3 bucket '%s'%s%s every %lld ms (uploaded by the primary)",
+			 cfg->backup.bucket, cfg->backup.path[0] ? ", prefix " : "",
+			 cfg->backup.path, (long long)cfg->backup.sync_interval_ms);
+	}
 	if (cfg->data.retention_ms > 0) {
 		n->ret.store = n->store;
 		n->ret.httpd = n->httpd;
+		n->ret.backup = n->backup;
 		n->ret.retention_ms = cfg->data.retention_ms;
 		n->ret.interval_ms = cfg->data.retention_monitor_interval_ms;
 		if (pthread_create(&n->ret.thread, NULL, retention_run, &n->ret) == 0)
@@ -393,6 +413,7 @@ static void node_stop(struct node *n, int status)
 		pthread_mutex_unlock(&n->ret.mu);
 		pthread_join(n->ret.thread, NULL);
 	}
+	backup_stop(n->backup); /* a backlog stays local; the next primary uploads it */
 	/* The lease goes first: commits stop and a successor may take over now. */
 	if (n->httpd)
 		httpd_set_elector(n->httpd, NULL);

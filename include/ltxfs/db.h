@@ -267,6 +267,23 @@ void db_recv_free(struct db_recv *rv);
  */
 bool db_txn_pending(struct db *db);
 
+/*
+ * Backups (src/edge/backup.c keeps it; /info, /metrics and retention read
+ * it). Plain state under db->mu, copied in and out; the engine does not use it.
+ */
+struct db_backup {
+	bool enabled;		  /* this node uploads this database (a primary with backups) */
+	bool known;		  /* the bucket's position was read in this term */
+	uint64_t txid;		  /* highest TXID in the bucket's chain, 0: none or unknown */
+	int64_t uploaded_ms;	  /* wall ms of the last successful upload, 0: none */
+	int64_t pending_since_ms; /* commit time of the oldest transaction not uploaded, 0: none */
+	uint64_t backlog_txns;	  /* transactions committed and not uploaded */
+	uint64_t backlog_bytes;	  /* their LTX files' bytes (an estimate while not read) */
+	uint64_t objects;	  /* objects this node uploaded for the database */
+};
+void db_set_backup(struct db *db, const struct db_backup *b);
+void db_get_backup(struct db *db, struct db_backup *ret);
+
 /* Counters and sizes for GET /metrics and `ltxfs status`. */
 struct db_stats {
 	uint64_t writes[DB_FILE_N]; /* write calls per file kind */

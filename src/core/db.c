@@ -129,6 +129,20 @@ void db_get_pos(struct db *db, struct db_pos *ret)
 	pthread_mutex_unlock(&db->mu);
 }
 
+void db_set_backup(struct db *db, const struct db_backup *b)
+{
+	pthread_mutex_lock(&db->mu);
+	db->bk = *b;
+	pthread_mutex_unlock(&db->mu);
+}
+
+void db_get_backup(struct db *db, struct db_backup *ret)
+{
+	pthread_mutex_lock(&db->mu);
+	*ret = db->bk;
+	pthread_mutex_unlock(&db->mu);
+}
+
 void db_format_pos(const struct db_pos *pos, char buf[35])
 {
 	snprintf(buf, 35, "%016" PRIx64 "/%016" PRIx64 "\n", pos->txid, pos->checksum);

@@ -232,6 +232,7 @@ struct db {
 	uint32_t pgck_cap;   /* entries allocated minus one */
 	uint64_t xsum;	     /* XOR of pgck[1..page_count] */
 	struct db_pos pos;
+	struct db_backup bk; /* backups' state (db_set_backup), not the engine's */
 
 	/* rollback-journal tracking */
 	bool journal_exists;

@@ -1,0 +1,782 @@
+/*
+ * backup.c - continuous upload of every database's transactions to S3.
+ *
+ * See docs/backup.md for the layout and the argument; include/ltxfs/backup.h
+ * for the keys. In short, on the primary, every backup.sync-interval:
+ *
+ *   MARKER   once per process: PUT P ltxfs-cluster with If-None-Match: *
+ *            holding this cluster's ID. 412 (it exists): GET it; another
+ *            cluster's ID refuses every upload with an error, logged once.
+ *   LIST     once per primary term (and again after a PUT found its key
+ *            taken): ListObjectsV2 of the prefix, which gives per database
+ *            the highest TXID in the bucket, M, and the object that holds it.
+ *   SYNC     per database whose position is above M (an idle database
+ *            costs nothing): the post-apply checksum at M (a HEAD of that
+ *            object, once per term), then the local LTX files M+1, M+2, ...
+ *            merged into one object M+1..N (ltxmerge.c, up to 32 MiB of
+ *            pages per object), uploaded with If-None-Match: * as
+ *            P <dbkey>/0000/<M+1>-<N>.ltx. When the chain cannot continue
+ *            (the bucket holds nothing for the database, the file M+1 is
+ *            gone, or its pre-apply checksum is not the bucket's checksum
+ *            at M: the bucket holds another history), a snapshot of the
+ *            current state goes up as P <dbkey>/0009/1-<N>.ltx instead.
+ *
+ * Every object carries the commit time of its last transaction and its
+ * post-apply checksum as user metadata. A failed request is retried at the
+ * next interval (log_warn_repeat: one line per distinct error); local
+ * retention keeps every file above the uploaded TXID meanwhile
+ * (backup_retention_floor), and /info and /metrics show the backlog from
+ * db_get_backup, which this thread keeps current.
+ *
+ * THREADS. One thread, run_thread, owns struct bdb and the listing; it
+ * reads the store (positions, LTX files) through the db API, which takes
+ * db->mu for short copies only. backup_stop sets stop and the abort flag
+ * (an S3 request in flight returns within 20 ms) and joins.
+ * backup_retention_floor reads db_get_backup, so it needs no lock here.
+ */
+#include "ltxfs/backup.h"
+
+#include "ltxfs/clock.h"
+#include "ltxfs/config.h"
+#include "ltxfs/db.h"
+#include "ltxfs/log.h"
+#include "ltxfs/ltx.h"
+#include "ltxfs/ltxmerge.h"
+#include "ltxfs/s3.h"
+#include "ltxfs/store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MERGE_MAX_BYTES (32u << 20)
+#define OBJECT_MAX	(4ull << 30)
+
+/* ------------------------------------------------------------------ layout */
+
+int backup_dbkey(const char *name, char *buf, size_t n)
+{
+	static const char hx[] = "0123456789ABCDEF";
+	size_t w = 0;
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+		unsigned char c = *p;
+		bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			     (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+		if (w + (plain ? 1 : 3) >= n)
+			return -ENAMETOOLONG;
+		if (plain) {
+			buf[w++] = (char)c;
+		} else {
+			buf[w++] = '~';
+			buf[w++] = hx[c >> 4];
+			buf[w++] = hx[c & 15];
+		}
+	}
+	if (w >= n)
+		return -ENAMETOOLONG;
+	buf[w] = '\0';
+	return 0;
+}
+
+static int unhex(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int backup_dbkey_decode(const char *key, char *buf, size_t n)
+{
+	size_t w = 0;
+	char check[1024];
+	for (const char *p = key; *p; p++) {
+		char c = *p;
+		if (c == '~') {
+			int a = unhex(p[1]), b = a < 0 ? -1 : unhex(p[2]);
+			if (a < 0 || b < 0 || (a == 0 && b == 0))
+				return -EINVAL;
+			c = (char)(a * 16 + b);
+			p += 2;
+		}
+		if (w + 1 >= n)
+			return -ENAMETOOLONG;
+		buf[w++] = c;
+	}
+	buf[w] = '\0';
+	/* one to one: only what backup_dbkey writes */
+	if (w == 0 || backup_dbkey(buf, check, sizeof(check)) < 0 || strcmp(check, key) != 0)
+		return -EINVAL;
+	return 0;
+}
+
+void backup_format_time(int64_t ms, char buf[32])
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	char d[24];
+	strftime(d, sizeof(d), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, 32, "%s.%03dZ", d, (int)(ms % 1000));
+}
+
+void backup_objs_release(struct backup_objs *o)
+{
+	if (!o)
+		return;
+	for (size_t i = 0; i < o->n; i++)
+		free(o->v[i].key);
+	free(o->v);
+	memset(o, 0, sizeof(*o));
+}
+
+int backup_s3_new(const struct config *cfg, const volatile bool *abort, struct s3 **ret)
+{
+	struct s3_options so = {.endpoint = cfg->backup.endpoint,
+				.force_path_style = cfg->backup.force_path_style,
+				.region = cfg->backup.region,
+				.bucket = cfg->backup.bucket,
+				.access_key_id = cfg->backup.access_key_id,
+				.secret_access_key = cfg->backup.secret_access_key,
+				.timeout_ms = 30000,
+				.connect_timeout_ms = 2000,
+				.abort = abort};
+	return s3_new(ret, &so);
+}
+
+/* The prefix keys start with: "path/" or "". */
+static void key_prefix(const char *path, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s%s", path, path[0] ? "/" : "");
+}
+
+struct list_ctx {
+	const char *prefix; /* "path/" */
+	size_t plen;
+	const char *name;   /* the database, or NULL */
+	char dbkey[1024];
+	struct backup_objs *out;
+	size_t cap;
+	int err;
+};
+
+/*
+ * "<dbkey>/<level %04x>/<min>-<max>.ltx" after the prefix: parsed, or
+ * false for any other key (another tool's object, the marker).
+ */
+static bool parse_key(const char *rest, char *dbkey, size_t dn, int *level, uint64_t *mn,
+		      uint64_t *mx)
+{
+	size_t len = strlen(rest);
+	if (len < 1 + 6 + LTX_FILENAME_LEN)
+		return false;
+	const char *file = rest + len - LTX_FILENAME_LEN, *lv = file - 6;
+	if (lv[0] != '/' || lv[5] != '/' || ltx_parse_filename(file, mn, mx) < 0)
+		return false;
+	if (memcmp(lv, "/0000/", 6) == 0)
+		*level = BACKUP_LEVEL_L0;
+	else if (memcmp(lv, "/0009/", 6) == 0)
+		*level = BACKUP_LEVEL_SNAPSHOT;
+	else
+		return false;
+	size_t kl = (size_t)(lv - rest);
+	if (kl == 0 || kl >= dn || memchr(rest, '/', kl))
+		return false;
+	memcpy(dbkey, rest, kl);
+	dbkey[kl] = '\0';
+	if (*level == BACKUP_LEVEL_SNAPSHOT && *mn != 1)
+		return false;
+	return true;
+}
+
+static int on_obj(void *ctx, const struct s3_object *o)
+{
+	struct list_ctx *c = ctx;
+	char dbkey[1024];
+	int level;
+	uint64_t mn, mx;
+	if (strncmp(o->key, c->prefix, c->plen) != 0)
+		return 0; /* "path" listed without its '/': "pathX/..." */
+	if (!parse_key(o->key + c->plen, dbkey, sizeof(dbkey), &level, &mn, &mx))
+		return 0;
+	if (c->name && strcmp(dbkey, c->dbkey) != 0)
+		return 0;
+	struct backup_objs *out = c->out;
+	if (out->n == c->cap) {
+		size_t nc = c->cap ? c->cap * 2 : 64;
+		struct backup_obj *v = realloc(out->v, nc * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		out->v = v;
+		c->cap = nc;
+	}
+	struct backup_obj *b = &out->v[out->n];
+	memset(b, 0, sizeof(*b));
+	if (!(b->key = strdup(o->key)))
+		return -ENOMEM;
+	b->level = level;
+	b->min_txid = mn;
+	b->max_txid = mx;
+	b->size = o->size;
+	snprintf(b->last_modified, sizeof(b->last_modified), "%s", o->last_modified);
+	out->n++;
+	return 0;
+}
+
+static int cmp_obj(const void *a, const void *b)
+{
+	const struct backup_obj *x = a, *y = b;
+	if (x->max_txid != y->max_txid)
+		return x->max_txid < y->max_txid ? -1 : 1;
+	if (x->level != y->level)
+		return x->level < y->level ? -1 : 1;
+	return strcmp(x->key, y->key);
+}
+
+int backup_list_db(struct s3 *s, const char *path, const char *name, struct backup_objs *ret,
+		   char *err, size_t n)
+{
+	char prefix[512];
+	struct s3_result res;
+	struct list_ctx c = {.name = name, .out = ret};
+	memset(ret, 0, sizeof(*ret));
+	key_prefix(path, prefix, sizeof(prefix));
+	c.prefix = prefix;
+	c.plen = strlen(prefix);
+	if (name && backup_dbkey(name, c.dbkey, sizeof(c.dbkey)) < 0) {
+		snprintf(err, n, "database name too long");
+		return -ENAMETOOLONG;
+	}
+	/* The configured path, without the '/' after it: one listing of the
+	 * whole cluster (docs/backup.md, "Listing"). */
+	int r = s3_list(s, path, NULL, 0, on_obj, &c, &res);
+	if (r < 0) {
+		snprintf(err, n, "%s", res.err);
+		backup_objs_release(ret);
+		return r;
+	}
+	qsort(ret->v, ret->n, sizeof(*ret->v), cmp_obj);
+	return 0;
+}
+
+/* ------------------------------------------------------------ the uploader */
+
+/* The bucket's side of one database, for this term (the thread's own). */
+struct bdb {
+	bool listed;	    /* txid/key below come from this term's listing or uploads */
+	uint64_t txid;	    /* M: highest TXID in the bucket */
+	char *key;	    /* the object that holds M (NULL when txid is 0) */
+	bool have_sum;	    /* sum is the post-apply checksum at M */
+	uint64_t sum;
+	bool warned_ahead;  /* the bucket is ahead of this node: said once */
+	uint64_t objects;   /* uploaded by this process */
+	int64_t uploaded_ms;
+	int64_t pending_since_ms;
+	uint64_t pending_bytes;
+};
+
+struct backup {
+	struct store *store;
+	struct s3 *s3;
+	char *path;
+	char prefix[300];
+	int64_t interval_ms;
+	bool compress;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool stop;
+	volatile bool abort;
+	bool primary;	/* accepted writes at the last pass */
+	bool marker_ok; /* the marker names this cluster */
+	bool refused;	/* the marker names another cluster: nothing is uploaded */
+	bool need_list;
+	struct backup_objs listing; /* this term's listing (every database) */
+	struct bdb *dbs;
+	size_t ndbs;
+	char last_err[LOG_LAST_LEN];
+};
+
+static void bdb_reset(struct bdb *d)
+{
+	free(d->key);
+	d->key = NULL;
+	d->listed = false;
+	d->txid = 0;
+	d->have_sum = false;
+	d->warned_ahead = false;
+}
+
+/* Publish the state of one database for /info, /metrics and retention. */
+static void publish(struct backup *b, struct db *db, struct bdb *d, bool enabled)
+{
+	struct db_pos pos;
+	db_get_pos(db, &pos);
+	struct db_backup bk = {.enabled = enabled,
+			       .known = enabled && d->listed,
+			       .txid = d->txid,
+			       .uploaded_ms = d->uploaded_ms,
+			       .objects = d->objects};
+	if (enabled && d->listed && pos.txid > d->txid) {
+		bk.backlog_txns = pos.txid - d->txid;
+		bk.pending_since_ms = d->pending_since_ms;
+		bk.backlog_bytes = d->pending_bytes;
+	}
+	db_set_backup(db, &bk);
+}
+
+static int check_marker(struct backup *b)
+{
+	char key[400], id[21], want[32], etag[128];
+	struct s3_result res;
+	store_cluster_id(b->store, id);
+	if (!id[0])
+		return -EAGAIN; /* no cluster ID yet */
+	snprintf(key, sizeof(key), "%s%s", b->prefix, BACKUP_MARKER);
+	snprintf(want, sizeof(want), "%s\n", id);
+	struct s3_put_options po = {.if_none_match = true, .content_type = "text/plain"};
+	int r = s3_put(b->s3, key, want, strlen(want), &po, etag, &res);
+	if (r == 0) {
+		log_info("backup: bucket prefix '%s' now belongs to cluster %s", b->prefix, id);
+		b->marker_ok = true;
+		return 0;
+	}
+	if (r != -EEXIST) {
+		log_warn_repeat(b->last_err, "backup: cannot write the cluster marker: %s (retrying)",
+				res.err);
+		return r;
+	}
+	char *body = NULL;
+	size_t n = 0;
+	if ((r = s3_get(b->s3, key, 0, 0, 256, &body, &n, &res)) < 0) {
+		log_warn_repeat(b->last_err, "backup: cannot read the cluster marker: %s (retrying)",
+				res.err);
+		return r;
+	}
+	bool same = n == strlen(want) && memcmp(body, want, n) == 0;
+	if (!same) {
+		char other[64];
+		size_t k = n < sizeof(other) - 1 ? n : sizeof(other) - 1;
+		memcpy(other, body, k);
+		other[k] = '\0';
+		other[strcspn(other, "\r\n")] = '\0';
+		log_error("backup: bucket prefix '%s' holds the backups of cluster '%s', not of this "
+			  "cluster %s: nothing will be uploaded (use another backup.path)",
+			  b->prefix[0] ? b->prefix : "(the bucket's root)", other, id);
+		b->refused = true;
+		free(body);
+		return -EEXIST;
+	}
+	free(body);
+	b->marker_ok = true;
+	return 0;
+}
+
+static int list_all(struct backup *b)
+{
+	char err[600];
+	backup_objs_release(&b->listing);
+	int r = backup_list_db(b->s3, b->path, NULL, &b->listing, err, sizeof(err));
+	if (r < 0) {
+		log_warn_repeat(b->last_err, "backup: cannot list the bucket: %s (retrying)", err);
+		return r;
+	}
+	for (size_t i = 0; i < b->ndbs; i++)
+		bdb_reset(&b->dbs[i]);
+	b->need_list = false;
+	return 0;
+}
+
+/* This term's listing: the highest TXID of db (its object's key), from the listing. */
+static int learn(struct backup *b, struct db *db, struct bdb *d)
+{
+	char dbkey[1024];
+	if (backup_dbkey(db_name(db), dbkey, sizeof(dbkey)) < 0)
+		return -ENAMETOOLONG;
+	size_t kl = strlen(dbkey), pl = strlen(b->prefix);
+	bdb_reset(d);
+	for (size_t i = 0; i < b->listing.n; i++) { /* sorted by max TXID */
+		const struct backup_obj *o = &b->listing.v[i];
+		if (strncmp(o->key + pl, dbkey, kl) != 0 || o->key[pl + kl] != '/')
+			continue;
+		if (o->max_txid >= d->txid) {
+			free(d->key);
+			if (!(d->key = strdup(o->key)))
+				return -ENOMEM;
+			d->txid = o->max_txid;
+		}
+	}
+	d->listed = true;
+	return 0;
+}
+
+struct membuf {
+	char *p;
+	size_t n, cap;
+};
+
+static int mem_write(void *ctx, const void *buf, size_t n)
+{
+	struct membuf *m = ctx;
+	if (m->n + n > OBJECT_MAX)
+		return -EFBIG;
+	if (m->n + n > m->cap) {
+		size_t cap = m->cap ? m->cap * 2 : 1 << 16;
+		while (cap < m->n + n)
+			cap *= 2;
+		char *p = realloc(m->p, cap);
+		if (!p)
+			return -ENOMEM;
+		m->p = p;
+		m->cap = cap;
+	}
+	memcpy(m->p + m->n, buf, n);
+	m->n += n;
+	return 0;
+}
+
+/* PUT one object (If-None-Match: *) with its metadata. */
+static int put_object(struct backup *b, const char *key, const struct membuf *body,
+		      int64_t ts_ms, uint64_t post, struct s3_result *res)
+{
+	char ts[32], sum[17];
+	backup_format_time(ts_ms, ts);
+	snprintf(sum, sizeof(sum), "%016" PRIx64, post);
+	struct s3_meta meta[] = {{BACKUP_META_TIMESTAMP, ts}, {BACKUP_META_POST, sum}};
+	struct s3_put_options po = {.if_none_match = true, .meta = meta, .n_meta = 2};
+	return s3_put(b->s3, key, body->p, body->n, &po, NULL, res);
+}
+
+static void object_key(struct backup *b, struct db *db, int level, uint64_t mn, uint64_t mx,
+		       char *buf, size_t n)
+{
+	char dbkey[1024], file[LTX_FILENAME_LEN + 1];
+	backup_dbkey(db_name(db), dbkey, sizeof(dbkey));
+	ltx_format_filename(file, mn, mx);
+	snprintf(buf, n, "%s%s/%04x/%s", b->prefix, dbkey, level, file);
+}
+
+/* The post-apply checksum at M, from its object's metadata. */
+static int fetch_sum(struct backup *b, struct bdb *d)
+{
+	struct s3_head h = {.n_meta = 1};
+	struct s3_result res;
+	h.meta[0].name = BACKUP_META_POST;
+	int r = s3_head(b->s3, d->key, &h, &res);
+	if (r < 0) {
+		log_warn_repeat(b->last_err, "backup: %s (retrying)", res.err);
+		return r;
+	}
+	char *e;
+	uint64_t v = strtoull(h.meta[0].value, &e, 16);
+	d->have_sum = true;
+	d->sum = h.meta[0].found && strlen(h.meta[0].value) == 16 && !*e ? v : 0;
+	return 0;
+}
+
+/*
+ * The next object for db: the merged LTX files after M into *body with its
+ * range and header (0), or 1 when the chain cannot continue (a snapshot is
+ * needed), or -errno.
+ */
+static int build_merged(struct backup *b, struct db *db, struct bdb *d, uint64_t upto,
+			struct membuf *body, struct ltx_header *rh, struct ltx_trailer *rt)
+{
+	struct ltx_merge *m = NULL;
+	uint64_t bytes = 0;
+	int r = ltx_merge_new(&m, MERGE_MAX_BYTES);
+	if (r < 0)
+		return r;
+	for (uint64_t t = d->txid + 1; t <= upto && !b->abort; t++) {
+		int fd = -1;
+		struct ltx_header h;
+		struct ltx_trailer tr;
+		r = db_ltx_open(db, t, &fd, &h, &tr);
+		if (r == -ENOENT && t == d->txid + 1) {
+			log_info("backup: db '%s': LTX file %016" PRIx64
+				 " is not here (retention, or a snapshot): uploading a snapshot",
+				 db_name(db), t);
+			r = 1;
+			goto out;
+		}
+		if (r < 0) {
+			if (t > d->txid + 1) { /* upload what chains so far */
+				r = 0;
+				break;
+			}
+			goto out;
+		}
+		if (t == d->txid + 1) {
+			if (!d->pending_since_ms)
+				d->pending_since_ms = h.timestamp;
+			if (h.pre_apply_checksum != d->sum) {
+				close(fd);
+				log_warn("backup: db '%s': the bucket's checksum at TXID %016" PRIx64
+					 " is %016" PRIx64 ", this node's is %016" PRIx64
+					 ": another history; uploading a snapshot",
+					 db_name(db), d->txid, d->sum, h.pre_apply_checksum);
+				r = 1;
+				goto out;
+			}
+		}
+		struct stat st;
+		if (fstat(fd, &st) == 0)
+			bytes += (uint64_t)st.st_size;
+		r = ltx_merge_add(m, ltx_fd_read, &fd);
+		close(fd);
+		if (r == -EFBIG || r == -ESTALE) {
+			r = 0;
+			break;
+		}
+		if (r < 0)
+			goto out;
+	}
+	if (b->abort) {
+		r = -ECANCELED;
+		goto out;
+	}
+	d->pending_bytes = bytes;
+	r = ltx_merge_write(m, b->compress ? LTX_FLAG_COMPRESS_LZ4 : 0, store_node_id(b->store),
+			    mem_write, body, rh, rt);
+out:
+	ltx_merge_free(m);
+	return r;
+}
+
+/* A snapshot of the current state into *body. 0, -ENOENT (nothing to snapshot), -errno. */
+static int build_snapshot(struct backup *b, struct db *db, struct membuf *body,
+			  struct ltx_header *rh, struct ltx_trailer *rt)
+{
+	struct db_snap *sn = NULL;
+	uint64_t size = 0, post = 0;
+	char buf[1 << 16];
+	int r = db_snap_start(db, &sn);
+	if (r < 0)
+		return r;
+	db_snap_info(sn, &size, rh, &post);
+	while (body->n < size && !b->abort) {
+		ssize_t k = db_snap_read(sn, buf, sizeof(buf));
+		if (k <= 0) {
+			r = k < 0 ? (int)k : -EIO;
+			break;
+		}
+		if ((r = mem_write(body, buf, (size_t)k)) < 0)
+			break;
+	}
+	db_snap_free(sn);
+	if (r == 0 && body->n != size)
+		r = b->abort ? -ECANCELED : -EIO;
+	rt->post_apply_checksum = post;
+	return r;
+}
+
+/* Upload what db committed after M, in as many objects as it takes. */
+static int sync_db(struct backup *b, struct db *db, struct bdb *d)
+{
+	int r = 0;
+	if (!d->listed && (r = learn(b, db, d)) < 0)
+		return r;
+	for (;;) {
+		struct db_pos pos;
+		db_get_pos(db, &pos);
+		if (pos.txid <= d->txid || b->abort) {
+			if (pos.txid < d->txid && !d->warned_ahead) {
+				d->warned_ahead = true;
+				log_warn("backup: db '%s': the bucket holds TXID %016" PRIx64
+					 ", beyond this node's %016" PRIx64
+					 " (a lost primary's transactions): a snapshot goes up once "
+					 "this node passes it",
+					 db_name(db), d->txid, pos.txid);
+			}
+			if (pos.txid == d->txid) {
+				d->pending_since_ms = 0;
+				d->pending_bytes = 0;
+			}
+			return 0;
+		}
+		if (d->txid && !d->have_sum && (r = fetch_sum(b, d)) < 0)
+			return r;
+		struct membuf body = {0};
+		struct ltx_header h;
+		struct ltx_trailer t;
+		int level = BACKUP_LEVEL_L0;
+		r = d->txid && d->sum ? build_merged(b, db, d, pos.txid, &body, &h, &t) : 1;
+		if (r == 1) {
+			free(body.p);
+			body = (struct membuf){0};
+			level = BACKUP_LEVEL_SNAPSHOT;
+			if (!d->pending_since_ms)
+				d->pending_since_ms = pos.timestamp;
+			r = build_snapshot(b, db, &body, &h, &t);
+			if (r == -ENOENT) { /* nothing committed, or dropped: nothing to restore */
+				free(body.p);
+				return 0;
+			}
+			if (r == 0 && h.max_txid <= d->txid) {
+				free(body.p); /* still behind the bucket */
+				return 0;
+			}
+		}
+		if (r < 0) {
+			free(body.p);
+			log_warn_repeat(b->last_err, "backup: db '%s': cannot build the object: %s",
+					db_name(db), strerror(-r));
+			return r;
+		}
+		char key[1400];
+		struct s3_result res;
+		object_key(b, db, level, h.min_txid, h.max_txid, key, sizeof(key));
+		r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
+		free(body.p);
+		if (r == -EEXIST) {
+			log_warn("backup: db '%s': object '%s' exists already (another primary "
+				 "wrote it): reading the bucket again",
+				 db_name(db), key);
+			b->need_list = true;
+			return r;
+		}
+		if (r < 0) {
+			log_warn_repeat(b->last_err,
+					"backup: db '%s': upload failed, %" PRIu64
+					" transaction(s) wait locally: %s (retrying)",
+					db_name(db), pos.txid - d->txid, res.err);
+			return r;
+		}
+		log_debug("backup: db '%s': uploaded '%s'", db_name(db), key);
+		free(d->key);
+		d->key = strdup(key);
+		d->txid = h.max_txid;
+		d->sum = t.post_apply_checksum;
+		d->have_sum = true;
+		d->objects++;
+		d->uploaded_ms = clock_wall_ms();
+		d->pending_since_ms = 0;
+		d->pending_bytes = 0;
+		publish(b, db, d, true);
+	}
+}
+
+/* One pass over every database; 0 or the first error. */
+static int pass(struct backup *b)
+{
+	int r;
+	if (b->refused)
+		return -EEXIST;
+	if (!b->marker_ok && (r = check_marker(b)) < 0)
+		return r;
+	if (b->need_list && (r = list_all(b)) < 0)
+		return r;
+	size_t n = store_count(b->store);
+	if (n > b->ndbs) {
+		struct bdb *v = realloc(b->dbs, n * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		memset(v + b->ndbs, 0, (n - b->ndbs) * sizeof(*v));
+		b->dbs = v;
+		b->ndbs = n;
+	}
+	int first = 0;
+	for (size_t i = 0; i < n && !b->abort; i++) {
+		struct db *db = store_at(b->store, i);
+		r = sync_db(b, db, &b->dbs[i]);
+		publish(b, db, &b->dbs[i], true);
+		if (r < 0 && !first)
+			first = r;
+		if (b->need_list)
+			break;
+	}
+	return first;
+}
+
+static void *run_thread(void *arg)
+{
+	struct backup *b = arg;
+	pthread_mutex_lock(&b->mu);
+	while (!b->stop) {
+		struct timespec ts = clock_deadline(CLOCK_REALTIME, b->interval_ms);
+		pthread_cond_timedwait(&b->cond, &b->mu, &ts);
+		if (b->stop)
+			break;
+		pthread_mutex_unlock(&b->mu);
+		bool primary = store_accepts_writes(b->store);
+		if (primary != b->primary) {
+			b->primary = primary;
+			b->need_list = true; /* a new term reads the bucket again */
+			for (size_t i = 0; i < b->ndbs; i++) {
+				bdb_reset(&b->dbs[i]);
+				publish(b, store_at(b->store, i), &b->dbs[i], primary);
+			}
+		}
+		if (primary && pass(b) == 0)
+			b->last_err[0] = '\0';
+		pthread_mutex_lock(&b->mu);
+	}
+	pthread_mutex_unlock(&b->mu);
+	return NULL;
+}
+
+int backup_start(struct backup **ret, const struct backup_options *o)
+{
+	struct backup *b = calloc(1, sizeof(*b));
+	int r;
+	if (!b)
+		return -ENOMEM;
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cond, NULL);
+	b->store = o->store;
+	b->interval_ms = o->cfg->backup.sync_interval_ms;
+	b->compress = o->cfg->data.compress;
+	b->need_list = true;
+	if (!(b->path = strdup(o->cfg->backup.path ? o->cfg->backup.path : ""))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	key_prefix(b->path, b->prefix, sizeof(b->prefix));
+	if ((r = backup_s3_new(o->cfg, &b->abort, &b->s3)) < 0)
+		goto fail;
+	if ((r = -pthread_create(&b->thread, NULL, run_thread, b)) < 0)
+		goto fail;
+	*ret = b;
+	return 0;
+fail:
+	s3_free(b->s3);
+	free(b->path);
+	pthread_mutex_destroy(&b->mu);
+	pthread_cond_destroy(&b->cond);
+	free(b);
+	return r;
+}
+
+void backup_stop(struct backup *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&b->mu);
+	b->stop = true;
+	b->abort = true;
+	pthread_cond_signal(&b->cond);
+	pthread_mutex_unlock(&b->mu);
+	pthread_join(b->thread, NULL);
+	for (size_t i = 0; i < b->ndbs; i++)
+		bdb_reset(&b->dbs[i]);
+	free(b->dbs);
+	backup_objs_release(&b->listing);
+	s3_free(b->s3);
+	free(b->path);
+	pthread_mutex_destroy(&b->mu);
+	pthread_cond_destroy(&b->cond);
+	free(b);
+}
+
+uint64_t backup_retention_floor(struct backup *b, struct db *db)
+{
+	if (!b)
+		return UINT64_MAX;
+	struct db_backup bk;
+	db_get_backup(db, &bk);
+	if (!bk.enabled) /* a primary's first pass has not run yet: keep everything */
+		return store_accepts_writes(b->store) ? 0 : UINT64_MAX;
+	return bk.known ? bk.txid : 0;
+}
