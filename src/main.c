@@ -34,6 +34,8 @@ static const char usage[] =
     "  ltxfs run [-url URL] [-promote] [-if-candidate] -- CMD ARGS...\n"
     "  ltxfs ltx dump FILE | ltxfs ltx verify FILE\n"
     "  ltxfs orphans [-config PATH]\n"
+    "  ltxfs restore -config PATH [-o FILE] [-txid TXID | -timestamp TIME] [-if-db-not-exists] DB\n"
+    "  ltxfs backups -config PATH DB\n"
     "  ltxfs version\n\n"
     "Without -config, ltxfs reads ./ltxfs.yml, ./litefs.yml, /etc/ltxfs.yml or\n"
     "/etc/litefs.yml, the first that exists. Flags may start with - or --.\n";
@@ -130,7 +132,8 @@ int main(int argc, char **argv)
 	    {"orphans", cmd_orphans, false}, {"import", cmd_import, true},
 	    {"export", cmd_export, true},    {"status", cmd_status, true},
 	    {"run", cmd_run, true},	     {"ltx", cmd_ltx, false},
-	    {"version", cmd_version, false},
+	    {"version", cmd_version, false}, {"restore", cmd_restore, true},
+	    {"backups", cmd_backups, true},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(cmd, cmds[i].name) == 0) {

@@ -17,6 +17,9 @@ int cmd_status(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_ltx(int argc, char **argv);
 int cmd_orphans(int argc, char **argv);
+/* cli_backup.c */
+int cmd_restore(int argc, char **argv);
+int cmd_backups(int argc, char **argv);
 
 /*
  * Load the configuration of mount and orphans from path or, when path is

@@ -1,0 +1,471 @@
+/*
+ * restore.c - a database rebuilt from the backup bucket: the plan, the
+ * verified apply and the atomic write (include/ltxfs/restore.h says what
+ * each does; docs/backup.md, "Restore", why).
+ *
+ * STATE of an apply: the output's page size and size in pages, pgck[pgno]
+ * (the LTX page checksum of every page written or implied) and x, their
+ * XOR; the database checksum is LTX_CHECKSUM_FLAG | x, as in the engine
+ * (docs/ltx.md). A snapshot starts over; an incremental object must find
+ * the checksum it names as its pre-apply checksum. Pages a larger commit
+ * adds without writing them are zeros (the file was extended), and count
+ * with a zero page's checksum; the lock page never counts and stays zero.
+ *
+ * Single-threaded: the CLI's thread runs it, one object at a time.
+ */
+#include "ltxfs/restore.h"
+
+#include "ltxfs/backup.h"
+#include "ltxfs/config.h"
+#include "ltxfs/crc.h"
+#include "ltxfs/fsutil.h"
+#include "ltxfs/ltx.h"
+#include "ltxfs/s3.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECKSUM_FLAG ((uint64_t)1 << 63)
+#define OBJECT_MAX    (4ull << 30)
+
+int restore_parse_time(const char *s, int64_t *ret_ms)
+{
+	int Y, M, D, h, m, sec, n = 0;
+	if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &Y, &M, &D, &h, &m, &sec, &n) != 6 || n != 19)
+		return -EINVAL;
+	const char *p = s + n;
+	int64_t frac_ms = 0;
+	if (*p == '.') {
+		int digits = 0;
+		p++;
+		while (*p >= '0' && *p <= '9') {
+			if (digits < 3)
+				frac_ms = frac_ms * 10 + (*p - '0');
+			digits++;
+			p++;
+		}
+		if (!digits || digits > 9)
+			return -EINVAL;
+		for (int i = digits; i < 3; i++)
+			frac_ms *= 10;
+	}
+	int64_t off = 0;
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		int oh, om, k = 0;
+		if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &k) != 2 || k != 5 || oh > 23 || om > 59)
+			return -EINVAL;
+		off = (oh * 60 + om) * 60 * (*p == '+' ? 1 : -1);
+		p += 6;
+	} else {
+		return -EINVAL;
+	}
+	if (*p || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+		return -EINVAL;
+	struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
+			.tm_hour = h, .tm_min = m, .tm_sec = sec};
+	time_t t = timegm(&tm);
+	*ret_ms = ((int64_t)t - off) * 1000 + frac_ms;
+	return 0;
+}
+
+static void fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(char *err, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, n, fmt, ap);
+	va_end(ap);
+}
+
+/* ------------------------------------------------------------------ plan */
+
+struct plan {
+	const struct backup_obj **v; /* snapshot first, then L0 in order */
+	size_t n;
+};
+
+/* The chain from snapshot s: L0 objects going furthest, up to limit. */
+static int chain_from(const struct backup_objs *all, const struct backup_obj *s, uint64_t limit,
+		      struct plan *p)
+{
+	p->v = calloc(all->n + 1, sizeof(*p->v));
+	if (!p->v)
+		return -ENOMEM;
+	p->n = 0;
+	p->v[p->n++] = s;
+	uint64_t cur = s->max_txid;
+	for (;;) {
+		const struct backup_obj *best = NULL;
+		for (size_t i = 0; i < all->n; i++) {
+			const struct backup_obj *o = &all->v[i];
+			if (o->level != BACKUP_LEVEL_L0 || o->min_txid != cur + 1 ||
+			    o->max_txid > limit)
+				continue;
+			if (!best || o->max_txid > best->max_txid)
+				best = o;
+		}
+		if (!best)
+			return 0;
+		p->v[p->n++] = best;
+		cur = best->max_txid;
+	}
+}
+
+/* The object's commit time from its metadata (ms), or -1. */
+static int64_t object_time(struct s3 *s, const struct backup_obj *o)
+{
+	struct s3_head h = {.n_meta = 1};
+	struct s3_result res;
+	int64_t ms;
+	h.meta[0].name = BACKUP_META_TIMESTAMP;
+	if (s3_head(s, o->key, &h, &res) < 0 || !h.meta[0].found ||
+	    restore_parse_time(h.meta[0].value, &ms) < 0)
+		return -1;
+	return ms;
+}
+
+static int make_plan(struct s3 *s, const struct backup_objs *all, const struct restore_options *o,
+		     struct plan *p, char *err, size_t n)
+{
+	uint64_t limit = o->txid ? o->txid : UINT64_MAX;
+	const struct backup_obj *snap = NULL;
+	for (size_t i = all->n; i-- > 0;) { /* newest first */
+		const struct backup_obj *x = &all->v[i];
+		if (x->level != BACKUP_LEVEL_SNAPSHOT || x->max_txid > limit)
+			continue;
+		if (o->has_time) {
+			int64_t t = object_time(s, x);
+			if (t < 0 || t > o->time_ms)
+				continue;
+		}
+		snap = x;
+		break;
+	}
+	if (!snap) {
+		fail(err, n, "no snapshot of '%s' at or before %s in the bucket", o->db,
+		     o->txid ? "that TXID" : o->has_time ? "that time" : "now");
+		return all->n ? -ENOENT : -ENOENT;
+	}
+	int r = chain_from(all, snap, limit, p);
+	if (r < 0)
+		return r;
+	uint64_t reached = p->v[p->n - 1]->max_txid;
+	if (o->txid && reached != o->txid) {
+		/* the ends of objects around the target, from a chain without limit */
+		struct plan full = {0};
+		char near[256] = "";
+		size_t w = 0;
+		if (chain_from(all, snap, UINT64_MAX, &full) == 0)
+			for (size_t i = 0; i < full.n && w < sizeof(near) - 40; i++) {
+				uint64_t t = full.v[i]->max_txid;
+				if (i + 3 < full.n && full.v[i + 3]->max_txid < o->txid)
+					continue;
+				w += (size_t)snprintf(near + w, sizeof(near) - w, "%s%" PRIx64,
+						      w ? ", " : "", t);
+				if (t > o->txid && i + 1 < full.n && full.v[i + 1]->max_txid > t &&
+				    w > 60)
+					break;
+			}
+		free(full.v);
+		fail(err, n,
+		     "TXID %" PRIx64 " of '%s' cannot be restored: it is not the end of an "
+		     "uploaded object, or the chain has a gap before it (restorable TXIDs nearby: "
+		     "%s)",
+		     o->txid, o->db, near[0] ? near : "none");
+		free(p->v);
+		p->v = NULL;
+		return -ENOENT;
+	}
+	return 0;
+}
+
+/* ----------------------------------------------------------------- apply */
+
+struct out {
+	int fd;
+	uint32_t page_size, npages;
+	uint64_t *pgck; /* [1..npages] */
+	uint64_t x;
+	uint64_t txid;
+};
+
+struct memsrc {
+	const char *p;
+	size_t n, off;
+};
+
+static ssize_t mem_read(void *ctx, void *buf, size_t n)
+{
+	struct memsrc *m = ctx;
+	size_t k = m->n - m->off < n ? m->n - m->off : n;
+	memcpy(buf, m->p + m->off, k);
+	m->off += k;
+	return (ssize_t)k;
+}
+
+static int resize(struct out *w, uint32_t commit)
+{
+	uint32_t lock = ltx_lock_pgno(w->page_size);
+	if (commit > w->npages) {
+		uint64_t *v = realloc(w->pgck, ((size_t)commit + 1) * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		memset(v + w->npages + 1, 0, (size_t)(commit - w->npages) * sizeof(*v));
+		w->pgck = v;
+	}
+	for (uint32_t pg = commit + 1; pg <= w->npages; pg++) {
+		w->x ^= w->pgck[pg];
+		w->pgck[pg] = 0;
+	}
+	w->npages = commit;
+	(void)lock;
+	if (ftruncate(w->fd, (off_t)commit * w->page_size) < 0)
+		return -errno;
+	return 0;
+}
+
+static int apply_object(struct out *w, const struct backup_obj *o, const char *buf, size_t len,
+			const struct restore_options *opt, bool *stop, char *err, size_t n)
+{
+	struct ltx_decoder *d = NULL;
+	struct memsrc src = {buf, len, 0};
+	struct ltx_trailer t;
+	uint8_t *page = NULL;
+	int r = ltx_decoder_new(&d, mem_read, &src);
+	if (r < 0) {
+		fail(err, n, "object '%s' is corrupt: %s", o->key, strerror(-r));
+		return r;
+	}
+	const struct ltx_header *h = ltx_decoder_header(d);
+	if (h->min_txid != o->min_txid || h->max_txid != o->max_txid) {
+		fail(err, n, "object '%s' holds TXIDs %" PRIx64 "-%" PRIx64 ", not what its name says",
+		     o->key, h->min_txid, h->max_txid);
+		r = -EBADMSG;
+		goto out;
+	}
+	if (opt->has_time && h->timestamp > opt->time_ms && !ltx_header_is_snapshot(h)) {
+		*stop = true; /* committed after the target time */
+		goto out;
+	}
+	if (ltx_header_is_snapshot(h)) {
+		w->page_size = h->page_size;
+		free(w->pgck);
+		w->pgck = NULL;
+		w->npages = 0;
+		w->x = 0;
+		if (ftruncate(w->fd, 0) < 0) {
+			r = -errno;
+			goto out;
+		}
+	} else if (h->page_size != w->page_size ||
+		   h->pre_apply_checksum != (CHECKSUM_FLAG | w->x)) {
+		fail(err, n,
+		     "object '%s' does not apply: its pre-apply checksum is %016" PRIx64
+		     ", the database's checksum at TXID %" PRIx64 " is %016" PRIx64,
+		     o->key, h->pre_apply_checksum, w->txid, CHECKSUM_FLAG | w->x);
+		r = -EBADMSG;
+		goto out;
+	}
+	uint32_t old = w->npages;
+	if ((r = resize(w, h->commit > w->npages ? h->commit : w->npages)) < 0)
+		goto out;
+	if (!(page = malloc(h->page_size))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		uint32_t pgno;
+		r = ltx_decoder_next_page(d, &pgno, page);
+		if (r <= 0)
+			break;
+		uint64_t ck = ltx_decoder_page_checksum(d);
+		if ((r = fs_pwrite_full(w->fd, page, h->page_size,
+					(off_t)(pgno - 1) * h->page_size)) < 0)
+			break;
+		w->x ^= w->pgck[pgno] ^ ck;
+		w->pgck[pgno] = ck;
+	}
+	if (r == 0)
+		r = ltx_decoder_finish(d, &t);
+	if (r < 0) {
+		fail(err, n, "object '%s' is corrupt: %s", o->key,
+		     r == -EBADMSG ? "a checksum or a page rule fails"
+		     : r == -EPROTO ? "truncated"
+				    : strerror(-r));
+		goto out;
+	}
+	/* pages the growth added without writing them are zeros */
+	memset(page, 0, h->page_size);
+	uint32_t lock = ltx_lock_pgno(h->page_size);
+	for (uint32_t pg = old + 1; pg <= h->commit; pg++)
+		if (!w->pgck[pg] && pg != lock) {
+			w->pgck[pg] = ltx_page_checksum(pg, page, h->page_size);
+			w->x ^= w->pgck[pg];
+		}
+	if ((r = resize(w, h->commit)) < 0)
+		goto out;
+	if ((CHECKSUM_FLAG | w->x) != t.post_apply_checksum) {
+		fail(err, n,
+		     "object '%s' does not verify: after its pages the database checksum is "
+		     "%016" PRIx64 ", its post-apply checksum says %016" PRIx64,
+		     o->key, CHECKSUM_FLAG | w->x, t.post_apply_checksum);
+		r = -EBADMSG;
+		goto out;
+	}
+	w->txid = h->max_txid;
+out:
+	free(page);
+	ltx_decoder_free(d);
+	return r;
+}
+
+int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, size_t n)
+{
+	struct s3 *s = NULL;
+	struct backup_objs all = {0};
+	struct plan p = {0};
+	struct out w = {.fd = -1};
+	char tmp[4200] = "";
+	int r;
+	if ((r = backup_s3_new(o->cfg, NULL, &s)) < 0) {
+		fail(err, n, "invalid backup configuration: %s", strerror(-r));
+		return r;
+	}
+	if ((r = backup_list_db(s, o->cfg->backup.path, o->db, &all, err, n)) < 0)
+		goto out;
+	if (!all.n) {
+		fail(err, n, "the bucket holds no backup of '%s'", o->db);
+		r = -ENOENT;
+		goto out;
+	}
+	if ((r = make_plan(s, &all, o, &p, err, n)) < 0)
+		goto out;
+	snprintf(tmp, sizeof(tmp), "%s.tmp-restore-XXXXXX", o->output);
+	if ((w.fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
+		r = -errno;
+		fail(err, n, "cannot create a file beside '%s': %s", o->output, strerror(-r));
+		tmp[0] = '\0';
+		goto out;
+	}
+	uint64_t total = 0, done = 0;
+	for (size_t i = 0; i < p.n; i++)
+		total += p.v[i]->size;
+	for (size_t i = 0; i < p.n; i++) {
+		char *buf = NULL;
+		size_t len = 0;
+		struct s3_result res;
+		bool stop = false;
+		if ((r = s3_get(s, p.v[i]->key, 0, 0, OBJECT_MAX, &buf, &len, &res)) < 0) {
+			fail(err, n, "%s", res.err);
+			goto out;
+		}
+		r = apply_object(&w, p.v[i], buf, len, o, &stop, err, n);
+		free(buf);
+		if (r < 0)
+			goto out;
+		if (stop)
+			break;
+		done += p.v[i]->size;
+		if (o->log)
+			fprintf(o->log, "applied %s (TXID %" PRIx64 ")\n", p.v[i]->key, w.txid);
+		if (o->progress)
+			fprintf(stderr, "\rrestoring '%s': %3d%% (%zu/%zu objects)", o->db,
+				total ? (int)(done * 100 / total) : 100, i + 1, p.n);
+	}
+	if (o->progress)
+		fputc('\n', stderr);
+	if (o->has_time && !w.txid) {
+		fail(err, n, "'%s' has no state at or before that time in the bucket", o->db);
+		r = -ENOENT;
+		goto out;
+	}
+	/* rollback mode, as /export writes it: the file comes without a -wal */
+	static const uint8_t one[2] = {1, 1};
+	uint8_t hdr[20];
+	if (fs_pread_full(w.fd, hdr, sizeof(hdr), 0) == (ssize_t)sizeof(hdr) &&
+	    memcmp(hdr, "SQLite format 3", 16) == 0 && (r = fs_pwrite_full(w.fd, one, 2, 18)) < 0)
+		goto io;
+	if (fsync(w.fd) < 0 || rename(tmp, o->output) < 0) {
+		r = -errno;
+		goto io;
+	}
+	tmp[0] = '\0';
+	char dir[4200];
+	snprintf(dir, sizeof(dir), "%s", o->output);
+	fs_fsync_dir(dirname(dir));
+	*ret_txid = w.txid;
+	r = 0;
+	goto out;
+io:
+	fail(err, n, "cannot write '%s': %s", o->output, strerror(-r));
+out:
+	if (w.fd >= 0)
+		close(w.fd);
+	if (tmp[0])
+		unlink(tmp);
+	free(w.pgck);
+	free(p.v);
+	backup_objs_release(&all);
+	s3_free(s);
+	return r;
+}
+
+int restore_list(const struct config *cfg, const char *db, FILE *out, char *err, size_t n)
+{
+	struct s3 *s = NULL;
+	struct backup_objs all = {0};
+	int r = backup_s3_new(cfg, NULL, &s);
+	if (r < 0) {
+		fail(err, n, "invalid backup configuration: %s", strerror(-r));
+		return r;
+	}
+	if ((r = backup_list_db(s, cfg->backup.path, db, &all, err, n)) < 0)
+		goto out;
+	if (!all.n) {
+		fail(err, n, "the bucket holds no backup of '%s'", db);
+		r = -ENOENT;
+		goto out;
+	}
+	fprintf(out, "%-8s  %-16s  %-16s  %12s  %s\n", "kind", "min_txid", "max_txid", "size",
+		"uploaded");
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < all.n; i++) {
+		const struct backup_obj *o = &all.v[i];
+		fprintf(out, "%-8s  %016" PRIx64 "  %016" PRIx64 "  %12" PRIu64 "  %s\n",
+			o->level == BACKUP_LEVEL_SNAPSHOT ? "snapshot" : "l0", o->min_txid,
+			o->max_txid, o->size, o->last_modified);
+		bytes += o->size;
+	}
+	/* what the newest snapshot's chain reaches */
+	const struct backup_obj *snap = NULL;
+	for (size_t i = all.n; i-- > 0 && !snap;)
+		if (all.v[i].level == BACKUP_LEVEL_SNAPSHOT)
+			snap = &all.v[i];
+	fprintf(out, "%zu object(s), %" PRIu64 " bytes\n", all.n, bytes);
+	if (snap) {
+		struct plan p = {0};
+		if ((r = chain_from(&all, snap, UINT64_MAX, &p)) < 0)
+			goto out;
+		fprintf(out, "restorable: TXID %" PRIx64 " (snapshot) to %" PRIx64
+			     " (latest), at the end of each object after the snapshot\n",
+			snap->max_txid, p.v[p.n - 1]->max_txid);
+		free(p.v);
+	} else {
+		fprintf(out, "restorable: nothing (no snapshot)\n");
+	}
+	r = 0;
+out:
+	backup_objs_release(&all);
+	s3_free(s);
+	return r;
+}
