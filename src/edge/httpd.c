@@ -47,6 +47,7 @@
 #include "ltxfs/hostport.h"
 
 #include "httpd_int.h"
+#include "ltxfs/clock.h"
 
 #include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
@@ -141,11 +142,29 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 		snprintf(ck, sizeof(ck), "%016" PRIx64, p.checksum);
 		struct db_stats st;
 		db_get_stats(db, &st);
-		json_array_append_new(dbs,
-				      json_pack("{s:s,s:s,s:s,s:b,s:I,s:I}", "name", db_name(db),
-						"txid", txid, "checksum", ck, "exists",
-						db_exists(db), "size", (json_int_t)st.size_bytes,
-						"timestamp", (json_int_t)p.timestamp));
+		json_t *d = json_pack("{s:s,s:s,s:s,s:b,s:I,s:I}", "name", db_name(db), "txid",
+				      txid, "checksum", ck, "exists", db_exists(db), "size",
+				      (json_int_t)st.size_bytes, "timestamp", (json_int_t)p.timestamp);
+		struct db_backup bk;
+		db_get_backup(db, &bk);
+		if (bk.enabled) {
+			/* the uploader's view (backup.c); lag: age of the oldest
+			 * transaction not uploaded, 0 when none waits */
+			char btx[17];
+			int64_t now = clock_wall_ms();
+			snprintf(btx, sizeof(btx), "%016" PRIx64, bk.txid);
+			json_object_set_new(
+			    d, "backup",
+			    json_pack("{s:b,s:s,s:f,s:I,s:I,s:I,s:I}", "known", bk.known,
+				      "uploadedTxid", btx, "lagSeconds",
+				      bk.pending_since_ms && now > bk.pending_since_ms
+					  ? (double)(now - bk.pending_since_ms) / 1000.0
+					  : 0.0,
+				      "backlogTxns", (json_int_t)bk.backlog_txns, "backlogBytes",
+				      (json_int_t)bk.backlog_bytes, "objects", (json_int_t)bk.objects,
+				      "uploadedAt", (json_int_t)bk.uploaded_ms));
+		}
+		json_array_append_new(dbs, d);
 	}
 	snprintf(id, sizeof(id), "%016" PRIX64, store_node_id(h->store));
 	store_cluster_id(h->store, cid);

@@ -123,6 +123,14 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 	    {"ltxfs_db_ltx_bytes", "gauge", "LTX bytes on disk."},
 	    {"ltxfs_db_ltx_reap_count", "counter", "LTX files removed by retention."},
 	    {"ltxfs_db_lag_seconds", "gauge", "Now minus the timestamp of the last transaction."},
+	    {"ltxfs_backup_position", "gauge",
+	     "Highest TXID in the backup bucket (this node uploads; 0: none or unknown)."},
+	    {"ltxfs_backup_lag_seconds", "gauge",
+	     "Age of the oldest transaction not uploaded yet (0: none waits)."},
+	    {"ltxfs_backup_backlog_txns", "gauge", "Transactions committed and not uploaded yet."},
+	    {"ltxfs_backup_backlog_bytes", "gauge",
+	     "LTX bytes of the transactions read for the next upload and not uploaded yet."},
+	    {"ltxfs_backup_objects_total", "counter", "Objects this process uploaded."},
 	};
 	double now_s = (double)clock_wall_ms() / 1e3;
 	enum { NPER = sizeof(per) / sizeof(per[0]) };
@@ -153,6 +161,15 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 		v[8] = (double)bytes;
 		v[9] = (double)st.ltx_removed;
 		v[10] = p.timestamp ? now_s - (double)p.timestamp / 1000.0 : 0;
+		struct db_backup bk;
+		db_get_backup(db, &bk);
+		v[11] = bk.enabled ? (double)bk.txid : 0;
+		v[12] = bk.enabled && bk.pending_since_ms
+			    ? now_s - (double)bk.pending_since_ms / 1000.0
+			    : 0;
+		v[13] = bk.enabled ? (double)bk.backlog_txns : 0;
+		v[14] = bk.enabled ? (double)bk.backlog_bytes : 0;
+		v[15] = (double)bk.objects;
 	}
 	for (size_t m = 0; m < NPER; m++) {
 		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", per[m].name, per[m].help, per[m].name,

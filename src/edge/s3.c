@@ -217,11 +217,20 @@ static int do_call(struct s3 *s, struct call *c, struct httpc_resp *resp, struct
 	snprintf(hhost, sizeof(hhost), "Host: %s", s->host);
 	snprintf(hdate, sizeof(hdate), "X-Amz-Date: %s", date);
 	snprintf(hsha, sizeof(hsha), "X-Amz-Content-Sha256: %s", psha);
+	/*
+	 * Timeouts: connect 2 s; the whole request 30 s plus a second per MB of
+	 * body; and no byte moving either way for 10 s ends it (a black-holed
+	 * connection, or an answer that never comes), so that a request that
+	 * began while the bucket was unreachable does not hold the uploader
+	 * long after the bucket is back.
+	 */
 	struct httpc_req req = {.method = c->method,
 				.url = url,
 				.body = c->body,
 				.body_len = c->body_len,
-				.timeout_ms = s->timeout_ms,
+				.timeout_ms = s->timeout_ms + (long)(c->body_len / 1000),
+				.low_speed_bytes = 1,
+				.low_speed_s = 10,
 				.connect_timeout_ms = s->connect_timeout_ms,
 				.abort = s->abort,
 				.on_header = c->on_header,
