@@ -627,6 +627,7 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 		}
 		char key[1400];
 		struct s3_result res;
+		publish(b, db, d, true); /* the backlog shows while the PUT is in flight */
 		object_key(b, db, level, h.min_txid, h.max_txid, key, sizeof(key));
 		r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
 		free(body.p);

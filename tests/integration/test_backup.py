@@ -79,3 +79,238 @@ def test_s3_client_against_moto_with_signatures(moto, bucket):
     # a wrong secret: moto's signature check refuses it
     rc, out = s3tool(moto, bucket, "get", "k1", secret="wrong" + moto.secret_key)
     assert rc == 1 and "EACCES" in out and "SignatureDoesNotMatch" in out, out
+
+
+# ---------------------------------------------------------------- helpers
+
+def db_info(node, db):
+    for d in node.info()["databases"]:
+        if d["name"] == db:
+            return d
+    return None
+
+
+def caught_up(node, db):
+    """The bucket holds every transaction of db (the uploader's own view)."""
+    d = db_info(node, db)
+    return bool(d and d.get("backup") and d["backup"]["known"] and
+                d["backup"]["uploadedTxid"] == d["txid"] and int(d["txid"], 16) > 0)
+
+
+def wait_uploaded(node, db, timeout=30):
+    wait_for(lambda: caught_up(node, db), timeout=timeout,
+             what="%s's backup of %s to catch up" % (node.name, db))
+    return int(db_info(node, db)["txid"], 16)
+
+
+def write_rows(node, db, mode, n, start=0, per_tx=1):
+    c = sqlite3.connect(node.path(db), timeout=10)
+    c.execute("PRAGMA journal_mode=%s" % mode)
+    c.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
+    c.commit()
+    for i in range(start, start + n, per_tx):
+        for k in range(i, min(i + per_tx, start + n)):
+            c.execute("INSERT INTO t VALUES (?, randomblob(300 + ? % 700))", (k, k))
+        c.commit()
+    c.close()
+
+
+def export(node, db, dst):
+    cli("export", "-name", db, "-url", node.url, dst, check=0)
+    with open(dst, "rb") as f:
+        return f.read()
+
+
+def restore(node, db, dst, *args, check=0):
+    return cli("restore", "-config", node.config, "-o", dst, *args, db, check=check)
+
+
+def objects(moto, bucket, path=""):
+    """(dbkey, level, min, max) of every LTX object in the bucket."""
+    out = []
+    for key, _size in moto.keys(bucket, path):
+        parts = key[len(path) + 1 if path else 0:].split("/")
+        if len(parts) == 3 and parts[2].endswith(".ltx"):
+            mn, mx = parts[2][:-4].split("-")
+            out.append((parts[0], parts[1], int(mn, 16), int(mx, 16)))
+    return sorted(out, key=lambda o: (o[3], o[1]))
+
+
+def assert_chain(objs, dbkey, upto):
+    """One snapshot, then L0 objects with no gap and no overlap up to upto."""
+    mine = [o for o in objs if o[0] == dbkey]
+    snaps = [o for o in mine if o[1] == "0009"]
+    l0 = sorted((o for o in mine if o[1] == "0000"), key=lambda o: o[2])
+    assert len(snaps) == 1 and snaps[0][2] == 1, mine
+    cur = snaps[0][3]
+    for o in l0:
+        assert o[2] == cur + 1, ("gap or overlap", o, cur, mine)
+        cur = o[3]
+    assert cur == upto, (cur, upto, mine)
+    return mine
+
+
+def metric(node, name):
+    from helpers import http
+    text = http(node.url + "/metrics").text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("mode", MODES)
+def test_upload_and_restore_in_every_mode(make_node, moto, bucket, tmp_path, mode):
+    """Every transaction reaches the bucket as a snapshot then L0 objects
+    with no gap; the restore is byte for byte the primary's /export; a
+    nested name is stored under its escaped key."""
+    p = make_node("p", extra_config=moto.backup_section(bucket, path="c1")).start()
+    write_rows(p, "app.db", mode, 30, per_tx=1)
+    os.makedirs(p.path("tenants/42"), exist_ok=True)
+    write_rows(p, "tenants/42/app.db", mode, 5)
+    t1 = wait_uploaded(p, "app.db")
+    t2 = wait_uploaded(p, "tenants/42/app.db")
+    objs = objects(moto, bucket, "c1")
+    assert_chain(objs, "app.db", t1)
+    assert_chain(objs, "tenants~2F42~2Fapp.db", t2)
+    assert ("c1/ltxfs-cluster", len(p.info()["clusterID"]) + 1) in moto.keys(bucket, "c1")
+    for db in ("app.db", "tenants/42/app.db"):
+        want = export(p, db, str(tmp_path / "exp.db"))
+        dst = str(tmp_path / ("r-" + db.replace("/", "_")))
+        out = restore(p, db, dst).stdout
+        assert "restored '%s' at TXID" % db in out, out
+        with open(dst, "rb") as f:
+            assert f.read() == want, "restore of %s differs from /export" % db
+        c = sqlite3.connect(dst)
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        c.close()
+    listing = cli("backups", "-config", p.config, "app.db", check=0).stdout
+    assert "snapshot" in listing and "restorable: TXID 1 (snapshot) to %x" % t1 in listing, \
+        listing
+
+
+def test_restore_to_a_txid_and_a_time_in_the_middle(make_node, moto, bucket, tmp_path):
+    """Point-in-time restore: by TXID and by time, byte for byte the state
+    the primary exported at that point; a TXID that no object ends at is
+    refused naming restorable ones."""
+    p = make_node("p", extra_config=moto.backup_section(bucket, path="pit")).start()
+    write_rows(p, "w.db", "wal", 20)
+    t1 = wait_uploaded(p, "w.db")
+    at1 = export(p, "w.db", str(tmp_path / "at1.db"))
+    from datetime import datetime, timezone
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # the next commit must carry a later millisecond than `when`
+    wait_for(lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:23] >
+             when[:23], what="the next millisecond")
+    write_rows(p, "w.db", "wal", 20, start=100, per_tx=4)
+    c = sqlite3.connect(p.path("w.db"))
+    c.execute("DELETE FROM t WHERE id % 3 = 0")
+    c.commit()
+    c.execute("VACUUM")
+    c.close()
+    t2 = wait_uploaded(p, "w.db")
+    assert t2 > t1
+    latest = export(p, "w.db", str(tmp_path / "latest.db"))
+    for args, want in ((["-txid", "%x" % t1], at1), (["-timestamp", when], at1),
+                       ([], latest), (["-txid", "%x" % t2], latest)):
+        dst = str(tmp_path / ("r%d.db" % time.monotonic_ns()))
+        restore(p, "w.db", dst, *args)
+        with open(dst, "rb") as f:
+            assert f.read() == want, "restore %s" % args
+    # a TXID beyond the last object
+    r = restore(p, "w.db", str(tmp_path / "bad.db"), "-txid", "%x" % (t2 + 5), check=1)
+    assert "cannot be restored" in r.stderr and "%x" % t2 in r.stderr, r.stderr
+    # an output that exists is kept unless -if-db-not-exists
+    dst = str(tmp_path / "exists.db")
+    open(dst, "w").close()
+    assert "exists" in restore(p, "w.db", dst, check=1).stderr
+    assert "nothing restored" in restore(p, "w.db", dst, "-if-db-not-exists").stdout
+
+
+def test_wrong_credentials_clear_error_and_writes_go_on(make_node, moto, bucket):
+    p = make_node("p", extra_config=moto.backup_section(bucket, secret="wrong")).start()
+    write_rows(p, "a.db", "delete", 5)
+    wait_for(lambda: "SignatureDoesNotMatch" in p.read_log(), what="the signature error")
+    write_rows(p, "a.db", "delete", 5, start=10)
+    assert int(db_info(p, "a.db")["txid"], 16) >= 6
+    assert metric(p, "ltxfs_backup_errors_total") >= 1
+    assert moto.keys(bucket) == []
+    # one line per distinct failure, not one per retry
+    assert p.read_log().count("SignatureDoesNotMatch") <= 3, p.read_log()
+
+
+def test_bucket_unreachable_backlog_waits_locally_then_uploads(make_node, moto, bucket,
+                                                              tmp_path):
+    """The bucket behind a black hole: writes go on, the backlog shows in
+    /info and /metrics, local retention (500 ms here) keeps every file not
+    uploaded, and once the bucket is back the backlog goes up with no gap."""
+    proxy = Proxy(moto.port)
+    try:
+        p = make_node("p", data_extra="  retention: 500ms\n  retention-monitor-interval: 100ms\n",
+                      extra_config=moto.backup_section(bucket, path="down",
+                                                       endpoint=proxy.url)).start()
+        write_rows(p, "a.db", "wal", 10)
+        t1 = wait_uploaded(p, "a.db")
+        proxy.block()
+        write_rows(p, "a.db", "wal", 30, start=100)
+        t2 = int(db_info(p, "a.db")["txid"], 16)
+        assert t2 > t1
+        wait_for(lambda: db_info(p, "a.db")["backup"]["backlogTxns"] == t2 - t1 and
+                 db_info(p, "a.db")["backup"]["lagSeconds"] > 0.5, timeout=20,
+                 what="the backlog in /info")
+        assert metric(p, "ltxfs_backup_backlog_txns") == t2 - t1
+        assert metric(p, "ltxfs_backup_lag_seconds") > 0.5
+        # retention ran meanwhile: older files went, the backlog stayed
+        wait_for(lambda: metric(p, "ltxfs_db_ltx_reap_count") > 0, what="retention to run")
+        ltx = os.listdir(os.path.join(p.dbdir("a.db"), "ltx"))
+        for t in range(t1 + 1, t2 + 1):
+            assert "%016x-%016x.ltx" % (t, t) in ltx, (t, sorted(ltx))
+        start = time.monotonic()
+        proxy.unblock()
+        wait_uploaded(p, "a.db", timeout=30)
+        took = time.monotonic() - start
+        print("backlog of %d transactions uploaded %.1f s after the bucket came back"
+              % (t2 - t1, took))
+        assert took < 15, took
+        assert_chain(objects(moto, bucket, "down"), "a.db", t2)
+        want = export(p, "a.db", str(tmp_path / "e.db"))
+        restore(p, "a.db", str(tmp_path / "r.db"))
+        with open(str(tmp_path / "r.db"), "rb") as f:
+            assert f.read() == want
+        p.stop()
+    finally:
+        proxy.close()
+
+
+def test_corrupted_object_restore_names_it(make_node, moto, bucket, tmp_path):
+    p = make_node("p", extra_config=moto.backup_section(bucket, path="cor")).start()
+    write_rows(p, "a.db", "delete", 3)
+    wait_uploaded(p, "a.db")
+    write_rows(p, "a.db", "delete", 3, start=10)
+    wait_uploaded(p, "a.db")
+    l0 = [k for k, _ in moto.keys(bucket, "cor") if "/0000/" in k]
+    assert l0
+    victim = l0[-1]
+    body = bytearray(moto.get(bucket, victim))
+    body[len(body) // 2] ^= 0x20
+    moto.put(bucket, victim, bytes(body))
+    r = restore(p, "a.db", str(tmp_path / "r.db"), check=1)
+    assert "object '%s'" % victim in r.stderr, r.stderr
+    assert not os.path.exists(str(tmp_path / "r.db"))
+    assert not [f for f in os.listdir(str(tmp_path)) if "tmp-restore" in f]
+
+
+def test_another_clusters_prefix_is_refused(make_node, moto, bucket):
+    a = make_node("a", extra_config=moto.backup_section(bucket, path="shared")).start()
+    write_rows(a, "x.db", "delete", 2)
+    wait_uploaded(a, "x.db")
+    before = moto.keys(bucket, "shared")
+    b = make_node("b", extra_config=moto.backup_section(bucket, path="shared")).start()
+    write_rows(b, "y.db", "delete", 2)
+    wait_for(lambda: "holds the backups of cluster '%s'" % a.info()["clusterID"] in b.read_log(),
+             what="the refusal")
+    write_rows(b, "y.db", "delete", 2, start=10)
+    assert moto.keys(bucket, "shared") == before
