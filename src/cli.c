@@ -437,6 +437,26 @@ int cmd_status(int argc, char **argv)
 		       (long long)json_integer_value(json_object_get(d, "size")), lagtxt,
 		       json_is_true(json_object_get(d, "exists")) ? "" : "  (deleted)");
 	}
+	/* backups: only while this node uploads (a primary with a backup section) */
+	bool bhead = false;
+	for (size_t i = 0; i < json_array_size(dbs); i++) {
+		json_t *d = json_array_get(dbs, i), *bk = json_object_get(d, "backup");
+		if (!bk)
+			continue;
+		if (!bhead) {
+			printf("\n%-24s %-16s %10s  %s\n", "BACKUP", "UPLOADED TXID", "LAG",
+			       "BACKLOG");
+			bhead = true;
+		}
+		if (!json_is_true(json_object_get(bk, "known"))) {
+			printf("%-24s %-16s %10s  %s\n", jstr(d, "name"), "(bucket not read yet)",
+			       "-", "-");
+			continue;
+		}
+		printf("%-24s %-16s %9.1fs  %lld txn(s)\n", jstr(d, "name"), jstr(bk, "uploadedTxid"),
+		       json_number_value(json_object_get(bk, "lagSeconds")),
+		       (long long)json_integer_value(json_object_get(bk, "backlogTxns")));
+	}
 	json_t *reps = json_object_get(o, "replicas");
 	if (reps) {
 		printf("\n%-18s %-24s %s\n", "REPLICA", "DATABASE", "TXID");

@@ -187,6 +187,8 @@ def test_upload_and_restore_in_every_mode(make_node, moto, bucket, tmp_path, mod
         c = sqlite3.connect(dst)
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         c.close()
+    status = cli("status", "-url", p.url, check=0).stdout
+    assert "BACKUP" in status and "%016x" % t1 in status, status
     listing = cli("backups", "-config", p.config, "app.db", check=0).stdout
     assert "snapshot" in listing and "restorable: TXID 1 (snapshot) to %x" % t1 in listing, \
         listing
