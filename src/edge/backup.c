@@ -257,7 +257,8 @@ int backup_list_db(struct s3 *s, const char *path, const char *name, struct back
 		backup_objs_release(ret);
 		return r;
 	}
-	qsort(ret->v, ret->n, sizeof(*ret->v), cmp_obj);
+	if (ret->n)
+		qsort(ret->v, ret->n, sizeof(*ret->v), cmp_obj);
 	return 0;
 }
 

@@ -167,7 +167,8 @@ int ltx_merge_write(struct ltx_merge *m, uint32_t flags, uint64_t node_id, ltx_w
 	int r;
 	if (!m->files)
 		return -ENODATA;
-	qsort(m->e, m->n, sizeof(*m->e), cmp_entry);
+	if (m->n)
+		qsort(m->e, m->n, sizeof(*m->e), cmp_entry);
 	struct ltx_header h = {.flags = flags,
 			       .page_size = m->first.page_size,
 			       .commit = m->last.commit,
