@@ -10,6 +10,7 @@ set -eu
 PKGS="gcc clang libclang-rt-14-dev meson ninja-build pkg-config git
       fuse3 libfuse3-dev sqlite3 sqlite3-tools libsqlite3-dev
       libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblz4-dev
+      libssl-dev
       python3 python3-pytest python3-numpy python3-lz4 util-linux procps
       libsystemd-dev python3-yaml etcd-server"
 TEST_PKGS="systemd man-db groff-base rsync"
