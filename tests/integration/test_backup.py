@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from conftest import MODES, wait_for
-from helpers import LTXFS, cli
+from helpers import LTXFS, cli, sanitizer_report
 from netproxy import Proxy
 from s3moto import Moto
 
@@ -42,7 +42,8 @@ def s3tool(moto, bucket, *args, secret=None):
     p = subprocess.run([S3TOOL, moto.url, bucket, *args], env=env, capture_output=True,
                        timeout=60)
     out = p.stdout.decode(errors="replace")
-    assert "ERROR: AddressSanitizer" not in p.stderr.decode(errors="replace"), p.stderr
+    report = sanitizer_report(p.stderr.decode(errors="replace"))
+    assert report is None, "s3tool %s: a sanitizer report:\n%s" % (args, report)
     return p.returncode, out
 
 
@@ -150,12 +151,13 @@ def assert_chain(objs, dbkey, upto):
     return mine
 
 
-def metric(node, name):
+def metric(node, name, labels=""):
+    """The sum of the series of name (those whose labels hold `labels`)."""
     from helpers import http
     text = http(node.url + "/metrics").text
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if (line.startswith(name + " ") or line.startswith(name + "{")) and labels in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -347,3 +349,27 @@ def test_failover_continues_the_chain(make_node, moto, bucket, tmp_path):
     restore(r2, "a.db", str(tmp_path / "r.db"))
     with open(str(tmp_path / "r.db"), "rb") as f:
         assert f.read() == want
+
+
+def test_idle_database_costs_no_requests(make_node, moto, bucket):
+    """Once uploaded, a database that commits nothing makes no S3 request:
+    while another database uploads round after round, the only requests
+    are that one's PUTs (no listing, no HEAD, no GET)."""
+    p = make_node("p", extra_config=moto.backup_section(bucket, path="idle")).start()
+    write_rows(p, "idle.db", "delete", 3)
+    write_rows(p, "busy.db", "wal", 3)
+    wait_uploaded(p, "idle.db")
+    wait_uploaded(p, "busy.db")
+    kinds = ("put", "get", "head", "list", "delete")
+    before = {k: metric(p, "ltxfs_backup_requests_total", 'kind="%s"' % k) for k in kinds}
+    objs = db_info(p, "busy.db")["backup"]["objects"]
+    idle_objs = db_info(p, "idle.db")["backup"]["objects"]
+    for i in range(4):
+        write_rows(p, "busy.db", "wal", 5, start=100 + 10 * i)
+        wait_uploaded(p, "busy.db")
+    after = {k: metric(p, "ltxfs_backup_requests_total", 'kind="%s"' % k) for k in kinds}
+    new_objs = db_info(p, "busy.db")["backup"]["objects"] - objs
+    assert new_objs >= 4
+    assert after["put"] - before["put"] == new_objs, (before, after, new_objs)
+    assert all(after[k] == before[k] for k in ("get", "head", "list", "delete")), (before, after)
+    assert db_info(p, "idle.db")["backup"]["objects"] == idle_objs
