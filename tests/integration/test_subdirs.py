@@ -210,3 +210,25 @@ def test_cp_tree_into_mount(make_node, tmp_path):
     out = subprocess.run(["sqlite3", p.path("tree/eu/fr/paris.db"), "SELECT count(*) FROM t"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "40"
+
+
+def test_http_names_are_paths_and_cannot_escape(make_node, tmp_path):
+    """The HTTP API takes a database's path; a name that could leave the data
+    directory is refused before anything is written."""
+    import urllib.parse
+    p, (r,) = cluster(make_node, 1)
+    seed = open(make_seed(str(tmp_path / "seed.db"), rows=12), "rb").read()
+    for bad in ("../evil.db", "a/../b.db", "/abs.db", "a//b.db", "a/./b.db", "x/", ".."):
+        q = urllib.parse.quote(bad, safe="")
+        resp = http(p.url + "/import?name=" + q, "POST", seed)
+        assert resp.status == 400, (bad, resp)
+        assert http(p.url + "/export?name=" + q).status == 400, bad
+    assert not os.path.exists(os.path.join(p.data, "evil.db"))
+    assert not os.path.exists(os.path.join(p.base, "evil.db"))
+    resp = http(p.url + "/import?name=" + urllib.parse.quote("imported/x.db", safe=""),
+                "POST", seed)
+    assert resp.status == 200, resp
+    assert rows(p.path("imported/x.db")) == (12, sum(range(12)))
+    assert_same(p, r, "imported/x.db")
+    got = http(r.url + "/export?name=imported%2Fx.db")
+    assert got.status == 200 and got.body[:16] == b"SQLite format 3\x00"
