@@ -56,8 +56,8 @@ struct pfile {
 	struct pfile *next;
 	fuse_ino_t ino;
 	char name[MOUNT_NAME_MAX]; /* its path in the mount */
-	int stagefd; /* a pending create's staging file (a dup), or -1 */
-	bool stale;  /* became a database: ESTALE, so the kernel looks the name up again */
+	int stagefd;		   /* a pending create's staging file (a dup), or -1 */
+	bool stale; /* became a database: ESTALE, so the kernel looks the name up again */
 };
 
 /* A directory of the mount (fusefs_dir.c): path <-> inode. */

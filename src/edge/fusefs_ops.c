@@ -308,7 +308,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		if (r == 0 && writes_refused(fs))
 			r = -EACCES;
 		if (r == 0)
-			r = fs_path(path, sizeof(path), "%s/files/%s", store_data_dir(fs->store), dpath);
+			r = fs_path(path, sizeof(path), "%s/files/%s", store_data_dir(fs->store),
+				    dpath);
 		if (r < 0)
 			goto out;
 		goto attrs;
@@ -580,7 +581,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	r = fusefs_parse_name(name, &f);
 	bool whole = fusefs_whole_flags(fi->flags);
 	if (r == -ENOENT ||
-	    (r == 0 && f.kind != DB_FILE_POS && f.kind != KIND_MJ && !store_find(fs->store, f.db)) ||
+	    (r == 0 && f.kind != DB_FILE_POS && f.kind != KIND_MJ &&
+	     !store_find(fs->store, f.db)) ||
 	    (r == 0 && f.kind == DB_FILE_DB && whole)) {
 		/*
 		 * Not a database SQLite is creating: a whole-file write (its

@@ -232,3 +232,33 @@ def test_http_names_are_paths_and_cannot_escape(make_node, tmp_path):
     assert_same(p, r, "imported/x.db")
     got = http(r.url + "/export?name=imported%2Fx.db")
     assert got.status == 200 and got.body[:16] == b"SQLite format 3\x00"
+
+
+def test_rsync_tree_then_update_then_rm_rf(make_node, tmp_path):
+    """rsync -a of a tree (temp files, renames, times and modes on directories), an
+    incremental rsync after the source changed, find, then rm -rf."""
+    src = tmp_path / "tree"
+    (src / "a" / "b").mkdir(parents=True)
+    make_seed(str(src / "a" / "b" / "one.db"), rows=10)
+    make_seed(str(src / "a" / "two.db"), rows=20, mode="wal")
+    (src / "a" / "b" / "note.txt").write_text("n\n")
+    p, (r,) = cluster(make_node, 1)
+    rsync = require("rsync")
+    subprocess.run([rsync, "-a", str(src) + "/", p.path("tree") + "/"], check=True)
+    assert rows(p.path("tree/a/b/one.db")) == (10, sum(range(10)))
+    assert rows(p.path("tree/a/two.db")) == (20, sum(range(20)))
+    assert_same(p, r, "tree/a/b/one.db")
+    assert_same(p, r, "tree/a/two.db")
+    found = subprocess.run(["find", p.path("tree"), "-name", "*.db"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert sorted(os.path.relpath(f, p.mount) for f in found) == \
+        ["tree/a/b/one.db", "tree/a/two.db"]
+    make_seed(str(src / "a" / "b" / "one.db"), rows=99)
+    subprocess.run([rsync, "-a", str(src) + "/", p.path("tree") + "/"], check=True)
+    assert rows(p.path("tree/a/b/one.db")) == (99, sum(range(99)))
+    assert_same(p, r, "tree/a/b/one.db")
+    assert rows(r.path("tree/a/b/one.db")) == (99, sum(range(99)))
+    subprocess.run(["rm", "-rf", p.path("tree")], check=True)
+    assert not os.path.exists(p.path("tree"))
+    gone_on(r, "tree/a/b/one.db")
+    gone_on(r, "tree/a/two.db")
