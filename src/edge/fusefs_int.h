@@ -182,8 +182,9 @@ fuse_ino_t fusefs_dir_find(struct fusefs *fs, const char *path, struct stat *st)
 fuse_ino_t fusefs_dir_known(struct fusefs *fs, const char *path, size_t len);
 int fusefs_dir_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
 bool fusefs_is_dir(struct fusefs *fs, const char *path);
-int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, fuse_ino_t *ret_ino,
-		 struct stat *st);
+/* mkdir of path, owned by uid:gid (the caller's); its inode and attributes. */
+int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, uid_t uid, gid_t gid,
+		 fuse_ino_t *ret_ino, struct stat *st);
 /* -ENOTEMPTY for a directory holding a database or a file. */
 int fusefs_rmdir(struct fusefs *fs, const char *path);
 /* A directory renamed, with every database below it (fusefs_rename_tree). */

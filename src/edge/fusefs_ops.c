@@ -892,8 +892,11 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	int r = fusefs_child(fs, parent, name, full, sizeof(full));
 	if (r == 0 && writes_refused(fs))
 		r = -EACCES;
-	if (r == 0)
-		r = fusefs_mkdir(fs, full, mode, &ino, &st);
+	if (r == 0) {
+		/* owned by its maker, as on a local file system (the root is 0777) */
+		const struct fuse_ctx *ctx = fuse_req_ctx(req);
+		r = fusefs_mkdir(fs, full, mode, ctx->uid, ctx->gid, &ino, &st);
+	}
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;

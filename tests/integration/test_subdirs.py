@@ -262,3 +262,19 @@ def test_rsync_tree_then_update_then_rm_rf(make_node, tmp_path):
     assert not os.path.exists(p.path("tree"))
     gone_on(r, "tree/a/b/one.db")
     gone_on(r, "tree/a/two.db")
+
+
+def test_directory_belongs_to_its_maker(make_node, tmp_path):
+    """With allow-other, a user's mkdir makes a directory that user can write in."""
+    p = make_node("primary", fuse_extra="  allow-other: true\n").start()
+    d = p.base
+    while d != "/tmp" and d != "/":  # let uid 65534 reach the mount (traverse only)
+        os.chmod(d, os.stat(d).st_mode | 0o711)
+        d = os.path.dirname(d)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "mkdir", "-p", p.path("nobody/deeper")], check=True)
+    st = os.stat(p.path("nobody/deeper"))
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "sh", "-c", "echo hi > %s" % p.path("nobody/deeper/f.txt")], check=True)
+    assert open(p.path("nobody/deeper/f.txt")).read() == "hi\n"
