@@ -115,13 +115,13 @@ static int await_writes(struct fusefs *fs)
 	return r == 0 ? 0 : -EACCES;
 }
 
-/* Writes are refused on a replica; the -shm file is local state and exempt. */
 /* A write to a plain file or a directory: refused unless writes are (or soon become) accepted. */
 static bool writes_refused(struct fusefs *fs)
 {
 	return !store_accepts_writes(fs->store) && await_writes(fs) < 0;
 }
 
+/* Writes are refused on a replica; the -shm file is local state and exempt. */
 static bool replica_refuses(struct fusefs *fs, int kind)
 {
 	return kind != DB_FILE_SHM && !store_accepts_writes(fs->store) && await_writes(fs) < 0;
