@@ -9,10 +9,10 @@
  * component in a subdirectory (dbname.h: "tenants%2F42%2Fapp.db"). The
  * mount's directories live in <data.dir>/files/ (fusefs_whole.c): creating
  * a nested database creates its parent directories there, so a replica that
- * receives "tenants/42/app.db" shows tenants/42/. The table is an array in the order the databases became known:
- * a database's index never changes and it stays in the table until
- * store_close, dropped or not (it keeps its TXID), which is what lets the
- * mount derive inode numbers from the index (fusefs_inode.c).
+ * receives "tenants/42/app.db" shows tenants/42/. The table is an array in the order the databases
+ * became known: a database's index never changes and it stays in the table until store_close,
+ * dropped or not (it keeps its TXID), which is what lets the mount derive inode numbers from the
+ * index (fusefs_inode.c).
  *
  * THE CLAIM is an flock(LOCK_EX|LOCK_NB) on the data directory itself, held
  * for the life of the process, so a second ltxfs on the same data directory
@@ -84,8 +84,8 @@ static int make_parent_dir(struct store *s, const char *name)
 	const char *slash = strrchr(name, '/');
 	if (!slash)
 		return 0;
-	int r = fs_path(path, sizeof(path), "%s/files/%.*s", s->data_dir, (int)(slash - name),
-			name);
+	int r =
+	    fs_path(path, sizeof(path), "%s/files/%.*s", s->data_dir, (int)(slash - name), name);
 	return r < 0 ? r : fs_mkdir_p(path, 0755);
 }
 

@@ -173,8 +173,8 @@ static bool database_name_taken(struct fusefs *fs, const char *path)
 	       db_exists(db);
 }
 
-int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, fuse_ino_t *ret_ino,
-		 struct stat *st)
+int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, uid_t uid, gid_t gid,
+		 fuse_ino_t *ret_ino, struct stat *st)
 {
 	char real[4096];
 	const char *base = dbname_base(path);
@@ -194,6 +194,10 @@ int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, fuse_ino_t *r
 		r = fs_mkdir_p(files, 0755);
 	if (r == 0 && mkdir(real, mode & 07777) < 0)
 		r = -errno;
+	if (r == 0 && lchown(real, uid, gid) < 0) {
+		r = -errno;
+		rmdir(real);
+	}
 	if (r == 0 && !(*ret_ino = fusefs_dir_find(fs, path, st)))
 		r = -ENOENT;
 	return r;

@@ -56,8 +56,8 @@ struct pfile {
 	struct pfile *next;
 	fuse_ino_t ino;
 	char name[MOUNT_NAME_MAX]; /* its path in the mount */
-	int stagefd; /* a pending create's staging file (a dup), or -1 */
-	bool stale;  /* became a database: ESTALE, so the kernel looks the name up again */
+	int stagefd;		   /* a pending create's staging file (a dup), or -1 */
+	bool stale; /* became a database: ESTALE, so the kernel looks the name up again */
 };
 
 /* A directory of the mount (fusefs_dir.c): path <-> inode. */
@@ -182,8 +182,9 @@ fuse_ino_t fusefs_dir_find(struct fusefs *fs, const char *path, struct stat *st)
 fuse_ino_t fusefs_dir_known(struct fusefs *fs, const char *path, size_t len);
 int fusefs_dir_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st);
 bool fusefs_is_dir(struct fusefs *fs, const char *path);
-int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, fuse_ino_t *ret_ino,
-		 struct stat *st);
+/* mkdir of path, owned by uid:gid (the caller's); its inode and attributes. */
+int fusefs_mkdir(struct fusefs *fs, const char *path, mode_t mode, uid_t uid, gid_t gid,
+		 fuse_ino_t *ret_ino, struct stat *st);
 /* -ENOTEMPTY for a directory holding a database or a file. */
 int fusefs_rmdir(struct fusefs *fs, const char *path);
 /* A directory renamed, with every database below it (fusefs_rename_tree). */

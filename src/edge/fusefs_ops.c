@@ -115,13 +115,13 @@ static int await_writes(struct fusefs *fs)
 	return r == 0 ? 0 : -EACCES;
 }
 
-/* Writes are refused on a replica; the -shm file is local state and exempt. */
 /* A write to a plain file or a directory: refused unless writes are (or soon become) accepted. */
 static bool writes_refused(struct fusefs *fs)
 {
 	return !store_accepts_writes(fs->store) && await_writes(fs) < 0;
 }
 
+/* Writes are refused on a replica; the -shm file is local state and exempt. */
 static bool replica_refuses(struct fusefs *fs, int kind)
 {
 	return kind != DB_FILE_SHM && !store_accepts_writes(fs->store) && await_writes(fs) < 0;
@@ -308,7 +308,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		if (r == 0 && writes_refused(fs))
 			r = -EACCES;
 		if (r == 0)
-			r = fs_path(path, sizeof(path), "%s/files/%s", store_data_dir(fs->store), dpath);
+			r = fs_path(path, sizeof(path), "%s/files/%s", store_data_dir(fs->store),
+				    dpath);
 		if (r < 0)
 			goto out;
 		goto attrs;
@@ -580,7 +581,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	r = fusefs_parse_name(name, &f);
 	bool whole = fusefs_whole_flags(fi->flags);
 	if (r == -ENOENT ||
-	    (r == 0 && f.kind != DB_FILE_POS && f.kind != KIND_MJ && !store_find(fs->store, f.db)) ||
+	    (r == 0 && f.kind != DB_FILE_POS && f.kind != KIND_MJ &&
+	     !store_find(fs->store, f.db)) ||
 	    (r == 0 && f.kind == DB_FILE_DB && whole)) {
 		/*
 		 * Not a database SQLite is creating: a whole-file write (its
@@ -890,8 +892,11 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	int r = fusefs_child(fs, parent, name, full, sizeof(full));
 	if (r == 0 && writes_refused(fs))
 		r = -EACCES;
-	if (r == 0)
-		r = fusefs_mkdir(fs, full, mode, &ino, &st);
+	if (r == 0) {
+		/* owned by its maker, as on a local file system (the root is 0777) */
+		const struct fuse_ctx *ctx = fuse_req_ctx(req);
+		r = fusefs_mkdir(fs, full, mode, ctx->uid, ctx->gid, &ino, &st);
+	}
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;

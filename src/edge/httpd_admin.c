@@ -38,6 +38,7 @@
 #include "ltxfs/clock.h"
 
 #include "ltxfs/db.h"
+#include "ltxfs/fsutil.h"
 #include "ltxfs/log.h"
 #include "ltxfs/metrics.h"
 #include "ltxfs/stream.h"
@@ -452,6 +453,18 @@ static int import_into(struct httpd *h, const char *src_path, const char *name, 
 	char dpath[4400];
 	int r = -EIO;
 	snprintf(dpath, sizeof(dpath), "%s/%s", h->mount_dir, name);
+	char *slash = strrchr(dpath, '/');
+	if (strchr(name, '/') && slash) {
+		/* a database in a subdirectory: its directories, made through the mount */
+		*slash = '\0';
+		int mr = fs_mkdir_p(dpath, 0755);
+		*slash = '/';
+		if (mr < 0) {
+			snprintf(err, n, "cannot make the directories of %.200s: %s", dpath,
+				 strerror(-mr));
+			goto out;
+		}
+	}
 	if (sqlite3_open_v2(src_path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
 	    sqlite3_open_v2(dpath, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
 		SQLITE_OK) {

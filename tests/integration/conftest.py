@@ -59,7 +59,8 @@ class Node:
     URL, exactly as LiteFS configures one)."""
 
     def __init__(self, base, name="node", compress=True, extra_config="", replica_of=None,
-                 port=None, data_extra="", lease=None, advertise=None, candidate=True):
+                 port=None, data_extra="", lease=None, advertise=None, candidate=True,
+                 fuse_extra=""):
         self.name = name
         self.base = os.path.join(str(base), name)
         self.data = os.path.join(self.base, "data")
@@ -88,7 +89,7 @@ class Node:
         os.makedirs(self.base, exist_ok=True)
         with open(self.config, "w") as f:
             f.write(
-                ("fuse:\n  dir: %s\n" + ("  debug: true\n" if os.environ.get("LTXFS_TEST_DEBUG") else "") +
+                ("fuse:\n  dir: %s\n" + fuse_extra + ("  debug: true\n" if os.environ.get("LTXFS_TEST_DEBUG") else "") +
                 "data:\n  dir: %s\n  compress: %s\n%s"
                 "http:\n  addr: 127.0.0.1:%d\n"
                 "%s%s" + ("log:\n  debug: true\n" if os.environ.get("LTXFS_TEST_DEBUG") else "")) % (self.mount, self.data, "true" if compress else "false", data_extra,

@@ -37,9 +37,18 @@ def test_pos_file_format(node):
     assert "db-pos" in os.listdir(node.mount)
 
 
-def test_directories_refused(node):
+def test_symlinks_and_special_files_refused(node):
+    """Directories are accepted (test_subdirs.py); symlinks, FIFOs and device nodes
+    are not."""
     with pytest.raises(OSError) as e:
-        os.mkdir(node.path("sub"))
+        os.symlink("db", node.path("link"))
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.mkfifo(node.path("fifo"))
+    assert e.value.errno == errno.EPERM
+    os.mkdir(node.path("sub"))
+    with pytest.raises(OSError) as e:
+        os.symlink("../db", node.path("sub/link"))
     assert e.value.errno == errno.EPERM
 
 

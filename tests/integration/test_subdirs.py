@@ -210,3 +210,71 @@ def test_cp_tree_into_mount(make_node, tmp_path):
     out = subprocess.run(["sqlite3", p.path("tree/eu/fr/paris.db"), "SELECT count(*) FROM t"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "40"
+
+
+def test_http_names_are_paths_and_cannot_escape(make_node, tmp_path):
+    """The HTTP API takes a database's path; a name that could leave the data
+    directory is refused before anything is written."""
+    import urllib.parse
+    p, (r,) = cluster(make_node, 1)
+    seed = open(make_seed(str(tmp_path / "seed.db"), rows=12), "rb").read()
+    for bad in ("../evil.db", "a/../b.db", "/abs.db", "a//b.db", "a/./b.db", "x/", ".."):
+        q = urllib.parse.quote(bad, safe="")
+        resp = http(p.url + "/import?name=" + q, "POST", seed)
+        assert resp.status == 400, (bad, resp)
+        assert http(p.url + "/export?name=" + q).status == 400, bad
+    assert not os.path.exists(os.path.join(p.data, "evil.db"))
+    assert not os.path.exists(os.path.join(p.base, "evil.db"))
+    resp = http(p.url + "/import?name=" + urllib.parse.quote("imported/x.db", safe=""),
+                "POST", seed)
+    assert resp.status == 200, resp
+    assert rows(p.path("imported/x.db")) == (12, sum(range(12)))
+    assert_same(p, r, "imported/x.db")
+    got = http(r.url + "/export?name=imported%2Fx.db")
+    assert got.status == 200 and got.body[:16] == b"SQLite format 3\x00"
+
+
+def test_rsync_tree_then_update_then_rm_rf(make_node, tmp_path):
+    """rsync -a of a tree (temp files, renames, times and modes on directories), an
+    incremental rsync after the source changed, find, then rm -rf."""
+    src = tmp_path / "tree"
+    (src / "a" / "b").mkdir(parents=True)
+    make_seed(str(src / "a" / "b" / "one.db"), rows=10)
+    make_seed(str(src / "a" / "two.db"), rows=20, mode="wal")
+    (src / "a" / "b" / "note.txt").write_text("n\n")
+    p, (r,) = cluster(make_node, 1)
+    rsync = require("rsync")
+    subprocess.run([rsync, "-a", str(src) + "/", p.path("tree") + "/"], check=True)
+    assert rows(p.path("tree/a/b/one.db")) == (10, sum(range(10)))
+    assert rows(p.path("tree/a/two.db")) == (20, sum(range(20)))
+    assert_same(p, r, "tree/a/b/one.db")
+    assert_same(p, r, "tree/a/two.db")
+    found = subprocess.run(["find", p.path("tree"), "-name", "*.db"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert sorted(os.path.relpath(f, p.mount) for f in found) == \
+        ["tree/a/b/one.db", "tree/a/two.db"]
+    make_seed(str(src / "a" / "b" / "one.db"), rows=99)
+    subprocess.run([rsync, "-a", str(src) + "/", p.path("tree") + "/"], check=True)
+    assert rows(p.path("tree/a/b/one.db")) == (99, sum(range(99)))
+    assert_same(p, r, "tree/a/b/one.db")
+    assert rows(r.path("tree/a/b/one.db")) == (99, sum(range(99)))
+    subprocess.run(["rm", "-rf", p.path("tree")], check=True)
+    assert not os.path.exists(p.path("tree"))
+    gone_on(r, "tree/a/b/one.db")
+    gone_on(r, "tree/a/two.db")
+
+
+def test_directory_belongs_to_its_maker(make_node, tmp_path):
+    """With allow-other, a user's mkdir makes a directory that user can write in."""
+    p = make_node("primary", fuse_extra="  allow-other: true\n").start()
+    d = p.base
+    while d != "/tmp" and d != "/":  # let uid 65534 reach the mount (traverse only)
+        os.chmod(d, os.stat(d).st_mode | 0o711)
+        d = os.path.dirname(d)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "mkdir", "-p", p.path("nobody/deeper")], check=True)
+    st = os.stat(p.path("nobody/deeper"))
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "sh", "-c", "echo hi > %s" % p.path("nobody/deeper/f.txt")], check=True)
+    assert open(p.path("nobody/deeper/f.txt")).read() == "hi\n"

@@ -19,8 +19,8 @@ static void test_valid(void)
 	CHECK(valid("a%b"));
 	CHECK(valid(".hidden"));
 	CHECK(valid("x/a%2Fb")); /* nested: escaped, so no clash */
-	static const char *const bad[] = {"", ".", "..", "/app.db", "app.db/", "a//b", "a/./b",
-					  "a/../b", "../x", "..", "x/..", "a%2Fb"};
+	static const char *const bad[] = {"",	   ".",	     "..",   "/app.db", "app.db/", "a//b",
+					  "a/./b", "a/../b", "../x", "..",	"x/..",	   "a%2Fb"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		CHECK(!valid(bad[i]));
 	CHECK(!dbname_valid("a\0b", 3));

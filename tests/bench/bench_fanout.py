@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""What each replica costs (run on demand, never part of the test suite):
+
+    LTXFS_BUILD=/tmp/bench-new /usr/bin/python3 tests/bench/bench_fanout.py \\
+        [--replicas 0,1,3,8] [--modes wal-normal,wal-full,delete-full] [--n 3000] \\
+        [--catchup 10000]
+
+  fanout   for each journal mode and each number of replicas: a primary and N
+           replicas on loopback, one client (bench_client) committing --n
+           single-row INSERTs as fast as it can. Reports the primary's tx/s,
+           and the CPU time (utime + stime from /proc/PID/stat) per
+           transaction of the primary and of each replica, measured from the
+           first commit until every replica has reached the primary's
+           position. CPU time per transaction does not depend on where the
+           processes run, so it is comparable on a 2-core machine where the
+           primary and its replicas share the cores; tx/s is not, and is
+           reported with that caveat.
+  catchup  a replica stopped while the primary commits --catchup transactions
+           (WAL, synchronous=NORMAL), then started: its catch-up time versus
+           the time the primary took to produce them (the ratio issue 15 asks
+           to be at least 3), and the replica's CPU per transaction applied.
+
+Every figure of a run comes from the same binaries on the same disk.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("LTXFS_BUILD", os.path.join(ROOT, "build"))
+os.environ.setdefault("LTXFS_BIN", os.path.join(BUILD, "src", "ltxfs"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from conftest import Node, wait_for  # noqa: E402
+
+CLIENT = os.path.join(BUILD, "tests", "bench", "bench_client")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def client(path, mode, sync, n):
+    out = subprocess.check_output([CLIENT, "insert", path, mode, sync, str(n)], text=True)
+    return float(out.split()[0])
+
+
+def fanout(base, mode, sync, n_replicas, n):
+    tag = "%s-%s-%d" % (mode, sync, n_replicas)
+    p = Node(base, "p-" + tag).start()
+    rs = [Node(base, "r%d-%s" % (i, tag), replica_of=p).start() for i in range(n_replicas)]
+    try:
+        # the table exists everywhere before the measured run
+        client(p.path("db"), mode, sync, 1)
+        want = p.pos("db")
+        for r in rs:
+            wait_for(lambda: r.pos("db") == want, timeout=60)
+        procs = [p] + rs
+        before = [cpu_seconds(x.proc.pid) for x in procs]
+        t0 = time.monotonic()
+        txs = client(p.path("db"), mode, sync, n)
+        want = p.pos("db")
+        for r in rs:
+            wait_for(lambda: r.pos("db") == want, timeout=300)
+        wall = time.monotonic() - t0
+        after = [cpu_seconds(x.proc.pid) for x in procs]
+        per = [(a - b) / n * 1e6 for a, b in zip(after, before)]
+        return txs, per[0], per[1:], wall
+    finally:
+        for x in [p] + rs:
+            x.cleanup()
+
+
+def catchup(base, count):
+    p = Node(base, "cu-p").start()
+    r = Node(base, "cu-r", replica_of=p).start()
+    try:
+        client(p.path("db"), "wal", "normal", 1)
+        want = p.pos("db")
+        wait_for(lambda: r.pos("db") == want, timeout=60)
+        r.stop()
+        t0 = time.monotonic()
+        client(p.path("db"), "wal", "normal", count)
+        produce = time.monotonic() - t0
+        want = p.pos("db")
+        t1 = time.monotonic()
+        r.start()
+        c0 = cpu_seconds(r.proc.pid)
+        wait_for(lambda: r.pos("db") == want, timeout=600, interval=0.005)
+        took = time.monotonic() - t1
+        c1 = cpu_seconds(r.proc.pid)
+        return produce, took, (c1 - c0) / count * 1e6
+    finally:
+        p.cleanup()
+        r.cleanup()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--replicas", default="0,1,3,8")
+    ap.add_argument("--modes", default="wal-normal,wal-full,delete-full")
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--catchup", type=int, default=10000)
+    ap.add_argument("--only", default="fanout,catchup")
+    ap.add_argument("--dir", default=None, help="where nodes live (default: a temp dir)")
+    a = ap.parse_args()
+    base = a.dir or tempfile.mkdtemp(prefix="ltxfs-fanout-")
+    os.makedirs(base, exist_ok=True)
+    only = a.only.split(",")
+    print("binary %s, %d cores" % (os.environ["LTXFS_BIN"], os.cpu_count()))
+    if "fanout" in only:
+        print("%-12s %8s %9s %14s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
+                                         "each replica us/tx"))
+        for m in a.modes.split(","):
+            mode, sync = m.split("-")
+            n = a.n if mode == "wal" else max(200, a.n // 5)
+            base0 = None
+            for k in (int(x) for x in a.replicas.split(",")):
+                txs, pcpu, rcpu, wall = fanout(base, mode, sync, k, n)
+                if k == 0:
+                    base0 = (txs, pcpu)
+                extra = ""
+                if base0 and k > 0:
+                    extra = "  (+%.1f us/tx per replica on the primary; tx/s %.2f of 0)" % (
+                        (pcpu - base0[1]) / k, txs / base0[0])
+                print("%-12s %8d %9.0f %14.1f %s%s" % (
+                    m, k, txs, pcpu, " ".join("%.1f" % x for x in rcpu) or "-", extra))
+                sys.stdout.flush()
+    if "catchup" in only:
+        produce, took, rcpu = catchup(base, a.catchup)
+        print("catchup: %d tx produced in %.2f s, applied by a restarted replica in %.2f s "
+              "(%.1fx faster than produced), replica %.1f us CPU/tx" % (
+                  a.catchup, produce, took, produce / took, rcpu))
+
+
+if __name__ == "__main__":
+    main()
