@@ -56,6 +56,7 @@
 
 #define MERGE_MAX_BYTES (32u << 20)
 #define OBJECT_MAX	(4ull << 30)
+#define PASS_OBJECTS	8
 
 /* ------------------------------------------------------------------ layout */
 
@@ -579,9 +580,20 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 	int r = 0;
 	if (!d->listed && (r = learn(b, db, d)) < 0)
 		return r;
-	for (;;) {
+	/*
+	 * What was committed when the pass reached this database goes up, in one
+	 * object unless the size budget cuts it (then more, at most PASS_OBJECTS);
+	 * what commits meanwhile waits for the next pass, so a busy database
+	 * costs about one PUT per sync-interval and cannot starve the others.
+	 */
+	uint64_t target = 0;
+	for (int round = 0;; round++) {
 		struct db_pos pos;
 		db_get_pos(db, &pos);
+		if (round == 0)
+			target = pos.txid;
+		if (round == PASS_OBJECTS || (round > 0 && d->txid >= target))
+			return 0;
 		if (pos.txid <= d->txid || b->abort) {
 			if (pos.txid < d->txid && !d->warned_ahead) {
 				d->warned_ahead = true;

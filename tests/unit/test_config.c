@@ -1727,6 +1727,7 @@ static void test_backup(void)
 	CHECK(line && strstr(line, "backup.bucket=\"backups\""));
 	CHECK(line && strstr(line, "backup.secret-access-key=\"*****\""));
 	CHECK(line && !strstr(line, "SK\""));
+	CHECK(line && !strstr(line, "snapshot-interval") && !strstr(line, "backup.retention"));
 	free(line);
 	config_release(&c);
 	/* no backup section: none shown */
