@@ -245,6 +245,11 @@ static int do_call(struct s3 *s, struct call *c, struct httpc_resp *resp, struct
 			 c->content_type ? c->content_type : "application/octet-stream");
 		req.headers[nh++] = hctype;
 	}
+	if (nh + c->n_extra > sizeof(req.headers) / sizeof(req.headers[0])) {
+		r = -EINVAL;
+		set_err(res, "%s '%s': too many headers", c->method, c->key);
+		goto out;
+	}
 	for (size_t i = 0; i < c->n_extra; i++) {
 		if (asprintf(&lines[i], "%s: %s", c->extra[i].name, c->extra[i].value) < 0) {
 			lines[i] = NULL;
