@@ -197,7 +197,8 @@ int cmd_import(int argc, char **argv)
 	    .url = u,
 	    .body = m,
 	    .body_len = (size_t)sb.st_size,
-	    .headers = {auth[0] ? auth : NULL, "Content-Type: application/vnd.sqlite3"},
+	    /* the list ends at its first NULL: the optional header goes last */
+	    .headers = {"Content-Type: application/vnd.sqlite3", auth[0] ? auth : NULL},
 	    .progress = on_progress,
 	    .pctx = &b};
 	struct httpc_resp resp;
