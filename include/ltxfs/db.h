@@ -114,6 +114,8 @@ int db_stat_file(struct db *db, enum db_file kind, struct stat *st);
 /*
  * Open the backing file of kind with open(2) flags (O_CREAT/O_EXCL/O_TRUNC
  * honoured). O_TRUNC on a journal is a commit point; on a WAL it is a reset.
+ * A write-only open of a journal, WAL or -shm gets a read-write descriptor
+ * (db_write reads WAL frames back through it).
  */
 int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd);
 /*

@@ -258,6 +258,14 @@ int db_open_file(struct db *db, enum db_file kind, int flags, mode_t mode, int *
 			db_wal_reset(db);
 			db->wal_live = false;
 		}
+		/*
+		 * A write-only open (cp, TCL's file copy: SQLite's test harness
+		 * saves and restores a database with its -wal) still gets a
+		 * read-write descriptor: db_wal_write reads the frames back
+		 * through it to find the commits in what was written.
+		 */
+		if ((flags & O_ACCMODE) == O_WRONLY)
+			flags = (flags & ~O_ACCMODE) | O_RDWR;
 		r = open_backing(db, kind, flags, mode, ret_fd);
 		if (r < 0)
 			break;

@@ -32,8 +32,9 @@
  *   hook_entries     drop the entries of <db> and its companions, when the
  *                    database appeared or disappeared
  *   hook_unlock      WAL: rewrite the wal-index header; close the
- *                    descriptors, which releases the locks; give a WAL
- *                    database an empty -wal if it has none
+ *                    descriptors, which releases the locks; on a node
+ *                    that refuses writes, give a WAL database an empty
+ *                    -wal if it has none
  *
  * A WHOLE-FILE INSTALL on the primary (fusefs_whole.c) takes the same locks
  * through fusefs_install_lock and releases them through
@@ -277,8 +278,15 @@ static void unlock_db(struct fusefs *fs, struct db *db, void *token, bool ok, ui
 			close(t->shmfd);
 		free(t);
 	}
-	if (wal) {
-		/* readers of a WAL database need a -wal to open read-only */
+	if (wal && !store_accepts_writes(fs->store)) {
+		/*
+		 * Readers of a WAL database need a -wal to open read-only, and
+		 * on a node that refuses writes they cannot create it. Where
+		 * writes are accepted (a whole-file install on the primary)
+		 * SQLite creates it itself; one made here would be a file the
+		 * program that copied the database in did not write (cp of a
+		 * database, then of its -wal, fails: "file already exists").
+		 */
 		struct stat st;
 		int wfd;
 		if (db_stat_file(db, DB_FILE_WAL, &st) == -ENOENT &&
