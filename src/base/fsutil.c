@@ -1,5 +1,21 @@
 /*
- * fsutil.c - full-length I/O loops, mkdir -p, atomic replace.
+ * fsutil.c - full-length I/O loops, mkdir -p, atomic replace (base layer).
+ *
+ * CONTRACT. Every function returns 0 (or a byte count) or -errno, and none
+ * logs: the caller knows what the file is and says so once. The I/O loops
+ * retry EINTR and short transfers until n bytes are moved; the read loops
+ * stop early only at end of file (a short count then means EOF, never an
+ * error), the write loops never stop early.
+ *
+ * DURABILITY. fs_write_atomic is the one "replace a small file" recipe:
+ * write <path>.tmp, fsync it, rename it over path, fsync the directory. A
+ * crash leaves either the old file or the new one, plus perhaps a stale
+ * .tmp that the next call truncates. fs_fsync_dir is the directory half on
+ * its own, for callers that create or rename files themselves.
+ *
+ * THREADS. No state of its own: any thread may call any function. Two
+ * threads replacing the same path at once would share its .tmp name; no
+ * caller does (each such file has one writer).
  */
 #include "ltxfs/fsutil.h"
 

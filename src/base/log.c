@@ -1,6 +1,18 @@
 /*
  * log.c - leveled logging to stderr. One write(2) per line so that lines from
  * different threads never interleave.
+ *
+ * FORMAT. Text: "<UTC time, ms> <LEVEL> <message>"; JSON (log.format: json):
+ * one object per line, {"time":...,"level":...,"msg":...}, with the message
+ * escaped. A message is cut at 2 KiB; the line is built in a stack buffer
+ * and written whole, so nothing is allocated.
+ *
+ * STATE. Two atomics set by log_init (format and lowest level; before it,
+ * text at INFO). log_warn_repeat keeps no state of its own: the caller's
+ * buffer holds the last message, so a loop that fails the same way every
+ * second logs one WARN line and then DEBUG lines until the message changes.
+ *
+ * THREADS. Any thread, at any time, including before log_init.
  */
 #include "ltxfs/log.h"
 

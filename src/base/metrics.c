@@ -1,5 +1,20 @@
 /*
- * metrics.c - process-wide counters (see metrics.h).
+ * metrics.c - process-wide counters and the FUSE latency histogram, and
+ * their Prometheus text for GET /metrics (include/ltxfs/metrics.h).
+ *
+ * STATE. Static arrays of relaxed atomics, zero at start and never reset:
+ * one count, one nanosecond sum and METRICS_NBUCKETS bucket counts per FUSE
+ * operation (enum metrics_op), and one counter per enum metrics_counter.
+ * metrics_op puts a duration in the first bucket whose bound holds it (the
+ * render makes the counts cumulative, as Prometheus wants, and "+Inf" is the
+ * operation's total count). Per-database figures are not here: they live in
+ * struct db and the HTTP server renders them.
+ *
+ * THREADS. Any thread bumps any counter without a lock (FUSE workers, the
+ * stream and replica threads, the elector, the backup uploader); the HTTP
+ * thread reads them in metrics_render. Relaxed order is enough: each number
+ * is read on its own, and a scrape may see one counter a moment ahead of
+ * another.
  */
 #include "ltxfs/metrics.h"
 
