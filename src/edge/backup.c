@@ -36,12 +36,14 @@
  */
 #include "ltxfs/backup.h"
 
+#include "ltxfs/bkplan.h"
 #include "ltxfs/clock.h"
 #include "ltxfs/config.h"
 #include "ltxfs/db.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/ltxmerge.h"
+#include "ltxfs/restore.h"
 #include "ltxfs/s3.h"
 #include "ltxfs/store.h"
 
@@ -133,6 +135,24 @@ void backup_objs_release(struct backup_objs *o)
 	memset(o, 0, sizeof(*o));
 }
 
+int backup_objs_plan(const struct backup_objs *o, struct bkplan_obj **ret)
+{
+	struct bkplan_obj *v = calloc(o->n ? o->n : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < o->n; i++) {
+		const struct backup_obj *b = &o->v[i];
+		int64_t ms;
+		v[i] = (struct bkplan_obj){
+		    .level = b->level, .min_txid = b->min_txid, .max_txid = b->max_txid};
+		if (restore_parse_time(b->last_modified, &ms) < 0)
+			ms = INT64_MAX; /* unknown: retention never deletes it */
+		v[i].time_ms = ms;
+	}
+	*ret = v;
+	return 0;
+}
+
 int backup_s3_new(const struct config *cfg, const volatile bool *abort, struct s3 **ret)
 {
 	struct s3_options so = {.endpoint = cfg->backup.endpoint,
@@ -156,7 +176,7 @@ static void key_prefix(const char *path, char *buf, size_t n)
 struct list_ctx {
 	const char *prefix; /* "path/" */
 	size_t plen;
-	const char *name;   /* the database, or NULL */
+	const char *name; /* the database, or NULL */
 	char dbkey[1024];
 	struct backup_objs *out;
 	size_t cap;
@@ -176,12 +196,10 @@ static bool parse_key(const char *rest, char *dbkey, size_t dn, int *level, uint
 	const char *file = rest + len - LTX_FILENAME_LEN, *lv = file - 6;
 	if (lv[0] != '/' || lv[5] != '/' || ltx_parse_filename(file, mn, mx) < 0)
 		return false;
-	if (memcmp(lv, "/0000/", 6) == 0)
-		*level = BACKUP_LEVEL_L0;
-	else if (memcmp(lv, "/0009/", 6) == 0)
-		*level = BACKUP_LEVEL_SNAPSHOT;
-	else
+	/* levels 0000 (uploads), 0001-0008 (compacted), 0009 (snapshots) */
+	if (memcmp(lv, "/000", 4) != 0 || lv[4] < '0' || lv[4] > '9')
 		return false;
+	*level = lv[4] - '0';
 	size_t kl = (size_t)(lv - rest);
 	if (kl == 0 || kl >= dn || memchr(rest, '/', kl))
 		return false;
@@ -267,13 +285,13 @@ int backup_list_db(struct s3 *s, const char *path, const char *name, struct back
 
 /* The bucket's side of one database, for this term (the thread's own). */
 struct bdb {
-	bool listed;	    /* txid/key below come from this term's listing or uploads */
-	uint64_t txid;	    /* M: highest TXID in the bucket */
-	char *key;	    /* the object that holds M (NULL when txid is 0) */
-	bool have_sum;	    /* sum is the post-apply checksum at M */
+	bool listed;   /* txid/key below come from this term's listing or uploads */
+	uint64_t txid; /* M: highest TXID in the bucket */
+	char *key;     /* the object that holds M (NULL when txid is 0) */
+	bool have_sum; /* sum is the post-apply checksum at M */
 	uint64_t sum;
-	bool warned_ahead;  /* the bucket is ahead of this node: said once */
-	uint64_t objects;   /* uploaded by this process */
+	bool warned_ahead; /* the bucket is ahead of this node: said once */
+	uint64_t objects;  /* uploaded by this process */
 	int64_t uploaded_ms;
 	int64_t pending_since_ms;
 	uint64_t pending_bytes;
@@ -346,15 +364,15 @@ static int check_marker(struct backup *b)
 		return 0;
 	}
 	if (r != -EEXIST) {
-		log_warn_repeat(b->last_err, "backup: cannot write the cluster marker: %s (retrying)",
-				res.err);
+		log_warn_repeat(b->last_err,
+				"backup: cannot write the cluster marker: %s (retrying)", res.err);
 		return r;
 	}
 	char *body = NULL;
 	size_t n = 0;
 	if ((r = s3_get(b->s3, key, 0, 0, 256, &body, &n, &res)) < 0) {
-		log_warn_repeat(b->last_err, "backup: cannot read the cluster marker: %s (retrying)",
-				res.err);
+		log_warn_repeat(b->last_err,
+				"backup: cannot read the cluster marker: %s (retrying)", res.err);
 		return r;
 	}
 	bool same = n == strlen(want) && memcmp(body, want, n) == 0;
@@ -364,9 +382,10 @@ static int check_marker(struct backup *b)
 		memcpy(other, body, k);
 		other[k] = '\0';
 		other[strcspn(other, "\r\n")] = '\0';
-		log_error("backup: bucket prefix '%s' holds the backups of cluster '%s', not of this "
-			  "cluster %s: nothing will be uploaded (use another backup.path)",
-			  b->prefix[0] ? b->prefix : "(the bucket's root)", other, id);
+		log_error(
+		    "backup: bucket prefix '%s' holds the backups of cluster '%s', not of this "
+		    "cluster %s: nothing will be uploaded (use another backup.path)",
+		    b->prefix[0] ? b->prefix : "(the bucket's root)", other, id);
 		b->refused = true;
 		free(body);
 		return -EEXIST;
@@ -440,8 +459,8 @@ static int mem_write(void *ctx, const void *buf, size_t n)
 }
 
 /* PUT one object (If-None-Match: *) with its metadata. */
-static int put_object(struct backup *b, const char *key, const struct membuf *body,
-		      int64_t ts_ms, uint64_t post, struct s3_result *res)
+static int put_object(struct backup *b, const char *key, const struct membuf *body, int64_t ts_ms,
+		      uint64_t post, struct s3_result *res)
 {
 	char ts[32], sum[17];
 	backup_format_time(ts_ms, ts);
@@ -515,10 +534,11 @@ static int build_merged(struct backup *b, struct db *db, struct bdb *d, uint64_t
 				d->pending_since_ms = h.timestamp;
 			if (h.pre_apply_checksum != d->sum) {
 				close(fd);
-				log_warn("backup: db '%s': the bucket's checksum at TXID %016" PRIx64
-					 " is %016" PRIx64 ", this node's is %016" PRIx64
-					 ": another history; uploading a snapshot",
-					 db_name(db), d->txid, d->sum, h.pre_apply_checksum);
+				log_warn(
+				    "backup: db '%s': the bucket's checksum at TXID %016" PRIx64
+				    " is %016" PRIx64 ", this node's is %016" PRIx64
+				    ": another history; uploading a snapshot",
+				    db_name(db), d->txid, d->sum, h.pre_apply_checksum);
 				r = 1;
 				goto out;
 			}
@@ -597,11 +617,12 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 		if (pos.txid <= d->txid || b->abort) {
 			if (pos.txid < d->txid && !d->warned_ahead) {
 				d->warned_ahead = true;
-				log_warn("backup: db '%s': the bucket holds TXID %016" PRIx64
-					 ", beyond this node's %016" PRIx64
-					 " (a lost primary's transactions): a snapshot goes up once "
-					 "this node passes it",
-					 db_name(db), d->txid, pos.txid);
+				log_warn(
+				    "backup: db '%s': the bucket holds TXID %016" PRIx64
+				    ", beyond this node's %016" PRIx64
+				    " (a lost primary's transactions): a snapshot goes up once "
+				    "this node passes it",
+				    db_name(db), d->txid, pos.txid);
 			}
 			if (pos.txid == d->txid) {
 				d->pending_since_ms = 0;

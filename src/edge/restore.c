@@ -16,6 +16,7 @@
 #include "ltxfs/restore.h"
 
 #include "ltxfs/backup.h"
+#include "ltxfs/bkplan.h"
 #include "ltxfs/config.h"
 #include "ltxfs/crc.h"
 #include "ltxfs/fsutil.h"
@@ -71,8 +72,12 @@ int restore_parse_time(const char *s, int64_t *ret_ms)
 	}
 	if (*p || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
 		return -EINVAL;
-	struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
-			.tm_hour = h, .tm_min = m, .tm_sec = sec};
+	struct tm tm = {.tm_year = Y - 1900,
+			.tm_mon = M - 1,
+			.tm_mday = D,
+			.tm_hour = h,
+			.tm_min = m,
+			.tm_sec = sec};
 	time_t t = timegm(&tm);
 	*ret_ms = ((int64_t)t - off) * 1000 + frac_ms;
 	return 0;
@@ -94,31 +99,33 @@ struct plan {
 	size_t n;
 };
 
-/* The chain from snapshot s: L0 objects going furthest, up to limit. */
+/*
+ * The chain from snapshot s up to limit (bkplan_chain: the objects ending
+ * furthest, the highest level among equals).
+ */
 static int chain_from(const struct backup_objs *all, const struct backup_obj *s, uint64_t limit,
 		      struct plan *p)
 {
+	struct bkplan_obj *v = NULL;
+	size_t *idx = NULL;
+	int r = backup_objs_plan(all, &v);
+	if (r < 0)
+		return r;
 	p->v = calloc(all->n + 1, sizeof(*p->v));
-	if (!p->v)
-		return -ENOMEM;
-	p->n = 0;
-	p->v[p->n++] = s;
-	uint64_t cur = s->max_txid;
-	for (;;) {
-		const struct backup_obj *best = NULL;
-		for (size_t i = 0; i < all->n; i++) {
-			const struct backup_obj *o = &all->v[i];
-			if (o->level != BACKUP_LEVEL_L0 || o->min_txid != cur + 1 ||
-			    o->max_txid > limit)
-				continue;
-			if (!best || o->max_txid > best->max_txid)
-				best = o;
-		}
-		if (!best)
-			return 0;
-		p->v[p->n++] = best;
-		cur = best->max_txid;
+	idx = calloc(all->n + 1, sizeof(*idx));
+	if (!p->v || !idx) {
+		free(p->v);
+		p->v = NULL;
+		r = -ENOMEM;
+		goto out;
 	}
+	p->n = bkplan_chain(v, all->n, (size_t)(s - all->v), limit, idx);
+	for (size_t i = 0; i < p->n; i++)
+		p->v[i] = &all->v[idx[i]];
+out:
+	free(idx);
+	free(v);
+	return r;
 }
 
 /* The object's commit time from its metadata (ms), or -1. */
@@ -153,7 +160,9 @@ static int make_plan(struct s3 *s, const struct backup_objs *all, const struct r
 	}
 	if (!snap) {
 		fail(err, n, "no snapshot of '%s' at or before %s in the bucket", o->db,
-		     o->txid ? "that TXID" : o->has_time ? "that time" : "now");
+		     o->txid	   ? "that TXID"
+		     : o->has_time ? "that time"
+				   : "now");
 		return all->n ? -ENOENT : -ENOENT;
 	}
 	int r = chain_from(all, snap, limit, p);
@@ -248,7 +257,8 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 	}
 	const struct ltx_header *h = ltx_decoder_header(d);
 	if (h->min_txid != o->min_txid || h->max_txid != o->max_txid) {
-		fail(err, n, "object '%s' holds TXIDs %" PRIx64 "-%" PRIx64 ", not what its name says",
+		fail(err, n,
+		     "object '%s' holds TXIDs %" PRIx64 "-%" PRIx64 ", not what its name says",
 		     o->key, h->min_txid, h->max_txid);
 		r = -EBADMSG;
 		goto out;
@@ -299,7 +309,7 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 		r = ltx_decoder_finish(d, &t);
 	if (r < 0) {
 		fail(err, n, "object '%s' is corrupt: %s", o->key,
-		     r == -EBADMSG ? "a checksum or a page rule fails"
+		     r == -EBADMSG  ? "a checksum or a page rule fails"
 		     : r == -EPROTO ? "truncated"
 				    : strerror(-r));
 		goto out;
@@ -441,9 +451,13 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 	uint64_t bytes = 0;
 	for (size_t i = 0; i < all.n; i++) {
 		const struct backup_obj *o = &all.v[i];
-		fprintf(out, "%-8s  %016" PRIx64 "  %016" PRIx64 "  %12" PRIu64 "  %s\n",
-			o->level == BACKUP_LEVEL_SNAPSHOT ? "snapshot" : "l0", o->min_txid,
-			o->max_txid, o->size, o->last_modified);
+		char kind[16];
+		if (o->level == BACKUP_LEVEL_SNAPSHOT)
+			snprintf(kind, sizeof(kind), "snapshot");
+		else
+			snprintf(kind, sizeof(kind), "l%d", o->level);
+		fprintf(out, "%-8s  %016" PRIx64 "  %016" PRIx64 "  %12" PRIu64 "  %s\n", kind,
+			o->min_txid, o->max_txid, o->size, o->last_modified);
 		bytes += o->size;
 	}
 	/* what the newest snapshot's chain reaches */
@@ -456,8 +470,9 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 		struct plan p = {0};
 		if ((r = chain_from(&all, snap, UINT64_MAX, &p)) < 0)
 			goto out;
-		fprintf(out, "restorable: TXID %" PRIx64 " (snapshot) to %" PRIx64
-			     " (latest), at the end of each object after the snapshot\n",
+		fprintf(out,
+			"restorable: TXID %" PRIx64 " (snapshot) to %" PRIx64
+			" (latest), at the end of each object after the snapshot\n",
 			snap->max_txid, p.v[p.n - 1]->max_txid);
 		free(p.v);
 	} else {
