@@ -295,6 +295,13 @@ struct bdb {
 	int64_t uploaded_ms;
 	int64_t pending_since_ms;
 	uint64_t pending_bytes;
+	/* The database's objects in the bucket: this term's listing, plus what
+	 * this term uploaded, minus what it deleted (snapshots, retention). */
+	struct backup_objs objs;
+	size_t objs_cap;
+	uint64_t snap_txid;	   /* the newest snapshot's TXID, 0: none */
+	int64_t snap_ms;	   /* when the newest snapshot was written */
+	int64_t next_retention_ms; /* when retention may delete something next */
 };
 
 struct backup {
@@ -303,6 +310,8 @@ struct backup {
 	char *path;
 	char prefix[300];
 	int64_t interval_ms;
+	int64_t snapshot_interval_ms; /* 0: no scheduled snapshots */
+	int64_t retention_ms;	      /* 0: no deletion */
 	bool compress;
 	pthread_t thread;
 	pthread_mutex_t mu;
@@ -327,6 +336,60 @@ static void bdb_reset(struct bdb *d)
 	d->txid = 0;
 	d->have_sum = false;
 	d->warned_ahead = false;
+	backup_objs_release(&d->objs);
+	d->objs_cap = 0;
+	d->snap_txid = 0;
+	d->snap_ms = 0;
+	d->next_retention_ms = 0;
+}
+
+/* Add an object to d->objs (a copy of key), keeping them sorted by max TXID. */
+static int objs_add(struct bdb *d, const char *key, int level, uint64_t mn, uint64_t mx,
+		    uint64_t size, const char *last_modified)
+{
+	struct backup_objs *o = &d->objs;
+	if (o->n == d->objs_cap) {
+		size_t nc = d->objs_cap ? d->objs_cap * 2 : 16;
+		struct backup_obj *v = realloc(o->v, nc * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		o->v = v;
+		d->objs_cap = nc;
+	}
+	char *k = strdup(key);
+	if (!k)
+		return -ENOMEM;
+	size_t at = o->n;
+	while (at > 0 && (o->v[at - 1].max_txid > mx ||
+			  (o->v[at - 1].max_txid == mx && o->v[at - 1].level > level)))
+		at--;
+	memmove(&o->v[at + 1], &o->v[at], (o->n - at) * sizeof(*o->v));
+	struct backup_obj *b = &o->v[at];
+	memset(b, 0, sizeof(*b));
+	b->key = k;
+	b->level = level;
+	b->min_txid = mn;
+	b->max_txid = mx;
+	b->size = size;
+	snprintf(b->last_modified, sizeof(b->last_modified), "%s", last_modified);
+	o->n++;
+	if (level == BACKUP_LEVEL_SNAPSHOT) {
+		int64_t ms;
+		if (mx > d->snap_txid)
+			d->snap_txid = mx;
+		if (restore_parse_time(last_modified, &ms) == 0 && ms > d->snap_ms)
+			d->snap_ms = ms;
+	}
+	return 0;
+}
+
+/* Remove d->objs.v[i]. */
+static void objs_remove(struct bdb *d, size_t i)
+{
+	struct backup_objs *o = &d->objs;
+	free(o->v[i].key);
+	memmove(&o->v[i], &o->v[i + 1], (o->n - i - 1) * sizeof(*o->v));
+	o->n--;
 }
 
 /* Publish the state of one database for /info, /metrics and retention. */
@@ -417,11 +480,15 @@ static int learn(struct backup *b, struct db *db, struct bdb *d)
 	if (backup_dbkey(db_name(db), dbkey, sizeof(dbkey)) < 0)
 		return -ENAMETOOLONG;
 	size_t kl = strlen(dbkey), pl = strlen(b->prefix);
+	int r;
 	bdb_reset(d);
 	for (size_t i = 0; i < b->listing.n; i++) { /* sorted by max TXID */
 		const struct backup_obj *o = &b->listing.v[i];
 		if (strncmp(o->key + pl, dbkey, kl) != 0 || o->key[pl + kl] != '/')
 			continue;
+		if ((r = objs_add(d, o->key, o->level, o->min_txid, o->max_txid, o->size,
+				  o->last_modified)) < 0)
+			return r;
 		if (o->max_txid >= d->txid) {
 			free(d->key);
 			if (!(d->key = strdup(o->key)))
@@ -594,26 +661,46 @@ static int build_snapshot(struct backup *b, struct db *db, struct membuf *body,
 	return r;
 }
 
-/* Upload what db committed after M, in as many objects as it takes. */
-static int sync_db(struct backup *b, struct db *db, struct bdb *d)
+/* After a PUT of key: the bucket's side of db is at max_txid with checksum post. */
+static int uploaded(struct backup *b, struct db *db, struct bdb *d, const char *key, int level,
+		    const struct ltx_header *h, uint64_t post, uint64_t size)
+{
+	char now[32];
+	int64_t ms = clock_wall_ms();
+	backup_format_time(ms, now);
+	log_debug("backup: db '%s': uploaded '%s'", db_name(db), key);
+	free(d->key);
+	d->key = strdup(key);
+	d->txid = h->max_txid;
+	d->sum = post;
+	d->have_sum = true;
+	d->objects++;
+	d->uploaded_ms = ms;
+	d->pending_since_ms = 0;
+	d->pending_bytes = 0;
+	publish(b, db, d, true);
+	if (level == BACKUP_LEVEL_SNAPSHOT && d->next_retention_ms > ms + b->retention_ms)
+		d->next_retention_ms = ms + b->retention_ms; /* the window may move past it */
+	return objs_add(d, key, level, h->min_txid, h->max_txid, size, now);
+}
+
+/*
+ * Upload what db committed after M up to target, in as many objects as it
+ * takes (at most PASS_OBJECTS). 0 when the bucket reached target or nothing
+ * more can go now, -errno.
+ */
+static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t target)
 {
 	int r = 0;
-	if (!d->listed && (r = learn(b, db, d)) < 0)
-		return r;
 	/*
 	 * What was committed when the pass reached this database goes up, in one
 	 * object unless the size budget cuts it (then more, at most PASS_OBJECTS);
 	 * what commits meanwhile waits for the next pass, so a busy database
 	 * costs about one PUT per sync-interval and cannot starve the others.
 	 */
-	uint64_t target = 0;
 	for (int round = 0;; round++) {
 		struct db_pos pos;
 		db_get_pos(db, &pos);
-		if (round == 0)
-			target = pos.txid;
-		if (round == PASS_OBJECTS || (round > 0 && d->txid >= target))
-			return 0;
 		if (pos.txid <= d->txid || b->abort) {
 			if (pos.txid < d->txid && !d->warned_ahead) {
 				d->warned_ahead = true;
@@ -630,13 +717,16 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 			}
 			return 0;
 		}
+		if (round == PASS_OBJECTS || d->txid >= target)
+			return 0;
 		if (d->txid && !d->have_sum && (r = fetch_sum(b, d)) < 0)
 			return r;
+		uint64_t upto = pos.txid < target ? pos.txid : target;
 		struct membuf body = {0};
 		struct ltx_header h;
 		struct ltx_trailer t;
 		int level = BACKUP_LEVEL_L0;
-		r = d->txid && d->sum ? build_merged(b, db, d, pos.txid, &body, &h, &t) : 1;
+		r = d->txid && d->sum ? build_merged(b, db, d, upto, &body, &h, &t) : 1;
 		if (r == 1) {
 			free(body.p);
 			body = (struct membuf){0};
@@ -679,18 +769,127 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 					db_name(db), pos.txid - d->txid, res.err);
 			return r;
 		}
-		log_debug("backup: db '%s': uploaded '%s'", db_name(db), key);
-		free(d->key);
-		d->key = strdup(key);
-		d->txid = h.max_txid;
-		d->sum = t.post_apply_checksum;
-		d->have_sum = true;
-		d->objects++;
-		d->uploaded_ms = clock_wall_ms();
-		d->pending_since_ms = 0;
-		d->pending_bytes = 0;
-		publish(b, db, d, true);
+		if ((r = uploaded(b, db, d, key, level, &h, t.post_apply_checksum, body.n)) < 0)
+			return r;
 	}
+}
+
+/*
+ * A scheduled snapshot (backup.snapshot-interval): when the newest snapshot
+ * in the bucket is that old and the database changed since, the current
+ * state goes up at level 9. The snapshot is taken first, at TXID P; the L0
+ * chain is brought to exactly P (commits after the pass began), so that
+ * the chain continues from the snapshot with no gap, then the snapshot
+ * goes up. 0 (done, or not due), -errno.
+ */
+static int scheduled_snapshot(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct db_pos pos;
+	int64_t now = clock_wall_ms();
+	if (!b->snapshot_interval_ms || now - d->snap_ms < b->snapshot_interval_ms)
+		return 0;
+	db_get_pos(db, &pos);
+	if (pos.txid <= d->snap_txid || d->txid < d->snap_txid || !d->txid)
+		return 0; /* unchanged since the last snapshot, or no chain yet */
+	struct membuf body = {0};
+	struct ltx_header h;
+	struct ltx_trailer t;
+	char key[1400];
+	struct s3_result res;
+	int r = build_snapshot(b, db, &body, &h, &t);
+	if (r == -ENOENT) {
+		r = 0; /* dropped meanwhile */
+		goto out;
+	}
+	if (r < 0) {
+		log_warn_repeat(b->last_err, "backup: db '%s': cannot build the snapshot: %s",
+				db_name(db), strerror(-r));
+		goto out;
+	}
+	if (h.max_txid > d->txid && (r = sync_l0(b, db, d, h.max_txid)) < 0)
+		goto out;
+	if (d->txid != h.max_txid)
+		goto out; /* the chain did not reach P (a cut, the bucket ahead): next pass */
+	object_key(b, db, BACKUP_LEVEL_SNAPSHOT, h.min_txid, h.max_txid, key, sizeof(key));
+	r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
+	if (r == -EEXIST) { /* this very snapshot is there (the chain's own) */
+		d->snap_ms = now;
+		d->snap_txid = h.max_txid;
+		r = 0;
+		goto out;
+	}
+	if (r < 0) {
+		log_warn_repeat(b->last_err,
+				"backup: db '%s': snapshot upload failed: %s (retrying)",
+				db_name(db), res.err);
+		goto out;
+	}
+	log_info("backup: db '%s': scheduled snapshot at TXID %016" PRIx64 " uploaded", db_name(db),
+		 h.max_txid);
+	r = uploaded(b, db, d, key, BACKUP_LEVEL_SNAPSHOT, &h, t.post_apply_checksum, body.n);
+out:
+	free(body.p);
+	return r;
+}
+
+/*
+ * Retention (backup.retention): delete, oldest first, the objects bkplan
+ * finds no longer needed for a restore to any point of the window. Runs
+ * when the answer may have changed (d->next_retention_ms): at the start of
+ * a term, and when a snapshot leaves the window's start. 0 or -errno (a
+ * failed DELETE: tried again at the next pass).
+ */
+static int apply_retention(struct backup *b, struct db *db, struct bdb *d)
+{
+	int64_t now = clock_wall_ms(), next = INT64_MAX;
+	if (!b->retention_ms || now < d->next_retention_ms || !d->objs.n)
+		return 0;
+	struct bkplan_obj *v = NULL;
+	bool *del = calloc(d->objs.n, sizeof(*del));
+	size_t n = 0;
+	int r = del ? backup_objs_plan(&d->objs, &v) : -ENOMEM;
+	if (r < 0 || (r = bkplan_retention(v, d->objs.n, now, b->retention_ms, del, &n, &next)) < 0)
+		goto out;
+	d->next_retention_ms = next;
+	/* d->objs is sorted by max TXID: the oldest go first, and a failure
+	 * leaves no gap in what stays */
+	for (size_t i = 0, j = 0; n && j < d->objs.n && !b->abort; i++) {
+		struct s3_result res;
+		if (!del[i]) {
+			j++;
+			continue;
+		}
+		if ((r = s3_delete(b->s3, d->objs.v[j].key, &res)) < 0) {
+			log_warn_repeat(b->last_err,
+					"backup: db '%s': retention cannot delete: %s (retrying)",
+					db_name(db), res.err);
+			d->next_retention_ms = 0;
+			goto out;
+		}
+		log_debug("backup: db '%s': retention deleted '%s'", db_name(db), d->objs.v[j].key);
+		objs_remove(d, j);
+		n--;
+	}
+	r = 0;
+out:
+	free(v);
+	free(del);
+	return r;
+}
+
+/* Upload what db committed, then a snapshot and retention when due. */
+static int sync_db(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct db_pos pos;
+	int r = 0;
+	if (!d->listed && (r = learn(b, db, d)) < 0)
+		return r;
+	db_get_pos(db, &pos);
+	if ((r = sync_l0(b, db, d, pos.txid)) < 0 || b->need_list)
+		return r;
+	if ((r = scheduled_snapshot(b, db, d)) < 0 || b->need_list)
+		return r;
+	return apply_retention(b, db, d);
 }
 
 /* One pass over every database; 0 or the first error. */
@@ -762,6 +961,8 @@ int backup_start(struct backup **ret, const struct backup_options *o)
 	pthread_cond_init(&b->cond, NULL);
 	b->store = o->store;
 	b->interval_ms = o->cfg->backup.sync_interval_ms;
+	b->snapshot_interval_ms = o->cfg->backup.snapshot_interval_ms;
+	b->retention_ms = o->cfg->backup.retention_ms;
 	b->compress = o->cfg->data.compress;
 	b->need_list = true;
 	if (!(b->path = strdup(o->cfg->backup.path ? o->cfg->backup.path : ""))) {

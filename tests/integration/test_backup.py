@@ -373,3 +373,112 @@ def test_idle_database_costs_no_requests(make_node, moto, bucket):
     assert after["put"] - before["put"] == new_objs, (before, after, new_objs)
     assert all(after[k] == before[k] for k in ("get", "head", "list", "delete")), (before, after)
     assert db_info(p, "idle.db")["backup"]["objects"] == idle_objs
+
+
+# ------------------------------------------------- snapshots and retention
+
+def chain_from_oldest_snapshot(objs, dbkey, upto):
+    """The oldest snapshot of dbkey, then incremental objects (any level
+    below 9) with no gap up to upto; every later snapshot ends where an
+    object of the chain ends (the chain goes on from it)."""
+    mine = [o for o in objs if o[0] == dbkey]
+    snaps = sorted((o for o in mine if o[1] == "0009"), key=lambda o: o[3])
+    assert snaps and all(s[2] == 1 for s in snaps), mine
+    ends = {snaps[0][3]}
+    cur = snaps[0][3]
+    for o in sorted((o for o in mine if o[1] != "0009"), key=lambda o: (o[2], -o[3])):
+        if o[3] <= cur:
+            continue  # covered by a longer object (a compacted one)
+        assert o[2] == cur + 1, ("gap or overlap", o, cur, mine)
+        cur = o[3]
+        ends.add(cur)
+    assert cur == upto, (cur, upto, mine)
+    for s in snaps[1:]:
+        assert s[3] in ends, ("a snapshot off the chain", s, mine)
+    return snaps
+
+
+def test_scheduled_snapshots_only_when_changed(make_node, moto, bucket, tmp_path):
+    """backup.snapshot-interval: a snapshot goes up at level 0009 once the
+    newest is that old and the database changed since, at a TXID where the
+    L0 chain ends (no gap after it); an idle database gets none; restore
+    starts from the newest snapshot at or below its target."""
+    section = moto.backup_section(bucket, path="snap") + "  snapshot-interval: 1s\n"
+    p = make_node("p", extra_config=section).start()
+    write_rows(p, "a.db", "wal", 5)
+    t1 = wait_uploaded(p, "a.db")
+    at1 = export(p, "a.db", str(tmp_path / "at1.db"))
+    states = {t1: at1}
+    for rnd in range(3):
+        before = len([o for o in objects(moto, bucket, "snap") if o[1] == "0009"])
+        write_rows(p, "a.db", "delete", 4, start=100 * (rnd + 1), per_tx=2)
+        t = wait_uploaded(p, "a.db")
+        states[t] = export(p, "a.db", str(tmp_path / ("at%x.db" % t)))
+        wait_for(lambda: len([o for o in objects(moto, bucket, "snap") if o[1] == "0009"]) >
+                 before, timeout=15, what="a scheduled snapshot after round %d" % rnd)
+    t_last = wait_uploaded(p, "a.db")
+    snaps = chain_from_oldest_snapshot(objects(moto, bucket, "snap"), "a.db", t_last)
+    assert len(snaps) >= 4, snaps
+    assert snaps[-1][3] == t_last, snaps
+    # idle: no snapshot, no request, over several intervals
+    n_objs = len(objects(moto, bucket, "snap"))
+    puts = metric(p, "ltxfs_backup_requests_total", 'kind="put"')
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert len(objects(moto, bucket, "snap")) == n_objs
+        time.sleep(0.2)
+    assert metric(p, "ltxfs_backup_requests_total", 'kind="put"') == puts
+    assert "scheduled snapshot at TXID" in p.read_log()
+    # every recorded state restores, each from the snapshot at or below it
+    for t, want in states.items():
+        dst = str(tmp_path / ("r%x.db" % t))
+        restore(p, "a.db", dst, "-txid", "%x" % t)
+        with open(dst, "rb") as f:
+            assert f.read() == want, "restore to %x" % t
+    listing = cli("backups", "-config", p.config, "a.db", check=0).stdout
+    assert listing.count("snapshot ") >= 4, listing
+
+
+def test_retention_deletes_what_the_window_does_not_need(make_node, moto, bucket, tmp_path):
+    """backup.retention: objects that precede the newest snapshot written
+    before the window's start go (DELETE); every state committed inside the
+    window stays restorable, byte for byte, and so does the latest; a state
+    from before the kept snapshot is refused."""
+    section = (moto.backup_section(bucket, path="ret") +
+               "  snapshot-interval: 1s\n  retention: 4s\n")
+    p = make_node("p", extra_config=section).start()
+    rounds = []  # (txid, wall time after upload, export)
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 9:
+        write_rows(p, "a.db", "wal", 3, start=10 * i)
+        t = wait_uploaded(p, "a.db")
+        rounds.append((t, time.time(), export(p, "a.db", str(tmp_path / "e.db"))))
+        i += 1
+        time.sleep(0.3)
+    first_snap = [o for o in objects(moto, bucket, "ret") if o[1] == "0009"][0]
+    wait_for(lambda: first_snap not in objects(moto, bucket, "ret"), timeout=10,
+             what="retention to delete the first snapshot")
+    assert metric(p, "ltxfs_backup_requests_total", 'kind="delete"') > 0
+    t_last = rounds[-1][0]
+
+    def settled():
+        """Nothing left that ends at or before the oldest snapshot kept, but it
+        (retention deletes one object at a time, oldest first)."""
+        objs = objects(moto, bucket, "ret")
+        old = min((o for o in objs if o[1] == "0009"), key=lambda o: o[3])
+        return not [o for o in objs if o[3] <= old[3] and o != old] and objs
+    objs = wait_for(settled, what="retention to finish")
+    snaps = chain_from_oldest_snapshot(objs, "a.db", t_last)
+    now = time.time()
+    inside = [r for r in rounds if r[1] > now - 4 + 1.0]
+    assert inside, rounds
+    for t, _when, want in dict((r[0], r) for r in inside + [rounds[-1]]).values():
+        dst = str(tmp_path / ("r%x.db" % t))
+        restore(p, "a.db", dst, "-txid", "%x" % t)
+        with open(dst, "rb") as f:
+            assert f.read() == want, "restore to %x inside the window" % t
+    old = rounds[0][0]
+    assert old < snaps[0][3]
+    r = restore(p, "a.db", str(tmp_path / "old.db"), "-txid", "%x" % old, check=1)
+    assert "cannot be restored" in r.stderr or "no snapshot" in r.stderr, r.stderr
