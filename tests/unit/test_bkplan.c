@@ -115,6 +115,64 @@ static void test_retention_is_conservative(void)
 	CHECK(!del[0] && !del[1] && !del[2] && del[3] && del[4] && !del[5]);
 }
 
+static void test_compact_selects_the_run_after_the_last_compaction(void)
+{
+	struct bkplan_obj v[] = {
+	    {S, 1, 5, 0},   {0, 6, 7, 1},   {0, 8, 9, 2},   {1, 6, 9, 3},
+	    {0, 10, 10, 4}, {0, 11, 13, 5}, {0, 14, 20, 6}, {0, 11, 12, 4}, /* a fork: older */
+	};
+	size_t out[N(v)];
+	size_t k = bkplan_compact(v, N(v), 0, out);
+	CHECK_EQ_U64(k, 3);
+	CHECK(out[0] == 4 && out[1] == 5 && out[2] == 6);
+	/* one object after the last L1: nothing to do */
+	CHECK_EQ_U64(bkplan_compact(v, 5, 0, out), 0);
+	/* nothing at all */
+	CHECK_EQ_U64(bkplan_compact(v, 0, 0, out), 0);
+	/* a gap ends the run: only what chains to the top */
+	struct bkplan_obj g[] = {{S, 1, 5, 0}, {0, 6, 7, 1}, {0, 9, 10, 2}, {0, 11, 11, 3}};
+	k = bkplan_compact(g, N(g), 0, out);
+	CHECK_EQ_U64(k, 2);
+	CHECK(out[0] == 2 && out[1] == 3);
+	/* never across a snapshot */
+	struct bkplan_obj s[] = {{S, 1, 5, 0}, {0, 6, 7, 1},   {0, 8, 9, 2},
+				 {S, 1, 9, 3}, {0, 10, 10, 4}, {0, 11, 12, 5}};
+	k = bkplan_compact(s, N(s), 0, out);
+	CHECK_EQ_U64(k, 2);
+	CHECK(out[0] == 4 && out[1] == 5);
+}
+
+/* L0 objects a compacted object covers go once that object was written
+ * before the window's start; not before (a restore into the window may
+ * need to stop inside its range). */
+static void test_retention_of_compacted_objects(void)
+{
+	struct bkplan_obj v[] = {{S, 1, 5, 0},	  {0, 6, 7, 10},   {0, 8, 9, 20},
+				 {1, 6, 9, 30},	  {0, 10, 11, 40}, {0, 12, 13, 50},
+				 {1, 10, 13, 60}, {0, 14, 14, 70}};
+	bool del[N(v)];
+	size_t n = 0;
+	int64_t next = 0;
+	/* window start 35: the first L1 is before it, the second after */
+	CHECK_RC(bkplan_retention(v, N(v), 135, 100, del, &n, &next), 0);
+	CHECK_EQ_U64(n, 2);
+	CHECK(del[1] && del[2]);
+	CHECK(!del[0] && !del[3] && !del[4] && !del[5] && !del[6] && !del[7]);
+	CHECK_EQ_U64(next, 160);
+	/* window start 29: no L1 before it */
+	CHECK_RC(bkplan_retention(v, N(v), 129, 100, del, &n, &next), 0);
+	CHECK_EQ_U64(n, 0);
+	CHECK_EQ_U64(next, 130);
+	/* both: the snapshot and the two L1 objects and the last L0 stay */
+	CHECK_RC(bkplan_retention(v, N(v), 1000, 100, del, &n, &next), 0);
+	CHECK_EQ_U64(n, 4);
+	CHECK(!del[0] && !del[3] && !del[6] && !del[7]);
+	/* and a restore to the latest still chains: snapshot, L1, L1, L0 */
+	size_t out[N(v) + 1];
+	CHECK_EQ_U64(bkplan_chain(v, N(v), 0, UINT64_MAX, out), 4);
+	CHECK(out[1] == 3 && out[2] == 6 && out[3] == 7);
+}
+
 int main(void)
 {
 	RUN(test_snapshot_choice);
@@ -123,5 +181,7 @@ int main(void)
 	RUN(test_retention_keeps_the_window);
 	RUN(test_retention_without_old_snapshot_deletes_nothing);
 	RUN(test_retention_is_conservative);
+	RUN(test_compact_selects_the_run_after_the_last_compaction);
+	RUN(test_retention_of_compacted_objects);
 	return UNIT_DONE();
 }
