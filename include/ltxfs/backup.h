@@ -32,6 +32,7 @@ struct db;
 struct s3;
 
 #define BACKUP_LEVEL_L0	      0
+#define BACKUP_LEVEL_L1	      1
 #define BACKUP_LEVEL_SNAPSHOT 9
 #define BACKUP_MARKER	      "ltxfs-cluster"
 /* user metadata of every object (x-amz-meta-...) */

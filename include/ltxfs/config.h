@@ -89,12 +89,13 @@ struct config {
 		char *region;	       /* "us-east-1" */
 		char *bucket;	       /* required with type s3 */
 		char *path; /* key prefix: "" or segments of [A-Za-z0-9._-] joined by '/' */
-		char *access_key_id;	      /* else $AWS_ACCESS_KEY_ID */
-		char *secret_access_key;      /* else $AWS_SECRET_ACCESS_KEY */
-		int64_t sync_interval_ms;     /* 1s, > 0 */
-		int64_t snapshot_interval_ms; /* 24h; 0: no scheduled snapshots */
-		int64_t retention_ms;	      /* 0: keep every object */
-		bool restore_if_empty;	      /* not supported yet: false */
+		char *access_key_id;		/* else $AWS_ACCESS_KEY_ID */
+		char *secret_access_key;	/* else $AWS_SECRET_ACCESS_KEY */
+		int64_t sync_interval_ms;	/* 1s, > 0 */
+		int64_t snapshot_interval_ms;	/* 24h; 0: no scheduled snapshots */
+		int64_t retention_ms;		/* 0: keep every object */
+		int64_t compaction_interval_ms; /* 5m; 0: no compaction into level 1 */
+		bool restore_if_empty;		/* not supported yet: false */
 	} backup;
 	struct {
 		char *format; /* "text" | "json" */

@@ -302,6 +302,7 @@ struct bdb {
 	uint64_t snap_txid;	   /* the newest snapshot's TXID, 0: none */
 	int64_t snap_ms;	   /* when the newest snapshot was written */
 	int64_t next_retention_ms; /* when retention may delete something next */
+	int64_t compact_ms;	   /* the last compaction's time (this term) */
 };
 
 struct backup {
@@ -310,8 +311,9 @@ struct backup {
 	char *path;
 	char prefix[300];
 	int64_t interval_ms;
-	int64_t snapshot_interval_ms; /* 0: no scheduled snapshots */
-	int64_t retention_ms;	      /* 0: no deletion */
+	int64_t snapshot_interval_ms;	/* 0: no scheduled snapshots */
+	int64_t retention_ms;		/* 0: no deletion */
+	int64_t compaction_interval_ms; /* 0: no compaction */
 	bool compress;
 	pthread_t thread;
 	pthread_mutex_t mu;
@@ -341,6 +343,7 @@ static void bdb_reset(struct bdb *d)
 	d->snap_txid = 0;
 	d->snap_ms = 0;
 	d->next_retention_ms = 0;
+	d->compact_ms = 0;
 }
 
 /* Add an object to d->objs (a copy of key), keeping them sorted by max TXID. */
@@ -679,7 +682,7 @@ static int uploaded(struct backup *b, struct db *db, struct bdb *d, const char *
 	d->pending_since_ms = 0;
 	d->pending_bytes = 0;
 	publish(b, db, d, true);
-	if (level == BACKUP_LEVEL_SNAPSHOT && d->next_retention_ms > ms + b->retention_ms)
+	if (level != BACKUP_LEVEL_L0 && d->next_retention_ms > ms + b->retention_ms)
 		d->next_retention_ms = ms + b->retention_ms; /* the window may move past it */
 	return objs_add(d, key, level, h->min_txid, h->max_txid, size, now);
 }
@@ -877,7 +880,137 @@ out:
 	return r;
 }
 
-/* Upload what db committed, then a snapshot and retention when due. */
+struct memsrc {
+	const char *p;
+	size_t n, off;
+};
+
+static ssize_t mem_read(void *ctx, void *buf, size_t n)
+{
+	struct memsrc *m = ctx;
+	size_t k = m->n - m->off < n ? m->n - m->off : n;
+	memcpy(buf, m->p + m->off, k);
+	m->off += k;
+	return (ssize_t)k;
+}
+
+/*
+ * One compacted object: the L0 run bkplan_compact chooses, downloaded,
+ * verified and merged (ltxmerge.c checks that each object's pre-apply
+ * checksum is the previous one's post-apply checksum), uploaded at level
+ * 0001 as <first min>-<last max>. A run that passes the merge budget is cut
+ * there (the rest is the next object's). 1 when there was nothing (more)
+ * to compact, 0 after an upload, -errno.
+ */
+static int compact_once(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct bkplan_obj *v = NULL;
+	size_t *idx = NULL, k = 0, added = 0;
+	struct ltx_merge *m = NULL;
+	struct membuf body = {0};
+	struct ltx_header h;
+	struct ltx_trailer t;
+	struct s3_result res;
+	char key[1400];
+	int r = backup_objs_plan(&d->objs, &v);
+	if (r < 0)
+		goto out;
+	if (!(idx = calloc(d->objs.n + 1, sizeof(*idx)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (!(k = bkplan_compact(v, d->objs.n, BACKUP_LEVEL_L0, idx))) {
+		r = 1;
+		goto out;
+	}
+	if ((r = ltx_merge_new(&m, MERGE_MAX_BYTES)) < 0)
+		goto out;
+	for (size_t j = 0; j < k && !b->abort; j++) {
+		const struct backup_obj *o = &d->objs.v[idx[j]];
+		char *buf = NULL;
+		size_t len = 0;
+		if ((r = s3_get(b->s3, o->key, 0, 0, OBJECT_MAX, &buf, &len, &res)) < 0) {
+			log_warn_repeat(b->last_err, "backup: db '%s': compaction: %s (retrying)",
+					db_name(db), res.err);
+			goto out;
+		}
+		struct memsrc src = {buf, len, 0};
+		r = ltx_merge_add(m, mem_read, &src);
+		free(buf);
+		if (r == -EFBIG)
+			break;
+		if (r < 0) {
+			/* -ESTALE: not the previous object's history (a partitioned old
+			 * primary's object); -EBADMSG: corrupt */
+			log_warn_repeat(b->last_err,
+					"backup: db '%s': compaction stops at '%s': %s",
+					db_name(db), o->key,
+					r == -ESTALE ? "it does not continue the object before it"
+						     : strerror(-r));
+			if (r == -ESTALE || r == -EBADMSG)
+				r = 0;
+			break;
+		}
+		added++;
+	}
+	if (b->abort) {
+		r = -ECANCELED;
+		goto out;
+	}
+	if (r < 0)
+		goto out;
+	if (added < 2) {
+		r = 1; /* nothing worth an object */
+		goto out;
+	}
+	if ((r = ltx_merge_write(m, b->compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+				 store_node_id(b->store), mem_write, &body, &h, &t)) < 0) {
+		log_warn_repeat(b->last_err, "backup: db '%s': compaction: cannot merge: %s",
+				db_name(db), strerror(-r));
+		goto out;
+	}
+	object_key(b, db, BACKUP_LEVEL_L1, h.min_txid, h.max_txid, key, sizeof(key));
+	r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
+	if (r == -EEXIST) {
+		b->need_list = true; /* written already: the listing will show it */
+		goto out;
+	}
+	if (r < 0) {
+		log_warn_repeat(b->last_err, "backup: db '%s': compaction upload failed: %s",
+				db_name(db), res.err);
+		goto out;
+	}
+	log_debug("backup: db '%s': compacted %zu objects into '%s'", db_name(db), added, key);
+	char now[32];
+	int64_t ms = clock_wall_ms();
+	backup_format_time(ms, now);
+	if (b->retention_ms && d->next_retention_ms > ms + b->retention_ms)
+		d->next_retention_ms = ms + b->retention_ms; /* what it covers may go then */
+	r = objs_add(d, key, BACKUP_LEVEL_L1, h.min_txid, h.max_txid, body.n, now);
+out:
+	ltx_merge_free(m);
+	free(body.p);
+	free(idx);
+	free(v);
+	return r;
+}
+
+/* Compaction into level 0001 every backup.compaction-interval. 0 or -errno. */
+static int compact_db(struct backup *b, struct db *db, struct bdb *d)
+{
+	int64_t now = clock_wall_ms();
+	int r = 0;
+	if (!b->compaction_interval_ms || now - d->compact_ms < b->compaction_interval_ms)
+		return 0;
+	for (int round = 0; round < PASS_OBJECTS && !b->abort && !b->need_list; round++)
+		if ((r = compact_once(b, db, d)) != 0)
+			break;
+	if (r >= 0)
+		d->compact_ms = now; /* a failure is tried again at the next pass */
+	return r < 0 ? r : 0;
+}
+
+/* Upload what db committed, then a snapshot, compaction and retention when due. */
 static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 {
 	struct db_pos pos;
@@ -888,6 +1021,8 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 	if ((r = sync_l0(b, db, d, pos.txid)) < 0 || b->need_list)
 		return r;
 	if ((r = scheduled_snapshot(b, db, d)) < 0 || b->need_list)
+		return r;
+	if ((r = compact_db(b, db, d)) < 0 || b->need_list)
 		return r;
 	return apply_retention(b, db, d);
 }
@@ -963,6 +1098,7 @@ int backup_start(struct backup **ret, const struct backup_options *o)
 	b->interval_ms = o->cfg->backup.sync_interval_ms;
 	b->snapshot_interval_ms = o->cfg->backup.snapshot_interval_ms;
 	b->retention_ms = o->cfg->backup.retention_ms;
+	b->compaction_interval_ms = o->cfg->backup.compaction_interval_ms;
 	b->compress = o->cfg->data.compress;
 	b->need_list = true;
 	if (!(b->path = strdup(o->cfg->backup.path ? o->cfg->backup.path : ""))) {

@@ -344,6 +344,7 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	struct s3 *s = NULL;
 	struct backup_objs all = {0};
 	struct plan p = {0};
+	struct bkplan_obj *pv = NULL;
 	struct out w = {.fd = -1};
 	char tmp[4200] = "";
 	int r;
@@ -383,6 +384,26 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 		free(buf);
 		if (r < 0)
 			goto out;
+		if (stop && p.v[i]->level != BACKUP_LEVEL_L0 &&
+		    p.v[i]->level != BACKUP_LEVEL_SNAPSHOT) {
+			/* a compacted object ends after the target time: the objects it
+			 * covers instead, as far as they go before it */
+			if (!pv && (r = backup_objs_plan(&all, &pv)) < 0)
+				goto out;
+			size_t k = i;
+			for (uint64_t cur = w.txid, lim = p.v[i]->max_txid - 1;;) {
+				size_t j = bkplan_next(pv, all.n, cur, lim);
+				if (j == all.n || k > all.n)
+					break;
+				p.v[k++] = &all.v[j];
+				cur = all.v[j].max_txid;
+			}
+			if (k > i) {
+				p.n = k;
+				i--;
+				continue;
+			}
+		}
 		if (stop)
 			break;
 		done += p.v[i]->size;
@@ -425,6 +446,7 @@ out:
 		unlink(tmp);
 	free(w.pgck);
 	free(p.v);
+	free(pv);
 	backup_objs_release(&all);
 	s3_free(s);
 	return r;

@@ -67,6 +67,7 @@ int config_init(struct config *cfg)
 	cfg->lease.etcd.ttl_ms = 10 * 1000;
 	cfg->backup.sync_interval_ms = 1000;
 	cfg->backup.snapshot_interval_ms = 24 * 3600 * 1000;
+	cfg->backup.compaction_interval_ms = 5 * 60 * 1000;
 	cfg->data.dir = strdup(DEFAULT_DATA_DIR);
 	cfg->http.addr = strdup(DEFAULT_HTTP_ADDR);
 	cfg->log.format = strdup(DEFAULT_LOG_FORMAT);

@@ -335,6 +335,7 @@ const struct key_def config_keys[] = {
     {"backup.sync-interval", K_DURATION, F(backup.sync_interval_ms), check_positive},
     {"backup.snapshot-interval", K_DURATION, F(backup.snapshot_interval_ms), NULL},
     {"backup.retention", K_DURATION, F(backup.retention_ms), NULL},
+    {"backup.compaction-interval", K_DURATION, F(backup.compaction_interval_ms), NULL},
     {"backup.restore-if-empty", K_BOOL, F(backup.restore_if_empty), NULL},
     {"backup.url", K_LITEFS, 0, NULL},
     {"backup.cluster", K_LITEFS, 0, NULL},

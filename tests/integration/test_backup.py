@@ -482,3 +482,107 @@ def test_retention_deletes_what_the_window_does_not_need(make_node, moto, bucket
     assert old < snaps[0][3]
     r = restore(p, "a.db", str(tmp_path / "old.db"), "-txid", "%x" % old, check=1)
     assert "cannot be restored" in r.stderr or "no snapshot" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------- compaction
+
+def test_compaction_into_level_1_and_restore_prefers_it(make_node, moto, bucket, tmp_path):
+    """backup.compaction-interval: runs of L0 objects are merged into one
+    object at level 0001 covering their range, with no gap between the
+    compacted objects; restore to the latest reads the L1 objects (an L0
+    object they cover, corrupted, does not matter), and a restore to a TXID
+    or a time inside an L1 object's range still reaches it through the L0
+    objects (kept: no retention here)."""
+    from datetime import datetime, timezone
+    section = moto.backup_section(bucket, path="cmp") + "  compaction-interval: 1s\n"
+    p = make_node("p", extra_config=section).start()
+    rounds = []  # (txid, time before the next round, export)
+    for i in range(8):
+        write_rows(p, "a.db", "wal", 3, start=10 * i)
+        t = wait_uploaded(p, "a.db")
+        want = export(p, "a.db", str(tmp_path / "e.db"))
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        wait_for(lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:23] >
+                 when[:23], what="the next millisecond")
+        rounds.append((t, when, want))
+    t_last = rounds[-1][0]
+
+    def compacted():
+        objs = objects(moto, bucket, "cmp")
+        l1 = [o for o in objs if o[1] == "0001"]
+        return l1 and max(o[3] for o in l1) >= rounds[-2][0] and objs
+    objs = wait_for(compacted, timeout=20, what="L1 objects up to the last rounds")
+    l0 = sorted(o for o in objs if o[1] == "0000")
+    l1 = sorted((o for o in objs if o[1] == "0001"), key=lambda o: o[2])
+    snap = [o for o in objs if o[1] == "0009"]
+    assert len(snap) == 1, objs
+    # each L1 object covers a run of two or more L0 objects exactly, and the
+    # L1 objects follow each other with no gap and no overlap
+    for o in l1:
+        run = [x for x in l0 if o[2] <= x[2] and x[3] <= o[3]]
+        assert len(run) >= 2 and run[0][2] == o[2] and run[-1][3] == o[3], (o, l0)
+    for a, b in zip(l1, l1[1:]):
+        assert b[2] == a[3] + 1, l1
+    assert l1[0][2] == snap[0][3] + 1 or any(x[3] == l1[0][2] - 1 for x in l0), objs
+    chain_from_oldest_snapshot(objs, "a.db", t_last)
+    # corrupt an L0 object an L1 object covers: the latest restore does not read it
+    victim = [x for x in l0 if l1[0][2] <= x[2] and x[3] < l1[0][3]][0]
+    key = "cmp/a.db/0000/%016x-%016x.ltx" % (victim[2], victim[3])
+    body = bytearray(moto.get(bucket, key))
+    body[len(body) // 2] ^= 0x20
+    moto.put(bucket, key, bytes(body))
+    dst = str(tmp_path / "latest.db")
+    restore(p, "a.db", dst)
+    with open(dst, "rb") as f:
+        assert f.read() == rounds[-1][2]
+    # ... but a restore to its own end must read it, and names it
+    r = restore(p, "a.db", str(tmp_path / "v.db"), "-txid", "%x" % victim[3], check=1)
+    assert "object '%s'" % key in r.stderr, r.stderr
+    # repaired: a TXID and a time inside an L1 object's range restore byte for
+    # byte, through the L0 objects it covers
+    body[len(body) // 2] ^= 0x20
+    moto.put(bucket, key, bytes(body))
+    inner = [r_ for r_ in rounds if any(o[2] <= r_[0] < o[3] for o in l1)]
+    assert inner, (rounds, l1)
+    for t, when, want in inner[:2]:
+        for args in (["-txid", "%x" % t], ["-timestamp", when]):
+            dst = str(tmp_path / ("j%d.db" % time.monotonic_ns()))
+            restore(p, "a.db", dst, *args)
+            with open(dst, "rb") as f:
+                assert f.read() == want, "restore %s inside an L1 range" % args
+    listing = cli("backups", "-config", p.config, "a.db", check=0).stdout
+    assert "\nl1 " in listing, listing
+
+
+def test_compacted_l0_objects_go_once_out_of_the_window(make_node, moto, bucket, tmp_path):
+    """With retention, the L0 objects an L1 object covers are deleted once
+    that L1 object was written before the window's start; those within the
+    window stay (every TXID there restorable); the latest restore works."""
+    section = (moto.backup_section(bucket, path="cret") +
+               "  compaction-interval: 1s\n  retention: 3s\n")
+    p = make_node("p", extra_config=section).start()
+    rounds = []
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 7:
+        write_rows(p, "a.db", "delete", 2, start=10 * i)
+        t = wait_uploaded(p, "a.db")
+        rounds.append((t, time.time(), export(p, "a.db", str(tmp_path / "e.db"))))
+        i += 1
+        time.sleep(0.25)
+
+    def some_l0_gone():
+        objs = objects(moto, bucket, "cret")
+        l1 = [o for o in objs if o[1] == "0001"]
+        ends = {o[3] for o in objs if o[1] == "0000"}
+        return l1 and any(o[3] not in ends for o in l1 if o[3] < rounds[3][0]) and objs
+    objs = wait_for(some_l0_gone, timeout=15, what="covered L0 objects to be deleted")
+    assert metric(p, "ltxfs_backup_requests_total", 'kind="delete"') > 0
+    assert len([o for o in objs if o[1] == "0009"]) == 1, objs  # only the first snapshot
+    chain_from_oldest_snapshot(objs, "a.db", rounds[-1][0])
+    now = time.time()
+    for t, _when, want in [r for r in rounds if r[1] > now - 3 + 1.0] + [rounds[-1]]:
+        dst = str(tmp_path / ("r%d.db" % time.monotonic_ns()))
+        restore(p, "a.db", dst, "-txid", "%x" % t)
+        with open(dst, "rb") as f:
+            assert f.read() == want, "restore to %x" % t

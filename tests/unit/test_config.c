@@ -1731,13 +1731,15 @@ static void test_backup(void)
 	      strstr(line, "backup.retention=0s"));
 	free(line);
 	CHECK(c.backup.snapshot_interval_ms == 24 * 3600 * 1000 && c.backup.retention_ms == 0);
+	CHECK(c.backup.compaction_interval_ms == 5 * 60 * 1000);
 	config_release(&c);
 	/* snapshots and retention */
-	CHECK(parse(&c, BASE
-		    "backup:\n  type: s3\n  bucket: backups\n  access-key-id: AK\n"
-		    "  secret-access-key: SK\n  snapshot-interval: 1h\n  retention: 72h\n") == 0);
+	CHECK(parse(&c, BASE "backup:\n  type: s3\n  bucket: backups\n  access-key-id: AK\n"
+			     "  secret-access-key: SK\n  snapshot-interval: 1h\n  retention: 72h\n"
+			     "  compaction-interval: 0s\n") == 0);
 	CHECK(c.backup.snapshot_interval_ms == 3600 * 1000);
 	CHECK(c.backup.retention_ms == 72 * 3600 * 1000);
+	CHECK(c.backup.compaction_interval_ms == 0);
 	config_release(&c);
 	/* no backup section: none shown */
 	CHECK(parse(&c, BASE) == 0);
