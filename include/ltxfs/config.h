@@ -80,7 +80,7 @@ struct config {
 	 * bucket is required and the credentials come from the file or, when
 	 * absent there, from $AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY
 	 * (config_finish). retention above 0 needs snapshot-interval above 0.
-	 * restore-if-empty: true is refused as not supported yet.
+	 * restore-if-empty: a candidate with no data restores from the bucket.
 	 */
 	struct {
 		char *type;	       /* NULL or "s3" */
@@ -95,7 +95,7 @@ struct config {
 		int64_t snapshot_interval_ms;	/* 24h; 0: no scheduled snapshots */
 		int64_t retention_ms;		/* 0: keep every object */
 		int64_t compaction_interval_ms; /* 5m; 0: no compaction into level 1 */
-		bool restore_if_empty;		/* not supported yet: false */
+		bool restore_if_empty;		/* false */
 	} backup;
 	struct {
 		char *format; /* "text" | "json" */

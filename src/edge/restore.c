@@ -19,9 +19,11 @@
 #include "ltxfs/bkplan.h"
 #include "ltxfs/config.h"
 #include "ltxfs/crc.h"
+#include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/s3.h"
+#include "ltxfs/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -206,6 +208,7 @@ struct out {
 	uint64_t *pgck; /* [1..npages] */
 	uint64_t x;
 	uint64_t txid;
+	int64_t timestamp; /* of the last object applied */
 };
 
 struct memsrc {
@@ -333,6 +336,7 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 		goto out;
 	}
 	w->txid = h->max_txid;
+	w->timestamp = h->timestamp;
 out:
 	free(page);
 	ltx_decoder_free(d);
@@ -423,7 +427,7 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	/* rollback mode, as /export writes it: the file comes without a -wal */
 	static const uint8_t one[2] = {1, 1};
 	uint8_t hdr[20];
-	if (fs_pread_full(w.fd, hdr, sizeof(hdr), 0) == (ssize_t)sizeof(hdr) &&
+	if (!o->raw && fs_pread_full(w.fd, hdr, sizeof(hdr), 0) == (ssize_t)sizeof(hdr) &&
 	    memcmp(hdr, "SQLite format 3", 16) == 0 && (r = fs_pwrite_full(w.fd, one, 2, 18)) < 0)
 		goto io;
 	if (fsync(w.fd) < 0 || rename(tmp, o->output) < 0) {
@@ -435,6 +439,12 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	snprintf(dir, sizeof(dir), "%s", o->output);
 	fs_fsync_dir(dirname(dir));
 	*ret_txid = w.txid;
+	if (o->result)
+		*o->result = (struct restore_result){.txid = w.txid,
+						     .checksum = CHECKSUM_FLAG | w.x,
+						     .timestamp = w.timestamp,
+						     .page_size = w.page_size,
+						     .npages = w.npages};
 	r = 0;
 	goto out;
 io:
@@ -502,6 +512,170 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 	}
 	r = 0;
 out:
+	backup_objs_release(&all);
+	s3_free(s);
+	return r;
+}
+
+/* ------------------------------------------------------ disaster recovery */
+
+/*
+ * The restored file at path as an LTX snapshot at res->txid, applied to db:
+ * its position becomes the bucket's (TXID, checksum). 0 or -errno.
+ */
+static int install_snapshot(struct store *store, struct db *db, const char *path,
+			    const struct restore_result *res)
+{
+	struct ltx_encoder *e = NULL;
+	struct ltx_trailer t;
+	uint8_t *page = NULL;
+	int src = -1, fd = -1, r;
+	struct ltx_header h = {.page_size = res->page_size,
+			       .commit = res->npages,
+			       .min_txid = 1,
+			       .max_txid = res->txid,
+			       .timestamp = res->timestamp,
+			       .node_id = store_node_id(store)};
+	if ((src = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		goto out;
+	}
+	if ((r = db_ltx_tmpfile(db, &fd)) < 0)
+		goto out;
+	if (!(page = malloc(res->page_size))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = ltx_encoder_new(&e, &h, ltx_fd_write, &fd)) < 0)
+		goto out;
+	uint32_t lock = ltx_lock_pgno(res->page_size);
+	for (uint32_t pg = 1; pg <= res->npages; pg++) {
+		if (pg == lock)
+			continue;
+		ssize_t k =
+		    fs_pread_full(src, page, res->page_size, (off_t)(pg - 1) * res->page_size);
+		if (k != (ssize_t)res->page_size) {
+			r = k < 0 ? (int)k : -EIO;
+			goto out;
+		}
+		if ((r = ltx_encoder_add_page(e, pg, page)) < 0)
+			goto out;
+	}
+	if ((r = ltx_encoder_finish(e, res->checksum, &t)) < 0)
+		goto out;
+	r = db_apply_ltx(db, fd, 0, NULL);
+out:
+	ltx_encoder_free(e);
+	free(page);
+	if (src >= 0)
+		close(src);
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/* The cluster ID in the bucket's marker into id[21]; -ENOENT when there is none. */
+static int read_marker(struct s3 *s, const char *path, char id[21], char *err, size_t n)
+{
+	char key[600], *body = NULL;
+	size_t len = 0;
+	struct s3_result res;
+	snprintf(key, sizeof(key), "%s%s%s", path, path[0] ? "/" : "", BACKUP_MARKER);
+	int r = s3_get(s, key, 0, 0, 256, &body, &len, &res);
+	if (r == -ENOENT)
+		return r;
+	if (r < 0) {
+		fail(err, n, "%s", res.err);
+		return r;
+	}
+	size_t k = len < 20 ? len : 20;
+	memcpy(id, body, k);
+	id[k] = '\0';
+	free(body);
+	if (!store_cluster_id_valid(id)) {
+		fail(err, n, "the bucket's marker '%s' holds no cluster ID", key);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+int restore_into_store(const struct config *cfg, struct store *store, const char *data_dir,
+		       size_t *ret_n, char *err, size_t n)
+{
+	struct s3 *s = NULL;
+	struct backup_objs all = {0};
+	char id[21], mine[21], prefix[600], tmp[4200] = "";
+	const char *path = cfg->backup.path;
+	size_t done = 0;
+	int r;
+	*ret_n = 0;
+	if ((r = backup_s3_new(cfg, NULL, &s)) < 0) {
+		fail(err, n, "invalid backup configuration: %s", strerror(-r));
+		return r;
+	}
+	if ((r = read_marker(s, path, id, err, n)) < 0) {
+		if (r == -ENOENT)
+			r = 0; /* no backup of any cluster there: nothing to restore */
+		goto out;
+	}
+	store_cluster_id(store, mine);
+	if (mine[0] && strcmp(mine, id) != 0) {
+		fail(err, n,
+		     "this node belongs to cluster %s, the bucket holds the backups of cluster %s",
+		     mine, id);
+		r = -EXDEV;
+		goto out;
+	}
+	if ((r = backup_list_db(s, path, NULL, &all, err, n)) < 0)
+		goto out;
+	snprintf(prefix, sizeof(prefix), "%s%s", path, path[0] ? "/" : "");
+	size_t pl = strlen(prefix);
+	for (size_t i = 0; i < all.n; i++) {
+		/* each database once: its first object in the listing's order */
+		const char *k = all.v[i].key + pl, *slash = strchr(k, '/');
+		char dbkey[1024], name[1024];
+		bool seen = false;
+		if (!slash || (size_t)(slash - k) >= sizeof(dbkey))
+			continue;
+		memcpy(dbkey, k, (size_t)(slash - k));
+		dbkey[slash - k] = '\0';
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = strncmp(all.v[j].key + pl, dbkey, (size_t)(slash - k)) == 0 &&
+			       all.v[j].key[pl + (size_t)(slash - k)] == '/';
+		if (seen)
+			continue;
+		if (backup_dbkey_decode(dbkey, name, sizeof(name)) < 0)
+			continue; /* not one of ours */
+		struct restore_result res = {0};
+		struct restore_options o = {.cfg = cfg, .db = name, .raw = true, .result = &res};
+		uint64_t txid = 0;
+		struct db *db = NULL;
+		snprintf(tmp, sizeof(tmp), "%s/.ltxfs-restore-%zu", data_dir, done);
+		unlink(tmp);
+		o.output = tmp;
+		if ((r = restore_run(&o, &txid, err, n)) < 0)
+			goto out;
+		if ((r = store_get_or_create(store, name, &db)) < 0) {
+			fail(err, n, "cannot create database '%s': %s", name, strerror(-r));
+			goto out;
+		}
+		if ((r = install_snapshot(store, db, tmp, &res)) < 0) {
+			fail(err, n, "cannot install database '%s' at TXID %" PRIx64 ": %s", name,
+			     txid, strerror(-r));
+			goto out;
+		}
+		unlink(tmp);
+		tmp[0] = '\0';
+		done++;
+	}
+	if ((r = store_set_cluster_id(store, id)) < 0) {
+		fail(err, n, "cannot store cluster ID %s: %s", id, strerror(-r));
+		goto out;
+	}
+	*ret_n = done;
+out:
+	if (tmp[0])
+		unlink(tmp);
 	backup_objs_release(&all);
 	s3_free(s);
 	return r;

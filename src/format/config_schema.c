@@ -219,10 +219,6 @@ static int check_backup(struct pctx *p)
 					   "('s3')");
 		return 0;
 	}
-	if (c->backup.restore_if_empty)
-		return config_fail(p, NULL,
-				   "key 'backup.restore-if-empty' is not supported yet: restore "
-				   "with 'ltxfs restore' (docs/backup.md)");
 	if (!c->backup.bucket)
 		return config_fail(p, NULL,
 				   "key 'backup.bucket' is required with 'backup.type: s3'");

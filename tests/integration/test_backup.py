@@ -586,3 +586,111 @@ def test_compacted_l0_objects_go_once_out_of_the_window(make_node, moto, bucket,
         restore(p, "a.db", dst, "-txid", "%x" % t)
         with open(dst, "rb") as f:
             assert f.read() == want, "restore to %x" % t
+
+
+# ------------------------------------------------------ disaster recovery
+
+def test_disaster_recovery_of_a_three_node_cluster(make_node, moto, bucket, tmp_path):
+    """backup.restore-if-empty: every node of a three-node cluster loses its
+    data directory; the candidate finds no data and restores every database
+    from the bucket (same TXIDs, same checksums, the bucket's cluster ID)
+    before it accepts writes, the replicas catch up from it, and uploads
+    continue the bucket's chain with no new snapshot."""
+    import shutil
+    section = moto.backup_section(bucket, path="dr") + "  restore-if-empty: true\n"
+    p = make_node("p", extra_config=section).start()
+    # an empty bucket: nothing to restore, the node starts empty
+    assert "the bucket holds no backup: starting empty" in p.read_log(), p.read_log()
+    r1 = make_node("r1", replica_of=p, extra_config=section).start()
+    r2 = make_node("r2", replica_of=p, extra_config=section).start()
+    write_rows(p, "a.db", "wal", 20, per_tx=3)
+    os.makedirs(p.path("t/1"), exist_ok=True)
+    write_rows(p, "t/1/b.db", "delete", 7)
+    ta = wait_uploaded(p, "a.db")
+    tb = wait_uploaded(p, "t/1/b.db")
+    want = {db: export(p, db, str(tmp_path / "w.db")) for db in ("a.db", "t/1/b.db")}
+    pos = {db: p.pos(db) for db in want}
+    cluster = p.info()["clusterID"]
+    for n in (r1, r2):
+        wait_for(lambda: all(n.pos(db) == pos[db] for db in want), what="replicas in sync")
+    # the disaster: every node stops and loses its data directory
+    for n in (r2, r1, p):
+        n.stop()
+        shutil.rmtree(n.data)
+    p.start()
+    log = p.read_log()
+    assert "restored 2 database(s) of cluster %s" % cluster in log, log
+    assert p.info()["clusterID"] == cluster
+    for db in want:
+        assert p.pos(db) == pos[db], (db, p.pos(db), pos[db])
+        assert export(p, db, str(tmp_path / "x.db")) == want[db], db
+    r1.start()
+    r2.start()
+    for n in (r1, r2):
+        wait_for(lambda: all(n.pos(db) == pos[db] for db in want), timeout=20,
+                 what="%s to catch up from the restored primary" % n.name)
+    # writes go on; the uploader continues the bucket's chain
+    write_rows(p, "a.db", "wal", 5, start=1000)
+    t2 = wait_uploaded(p, "a.db")
+    assert t2 > ta
+    objs = objects(moto, bucket, "dr")
+    assert_chain(objs, "a.db", t2)  # one snapshot: the restore added none
+    assert_chain(objs, "t~2F1~2Fb.db", tb)
+    wait_for(lambda: r1.pos("a.db") == p.pos("a.db"), what="r1 to follow the new writes")
+    dst = str(tmp_path / "after.db")
+    restore(p, "a.db", dst)
+    with open(dst, "rb") as f:
+        assert f.read() == export(p, "a.db", str(tmp_path / "y.db"))
+    # a node with data ignores the switch
+    p.stop()
+    p.start()
+    assert "restore-if-empty:" not in p.read_log()[len(log):], p.read_log()
+
+
+def test_disaster_recovery_with_an_etcd_lease(make_node, moto, bucket, tmp_path):
+    """With an elected lease, the first candidate back finds no lease holder
+    and restores before its elector takes the lease; the next ones find it
+    holding the lease, follow it instead of restoring, and catch up."""
+    import shutil
+    from etcd import Etcd
+    e = Etcd().start()
+    try:
+        lease = "etcd:\n  endpoints: [%s]\n  key: ltxfs/dr\n  ttl: 3s\n" % e.url
+        section = moto.backup_section(bucket, path="edr") + "  restore-if-empty: true\n"
+        nodes = [make_node("n%d" % i, lease=lease, extra_config=section) for i in (1, 2, 3)]
+
+        def primary():
+            ps = [n for n in nodes if n.proc and n.info().get("acceptsWrites")]
+            return ps[0] if len(ps) == 1 else None
+        nodes[0].start()
+        wait_for(primary, timeout=15, what="n1 to become primary")
+        for n in nodes[1:]:
+            n.start()
+        p = nodes[0]
+        write_rows(p, "a.db", "delete", 12, per_tx=2)
+        t = wait_uploaded(p, "a.db")
+        want, pos = export(p, "a.db", str(tmp_path / "w.db")), p.pos("a.db")
+        for n in nodes[1:]:
+            wait_for(lambda: n.pos("a.db") == pos, what="%s in sync" % n.name)
+        for n in reversed(nodes):
+            n.stop()
+            shutil.rmtree(n.data)
+        nodes[0].start()
+        wait_for(primary, timeout=15, what="n1 to become primary again")
+        assert "restored 1 database(s)" in nodes[0].read_log(), nodes[0].read_log()
+        assert nodes[0].pos("a.db") == pos
+        for n in nodes[1:]:
+            mark = len(n.read_log())
+            n.start()
+            wait_for(lambda: n.pos("a.db") == pos, timeout=20, what="%s to catch up" % n.name)
+            assert "n1 holds the lease: following it, not restoring" in n.read_log()[mark:]
+            assert export(n, "a.db", str(tmp_path / "n.db")) == want
+        write_rows(nodes[0], "a.db", "delete", 2, start=500)
+        t2 = wait_uploaded(nodes[0], "a.db")
+        assert t2 > t
+        assert_chain(objects(moto, bucket, "edr"), "a.db", t2)
+        for n in reversed(nodes):
+            n.stop()
+    finally:
+        e.stop()
+        e.cleanup()

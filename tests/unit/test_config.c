@@ -1775,9 +1775,12 @@ static void test_backup(void)
 	expect_error(BASE "backup:\n  type: s3\n  bucket: bbb\n  access-key-id: a\n"
 			  "  secret-access-key: b\n  snapshot-interval: 0s\n  retention: 24h\n",
 		     "key 'backup.retention' needs 'backup.snapshot-interval' above zero", NULL);
-	expect_error(BASE "backup:\n  type: s3\n  bucket: bbb\n  access-key-id: a\n"
-			  "  secret-access-key: b\n  restore-if-empty: true\n",
-		     "key 'backup.restore-if-empty' is not supported yet", NULL);
+	CHECK(parse(&c, BASE "backup:\n  type: s3\n  bucket: bbb\n  access-key-id: a\n"
+			     "  secret-access-key: b\n  restore-if-empty: true\n") == 0);
+	CHECK(c.backup.restore_if_empty);
+	config_release(&c);
+	expect_error(BASE "backup:\n  restore-if-empty: true\n", "key 'backup.type' is required",
+		     NULL);
 	expect_error(BASE "backup:\n  sync-interval: 0s\n",
 		     "key 'backup.sync-interval': must be greater than zero", NULL);
 	expect_error(BASE "backup:\n  url: http://x\n", "key 'backup.url' is a LiteFS setting",
