@@ -813,6 +813,8 @@ static int scheduled_snapshot(struct backup *b, struct db *db, struct bdb *d)
 		goto out;
 	if (d->txid != h.max_txid)
 		goto out; /* the chain did not reach P (a cut, the bucket ahead): next pass */
+	if (d->snap_txid == h.max_txid)
+		goto out; /* the chain's own snapshot went up at P meanwhile */
 	object_key(b, db, BACKUP_LEVEL_SNAPSHOT, h.min_txid, h.max_txid, key, sizeof(key));
 	r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
 	if (r == -EEXIST) { /* this very snapshot is there (the chain's own) */

@@ -606,7 +606,8 @@ int restore_into_store(const struct config *cfg, struct store *store, const char
 	struct backup_objs all = {0};
 	char id[21], mine[21], prefix[600], tmp[4200] = "";
 	const char *path = cfg->backup.path;
-	size_t done = 0;
+	char **seenv = NULL; /* the <dbkey>s done */
+	size_t done = 0, nseen = 0;
 	int r;
 	*ret_n = 0;
 	if ((r = backup_s3_new(cfg, NULL, &s)) < 0) {
@@ -631,7 +632,7 @@ int restore_into_store(const struct config *cfg, struct store *store, const char
 	snprintf(prefix, sizeof(prefix), "%s%s", path, path[0] ? "/" : "");
 	size_t pl = strlen(prefix);
 	for (size_t i = 0; i < all.n; i++) {
-		/* each database once: its first object in the listing's order */
+		/* each database once: the listing is sorted by TXID, not by key */
 		const char *k = all.v[i].key + pl, *slash = strchr(k, '/');
 		char dbkey[1024], name[1024];
 		bool seen = false;
@@ -639,11 +640,19 @@ int restore_into_store(const struct config *cfg, struct store *store, const char
 			continue;
 		memcpy(dbkey, k, (size_t)(slash - k));
 		dbkey[slash - k] = '\0';
-		for (size_t j = 0; j < i && !seen; j++)
-			seen = strncmp(all.v[j].key + pl, dbkey, (size_t)(slash - k)) == 0 &&
-			       all.v[j].key[pl + (size_t)(slash - k)] == '/';
+		for (size_t j = 0; j < nseen && !seen; j++)
+			seen = strcmp(seenv[j], dbkey) == 0;
 		if (seen)
 			continue;
+		char **v = realloc(seenv, (nseen + 1) * sizeof(*v));
+		if (!v || !(v[nseen] = strdup(dbkey))) {
+			if (v)
+				seenv = v;
+			r = -ENOMEM;
+			goto out;
+		}
+		seenv = v;
+		nseen++;
 		if (backup_dbkey_decode(dbkey, name, sizeof(name)) < 0)
 			continue; /* not one of ours */
 		struct restore_result res = {0};
@@ -655,6 +664,11 @@ int restore_into_store(const struct config *cfg, struct store *store, const char
 		o.output = tmp;
 		if ((r = restore_run(&o, &txid, err, n)) < 0)
 			goto out;
+		if (!res.npages) { /* dropped: its latest state is no database */
+			unlink(tmp);
+			tmp[0] = '\0';
+			continue;
+		}
 		if ((r = store_get_or_create(store, name, &db)) < 0) {
 			fail(err, n, "cannot create database '%s': %s", name, strerror(-r));
 			goto out;
@@ -676,6 +690,9 @@ int restore_into_store(const struct config *cfg, struct store *store, const char
 out:
 	if (tmp[0])
 		unlink(tmp);
+	for (size_t i = 0; i < nseen; i++)
+		free(seenv[i]);
+	free(seenv);
 	backup_objs_release(&all);
 	s3_free(s);
 	return r;
