@@ -11,6 +11,9 @@
  *             thread inherits the mask and only this thread takes them
  *             (sigtimedwait); SIGPIPE ignored
  *   store     claims the data directory, recovers every database
+ *   restore   backup.restore-if-empty on a candidate with no data and no
+ *             lease holder: every database from the bucket (restore.c),
+ *             before anything below can write or take the lease
  *   cluster ID  created by a static primary
  *   fusefs    the mount
  *   httpd     the HTTP server (needs the mount's apply hooks for adoption)
