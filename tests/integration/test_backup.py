@@ -694,3 +694,18 @@ def test_disaster_recovery_with_an_etcd_lease(make_node, moto, bucket, tmp_path)
     finally:
         e.stop()
         e.cleanup()
+
+
+def test_restore_if_empty_does_not_start_empty_when_the_bucket_fails(make_node, moto, bucket):
+    """An unreachable bucket (or any restore failure) stops the start with
+    status 1 and says why: starting empty would begin a second history."""
+    from conftest import free_port
+    dead = "http://127.0.0.1:%d" % free_port()
+    section = moto.backup_section(bucket, path="x", endpoint=dead) + "  restore-if-empty: true\n"
+    n = make_node("n", extra_config=section)
+    with pytest.raises(AssertionError) as e:
+        n.start()
+    assert "exited during start with 1" in str(e.value), str(e.value)
+    assert "restore-if-empty:" in n.read_log() and \
+        "not starting with an empty data directory" in n.read_log(), n.read_log()
+    assert not os.path.exists(os.path.join(n.data, "clusterid"))
