@@ -709,3 +709,38 @@ def test_restore_if_empty_does_not_start_empty_when_the_bucket_fails(make_node, 
     assert "restore-if-empty:" in n.read_log() and \
         "not starting with an empty data directory" in n.read_log(), n.read_log()
     assert not os.path.exists(os.path.join(n.data, "clusterid"))
+
+
+def test_failover_continues_compaction_from_the_listing(make_node, moto, bucket, tmp_path):
+    """A new primary learns the compacted objects from its listing: it
+    compacts only what came after them (no overlap between L1 objects), and
+    the latest restore reads the whole chain."""
+    section = moto.backup_section(bucket, path="fc") + "  compaction-interval: 1s\n"
+    p = make_node("p", extra_config=section).start()
+    r = make_node("r", replica_of=p, extra_config=section).start()
+    for i in range(4):
+        write_rows(p, "a.db", "wal", 2, start=10 * i)
+        wait_uploaded(p, "a.db")
+    t1 = wait_uploaded(p, "a.db")
+    wait_for(lambda: any(o[1] == "0001" and o[3] == t1 for o in objects(moto, bucket, "fc")),
+             timeout=15, what="the old primary's L1 object")
+    wait_for(lambda: r.pos("a.db") == p.pos("a.db"), what="the replica to catch up")
+    p.kill9()
+    r.stop()
+    r2 = make_node("r", extra_config=section).start()
+    for i in range(4):
+        write_rows(r2, "a.db", "wal", 2, start=1000 + 10 * i)
+        wait_uploaded(r2, "a.db")
+    t2 = wait_uploaded(r2, "a.db")
+    wait_for(lambda: any(o[1] == "0001" and o[3] == t2 for o in objects(moto, bucket, "fc")),
+             timeout=15, what="the new primary's L1 object")
+    objs = objects(moto, bucket, "fc")
+    l1 = sorted((o for o in objs if o[1] == "0001"), key=lambda o: o[2])
+    for a, b in zip(l1, l1[1:]):
+        assert b[2] == a[3] + 1, ("L1 objects overlap or leave a gap", l1)
+    assert any(o[2] == t1 + 1 for o in l1), (l1, t1)
+    chain_from_oldest_snapshot(objs, "a.db", t2)
+    want = export(r2, "a.db", str(tmp_path / "e.db"))
+    restore(r2, "a.db", str(tmp_path / "r.db"))
+    with open(str(tmp_path / "r.db"), "rb") as f:
+        assert f.read() == want
