@@ -777,13 +777,17 @@ static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t targ
 	}
 }
 
+static int compact_once(struct backup *b, struct db *db, struct bdb *d);
+
 /*
  * A scheduled snapshot (backup.snapshot-interval): when the newest snapshot
  * in the bucket is that old and the database changed since, the current
  * state goes up at level 9. The snapshot is taken first, at TXID P; the L0
  * chain is brought to exactly P (commits after the pass began), so that
- * the chain continues from the snapshot with no gap, then the snapshot
- * goes up. 0 (done, or not due), -errno.
+ * the chain continues from the snapshot with no gap; with compaction on,
+ * the L0 objects since the last compaction are compacted up to P (no
+ * compacted object spans a snapshot, so they would stay L0 objects for
+ * good); then the snapshot goes up. 0 (done, or not due), -errno.
  */
 static int scheduled_snapshot(struct backup *b, struct db *db, struct bdb *d)
 {
@@ -815,6 +819,13 @@ static int scheduled_snapshot(struct backup *b, struct db *db, struct bdb *d)
 		goto out; /* the chain did not reach P (a cut, the bucket ahead): next pass */
 	if (d->snap_txid == h.max_txid)
 		goto out; /* the chain's own snapshot went up at P meanwhile */
+	if (b->compaction_interval_ms) {
+		/* a failure leaves them L0 objects: logged there, not fatal here */
+		while (!b->abort && !b->need_list && compact_once(b, db, d) == 0)
+			;
+		if (b->need_list)
+			goto out;
+	}
 	object_key(b, db, BACKUP_LEVEL_SNAPSHOT, h.min_txid, h.max_txid, key, sizeof(key));
 	r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
 	if (r == -EEXIST) { /* this very snapshot is there (the chain's own) */

@@ -744,3 +744,43 @@ def test_failover_continues_compaction_from_the_listing(make_node, moto, bucket,
     restore(r2, "a.db", str(tmp_path / "r.db"))
     with open(str(tmp_path / "r.db"), "rb") as f:
         assert f.read() == want
+
+
+def test_scheduled_snapshot_compacts_what_precedes_it(make_node, moto, bucket, tmp_path):
+    """A compacted object never spans a snapshot, so before a scheduled
+    snapshot goes up the L0 objects since the last compaction are compacted
+    up to its TXID (here the compaction interval alone would never run)."""
+    section = (moto.backup_section(bucket, path="sc") +
+               "  snapshot-interval: 1s\n  compaction-interval: 1h\n")
+    p = make_node("p", extra_config=section).start()
+    i = 0
+
+    def snaps():
+        return sorted(o[3] for o in objects(moto, bucket, "sc") if o[1] == "0009")
+    deadline = time.monotonic() + 20
+    while len(snaps()) < 3 and time.monotonic() < deadline:
+        for _ in range(2):
+            write_rows(p, "a.db", "delete", 1, start=i)
+            i += 1
+            wait_uploaded(p, "a.db")
+    s = snaps()
+    assert len(s) >= 3, s
+    t = wait_uploaded(p, "a.db")
+    objs = objects(moto, bucket, "sc")
+    l0 = [o for o in objs if o[1] == "0000"]
+    l1 = [o for o in objs if o[1] == "0001"]
+    # every L0 object between the first and the last snapshot is covered by an
+    # L1 object, and those end at snapshots
+    for o in l0:
+        if s[0] < o[2] and o[3] <= s[-1]:
+            # (a lone L0 object between two snapshots has nothing to merge with)
+            lo = max(x for x in s if x < o[2])
+            hi = min(x for x in s if x >= o[3])
+            alone = len([x for x in l0 if lo < x[2] and x[3] <= hi]) == 1
+            assert alone or any(c[2] <= o[2] and o[3] <= c[3] for c in l1), (o, l1, s)
+    assert l1 and all(c[3] in s for c in l1), (l1, s)
+    chain_from_oldest_snapshot(objs, "a.db", t)
+    want = export(p, "a.db", str(tmp_path / "e.db"))
+    restore(p, "a.db", str(tmp_path / "r.db"))
+    with open(str(tmp_path / "r.db"), "rb") as f:
+        assert f.read() == want
