@@ -255,7 +255,10 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 	uint8_t *page = NULL;
 	int r = ltx_decoder_new(&d, mem_read, &src);
 	if (r < 0) {
-		fail(err, n, "object '%s' is corrupt: %s", o->key, strerror(-r));
+		fail(err, n, "object '%s' is corrupt: %s", o->key,
+		     r == -EPROTO    ? "truncated"
+		     : r == -EBADMSG ? "not an LTX file"
+				     : strerror(-r));
 		return r;
 	}
 	const struct ltx_header *h = ltx_decoder_header(d);

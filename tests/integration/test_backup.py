@@ -309,9 +309,14 @@ def test_corrupted_object_restore_names_it(make_node, moto, bucket, tmp_path):
     body[len(body) // 2] ^= 0x20
     moto.put(bucket, victim, bytes(body))
     r = restore(p, "a.db", str(tmp_path / "r.db"), check=1)
-    assert "object '%s'" % victim in r.stderr, r.stderr
+    assert "object '%s' is corrupt: a checksum or a page rule fails" % victim in r.stderr, \
+        r.stderr
     assert not os.path.exists(str(tmp_path / "r.db"))
     assert not [f for f in os.listdir(str(tmp_path)) if "tmp-restore" in f]
+    # cut short
+    moto.put(bucket, victim, bytes(body[:len(body) // 3]))
+    r = restore(p, "a.db", str(tmp_path / "r.db"), check=1)
+    assert "object '%s' is corrupt: truncated" % victim in r.stderr, r.stderr
 
 
 def test_another_clusters_prefix_is_refused(make_node, moto, bucket):
