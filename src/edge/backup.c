@@ -386,15 +386,6 @@ static int objs_add(struct bdb *d, const char *key, int level, uint64_t mn, uint
 	return 0;
 }
 
-/* Remove d->objs.v[i]. */
-static void objs_remove(struct bdb *d, size_t i)
-{
-	struct backup_objs *o = &d->objs;
-	free(o->v[i].key);
-	memmove(&o->v[i], &o->v[i + 1], (o->n - i - 1) * sizeof(*o->v));
-	o->n--;
-}
-
 /* Publish the state of one database for /info, /metrics and retention. */
 static void publish(struct backup *b, struct db *db, struct bdb *d, bool enabled)
 {
@@ -861,33 +852,50 @@ static int apply_retention(struct backup *b, struct db *db, struct bdb *d)
 	if (!b->retention_ms || now < d->next_retention_ms || !d->objs.n)
 		return 0;
 	struct bkplan_obj *v = NULL;
+	const char **keys = NULL;
+	size_t n = 0, ok_end = 0; /* the requests for d->objs.v[0..ok_end) succeeded */
 	bool *del = calloc(d->objs.n, sizeof(*del));
-	size_t n = 0;
 	int r = del ? backup_objs_plan(&d->objs, &v) : -ENOMEM;
 	if (r < 0 || (r = bkplan_retention(v, d->objs.n, now, b->retention_ms, del, &n, &next)) < 0)
 		goto out;
 	d->next_retention_ms = next;
-	/* d->objs is sorted by max TXID: the oldest go first, and a failure
-	 * leaves no gap in what stays */
-	for (size_t i = 0, j = 0; n && j < d->objs.n && !b->abort; i++) {
+	if (!n)
+		goto out;
+	if (!(keys = calloc(n < S3_DELETE_MAX ? n : S3_DELETE_MAX, sizeof(*keys)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* DeleteObjects, up to 1000 keys a request, oldest first (d->objs is
+	 * sorted by max TXID); what a request deleted leaves d->objs below */
+	for (size_t i = 0, k; !b->abort; ok_end = i) {
 		struct s3_result res;
-		if (!del[i]) {
-			j++;
-			continue;
-		}
-		if ((r = s3_delete(b->s3, d->objs.v[j].key, &res)) < 0) {
+		for (k = 0; i < d->objs.n && k < S3_DELETE_MAX; i++)
+			if (del[i])
+				keys[k++] = d->objs.v[i].key;
+		if (k == 0)
+			break;
+		if ((r = s3_delete_many(b->s3, keys, k, &res)) < 0) {
+			/* what this request named stays listed: deleting it again is
+			 * harmless, and it is no object a restore in the window needs */
 			log_warn_repeat(b->last_err,
 					"backup: db '%s': retention cannot delete: %s (retrying)",
 					db_name(db), res.err);
 			d->next_retention_ms = 0;
-			goto out;
+			break;
 		}
-		log_debug("backup: db '%s': retention deleted '%s'", db_name(db), d->objs.v[j].key);
-		objs_remove(d, j);
-		n--;
+		log_debug("backup: db '%s': retention deleted %zu object(s)", db_name(db), k);
 	}
-	r = 0;
+	/* d->objs without what was deleted */
+	size_t w = 0;
+	for (size_t i = 0; i < d->objs.n; i++) {
+		if (i < ok_end && del[i])
+			free(d->objs.v[i].key);
+		else
+			d->objs.v[w++] = d->objs.v[i];
+	}
+	d->objs.n = w;
 out:
+	free(keys);
 	free(v);
 	free(del);
 	return r;
