@@ -20,6 +20,21 @@
  *            gone, or its pre-apply checksum is not the bucket's checksum
  *            at M: the bucket holds another history), a snapshot of the
  *            current state goes up as P <dbkey>/0009/1-<N>.ltx instead.
+ *   SNAPSHOT per database, when the newest snapshot is snapshot-interval
+ *            old and the database changed since: the snapshot is taken at
+ *            P, the L0 chain brought to exactly P, the L0 objects since the
+ *            last compaction compacted up to P, then 0009/1-<P>.ltx.
+ *   COMPACT  per database, every compaction-interval: the L0 run after the
+ *            last compacted object or snapshot (bkplan_compact), GET and
+ *            merged into P <dbkey>/0001/<min>-<max>.ltx.
+ *   RETAIN   per database, when bkplan_retention's answer may have changed
+ *            (term start, a snapshot or compacted object leaving the
+ *            window's start): DeleteObjects of what no restore in the
+ *            retention window needs.
+ *
+ * The listing and this term's own uploads and deletions make each
+ * database's object list (struct bdb's objs), which the last three steps
+ * read instead of listing the bucket again.
  *
  * Every object carries the commit time of its last transaction and its
  * post-apply checksum as user metadata. A failed request is retried at the
