@@ -2,14 +2,15 @@
  * restore.h - a database rebuilt from the backup bucket (edge layer), for
  * `ltxfs restore` and `ltxfs backups` (src/cli_backup.c).
  *
- * THE PLAN (restore_plan). From the objects of one database (backup.h's
- * layout): the newest snapshot at or below the target, then L0 objects
- * that each start right after the previous one's max TXID, the one that
- * goes furthest without passing the target first. A target TXID must be an
- * object's max TXID (objects cover several transactions: a TXID inside one
- * is refused, naming the nearest restorable ones). A target time takes the
- * newest state whose commit time (the LTX header's timestamp) is at or
- * before it.
+ * THE PLAN (bkplan.h). From the objects of one database (backup.h's
+ * layout): the newest snapshot at or below the target, then objects of
+ * levels 0-8 that each start right after the previous one's max TXID, the
+ * one that goes furthest without passing the target first, the highest
+ * level among equals. A target TXID must be an object's max TXID (objects
+ * cover several transactions: a TXID inside one is refused, naming the
+ * nearest restorable ones). A target time takes the newest state whose
+ * commit time (the LTX header's timestamp) is at or before it; a compacted
+ * object that ends after it is replaced by the objects it covers.
  *
  * THE APPLY. Each object is downloaded whole, decoded and verified (file
  * checksum, page rules), its pre-apply checksum must equal the rolling
