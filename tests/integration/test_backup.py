@@ -794,3 +794,39 @@ def test_scheduled_snapshot_compacts_what_precedes_it(make_node, moto, bucket, t
     restore(p, "a.db", str(tmp_path / "r.db"))
     with open(str(tmp_path / "r.db"), "rb") as f:
         assert f.read() == want
+
+
+def test_retention_after_a_restart_reads_the_listing_times(make_node, moto, bucket, tmp_path):
+    """A new term has only the listing: retention judges objects by S3's
+    LastModified. After a restart with no write, what precedes the newest
+    snapshot older than the window goes; the latest state still restores."""
+    section = (moto.backup_section(bucket, path="rr") +
+               "  snapshot-interval: 1s\n  retention: 2s\n  compaction-interval: 0s\n")
+    p = make_node("p", extra_config=section).start()
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 3:
+        write_rows(p, "a.db", "delete", 2, start=10 * i)
+        wait_uploaded(p, "a.db")
+        i += 1
+    wait_for(lambda: len([o for o in objects(moto, bucket, "rr") if o[1] == "0009"]) >= 2,
+             what="two snapshots")
+    t = wait_uploaded(p, "a.db")
+    want = export(p, "a.db", str(tmp_path / "e.db"))
+    p.stop()
+    # what the first term left before its newest snapshot is for the next
+    # term to judge, from the listing alone (no write, so no new snapshot)
+    before = objects(moto, bucket, "rr")
+    newest = max(o[3] for o in before if o[1] == "0009")
+    assert any(o[3] < newest for o in before), before
+    wait_for(lambda: time.monotonic() - start > 6.5, timeout=10,
+             what="the snapshots to be older than the window")
+    p.start()
+    wait_for(lambda: all(o[3] >= newest for o in objects(moto, bucket, "rr")), timeout=10,
+             what="retention from the listing to delete what precedes the newest snapshot")
+    objs = objects(moto, bucket, "rr")
+    assert ("a.db", "0009", 1, newest) in objs, objs
+    chain_from_oldest_snapshot(objs, "a.db", t)
+    restore(p, "a.db", str(tmp_path / "r.db"))
+    with open(str(tmp_path / "r.db"), "rb") as f:
+        assert f.read() == want
