@@ -11,6 +11,9 @@
  *             thread inherits the mask and only this thread takes them
  *             (sigtimedwait); SIGPIPE ignored
  *   store     claims the data directory, recovers every database
+ *   restore   backup.restore-if-empty on a candidate with no data and no
+ *             lease holder: every database from the bucket (restore.c),
+ *             before anything below can write or take the lease
  *   cluster ID  created by a static primary
  *   fusefs    the mount
  *   httpd     the HTTP server (needs the mount's apply hooks for adoption)
@@ -55,6 +58,7 @@
 #include "ltxfs/node.h"
 
 #include "ltxfs/backup.h"
+#include "ltxfs/restore.h"
 #include "ltxfs/clock.h"
 #include "ltxfs/elector.h"
 #include "ltxfs/fusefs.h"
@@ -182,6 +186,53 @@ struct node {
 	bool running; /* start-up completed: supervising */
 };
 
+/*
+ * backup.restore-if-empty on a candidate whose data directory holds no data:
+ * unless a primary holds the lease (then this node follows it, as any
+ * replica), every database of the bucket is restored into the store, with
+ * the bucket's cluster ID, before anything can write. 0, or 1 after logging
+ * the error (the node does not start empty: that would begin a new history
+ * beside the bucket's).
+ */
+static int restore_if_empty(struct node *n)
+{
+	const struct config *cfg = n->cfg;
+	char err[1024] = "", id[21];
+	size_t count = 0;
+	int r;
+	if (n->elected) {
+		struct lease_holder h = {0};
+		uint64_t index = 0;
+		if ((r = lease_observe(n->lease, &index, 0, &h)) < 0) {
+			log_error(
+			    "restore-if-empty: cannot tell whether a primary holds the lease: "
+			    "%s",
+			    n->lease->err[0] ? n->lease->err : strerror(-r));
+			return 1;
+		}
+		if (h.present) {
+			log_info(
+			    "restore-if-empty: %s holds the lease: following it, not restoring",
+			    h.hostname);
+			return 0;
+		}
+	}
+	log_info("restore-if-empty: no data here: restoring every database from bucket '%s'%s%s",
+		 cfg->backup.bucket, cfg->backup.path[0] ? ", prefix " : "", cfg->backup.path);
+	int64_t t0 = clock_mono_ms();
+	if ((r = restore_into_store(cfg, n->store, cfg->data.dir, &count, err, sizeof(err))) < 0) {
+		log_error("restore-if-empty: %s; not starting with an empty data directory", err);
+		return 1;
+	}
+	store_cluster_id(n->store, id);
+	if (!id[0])
+		log_info("restore-if-empty: the bucket holds no backup: starting empty");
+	else
+		log_info("restore-if-empty: restored %zu database(s) of cluster %s in %lld ms",
+			 count, id, (long long)(clock_mono_ms() - t0));
+	return 0;
+}
+
 /* Start the modules in order (see the top of this file); 0, or 1 after logging the error. */
 static int node_start(struct node *n)
 {
@@ -196,6 +247,9 @@ static int node_start(struct node *n)
 		log_error("cannot open data directory: %s", err[0] ? err : strerror(-r));
 		return 1;
 	}
+	if (cfg->backup.type && cfg->backup.restore_if_empty && cfg->lease.candidate &&
+	    !store_has_data(n->store) && restore_if_empty(n) != 0)
+		return 1;
 	if (n->primary && (r = store_ensure_cluster_id(n->store)) < 0) {
 		log_error("cannot write the cluster ID: %s", strerror(-r));
 		return 1;

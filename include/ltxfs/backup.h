@@ -6,6 +6,7 @@
  *
  *   P ltxfs-cluster                                the cluster ID, "LFSC...\n"
  *   P <dbkey>/0000/<min %016x>-<max %016x>.ltx     transactions min..max
+ *   P <dbkey>/0001/<min>-<max>.ltx                 L0 objects compacted (levels 1-8)
  *   P <dbkey>/0009/0000000000000001-<max>.ltx      a snapshot at max
  *
  * <dbkey> is the database name with every byte outside [A-Za-z0-9._-]
@@ -31,10 +32,11 @@ struct db;
 struct s3;
 
 #define BACKUP_LEVEL_L0	      0
+#define BACKUP_LEVEL_L1	      1
 #define BACKUP_LEVEL_SNAPSHOT 9
 #define BACKUP_MARKER	      "ltxfs-cluster"
 /* user metadata of every object (x-amz-meta-...) */
-#define BACKUP_META_TIMESTAMP "ltxfs-timestamp" /* RFC 3339, ms: the state's commit time */
+#define BACKUP_META_TIMESTAMP "ltxfs-timestamp"	    /* RFC 3339, ms: the state's commit time */
 #define BACKUP_META_POST      "ltxfs-post-checksum" /* %016x */
 
 /* The S3 client for cfg's backup section. 0, -EINVAL (*err says why), -ENOMEM. */
@@ -60,6 +62,15 @@ struct backup_objs {
 	size_t n;
 };
 void backup_objs_release(struct backup_objs *o);
+
+struct bkplan_obj;
+/*
+ * The objects as bkplan sees them (level, range, time written from
+ * last_modified; INT64_MAX, so never
+ * deleted, when it does not parse), in a malloc'd array of o->n
+ * entries in the same order. 0 or -ENOMEM.
+ */
+int backup_objs_plan(const struct backup_objs *o, struct bkplan_obj **ret);
 
 /*
  * List the bucket under backup.path: the objects of database name (NULL: of

@@ -79,22 +79,23 @@ struct config {
 	 * Backups to S3 (docs/backup.md). type NULL: no backups. With type "s3",
 	 * bucket is required and the credentials come from the file or, when
 	 * absent there, from $AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY
-	 * (config_finish). snapshot-interval, retention and restore-if-empty:
-	 * true are refused as not supported yet.
+	 * (config_finish). retention above 0 needs snapshot-interval above 0.
+	 * restore-if-empty: a candidate with no data restores from the bucket.
 	 */
 	struct {
-		char *type;		  /* NULL or "s3" */
-		char *endpoint;		  /* NULL: AWS */
-		bool force_path_style;	  /* false */
-		char *region;		  /* "us-east-1" */
-		char *bucket;		  /* required with type s3 */
-		char *path;		  /* key prefix: "" or segments of [A-Za-z0-9._-] joined by '/' */
-		char *access_key_id;	  /* else $AWS_ACCESS_KEY_ID */
-		char *secret_access_key;  /* else $AWS_SECRET_ACCESS_KEY */
-		int64_t sync_interval_ms; /* 1s, > 0 */
-		int64_t snapshot_interval_ms; /* not supported yet: 0 */
-		int64_t retention_ms;	      /* not supported yet: 0 */
-		bool restore_if_empty;	      /* not supported yet: false */
+		char *type;	       /* NULL or "s3" */
+		char *endpoint;	       /* NULL: AWS */
+		bool force_path_style; /* false */
+		char *region;	       /* "us-east-1" */
+		char *bucket;	       /* required with type s3 */
+		char *path; /* key prefix: "" or segments of [A-Za-z0-9._-] joined by '/' */
+		char *access_key_id;		/* else $AWS_ACCESS_KEY_ID */
+		char *secret_access_key;	/* else $AWS_SECRET_ACCESS_KEY */
+		int64_t sync_interval_ms;	/* 1s, > 0 */
+		int64_t snapshot_interval_ms;	/* 24h; 0: no scheduled snapshots */
+		int64_t retention_ms;		/* 0: keep every object */
+		int64_t compaction_interval_ms; /* 5m; 0: no compaction into level 1 */
+		bool restore_if_empty;		/* false */
 	} backup;
 	struct {
 		char *format; /* "text" | "json" */

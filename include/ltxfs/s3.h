@@ -1,6 +1,7 @@
 /*
  * s3.h - a small S3 client: PUT (with If-None-Match / If-Match), GET
- * (ranged), HEAD, ListObjectsV2 with continuation, DELETE (edge layer).
+ * (ranged), HEAD, ListObjectsV2 with continuation, DELETE, DeleteObjects
+ * (edge layer).
  *
  * Requests go through httpc (libcurl) and are signed with SigV4 by sigv4.c,
  * so that what is signed is exactly what is sent (docs/backup.md, "Signing").
@@ -41,9 +42,9 @@ struct s3_options {
 	const char *bucket; /* required */
 	const char *access_key_id;
 	const char *secret_access_key;
-	long timeout_ms;		/* whole request; 0: 30 s */
-	long connect_timeout_ms;	/* 0: 2 s */
-	const volatile bool *abort;	/* may be NULL */
+	long timeout_ms;	    /* whole request; 0: 30 s */
+	long connect_timeout_ms;    /* 0: 2 s */
+	const volatile bool *abort; /* may be NULL */
 };
 
 struct s3;
@@ -65,10 +66,10 @@ struct s3_meta {
 };
 
 struct s3_put_options {
-	bool if_none_match;    /* If-None-Match: *  (create only) */
-	const char *if_match;  /* If-Match: <etag>, or NULL */
+	bool if_none_match;   /* If-None-Match: *  (create only) */
+	const char *if_match; /* If-Match: <etag>, or NULL */
 	const struct s3_meta *meta;
-	size_t n_meta;	       /* at most 4 */
+	size_t n_meta;		  /* at most 4 */
 	const char *content_type; /* NULL: application/octet-stream */
 };
 
@@ -101,6 +102,17 @@ int s3_head(struct s3 *s, const char *key, struct s3_head *h, struct s3_result *
 
 /* DELETE key (a missing key is success, as S3 answers 204). */
 int s3_delete(struct s3 *s, const char *key, struct s3_result *res);
+
+#define S3_DELETE_MAX 1000 /* keys per DeleteObjects request */
+
+/*
+ * DeleteObjects of n keys (1 to S3_DELETE_MAX) in one POST ?delete, quiet
+ * mode, with its Content-MD5. A missing key counts as deleted. 0 when
+ * every key is gone; -EIO when the answer lists an error for some key (the
+ * first one's code and message in res): the caller may not know which
+ * keys went, and deleting again is harmless.
+ */
+int s3_delete_many(struct s3 *s, const char *const *keys, size_t n, struct s3_result *res);
 
 struct s3_object {
 	const char *key;

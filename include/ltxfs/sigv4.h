@@ -22,6 +22,8 @@
 
 /* Hex SHA-256 of n bytes (lowercase). */
 void sigv4_sha256_hex(const void *buf, size_t n, char out[SIGV4_SHA256_HEX]);
+/* MD5 of n bytes: a DeleteObjects request must carry it (Content-MD5). */
+void sigv4_md5(const void *buf, size_t n, unsigned char out[16]);
 
 /*
  * RFC 3986 encoding as SigV4 wants it: every byte but A-Z a-z 0-9 - . _ ~
@@ -32,7 +34,7 @@ void sigv4_sha256_hex(const void *buf, size_t n, char out[SIGV4_SHA256_HEX]);
 char *sigv4_uri_encode(const char *s, bool keep_slash);
 
 struct sigv4_header {
-	const char *name; /* any case; signed lower-cased */
+	const char *name;  /* any case; signed lower-cased */
 	const char *value; /* signed trimmed, inner runs of spaces folded to one */
 };
 

@@ -20,6 +20,21 @@
  *            gone, or its pre-apply checksum is not the bucket's checksum
  *            at M: the bucket holds another history), a snapshot of the
  *            current state goes up as P <dbkey>/0009/1-<N>.ltx instead.
+ *   SNAPSHOT per database, when the newest snapshot is snapshot-interval
+ *            old and the database changed since: the snapshot is taken at
+ *            P, the L0 chain brought to exactly P, the L0 objects since the
+ *            last compaction compacted up to P, then 0009/1-<P>.ltx.
+ *   COMPACT  per database, every compaction-interval: the L0 run after the
+ *            last compacted object or snapshot (bkplan_compact), GET and
+ *            merged into P <dbkey>/0001/<min>-<max>.ltx.
+ *   RETAIN   per database, when bkplan_retention's answer may have changed
+ *            (term start, a snapshot or compacted object leaving the
+ *            window's start): DeleteObjects of what no restore in the
+ *            retention window needs.
+ *
+ * The listing and this term's own uploads and deletions make each
+ * database's object list (struct bdb's objs), which the last three steps
+ * read instead of listing the bucket again.
  *
  * Every object carries the commit time of its last transaction and its
  * post-apply checksum as user metadata. A failed request is retried at the
@@ -36,12 +51,14 @@
  */
 #include "ltxfs/backup.h"
 
+#include "ltxfs/bkplan.h"
 #include "ltxfs/clock.h"
 #include "ltxfs/config.h"
 #include "ltxfs/db.h"
 #include "ltxfs/log.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/ltxmerge.h"
+#include "ltxfs/restore.h"
 #include "ltxfs/s3.h"
 #include "ltxfs/store.h"
 
@@ -133,6 +150,24 @@ void backup_objs_release(struct backup_objs *o)
 	memset(o, 0, sizeof(*o));
 }
 
+int backup_objs_plan(const struct backup_objs *o, struct bkplan_obj **ret)
+{
+	struct bkplan_obj *v = calloc(o->n ? o->n : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < o->n; i++) {
+		const struct backup_obj *b = &o->v[i];
+		int64_t ms;
+		v[i] = (struct bkplan_obj){
+		    .level = b->level, .min_txid = b->min_txid, .max_txid = b->max_txid};
+		if (restore_parse_time(b->last_modified, &ms) < 0)
+			ms = INT64_MAX; /* unknown: retention never deletes it */
+		v[i].time_ms = ms;
+	}
+	*ret = v;
+	return 0;
+}
+
 int backup_s3_new(const struct config *cfg, const volatile bool *abort, struct s3 **ret)
 {
 	struct s3_options so = {.endpoint = cfg->backup.endpoint,
@@ -156,7 +191,7 @@ static void key_prefix(const char *path, char *buf, size_t n)
 struct list_ctx {
 	const char *prefix; /* "path/" */
 	size_t plen;
-	const char *name;   /* the database, or NULL */
+	const char *name; /* the database, or NULL */
 	char dbkey[1024];
 	struct backup_objs *out;
 	size_t cap;
@@ -176,12 +211,10 @@ static bool parse_key(const char *rest, char *dbkey, size_t dn, int *level, uint
 	const char *file = rest + len - LTX_FILENAME_LEN, *lv = file - 6;
 	if (lv[0] != '/' || lv[5] != '/' || ltx_parse_filename(file, mn, mx) < 0)
 		return false;
-	if (memcmp(lv, "/0000/", 6) == 0)
-		*level = BACKUP_LEVEL_L0;
-	else if (memcmp(lv, "/0009/", 6) == 0)
-		*level = BACKUP_LEVEL_SNAPSHOT;
-	else
+	/* levels 0000 (uploads), 0001-0008 (compacted), 0009 (snapshots) */
+	if (memcmp(lv, "/000", 4) != 0 || lv[4] < '0' || lv[4] > '9')
 		return false;
+	*level = lv[4] - '0';
 	size_t kl = (size_t)(lv - rest);
 	if (kl == 0 || kl >= dn || memchr(rest, '/', kl))
 		return false;
@@ -267,16 +300,24 @@ int backup_list_db(struct s3 *s, const char *path, const char *name, struct back
 
 /* The bucket's side of one database, for this term (the thread's own). */
 struct bdb {
-	bool listed;	    /* txid/key below come from this term's listing or uploads */
-	uint64_t txid;	    /* M: highest TXID in the bucket */
-	char *key;	    /* the object that holds M (NULL when txid is 0) */
-	bool have_sum;	    /* sum is the post-apply checksum at M */
+	bool listed;   /* txid/key below come from this term's listing or uploads */
+	uint64_t txid; /* M: highest TXID in the bucket */
+	char *key;     /* the object that holds M (NULL when txid is 0) */
+	bool have_sum; /* sum is the post-apply checksum at M */
 	uint64_t sum;
-	bool warned_ahead;  /* the bucket is ahead of this node: said once */
-	uint64_t objects;   /* uploaded by this process */
+	bool warned_ahead; /* the bucket is ahead of this node: said once */
+	uint64_t objects;  /* uploaded by this process */
 	int64_t uploaded_ms;
 	int64_t pending_since_ms;
 	uint64_t pending_bytes;
+	/* The database's objects in the bucket: this term's listing, plus what
+	 * this term uploaded, minus what it deleted (snapshots, retention). */
+	struct backup_objs objs;
+	size_t objs_cap;
+	uint64_t snap_txid;	   /* the newest snapshot's TXID, 0: none */
+	int64_t snap_ms;	   /* when the newest snapshot was written */
+	int64_t next_retention_ms; /* when retention may delete something next */
+	int64_t compact_ms;	   /* the last compaction's time (this term) */
 };
 
 struct backup {
@@ -285,6 +326,9 @@ struct backup {
 	char *path;
 	char prefix[300];
 	int64_t interval_ms;
+	int64_t snapshot_interval_ms;	/* 0: no scheduled snapshots */
+	int64_t retention_ms;		/* 0: no deletion */
+	int64_t compaction_interval_ms; /* 0: no compaction */
 	bool compress;
 	pthread_t thread;
 	pthread_mutex_t mu;
@@ -309,6 +353,52 @@ static void bdb_reset(struct bdb *d)
 	d->txid = 0;
 	d->have_sum = false;
 	d->warned_ahead = false;
+	backup_objs_release(&d->objs);
+	d->objs_cap = 0;
+	d->snap_txid = 0;
+	d->snap_ms = 0;
+	d->next_retention_ms = 0;
+	d->compact_ms = 0;
+}
+
+/* Add an object to d->objs (a copy of key), keeping them sorted by max TXID. */
+static int objs_add(struct bdb *d, const char *key, int level, uint64_t mn, uint64_t mx,
+		    uint64_t size, const char *last_modified)
+{
+	struct backup_objs *o = &d->objs;
+	if (o->n == d->objs_cap) {
+		size_t nc = d->objs_cap ? d->objs_cap * 2 : 16;
+		struct backup_obj *v = realloc(o->v, nc * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		o->v = v;
+		d->objs_cap = nc;
+	}
+	char *k = strdup(key);
+	if (!k)
+		return -ENOMEM;
+	size_t at = o->n;
+	while (at > 0 && (o->v[at - 1].max_txid > mx ||
+			  (o->v[at - 1].max_txid == mx && o->v[at - 1].level > level)))
+		at--;
+	memmove(&o->v[at + 1], &o->v[at], (o->n - at) * sizeof(*o->v));
+	struct backup_obj *b = &o->v[at];
+	memset(b, 0, sizeof(*b));
+	b->key = k;
+	b->level = level;
+	b->min_txid = mn;
+	b->max_txid = mx;
+	b->size = size;
+	snprintf(b->last_modified, sizeof(b->last_modified), "%s", last_modified);
+	o->n++;
+	if (level == BACKUP_LEVEL_SNAPSHOT) {
+		int64_t ms;
+		if (mx > d->snap_txid)
+			d->snap_txid = mx;
+		if (restore_parse_time(last_modified, &ms) == 0 && ms > d->snap_ms)
+			d->snap_ms = ms;
+	}
+	return 0;
 }
 
 /* Publish the state of one database for /info, /metrics and retention. */
@@ -346,15 +436,15 @@ static int check_marker(struct backup *b)
 		return 0;
 	}
 	if (r != -EEXIST) {
-		log_warn_repeat(b->last_err, "backup: cannot write the cluster marker: %s (retrying)",
-				res.err);
+		log_warn_repeat(b->last_err,
+				"backup: cannot write the cluster marker: %s (retrying)", res.err);
 		return r;
 	}
 	char *body = NULL;
 	size_t n = 0;
 	if ((r = s3_get(b->s3, key, 0, 0, 256, &body, &n, &res)) < 0) {
-		log_warn_repeat(b->last_err, "backup: cannot read the cluster marker: %s (retrying)",
-				res.err);
+		log_warn_repeat(b->last_err,
+				"backup: cannot read the cluster marker: %s (retrying)", res.err);
 		return r;
 	}
 	bool same = n == strlen(want) && memcmp(body, want, n) == 0;
@@ -364,9 +454,10 @@ static int check_marker(struct backup *b)
 		memcpy(other, body, k);
 		other[k] = '\0';
 		other[strcspn(other, "\r\n")] = '\0';
-		log_error("backup: bucket prefix '%s' holds the backups of cluster '%s', not of this "
-			  "cluster %s: nothing will be uploaded (use another backup.path)",
-			  b->prefix[0] ? b->prefix : "(the bucket's root)", other, id);
+		log_error(
+		    "backup: bucket prefix '%s' holds the backups of cluster '%s', not of this "
+		    "cluster %s: nothing will be uploaded (use another backup.path)",
+		    b->prefix[0] ? b->prefix : "(the bucket's root)", other, id);
 		b->refused = true;
 		free(body);
 		return -EEXIST;
@@ -398,11 +489,15 @@ static int learn(struct backup *b, struct db *db, struct bdb *d)
 	if (backup_dbkey(db_name(db), dbkey, sizeof(dbkey)) < 0)
 		return -ENAMETOOLONG;
 	size_t kl = strlen(dbkey), pl = strlen(b->prefix);
+	int r;
 	bdb_reset(d);
 	for (size_t i = 0; i < b->listing.n; i++) { /* sorted by max TXID */
 		const struct backup_obj *o = &b->listing.v[i];
 		if (strncmp(o->key + pl, dbkey, kl) != 0 || o->key[pl + kl] != '/')
 			continue;
+		if ((r = objs_add(d, o->key, o->level, o->min_txid, o->max_txid, o->size,
+				  o->last_modified)) < 0)
+			return r;
 		if (o->max_txid >= d->txid) {
 			free(d->key);
 			if (!(d->key = strdup(o->key)))
@@ -440,8 +535,8 @@ static int mem_write(void *ctx, const void *buf, size_t n)
 }
 
 /* PUT one object (If-None-Match: *) with its metadata. */
-static int put_object(struct backup *b, const char *key, const struct membuf *body,
-		      int64_t ts_ms, uint64_t post, struct s3_result *res)
+static int put_object(struct backup *b, const char *key, const struct membuf *body, int64_t ts_ms,
+		      uint64_t post, struct s3_result *res)
 {
 	char ts[32], sum[17];
 	backup_format_time(ts_ms, ts);
@@ -515,10 +610,11 @@ static int build_merged(struct backup *b, struct db *db, struct bdb *d, uint64_t
 				d->pending_since_ms = h.timestamp;
 			if (h.pre_apply_checksum != d->sum) {
 				close(fd);
-				log_warn("backup: db '%s': the bucket's checksum at TXID %016" PRIx64
-					 " is %016" PRIx64 ", this node's is %016" PRIx64
-					 ": another history; uploading a snapshot",
-					 db_name(db), d->txid, d->sum, h.pre_apply_checksum);
+				log_warn(
+				    "backup: db '%s': the bucket's checksum at TXID %016" PRIx64
+				    " is %016" PRIx64 ", this node's is %016" PRIx64
+				    ": another history; uploading a snapshot",
+				    db_name(db), d->txid, d->sum, h.pre_apply_checksum);
 				r = 1;
 				goto out;
 			}
@@ -574,34 +670,55 @@ static int build_snapshot(struct backup *b, struct db *db, struct membuf *body,
 	return r;
 }
 
-/* Upload what db committed after M, in as many objects as it takes. */
-static int sync_db(struct backup *b, struct db *db, struct bdb *d)
+/* After a PUT of key: the bucket's side of db is at max_txid with checksum post. */
+static int uploaded(struct backup *b, struct db *db, struct bdb *d, const char *key, int level,
+		    const struct ltx_header *h, uint64_t post, uint64_t size)
+{
+	char now[32];
+	int64_t ms = clock_wall_ms();
+	backup_format_time(ms, now);
+	log_debug("backup: db '%s': uploaded '%s'", db_name(db), key);
+	free(d->key);
+	d->key = strdup(key);
+	d->txid = h->max_txid;
+	d->sum = post;
+	d->have_sum = true;
+	d->objects++;
+	d->uploaded_ms = ms;
+	d->pending_since_ms = 0;
+	d->pending_bytes = 0;
+	publish(b, db, d, true);
+	if (level != BACKUP_LEVEL_L0 && d->next_retention_ms > ms + b->retention_ms)
+		d->next_retention_ms = ms + b->retention_ms; /* the window may move past it */
+	return objs_add(d, key, level, h->min_txid, h->max_txid, size, now);
+}
+
+/*
+ * Upload what db committed after M up to target, in as many objects as it
+ * takes (at most PASS_OBJECTS). 0 when the bucket reached target or nothing
+ * more can go now, -errno.
+ */
+static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t target)
 {
 	int r = 0;
-	if (!d->listed && (r = learn(b, db, d)) < 0)
-		return r;
 	/*
 	 * What was committed when the pass reached this database goes up, in one
 	 * object unless the size budget cuts it (then more, at most PASS_OBJECTS);
 	 * what commits meanwhile waits for the next pass, so a busy database
 	 * costs about one PUT per sync-interval and cannot starve the others.
 	 */
-	uint64_t target = 0;
 	for (int round = 0;; round++) {
 		struct db_pos pos;
 		db_get_pos(db, &pos);
-		if (round == 0)
-			target = pos.txid;
-		if (round == PASS_OBJECTS || (round > 0 && d->txid >= target))
-			return 0;
 		if (pos.txid <= d->txid || b->abort) {
 			if (pos.txid < d->txid && !d->warned_ahead) {
 				d->warned_ahead = true;
-				log_warn("backup: db '%s': the bucket holds TXID %016" PRIx64
-					 ", beyond this node's %016" PRIx64
-					 " (a lost primary's transactions): a snapshot goes up once "
-					 "this node passes it",
-					 db_name(db), d->txid, pos.txid);
+				log_warn(
+				    "backup: db '%s': the bucket holds TXID %016" PRIx64
+				    ", beyond this node's %016" PRIx64
+				    " (a lost primary's transactions): a snapshot goes up once "
+				    "this node passes it",
+				    db_name(db), d->txid, pos.txid);
 			}
 			if (pos.txid == d->txid) {
 				d->pending_since_ms = 0;
@@ -609,13 +726,16 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 			}
 			return 0;
 		}
+		if (round == PASS_OBJECTS || d->txid >= target)
+			return 0;
 		if (d->txid && !d->have_sum && (r = fetch_sum(b, d)) < 0)
 			return r;
+		uint64_t upto = pos.txid < target ? pos.txid : target;
 		struct membuf body = {0};
 		struct ltx_header h;
 		struct ltx_trailer t;
 		int level = BACKUP_LEVEL_L0;
-		r = d->txid && d->sum ? build_merged(b, db, d, pos.txid, &body, &h, &t) : 1;
+		r = d->txid && d->sum ? build_merged(b, db, d, upto, &body, &h, &t) : 1;
 		if (r == 1) {
 			free(body.p);
 			body = (struct membuf){0};
@@ -658,18 +778,289 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 					db_name(db), pos.txid - d->txid, res.err);
 			return r;
 		}
-		log_debug("backup: db '%s': uploaded '%s'", db_name(db), key);
-		free(d->key);
-		d->key = strdup(key);
-		d->txid = h.max_txid;
-		d->sum = t.post_apply_checksum;
-		d->have_sum = true;
-		d->objects++;
-		d->uploaded_ms = clock_wall_ms();
-		d->pending_since_ms = 0;
-		d->pending_bytes = 0;
-		publish(b, db, d, true);
+		if ((r = uploaded(b, db, d, key, level, &h, t.post_apply_checksum, body.n)) < 0)
+			return r;
 	}
+}
+
+static int compact_once(struct backup *b, struct db *db, struct bdb *d);
+
+/*
+ * A scheduled snapshot (backup.snapshot-interval): when the newest snapshot
+ * in the bucket is that old and the database changed since, the current
+ * state goes up at level 9. The snapshot is taken first, at TXID P; the L0
+ * chain is brought to exactly P (commits after the pass began), so that
+ * the chain continues from the snapshot with no gap; with compaction on,
+ * the L0 objects since the last compaction are compacted up to P (no
+ * compacted object spans a snapshot, so they would stay L0 objects for
+ * good); then the snapshot goes up. 0 (done, or not due), -errno.
+ */
+static int scheduled_snapshot(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct db_pos pos;
+	int64_t now = clock_wall_ms();
+	if (!b->snapshot_interval_ms || now - d->snap_ms < b->snapshot_interval_ms)
+		return 0;
+	db_get_pos(db, &pos);
+	if (pos.txid <= d->snap_txid || d->txid < d->snap_txid || !d->txid)
+		return 0; /* unchanged since the last snapshot, or no chain yet */
+	struct membuf body = {0};
+	struct ltx_header h;
+	struct ltx_trailer t;
+	char key[1400];
+	struct s3_result res;
+	int r = build_snapshot(b, db, &body, &h, &t);
+	if (r == -ENOENT) {
+		r = 0; /* dropped meanwhile */
+		goto out;
+	}
+	if (r < 0) {
+		log_warn_repeat(b->last_err, "backup: db '%s': cannot build the snapshot: %s",
+				db_name(db), strerror(-r));
+		goto out;
+	}
+	if (h.max_txid > d->txid && (r = sync_l0(b, db, d, h.max_txid)) < 0)
+		goto out;
+	if (d->txid != h.max_txid)
+		goto out; /* the chain did not reach P (a cut, the bucket ahead): next pass */
+	if (d->snap_txid == h.max_txid)
+		goto out; /* the chain's own snapshot went up at P meanwhile */
+	if (b->compaction_interval_ms) {
+		/* a failure leaves them L0 objects: logged there, not fatal here */
+		while (!b->abort && !b->need_list && compact_once(b, db, d) == 0)
+			;
+		if (b->need_list)
+			goto out;
+	}
+	object_key(b, db, BACKUP_LEVEL_SNAPSHOT, h.min_txid, h.max_txid, key, sizeof(key));
+	r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
+	if (r == -EEXIST) { /* this very snapshot is there (the chain's own) */
+		d->snap_ms = now;
+		d->snap_txid = h.max_txid;
+		r = 0;
+		goto out;
+	}
+	if (r < 0) {
+		log_warn_repeat(b->last_err,
+				"backup: db '%s': snapshot upload failed: %s (retrying)",
+				db_name(db), res.err);
+		goto out;
+	}
+	log_info("backup: db '%s': scheduled snapshot at TXID %016" PRIx64 " uploaded", db_name(db),
+		 h.max_txid);
+	r = uploaded(b, db, d, key, BACKUP_LEVEL_SNAPSHOT, &h, t.post_apply_checksum, body.n);
+out:
+	free(body.p);
+	return r;
+}
+
+/*
+ * Retention (backup.retention): delete, oldest first, the objects bkplan
+ * finds no longer needed for a restore to any point of the window. Runs
+ * when the answer may have changed (d->next_retention_ms): at the start of
+ * a term, and when a snapshot leaves the window's start. 0 or -errno (a
+ * failed DELETE: tried again at the next pass).
+ */
+static int apply_retention(struct backup *b, struct db *db, struct bdb *d)
+{
+	int64_t now = clock_wall_ms(), next = INT64_MAX;
+	if (!b->retention_ms || now < d->next_retention_ms || !d->objs.n)
+		return 0;
+	struct bkplan_obj *v = NULL;
+	const char **keys = NULL;
+	size_t n = 0, ok_end = 0; /* the requests for d->objs.v[0..ok_end) succeeded */
+	bool *del = calloc(d->objs.n, sizeof(*del));
+	int r = del ? backup_objs_plan(&d->objs, &v) : -ENOMEM;
+	if (r < 0 || (r = bkplan_retention(v, d->objs.n, now, b->retention_ms, del, &n, &next)) < 0)
+		goto out;
+	d->next_retention_ms = next;
+	if (!n)
+		goto out;
+	if (!(keys = calloc(n < S3_DELETE_MAX ? n : S3_DELETE_MAX, sizeof(*keys)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* DeleteObjects, up to 1000 keys a request, oldest first (d->objs is
+	 * sorted by max TXID); what a request deleted leaves d->objs below */
+	for (size_t i = 0, k; !b->abort; ok_end = i) {
+		struct s3_result res;
+		for (k = 0; i < d->objs.n && k < S3_DELETE_MAX; i++)
+			if (del[i])
+				keys[k++] = d->objs.v[i].key;
+		if (k == 0)
+			break;
+		if ((r = s3_delete_many(b->s3, keys, k, &res)) < 0) {
+			/* what this request named stays listed: deleting it again is
+			 * harmless, and it is no object a restore in the window needs */
+			log_warn_repeat(b->last_err,
+					"backup: db '%s': retention cannot delete: %s (retrying)",
+					db_name(db), res.err);
+			d->next_retention_ms = 0;
+			break;
+		}
+		log_debug("backup: db '%s': retention deleted %zu object(s)", db_name(db), k);
+	}
+	/* d->objs without what was deleted */
+	size_t w = 0;
+	for (size_t i = 0; i < d->objs.n; i++) {
+		if (i < ok_end && del[i])
+			free(d->objs.v[i].key);
+		else
+			d->objs.v[w++] = d->objs.v[i];
+	}
+	d->objs.n = w;
+out:
+	free(keys);
+	free(v);
+	free(del);
+	return r;
+}
+
+struct memsrc {
+	const char *p;
+	size_t n, off;
+};
+
+static ssize_t mem_read(void *ctx, void *buf, size_t n)
+{
+	struct memsrc *m = ctx;
+	size_t k = m->n - m->off < n ? m->n - m->off : n;
+	memcpy(buf, m->p + m->off, k);
+	m->off += k;
+	return (ssize_t)k;
+}
+
+/*
+ * One compacted object: the L0 run bkplan_compact chooses, downloaded,
+ * verified and merged (ltxmerge.c checks that each object's pre-apply
+ * checksum is the previous one's post-apply checksum), uploaded at level
+ * 0001 as <first min>-<last max>. A run that passes the merge budget is cut
+ * there (the rest is the next object's). 1 when there was nothing (more)
+ * to compact, 0 after an upload, -errno.
+ */
+static int compact_once(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct bkplan_obj *v = NULL;
+	size_t *idx = NULL, k = 0, added = 0;
+	struct ltx_merge *m = NULL;
+	struct membuf body = {0};
+	struct ltx_header h;
+	struct ltx_trailer t;
+	struct s3_result res;
+	char key[1400];
+	int r = backup_objs_plan(&d->objs, &v);
+	if (r < 0)
+		goto out;
+	if (!(idx = calloc(d->objs.n + 1, sizeof(*idx)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (!(k = bkplan_compact(v, d->objs.n, BACKUP_LEVEL_L0, idx))) {
+		r = 1;
+		goto out;
+	}
+	if ((r = ltx_merge_new(&m, MERGE_MAX_BYTES)) < 0)
+		goto out;
+	for (size_t j = 0; j < k && !b->abort; j++) {
+		const struct backup_obj *o = &d->objs.v[idx[j]];
+		char *buf = NULL;
+		size_t len = 0;
+		if ((r = s3_get(b->s3, o->key, 0, 0, OBJECT_MAX, &buf, &len, &res)) < 0) {
+			log_warn_repeat(b->last_err, "backup: db '%s': compaction: %s (retrying)",
+					db_name(db), res.err);
+			goto out;
+		}
+		struct memsrc src = {buf, len, 0};
+		r = ltx_merge_add(m, mem_read, &src);
+		free(buf);
+		if (r == -EFBIG)
+			break;
+		if (r < 0) {
+			/* -ESTALE: not the previous object's history (a partitioned old
+			 * primary's object); -EBADMSG: corrupt */
+			log_warn_repeat(b->last_err,
+					"backup: db '%s': compaction stops at '%s': %s",
+					db_name(db), o->key,
+					r == -ESTALE ? "it does not continue the object before it"
+						     : strerror(-r));
+			if (r == -ESTALE || r == -EBADMSG)
+				r = 0;
+			break;
+		}
+		added++;
+	}
+	if (b->abort) {
+		r = -ECANCELED;
+		goto out;
+	}
+	if (r < 0)
+		goto out;
+	if (added < 2) {
+		r = 1; /* nothing worth an object */
+		goto out;
+	}
+	if ((r = ltx_merge_write(m, b->compress ? LTX_FLAG_COMPRESS_LZ4 : 0,
+				 store_node_id(b->store), mem_write, &body, &h, &t)) < 0) {
+		log_warn_repeat(b->last_err, "backup: db '%s': compaction: cannot merge: %s",
+				db_name(db), strerror(-r));
+		goto out;
+	}
+	object_key(b, db, BACKUP_LEVEL_L1, h.min_txid, h.max_txid, key, sizeof(key));
+	r = put_object(b, key, &body, h.timestamp, t.post_apply_checksum, &res);
+	if (r == -EEXIST) {
+		b->need_list = true; /* written already: the listing will show it */
+		goto out;
+	}
+	if (r < 0) {
+		log_warn_repeat(b->last_err, "backup: db '%s': compaction upload failed: %s",
+				db_name(db), res.err);
+		goto out;
+	}
+	log_debug("backup: db '%s': compacted %zu objects into '%s'", db_name(db), added, key);
+	char now[32];
+	int64_t ms = clock_wall_ms();
+	backup_format_time(ms, now);
+	if (b->retention_ms && d->next_retention_ms > ms + b->retention_ms)
+		d->next_retention_ms = ms + b->retention_ms; /* what it covers may go then */
+	r = objs_add(d, key, BACKUP_LEVEL_L1, h.min_txid, h.max_txid, body.n, now);
+out:
+	ltx_merge_free(m);
+	free(body.p);
+	free(idx);
+	free(v);
+	return r;
+}
+
+/* Compaction into level 0001 every backup.compaction-interval. 0 or -errno. */
+static int compact_db(struct backup *b, struct db *db, struct bdb *d)
+{
+	int64_t now = clock_wall_ms();
+	int r = 0;
+	if (!b->compaction_interval_ms || now - d->compact_ms < b->compaction_interval_ms)
+		return 0;
+	for (int round = 0; round < PASS_OBJECTS && !b->abort && !b->need_list; round++)
+		if ((r = compact_once(b, db, d)) != 0)
+			break;
+	if (r >= 0)
+		d->compact_ms = now; /* a failure is tried again at the next pass */
+	return r < 0 ? r : 0;
+}
+
+/* Upload what db committed, then a snapshot, compaction and retention when due. */
+static int sync_db(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct db_pos pos;
+	int r = 0;
+	if (!d->listed && (r = learn(b, db, d)) < 0)
+		return r;
+	db_get_pos(db, &pos);
+	if ((r = sync_l0(b, db, d, pos.txid)) < 0 || b->need_list)
+		return r;
+	if ((r = scheduled_snapshot(b, db, d)) < 0 || b->need_list)
+		return r;
+	if ((r = compact_db(b, db, d)) < 0 || b->need_list)
+		return r;
+	return apply_retention(b, db, d);
 }
 
 /* One pass over every database; 0 or the first error. */
@@ -741,6 +1132,9 @@ int backup_start(struct backup **ret, const struct backup_options *o)
 	pthread_cond_init(&b->cond, NULL);
 	b->store = o->store;
 	b->interval_ms = o->cfg->backup.sync_interval_ms;
+	b->snapshot_interval_ms = o->cfg->backup.snapshot_interval_ms;
+	b->retention_ms = o->cfg->backup.retention_ms;
+	b->compaction_interval_ms = o->cfg->backup.compaction_interval_ms;
 	b->compress = o->cfg->data.compress;
 	b->need_list = true;
 	if (!(b->path = strdup(o->cfg->backup.path ? o->cfg->backup.path : ""))) {

@@ -16,11 +16,14 @@
 #include "ltxfs/restore.h"
 
 #include "ltxfs/backup.h"
+#include "ltxfs/bkplan.h"
 #include "ltxfs/config.h"
 #include "ltxfs/crc.h"
+#include "ltxfs/db.h"
 #include "ltxfs/fsutil.h"
 #include "ltxfs/ltx.h"
 #include "ltxfs/s3.h"
+#include "ltxfs/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,8 +74,12 @@ int restore_parse_time(const char *s, int64_t *ret_ms)
 	}
 	if (*p || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
 		return -EINVAL;
-	struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
-			.tm_hour = h, .tm_min = m, .tm_sec = sec};
+	struct tm tm = {.tm_year = Y - 1900,
+			.tm_mon = M - 1,
+			.tm_mday = D,
+			.tm_hour = h,
+			.tm_min = m,
+			.tm_sec = sec};
 	time_t t = timegm(&tm);
 	*ret_ms = ((int64_t)t - off) * 1000 + frac_ms;
 	return 0;
@@ -94,31 +101,33 @@ struct plan {
 	size_t n;
 };
 
-/* The chain from snapshot s: L0 objects going furthest, up to limit. */
+/*
+ * The chain from snapshot s up to limit (bkplan_chain: the objects ending
+ * furthest, the highest level among equals).
+ */
 static int chain_from(const struct backup_objs *all, const struct backup_obj *s, uint64_t limit,
 		      struct plan *p)
 {
+	struct bkplan_obj *v = NULL;
+	size_t *idx = NULL;
+	int r = backup_objs_plan(all, &v);
+	if (r < 0)
+		return r;
 	p->v = calloc(all->n + 1, sizeof(*p->v));
-	if (!p->v)
-		return -ENOMEM;
-	p->n = 0;
-	p->v[p->n++] = s;
-	uint64_t cur = s->max_txid;
-	for (;;) {
-		const struct backup_obj *best = NULL;
-		for (size_t i = 0; i < all->n; i++) {
-			const struct backup_obj *o = &all->v[i];
-			if (o->level != BACKUP_LEVEL_L0 || o->min_txid != cur + 1 ||
-			    o->max_txid > limit)
-				continue;
-			if (!best || o->max_txid > best->max_txid)
-				best = o;
-		}
-		if (!best)
-			return 0;
-		p->v[p->n++] = best;
-		cur = best->max_txid;
+	idx = calloc(all->n + 1, sizeof(*idx));
+	if (!p->v || !idx) {
+		free(p->v);
+		p->v = NULL;
+		r = -ENOMEM;
+		goto out;
 	}
+	p->n = bkplan_chain(v, all->n, (size_t)(s - all->v), limit, idx);
+	for (size_t i = 0; i < p->n; i++)
+		p->v[i] = &all->v[idx[i]];
+out:
+	free(idx);
+	free(v);
+	return r;
 }
 
 /* The object's commit time from its metadata (ms), or -1. */
@@ -153,7 +162,9 @@ static int make_plan(struct s3 *s, const struct backup_objs *all, const struct r
 	}
 	if (!snap) {
 		fail(err, n, "no snapshot of '%s' at or before %s in the bucket", o->db,
-		     o->txid ? "that TXID" : o->has_time ? "that time" : "now");
+		     o->txid	   ? "that TXID"
+		     : o->has_time ? "that time"
+				   : "now");
 		return all->n ? -ENOENT : -ENOENT;
 	}
 	int r = chain_from(all, snap, limit, p);
@@ -197,6 +208,7 @@ struct out {
 	uint64_t *pgck; /* [1..npages] */
 	uint64_t x;
 	uint64_t txid;
+	int64_t timestamp; /* of the last object applied */
 };
 
 struct memsrc {
@@ -243,12 +255,16 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 	uint8_t *page = NULL;
 	int r = ltx_decoder_new(&d, mem_read, &src);
 	if (r < 0) {
-		fail(err, n, "object '%s' is corrupt: %s", o->key, strerror(-r));
+		fail(err, n, "object '%s' is corrupt: %s", o->key,
+		     r == -EPROTO    ? "truncated"
+		     : r == -EBADMSG ? "not an LTX file"
+				     : strerror(-r));
 		return r;
 	}
 	const struct ltx_header *h = ltx_decoder_header(d);
 	if (h->min_txid != o->min_txid || h->max_txid != o->max_txid) {
-		fail(err, n, "object '%s' holds TXIDs %" PRIx64 "-%" PRIx64 ", not what its name says",
+		fail(err, n,
+		     "object '%s' holds TXIDs %" PRIx64 "-%" PRIx64 ", not what its name says",
 		     o->key, h->min_txid, h->max_txid);
 		r = -EBADMSG;
 		goto out;
@@ -299,7 +315,7 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 		r = ltx_decoder_finish(d, &t);
 	if (r < 0) {
 		fail(err, n, "object '%s' is corrupt: %s", o->key,
-		     r == -EBADMSG ? "a checksum or a page rule fails"
+		     r == -EBADMSG  ? "a checksum or a page rule fails"
 		     : r == -EPROTO ? "truncated"
 				    : strerror(-r));
 		goto out;
@@ -323,6 +339,7 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 		goto out;
 	}
 	w->txid = h->max_txid;
+	w->timestamp = h->timestamp;
 out:
 	free(page);
 	ltx_decoder_free(d);
@@ -334,6 +351,7 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	struct s3 *s = NULL;
 	struct backup_objs all = {0};
 	struct plan p = {0};
+	struct bkplan_obj *pv = NULL;
 	struct out w = {.fd = -1};
 	char tmp[4200] = "";
 	int r;
@@ -373,6 +391,26 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 		free(buf);
 		if (r < 0)
 			goto out;
+		if (stop && p.v[i]->level != BACKUP_LEVEL_L0 &&
+		    p.v[i]->level != BACKUP_LEVEL_SNAPSHOT) {
+			/* a compacted object ends after the target time: the objects it
+			 * covers instead, as far as they go before it */
+			if (!pv && (r = backup_objs_plan(&all, &pv)) < 0)
+				goto out;
+			size_t k = i;
+			for (uint64_t cur = w.txid, lim = p.v[i]->max_txid - 1;;) {
+				size_t j = bkplan_next(pv, all.n, cur, lim);
+				if (j == all.n || k > all.n)
+					break;
+				p.v[k++] = &all.v[j];
+				cur = all.v[j].max_txid;
+			}
+			if (k > i) {
+				p.n = k;
+				i--;
+				continue;
+			}
+		}
 		if (stop)
 			break;
 		done += p.v[i]->size;
@@ -392,7 +430,7 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	/* rollback mode, as /export writes it: the file comes without a -wal */
 	static const uint8_t one[2] = {1, 1};
 	uint8_t hdr[20];
-	if (fs_pread_full(w.fd, hdr, sizeof(hdr), 0) == (ssize_t)sizeof(hdr) &&
+	if (!o->raw && fs_pread_full(w.fd, hdr, sizeof(hdr), 0) == (ssize_t)sizeof(hdr) &&
 	    memcmp(hdr, "SQLite format 3", 16) == 0 && (r = fs_pwrite_full(w.fd, one, 2, 18)) < 0)
 		goto io;
 	if (fsync(w.fd) < 0 || rename(tmp, o->output) < 0) {
@@ -404,6 +442,12 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	snprintf(dir, sizeof(dir), "%s", o->output);
 	fs_fsync_dir(dirname(dir));
 	*ret_txid = w.txid;
+	if (o->result)
+		*o->result = (struct restore_result){.txid = w.txid,
+						     .checksum = CHECKSUM_FLAG | w.x,
+						     .timestamp = w.timestamp,
+						     .page_size = w.page_size,
+						     .npages = w.npages};
 	r = 0;
 	goto out;
 io:
@@ -415,6 +459,7 @@ out:
 		unlink(tmp);
 	free(w.pgck);
 	free(p.v);
+	free(pv);
 	backup_objs_release(&all);
 	s3_free(s);
 	return r;
@@ -441,9 +486,13 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 	uint64_t bytes = 0;
 	for (size_t i = 0; i < all.n; i++) {
 		const struct backup_obj *o = &all.v[i];
-		fprintf(out, "%-8s  %016" PRIx64 "  %016" PRIx64 "  %12" PRIu64 "  %s\n",
-			o->level == BACKUP_LEVEL_SNAPSHOT ? "snapshot" : "l0", o->min_txid,
-			o->max_txid, o->size, o->last_modified);
+		char kind[16];
+		if (o->level == BACKUP_LEVEL_SNAPSHOT)
+			snprintf(kind, sizeof(kind), "snapshot");
+		else
+			snprintf(kind, sizeof(kind), "l%d", o->level);
+		fprintf(out, "%-8s  %016" PRIx64 "  %016" PRIx64 "  %12" PRIu64 "  %s\n", kind,
+			o->min_txid, o->max_txid, o->size, o->last_modified);
 		bytes += o->size;
 	}
 	/* what the newest snapshot's chain reaches */
@@ -456,8 +505,9 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 		struct plan p = {0};
 		if ((r = chain_from(&all, snap, UINT64_MAX, &p)) < 0)
 			goto out;
-		fprintf(out, "restorable: TXID %" PRIx64 " (snapshot) to %" PRIx64
-			     " (latest), at the end of each object after the snapshot\n",
+		fprintf(out,
+			"restorable: TXID %" PRIx64 " (snapshot) to %" PRIx64
+			" (latest), at the end of each object after the snapshot\n",
 			snap->max_txid, p.v[p.n - 1]->max_txid);
 		free(p.v);
 	} else {
@@ -465,6 +515,187 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 	}
 	r = 0;
 out:
+	backup_objs_release(&all);
+	s3_free(s);
+	return r;
+}
+
+/* ------------------------------------------------------ disaster recovery */
+
+/*
+ * The restored file at path as an LTX snapshot at res->txid, applied to db:
+ * its position becomes the bucket's (TXID, checksum). 0 or -errno.
+ */
+static int install_snapshot(struct store *store, struct db *db, const char *path,
+			    const struct restore_result *res)
+{
+	struct ltx_encoder *e = NULL;
+	struct ltx_trailer t;
+	uint8_t *page = NULL;
+	int src = -1, fd = -1, r;
+	struct ltx_header h = {.page_size = res->page_size,
+			       .commit = res->npages,
+			       .min_txid = 1,
+			       .max_txid = res->txid,
+			       .timestamp = res->timestamp,
+			       .node_id = store_node_id(store)};
+	if ((src = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		goto out;
+	}
+	if ((r = db_ltx_tmpfile(db, &fd)) < 0)
+		goto out;
+	if (!(page = malloc(res->page_size))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = ltx_encoder_new(&e, &h, ltx_fd_write, &fd)) < 0)
+		goto out;
+	uint32_t lock = ltx_lock_pgno(res->page_size);
+	for (uint32_t pg = 1; pg <= res->npages; pg++) {
+		if (pg == lock)
+			continue;
+		ssize_t k =
+		    fs_pread_full(src, page, res->page_size, (off_t)(pg - 1) * res->page_size);
+		if (k != (ssize_t)res->page_size) {
+			r = k < 0 ? (int)k : -EIO;
+			goto out;
+		}
+		if ((r = ltx_encoder_add_page(e, pg, page)) < 0)
+			goto out;
+	}
+	if ((r = ltx_encoder_finish(e, res->checksum, &t)) < 0)
+		goto out;
+	r = db_apply_ltx(db, fd, 0, NULL);
+out:
+	ltx_encoder_free(e);
+	free(page);
+	if (src >= 0)
+		close(src);
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/* The cluster ID in the bucket's marker into id[21]; -ENOENT when there is none. */
+static int read_marker(struct s3 *s, const char *path, char id[21], char *err, size_t n)
+{
+	char key[600], *body = NULL;
+	size_t len = 0;
+	struct s3_result res;
+	snprintf(key, sizeof(key), "%s%s%s", path, path[0] ? "/" : "", BACKUP_MARKER);
+	int r = s3_get(s, key, 0, 0, 256, &body, &len, &res);
+	if (r == -ENOENT)
+		return r;
+	if (r < 0) {
+		fail(err, n, "%s", res.err);
+		return r;
+	}
+	size_t k = len < 20 ? len : 20;
+	memcpy(id, body, k);
+	id[k] = '\0';
+	free(body);
+	if (!store_cluster_id_valid(id)) {
+		fail(err, n, "the bucket's marker '%s' holds no cluster ID", key);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+int restore_into_store(const struct config *cfg, struct store *store, const char *data_dir,
+		       size_t *ret_n, char *err, size_t n)
+{
+	struct s3 *s = NULL;
+	struct backup_objs all = {0};
+	char id[21], mine[21], prefix[600], tmp[4200] = "";
+	const char *path = cfg->backup.path;
+	char **seenv = NULL; /* the <dbkey>s done */
+	size_t done = 0, nseen = 0;
+	int r;
+	*ret_n = 0;
+	if ((r = backup_s3_new(cfg, NULL, &s)) < 0) {
+		fail(err, n, "invalid backup configuration: %s", strerror(-r));
+		return r;
+	}
+	if ((r = read_marker(s, path, id, err, n)) < 0) {
+		if (r == -ENOENT)
+			r = 0; /* no backup of any cluster there: nothing to restore */
+		goto out;
+	}
+	store_cluster_id(store, mine);
+	if (mine[0] && strcmp(mine, id) != 0) {
+		fail(err, n,
+		     "this node belongs to cluster %s, the bucket holds the backups of cluster %s",
+		     mine, id);
+		r = -EXDEV;
+		goto out;
+	}
+	if ((r = backup_list_db(s, path, NULL, &all, err, n)) < 0)
+		goto out;
+	snprintf(prefix, sizeof(prefix), "%s%s", path, path[0] ? "/" : "");
+	size_t pl = strlen(prefix);
+	for (size_t i = 0; i < all.n; i++) {
+		/* each database once: the listing is sorted by TXID, not by key */
+		const char *k = all.v[i].key + pl, *slash = strchr(k, '/');
+		char dbkey[1024], name[1024];
+		bool seen = false;
+		if (!slash || (size_t)(slash - k) >= sizeof(dbkey))
+			continue;
+		memcpy(dbkey, k, (size_t)(slash - k));
+		dbkey[slash - k] = '\0';
+		for (size_t j = 0; j < nseen && !seen; j++)
+			seen = strcmp(seenv[j], dbkey) == 0;
+		if (seen)
+			continue;
+		char **v = realloc(seenv, (nseen + 1) * sizeof(*v));
+		if (!v || !(v[nseen] = strdup(dbkey))) {
+			if (v)
+				seenv = v;
+			r = -ENOMEM;
+			goto out;
+		}
+		seenv = v;
+		nseen++;
+		if (backup_dbkey_decode(dbkey, name, sizeof(name)) < 0)
+			continue; /* not one of ours */
+		struct restore_result res = {0};
+		struct restore_options o = {.cfg = cfg, .db = name, .raw = true, .result = &res};
+		uint64_t txid = 0;
+		struct db *db = NULL;
+		snprintf(tmp, sizeof(tmp), "%s/.ltxfs-restore-%zu", data_dir, done);
+		unlink(tmp);
+		o.output = tmp;
+		if ((r = restore_run(&o, &txid, err, n)) < 0)
+			goto out;
+		if (!res.npages) { /* dropped: its latest state is no database */
+			unlink(tmp);
+			tmp[0] = '\0';
+			continue;
+		}
+		if ((r = store_get_or_create(store, name, &db)) < 0) {
+			fail(err, n, "cannot create database '%s': %s", name, strerror(-r));
+			goto out;
+		}
+		if ((r = install_snapshot(store, db, tmp, &res)) < 0) {
+			fail(err, n, "cannot install database '%s' at TXID %" PRIx64 ": %s", name,
+			     txid, strerror(-r));
+			goto out;
+		}
+		unlink(tmp);
+		tmp[0] = '\0';
+		done++;
+	}
+	if ((r = store_set_cluster_id(store, id)) < 0) {
+		fail(err, n, "cannot store cluster ID %s: %s", id, strerror(-r));
+		goto out;
+	}
+	*ret_n = done;
+out:
+	if (tmp[0])
+		unlink(tmp);
+	for (size_t i = 0; i < nseen; i++)
+		free(seenv[i]);
+	free(seenv);
 	backup_objs_release(&all);
 	s3_free(s);
 	return r;

@@ -39,9 +39,9 @@
 #include <time.h>
 
 struct s3 {
-	char *scheme;	/* "http" or "https" */
-	char *host;	/* host[:port] of the endpoint */
-	char *base;	/* "<scheme>://<host>" */
+	char *scheme; /* "http" or "https" */
+	char *host;   /* host[:port] of the endpoint */
+	char *base;   /* "<scheme>://<host>" */
 	bool path_style;
 	char *region, *bucket, *akid, *secret;
 	long timeout_ms, connect_timeout_ms;
@@ -125,9 +125,9 @@ fail:
 
 enum kind { K_PUT, K_GET, K_HEAD, K_LIST, K_DELETE };
 
-static const enum metrics_counter req_counter[] = {
-    MC_BACKUP_REQ_PUT, MC_BACKUP_REQ_GET, MC_BACKUP_REQ_HEAD, MC_BACKUP_REQ_LIST,
-    MC_BACKUP_REQ_DELETE};
+static const enum metrics_counter req_counter[] = {MC_BACKUP_REQ_PUT, MC_BACKUP_REQ_GET,
+						   MC_BACKUP_REQ_HEAD, MC_BACKUP_REQ_LIST,
+						   MC_BACKUP_REQ_DELETE};
 
 struct call {
 	enum kind kind;
@@ -210,7 +210,8 @@ static int do_call(struct s3 *s, struct call *c, struct httpc_resp *resp, struct
 			       .access_key = s->akid,
 			       .secret_key = s->secret};
 	if ((r = sigv4_authorization(&sr, auth + 15, sizeof(auth) - 15, NULL)) < 0) {
-		set_err(res, "%s '%s': cannot sign the request: %s", c->method, c->key, strerror(-r));
+		set_err(res, "%s '%s': cannot sign the request: %s", c->method, c->key,
+			strerror(-r));
 		goto out;
 	}
 	memcpy(auth, "Authorization: ", 15);
@@ -397,8 +398,12 @@ int s3_head(struct s3 *s, const char *key, struct s3_head *h, struct s3_result *
 		h->meta[i].value[0] = '\0';
 		h->meta[i].found = false;
 	}
-	struct call c = {
-	    .kind = K_HEAD, .method = "HEAD", .key = key, .query = "", .on_header = on_hdr, .hctx = &ec};
+	struct call c = {.kind = K_HEAD,
+			 .method = "HEAD",
+			 .key = key,
+			 .query = "",
+			 .on_header = on_hdr,
+			 .hctx = &ec};
 	struct httpc_resp resp;
 	int r = do_call(s, &c, &resp, res);
 	httpc_resp_release(&resp);
@@ -411,6 +416,98 @@ int s3_delete(struct s3 *s, const char *key, struct s3_result *res)
 	struct httpc_resp resp;
 	int r = do_call(s, &c, &resp, res);
 	httpc_resp_release(&resp);
+	return r;
+}
+
+/* text with XML's five special characters escaped, appended to *buf (malloc'd, *len). */
+static int xml_append(char **buf, size_t *len, size_t *cap, const char *text, bool escape)
+{
+	for (const char *p = text; *p; p++) {
+		const char *rep = NULL;
+		char one[2] = {*p, '\0'};
+		if (escape)
+			rep = *p == '&'	   ? "&amp;"
+			      : *p == '<'  ? "&lt;"
+			      : *p == '>'  ? "&gt;"
+			      : *p == '"'  ? "&quot;"
+			      : *p == '\'' ? "&apos;"
+					   : NULL;
+		if (!rep)
+			rep = one;
+		size_t k = strlen(rep);
+		if (*len + k + 1 > *cap) {
+			size_t nc = *cap ? *cap * 2 : 4096;
+			while (nc < *len + k + 1)
+				nc *= 2;
+			char *b = realloc(*buf, nc);
+			if (!b)
+				return -ENOMEM;
+			*buf = b;
+			*cap = nc;
+		}
+		memcpy(*buf + *len, rep, k);
+		*len += k;
+		(*buf)[*len] = '\0';
+	}
+	return 0;
+}
+
+int s3_delete_many(struct s3 *s, const char *const *keys, size_t n, struct s3_result *res)
+{
+	char *body = NULL, *md5b64 = NULL;
+	size_t len = 0, cap = 0;
+	unsigned char md5[16];
+	struct httpc_resp resp = {0};
+	int r = 0;
+	memset(res, 0, sizeof(*res));
+	if (n == 0 || n > S3_DELETE_MAX) {
+		set_err(res, "DeleteObjects: %zu keys (1 to %d)", n, S3_DELETE_MAX);
+		return -EINVAL;
+	}
+	r = xml_append(&body, &len, &cap,
+		       "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\""
+		       "http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>",
+		       false);
+	for (size_t i = 0; i < n && r == 0; i++) {
+		r = xml_append(&body, &len, &cap, "<Object><Key>", false);
+		if (r == 0)
+			r = xml_append(&body, &len, &cap, keys[i], true);
+		if (r == 0)
+			r = xml_append(&body, &len, &cap, "</Key></Object>", false);
+	}
+	if (r == 0)
+		r = xml_append(&body, &len, &cap, "</Delete>", false);
+	if (r < 0)
+		goto out;
+	sigv4_md5(body, len, md5);
+	if (!(md5b64 = httpc_b64encode(md5, sizeof(md5)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	struct call c = {.kind = K_DELETE,
+			 .method = "POST",
+			 .key = "",
+			 .query = "delete=",
+			 .body = body,
+			 .body_len = len,
+			 .extra = {{"Content-MD5", md5b64}},
+			 .n_extra = 1,
+			 .content_type = "application/xml"};
+	if ((r = do_call(s, &c, &resp, res)) < 0)
+		goto out;
+	/* 200 with an <Error> per key that could not be deleted */
+	char code[64] = "", msg[300] = "";
+	if (s3xml_parse_error(resp.body, resp.len, code, sizeof(code), msg, sizeof(msg)) == 0) {
+		snprintf(res->code, sizeof(res->code), "%s", code);
+		set_err(res, "DeleteObjects of %zu keys: some failed, the first with %s%s%.300s", n,
+			code[0] ? code : "an error", msg[0] ? ": " : "", msg);
+		metrics_add(MC_BACKUP_ERRORS, 1);
+		r = -EIO;
+	}
+out:
+	httpc_resp_release(&resp);
+	free(md5b64);
+	free(body);
 	return r;
 }
 
@@ -472,8 +569,8 @@ int s3_list(struct s3 *s, const char *prefix, const char *start_after, int max_k
 		s3xml_list_release(&l);
 		if (stop < 0) {
 			r = stop;
-			snprintf(res->err, sizeof(res->err), "list of '%s': %s", prefix ? prefix : "",
-				 strerror(-r));
+			snprintf(res->err, sizeof(res->err), "list of '%s': %s",
+				 prefix ? prefix : "", strerror(-r));
 			break;
 		}
 		if (stop || !more)

@@ -66,6 +66,8 @@ int config_init(struct config *cfg)
 	cfg->lease.consul.lock_delay_ms = 1000;
 	cfg->lease.etcd.ttl_ms = 10 * 1000;
 	cfg->backup.sync_interval_ms = 1000;
+	cfg->backup.snapshot_interval_ms = 24 * 3600 * 1000;
+	cfg->backup.compaction_interval_ms = 5 * 60 * 1000;
 	cfg->data.dir = strdup(DEFAULT_DATA_DIR);
 	cfg->http.addr = strdup(DEFAULT_HTTP_ADDR);
 	cfg->log.format = strdup(DEFAULT_LOG_FORMAT);
@@ -102,7 +104,8 @@ void config_release(struct config *cfg)
 	free(cfg->backup.path);
 	free(cfg->backup.access_key_id);
 	if (cfg->backup.secret_access_key)
-		explicit_bzero(cfg->backup.secret_access_key, strlen(cfg->backup.secret_access_key));
+		explicit_bzero(cfg->backup.secret_access_key,
+			       strlen(cfg->backup.secret_access_key));
 	free(cfg->backup.secret_access_key);
 	free(cfg->log.format);
 	memset(cfg, 0, sizeof(*cfg));

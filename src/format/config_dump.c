@@ -249,10 +249,6 @@ static bool shown(const struct config *c, const struct key_def *d)
 		return false;
 	case K_EXEC:
 		return c->n_exec > 0;
-	case K_DURATION:
-		/* refused when set (config_schema.c, check_not_yet): nothing to show */
-		return strcmp(d->path, "backup.snapshot-interval") != 0 &&
-		       strcmp(d->path, "backup.retention") != 0;
 	case K_SECTION:
 		if (strcmp(d->path, "backup") == 0)
 			return c->backup.type != NULL;

@@ -144,8 +144,7 @@ static int check_etcd_ttl(struct pctx *p, const yaml_node_t *n, const char *dott
 	return 0;
 }
 
-static int check_backup_type(struct pctx *p, const yaml_node_t *n, const char *dotted,
-			     void *field)
+static int check_backup_type(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
 {
 	struct shown sh;
 	const char *s = *(char **)field;
@@ -178,8 +177,7 @@ static int check_bucket(struct pctx *p, const yaml_node_t *n, const char *dotted
 }
 
 /* A key prefix: "" or segments of [A-Za-z0-9._-] joined by single '/'. */
-static int check_backup_path(struct pctx *p, const yaml_node_t *n, const char *dotted,
-			     void *field)
+static int check_backup_path(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
 {
 	struct shown sh;
 	const char *s = *(char **)field;
@@ -202,15 +200,6 @@ static int check_backup_path(struct pctx *p, const yaml_node_t *n, const char *d
 	return 0;
 }
 
-static int check_not_yet(struct pctx *p, const yaml_node_t *n, const char *dotted, void *field)
-{
-	return config_fail(p, n,
-			   "key '%s' is not supported yet: ltxfs uploads every transaction "
-			   "and never compacts, snapshots on a schedule or deletes backups "
-			   "(docs/backup.md)",
-			   dotted);
-}
-
 /* Whole-file rules of the backup section. */
 static int check_backup(struct pctx *p)
 {
@@ -218,9 +207,9 @@ static int check_backup(struct pctx *p)
 	struct {
 		char **field;
 		const char *env, *key;
-	} creds[] = {{&c->backup.access_key_id, "AWS_ACCESS_KEY_ID", "backup.access-key-id"},
-		     {&c->backup.secret_access_key, "AWS_SECRET_ACCESS_KEY",
-		      "backup.secret-access-key"}};
+	} creds[] = {
+	    {&c->backup.access_key_id, "AWS_ACCESS_KEY_ID", "backup.access-key-id"},
+	    {&c->backup.secret_access_key, "AWS_SECRET_ACCESS_KEY", "backup.secret-access-key"}};
 	if (!c->backup.type) {
 		if (c->backup.endpoint || c->backup.bucket || c->backup.path ||
 		    c->backup.access_key_id || c->backup.secret_access_key || c->backup.region ||
@@ -230,12 +219,15 @@ static int check_backup(struct pctx *p)
 					   "('s3')");
 		return 0;
 	}
-	if (c->backup.restore_if_empty)
-		return config_fail(p, NULL,
-				   "key 'backup.restore-if-empty' is not supported yet: restore "
-				   "with 'ltxfs restore' (docs/backup.md)");
 	if (!c->backup.bucket)
-		return config_fail(p, NULL, "key 'backup.bucket' is required with 'backup.type: s3'");
+		return config_fail(p, NULL,
+				   "key 'backup.bucket' is required with 'backup.type: s3'");
+	/* Retention deletes what precedes a snapshot older than the window: with
+	 * one snapshot ever, it would never delete anything. */
+	if (c->backup.retention_ms > 0 && c->backup.snapshot_interval_ms == 0)
+		return config_fail(p, NULL,
+				   "key 'backup.retention' needs 'backup.snapshot-interval' above "
+				   "zero (retention deletes what a newer snapshot replaces)");
 	if (!c->backup.region && !(c->backup.region = strdup("us-east-1")))
 		return -ENOMEM;
 	if (!c->backup.path && !(c->backup.path = strdup("")))
@@ -337,8 +329,9 @@ const struct key_def config_keys[] = {
     {"backup.secret-access-key", K_STRING, F(backup.secret_access_key), check_empty_is_unset,
      MASK_SECRET},
     {"backup.sync-interval", K_DURATION, F(backup.sync_interval_ms), check_positive},
-    {"backup.snapshot-interval", K_DURATION, F(backup.snapshot_interval_ms), check_not_yet},
-    {"backup.retention", K_DURATION, F(backup.retention_ms), check_not_yet},
+    {"backup.snapshot-interval", K_DURATION, F(backup.snapshot_interval_ms), NULL},
+    {"backup.retention", K_DURATION, F(backup.retention_ms), NULL},
+    {"backup.compaction-interval", K_DURATION, F(backup.compaction_interval_ms), NULL},
     {"backup.restore-if-empty", K_BOOL, F(backup.restore_if_empty), NULL},
     {"backup.url", K_LITEFS, 0, NULL},
     {"backup.cluster", K_LITEFS, 0, NULL},

@@ -53,6 +53,12 @@ void sigv4_sha256_hex(const void *buf, size_t n, char out[SIGV4_SHA256_HEX])
 	hex(md, 32, out);
 }
 
+void sigv4_md5(const void *buf, size_t n, unsigned char out[16])
+{
+	unsigned int len = 0;
+	EVP_Digest(buf, n, out, &len, EVP_md5(), NULL);
+}
+
 static void hmac(const void *key, size_t kl, const char *msg, unsigned char out[32])
 {
 	unsigned int len = 32;
@@ -161,9 +167,9 @@ int sigv4_authorization(const struct sigv4_req *r, char *out, size_t n, char **c
 		if (nl == 0 || nl >= sizeof(h[0].name))
 			return -EINVAL;
 		for (size_t k = 0; k <= nl; k++)
-			h[nh].name[k] = (char)((s->name[k] >= 'A' && s->name[k] <= 'Z')
-						   ? s->name[k] + 32
-						   : s->name[k]);
+			h[nh].name[k] =
+			    (char)((s->name[k] >= 'A' && s->name[k] <= 'Z') ? s->name[k] + 32
+									    : s->name[k]);
 		h[nh].value = s->value;
 		for (size_t k = 0; k < nh; k++)
 			if (strcmp(h[k].name, h[nh].name) == 0)
@@ -197,8 +203,8 @@ int sigv4_authorization(const struct sigv4_req *r, char *out, size_t n, char **c
 	char date[9], chash[SIGV4_SHA256_HEX], scope[256];
 	memcpy(date, r->amz_date, 8);
 	date[8] = '\0';
-	if (snprintf(scope, sizeof(scope), "%s/%s/%s/aws4_request", date, r->region,
-		     r->service) >= (int)sizeof(scope)) {
+	if (snprintf(scope, sizeof(scope), "%s/%s/%s/aws4_request", date, r->region, r->service) >=
+	    (int)sizeof(scope)) {
 		rc = -EINVAL;
 		goto out;
 	}

@@ -146,7 +146,10 @@ class Moto:
         return body
 
     def put(self, bucket, key, body):
-        st, _, resp = self.request("PUT", bucket, key, body=body)
+        # a Content-Type of its own: urllib's default (a form) makes moto
+        # read the body as form fields and store nothing
+        st, _, resp = self.request("PUT", bucket, key, body=body,
+                                   headers={"Content-Type": "application/octet-stream"})
         assert st == 200, (st, key, resp)
 
     def backup_section(self, bucket, path="", interval="200ms", access_key=None, secret=None,

@@ -9,6 +9,7 @@
  *   s3tool ENDPOINT BUCKET head KEY [META-NAME]
  *   s3tool ENDPOINT BUCKET list PREFIX [MAX-KEYS [START-AFTER]]
  *   s3tool ENDPOINT BUCKET delete KEY
+ *   s3tool ENDPOINT BUCKET delete-many KEY...
  *
  * Prints the result on stdout; on failure "error <errno name> <res.err>"
  * and exit 1.
@@ -87,6 +88,8 @@ int main(int argc, char **argv)
 		r = s3_list(s, key, argc > 6 ? argv[6] : NULL, max, print_obj, NULL, &res);
 	} else if (r == 0 && strcmp(cmd, "delete") == 0) {
 		r = s3_delete(s, key, &res);
+	} else if (r == 0 && strcmp(cmd, "delete-many") == 0) {
+		r = s3_delete_many(s, (const char *const *)argv + 4, (size_t)(argc - 4), &res);
 	} else if (r == 0) {
 		r = -EINVAL;
 	}

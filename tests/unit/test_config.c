@@ -1727,8 +1727,19 @@ static void test_backup(void)
 	CHECK(line && strstr(line, "backup.bucket=\"backups\""));
 	CHECK(line && strstr(line, "backup.secret-access-key=\"*****\""));
 	CHECK(line && !strstr(line, "SK\""));
-	CHECK(line && !strstr(line, "snapshot-interval") && !strstr(line, "backup.retention"));
+	CHECK(line && strstr(line, "backup.snapshot-interval=86400s") &&
+	      strstr(line, "backup.retention=0s"));
 	free(line);
+	CHECK(c.backup.snapshot_interval_ms == 24 * 3600 * 1000 && c.backup.retention_ms == 0);
+	CHECK(c.backup.compaction_interval_ms == 5 * 60 * 1000);
+	config_release(&c);
+	/* snapshots and retention */
+	CHECK(parse(&c, BASE "backup:\n  type: s3\n  bucket: backups\n  access-key-id: AK\n"
+			     "  secret-access-key: SK\n  snapshot-interval: 1h\n  retention: 72h\n"
+			     "  compaction-interval: 0s\n") == 0);
+	CHECK(c.backup.snapshot_interval_ms == 3600 * 1000);
+	CHECK(c.backup.retention_ms == 72 * 3600 * 1000);
+	CHECK(c.backup.compaction_interval_ms == 0);
 	config_release(&c);
 	/* no backup section: none shown */
 	CHECK(parse(&c, BASE) == 0);
@@ -1747,9 +1758,9 @@ static void test_backup(void)
 	CHECK(c.backup.path && strcmp(c.backup.path, "") == 0);
 	config_release(&c);
 	unsetenv("AWS_SECRET_ACCESS_KEY");
-	expect_error(BASE "backup:\n  type: s3\n  bucket: backups\n",
-		     "key 'backup.secret-access-key' is not set and $AWS_SECRET_ACCESS_KEY is empty",
-		     NULL);
+	expect_error(
+	    BASE "backup:\n  type: s3\n  bucket: backups\n",
+	    "key 'backup.secret-access-key' is not set and $AWS_SECRET_ACCESS_KEY is empty", NULL);
 	unsetenv("AWS_ACCESS_KEY_ID");
 	expect_error(BASE "backup:\n  type: s3\n", "key 'backup.bucket' is required", NULL);
 	expect_error(BASE "backup:\n  bucket: b12\n", "key 'backup.type' is required", NULL);
@@ -1761,13 +1772,15 @@ static void test_backup(void)
 	expect_error(BASE "backup:\n  type: s3\n  path: a/\n", "invalid key prefix", NULL);
 	expect_error(BASE "backup:\n  type: s3\n  endpoint: ftp://x\n", "expected an http://",
 		     NULL);
-	expect_error(BASE "backup:\n  retention: 24h\n",
-		     "key 'backup.retention' is not supported yet", NULL);
-	expect_error(BASE "backup:\n  snapshot-interval: 24h\n",
-		     "key 'backup.snapshot-interval' is not supported yet", NULL);
 	expect_error(BASE "backup:\n  type: s3\n  bucket: bbb\n  access-key-id: a\n"
-			  "  secret-access-key: b\n  restore-if-empty: true\n",
-		     "key 'backup.restore-if-empty' is not supported yet", NULL);
+			  "  secret-access-key: b\n  snapshot-interval: 0s\n  retention: 24h\n",
+		     "key 'backup.retention' needs 'backup.snapshot-interval' above zero", NULL);
+	CHECK(parse(&c, BASE "backup:\n  type: s3\n  bucket: bbb\n  access-key-id: a\n"
+			     "  secret-access-key: b\n  restore-if-empty: true\n") == 0);
+	CHECK(c.backup.restore_if_empty);
+	config_release(&c);
+	expect_error(BASE "backup:\n  restore-if-empty: true\n", "key 'backup.type' is required",
+		     NULL);
 	expect_error(BASE "backup:\n  sync-interval: 0s\n",
 		     "key 'backup.sync-interval': must be greater than zero", NULL);
 	expect_error(BASE "backup:\n  url: http://x\n", "key 'backup.url' is a LiteFS setting",
