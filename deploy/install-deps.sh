@@ -5,7 +5,9 @@
 #   sh deploy/install-deps.sh           build, run, and most of the tests
 #   sh deploy/install-deps.sh --tests   also the tools only some tests run
 #                                       (tests/run.sh): systemd-analyze,
-#                                       man, groff and rsync
+#                                       man, groff, rsync, and what builds
+#                                       SQLite's own test programs from
+#                                       its source package (tests/sqlite/)
 set -eu
 PKGS="gcc clang libclang-rt-14-dev meson ninja-build pkg-config git
       fuse3 libfuse3-dev sqlite3 sqlite3-tools libsqlite3-dev
@@ -13,7 +15,7 @@ PKGS="gcc clang libclang-rt-14-dev meson ninja-build pkg-config git
       libssl-dev
       python3 python3-pytest python3-numpy python3-lz4 util-linux procps
       libsystemd-dev python3-yaml etcd-server"
-TEST_PKGS="systemd man-db groff-base rsync"
+TEST_PKGS="systemd man-db groff-base rsync tcl-dev dpkg-dev make xz-utils"
 case "${1:-}" in
 --tests) PKGS="$PKGS $TEST_PKGS" ;;
 "") ;;

@@ -3,8 +3,9 @@
 #   1. install what is missing (Debian packages only, the test tools included)
 #   2. build under ASan+UBSan (warnings are errors) and run the C unit tests
 #   3. build the libFuzzer targets with clang and give each a short run
-#   4. run the integration tests (real FUSE mounts, real SQLite clients)
-#      against the sanitized binary
+#   4. build SQLite's own test programs from Debian's source package (cached)
+#   5. run the integration tests (real FUSE mounts, real SQLite clients,
+#      SQLite's TCL tests and mptester) against the sanitized binary
 # The last line is "N passed, N failed" over all three kinds of test.
 set -u
 cd "$(dirname "$0")/.."
@@ -55,6 +56,12 @@ for f in build-fuzz/tests/fuzz/fuzz_*; do
 	rm -rf "$work"
 done
 echo "$fpass $ffail" > "$OUT/fuzz.txt"
+
+echo "== SQLite's test programs (tests/sqlite/build.sh, cached)"
+# testfixture and mptester from Debian's sqlite3 source package, for
+# tests/integration/test_sqlite_*.py. A failed build is not fatal here: those
+# tests then fail, each with build.sh's output.
+sh tests/sqlite/build.sh || echo "tests/sqlite/build.sh failed: the SQLite tests will fail"
 
 echo "== integration tests"
 LTXFS_BIN=$ROOT/build-ci/src/ltxfs LTXFS_BUILD=$ROOT/build-ci \
