@@ -522,10 +522,23 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 		r = -ESTALE;
 		goto out;
 	}
-	if (!snapshot && h.commit > 0 && db->page_count > 0 && db->page_size != h.page_size) {
-		pthread_mutex_unlock(&db->mu);
-		r = -EBADMSG;
-		goto out;
+	/* A new page size (VACUUM after PRAGMA page_size) rewrites the whole
+	 * database: such a file must hold every page up to its commit, or the
+	 * result would mix pages of two sizes. */
+	bool resized =
+	    !snapshot && h.commit > 0 && db->page_count > 0 && db->page_size != h.page_size;
+	if (resized) {
+		uint32_t lock = ltx_lock_pgno(h.page_size);
+		size_t want = h.commit - (lock <= h.commit ? 1 : 0);
+		if (n != want) {
+			pthread_mutex_unlock(&db->mu);
+			log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " changes the page size "
+				 "from %" PRIu32 " to %" PRIu32 " but holds %zu of the %zu pages",
+				 db->name, h.min_txid, h.max_txid, db->page_size, h.page_size, n,
+				 want);
+			r = -EBADMSG;
+			goto out;
+		}
 	}
 	/* A commit this node prepared and never made is abandoned (SQLite rolls
 	 * it back from its journal); the file name is about to be the primary's.
@@ -540,13 +553,14 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 			  db->name, h.min_txid, h.max_txid, strerror(-r));
 		goto out;
 	}
-	uint64_t x = snapshot ? 0 : db->xsum;
+	/* A snapshot or a resize replaces every page: its checksum is its own. */
+	bool whole = snapshot || resized;
+	uint64_t x = whole ? 0 : db->xsum;
 	for (size_t i = 0; i < n; i++) {
-		uint64_t old =
-		    (!snapshot && pg[i].pgno <= db->page_count) ? db->pgck[pg[i].pgno] : 0;
+		uint64_t old = (!whole && pg[i].pgno <= db->page_count) ? db->pgck[pg[i].pgno] : 0;
 		x ^= old ^ pg[i].ck;
 	}
-	if (!snapshot)
+	if (!whole)
 		for (uint32_t p = h.commit + 1; p <= db->page_count; p++)
 			x ^= db->pgck[p];
 	if (h.commit == 0)
@@ -701,7 +715,7 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	(void)old_count;
 
 	if (hk && hk->invalidate) {
-		if (snapshot || h.commit == 0 || settled)
+		if (snapshot || resized || h.commit == 0 || settled)
 			hk->invalidate(hk->ctx, db, 0, 0);
 		else {
 			apply_hooks_invalidate(hk, db, pg, n, h.page_size);

@@ -69,9 +69,12 @@
  * Build the LTX file of the open rollback-journal transaction from its dirty
  * pages (db->mu held). Returns 1 with *t prepared (file written, with sync
  * made durable), 0 when there is nothing to commit, 2 when the transaction
- * needs a snapshot (*count set, nothing built), or -errno.
+ * needs a snapshot (*count and *page_size set, nothing built, nothing
+ * changed: a prepare at fsync must not adopt a page size SQLite may still
+ * roll back), or -errno.
  */
-static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t *count)
+static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t *count,
+			    uint32_t *page_size)
 {
 	uint8_t hdr[SQLITE_HEADER_SIZE];
 	struct sqlite_dbheader dh;
@@ -97,7 +100,7 @@ static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t 
 	    dh.page_count_valid ? dh.page_count : (uint32_t)((uint64_t)st.st_size / dh.page_size);
 	if (db->pos.txid == 0 || (db->page_size && dh.page_size != db->page_size) ||
 	    db->dirty_all) {
-		db->page_size = dh.page_size;
+		*page_size = dh.page_size;
 		return 2;
 	}
 	size_t cap = db->n_dirty + (*count > db->page_count ? *count - db->page_count : 0);
@@ -183,14 +186,14 @@ static bool db_prep_usable(struct db *db)
 int db_prep_build(struct db *db, bool *dirsync)
 {
 	struct txrec *t;
-	uint32_t count;
+	uint32_t count, ps;
 	if (!db->journal_active || db->prep || db->sticky_err || !db->live)
 		return -1;
 	t = malloc(sizeof(*t));
 	if (!t)
 		return -1;
 	uint64_t pre = db_cur_checksum(db);
-	int r = db_journal_build(db, false, t, &count);
+	int r = db_journal_build(db, false, t, &count, &ps);
 	if (r != 1) {
 		free(t);
 		return -1; /* nothing to commit, a snapshot, or an error the commit reports */
@@ -232,7 +235,7 @@ int db_prep_build(struct db *db, bool *dirsync)
 int db_journal_commit(struct db *db)
 {
 	struct txrec t;
-	uint32_t count = 0;
+	uint32_t count = 0, ps = 0;
 	int r;
 
 	if (db_prep_usable(db)) {
@@ -246,10 +249,14 @@ int db_journal_commit(struct db *db)
 		return 0;
 	}
 	db_prep_drop(db);
-	r = db_journal_build(db, db->tx_synced, &t, &count);
-	if (r == 2)
+	r = db_journal_build(db, db->tx_synced, &t, &count, &ps);
+	if (r == 2) {
+		uint32_t old_ps = db->page_size;
+		db->page_size = ps;
 		r = db_commit_snapshot_from_file(db, count, db->tx_synced);
-	else if (r == 1)
+		if (r < 0)
+			db->page_size = old_ps;
+	} else if (r == 1)
 		db_tx_apply(db, &t);
 	if (r >= 0) {
 		dirty_clear(db);
