@@ -17,6 +17,7 @@ import pytest
 from conftest import MODES, wait_for
 from helpers import LTXFS, cli, sanitizer_report
 from netproxy import Proxy
+from s3fault import S3Fault
 from s3moto import Moto
 
 BUILD = os.environ.get("LTXFS_BUILD", os.path.join(os.path.dirname(LTXFS), ".."))
@@ -299,6 +300,56 @@ def test_bucket_unreachable_backlog_waits_locally_then_uploads(make_node, moto, 
         p.stop()
     finally:
         proxy.close()
+
+
+def test_5xx_and_slow_answers_are_retried_and_nothing_is_lost(make_node, moto, bucket,
+                                                              tmp_path):
+    """A fault-injecting proxy in front of moto: runs of 503 SlowDown and 500
+    InternalError, one request in two failing (so an object goes up and its
+    head does not), answers lost after the request took effect (the object
+    or the head is there, the client saw 500), and slow answers. Writes go
+    on; every upload is retried until the bucket holds everything: the
+    backlog returns to 0, the chain has no gap and no overlap, and the
+    restore is byte for byte the primary's state."""
+    fault = S3Fault(moto.port)
+    try:
+        p = make_node("p", extra_config=moto.backup_section(bucket, path="flt",
+                                                            endpoint=fault.url)).start()
+        write_rows(p, "a.db", "wal", 5)
+        wait_uploaded(p, "a.db")
+        rounds = [lambda: fault.fail(503, 6),
+                  lambda: fault.fail(500, 6, every=2),
+                  lambda: fault.fail(500, 3, methods=("PUT",), after=True),
+                  lambda: fault.fail(500, 4, methods=("PUT",), every=2, after=True),
+                  lambda: fault.delay(1.5, 4)]
+        k = 1000
+        for i, arm in enumerate(rounds):
+            arm()
+            deadline = time.monotonic() + 60
+            while fault.armed():  # commits keep requests coming until they are spent
+                assert time.monotonic() < deadline, "round %d: faults left" % i
+                write_rows(p, "a.db", "wal", 1, start=k)
+                k += 1
+                time.sleep(0.1)
+        t = wait_uploaded(p, "a.db", timeout=60)
+        assert fault.failed == 6 + 6 + 3 + 4 and fault.delayed == 4, (fault.failed,
+                                                                      fault.delayed)
+        wait_for(lambda: metric(p, "ltxfs_backup_backlog_txns") == 0 and
+                 metric(p, "ltxfs_backup_lag_seconds") == 0, timeout=30,
+                 what="the backlog to return to 0")
+        assert metric(p, "ltxfs_backup_errors_total") > 0
+        assert metric(p, "ltxfs_backup_fenced") == 0
+        assert "another primary took the backup over" not in p.run_log()
+        assert_chain(objects(moto, bucket, "flt"), "a.db", t)
+        want = export(p, "a.db", str(tmp_path / "e.db"))
+        restore(p, "a.db", str(tmp_path / "r.db"))
+        with open(str(tmp_path / "r.db"), "rb") as f:
+            assert f.read() == want
+        head = moto.get(bucket, "flt/a.db/head").decode()
+        assert head.startswith("ltxfs-head 1\ntxid %016x\n" % t), head
+        p.stop()
+    finally:
+        fault.close()
 
 
 def test_corrupted_object_restore_names_it(make_node, moto, bucket, tmp_path):
