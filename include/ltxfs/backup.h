@@ -38,6 +38,10 @@ struct s3;
 /* user metadata of every object (x-amz-meta-...) */
 #define BACKUP_META_TIMESTAMP "ltxfs-timestamp"	    /* RFC 3339, ms: the state's commit time */
 #define BACKUP_META_POST      "ltxfs-post-checksum" /* %016x */
+#define BACKUP_META_WRITER    "ltxfs-writer" /* the uploader's term: see struct backup_head */
+#define BACKUP_HEAD	      "head"	     /* P <dbkey>/head */
+#define BACKUP_WRITER_LEN     48
+#define BACKUP_HEAD_MAX	      (4u << 20)
 
 /* The S3 client for cfg's backup section. 0, -EINVAL (*err says why), -ENOMEM. */
 int backup_s3_new(const struct config *cfg, const volatile bool *abort, struct s3 **ret);
@@ -79,6 +83,53 @@ int backup_objs_plan(const struct backup_objs *o, struct bkplan_obj **ret);
  */
 int backup_list_db(struct s3 *s, const char *path, const char *name, struct backup_objs *ret,
 		   char *err, size_t n);
+
+/*
+ * A database's head object (docs/backup.md, "Fencing"): the TXID the chain
+ * has reached and its checksum, and every uploader term that held the head,
+ * oldest first, each with the first TXID its objects may end at (the head's
+ * TXID when it took the head over, plus one) and its writer
+ * "<node %016X>-<epoch %016x>-<nonce %08x>", which every object it writes
+ * carries as x-amz-meta-ltxfs-writer. The text:
+ *
+ *   ltxfs-head 1\n
+ *   txid <%016x>\n
+ *   checksum <%016x>\n
+ *   term <start %016x> <writer>\n      (one line per term, oldest first)
+ */
+struct backup_head_term {
+	uint64_t start;
+	char writer[BACKUP_WRITER_LEN];
+};
+struct backup_head {
+	uint64_t txid, checksum;
+	struct backup_head_term *terms; /* malloc'd */
+	size_t n;
+};
+/* Parse buf (n bytes) into *h (released by backup_head_release). 0, -EBADMSG, -ENOMEM. */
+int backup_head_parse(const char *buf, size_t n, struct backup_head *h);
+/* The text of h into a malloc'd buffer (*ret, *ret_n; the caller frees). 0 or -ENOMEM. */
+int backup_head_format(const struct backup_head *h, char **ret, size_t *ret_n);
+/* Append a term to h. 0 or -ENOMEM. */
+int backup_head_add_term(struct backup_head *h, uint64_t start, const char *writer);
+void backup_head_release(struct backup_head *h);
+/*
+ * GET the head of database name under path into *h and its ETag (128
+ * bytes, may be NULL). 0, -ENOENT (no head: a bucket from before heads, or
+ * nothing uploaded), -errno with err (n bytes) saying why.
+ */
+int backup_head_get(struct s3 *s, const char *path, const char *name, struct backup_head *h,
+		    char *etag, char *err, size_t n);
+/*
+ * Keep in o only the objects the head vouches for (an object is used only
+ * when this keeps it): those ending at or below h->txid and, when they end
+ * at or after the second term's start, whose writer (one HEAD each) is the
+ * writer of the term covering their end or of a later term. An object of a
+ * fenced uploader ends in a later term's range and names an earlier writer.
+ * *ret_dropped: how many went. 0 or -errno with err saying why.
+ */
+int backup_objs_vouched(struct s3 *s, const struct backup_head *h, struct backup_objs *o,
+			size_t *ret_dropped, char *err, size_t n);
 
 /* RFC 3339 in UTC with milliseconds ("2026-12-06T02:39:13.123Z") into buf[32]. */
 void backup_format_time(int64_t ms, char buf[32]);

@@ -282,6 +282,7 @@ struct db_backup {
 	uint64_t backlog_txns;	  /* transactions committed and not uploaded */
 	uint64_t backlog_bytes;	  /* their LTX files' bytes (an estimate while not read) */
 	uint64_t objects;	  /* objects this node uploaded for the database */
+	bool fenced;		  /* another primary took the database's backup head over */
 };
 void db_set_backup(struct db *db, const struct db_backup *b);
 void db_get_backup(struct db *db, struct db_backup *ret);

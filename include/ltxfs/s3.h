@@ -85,6 +85,10 @@ int s3_put(struct s3 *s, const char *key, const void *body, size_t n,
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, size_t max, char **ret,
 	   size_t *ret_len, struct s3_result *res);
 
+/* GET key whole, as s3_get, and its ETag into ret_etag (128 bytes). */
+int s3_get_etag(struct s3 *s, const char *key, size_t max, char **ret, size_t *ret_len,
+		char *ret_etag, struct s3_result *res);
+
 struct s3_head {
 	uint64_t size;
 	char etag[128];

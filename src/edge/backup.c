@@ -8,13 +8,21 @@
  *            holding this cluster's ID. 412 (it exists): GET it; another
  *            cluster's ID refuses every upload with an error, logged once.
  *   LIST     once per primary term (and again after a PUT found its key
- *            taken): ListObjectsV2 of the prefix, which gives per database
- *            the highest TXID in the bucket, M, and the object that holds it.
+ *            taken): ListObjectsV2 of the prefix: every database's objects.
+ *   HEAD     per database, once per term (learn): GET P <dbkey>/head, the
+ *            objects it does not vouch for set aside (backup_objs_vouched),
+ *            this term's writer appended and the head written back with
+ *            If-Match on its ETag (If-None-Match: * when there is none). M,
+ *            the chain's TXID, is the head's. After each upload that moves
+ *            M, the head again (head_advance), If-Match on this term's last
+ *            ETag: a 412 means a newer term took it over, and this term
+ *            uploads nothing more for the database (fence).
  *   SYNC     per database whose position is above M (an idle database
  *            costs nothing): the post-apply checksum at M (a HEAD of that
  *            object, once per term), then the local LTX files M+1, M+2, ...
  *            merged into one object M+1..N (ltxmerge.c, up to 32 MiB of
- *            pages per object), uploaded with If-None-Match: * as
+ *            pages per object), uploaded with If-None-Match: * (a key taken
+ *            by another writer: replaced with If-Match, see put_object) as
  *            P <dbkey>/0000/<M+1>-<N>.ltx. When the chain cannot continue
  *            (the bucket holds nothing for the database, the file M+1 is
  *            gone, or its pre-apply checksum is not the bucket's checksum
@@ -68,6 +76,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -296,6 +305,193 @@ int backup_list_db(struct s3 *s, const char *path, const char *name, struct back
 	return 0;
 }
 
+/* ------------------------------------------------------------------ head */
+
+void backup_head_release(struct backup_head *h)
+{
+	if (!h)
+		return;
+	free(h->terms);
+	memset(h, 0, sizeof(*h));
+}
+
+int backup_head_add_term(struct backup_head *h, uint64_t start, const char *writer)
+{
+	struct backup_head_term *v = realloc(h->terms, (h->n + 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	h->terms = v;
+	v[h->n].start = start;
+	snprintf(v[h->n].writer, sizeof(v[h->n].writer), "%s", writer);
+	h->n++;
+	return 0;
+}
+
+/* A writer: printable, no space, shorter than BACKUP_WRITER_LEN. */
+static bool writer_valid(const char *w, size_t n)
+{
+	if (n == 0 || n >= BACKUP_WRITER_LEN)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (w[i] <= ' ' || w[i] > '~')
+			return false;
+	return true;
+}
+
+static int hex16(const char *p, size_t n, uint64_t *ret)
+{
+	if (n != 16)
+		return -EBADMSG;
+	uint64_t v = 0;
+	for (size_t i = 0; i < 16; i++) {
+		char c = p[i];
+		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		if (d < 0)
+			return -EBADMSG;
+		v = v << 4 | (uint64_t)d;
+	}
+	*ret = v;
+	return 0;
+}
+
+int backup_head_parse(const char *buf, size_t n, struct backup_head *ret)
+{
+	struct backup_head h = {0};
+	size_t line = 0;
+	int r = 0;
+	for (size_t off = 0; off < n && r == 0; line++) {
+		const char *p = buf + off, *nl = memchr(p, '\n', n - off);
+		if (!nl) {
+			r = -EBADMSG; /* every line ends with a newline */
+			break;
+		}
+		size_t len = (size_t)(nl - p);
+		off += len + 1;
+		if (line == 0) {
+			if (len != 12 || memcmp(p, "ltxfs-head 1", 12) != 0)
+				r = -EBADMSG;
+		} else if (line == 1) {
+			r = len > 5 && memcmp(p, "txid ", 5) == 0 ? hex16(p + 5, len - 5, &h.txid)
+								  : -EBADMSG;
+		} else if (line == 2) {
+			r = len > 9 && memcmp(p, "checksum ", 9) == 0
+				? hex16(p + 9, len - 9, &h.checksum)
+				: -EBADMSG;
+		} else {
+			uint64_t start;
+			char w[BACKUP_WRITER_LEN];
+			if (len < 5 + 16 + 2 || memcmp(p, "term ", 5) != 0 || p[21] != ' ' ||
+			    hex16(p + 5, 16, &start) < 0 || !writer_valid(p + 22, len - 22) ||
+			    (h.n && start < h.terms[h.n - 1].start)) {
+				r = -EBADMSG;
+				break;
+			}
+			memcpy(w, p + 22, len - 22);
+			w[len - 22] = '\0';
+			r = backup_head_add_term(&h, start, w);
+		}
+	}
+	if (r == 0 && line < 3)
+		r = -EBADMSG;
+	if (r < 0) {
+		backup_head_release(&h);
+		return r;
+	}
+	*ret = h;
+	return 0;
+}
+
+int backup_head_format(const struct backup_head *h, char **ret, size_t *ret_n)
+{
+	size_t cap = 64 + h->n * (5 + 16 + 1 + BACKUP_WRITER_LEN + 1), w = 0;
+	char *p = malloc(cap);
+	if (!p)
+		return -ENOMEM;
+	w += (size_t)snprintf(p + w, cap - w,
+			      "ltxfs-head 1\ntxid %016" PRIx64 "\nchecksum %016" PRIx64 "\n",
+			      h->txid, h->checksum);
+	for (size_t i = 0; i < h->n; i++)
+		w += (size_t)snprintf(p + w, cap - w, "term %016" PRIx64 " %s\n", h->terms[i].start,
+				      h->terms[i].writer);
+	*ret = p;
+	*ret_n = w;
+	return 0;
+}
+
+static void head_key(const char *prefix, const char *dbkey, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s%s/%s", prefix, dbkey, BACKUP_HEAD);
+}
+
+int backup_head_get(struct s3 *s, const char *path, const char *name, struct backup_head *h,
+		    char *etag, char *err, size_t n)
+{
+	char prefix[512], dbkey[1024], key[1600], tag[128];
+	char *body = NULL;
+	size_t len = 0;
+	struct s3_result res;
+	key_prefix(path, prefix, sizeof(prefix));
+	if (backup_dbkey(name, dbkey, sizeof(dbkey)) < 0) {
+		snprintf(err, n, "database name too long");
+		return -ENAMETOOLONG;
+	}
+	head_key(prefix, dbkey, key, sizeof(key));
+	int r = s3_get_etag(s, key, BACKUP_HEAD_MAX, &body, &len, etag ? etag : tag, &res);
+	if (r == -ENOENT)
+		return r;
+	if (r < 0) {
+		snprintf(err, n, "%s", res.err);
+		return r;
+	}
+	if ((r = backup_head_parse(body, len, h)) < 0)
+		snprintf(err, n, "the head object '%s' does not parse", key);
+	free(body);
+	return r;
+}
+
+int backup_objs_vouched(struct s3 *s, const struct backup_head *h, struct backup_objs *o,
+			size_t *ret_dropped, char *err, size_t n)
+{
+	size_t w = 0, dropped = 0;
+	int r = 0;
+	for (size_t i = 0; i < o->n; i++) {
+		struct backup_obj *x = &o->v[i];
+		bool keep = x->max_txid <= h->txid;
+		if (keep && r == 0 && h->n >= 2 && x->max_txid >= h->terms[1].start) {
+			struct s3_head hd = {.n_meta = 1};
+			struct s3_result res;
+			size_t cover = 0, mine = SIZE_MAX;
+			hd.meta[0].name = BACKUP_META_WRITER;
+			if ((r = s3_head(s, x->key, &hd, &res)) == -ENOENT) {
+				r = 0; /* deleted since the listing (retention) */
+				keep = false;
+			} else if (r < 0) {
+				snprintf(err, n, "%s", res.err);
+			} else {
+				for (size_t j = 0; j < h->n; j++) {
+					if (h->terms[j].start <= x->max_txid)
+						cover = j;
+					if (hd.meta[0].found &&
+					    strcmp(h->terms[j].writer, hd.meta[0].value) == 0)
+						mine = j;
+				}
+				/* the writer of the term covering its end, or a later
+				 * term's (a compaction of older objects) */
+				keep = mine != SIZE_MAX && mine >= cover;
+			}
+		}
+		if (keep) {
+			o->v[w++] = *x;
+		} else {
+			free(x->key);
+			dropped++;
+		}
+	}
+	o->n = w;
+	*ret_dropped = dropped;
+	return r;
+}
+
 /* ------------------------------------------------------------ the uploader */
 
 /* The bucket's side of one database, for this term (the thread's own). */
@@ -318,6 +514,13 @@ struct bdb {
 	int64_t snap_ms;	   /* when the newest snapshot was written */
 	int64_t next_retention_ms; /* when retention may delete something next */
 	int64_t compact_ms;	   /* the last compaction's time (this term) */
+	/* The head object (docs/backup.md, "Fencing"): this term's copy, with
+	 * this term's writer as its last term once claimed, and its ETag. */
+	struct backup_head head;
+	char head_etag[128];
+	bool head_dirty;    /* d->txid went past the head's TXID: update it */
+	bool fenced;	    /* another uploader took the head: nothing more this term */
+	uint64_t retry_max; /* the end of the L0 object whose PUT failed, 0: none */
 };
 
 struct backup {
@@ -339,7 +542,8 @@ struct backup {
 	bool marker_ok; /* the marker names this cluster */
 	bool refused;	/* the marker names another cluster: nothing is uploaded */
 	bool need_list;
-	struct backup_objs listing; /* this term's listing (every database) */
+	char writer[BACKUP_WRITER_LEN]; /* this term's, on every object and in the heads */
+	struct backup_objs listing;	/* this term's listing (every database) */
 	struct bdb *dbs;
 	size_t ndbs;
 	char last_err[LOG_LAST_LEN];
@@ -359,6 +563,11 @@ static void bdb_reset(struct bdb *d)
 	d->snap_ms = 0;
 	d->next_retention_ms = 0;
 	d->compact_ms = 0;
+	backup_head_release(&d->head);
+	d->head_etag[0] = '\0';
+	d->head_dirty = false;
+	d->fenced = false;
+	d->retry_max = 0;
 }
 
 /* Add an object to d->objs (a copy of key), keeping them sorted by max TXID. */
@@ -410,7 +619,8 @@ static void publish(struct backup *b, struct db *db, struct bdb *d, bool enabled
 			       .known = enabled && d->listed,
 			       .txid = d->txid,
 			       .uploaded_ms = d->uploaded_ms,
-			       .objects = d->objects};
+			       .objects = d->objects,
+			       .fenced = enabled && d->fenced};
 	if (enabled && d->listed && pos.txid > d->txid) {
 		bk.backlog_txns = pos.txid - d->txid;
 		bk.pending_since_ms = d->pending_since_ms;
@@ -482,33 +692,6 @@ static int list_all(struct backup *b)
 	return 0;
 }
 
-/* This term's listing: the highest TXID of db (its object's key), from the listing. */
-static int learn(struct backup *b, struct db *db, struct bdb *d)
-{
-	char dbkey[1024];
-	if (backup_dbkey(db_name(db), dbkey, sizeof(dbkey)) < 0)
-		return -ENAMETOOLONG;
-	size_t kl = strlen(dbkey), pl = strlen(b->prefix);
-	int r;
-	bdb_reset(d);
-	for (size_t i = 0; i < b->listing.n; i++) { /* sorted by max TXID */
-		const struct backup_obj *o = &b->listing.v[i];
-		if (strncmp(o->key + pl, dbkey, kl) != 0 || o->key[pl + kl] != '/')
-			continue;
-		if ((r = objs_add(d, o->key, o->level, o->min_txid, o->max_txid, o->size,
-				  o->last_modified)) < 0)
-			return r;
-		if (o->max_txid >= d->txid) {
-			free(d->key);
-			if (!(d->key = strdup(o->key)))
-				return -ENOMEM;
-			d->txid = o->max_txid;
-		}
-	}
-	d->listed = true;
-	return 0;
-}
-
 struct membuf {
 	char *p;
 	size_t n, cap;
@@ -534,15 +717,39 @@ static int mem_write(void *ctx, const void *buf, size_t n)
 	return 0;
 }
 
-/* PUT one object (If-None-Match: *) with its metadata. */
+/*
+ * PUT one object with its metadata (this term's writer among them),
+ * If-None-Match: *. A key taken already: when the object there is this
+ * term's own (an earlier PUT whose answer was lost), done; when another
+ * writer's, it is no object the head vouches for (every key this term
+ * writes ends past the head's TXID when the term claimed it, or holds what
+ * a vouched object there holds), so this term, which holds the head,
+ * replaces exactly that version (If-Match: its ETag). 0, -EEXIST (it
+ * changed meanwhile), -errno.
+ */
 static int put_object(struct backup *b, const char *key, const struct membuf *body, int64_t ts_ms,
 		      uint64_t post, struct s3_result *res)
 {
 	char ts[32], sum[17];
 	backup_format_time(ts_ms, ts);
 	snprintf(sum, sizeof(sum), "%016" PRIx64, post);
-	struct s3_meta meta[] = {{BACKUP_META_TIMESTAMP, ts}, {BACKUP_META_POST, sum}};
-	struct s3_put_options po = {.if_none_match = true, .meta = meta, .n_meta = 2};
+	struct s3_meta meta[] = {
+	    {BACKUP_META_TIMESTAMP, ts}, {BACKUP_META_POST, sum}, {BACKUP_META_WRITER, b->writer}};
+	struct s3_put_options po = {.if_none_match = true, .meta = meta, .n_meta = 3};
+	int r = s3_put(b->s3, key, body->p, body->n, &po, NULL, res);
+	if (r != -EEXIST)
+		return r;
+	struct s3_head h = {.n_meta = 1};
+	h.meta[0].name = BACKUP_META_WRITER;
+	if ((r = s3_head(b->s3, key, &h, res)) < 0)
+		return r == -ENOENT ? -EEXIST : r; /* gone meanwhile: the next pass */
+	if (h.meta[0].found && strcmp(h.meta[0].value, b->writer) == 0)
+		return 0;
+	log_warn("backup: object '%s' was written by %s, which the head does not vouch for "
+		 "here: replacing it",
+		 key, h.meta[0].found ? h.meta[0].value : "an unnamed writer");
+	po.if_none_match = false;
+	po.if_match = h.etag;
 	return s3_put(b->s3, key, body->p, body->n, &po, NULL, res);
 }
 
@@ -571,6 +778,197 @@ static int fetch_sum(struct backup *b, struct bdb *d)
 	d->have_sum = true;
 	d->sum = h.meta[0].found && strlen(h.meta[0].value) == 16 && !*e ? v : 0;
 	return 0;
+}
+
+/* PUT d->head: If-Match its ETag, or If-None-Match: * when create. 0, -EEXIST (412), -errno. */
+static int head_put(struct backup *b, struct db *db, struct bdb *d, bool create)
+{
+	char dbkey[1024], key[1600], *text = NULL, etag[128];
+	size_t n = 0;
+	struct s3_result res;
+	backup_dbkey(db_name(db), dbkey, sizeof(dbkey));
+	head_key(b->prefix, dbkey, key, sizeof(key));
+	int r = backup_head_format(&d->head, &text, &n);
+	if (r < 0)
+		return r;
+	struct s3_put_options po = {.if_none_match = create,
+				    .if_match = create ? NULL : d->head_etag,
+				    .content_type = "text/plain"};
+	r = s3_put(b->s3, key, text, n, &po, etag, &res);
+	free(text);
+	if (r == 0)
+		snprintf(d->head_etag, sizeof(d->head_etag), "%s", etag);
+	else if (r != -EEXIST)
+		log_warn_repeat(b->last_err,
+				"backup: db '%s': cannot write the head: %s (retrying)",
+				db_name(db), res.err);
+	return r;
+}
+
+/*
+ * Another uploader took the head over (a 412 on this term's If-Match): this
+ * node is a primary that lost its lease, or one that a newer primary
+ * replaced. Nothing more goes up for db in this term; the head is read again
+ * to say who holds it. Logged once.
+ */
+static void fence(struct backup *b, struct db *db, struct bdb *d)
+{
+	struct backup_head h = {0};
+	char err[600];
+	d->fenced = true;
+	if (backup_head_get(b->s3, b->path, db_name(db), &h, NULL, err, sizeof(err)) == 0 && h.n)
+		log_error("backup: db '%s': another primary took the backup over (the head names "
+			  "writer %s at TXID %016" PRIx64 "; this node is %s): nothing more is "
+			  "uploaded for it in this term",
+			  db_name(db), h.terms[h.n - 1].writer, h.txid, b->writer);
+	else
+		log_error("backup: db '%s': another primary took the backup over (its head "
+			  "changed): nothing more is uploaded for it in this term",
+			  db_name(db));
+	backup_head_release(&h);
+	publish(b, db, d, true);
+}
+
+/*
+ * The head at the chain's TXID (after an upload moved it). A 412 reads the
+ * head: still this term's (its last term is this writer: an earlier PUT of
+ * it took effect and its answer was lost), its ETag is taken and the PUT
+ * tried again; another term's, this one is fenced. 0 or -errno (-EEXIST:
+ * fenced).
+ */
+static int head_advance(struct backup *b, struct db *db, struct bdb *d)
+{
+	d->head.txid = d->txid;
+	d->head.checksum = d->sum;
+	int r = head_put(b, db, d, false);
+	if (r == -EEXIST) {
+		struct backup_head h = {0};
+		char err[600], etag[128];
+		int g = backup_head_get(b->s3, b->path, db_name(db), &h, etag, err, sizeof(err));
+		bool mine = g == 0 && h.n && strcmp(h.terms[h.n - 1].writer, b->writer) == 0;
+		backup_head_release(&h);
+		if (g < 0 && g != -ENOENT) {
+			d->head_dirty = true;
+			log_warn_repeat(b->last_err, "backup: db '%s': cannot read the head: %s",
+					db_name(db), err);
+			return g;
+		}
+		if (mine) {
+			snprintf(d->head_etag, sizeof(d->head_etag), "%s", etag);
+			r = head_put(b, db, d, false);
+		}
+	}
+	d->head_dirty = r < 0 && r != -EEXIST;
+	if (r == -EEXIST)
+		fence(b, db, d);
+	return r;
+}
+
+/*
+ * This term's view of db: its objects from the listing, the head read and
+ * claimed (this term's writer appended, If-Match on the ETag read, or
+ * created If-None-Match: * when there is none), and, with a head, only the
+ * objects it vouches for. The chain continues from the head's TXID; a
+ * bucket from before heads continues from its highest object. A claim that
+ * loses a race with a head update is tried again (three times, then at the
+ * next pass). 0 or -errno.
+ */
+static int learn(struct backup *b, struct db *db, struct bdb *d)
+{
+	char dbkey[1024], err[600];
+	struct backup_objs mine = {0};
+	size_t cap = 0, dropped = 0;
+	int r = 0;
+	if (backup_dbkey(db_name(db), dbkey, sizeof(dbkey)) < 0)
+		return -ENAMETOOLONG;
+	size_t kl = strlen(dbkey), pl = strlen(b->prefix);
+	for (int attempt = 0; attempt < 3; attempt++) {
+		bool create = false;
+		bdb_reset(d);
+		backup_objs_release(&mine);
+		cap = 0;
+		for (size_t i = 0; i < b->listing.n; i++) { /* sorted by max TXID */
+			const struct backup_obj *o = &b->listing.v[i];
+			if (strncmp(o->key + pl, dbkey, kl) != 0 || o->key[pl + kl] != '/')
+				continue;
+			if (mine.n == cap) {
+				cap = cap ? cap * 2 : 16;
+				struct backup_obj *v = realloc(mine.v, cap * sizeof(*v));
+				if (!v) {
+					r = -ENOMEM;
+					goto out;
+				}
+				mine.v = v;
+			}
+			mine.v[mine.n] = *o;
+			if (!(mine.v[mine.n].key = strdup(o->key))) {
+				r = -ENOMEM;
+				goto out;
+			}
+			mine.n++;
+		}
+		r = backup_head_get(b->s3, b->path, db_name(db), &d->head, d->head_etag, err,
+				    sizeof(err));
+		if (r == -ENOENT) {
+			create = true;
+		} else if (r < 0) {
+			log_warn_repeat(b->last_err, "backup: db '%s': cannot read the head: %s",
+					db_name(db), err);
+			goto out;
+		} else if ((r = backup_objs_vouched(b->s3, &d->head, &mine, &dropped, err,
+						    sizeof(err))) < 0) {
+			log_warn_repeat(b->last_err, "backup: db '%s': %s (retrying)", db_name(db),
+					err);
+			goto out;
+		}
+		/* the chain's end: the head's, or (no head) the highest object's */
+		for (size_t i = 0; i < mine.n; i++)
+			if (create ? mine.v[i].max_txid >= d->txid
+				   : mine.v[i].max_txid == d->head.txid) {
+				free(d->key);
+				if (!(d->key = strdup(mine.v[i].key))) {
+					r = -ENOMEM;
+					goto out;
+				}
+				d->txid = mine.v[i].max_txid;
+			}
+		if (create) {
+			if (d->txid && (r = fetch_sum(b, d)) < 0)
+				goto out;
+			d->head.txid = d->txid;
+			d->head.checksum = d->sum;
+		} else {
+			d->txid = d->head.txid;
+			d->sum = d->head.checksum;
+			d->have_sum = true;
+		}
+		/* already ours when an earlier claim took effect and its answer was lost */
+		if ((!d->head.n || strcmp(d->head.terms[d->head.n - 1].writer, b->writer) != 0) &&
+		    (r = backup_head_add_term(&d->head, d->txid + 1, b->writer)) < 0)
+			goto out;
+		r = head_put(b, db, d, create);
+		if (r != -EEXIST)
+			break;
+	}
+	if (r == -EEXIST)
+		r = -EAGAIN; /* lost three races with head updates: the next pass */
+	if (r < 0)
+		goto out;
+	if (dropped)
+		log_warn("backup: db '%s': %zu object(s) in the bucket are not vouched for by "
+			 "its head (a fenced primary's, or uploads the head never recorded): "
+			 "ignored",
+			 db_name(db), dropped);
+	for (size_t i = 0; i < mine.n; i++) {
+		const struct backup_obj *o = &mine.v[i];
+		if ((r = objs_add(d, o->key, o->level, o->min_txid, o->max_txid, o->size,
+				  o->last_modified)) < 0)
+			goto out;
+	}
+	d->listed = true;
+out:
+	backup_objs_release(&mine);
+	return r;
 }
 
 /*
@@ -705,7 +1103,7 @@ static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t targ
 	 * What was committed when the pass reached this database goes up, in one
 	 * object unless the size budget cuts it (then more, at most PASS_OBJECTS);
 	 * what commits meanwhile waits for the next pass, so a busy database
-	 * costs about one PUT per sync-interval and cannot starve the others.
+	 * costs about two PUTs (object, head) per sync-interval and cannot starve the others.
 	 */
 	for (int round = 0;; round++) {
 		struct db_pos pos;
@@ -731,6 +1129,11 @@ static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t targ
 		if (d->txid && !d->have_sum && (r = fetch_sum(b, d)) < 0)
 			return r;
 		uint64_t upto = pos.txid < target ? pos.txid : target;
+		/* after a failed PUT, the same range again: when the failure was a
+		 * lost answer, the object is there (put_object finds it ours), and
+		 * no second object overlaps it */
+		if (d->retry_max > d->txid && d->retry_max < upto)
+			upto = d->retry_max;
 		struct membuf body = {0};
 		struct ltx_header h;
 		struct ltx_trailer t;
@@ -772,6 +1175,7 @@ static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t targ
 			return r;
 		}
 		if (r < 0) {
+			d->retry_max = level == BACKUP_LEVEL_L0 ? h.max_txid : 0;
 			log_warn_repeat(b->last_err,
 					"backup: db '%s': upload failed, %" PRIu64
 					" transaction(s) wait locally: %s (retrying)",
@@ -780,6 +1184,8 @@ static int sync_l0(struct backup *b, struct db *db, struct bdb *d, uint64_t targ
 		}
 		if ((r = uploaded(b, db, d, key, level, &h, t.post_apply_checksum, body.n)) < 0)
 			return r;
+		if ((r = head_advance(b, db, d)) < 0)
+			return r == -EEXIST ? 0 : r;
 	}
 }
 
@@ -820,6 +1226,8 @@ static int scheduled_snapshot(struct backup *b, struct db *db, struct bdb *d)
 		goto out;
 	}
 	if (h.max_txid > d->txid && (r = sync_l0(b, db, d, h.max_txid)) < 0)
+		goto out;
+	if (d->fenced)
 		goto out;
 	if (d->txid != h.max_txid)
 		goto out; /* the chain did not reach P (a cut, the bucket ahead): next pass */
@@ -1053,8 +1461,16 @@ static int sync_db(struct backup *b, struct db *db, struct bdb *d)
 	int r = 0;
 	if (!d->listed && (r = learn(b, db, d)) < 0)
 		return r;
+	if (d->fenced)
+		return 0;
 	db_get_pos(db, &pos);
-	if ((r = sync_l0(b, db, d, pos.txid)) < 0 || b->need_list)
+	r = sync_l0(b, db, d, pos.txid);
+	/* a head update that failed after an upload (and no upload since) */
+	if (r == 0 && d->head_dirty && !d->fenced && (r = head_advance(b, db, d)) == -EEXIST)
+		r = 0;
+	/* no snapshot, compaction or retention over objects the head does not
+	 * vouch for yet */
+	if (r < 0 || b->need_list || d->fenced || d->head_dirty)
 		return r;
 	if ((r = scheduled_snapshot(b, db, d)) < 0 || b->need_list)
 		return r;
@@ -1095,6 +1511,16 @@ static int pass(struct backup *b)
 	return first;
 }
 
+/* A writer for a new term: this node, its epoch, and a random nonce. */
+static void new_writer(struct backup *b)
+{
+	uint32_t nonce = 0;
+	if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce))
+		nonce = (uint32_t)clock_wall_ms() ^ (uint32_t)getpid();
+	snprintf(b->writer, sizeof(b->writer), "%016" PRIX64 "-%016" PRIx64 "-%08" PRIx32,
+		 store_node_id(b->store), store_epoch(b->store), nonce);
+}
+
 static void *run_thread(void *arg)
 {
 	struct backup *b = arg;
@@ -1108,6 +1534,7 @@ static void *run_thread(void *arg)
 		bool primary = store_accepts_writes(b->store);
 		if (primary != b->primary) {
 			b->primary = primary;
+			new_writer(b);
 			b->need_list = true; /* a new term reads the bucket again */
 			for (size_t i = 0; i < b->ndbs; i++) {
 				bdb_reset(&b->dbs[i]);

@@ -142,9 +142,10 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 		snprintf(ck, sizeof(ck), "%016" PRIx64, p.checksum);
 		struct db_stats st;
 		db_get_stats(db, &st);
-		json_t *d = json_pack("{s:s,s:s,s:s,s:b,s:I,s:I}", "name", db_name(db), "txid",
-				      txid, "checksum", ck, "exists", db_exists(db), "size",
-				      (json_int_t)st.size_bytes, "timestamp", (json_int_t)p.timestamp);
+		json_t *d =
+		    json_pack("{s:s,s:s,s:s,s:b,s:I,s:I}", "name", db_name(db), "txid", txid,
+			      "checksum", ck, "exists", db_exists(db), "size",
+			      (json_int_t)st.size_bytes, "timestamp", (json_int_t)p.timestamp);
 		struct db_backup bk;
 		db_get_backup(db, &bk);
 		if (bk.enabled) {
@@ -155,14 +156,15 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 			snprintf(btx, sizeof(btx), "%016" PRIx64, bk.txid);
 			json_object_set_new(
 			    d, "backup",
-			    json_pack("{s:b,s:s,s:f,s:I,s:I,s:I,s:I}", "known", bk.known,
-				      "uploadedTxid", btx, "lagSeconds",
+			    json_pack("{s:b,s:b,s:s,s:f,s:I,s:I,s:I,s:I}", "known", bk.known,
+				      "fenced", bk.fenced, "uploadedTxid", btx, "lagSeconds",
 				      bk.pending_since_ms && now > bk.pending_since_ms
 					  ? (double)(now - bk.pending_since_ms) / 1000.0
 					  : 0.0,
 				      "backlogTxns", (json_int_t)bk.backlog_txns, "backlogBytes",
-				      (json_int_t)bk.backlog_bytes, "objects", (json_int_t)bk.objects,
-				      "uploadedAt", (json_int_t)bk.uploaded_ms));
+				      (json_int_t)bk.backlog_bytes, "objects",
+				      (json_int_t)bk.objects, "uploadedAt",
+				      (json_int_t)bk.uploaded_ms));
 		}
 		json_array_append_new(dbs, d);
 	}

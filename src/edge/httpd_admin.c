@@ -132,6 +132,9 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 	    {"ltxfs_backup_backlog_bytes", "gauge",
 	     "LTX bytes of the transactions read for the next upload and not uploaded yet."},
 	    {"ltxfs_backup_objects_total", "counter", "Objects this process uploaded."},
+	    {"ltxfs_backup_fenced", "gauge",
+	     "1: another primary took the database's backup head over; this node uploads "
+	     "nothing more for it in this term."},
 	};
 	double now_s = (double)clock_wall_ms() / 1e3;
 	enum { NPER = sizeof(per) / sizeof(per[0]) };
@@ -171,6 +174,7 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 		v[13] = bk.enabled ? (double)bk.backlog_txns : 0;
 		v[14] = bk.enabled ? (double)bk.backlog_bytes : 0;
 		v[15] = (double)bk.objects;
+		v[16] = bk.enabled && bk.fenced ? 1 : 0;
 	}
 	for (size_t m = 0; m < NPER; m++) {
 		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", per[m].name, per[m].help, per[m].name,

@@ -200,6 +200,27 @@ static int make_plan(struct s3 *s, const struct backup_objs *all, const struct r
 	return 0;
 }
 
+/*
+ * Keep in all only what db's head vouches for (backup_objs_vouched), the
+ * head into *head (*has_head false when the bucket has none: objects from
+ * before heads, all kept). *ret_dropped may be NULL. 0 or -errno with err.
+ */
+static int vouched(struct s3 *s, const struct config *cfg, const char *db, struct backup_objs *all,
+		   struct backup_head *head, bool *has_head, size_t *ret_dropped, char *err,
+		   size_t n)
+{
+	size_t dropped = 0;
+	int r = backup_head_get(s, cfg->backup.path, db, head, NULL, err, n);
+	*has_head = r == 0;
+	if (r == -ENOENT)
+		r = 0;
+	else if (r == 0)
+		r = backup_objs_vouched(s, head, all, &dropped, err, n);
+	if (ret_dropped)
+		*ret_dropped = dropped;
+	return r;
+}
+
 /* ----------------------------------------------------------------- apply */
 
 struct out {
@@ -353,6 +374,8 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 	struct plan p = {0};
 	struct bkplan_obj *pv = NULL;
 	struct out w = {.fd = -1};
+	struct backup_head head = {0};
+	bool has_head = false;
 	char tmp[4200] = "";
 	int r;
 	if ((r = backup_s3_new(o->cfg, NULL, &s)) < 0) {
@@ -360,6 +383,8 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 		return r;
 	}
 	if ((r = backup_list_db(s, o->cfg->backup.path, o->db, &all, err, n)) < 0)
+		goto out;
+	if ((r = vouched(s, o->cfg, o->db, &all, &head, &has_head, NULL, err, n)) < 0)
 		goto out;
 	if (!all.n) {
 		fail(err, n, "the bucket holds no backup of '%s'", o->db);
@@ -427,6 +452,16 @@ int restore_run(const struct restore_options *o, uint64_t *ret_txid, char *err, 
 		r = -ENOENT;
 		goto out;
 	}
+	if (has_head && !o->txid && !o->has_time &&
+	    (w.txid != head.txid || (head.checksum && (CHECKSUM_FLAG | w.x) != head.checksum))) {
+		fail(err, n,
+		     "the chain of '%s' reaches TXID %" PRIx64 " (checksum %016" PRIx64
+		     "), its head says TXID %" PRIx64 " (checksum %016" PRIx64
+		     "): an object is missing",
+		     o->db, w.txid, CHECKSUM_FLAG | w.x, head.txid, head.checksum);
+		r = -EBADMSG;
+		goto out;
+	}
 	/* rollback mode, as /export writes it: the file comes without a -wal */
 	static const uint8_t one[2] = {1, 1};
 	uint8_t hdr[20];
@@ -461,6 +496,7 @@ out:
 	free(p.v);
 	free(pv);
 	backup_objs_release(&all);
+	backup_head_release(&head);
 	s3_free(s);
 	return r;
 }
@@ -469,6 +505,9 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 {
 	struct s3 *s = NULL;
 	struct backup_objs all = {0};
+	struct backup_head head = {0};
+	bool has_head = false;
+	size_t dropped = 0;
 	int r = backup_s3_new(cfg, NULL, &s);
 	if (r < 0) {
 		fail(err, n, "invalid backup configuration: %s", strerror(-r));
@@ -476,11 +515,23 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 	}
 	if ((r = backup_list_db(s, cfg->backup.path, db, &all, err, n)) < 0)
 		goto out;
+	if ((r = vouched(s, cfg, db, &all, &head, &has_head, &dropped, err, n)) < 0)
+		goto out;
 	if (!all.n) {
 		fail(err, n, "the bucket holds no backup of '%s'", db);
 		r = -ENOENT;
 		goto out;
 	}
+	if (has_head && head.n)
+		fprintf(out, "head: TXID %016" PRIx64 ", %zu term(s), the last by %s\n", head.txid,
+			head.n, head.terms[head.n - 1].writer);
+	else
+		fprintf(out, "head: none (objects uploaded before heads: all are listed)\n");
+	if (dropped)
+		fprintf(out,
+			"%zu object(s) not vouched for by the head (a fenced primary's, or "
+			"uploads the head never recorded): not listed, never restored\n",
+			dropped);
 	fprintf(out, "%-8s  %-16s  %-16s  %12s  %s\n", "kind", "min_txid", "max_txid", "size",
 		"uploaded");
 	uint64_t bytes = 0;
@@ -516,6 +567,7 @@ int restore_list(const struct config *cfg, const char *db, FILE *out, char *err,
 	r = 0;
 out:
 	backup_objs_release(&all);
+	backup_head_release(&head);
 	s3_free(s);
 	return r;
 }

@@ -389,6 +389,33 @@ int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, size_t max
 	return r;
 }
 
+int s3_get_etag(struct s3 *s, const char *key, size_t max, char **ret, size_t *ret_len,
+		char *ret_etag, struct s3_result *res)
+{
+	struct etag_ctx ec = {.etag = ret_etag};
+	struct call c = {.kind = K_GET,
+			 .method = "GET",
+			 .key = key,
+			 .query = "",
+			 .on_header = on_hdr,
+			 .hctx = &ec};
+	struct httpc_resp resp;
+	ret_etag[0] = '\0';
+	int r = do_call(s, &c, &resp, res);
+	if (r == 0 && resp.len > max) {
+		r = -EFBIG;
+		snprintf(res->err, sizeof(res->err), "GET '%s': %zu bytes, more than %zu", key,
+			 resp.len, max);
+	}
+	if (r == 0) {
+		*ret = resp.body;
+		*ret_len = resp.len;
+		resp.body = NULL;
+	}
+	httpc_resp_release(&resp);
+	return r;
+}
+
 int s3_head(struct s3 *s, const char *key, struct s3_head *h, struct s3_result *res)
 {
 	struct etag_ctx ec = {.head = h};

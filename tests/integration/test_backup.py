@@ -17,6 +17,7 @@ import pytest
 from conftest import MODES, wait_for
 from helpers import LTXFS, cli, sanitizer_report
 from netproxy import Proxy
+from s3fault import S3Fault
 from s3moto import Moto
 
 BUILD = os.environ.get("LTXFS_BUILD", os.path.join(os.path.dirname(LTXFS), ".."))
@@ -301,6 +302,56 @@ def test_bucket_unreachable_backlog_waits_locally_then_uploads(make_node, moto, 
         proxy.close()
 
 
+def test_5xx_and_slow_answers_are_retried_and_nothing_is_lost(make_node, moto, bucket,
+                                                              tmp_path):
+    """A fault-injecting proxy in front of moto: runs of 503 SlowDown and 500
+    InternalError, one request in two failing (so an object goes up and its
+    head does not), answers lost after the request took effect (the object
+    or the head is there, the client saw 500), and slow answers. Writes go
+    on; every upload is retried until the bucket holds everything: the
+    backlog returns to 0, the chain has no gap and no overlap, and the
+    restore is byte for byte the primary's state."""
+    fault = S3Fault(moto.port)
+    try:
+        p = make_node("p", extra_config=moto.backup_section(bucket, path="flt",
+                                                            endpoint=fault.url)).start()
+        write_rows(p, "a.db", "wal", 5)
+        wait_uploaded(p, "a.db")
+        rounds = [lambda: fault.fail(503, 6),
+                  lambda: fault.fail(500, 6, every=2),
+                  lambda: fault.fail(500, 3, methods=("PUT",), after=True),
+                  lambda: fault.fail(500, 4, methods=("PUT",), every=2, after=True),
+                  lambda: fault.delay(1.5, 4)]
+        k = 1000
+        for i, arm in enumerate(rounds):
+            arm()
+            deadline = time.monotonic() + 60
+            while fault.armed():  # commits keep requests coming until they are spent
+                assert time.monotonic() < deadline, "round %d: faults left" % i
+                write_rows(p, "a.db", "wal", 1, start=k)
+                k += 1
+                time.sleep(0.1)
+        t = wait_uploaded(p, "a.db", timeout=60)
+        assert fault.failed == 6 + 6 + 3 + 4 and fault.delayed == 4, (fault.failed,
+                                                                      fault.delayed)
+        wait_for(lambda: metric(p, "ltxfs_backup_backlog_txns") == 0 and
+                 metric(p, "ltxfs_backup_lag_seconds") == 0, timeout=30,
+                 what="the backlog to return to 0")
+        assert metric(p, "ltxfs_backup_errors_total") > 0
+        assert metric(p, "ltxfs_backup_fenced") == 0
+        assert "another primary took the backup over" not in p.run_log()
+        assert_chain(objects(moto, bucket, "flt"), "a.db", t)
+        want = export(p, "a.db", str(tmp_path / "e.db"))
+        restore(p, "a.db", str(tmp_path / "r.db"))
+        with open(str(tmp_path / "r.db"), "rb") as f:
+            assert f.read() == want
+        head = moto.get(bucket, "flt/a.db/head").decode()
+        assert head.startswith("ltxfs-head 1\ntxid %016x\n" % t), head
+        p.stop()
+    finally:
+        fault.close()
+
+
 def test_corrupted_object_restore_names_it(make_node, moto, bucket, tmp_path):
     p = make_node("p", extra_config=moto.backup_section(bucket, path="cor")).start()
     write_rows(p, "a.db", "delete", 3)
@@ -361,26 +412,119 @@ def test_failover_continues_the_chain(make_node, moto, bucket, tmp_path):
         assert f.read() == want
 
 
+def rfc3339(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int(t % 1 * 1000)
+
+
+def test_partitioned_old_primary_objects_are_never_restored(make_node, moto, bucket, tmp_path):
+    """A primary cut off from its replica and from the bucket keeps its
+    unreplicated transactions; a new primary takes the database's head
+    over and continues the chain; when the old primary's bucket comes back
+    it uploads its backlog, its head update is refused (412): it stops
+    (fenced, logged, /info and /metrics say so) and restore, latest, to a
+    TXID and to a time, never uses its object: byte for byte the new
+    primary's states. Without the head, its object reaches furthest from
+    the shared TXID and restore would follow it."""
+    proxy = Proxy(moto.port)
+    try:
+        direct = moto.backup_section(bucket, path="fence")
+        p = make_node("p", extra_config=moto.backup_section(bucket, path="fence",
+                                                            endpoint=proxy.url)).start()
+        r = make_node("r", replica_of=p, extra_config=direct).start()
+        write_rows(p, "a.db", "wal", 10)
+        m = wait_uploaded(p, "a.db")
+        wait_for(lambda: r.pos("a.db") == p.pos("a.db"), what="the replica to catch up")
+        r.stop()
+        # the partition: the old primary commits 6 transactions nobody else has
+        proxy.block()
+        write_rows(p, "a.db", "wal", 6, start=100)
+        assert int(db_info(p, "a.db")["txid"], 16) == m + 6
+        # the new primary (the replica's data) takes over and uploads
+        r2 = make_node("r", extra_config=direct).start()
+        write_rows(r2, "a.db", "wal", 2, start=200)
+        assert wait_uploaded(r2, "a.db") == m + 2
+        write_rows(r2, "a.db", "wal", 2, start=300)
+        t_b = wait_uploaded(r2, "a.db")
+        assert t_b == m + 4
+        e_b = export(r2, "a.db", str(tmp_path / "eb.db"))
+        time.sleep(0.05)
+        at_b = time.time()
+        time.sleep(0.05)
+        # the old primary's bucket is back: its backlog goes up, its head
+        # update is refused
+        proxy.unblock()
+        wait_for(lambda: ("a.db", "0000", m + 1, m + 6) in objects(moto, bucket, "fence"),
+                 timeout=40, what="the old primary's object")
+        wait_for(lambda: db_info(p, "a.db")["backup"].get("fenced") is True, timeout=20,
+                 what="the old primary to be fenced")
+        assert metric(p, "ltxfs_backup_fenced") == 1
+        assert p.run_log().count("another primary took the backup over") == 1, p.run_log()
+        # the new primary goes on
+        write_rows(r2, "a.db", "wal", 1, start=400)
+        t_c = wait_uploaded(r2, "a.db")
+        assert t_c == m + 5
+        e_c = export(r2, "a.db", str(tmp_path / "ec.db"))
+        write_rows(r2, "a.db", "wal", 2, start=500)
+        t_d = wait_uploaded(r2, "a.db")
+        assert t_d == m + 7
+        e_d = export(r2, "a.db", str(tmp_path / "ed.db"))
+        write_rows(r2, "a.db", "wal", 1, start=600)
+        t_e = wait_uploaded(r2, "a.db")
+        e_e = export(r2, "a.db", str(tmp_path / "ee.db"))
+        assert metric(r2, "ltxfs_backup_fenced") == 0
+        # nothing the old primary wrote after the takeover is restored (its
+        # object m+1..m+6 would take the latest restore, -txid m+7 and the
+        # time to its state at m+6)
+        for args, want, name in (((), e_e, "latest"), (("-txid", "%x" % t_d), e_d, "txid d"),
+                                 (("-txid", "%x" % t_c), e_c, "txid c"),
+                                 (("-txid", "%x" % t_b), e_b, "txid b"),
+                                 (("-timestamp", rfc3339(at_b)), e_b, "time")):
+            dst = str(tmp_path / ("r-%s.db" % name.replace(" ", "")))
+            restore(r2, "a.db", dst, *args)
+            with open(dst, "rb") as f:
+                assert f.read() == want, name
+        out = cli("backups", "-config", r2.config, "a.db", check=0).stdout
+        assert "1 object(s) not vouched for by the head" in out, out
+        assert "%016x  %016x" % (m + 1, m + 6) not in out, out
+        # the head names the new primary's term last, at its TXID
+        head = moto.get(bucket, "fence/a.db/head").decode()
+        assert head.startswith("ltxfs-head 1\ntxid %016x\n" % t_e), head
+        terms = [l.split() for l in head.splitlines() if l.startswith("term ")]
+        assert len(terms) == 2 and int(terms[1][1], 16) == m + 1, head
+        r2.stop()
+        p.stop()
+    finally:
+        proxy.close()
+
+
 def test_idle_database_costs_no_requests(make_node, moto, bucket):
     """Once uploaded, a database that commits nothing makes no S3 request:
     while another database uploads round after round, the only requests
-    are that one's PUTs (no listing, no HEAD, no GET)."""
+    are that one's PUTs, two per upload: the object and its head (no
+    listing, no HEAD, no GET)."""
     p = make_node("p", extra_config=moto.backup_section(bucket, path="idle")).start()
     write_rows(p, "idle.db", "delete", 3)
     write_rows(p, "busy.db", "wal", 3)
     wait_uploaded(p, "idle.db")
     wait_uploaded(p, "busy.db")
     kinds = ("put", "get", "head", "list", "delete")
-    before = {k: metric(p, "ltxfs_backup_requests_total", 'kind="%s"' % k) for k in kinds}
     objs = db_info(p, "busy.db")["backup"]["objects"]
     idle_objs = db_info(p, "idle.db")["backup"]["objects"]
+    # the marker, a head created per database, then an object and a head per upload
+    wait_for(lambda: metric(p, "ltxfs_backup_requests_total", 'kind="put"')
+             >= 3 + 2 * (objs + idle_objs), timeout=10, what="the last head update")
+    before = {k: metric(p, "ltxfs_backup_requests_total", 'kind="%s"' % k) for k in kinds}
+    assert before["put"] == 3 + 2 * (objs + idle_objs), before
     for i in range(4):
         write_rows(p, "busy.db", "wal", 5, start=100 + 10 * i)
         wait_uploaded(p, "busy.db")
-    after = {k: metric(p, "ltxfs_backup_requests_total", 'kind="%s"' % k) for k in kinds}
     new_objs = db_info(p, "busy.db")["backup"]["objects"] - objs
     assert new_objs >= 4
-    assert after["put"] - before["put"] == new_objs, (before, after, new_objs)
+    # the head's PUT follows the object's (the position shows in between)
+    wait_for(lambda: metric(p, "ltxfs_backup_requests_total", 'kind="put"') - before["put"]
+             >= 2 * new_objs, timeout=10, what="the last head update")
+    after = {k: metric(p, "ltxfs_backup_requests_total", 'kind="%s"' % k) for k in kinds}
+    assert after["put"] - before["put"] == 2 * new_objs, (before, after, new_objs)
     assert all(after[k] == before[k] for k in ("get", "head", "list", "delete")), (before, after)
     assert db_info(p, "idle.db")["backup"]["objects"] == idle_objs
 
