@@ -360,6 +360,26 @@ int s3_put(struct s3 *s, const char *key, const void *body, size_t n,
 	return r;
 }
 
+/* Run a GET and hand over its body (at most max bytes). */
+static int get_body(struct s3 *s, struct call *c, size_t max, char **ret, size_t *ret_len,
+		    struct s3_result *res)
+{
+	struct httpc_resp resp;
+	int r = do_call(s, c, &resp, res);
+	if (r == 0 && resp.len > max) {
+		r = -EFBIG;
+		snprintf(res->err, sizeof(res->err), "GET '%s': %zu bytes, more than %zu", c->key,
+			 resp.len, max);
+	}
+	if (r == 0) {
+		*ret = resp.body;
+		*ret_len = resp.len;
+		resp.body = NULL;
+	}
+	httpc_resp_release(&resp);
+	return r;
+}
+
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, size_t max, char **ret,
 	   size_t *ret_len, struct s3_result *res)
 {
@@ -373,20 +393,7 @@ int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, size_t max
 			snprintf(range, sizeof(range), "bytes=%" PRIu64 "-", off);
 		c.extra[c.n_extra++] = (struct sigv4_header){"Range", range};
 	}
-	struct httpc_resp resp;
-	int r = do_call(s, &c, &resp, res);
-	if (r == 0 && resp.len > max) {
-		r = -EFBIG;
-		snprintf(res->err, sizeof(res->err), "GET '%s': %zu bytes, more than %zu", key,
-			 resp.len, max);
-	}
-	if (r == 0) {
-		*ret = resp.body;
-		*ret_len = resp.len;
-		resp.body = NULL;
-	}
-	httpc_resp_release(&resp);
-	return r;
+	return get_body(s, &c, max, ret, ret_len, res);
 }
 
 int s3_get_etag(struct s3 *s, const char *key, size_t max, char **ret, size_t *ret_len,
@@ -399,21 +406,8 @@ int s3_get_etag(struct s3 *s, const char *key, size_t max, char **ret, size_t *r
 			 .query = "",
 			 .on_header = on_hdr,
 			 .hctx = &ec};
-	struct httpc_resp resp;
 	ret_etag[0] = '\0';
-	int r = do_call(s, &c, &resp, res);
-	if (r == 0 && resp.len > max) {
-		r = -EFBIG;
-		snprintf(res->err, sizeof(res->err), "GET '%s': %zu bytes, more than %zu", key,
-			 resp.len, max);
-	}
-	if (r == 0) {
-		*ret = resp.body;
-		*ret_len = resp.len;
-		resp.body = NULL;
-	}
-	httpc_resp_release(&resp);
-	return r;
+	return get_body(s, &c, max, ret, ret_len, res);
 }
 
 int s3_head(struct s3 *s, const char *key, struct s3_head *h, struct s3_result *res)
