@@ -121,7 +121,7 @@ FILES = {
                        "locks in close(2) and never gets them, a self-deadlock "
                        "(docs/architecture.md known limit 10)"),
     "busy.test": ("ci", ""),
-    "busy2.test": ("ci", ""),
+    "busy2.test": ("full", "13 s through the mount in CI"),
     "exclusive.test": ("ci", ""),
     "exclusive2.test": ("ci", ""),
     # pager, journal, transactions
@@ -175,7 +175,7 @@ FILES = {
     "vacuum-into.test": ("ci", ""),
     "e_vacuum.test": ("ci", ""),
     "incrvacuum.test": ("ci", ""),
-    "incrvacuum2.test": ("ci", ""),
+    "incrvacuum2.test": ("full", "22 s through the mount in CI"),
     "incrvacuum3.test": ("ci", ""),
     "autovacuum.test": ("ci", ""),
     "autovacuum2.test": ("ci", ""),
@@ -190,7 +190,7 @@ FILES = {
     "crash2.test": ("ci", ""),
     "crash3.test": ("full", "22 s through the mount"),
     "crash4.test": ("full", "17 s through the mount"),
-    "crash6.test": ("ci", ""),
+    "crash6.test": ("full", "14 s through the mount in CI"),
     "crash7.test": ("full", "42 s through the mount"),
     "crash8.test": ("ci", ""),
     "ioerr.test": ("full", "23 s through the mount"),
