@@ -50,6 +50,10 @@ int backup_s3_new(const struct config *cfg, const volatile bool *abort, struct s
 int backup_dbkey(const char *name, char *buf, size_t n);
 /* The name of a <dbkey>; 0, or -EINVAL when it is not one backup_dbkey writes. */
 int backup_dbkey_decode(const char *key, char *buf, size_t n);
+/* The prefix every key under backup.path starts with: "path/", or "" (n bytes). */
+void backup_key_prefix(const char *path, char *buf, size_t n);
+/* The head's key of a database: "<prefix><dbkey>/head" (n bytes). */
+void backup_head_key(const char *prefix, const char *dbkey, char *buf, size_t n);
 
 /* One object of a database's chain, as listed. */
 struct backup_obj {
