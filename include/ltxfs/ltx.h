@@ -70,6 +70,8 @@ int ltx_header_decode(struct ltx_header *h, const uint8_t in[LTX_HEADER_SIZE]);
 void ltx_format_filename(char *buf, uint64_t min_txid, uint64_t max_txid);
 /* Parse a file name of exactly that shape. 0 or -EINVAL. */
 int ltx_parse_filename(const char *name, uint64_t *min_txid, uint64_t *max_txid);
+/* 16 lowercase hex digits at s (no terminator needed) into *ret; 0 or -EINVAL. */
+int ltx_parse_hex16(const char *s, uint64_t *ret);
 
 /* Sink/source callbacks. write: 0 or -errno. read: bytes read (0 at EOF) or -errno. */
 typedef int (*ltx_write_fn)(void *ctx, const void *buf, size_t n);

@@ -290,18 +290,7 @@ static bool writer_valid(const char *w, size_t n)
 
 static int hex16(const char *p, size_t n, uint64_t *ret)
 {
-	if (n != 16)
-		return -EBADMSG;
-	uint64_t v = 0;
-	for (size_t i = 0; i < 16; i++) {
-		char c = p[i];
-		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-		if (d < 0)
-			return -EBADMSG;
-		v = v << 4 | (uint64_t)d;
-	}
-	*ret = v;
-	return 0;
+	return n == 16 && ltx_parse_hex16(p, ret) == 0 ? 0 : -EBADMSG;
 }
 
 int backup_head_parse(const char *buf, size_t n, struct backup_head *ret)

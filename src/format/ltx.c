@@ -201,7 +201,7 @@ void ltx_format_filename(char *buf, uint64_t min_txid, uint64_t max_txid)
 }
 
 /* 16 lowercase hex digits, as FormatFilename writes them. */
-static int parse_hex16(const char *s, uint64_t *ret)
+int ltx_parse_hex16(const char *s, uint64_t *ret)
 {
 	uint64_t v = 0;
 
@@ -226,8 +226,8 @@ int ltx_parse_filename(const char *name, uint64_t *min_txid, uint64_t *max_txid)
 
 	if (!name || strnlen(name, LTX_FILENAME_LEN + 1) != LTX_FILENAME_LEN)
 		return -EINVAL;
-	if (parse_hex16(name, &lo) < 0 || name[16] != '-' || parse_hex16(name + 17, &hi) < 0 ||
-	    memcmp(name + 33, ".ltx", 4) != 0)
+	if (ltx_parse_hex16(name, &lo) < 0 || name[16] != '-' ||
+	    ltx_parse_hex16(name + 17, &hi) < 0 || memcmp(name + 33, ".ltx", 4) != 0)
 		return -EINVAL;
 	if (min_txid)
 		*min_txid = lo;
