@@ -454,24 +454,33 @@ int cmd_status(int argc, char **argv)
 			       "-", "-");
 			continue;
 		}
-		printf("%-24s %-16s %9.1fs  %lld txn(s)\n", jstr(d, "name"), jstr(bk, "uploadedTxid"),
+		printf("%-24s %-16s %9.1fs  %lld txn(s)\n", jstr(d, "name"),
+		       jstr(bk, "uploadedTxid"),
 		       json_number_value(json_object_get(bk, "lagSeconds")),
 		       (long long)json_integer_value(json_object_get(bk, "backlogTxns")));
 	}
 	json_t *reps = json_object_get(o, "replicas");
 	if (reps) {
-		printf("\n%-18s %-24s %s\n", "REPLICA", "DATABASE", "TXID");
+		printf("\n%-18s %-24s %-16s %8s %9s\n", "REPLICA", "DATABASE", "SENT TXID",
+		       "BEHIND", "LAG");
 		if (json_array_size(reps) == 0)
 			printf("(no replica connected)\n");
 		for (size_t i = 0; i < json_array_size(reps); i++) {
 			json_t *rp = json_array_get(reps, i),
 			       *rd = json_object_get(rp, "databases");
+			double rlag = json_number_value(json_object_get(rp, "lagSeconds"));
+			const char *mark =
+			    json_is_true(json_object_get(rp, "lagging")) ? "  lagging" : "";
 			if (json_array_size(rd) == 0)
-				printf("%-18s %-24s %s\n", jstr(rp, "nodeID"), "-", "-");
-			for (size_t k = 0; k < json_array_size(rd); k++)
-				printf("%-18s %-24s %s\n", jstr(rp, "nodeID"),
-				       jstr(json_array_get(rd, k), "name"),
-				       jstr(json_array_get(rd, k), "txid"));
+				printf("%-18s %-24s %-16s %8s %8.1fs%s\n", jstr(rp, "nodeID"), "-",
+				       "-", "-", rlag, mark);
+			for (size_t k = 0; k < json_array_size(rd); k++) {
+				json_t *d = json_array_get(rd, k);
+				printf("%-18s %-24s %-16s %8lld %8.1fs%s\n", jstr(rp, "nodeID"),
+				       jstr(d, "name"), jstr(d, "txid"),
+				       (long long)json_integer_value(json_object_get(d, "behind")),
+				       rlag, mark);
+			}
 		}
 	}
 	json_decref(o);

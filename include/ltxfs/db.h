@@ -16,6 +16,8 @@
 #ifndef LTXFS_DB_H
 #define LTXFS_DB_H
 
+#include "ltxfs/ltx.h"
+
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -162,6 +164,24 @@ struct ltx_trailer;
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
 		struct ltx_trailer *ret_t);
 /*
+ * The newest committed LTX files, kept in memory as written (LTX CACHE,
+ * src/core/db_ltxcache.c), so a replica stream sends a transaction without
+ * opening, reading or verifying its file. A blob is immutable and
+ * refcounted: db_ltx_cached returns 0 with a new reference to the file
+ * whose TXIDs start at min_txid, or -ENOENT when it is not held (then
+ * db_ltx_open reads it from disk); the caller drops the reference with
+ * db_ltx_blob_unref (NULL ok). Any thread; takes only the cache's own lock.
+ */
+struct db_ltx_blob {
+	unsigned refs;	     /* atomic */
+	struct ltx_header h; /* as in data */
+	uint64_t post;	     /* the trailer's post-apply checksum */
+	size_t len;	     /* bytes of data: the whole file */
+	uint8_t data[];
+};
+int db_ltx_cached(struct db *db, uint64_t min_txid, struct db_ltx_blob **ret);
+void db_ltx_blob_unref(struct db_ltx_blob *b);
+/*
  * A snapshot streamed while it is built (db_snap.c, STREAMED SNAPSHOTS):
  * always uncompressed, so its length is known from the start. db_snap_start returns
  * once the header is fixed (-ENOENT: nothing committed yet); db_snap_info
@@ -241,6 +261,22 @@ struct db_apply_hooks {
  * -EBADMSG (corrupt), or another -errno.
  */
 int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk);
+
+/*
+ * Apply n LTX files that follow one another (fds[0] continues this node's
+ * position, each next one the one before), as one: every file is verified
+ * and its place in the chain and its post-apply checksum checked before
+ * anything changes, each is installed under its name, and the pages of all
+ * are written under one acquisition of hk's locks (BATCHES in db_apply.c).
+ * A batch holding a snapshot, a drop or a new page size is applied one file
+ * at a time. At most DB_APPLY_BATCH_MAX files (-EINVAL beyond). Returns 0
+ * with all applied, or the error of db_apply_ltx: a file that does not
+ * verify or does not follow fails the batch and nothing of it is applied
+ * (applied one at a time, the files before it stay applied). The fds stay
+ * the caller's.
+ */
+#define DB_APPLY_BATCH_MAX 256 /* most files in one batch (start-up recovery relies on it) */
+int db_apply_ltx_batch(struct db *db, const int *fds, size_t n, const struct db_apply_hooks *hk);
 
 /*
  * The same apply for a file still arriving (db_apply.c, RECEIVING): fd is

@@ -39,6 +39,7 @@ struct httpc_req {
 	long low_speed_bytes, low_speed_s;
 	bool keepalive;
 	long buffer_size; /* the most bytes one on_data call gets; 0: libcurl's 16 KiB */
+	bool raw_body;	  /* on_data gets the body as sent: a chunked one is not decoded */
 	const volatile bool *abort;
 	const volatile bool *abort2; /* a second reason to give up (may be NULL) */
 	/*

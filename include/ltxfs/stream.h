@@ -114,4 +114,26 @@ int stream_parser_feed(struct stream_parser *p, const uint8_t *buf, size_t n);
 /* True between frames (a clean place for the stream to end). */
 bool stream_parser_idle(const struct stream_parser *p);
 
+/*
+ * HTTP/1.1 chunked transfer coding (RFC 9112, 7.1), decoded by the replica
+ * itself rather than by libcurl, so that one read from the socket, however
+ * many chunks it holds, reaches the frame parser in one call (replica.c,
+ * BATCHES). Chunk extensions and trailer fields are skipped. Each run of
+ * body bytes goes to out(ctx, bytes, n), whose negative return stops the
+ * feed and is returned. Malformed coding (a size that is not hex, more than
+ * 15 hex digits, a chunk not followed by CRLF, bytes after the end) is
+ * -EPROTO, sticky.
+ */
+struct stream_chunked {
+	int state;
+	uint64_t remain; /* bytes of the current chunk still to come */
+	unsigned digits; /* hex digits of the size line so far */
+	int err;
+};
+void stream_chunked_init(struct stream_chunked *c);
+int stream_chunked_feed(struct stream_chunked *c, const uint8_t *buf, size_t n,
+			int (*out)(void *ctx, const uint8_t *buf, size_t n), void *ctx);
+/* True once the last chunk and the trailer section have been read. */
+bool stream_chunked_done(const struct stream_chunked *c);
+
 #endif

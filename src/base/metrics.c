@@ -72,6 +72,8 @@ void metrics_render(FILE *f)
 	    {"ltxfs_snapshots_sent_total", "counter", "Snapshots sent to replicas."},
 	    {"ltxfs_snapshots_applied_total", "counter", "Snapshots applied from the primary."},
 	    {"ltxfs_ltx_applied_total", "counter", "LTX files applied from the primary."},
+	    {"ltxfs_apply_batches_total", "counter",
+	     "Batches of LTX files applied from the primary under one lock."},
 	    {"ltxfs_lease_renewals_total", "counter", "Successful lease renewals."},
 	    {"ltxfs_lease_renew_failures_total", "counter", "Failed lease renewals."},
 	    {"ltxfs_lease_acquired_total", "counter", "Times this node became primary."},

@@ -545,7 +545,7 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 	db_get_pos(db, &pos); /* a prepared commit's file is newer than the newest commit */
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
-	uint64_t newest = 0;
+	uint64_t newest = 0, removed_max = 0;
 	int n = 0;
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
@@ -566,10 +566,15 @@ int db_enforce_retention(struct db *db, int64_t cutoff_ms, uint64_t keep_after)
 		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
 		if (mtime >= cutoff_ms)
 			continue;
-		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+		if (unlinkat(dirfd(d), de->d_name, 0) == 0) {
 			n++;
+			if (mx > removed_max)
+				removed_max = mx;
+		}
 	}
 	closedir(d);
+	if (removed_max) /* the cache holds only files that exist (LTX CACHE) */
+		db_ltx_cache_trim(db, removed_max);
 	__atomic_add_fetch(&db->st_removed, (uint64_t)n, __ATOMIC_RELAXED);
 	return n;
 }
@@ -585,6 +590,7 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	if (!db)
 		return -ENOMEM;
 	pthread_mutex_init(&db->mu, NULL);
+	pthread_mutex_init(&db->lc_mu, NULL);
 	pthread_cond_init(&db->q_cond, NULL);
 	db->dbfd = -1;
 	db->ltx_dirfd = -1;
@@ -654,6 +660,8 @@ void db_free(struct db *db)
 	db_prep_drop(db);
 	pthread_mutex_unlock(&db->mu);
 	ltx_ring_free(db->ring);
+	db_ltx_cache_clear(db);
+	pthread_mutex_destroy(&db->lc_mu);
 	pthread_mutex_destroy(&db->mu);
 	pthread_cond_destroy(&db->q_cond);
 	while (db->q_head) { /* only if the last attempt to write them failed */

@@ -132,6 +132,31 @@ static void ltx_remove_others(struct db *db, uint64_t keep_min, uint64_t keep_ma
 	closedir(d);
 }
 
+/*
+ * Give the received file in fd its name in ltx/: a link straight to the
+ * name, or, when a file of that name is left over, a link to name.tmp
+ * renamed over it. Either way the name appears with the whole file.
+ */
+static int ltx_install(struct db *db, int fd, const struct ltx_header *h)
+{
+	char name[LTX_FILENAME_LEN + 1], tmp[LTX_FILENAME_LEN + 8], proc[64];
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	if (linkat(AT_FDCWD, proc, db->ltx_dirfd, name, AT_SYMLINK_FOLLOW) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return -errno;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+	unlinkat(db->ltx_dirfd, tmp, 0);
+	if (linkat(AT_FDCWD, proc, db->ltx_dirfd, tmp, AT_SYMLINK_FOLLOW) < 0 ||
+	    renameat(db->ltx_dirfd, tmp, db->ltx_dirfd, name) < 0) {
+		int r = -errno;
+		unlinkat(db->ltx_dirfd, tmp, 0);
+		return r;
+	}
+	return 0;
+}
+
 static void apply_hooks_invalidate(const struct db_apply_hooks *hk, struct db *db,
 				   const struct applypage *pg, size_t n, uint32_t page_size)
 {
@@ -576,22 +601,13 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	}
 
 	/* Install the file: it is the redo record of what follows (start-up
-	 * recovery re-applies it over a torn apply). */
+	 * recovery re-applies it over a torn apply). Files this node kept in
+	 * memory as primary may be about to go (LTX CACHE). */
+	db_ltx_cache_clear(db);
 	{
-		char name[LTX_FILENAME_LEN + 1], path[4096], tmp[4096 + 8], proc[64];
-		ltx_format_filename(name, h.min_txid, h.max_txid);
-		r = fs_path(path, sizeof(path), "%s/%s", db->ltx_dir, name);
+		r = ltx_install(db, fd, &h);
 		if (r < 0)
 			goto out;
-		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-		unlink(tmp);
-		if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) < 0 ||
-		    rename(tmp, path) < 0) {
-			r = -errno;
-			unlink(tmp);
-			goto out;
-		}
 		if (snapshot) {
 			if (flags & DB_APPLY_DIVERGED)
 				ltx_orphan_all(db, h.min_txid, h.max_txid);
@@ -733,5 +749,288 @@ out:
 	ltx_decoder_free(dec);
 	free(page);
 	ltx_scan_release(db, sc);
+	return r;
+}
+
+/* ----------------------------------------------------------------- batches */
+
+/*
+ * BATCHES. A replica that is behind receives many small files at once; each
+ * apply's fixed cost (SQLite's locks taken and released through the mount,
+ * the wal-index header rewritten, the kernel's cache invalidated) is paid
+ * once per batch instead of once per file. The checks are those of a single
+ * apply, file by file: the chain (each file starts where the one before
+ * ended, with its pre-apply checksum) and each file's post-apply checksum,
+ * computed on the page checksums as the files before it left them. They run
+ * on db->pgck itself with an undo log, under db->mu, before anything
+ * changes; then every file is installed, and pages are written in TXID
+ * order under one lock acquisition, each file's truncation as the single
+ * path does it. Only plain files batch: a snapshot, a drop or a new page
+ * size goes one file at a time through db_apply_scanned.
+ */
+
+struct undo {
+	uint32_t pg;
+	uint64_t ck;
+};
+
+static int undo_push(struct undo **u, size_t *n, size_t *cap, uint32_t pg, uint64_t ck)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 256;
+		void *p = realloc(*u, c * sizeof(**u));
+		if (!p)
+			return -ENOMEM;
+		*u = p;
+		*cap = c;
+	}
+	(*u)[(*n)++] = (struct undo){pg, ck};
+	return 0;
+}
+
+/* Move pgck through file sc as its apply would; x is the running XOR. */
+static int batch_step(struct db *db, const struct ltx_scan *sc, uint64_t *x, uint32_t *count,
+		      struct undo **u, size_t *nu, size_t *cu)
+{
+	int r = 0;
+	for (size_t k = 0; k < sc->n && r == 0; k++) {
+		uint32_t pg = sc->pg[k].pgno;
+		uint64_t old = pg <= *count ? db->pgck[pg] : 0;
+		r = u ? undo_push(u, nu, cu, pg, db->pgck[pg]) : 0;
+		if (r < 0)
+			return r;
+		*x ^= old ^ sc->pg[k].ck;
+		db->pgck[pg] = sc->pg[k].ck;
+	}
+	for (uint32_t p = sc->h.commit + 1; p <= *count && r == 0; p++) {
+		r = u ? undo_push(u, nu, cu, p, db->pgck[p]) : 0;
+		if (r < 0)
+			return r;
+		*x ^= db->pgck[p];
+		db->pgck[p] = 0;
+	}
+	*count = sc->h.commit;
+	return r;
+}
+
+static int cmp_applypage(const void *a, const void *b)
+{
+	const struct applypage *x = a, *y = b;
+	return x->pgno < y->pgno ? -1 : x->pgno > y->pgno;
+}
+
+static int batch_apply(struct db *db, const int *fds, struct ltx_scan *sc, size_t n,
+		       const struct db_apply_hooks *hk)
+{
+	struct undo *u = NULL;
+	size_t nu = 0, cu = 0, done = 0;
+	struct applypage *inv = NULL;
+	size_t ninv = 0;
+	uint8_t *page = NULL;
+	void *token = NULL;
+	bool locked = false;
+	uint32_t ps = sc[0].h.page_size, maxc = 0, minc = UINT32_MAX;
+	int r = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		maxc = sc[i].h.commit > maxc ? sc[i].h.commit : maxc;
+		minc = sc[i].h.commit < minc ? sc[i].h.commit : minc;
+		ninv += sc[i].n;
+	}
+	page = malloc(ps);
+	inv = malloc((ninv ? ninv : 1) * sizeof(*inv));
+	if (!page || !inv) {
+		r = -ENOMEM;
+		goto out;
+	}
+
+	/* The checks, on pgck with an undo log: nothing changes yet. */
+	db_lock_settled(db);
+	r = pgck_reserve(db, maxc > db->page_count ? maxc : db->page_count);
+	uint64_t x = db->xsum, txid = db->pos.txid, ck = db->pos.checksum;
+	uint32_t count = db->page_count;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		const struct ltx_header *h = &sc[i].h;
+		if (h->min_txid != txid + 1 || h->pre_apply_checksum != ck) {
+			log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " does not follow "
+				 "position %016" PRIx64 "/%016" PRIx64,
+				 db->name, h->min_txid, h->max_txid, txid, ck);
+			r = -ESTALE;
+			break;
+		}
+		r = batch_step(db, &sc[i], &x, &count, &u, &nu, &cu);
+		if (r == 0 && (LTX_CHECKSUM_FLAG | x) != sc[i].tr.post_apply_checksum) {
+			log_warn("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " would give "
+				 "checksum %016" PRIx64 ", not the %016" PRIx64 " it records",
+				 db->name, h->min_txid, h->max_txid, LTX_CHECKSUM_FLAG | x,
+				 sc[i].tr.post_apply_checksum);
+			r = -EBADMSG;
+		}
+		txid = h->max_txid;
+		ck = sc[i].tr.post_apply_checksum;
+	}
+	while (nu > 0) {
+		nu--;
+		db->pgck[u[nu].pg] = u[nu].ck;
+	}
+	if (r == 0) {
+		db_prep_drop(db);
+		r = db_ring_retire(db);
+		if (r < 0)
+			log_error(
+			    "db '%s': cannot retire the LTX ring before applying LTX files: %s",
+			    db->name, strerror(-r));
+	}
+	pthread_mutex_unlock(&db->mu);
+	if (r < 0)
+		goto out;
+
+	/* Install every file: the redo records of what follows. */
+	db_ltx_cache_clear(db);
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = ltx_install(db, fds[i], &sc[i].h);
+	if (r < 0)
+		goto out;
+
+	/* One lock acquisition for the pages of every file. */
+	if (hk && hk->lock) {
+		r = hk->lock(hk->ctx, db, &token);
+		if (r < 0)
+			goto out;
+		locked = true;
+	}
+	db_lock_settled(db);
+	bool settled = false, unlinked = false;
+	r = db_settle(db, &settled, &unlinked);
+	if (r == 0)
+		r = pgck_reserve(db, maxc > db->page_count ? maxc : db->page_count);
+	if (r < 0) {
+		pthread_mutex_unlock(&db->mu);
+		log_error("db '%s': cannot settle the transaction this node left as primary: %s",
+			  db->name, strerror(-r));
+		goto out;
+	}
+	x = db->xsum;
+	count = db->page_count;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct ltx_decoder *dec = NULL;
+		uint32_t pgno;
+		size_t k = 0;
+		int fd = fds[i];
+		if (lseek(fd, 0, SEEK_SET) < 0)
+			r = -errno;
+		if (r == 0)
+			r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+		while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+			r = fs_pwrite_full(db->dbfd, page, ps, (off_t)(pgno - 1) * ps);
+			k++;
+		}
+		ltx_decoder_free(dec);
+		if (r == 0 && k != sc[i].n)
+			r = -EIO; /* the file changed between the passes */
+		/* a new size: the single path truncates to every commit */
+		if (r == 0 && sc[i].h.commit != count &&
+		    ftruncate(db->dbfd, (off_t)sc[i].h.commit * ps) < 0)
+			r = -errno;
+		if (r < 0) {
+			/* Pages may be half written: refuse further applies until a
+			 * restart re-applies the installed files. */
+			db->sticky_err = -EIO;
+			pthread_mutex_unlock(&db->mu);
+			log_error("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " failed: %s",
+				  db->name, sc[i].h.min_txid, sc[i].h.max_txid, strerror(-r));
+			goto out;
+		}
+		batch_step(db, &sc[i], &x, &count, NULL, NULL, NULL);
+		db->page_count = count;
+		db->xsum = x;
+		db->pos.txid = sc[i].h.max_txid;
+		db->pos.checksum = sc[i].tr.post_apply_checksum;
+		db->pos.timestamp = sc[i].h.timestamp;
+		db->last_epoch = sc[i].h.epoch;
+		memcpy(inv + done, sc[i].pg, sc[i].n * sizeof(*inv));
+		done += sc[i].n;
+	}
+	db->ltx_unsynced = true;
+	pthread_mutex_unlock(&db->mu);
+
+	if (hk && hk->invalidate) {
+		if (settled) {
+			hk->invalidate(hk->ctx, db, 0, 0);
+		} else {
+			size_t m = 0;
+			qsort(inv, done, sizeof(*inv), cmp_applypage);
+			for (size_t i = 0; i < done; i++)
+				if (m == 0 || inv[m - 1].pgno != inv[i].pgno)
+					inv[m++] = inv[i];
+			apply_hooks_invalidate(hk, db, inv, m, ps);
+			hk->invalidate(hk->ctx, db, (uint64_t)minc * ps, 0);
+		}
+	}
+	if (hk && hk->entries && unlinked)
+		hk->entries(hk->ctx, db);
+	if (db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
+	r = 0;
+out:
+	if (locked)
+		hk->unlock(hk->ctx, db, token, r == 0, ps, sc[n - 1].h.commit);
+	free(u);
+	free(inv);
+	free(page);
+	for (size_t i = 0; i < n; i++)
+		ltx_scan_release(db, &sc[i]);
+	return r;
+}
+
+int db_apply_ltx_batch(struct db *db, const int *fds, size_t n, const struct db_apply_hooks *hk)
+{
+	struct ltx_scan *sc;
+	size_t scanned = 0;
+	int r = 0;
+	if (n == 0)
+		return 0;
+	if (n > DB_APPLY_BATCH_MAX)
+		return -EINVAL;
+	if (n == 1)
+		return db_apply_ltx(db, fds[0], 0, hk);
+	sc = calloc(n, sizeof(*sc));
+	if (!sc)
+		return -ENOMEM;
+	for (; scanned < n && r == 0; scanned++) {
+		int fd = fds[scanned];
+		if (lseek(fd, 0, SEEK_SET) < 0)
+			r = -errno;
+		else
+			r = ltx_scan_run(db, ltx_fd_read, &fd, false, &sc[scanned]);
+		if (r < 0)
+			break;
+	}
+	if (r < 0) {
+		for (size_t i = 0; i < scanned; i++)
+			ltx_scan_release(db, &sc[i]);
+		free(sc);
+		return r;
+	}
+	/* Only plain files batch (BATCHES): same page size, no snapshot, no drop. */
+	bool plain = true;
+	pthread_mutex_lock(&db->mu);
+	if (!db->exists || db->dbfd < 0 || db->page_count == 0)
+		plain = false;
+	for (size_t i = 0; i < n && plain; i++)
+		if (ltx_header_is_snapshot(&sc[i].h) || sc[i].h.commit == 0 ||
+		    sc[i].h.page_size != db->page_size)
+			plain = false;
+	pthread_mutex_unlock(&db->mu);
+	if (plain) {
+		r = batch_apply(db, fds, sc, n, hk);
+	} else {
+		size_t i = 0;
+		for (; i < n && r == 0; i++)
+			r = db_apply_scanned(db, fds[i], &sc[i], 0, hk);
+		for (; i < n; i++)
+			ltx_scan_release(db, &sc[i]);
+	}
+	free(sc);
 	return r;
 }

@@ -132,6 +132,7 @@ void db_tx_abort(struct txrec *t)
 {
 	if (t->path[0])
 		unlink(t->path);
+	db_ltx_blob_unref(t->blob); /* never published: not committed */
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
 }
@@ -158,6 +159,7 @@ void db_tx_apply(struct db *db, struct txrec *t)
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
 	bool queued = t->queued;
+	db_ltx_cache_put(db, t->blob); /* a queued one's once its file exists */
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
 	if (db->opt.on_change && !queued)
@@ -321,6 +323,7 @@ int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit
 		if (!sync)
 			db->ltx_unsynced = true;
 		memcpy(t->path, o.path, sizeof(t->path));
+		t->blob = o.blob;
 	}
 	t->n = nchanged;
 	t->commit = commit;
@@ -387,6 +390,7 @@ int db_commit_drop(struct db *db)
 		r = ltx_out_end(db, &o, LTX_CHECKSUM_FLAG, true);
 	if (r < 0)
 		return r;
+	db_ltx_cache_put(db, o.blob);
 	if (db->pgck)
 		memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
 	db->page_count = 0;

@@ -208,7 +208,12 @@
 #include <sys/types.h>
 
 struct syncer; /* db_journal.c */
-struct wbuf;   /* db_ltxout.c */
+
+/* LTX CACHE (db_ltxcache.c): files and bytes held per database, largest file held */
+#define DB_LTX_CACHE_FILES    1024u
+#define DB_LTX_CACHE_BYTES    (8u << 20)
+#define DB_LTX_CACHE_FILE_MAX (1u << 20)
+struct wbuf; /* db_ltxout.c */
 
 /*
  * One database, from db_open to db_free. Every field is read and written
@@ -292,6 +297,11 @@ struct db {
 	bool q_unsynced;	/* the newest commit was queued and the WAL not fsync'ed since */
 	unsigned q_sync_streak; /* commits in a row followed by an fsync of the WAL */
 	pthread_cond_t q_cond;
+
+	/* the newest committed LTX files in memory (LTX CACHE, db_ltxcache.c), under lc_mu */
+	pthread_mutex_t lc_mu;
+	struct db_ltx_blob *lc[DB_LTX_CACHE_FILES]; /* a ring: lc_n from lc_first, TXID order */
+	size_t lc_first, lc_n, lc_bytes;
 };
 
 /* --------------------------------------------- a transaction (db_commit.c) */
@@ -323,7 +333,8 @@ struct txrec {
 	bool snapshot;
 	uint64_t x, post, txid, epoch;
 	int64_t timestamp;
-	char path[4096]; /* the LTX file written, "" when it is queued */
+	char path[4096];	  /* the LTX file written, "" when it is queued */
+	struct db_ltx_blob *blob; /* its bytes, published by db_tx_apply (LTX CACHE) */
 	bool queued;
 };
 
@@ -331,6 +342,7 @@ struct txrec {
 
 struct ltx_out {
 	struct wbuf *w;
+	struct db_ltx_blob *blob; /* the file's bytes once ltx_out_end succeeded, or NULL */
 	struct ltx_encoder *enc;
 	char path[4096];
 	struct ltx_header h;
@@ -405,6 +417,13 @@ void ltx_out_abort(struct ltx_out *o);
 int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync);
 int db_sync_ltx(struct db *db); /* drain the queue, then syncfs if anything is unsynced */
 int db_queue_drain(struct db *db, bool unlock);
+
+/* db_ltxcache.c: publish (takes the reference), drop files up to max_txid,
+ * drop all; lc_mu only */
+struct db_ltx_blob *db_ltx_blob_new(const struct ltx_header *h, size_t len);
+void db_ltx_cache_put(struct db *db, struct db_ltx_blob *b);
+void db_ltx_cache_trim(struct db *db, uint64_t max_txid);
+void db_ltx_cache_clear(struct db *db);
 
 /* db_ring.c */
 int db_ring_put(struct db *db, const struct txrec *t); /* 0: in the ring; 1: sync the file */

@@ -66,11 +66,41 @@
 struct wbuf {
 	int fd;
 	size_t n;
+	/* a copy of the bytes for the LTX CACHE (db_ltxcache.c), NULL once the
+	 * file outgrew DB_LTX_CACHE_FILE_MAX or memory ran short */
+	struct db_ltx_blob *copy;
+	size_t copy_cap;
 	uint8_t buf[1 << 16];
 };
 
+static void wbuf_copy(struct wbuf *w, const void *p, size_t n)
+{
+	if (!w->copy)
+		return;
+	size_t want = w->copy->len + n;
+	if (want > DB_LTX_CACHE_FILE_MAX) {
+		free(w->copy);
+		w->copy = NULL;
+		return;
+	}
+	if (want > w->copy_cap) {
+		size_t cap = w->copy_cap * 2 > want ? w->copy_cap * 2 : want;
+		struct db_ltx_blob *b = realloc(w->copy, sizeof(*b) + cap);
+		if (!b) {
+			free(w->copy);
+			w->copy = NULL;
+			return;
+		}
+		w->copy = b;
+		w->copy_cap = cap;
+	}
+	memcpy(w->copy->data + w->copy->len, p, n);
+	w->copy->len = want;
+}
+
 static int wbuf_flush(struct wbuf *w)
 {
+	wbuf_copy(w, w->buf, w->n);
 	int r = fs_write_full(w->fd, w->buf, w->n);
 	w->n = 0;
 	return r;
@@ -83,8 +113,10 @@ static int wbuf_write(void *ctx, const void *p, size_t n)
 		int r = wbuf_flush(w);
 		if (r < 0)
 			return r;
-		if (n > sizeof(w->buf))
+		if (n > sizeof(w->buf)) {
+			wbuf_copy(w, p, n);
 			return fs_write_full(w->fd, p, n);
+		}
 	}
 	memcpy(w->buf + w->n, p, n);
 	w->n += n;
@@ -109,9 +141,14 @@ int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
 	if (!o->w)
 		return -ENOMEM;
 	o->w->n = 0;
+	o->w->copy = db_ltx_blob_new(h, 4096);
+	o->w->copy_cap = o->w->copy ? 4096 : 0;
+	if (o->w->copy)
+		o->w->copy->len = 0;
 	o->w->fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (o->w->fd < 0) {
 		r = -errno;
+		free(o->w->copy);
 		free(o->w);
 		o->w = NULL;
 		return r;
@@ -120,6 +157,7 @@ int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
 	if (r < 0) {
 		close(o->w->fd);
 		unlink(o->path);
+		free(o->w->copy);
 		free(o->w);
 		o->w = NULL;
 	}
@@ -134,6 +172,7 @@ void ltx_out_abort(struct ltx_out *o)
 	ltx_encoder_free(o->enc);
 	close(o->w->fd);
 	unlink(o->path);
+	free(o->w->copy);
 	free(o->w);
 	o->w = NULL;
 	o->enc = NULL;
@@ -164,6 +203,9 @@ int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync)
 	}
 	ltx_encoder_free(o->enc);
 	close(o->w->fd);
+	o->blob = o->w->copy;
+	if (o->blob)
+		o->blob->post = tr.post_apply_checksum;
 	free(o->w);
 	o->w = NULL;
 	o->enc = NULL;
@@ -186,7 +228,7 @@ int db_sync_ltx(struct db *db)
 
 /* --------------------------------------------------------------- the queue */
 
-static int ltxjob_write(struct db *db, const struct ltxjob *j)
+static int ltxjob_write(struct db *db, const struct ltxjob *j, struct db_ltx_blob **ret_blob)
 {
 	struct ltx_out o;
 	int r = ltx_out_begin(db, &o, &j->h);
@@ -198,6 +240,7 @@ static int ltxjob_write(struct db *db, const struct ltxjob *j)
 	}
 	if (r == 0)
 		r = ltx_out_end(db, &o, j->post, false);
+	*ret_blob = r == 0 ? o.blob : NULL;
 	return r;
 }
 
@@ -218,11 +261,13 @@ int db_queue_drain(struct db *db, bool unlock)
 	while ((j = db->q_head)) {
 		if (unlock)
 			pthread_mutex_unlock(&db->mu);
-		r = ltxjob_write(db, j);
+		struct db_ltx_blob *blob;
+		r = ltxjob_write(db, j, &blob);
 		if (unlock)
 			pthread_mutex_lock(&db->mu);
 		if (r < 0)
 			break;
+		db_ltx_cache_put(db, blob); /* its commit is visible already */
 		db->ltx_unsynced = true;
 		db->q_head = j->next;
 		if (!db->q_head)

@@ -680,6 +680,125 @@ out:
 	return res;
 }
 
+/*
+ * A replica killed in the middle of a batch (BATCHES, db_apply.c) has every
+ * file of the batch installed and the pages written up to some point, file
+ * by file in TXID order. Re-applying the newest files in order from one at
+ * or before the first unapplied one gives exactly the last file's state, as
+ * long as every file before them was fully applied: a batch holds at most
+ * DB_APPLY_BATCH_MAX files and completes before the next begins, so the
+ * newest DB_APPLY_BATCH_MAX files of the chain suffice. Only plain files
+ * batch, so the walk back stops at a snapshot or a drop.
+ */
+static int cmp_u64pair(const void *a, const void *b)
+{
+	const uint64_t *x = a, *y = b;
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* The newest chain of plain files ending at the position: *ret (pairs of
+ * min, max TXID, oldest first) and its length, at most DB_APPLY_BATCH_MAX. */
+static size_t batch_tail(struct db *db, uint64_t **ret)
+{
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	uint64_t *v = NULL;
+	size_t n = 0, cap = 0;
+	*ret = NULL;
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0 || mx > db->pos.txid || mn == 1)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			void *p = realloc(v, cap * 2 * sizeof(*v));
+			if (!p)
+				break;
+			v = p;
+		}
+		v[2 * n] = mn;
+		v[2 * n + 1] = mx;
+		n++;
+	}
+	closedir(d);
+	if (n == 0) {
+		free(v);
+		return 0;
+	}
+	qsort(v, n, 2 * sizeof(*v), cmp_u64pair);
+	size_t k = 0;
+	uint64_t want = db->pos.txid;
+	while (k < n && k < DB_APPLY_BATCH_MAX && v[2 * (n - 1 - k) + 1] == want) {
+		want = v[2 * (n - 1 - k)] - 1;
+		k++;
+	}
+	memmove(v, v + 2 * (n - k), k * 2 * sizeof(*v));
+	*ret = v;
+	return k;
+}
+
+/* What re-applying files v[0..n) in order over the current state gives. */
+static uint64_t batch_reapply_result(struct db *db, const uint64_t *v, size_t n)
+{
+	uint64_t *ck = NULL, x = db->xsum, res = 0;
+	uint32_t count = db->page_count, cap = db->page_count;
+	uint8_t *page = NULL;
+	for (size_t i = 0; i < n; i++) {
+		struct ltx_decoder *dec = NULL;
+		uint32_t pgno;
+		int r, fd = db_ltx_file_open(db, v[2 * i], v[2 * i + 1]);
+		if (fd < 0)
+			goto out;
+		r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+		const struct ltx_header *h = r == 0 ? ltx_decoder_header(dec) : NULL;
+		if (h && (h->commit == 0 || h->page_size != db->page_size))
+			r = -EINVAL;
+		if (r == 0 && h->commit > cap) {
+			void *p = realloc(ck, ((size_t)h->commit + 1) * sizeof(*ck));
+			r = p ? 0 : -ENOMEM;
+			if (p) {
+				if (!ck)
+					memcpy(p, db->pgck, ((size_t)cap + 1) * sizeof(*ck));
+				ck = p;
+				memset(ck + cap + 1, 0, (size_t)(h->commit - cap) * sizeof(*ck));
+				cap = h->commit;
+			}
+		}
+		if (r == 0 && !ck) {
+			ck = malloc(((size_t)cap + 1) * sizeof(*ck));
+			r = ck ? 0 : -ENOMEM;
+			if (ck)
+				memcpy(ck, db->pgck, ((size_t)cap + 1) * sizeof(*ck));
+		}
+		if (r == 0 && !page && !(page = malloc(db->page_size)))
+			r = -ENOMEM;
+		while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
+			uint64_t c = ltx_page_checksum(pgno, page, db->page_size);
+			x ^= (pgno <= count ? ck[pgno] : 0) ^ c;
+			ck[pgno] = c;
+			r = 0;
+		}
+		if (r == 0)
+			for (uint32_t p = h->commit + 1; p <= count; p++) {
+				x ^= ck[p];
+				ck[p] = 0;
+			}
+		if (r == 0)
+			count = h->commit;
+		ltx_decoder_free(dec);
+		close(fd);
+		if (r < 0)
+			goto out;
+	}
+	res = LTX_CHECKSUM_FLAG | x;
+out:
+	free(ck);
+	free(page);
+	return res;
+}
+
 /* ------------------------------------------------------- the checksum file */
 
 int db_save_checksums(struct db *db)
@@ -905,6 +1024,39 @@ int db_recover(struct db *db)
 		if (db_cur_checksum(db) == db->pos.checksum)
 			return 0;
 	}
+	uint64_t *tail = NULL;
+	size_t ntail = db->opt.replica && db->page_size ? batch_tail(db, &tail) : 0;
+	if (ntail > 1 && batch_reapply_result(db, tail, ntail) == db->pos.checksum) {
+		log_warn("db '%s': completing the apply of %zu LTX files up to TXID %016" PRIx64
+			 " (a replica stopped in the middle of a batch)",
+			 db->name, ntail, db->pos.txid);
+		r = 0;
+		for (size_t i = 0; i < ntail && r == 0; i++) {
+			struct ltx_header th = {.min_txid = tail[2 * i],
+						.max_txid = tail[2 * i + 1]};
+			uint8_t hb[LTX_HEADER_SIZE];
+			int fd = db_ltx_file_open(db, th.min_txid, th.max_txid);
+			r = fd < 0 ? fd
+			    : fs_pread_full(fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb)
+				? ltx_header_decode(&th, hb)
+				: -EIO;
+			if (fd >= 0)
+				close(fd);
+			if (r == 0)
+				r = db_reapply_ltx(db, &th);
+		}
+		free(tail);
+		tail = NULL;
+		if (r == 0)
+			r = db_file_page_count(db, &count);
+		if (r == 0)
+			r = db_checksum_file(db, count);
+		if (r < 0)
+			return r;
+		if (db_cur_checksum(db) == db->pos.checksum)
+			return 0;
+	}
+	free(tail);
 	log_warn("db '%s': database checksum %016" PRIx64 " does not match the last LTX file "
 		 "(%016" PRIx64 " at TXID %016" PRIx64 "): it changed outside ltxfs; recording "
 		 "its current content as a snapshot at TXID %016" PRIx64,

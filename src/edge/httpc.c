@@ -170,6 +170,8 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp)
 	}
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+	if (req->raw_body)
+		curl_easy_setopt(h, CURLOPT_HTTP_TRANSFER_DECODING, 0L);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &c);
 	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(h, CURLOPT_HEADERDATA, &c);

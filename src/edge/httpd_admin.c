@@ -186,6 +186,7 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 		}
 	}
 	free(val);
+	httpd_stream_metrics(h, f);
 	metrics_render(f);
 	fclose(f);
 	struct MHD_Response *resp =

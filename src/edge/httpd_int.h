@@ -52,7 +52,13 @@ struct stream {
 	int fd;
 	uint64_t fd_size, fd_off; /* the LTX frame's length and what was sent of it */
 	struct db_snap *snap;	  /* the frame being sent is a snapshot still being built */
+	struct db_ltx_blob *blob; /* the frame's LTX file from the LTX cache (db.h) */
 	uint64_t sent_bytes;
+	int64_t last_send_ns; /* monotonic: when the last bytes were handed over (COALESCING) */
+	/* LAGGING REPLICAS: monotonic ms since when something has been waiting to
+	 * be sent, 0 while caught up (atomic: /info and /metrics read it) */
+	int64_t behind_since_ms;
+	bool lag_warned;
 };
 
 /* One request's state between on_request calls (*con_cls), httpd.c. */
@@ -109,6 +115,8 @@ enum MHD_Result httpd_serve_ltx(struct httpd *h, struct MHD_Connection *c);
 enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
 /* GET /info's "replicas": each connected stream's node ID and positions (takes h->mu). */
 json_t *httpd_stream_replicas(struct httpd *h);
+/* GET /metrics: the lag gauges of the connected replicas (takes h->mu). */
+void httpd_stream_metrics(struct httpd *h, FILE *f);
 
 /* httpd_admin.c: the operator's endpoints. */
 enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c);

@@ -22,6 +22,22 @@
  *   WAIT    sleep on the store's change counter; at 1 s with nothing to
  *           send, a HEARTBEAT; at shutdown or loss of the primary role, END
  *
+ * FAN-OUT. A transaction is encoded once, by the writer of its LTX file,
+ * which keeps the bytes in the LTX cache (db_ltxcache.c); each stream sends
+ * them from there with one copy, whatever the number of replicas. Only a
+ * file that left the cache is opened and verified from disk. One call of
+ * the content reader fills libmicrohttpd's buffer with as many whole frames
+ * as are pending, so a replica that is behind gets hundreds of transactions
+ * per write to the socket (and applies them as one batch, replica.c).
+ *
+ * COALESCING. A stream sends at most once per millisecond: woken by a commit
+ * sooner than that after its last send, it waits out the rest, and whatever
+ * committed meanwhile leaves in one write. Under a load of thousands of
+ * commits per second this divides the primary's wake-ups and sends, and the
+ * replica's applies, by the number of commits per millisecond; at lower
+ * rates commits are further apart than that and nothing waits. It adds at
+ * most 1 ms to the replication lag.
+ *
  * HANDOFF. POST /handoff?nodeID=X (the primary's side of a planned
  * handoff): the elector fences commits; X's stream, once it has nothing
  * left to send, writes a HANDOFF frame with the lease token and END; the
@@ -86,7 +102,9 @@
 #include <unistd.h>
 
 #define HEARTBEAT_MS 1000
-#define STREAM_BLOCK (256u << 10)
+/* A replica not caught up for this long is reported as lagging. */
+#define STREAM_LAGGING_MS 2000
+#define STREAM_BLOCK	  (256u << 10)
 
 /* ------------------------------------------------------------- /stream */
 
@@ -168,9 +186,22 @@ static int stream_next(struct stream *s)
 			why = "the replica's history diverged";
 			flags |= STREAM_LTX_DIVERGED;
 		} else if (rp->txid > 0) {
-			r = db_ltx_open(db, rp->txid + 1, &fd, &lh, &lt);
+			/* the file in memory if it is there, else from disk (LTX CACHE) */
+			struct db_ltx_blob *b = NULL;
+			if (db_ltx_cached(db, rp->txid + 1, &b) < 0 && db_write_queued_ltx(db) == 0)
+				db_ltx_cached(db, rp->txid + 1, &b);
+			if (b) {
+				lh = b->h;
+				lt.post_apply_checksum = b->post;
+				r = 0;
+			} else {
+				r = db_ltx_open(db, rp->txid + 1, &fd, &lh, &lt);
+			}
 			if (r == 0 && lh.pre_apply_checksum != rp->checksum) {
-				close(fd);
+				db_ltx_blob_unref(b);
+				b = NULL;
+				if (fd >= 0)
+					close(fd);
 				fd = -1;
 				r = -ESTALE;
 				why = "the replica's history diverged";
@@ -184,8 +215,9 @@ static int stream_next(struct stream *s)
 					  db_name(db), rp->txid + 1, strerror(-r));
 				why = "an LTX file is damaged";
 			}
+			s->blob = b;
 		}
-		if (fd < 0) {
+		if (fd < 0 && !s->blob) {
 			if (why)
 				log_info("db '%s': sending a snapshot at TXID %016" PRIx64
 					 " to replica %016" PRIX64 " because %s",
@@ -204,6 +236,8 @@ static int stream_next(struct stream *s)
 		uint64_t size;
 		if (s->snap) {
 			db_snap_info(s->snap, &size, &lh, &lt.post_apply_checksum);
+		} else if (s->blob) {
+			size = s->blob->len;
 		} else {
 			struct stat sb;
 			if (fstat(fd, &sb) < 0) {
@@ -228,52 +262,120 @@ static int stream_next(struct stream *s)
 	return 0;
 }
 
+/*
+ * LAGGING REPLICAS: behind says whether something waits to be sent to this
+ * replica. A replica that has not been caught up for STREAM_LAGGING_MS
+ * cannot keep up: /info, /metrics and `ltxfs status` say so, and it is
+ * logged once. Nothing on the commit path waits for a stream; a replica
+ * that is slow to read only fills its own socket buffers.
+ */
+static void note_behind(struct stream *s, bool behind)
+{
+	int64_t since = __atomic_load_n(&s->behind_since_ms, __ATOMIC_RELAXED);
+	int64_t now = clock_mono_ms();
+	if (behind && since == 0) {
+		__atomic_store_n(&s->behind_since_ms, now, __ATOMIC_RELAXED);
+	} else if (behind && !s->lag_warned && now - since >= STREAM_LAGGING_MS) {
+		s->lag_warned = true;
+		log_warn("replica %016" PRIX64 " has not caught up for %" PRId64
+			 " ms: it cannot keep up with this primary's commits (it does not slow "
+			 "them; it gets a snapshot if it falls behind the retained LTX files)",
+			 s->peer_id, now - since);
+	} else if (!behind && since != 0) {
+		__atomic_store_n(&s->behind_since_ms, 0, __ATOMIC_RELAXED);
+		if (s->lag_warned)
+			log_info("replica %016" PRIX64 " caught up after %" PRId64 " ms",
+				 s->peer_id, now - since);
+		s->lag_warned = false;
+	}
+}
+
+/* Milliseconds the stream has not been caught up (0: it is). */
+static int64_t stream_lag_ms(struct stream *s)
+{
+	int64_t since = __atomic_load_n(&s->behind_since_ms, __ATOMIC_RELAXED);
+	return since ? clock_mono_ms() - since : 0;
+}
+
+/* Below this much room left in the buffer, send rather than look for more. */
+#define STREAM_FILL_MIN (16u << 10)
+/* A stream woken by a commit sooner than this after its last send waits out
+ * the rest, so that the commits in between go out together (COALESCING). */
+#define STREAM_COALESCE_NS 1000000
+
+/*
+ * libmicrohttpd's content reader: fill buf with as many whole pending frames
+ * as fit (under load, many transactions go out in one write to the socket),
+ * the bytes of a file on disk in a call of their own; wait for a commit only
+ * when nothing was copied.
+ */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
 	struct stream *s = cls;
 	struct httpd *h = s->h;
+	size_t got = 0;
 	(void)pos;
 	for (;;) {
 		if (s->pend_off < s->pend_len) {
 			size_t k = s->pend_len - s->pend_off;
-			k = k < max ? k : max;
-			memcpy(buf, s->pend + s->pend_off, k);
+			k = k < max - got ? k : max - got;
+			memcpy(buf + got, s->pend + s->pend_off, k);
 			s->pend_off += k;
+			got += k;
 			if (s->pend_off == s->pend_len)
 				s->pend_off = s->pend_len = 0;
-			s->sent_bytes += k;
-			metrics_add(MC_STREAM_BYTES_SENT, k);
-			return (ssize_t)k;
+			if (got == max)
+				break;
+			continue;
 		}
-		if ((s->fd >= 0 || s->snap) && s->fd_off < s->fd_size) {
+		if (s->blob && s->fd_off < s->fd_size) {
 			uint64_t remain = s->fd_size - s->fd_off;
-			size_t k = remain < max ? (size_t)remain : max;
-			ssize_t r;
-			if (s->snap) {
-				r = db_snap_read(s->snap, buf, k);
-				if (r < 0) {
-					if (r == -EAGAIN)
-						log_info(
-						    "stream: the snapshot for replica %016" PRIX64
-						    " is cut short and will be sent again",
-						    s->peer_id);
-					else
-						log_error("stream: building a snapshot failed: %s",
-							  strerror((int)-r));
-					return MHD_CONTENT_READER_END_WITH_ERROR;
-				}
-			} else {
-				r = pread(s->fd, buf, k, (off_t)s->fd_off);
-			}
+			size_t k = remain < max - got ? (size_t)remain : max - got;
+			memcpy(buf + got, s->blob->data + s->fd_off, k);
+			s->fd_off += k;
+			got += k;
+			if (got == max)
+				break;
+			continue;
+		}
+		if (s->fd >= 0 && s->fd_off < s->fd_size) {
+			uint64_t remain = s->fd_size - s->fd_off;
+			size_t k = remain < max - got ? (size_t)remain : max - got;
+			ssize_t r = pread(s->fd, buf + got, k, (off_t)s->fd_off);
 			if (r <= 0) {
 				log_error("stream: reading an LTX file failed: %s",
 					  r < 0 ? strerror(errno) : "unexpected end of file");
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			}
 			s->fd_off += (uint64_t)r;
-			s->sent_bytes += (uint64_t)r;
-			metrics_add(MC_STREAM_BYTES_SENT, (uint64_t)r);
-			return r;
+			got += (size_t)r;
+			if (got == max)
+				break;
+			continue;
+		}
+		if (s->snap && s->fd_off < s->fd_size) {
+			if (got > 0)
+				break;
+			uint64_t remain = s->fd_size - s->fd_off;
+			size_t k = remain < max ? (size_t)remain : max;
+			ssize_t r = db_snap_read(s->snap, buf, k);
+			if (r < 0) {
+				if (r == -EAGAIN)
+					log_info("stream: the snapshot for replica %016" PRIX64
+						 " is cut short and will be sent again",
+						 s->peer_id);
+				else
+					log_error("stream: building a snapshot failed: %s",
+						  strerror((int)-r));
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			}
+			if (r == 0) {
+				log_error("stream: a snapshot ended early");
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			}
+			s->fd_off += (uint64_t)r;
+			got = (size_t)r;
+			break;
 		}
 		if (s->fd >= 0) {
 			close(s->fd);
@@ -283,22 +385,30 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			db_snap_free(s->snap);
 			s->snap = NULL;
 		}
+		db_ltx_blob_unref(s->blob);
+		s->blob = NULL;
 		if (s->handoff_pending) {
 			/* the HANDOFF frame has been handed to the socket */
 			log_info("handoff frame sent to replica %016" PRIX64, s->peer_id);
 			s->handoff_pending = false;
 		}
-		if (s->ended)
+		if (s->ended) {
+			if (got > 0)
+				break;
 			return MHD_CONTENT_READER_END_OF_STREAM;
+		}
 		if (h->stopping || !store_is_primary(h->store)) {
 			pend_frame(s, STREAM_END);
 			s->ended = true;
 			continue;
 		}
+		if (got > 0 && max - got < STREAM_FILL_MIN)
+			break;
 		uint64_t seq = store_change_seq(h->store);
 		int r = stream_next(s);
 		if (r < 0)
 			return MHD_CONTENT_READER_END_WITH_ERROR;
+		note_behind(s, r > 0);
 		if (r > 0)
 			continue;
 		pthread_mutex_lock(&h->mu);
@@ -330,8 +440,20 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			pend_heartbeat(s);
 			continue;
 		}
+		if (got > 0)
+			break; /* send what there is before sleeping */
 		store_wait_change(h->store, seq, (int)wait);
+		/* COALESCING: at most one send per STREAM_COALESCE_NS */
+		int64_t since = clock_mono_ns() - s->last_send_ns;
+		if (since >= 0 && since < STREAM_COALESCE_NS) {
+			struct timespec ts = {0, (long)(STREAM_COALESCE_NS - since)};
+			nanosleep(&ts, NULL);
+		}
 	}
+	s->last_send_ns = clock_mono_ns();
+	s->sent_bytes += got;
+	metrics_add(MC_STREAM_BYTES_SENT, got);
+	return (ssize_t)got;
 }
 
 static void stream_free(void *cls)
@@ -348,6 +470,7 @@ static void stream_free(void *cls)
 	if (s->fd >= 0)
 		close(s->fd);
 	db_snap_free(s->snap);
+	db_ltx_blob_unref(s->blob);
 	free(s->pos);
 	free(s);
 }
@@ -565,18 +688,59 @@ json_t *httpd_stream_replicas(struct httpd *h)
 	for (struct stream *st = h->streams.next; st != &h->streams; st = st->next) {
 		char pid[17];
 		json_t *pos = json_array();
+		int64_t lag = stream_lag_ms(st);
 		snprintf(pid, sizeof(pid), "%016" PRIX64, st->peer_id);
 		for (size_t i = 0; i < st->n; i++) {
 			char tx[17];
 			snprintf(tx, sizeof(tx), "%016" PRIx64, st->pos[i].txid);
 			json_array_append_new(
-			    pos, json_pack("{s:s,s:s}", "name", st->pos[i].name, "txid", tx));
+			    pos, json_pack("{s:s,s:s,s:I}", "name", st->pos[i].name, "txid", tx,
+					   "sentTxid", (json_int_t)st->pos[i].txid));
 		}
 		json_array_append_new(reps,
-				      json_pack("{s:s,s:o}", "nodeID", pid, "databases", pos));
+				      json_pack("{s:s,s:o,s:f,s:b}", "nodeID", pid, "databases",
+						pos, "lagSeconds", (double)lag / 1000.0, "lagging",
+						lag >= STREAM_LAGGING_MS));
 	}
 	pthread_mutex_unlock(&h->mu);
+	/* how far behind the primary each database is, outside h->mu */
+	for (size_t i = 0; i < json_array_size(reps); i++) {
+		json_t *pos = json_object_get(json_array_get(reps, i), "databases");
+		for (size_t k = 0; k < json_array_size(pos); k++) {
+			json_t *d = json_array_get(pos, k);
+			struct db *db =
+			    store_find(h->store, json_string_value(json_object_get(d, "name")));
+			struct db_pos dp = {0};
+			uint64_t sent =
+			    (uint64_t)json_integer_value(json_object_get(d, "sentTxid"));
+			if (db)
+				db_get_pos(db, &dp);
+			json_object_del(d, "sentTxid");
+			json_object_set_new(
+			    d, "behind",
+			    json_integer(dp.txid > sent ? (json_int_t)(dp.txid - sent) : 0));
+		}
+	}
 	return reps;
+}
+
+void httpd_stream_metrics(struct httpd *h, FILE *f)
+{
+	size_t lagging = 0;
+	fprintf(f, "# HELP ltxfs_replica_lag_seconds How long a connected replica has not been "
+		   "caught up (0: it is).\n# TYPE ltxfs_replica_lag_seconds gauge\n");
+	pthread_mutex_lock(&h->mu);
+	for (struct stream *st = h->streams.next; st != &h->streams; st = st->next) {
+		int64_t lag = stream_lag_ms(st);
+		lagging += lag >= STREAM_LAGGING_MS;
+		fprintf(f, "ltxfs_replica_lag_seconds{node=\"%016" PRIX64 "\"} %.3f\n", st->peer_id,
+			(double)lag / 1000.0);
+	}
+	pthread_mutex_unlock(&h->mu);
+	fprintf(f,
+		"# HELP ltxfs_replicas_lagging Connected replicas not caught up for 2 s or more.\n"
+		"# TYPE ltxfs_replicas_lagging gauge\nltxfs_replicas_lagging %zu\n",
+		lagging);
 }
 
 uint64_t httpd_retention_floor(struct httpd *h, const char *name)

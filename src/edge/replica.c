@@ -10,8 +10,9 @@
  *            appears with the primary's hostname.
  *   FRAMES   each LTX frame is written to an anonymous file in the
  *            database's ltx directory as it arrives; when complete it is
- *            verified and applied (db_apply_ltx); nothing of a torn or
- *            corrupt frame is ever applied. READY marks the catch-up
+ *            verified and applied (db_apply_ltx), small ones in batches
+ *            (BATCHES below); nothing of a torn or corrupt frame is ever
+ *            applied. READY marks the catch-up
  *            done; HEARTBEAT and LTX timestamps feed .lag; END is a clean
  *            close by the primary.
  *   CLOSED   .primary disappears; reconnect after a back-off that starts
@@ -21,9 +22,10 @@
  * second) is treated as dead. Every error ends the stream; the position map
  * of the next connection tells the primary where to resume.
  *
- * The connection is one streamed request of httpc (httpc_do with on_data):
- * each chunk goes from libcurl's 256 KiB receive buffer to the frame parser
- * and on to the frame's file with no copy in between.
+ * The connection is one streamed request of httpc (httpc_do with on_data,
+ * raw_body): each read goes from libcurl's 256 KiB receive buffer through
+ * the chunked-coding decoder (stream_chunked_feed) to the frame parser and
+ * on to the frame's file with no copy in between.
  *
  * Threads: everything above runs on the replica thread (replica_run).
  * replica_follow, called on the elector thread, swaps the URL under mu,
@@ -67,6 +69,9 @@ struct replica {
 	char last_err[LOG_LAST_LEN];
 };
 
+/* Most frames applied as one batch (BATCHES below). */
+#define APPLY_BATCH_MAX DB_APPLY_BATCH_MAX
+
 /* One connection's state. */
 struct conn {
 	struct replica *r;
@@ -85,12 +90,70 @@ struct conn {
 	struct db_recv *rv; /* large frames are verified as they arrive */
 	uint64_t got;
 	char err[256];
+	bool chunked; /* the body comes in chunked transfer coding, decoded here */
+	struct stream_chunked dechunk;
+	/* complete frames of pend_db not applied yet (BATCHES below) */
+	struct db *pend_db;
+	size_t npend;
+	struct pending {
+		int fd;
+		struct ltx_header h;
+	} pend[APPLY_BATCH_MAX];
 };
 
 /* ----------------------------------------------------------- frames */
 
 /* Frames from this size on are verified while they arrive (src/core/db_apply.c, RECEIVING). */
 #define RECV_PIPELINE_MIN (4u << 20)
+
+/*
+ * BATCHES. A complete small frame that continues a database's chain is not
+ * applied at once: it waits in c->pend, and everything pending is applied
+ * as one batch (db_apply_ltx_batch) once the chunk of the body that held it
+ * has been parsed, before a frame of another database, a large frame, a
+ * snapshot or a control frame, and when APPLY_BATCH_MAX frames wait. A
+ * replica at the primary's pace gets one frame per chunk and applies it at
+ * once; one that is behind gets many per chunk and pays the apply's fixed
+ * cost (SQLite's locks, the wal-index header, invalidations) once for all.
+ * Frames still pending when a stream fails are dropped, never applied: the
+ * next position map asks for them again.
+ */
+static void pend_drop(struct conn *c)
+{
+	for (size_t i = 0; i < c->npend; i++)
+		close(c->pend[i].fd);
+	c->npend = 0;
+	c->pend_db = NULL;
+}
+
+static int pend_flush(struct conn *c)
+{
+	int fds[APPLY_BATCH_MAX];
+	size_t n = c->npend;
+	if (n == 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		fds[i] = c->pend[i].fd;
+	int r = db_apply_ltx_batch(c->pend_db, fds, n, &c->r->opt.hooks);
+	const struct ltx_header *first = &c->pend[0].h, *last = &c->pend[n - 1].h;
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err),
+			 "db '%s': rejected LTX %016" PRIx64 "-%016" PRIx64 " from the primary: %s",
+			 db_name(c->pend_db), first->min_txid, last->max_txid,
+			 r == -EBADMSG	? "corrupt"
+			 : r == -ESTALE ? "does not follow this node's position"
+					: strerror(-r));
+		pend_drop(c);
+		return r;
+	}
+	log_debug("db '%s': applied %zu LTX file(s) %016" PRIx64 "-%016" PRIx64,
+		  db_name(c->pend_db), n, first->min_txid, last->max_txid);
+	metrics_add(MC_LTX_APPLIED, n);
+	metrics_add(MC_APPLY_BATCHES, 1);
+	store_note_primary_time(c->r->opt.store, last->timestamp, false);
+	pend_drop(c);
+	return 0;
+}
 
 static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t epoch, uint64_t len)
 {
@@ -108,6 +171,11 @@ static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t ep
 		snprintf(c->err, sizeof(c->err), "cannot create database '%s': %s", name,
 			 strerror(-r));
 		return r;
+	}
+	if (c->npend && (c->db != c->pend_db || len >= RECV_PIPELINE_MIN)) {
+		r = pend_flush(c);
+		if (r < 0)
+			return r;
 	}
 	r = db_ltx_tmpfile(c->db, &c->fd);
 	if (r < 0) {
@@ -153,6 +221,20 @@ static int on_ltx_end(void *ctx)
 		ltx_header_decode(&h, hb);
 	uint32_t flags = (c->flags & STREAM_LTX_DIVERGED) ? DB_APPLY_DIVERGED : 0;
 	int r;
+	if (!c->rv && !flags && h.commit > 0 && !ltx_header_is_snapshot(&h)) {
+		c->pend[c->npend].fd = c->fd;
+		c->pend[c->npend].h = h;
+		c->npend++;
+		c->pend_db = c->db;
+		c->fd = -1;
+		return c->npend == APPLY_BATCH_MAX ? pend_flush(c) : 0;
+	}
+	r = pend_flush(c);
+	if (r < 0) {
+		close(c->fd);
+		c->fd = -1;
+		return r;
+	}
 	if (c->rv)
 		r = db_recv_finish(c->rv, flags, &c->r->opt.hooks);
 	else
@@ -179,6 +261,9 @@ static int on_ltx_end(void *ctx)
 static int on_control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
 {
 	struct conn *c = ctx;
+	int r = pend_flush(c);
+	if (r < 0)
+		return r;
 	if (type == STREAM_HEARTBEAT && store_note_epoch(c->r->opt.store, epoch) == -ESTALE) {
 		snprintf(c->err, sizeof(c->err),
 			 "refusing a heartbeat of epoch %" PRIu64 ": epoch %" PRIu64
@@ -204,6 +289,9 @@ static int on_control(void *ctx, uint32_t type, int64_t ms, uint64_t epoch)
 static int on_handoff(void *ctx, const char *token, uint64_t epoch)
 {
 	struct conn *c = ctx;
+	int r = pend_flush(c);
+	if (r < 0)
+		return r;
 	log_info("primary %s handed its lease to this node (epoch %" PRIu64 ")", c->hostname,
 		 epoch);
 	if (c->r->opt.on_handoff)
@@ -223,6 +311,8 @@ static void on_header(void *ctx, const char *name, const char *value)
 		snprintf(c->cluster_id, sizeof(c->cluster_id), "%s", value);
 	else if (strcasecmp(name, "Ltxfs-Node-Id") == 0)
 		snprintf(c->peer_id, sizeof(c->peer_id), "%s", value);
+	else if (strcasecmp(name, "Transfer-Encoding") == 0 && strcasecmp(value, "chunked") == 0)
+		c->chunked = true;
 }
 
 static void on_status(void *ctx, long status)
@@ -264,7 +354,17 @@ static int check_peer(struct conn *c)
 	return 0;
 }
 
-/* Each chunk of the body, straight from the receive buffer (httpc on_data). */
+static int feed_parser(void *ctx, const uint8_t *buf, size_t n)
+{
+	struct conn *c = ctx;
+	return stream_parser_feed(&c->parser, buf, n);
+}
+
+/*
+ * Each read of the body, straight from the receive buffer (httpc on_data,
+ * raw: the chunked transfer coding is decoded here, so a read that holds
+ * many chunks is one call and its frames one batch).
+ */
 static bool on_body(void *ctx, const char *buf, size_t n)
 {
 	struct conn *c = ctx;
@@ -277,12 +377,18 @@ static bool on_body(void *ctx, const char *buf, size_t n)
 	if (c->status != 200)
 		return false;
 	c->worked = true;
-	if (stream_parser_feed(&c->parser, (const uint8_t *)buf, n) < 0) {
+	int r = c->chunked
+		    ? stream_chunked_feed(&c->dechunk, (const uint8_t *)buf, n, feed_parser, c)
+		    : feed_parser(c, (const uint8_t *)buf, n);
+	if (c->dechunk.err && !c->err[0])
+		snprintf(c->err, sizeof(c->err),
+			 "malformed chunked transfer coding from the primary");
+	if (r < 0) {
 		if (!c->err[0])
 			snprintf(c->err, sizeof(c->err), "malformed stream frame from the primary");
 		return false;
 	}
-	return true;
+	return pend_flush(c) == 0; /* what this chunk completed, as one batch */
 }
 
 /* Build the position map of every local database. */
@@ -336,6 +442,7 @@ static bool run_once(struct replica *r)
 	struct stream_parser_cb cb = {on_ltx_begin, on_ltx_data, on_ltx_end,
 				      on_control,   &c,		 on_handoff};
 	stream_parser_init(&c.parser, &cb);
+	stream_chunked_init(&c.dechunk);
 	if (posmap(st, &body, &blen) < 0)
 		return false;
 	snprintf(url, sizeof(url), "%s/stream", base);
@@ -353,6 +460,7 @@ static bool run_once(struct replica *r)
 				.low_speed_s = 5,
 				.keepalive = true,
 				.buffer_size = 256L * 1024,
+				.raw_body = true,
 				.abort = &r->stopping,
 				.abort2 = &r->cut,
 				.on_data = on_body,
@@ -400,6 +508,7 @@ static bool run_once(struct replica *r)
 				"replication stream from %s ended without an END frame (retrying)",
 				base);
 out:
+	pend_drop(&c);
 	db_recv_free(c.rv);
 	if (c.fd >= 0)
 		close(c.fd);

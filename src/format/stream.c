@@ -315,3 +315,121 @@ int stream_parser_feed(struct stream_parser *p, const uint8_t *buf, size_t n)
 		p->err = r;
 	return r;
 }
+
+/* -------------------------------------------------- chunked transfer coding */
+
+enum {
+	CH_SIZE,    /* hex digits of a chunk size */
+	CH_EXT,	    /* a chunk extension, up to CR */
+	CH_SIZE_LF, /* the LF of the size line */
+	CH_DATA,    /* chunk bytes */
+	CH_DATA_CR, /* the CRLF after the chunk */
+	CH_DATA_LF,
+	CH_TRAILER,  /* the start of a trailer line, or the final CRLF */
+	CH_TR_LINE,  /* a trailer field, up to LF */
+	CH_FINAL_LF, /* the LF of the final CRLF */
+	CH_DONE,
+};
+
+void stream_chunked_init(struct stream_chunked *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->state = CH_SIZE;
+}
+
+bool stream_chunked_done(const struct stream_chunked *c)
+{
+	return c->err == 0 && c->state == CH_DONE;
+}
+
+static int hexval(uint8_t b)
+{
+	if (b >= '0' && b <= '9')
+		return b - '0';
+	if (b >= 'a' && b <= 'f')
+		return b - 'a' + 10;
+	if (b >= 'A' && b <= 'F')
+		return b - 'A' + 10;
+	return -1;
+}
+
+int stream_chunked_feed(struct stream_chunked *c, const uint8_t *buf, size_t n,
+			int (*out)(void *ctx, const uint8_t *buf, size_t n), void *ctx)
+{
+	size_t i = 0;
+	while (c->err == 0 && i < n) {
+		uint8_t b = buf[i];
+		int h;
+		switch (c->state) {
+		case CH_SIZE:
+			h = hexval(b);
+			if (h >= 0 && c->digits < 15) {
+				c->remain = c->remain << 4 | (uint64_t)h;
+				c->digits++;
+			} else if (c->digits > 0 && (b == ';' || b == ' ' || b == '\t')) {
+				c->state = CH_EXT;
+			} else if (c->digits > 0 && b == '\r') {
+				c->state = CH_SIZE_LF;
+			} else {
+				c->err = -EPROTO;
+			}
+			i++;
+			break;
+		case CH_EXT:
+			if (b == '\r')
+				c->state = CH_SIZE_LF;
+			i++;
+			break;
+		case CH_SIZE_LF:
+			if (b != '\n') {
+				c->err = -EPROTO;
+				break;
+			}
+			c->digits = 0;
+			c->state = c->remain ? CH_DATA : CH_TRAILER;
+			i++;
+			break;
+		case CH_DATA: {
+			size_t k = n - i < c->remain ? n - i : (size_t)c->remain;
+			int r = out(ctx, buf + i, k);
+			if (r < 0)
+				return r;
+			c->remain -= k;
+			i += k;
+			if (c->remain == 0)
+				c->state = CH_DATA_CR;
+			break;
+		}
+		case CH_DATA_CR:
+		case CH_DATA_LF:
+			if (b != (c->state == CH_DATA_CR ? '\r' : '\n')) {
+				c->err = -EPROTO;
+				break;
+			}
+			c->state = c->state == CH_DATA_CR ? CH_DATA_LF : CH_SIZE;
+			i++;
+			break;
+		case CH_TRAILER:
+			c->state = b == '\r' ? CH_FINAL_LF : CH_TR_LINE;
+			i++;
+			break;
+		case CH_TR_LINE:
+			if (b == '\n')
+				c->state = CH_TRAILER;
+			i++;
+			break;
+		case CH_FINAL_LF:
+			if (b != '\n') {
+				c->err = -EPROTO;
+				break;
+			}
+			c->state = CH_DONE;
+			i++;
+			break;
+		default: /* CH_DONE: nothing may follow */
+			c->err = -EPROTO;
+			break;
+		}
+	}
+	return c->err;
+}

@@ -2,13 +2,13 @@
 """Replication benchmarks (run on demand, never part of the test suite):
 
     /usr/bin/python3 tests/bench/bench_repl.py [--only lag,catchup,reads]
-        [--rate 1000] [--seconds 10] [--size-mb 1024]
+        [--rate 1000] [--seconds 10] [--size-mb 1024] [--replicas 1,3]
 
-  lag      a primary and one replica on loopback; one client commits
-           single-row transactions (WAL, synchronous=NORMAL) at a steady
-           rate; a poller process reads the replica's -pos file every 0.1 ms
-           and records when each TXID becomes visible. Reports p50/p90/p99 of
-           commit-to-replica-visible latency. (The poller sleeps between reads:
+  lag      a primary and 1 (then 3, --replicas) replicas on loopback; one
+           client commits single-row transactions (WAL, synchronous=NORMAL)
+           at a steady rate; a poller process reads each replica's -pos file
+           every 0.1 ms and records when each TXID becomes visible. Reports
+           p50/p90/p99 of commit-to-visible-on-every-replica latency. (The poller sleeps between reads:
            spinning, it took a whole core from the two the system under test
            shares, and measured CPU starvation more than replication.)
   catchup  a primary with a database of --size-mb; a replica with an empty
@@ -39,20 +39,22 @@ from conftest import Node, wait_for  # noqa: E402
 
 POLLER = r"""
 import os, sys, time
-path, out, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
-seen = []
-last = None
+out, secs, paths = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+seen = [[] for _ in paths]
+last = [None for _ in paths]
 end = time.monotonic() + secs
-fd = os.open(path, os.O_RDONLY)
+fds = [os.open(p, os.O_RDONLY) for p in paths]
 while time.monotonic() < end:
-    s = os.pread(fd, 34, 0)
-    if s != last:
-        last = s
-        seen.append((time.monotonic(), int(s[:16], 16)))
+    for k, fd in enumerate(fds):
+        s = os.pread(fd, 34, 0)
+        if s != last[k]:
+            last[k] = s
+            seen[k].append((time.monotonic(), int(s[:16], 16)))
     time.sleep(0.0001)  # a 0.1 ms poll, not a spin that takes a core from the replica
-with open(out, "w") as f:
-    for t, x in seen:
-        f.write("%r %d\n" % (t, x))
+for k in range(len(paths)):
+    with open("%s.%d" % (out, k), "w") as f:
+        for t, x in seen[k]:
+            f.write("%r %d\n" % (t, x))
 """
 
 
@@ -61,19 +63,20 @@ def pct(v, p):
     return v[min(len(v) - 1, int(len(v) * p))]
 
 
-def bench_lag(base, rate, seconds):
+def bench_lag(base, rate, seconds, nrep=1):
     p = Node(base, "lag-p").start()
-    r = Node(base, "lag-r", replica_of=p).start()
+    rs = [Node(base, "lag-r%d" % k, replica_of=p).start() for k in range(nrep)]
     try:
         c = sqlite3.connect(p.path("db"), isolation_level=None)
         c.execute("PRAGMA journal_mode=wal")
         c.execute("PRAGMA synchronous=normal")
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         want = p.pos("db")
-        wait_for(lambda: r.pos("db") == want, timeout=30)
+        for r in rs:
+            wait_for(lambda: r.pos("db") == want, timeout=30)
         out = os.path.join(base, "poll.txt")
-        poller = subprocess.Popen([sys.executable, "-c", POLLER, r.path("db-pos"), out,
-                                   str(seconds + 3)])
+        poller = subprocess.Popen([sys.executable, "-c", POLLER, out, str(seconds + 3)] +
+                                  [r.path("db-pos") for r in rs])
         time.sleep(0.5)
         pfd = os.open(p.path("db-pos"), os.O_RDONLY)
         commits = []
@@ -92,21 +95,30 @@ def bench_lag(base, rate, seconds):
             i += 1
         achieved = len(commits) / (time.monotonic() - t0)
         poller.wait()
-        seen = [tuple(float(x) if k == 0 else int(x) for k, x in enumerate(line.split()))
-                for line in open(out)]
-        lags, j = [], 0
-        for t, txid in commits:
-            while j < len(seen) and seen[j][1] < txid:
-                j += 1
-            if j < len(seen):
-                lags.append(max(0.0, seen[j][0] - t) * 1000)
-        print("lag: %.0f tx/s achieved (target %d), %d samples: p50 %.2f ms, p90 %.2f ms, "
-              "p99 %.2f ms, max %.2f ms" % (achieved, rate, len(lags), pct(lags, 0.5),
-                                           pct(lags, 0.9), pct(lags, 0.99), max(lags)))
+        # a commit's lag: until every replica shows it
+        lags = {}
+        for k in range(nrep):
+            seen = [tuple(float(x) if i == 0 else int(x) for i, x in enumerate(line.split()))
+                    for line in open("%s.%d" % (out, k))]
+            j = 0
+            for n, (t, txid) in enumerate(commits):
+                while j < len(seen) and seen[j][1] < txid:
+                    j += 1
+                if j < len(seen):
+                    lag = max(0.0, seen[j][0] - t) * 1000
+                    lags[n] = max(lags.get(n, 0.0), lag)
+                else:
+                    lags[n] = float("inf")
+        lags = [v for v in lags.values() if v != float("inf")]
+        print("lag (%d replica(s), until all have it): %.0f tx/s achieved (target %d), "
+              "%d samples: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms" % (
+                  nrep, achieved, rate, len(lags), pct(lags, 0.5), pct(lags, 0.9),
+                  pct(lags, 0.99), max(lags)))
         c.close()
     finally:
         p.cleanup()
-        r.cleanup()
+        for r in rs:
+            r.cleanup()
 
 
 def bench_catchup(base, size_mb):
@@ -217,12 +229,14 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--replicas", default="1,3", help="lag: numbers of replicas to run")
     a = ap.parse_args()
     base = tempfile.mkdtemp(prefix="ltxfs-bench-repl-", dir=os.environ.get("BENCH_DIR", "/var/tmp"))
     try:
         only = a.only.split(",")
         if "lag" in only:
-            bench_lag(base, a.rate, a.seconds)
+            for k in (int(x) for x in a.replicas.split(",")):
+                bench_lag(base, a.rate, a.seconds, k)
         if "catchup" in only:
             bench_catchup(base, a.size_mb)
         if "reads" in only:

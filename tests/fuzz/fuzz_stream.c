@@ -3,7 +3,9 @@
  * position map a primary decodes from any client, and the frame parser a
  * replica runs over whatever the network delivers. The input is fed to the
  * parser in pieces whose sizes come from the input itself, so every state
- * boundary is crossed. Seeds: tests/fuzz/corpus/stream/.
+ * boundary is crossed; then the same bytes go through the chunked transfer
+ * decoder (stream_chunked_feed) into a second parser. Seeds:
+ * tests/fuzz/corpus/stream/.
  */
 #include "ltxfs/stream.h"
 
@@ -75,6 +77,13 @@ static int handoff(void *ctx, const char *token, uint64_t epoch)
 	return 0;
 }
 
+static int feed(void *ctx, const uint8_t *buf, size_t n)
+{
+	if (n == 0)
+		abort(); /* the decoder never hands out empty runs */
+	return stream_parser_feed(ctx, buf, n);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct stream_pos *pos = NULL;
@@ -101,6 +110,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		off += k;
 		step = step * 3 % 61 + 1;
+	}
+
+	/* the same bytes as a chunked body, decoded in pieces into a fresh parser */
+	struct sink s2 = {0};
+	struct stream_parser_cb cb2 = {begin, data_cb, end, control, &s2, handoff};
+	struct stream_parser p2;
+	struct stream_chunked ch;
+	stream_parser_init(&p2, &cb2);
+	stream_chunked_init(&ch);
+	off = 0;
+	step = size ? (size_t)data[size - 1] % 23 + 1 : 1;
+	while (off < size) {
+		size_t k = size - off < step ? size - off : step;
+		if (stream_chunked_feed(&ch, data + off, k, feed, &p2) < 0)
+			break;
+		off += k;
+		step = step * 5 % 43 + 1;
 	}
 	return 0;
 }

@@ -6,6 +6,7 @@ independent replay of the replica's LTX chain and recomputed checksum.
 """
 import glob
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import MODES, connect, wait_for
 from ltxcheck import ltx_files, verify_database
-from helpers import check_exit, require
+from helpers import check_exit, http, require
 from netproxy import Proxy
 
 
@@ -383,3 +384,51 @@ while not os.path.exists(sys.argv[2]):
     check_exit("the page-rewriting writer", rc, 0)
     assert_same(p, r, timeout=60)
     assert "built under the lock" in p.read_log()
+
+
+def _metric(node, name):
+    for line in http(node.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("%s: no %s in /metrics" % (node.name, name))
+
+
+def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
+    """A replica that cannot keep up (here: its process is stopped) is reported
+    by the primary in /info, /metrics and `ltxfs status`; the primary commits
+    on regardless; once it runs again the replica applies what piled up in
+    batches (fewer applies than LTX files) and ends identical."""
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("db"), "wal")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    assert_same(p, r)
+    applied0 = _metric(r, "ltxfs_ltx_applied_total")
+    batches0 = _metric(r, "ltxfs_apply_batches_total")
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        # small transactions, then more than the socket buffers hold
+        for i in range(1500):
+            c.execute("INSERT INTO t VALUES(?, randomblob(100))", (i,))
+        for i in range(30):
+            c.execute("INSERT INTO t VALUES(?, randomblob(1000000))", (10000 + i,))
+        def lagging():
+            reps = p.info()["replicas"]
+            return reps and reps[0]["lagging"] and reps[0]["databases"][0]["behind"] > 0
+        wait_for(lagging, timeout=15, what="the primary to report the replica as lagging")
+        assert _metric(p, "ltxfs_replicas_lagging") == 1
+        out = subprocess.run([os.environ["LTXFS_BIN"], "status", "-url", p.url],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and "lagging" in out.stdout, out.stdout
+        # the primary is not slowed down: it commits while the replica is stopped
+        c.execute("INSERT INTO t VALUES(99999, 'still committing')")
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    assert_same(p, r, timeout=60)
+    wait_for(lambda: not p.info()["replicas"][0]["lagging"], timeout=15,
+             what="the primary to see the replica caught up")
+    assert _metric(p, "ltxfs_replicas_lagging") == 0
+    assert "cannot keep up" in p.read_log() and "caught up after" in p.read_log()
+    applied = _metric(r, "ltxfs_ltx_applied_total") - applied0
+    batches = _metric(r, "ltxfs_apply_batches_total") - batches0
+    assert applied >= 1531 and batches < applied / 4, (applied, batches)
+    c.close()

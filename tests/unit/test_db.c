@@ -887,15 +887,20 @@ static void test_ring_dropped_prepared_commit_not_restored(void)
 	db_free(g_db);
 }
 
-/* Page 1 of the database file as it is now. */
-static void read_page1(uint8_t page[4096])
+/* Page pg of the database file as it is now. */
+static void read_page(uint32_t pg, uint8_t page[4096])
 {
 	char path[400];
 	snprintf(path, sizeof(path), "%s/dbs/db/database", g_dir);
 	int fd = open(path, O_RDONLY);
-	CHECK(fd >= 0 && pread(fd, page, 4096, 0) == 4096);
+	CHECK(fd >= 0 && pread(fd, page, 4096, (off_t)(pg - 1) * 4096) == 4096);
 	if (fd >= 0)
 		close(fd);
+}
+
+static void read_page1(uint8_t page[4096])
+{
+	read_page(1, page);
 }
 
 /*
@@ -937,6 +942,180 @@ static int apply_next_from_elsewhere(const uint8_t page1[4096])
 	int r = db_apply_ltx(g_db, fd, 0, NULL);
 	close(fd);
 	return r;
+}
+
+/*
+ * An LTX file for TXID txid changing page 1 (image prev) to prev with its
+ * change counter moved on: the new image in next, its descriptor returned
+ * (rewound). With bad_post, the trailer records a wrong post-apply checksum.
+ */
+static int next_file(const uint8_t prev[4096], const uint8_t *prev2, uint64_t txid, uint64_t pre,
+		     uint32_t commit, bool bad_post, uint8_t next[4096], uint8_t *next2,
+		     uint64_t *ret_post)
+{
+	char path[400];
+	struct ltx_encoder *enc = NULL;
+	struct ltx_trailer tr;
+	memcpy(next, prev, 4096);
+	uint32_t counter = get_be32(next + 24) + 1;
+	put_be32(next + 24, counter);
+	put_be32(next + 92, counter);
+	struct ltx_header h = {
+	    .page_size = 4096,
+	    .commit = commit,
+	    .min_txid = txid,
+	    .max_txid = txid,
+	    .timestamp = 1,
+	    .pre_apply_checksum = pre,
+	};
+	snprintf(path, sizeof(path), "%s/batch-%llu%s.ltx", g_dir, (unsigned long long)txid,
+		 bad_post ? "-bad" : "");
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0);
+	uint64_t post = LTX_CHECKSUM_FLAG |
+			(pre ^ ltx_page_checksum(1, prev, 4096) ^ ltx_page_checksum(1, next, 4096));
+	if (prev2) { /* page 2 too: a byte of its free space */
+		memcpy(next2, prev2, 4096);
+		next2[2000]++;
+		post ^= ltx_page_checksum(2, prev2, 4096) ^ ltx_page_checksum(2, next2, 4096);
+	}
+	if (bad_post)
+		post ^= 0x10;
+	CHECK_RC(ltx_encoder_new(&enc, &h, ltx_fd_write, &fd), 0);
+	CHECK_RC(ltx_encoder_add_page(enc, 1, next), 0);
+	if (prev2)
+		CHECK_RC(ltx_encoder_add_page(enc, 2, next2), 0);
+	CHECK_RC(ltx_encoder_finish(enc, post, &tr), 0);
+	ltx_encoder_free(enc);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	*ret_post = post;
+	return fd;
+}
+
+static int next_page1_file(const uint8_t prev[4096], uint64_t txid, uint64_t pre, uint32_t commit,
+			   bool bad_post, uint8_t next[4096], uint64_t *ret_post)
+{
+	return next_file(prev, NULL, txid, pre, commit, bad_post, next, NULL, ret_post);
+}
+
+/*
+ * db_apply_ltx_batch (BATCHES in db_apply.c): a batch whose second file
+ * does not follow the first, or records a wrong checksum, changes nothing,
+ * not even the files before it; a good batch ends where its last file does,
+ * with every file installed and the database consistent.
+ */
+static void test_apply_batch(void)
+{
+	uint8_t p0[4096], p1[4096], p2[4096], p3[4096], bad[4096];
+	uint64_t c1, c2, c3, cbad;
+	struct db_pos pos, now;
+	struct db_stats st;
+	fresh_dir("batch");
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	sqlite3_close(c);
+	db_get_pos(g_db, &pos);
+	db_get_stats(g_db, &st);
+	read_page1(p0);
+	uint64_t t = pos.txid;
+	int f1 = next_page1_file(p0, t + 1, pos.checksum, st.page_count, false, p1, &c1);
+	int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
+	int f3 = next_page1_file(p2, t + 3, c2, st.page_count, false, p3, &c3);
+	int fb = next_page1_file(p1, t + 2, c1, st.page_count, true, bad, &cbad);
+
+	int gap[] = {f1, f3};
+	CHECK_RC(db_apply_ltx_batch(g_db, gap, 2, NULL), -ESTALE);
+	int corrupt[] = {f1, fb};
+	CHECK_RC(db_apply_ltx_batch(g_db, corrupt, 2, NULL), -EBADMSG);
+	db_get_pos(g_db, &now);
+	CHECK_EQ_U64(now.txid, t);
+	CHECK_EQ_U64(now.checksum, pos.checksum);
+	CHECK(!ltx_exists(t + 1));
+	read_page1(bad);
+	CHECK(memcmp(bad, p0, 4096) == 0);
+
+	int good[] = {f1, f2, f3};
+	CHECK_RC(db_apply_ltx_batch(g_db, good, 3, NULL), 0);
+	db_get_pos(g_db, &now);
+	CHECK_EQ_U64(now.txid, t + 3);
+	CHECK_EQ_U64(now.checksum, c3);
+	CHECK(ltx_exists(t + 1) && ltx_exists(t + 2) && ltx_exists(t + 3));
+	read_page1(bad);
+	CHECK(memcmp(bad, p3, 4096) == 0);
+	check_consistent("after a batch");
+	c = connect_db();
+	check_rows(c, "1");
+	sqlite3_close(c);
+	close(f1);
+	close(f2);
+	close(f3);
+	close(fb);
+	db_free(g_db);
+	/* and after a restart, recovery agrees */
+	open_db();
+	db_get_pos(g_db, &now);
+	CHECK_EQ_U64(now.txid, t + 3);
+	check_consistent("after a batch and a restart");
+	db_free(g_db);
+}
+
+/*
+ * A replica stopped in the middle of a batch: every file installed, the
+ * pages of the first written, the rest not. Start-up recovery re-applies
+ * the batch's files in order and reaches the last one's state, instead of
+ * recording the torn state as a local snapshot.
+ */
+static void test_recovery_completes_a_torn_batch(void)
+{
+	uint8_t p0[4096], p1[4096], p2[4096], p3[4096], now1[4096], q0[4096], q1[4096];
+	uint64_t c1, c2, c3;
+	struct db_pos pos, now;
+	struct db_stats st;
+	char path[400];
+	fresh_dir("tornbatch");
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	sqlite3_close(c);
+	db_get_pos(g_db, &pos);
+	db_get_stats(g_db, &st);
+	read_page1(p0);
+	read_page(2, q0);
+	db_free(g_db);
+	uint64_t t = pos.txid;
+	/* the first file changes page 2 as well, so the last one alone cannot repair it */
+	int f1 = next_file(p0, q0, t + 1, pos.checksum, st.page_count, false, p1, q1, &c1);
+	int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
+	int f3 = next_page1_file(p2, t + 3, c2, st.page_count, false, p3, &c3);
+	int fds[] = {f1, f2, f3};
+	for (int i = 0; i < 3; i++) { /* installed */
+		char *buf = NULL;
+		size_t len = 0;
+		snprintf(path, sizeof(path), "%s/batch-%llu.ltx", g_dir,
+			 (unsigned long long)(t + 1 + (uint64_t)i));
+		CHECK_RC(fs_read_file(path, 1 << 20, &buf, &len), 0);
+		ltx_path(path, sizeof(path), t + 1 + (uint64_t)i, t + 1 + (uint64_t)i);
+		CHECK_RC(fs_write_atomic(path, buf, len), 0);
+		free(buf);
+		close(fds[i]);
+	}
+	struct db_options ro = opts; /* no page of the batch written yet */
+	ro.replica = true;
+	snprintf(path, sizeof(path), "%s/dbs/db", g_dir);
+	CHECK_RC(db_open(&g_db, path, "db", false, &ro), 0);
+	db_get_pos(g_db, &now);
+	CHECK_EQ_U64(now.txid, t + 3);
+	CHECK_EQ_U64(now.checksum, c3);
+	read_page1(now1);
+	CHECK(memcmp(now1, p3, 4096) == 0);
+	read_page(2, now1);
+	CHECK(memcmp(now1, q1, 4096) == 0);
+	CHECK(!ltx_exists(t + 4)); /* no local snapshot recorded */
+	check_consistent("after completing a torn batch");
+	db_free(g_db);
 }
 
 static void ring_child_prepared_then_apply(void)
@@ -1102,5 +1281,7 @@ int main(void)
 	RUN(test_ring_retired_before_apply);
 	RUN(test_prepared_commit_dropped_before_apply);
 	RUN(test_install_validate);
+	RUN(test_apply_batch);
+	RUN(test_recovery_completes_a_torn_batch);
 	return UNIT_DONE();
 }
