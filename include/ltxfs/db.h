@@ -263,20 +263,25 @@ struct db_apply_hooks {
 int db_apply_ltx(struct db *db, int fd, uint32_t flags, const struct db_apply_hooks *hk);
 
 /*
- * Apply n LTX files that follow one another (fds[0] continues this node's
- * position, each next one the one before), as one: every file is verified
- * and its place in the chain and its post-apply checksum checked before
- * anything changes, each is installed under its name, and the pages of all
- * are written under one acquisition of hk's locks (BATCHES in db_apply.c).
- * A batch holding a snapshot, a drop or a new page size is applied one file
- * at a time. At most DB_APPLY_BATCH_MAX files (-EINVAL beyond). Returns 0
- * with all applied, or the error of db_apply_ltx: a file that does not
- * verify or does not follow fails the batch and nothing of it is applied
- * (applied one at a time, the files before it stay applied). The fds stay
- * the caller's.
+ * Apply n LTX files held in memory that follow one another (files[0]
+ * continues this node's position, each next one the one before), as one:
+ * every file is verified and its place in the chain and its post-apply
+ * checksum checked before anything changes, each is written under its name
+ * in ltx/, and the pages of all are written under one acquisition of hk's
+ * locks (BATCHES in db_apply.c). A batch holding a snapshot, a drop or a new
+ * page size is applied one file at a time. At most DB_APPLY_BATCH_MAX files
+ * (-EINVAL beyond). Returns 0 with all applied, or the error of
+ * db_apply_ltx: a file that does not verify or does not follow fails the
+ * batch and nothing of it is applied (applied one at a time, the files
+ * before it stay applied). The buffers stay the caller's.
  */
+struct db_ltx_buf {
+	const uint8_t *data;
+	size_t len;
+};
 #define DB_APPLY_BATCH_MAX 256 /* most files in one batch (start-up recovery relies on it) */
-int db_apply_ltx_batch(struct db *db, const int *fds, size_t n, const struct db_apply_hooks *hk);
+int db_apply_ltx_batch(struct db *db, const struct db_ltx_buf *files, size_t n,
+		       const struct db_apply_hooks *hk);
 
 /*
  * The same apply for a file still arriving (db_apply.c, RECEIVING): fd is

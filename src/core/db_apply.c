@@ -813,13 +813,61 @@ static int batch_step(struct db *db, const struct ltx_scan *sc, uint64_t *x, uin
 	return r;
 }
 
+/* An LTX file in memory, read by the decoder. */
+struct memrd {
+	const uint8_t *p;
+	size_t len, off;
+};
+
+static ssize_t mem_read(void *ctx, void *buf, size_t n)
+{
+	struct memrd *m = ctx;
+	size_t k = m->len - m->off < n ? m->len - m->off : n;
+	memcpy(buf, m->p + m->off, k);
+	m->off += k;
+	return (ssize_t)k;
+}
+
+/*
+ * Write the verified file f under its name in ltx/ with one write: a kill
+ * leaves it whole or empty, and an empty or torn newest file is what
+ * start-up recovery discards anyway; no page of it is written before this
+ * returns. A file of that name left over is replaced through name.tmp.
+ */
+static int ltx_write_named(struct db *db, const struct db_ltx_buf *f, const struct ltx_header *h)
+{
+	char name[LTX_FILENAME_LEN + 1], tmp[LTX_FILENAME_LEN + 8];
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	int fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0 && errno != EEXIST)
+		return -errno;
+	if (fd >= 0) {
+		int r = fs_write_full(fd, f->data, f->len);
+		close(fd);
+		if (r < 0)
+			unlinkat(db->ltx_dirfd, name, 0);
+		return r;
+	}
+	snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+	fd = openat(db->ltx_dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int r = fs_write_full(fd, f->data, f->len);
+	close(fd);
+	if (r == 0 && renameat(db->ltx_dirfd, tmp, db->ltx_dirfd, name) < 0)
+		r = -errno;
+	if (r < 0)
+		unlinkat(db->ltx_dirfd, tmp, 0);
+	return r;
+}
+
 static int cmp_applypage(const void *a, const void *b)
 {
 	const struct applypage *x = a, *y = b;
 	return x->pgno < y->pgno ? -1 : x->pgno > y->pgno;
 }
 
-static int batch_apply(struct db *db, const int *fds, struct ltx_scan *sc, size_t n,
+static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx_scan *sc, size_t n,
 		       const struct db_apply_hooks *hk)
 {
 	struct undo *u = NULL;
@@ -888,7 +936,7 @@ static int batch_apply(struct db *db, const int *fds, struct ltx_scan *sc, size_
 	/* Install every file: the redo records of what follows. */
 	db_ltx_cache_clear(db);
 	for (size_t i = 0; i < n && r == 0; i++)
-		r = ltx_install(db, fds[i], &sc[i].h);
+		r = ltx_write_named(db, &files[i], &sc[i].h);
 	if (r < 0)
 		goto out;
 
@@ -916,11 +964,8 @@ static int batch_apply(struct db *db, const int *fds, struct ltx_scan *sc, size_
 		struct ltx_decoder *dec = NULL;
 		uint32_t pgno;
 		size_t k = 0;
-		int fd = fds[i];
-		if (lseek(fd, 0, SEEK_SET) < 0)
-			r = -errno;
-		if (r == 0)
-			r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+		struct memrd m = {files[i].data, files[i].len, 0};
+		r = ltx_decoder_new(&dec, mem_read, &m);
 		while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
 			r = fs_pwrite_full(db->dbfd, page, ps, (off_t)(pgno - 1) * ps);
 			k++;
@@ -983,7 +1028,8 @@ out:
 	return r;
 }
 
-int db_apply_ltx_batch(struct db *db, const int *fds, size_t n, const struct db_apply_hooks *hk)
+int db_apply_ltx_batch(struct db *db, const struct db_ltx_buf *files, size_t n,
+		       const struct db_apply_hooks *hk)
 {
 	struct ltx_scan *sc;
 	size_t scanned = 0;
@@ -992,17 +1038,12 @@ int db_apply_ltx_batch(struct db *db, const int *fds, size_t n, const struct db_
 		return 0;
 	if (n > DB_APPLY_BATCH_MAX)
 		return -EINVAL;
-	if (n == 1)
-		return db_apply_ltx(db, fds[0], 0, hk);
 	sc = calloc(n, sizeof(*sc));
 	if (!sc)
 		return -ENOMEM;
-	for (; scanned < n && r == 0; scanned++) {
-		int fd = fds[scanned];
-		if (lseek(fd, 0, SEEK_SET) < 0)
-			r = -errno;
-		else
-			r = ltx_scan_run(db, ltx_fd_read, &fd, false, &sc[scanned]);
+	for (; scanned < n; scanned++) {
+		struct memrd m = {files[scanned].data, files[scanned].len, 0};
+		r = ltx_scan_run(db, mem_read, &m, false, &sc[scanned]);
 		if (r < 0)
 			break;
 	}
@@ -1023,11 +1064,22 @@ int db_apply_ltx_batch(struct db *db, const int *fds, size_t n, const struct db_
 			plain = false;
 	pthread_mutex_unlock(&db->mu);
 	if (plain) {
-		r = batch_apply(db, fds, sc, n, hk);
+		r = batch_apply(db, files, sc, n, hk);
 	} else {
+		/* one at a time, each from an anonymous file as received frames are */
 		size_t i = 0;
-		for (; i < n && r == 0; i++)
-			r = db_apply_scanned(db, fds[i], &sc[i], 0, hk);
+		for (; i < n && r == 0; i++) {
+			int fd = -1;
+			r = db_ltx_tmpfile(db, &fd);
+			if (r == 0)
+				r = fs_write_full(fd, files[i].data, files[i].len);
+			if (r == 0)
+				r = db_apply_scanned(db, fd, &sc[i], 0, hk);
+			else
+				ltx_scan_release(db, &sc[i]);
+			if (fd >= 0)
+				close(fd);
+		}
 		for (; i < n; i++)
 			ltx_scan_release(db, &sc[i]);
 	}

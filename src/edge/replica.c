@@ -8,11 +8,11 @@
  *   HEADERS  200 from a primary: adopt its cluster ID if this node has
  *            none, refuse it (and retry later) if it differs; .primary
  *            appears with the primary's hostname.
- *   FRAMES   each LTX frame is written to an anonymous file in the
- *            database's ltx directory as it arrives; when complete it is
- *            verified and applied (db_apply_ltx), small ones in batches
- *            (BATCHES below); nothing of a torn or corrupt frame is ever
- *            applied. READY marks the catch-up
+ *   FRAMES   each LTX frame under 4 MiB is received in memory, a larger
+ *            one into an anonymous file in the database's ltx directory
+ *            (verified while it arrives); when complete it is verified and
+ *            applied (db_apply_ltx), small ones in batches (BATCHES below);
+ *            nothing of a torn or corrupt frame is ever applied. READY marks the catch-up
  *            done; HEARTBEAT and LTX timestamps feed .lag; END is a clean
  *            close by the primary.
  *   CLOSED   .primary disappears; reconnect after a back-off that starts
@@ -92,19 +92,23 @@ struct conn {
 	char err[256];
 	bool chunked; /* the body comes in chunked transfer coding, decoded here */
 	struct stream_chunked dechunk;
+	uint8_t *mem; /* a frame under RECV_PIPELINE_MIN arrives here, not in fd */
 	/* complete frames of pend_db not applied yet (BATCHES below) */
 	struct db *pend_db;
-	size_t npend;
+	size_t npend, pend_bytes;
 	struct pending {
-		int fd;
+		struct db_ltx_buf f; /* owns f.data */
 		struct ltx_header h;
 	} pend[APPLY_BATCH_MAX];
 };
 
 /* ----------------------------------------------------------- frames */
 
-/* Frames from this size on are verified while they arrive (src/core/db_apply.c, RECEIVING). */
+/* Frames from this size on are verified while they arrive (src/core/db_apply.c, RECEIVING);
+ * smaller ones are received in memory. */
 #define RECV_PIPELINE_MIN (4u << 20)
+/* Pending frames are applied once they hold this many bytes. */
+#define APPLY_BATCH_BYTES (32u << 20)
 
 /*
  * BATCHES. A complete small frame that continues a database's chain is not
@@ -121,20 +125,21 @@ struct conn {
 static void pend_drop(struct conn *c)
 {
 	for (size_t i = 0; i < c->npend; i++)
-		close(c->pend[i].fd);
+		free((void *)c->pend[i].f.data);
 	c->npend = 0;
+	c->pend_bytes = 0;
 	c->pend_db = NULL;
 }
 
 static int pend_flush(struct conn *c)
 {
-	int fds[APPLY_BATCH_MAX];
+	struct db_ltx_buf files[APPLY_BATCH_MAX];
 	size_t n = c->npend;
 	if (n == 0)
 		return 0;
 	for (size_t i = 0; i < n; i++)
-		fds[i] = c->pend[i].fd;
-	int r = db_apply_ltx_batch(c->pend_db, fds, n, &c->r->opt.hooks);
+		files[i] = c->pend[i].f;
+	int r = db_apply_ltx_batch(c->pend_db, files, n, &c->r->opt.hooks);
 	const struct ltx_header *first = &c->pend[0].h, *last = &c->pend[n - 1].h;
 	if (r < 0) {
 		snprintf(c->err, sizeof(c->err),
@@ -177,21 +182,27 @@ static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t ep
 		if (r < 0)
 			return r;
 	}
+	c->flags = flags;
+	c->got = 0;
+	if (len < RECV_PIPELINE_MIN) {
+		c->mem = malloc(len ? (size_t)len : 1);
+		if (!c->mem) {
+			snprintf(c->err, sizeof(c->err), "db '%s': no memory for a frame", name);
+			return -ENOMEM;
+		}
+		return 0;
+	}
 	r = db_ltx_tmpfile(c->db, &c->fd);
 	if (r < 0) {
 		snprintf(c->err, sizeof(c->err), "db '%s': cannot create a temporary file: %s",
 			 name, strerror(-r));
 		return r;
 	}
-	c->flags = flags;
-	c->got = 0;
-	if (len >= RECV_PIPELINE_MIN) {
-		r = db_recv_start(c->db, c->fd, &c->rv);
-		if (r < 0) {
-			snprintf(c->err, sizeof(c->err), "db '%s': cannot start verifying: %s",
-				 db_name(c->db), strerror(-r));
-			return r;
-		}
+	r = db_recv_start(c->db, c->fd, &c->rv);
+	if (r < 0) {
+		snprintf(c->err, sizeof(c->err), "db '%s': cannot start verifying: %s",
+			 db_name(c->db), strerror(-r));
+		return r;
 	}
 	return 0;
 }
@@ -199,6 +210,11 @@ static int on_ltx_begin(void *ctx, const char *name, uint32_t flags, uint64_t ep
 static int on_ltx_data(void *ctx, const uint8_t *buf, size_t n)
 {
 	struct conn *c = ctx;
+	if (c->mem) { /* the parser never passes the frame's length */
+		memcpy(c->mem + c->got, buf, n);
+		c->got += n;
+		return 0;
+	}
 	int r = fs_write_full(c->fd, buf, n);
 	if (r < 0) {
 		snprintf(c->err, sizeof(c->err), "db '%s': writing a received LTX file: %s",
@@ -217,21 +233,35 @@ static int on_ltx_end(void *ctx)
 	uint8_t hb[LTX_HEADER_SIZE];
 	struct ltx_header h;
 	memset(&h, 0, sizeof(h));
-	if (pread(c->fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb))
+	if (c->mem && c->got >= sizeof(hb))
+		ltx_header_decode(&h, c->mem);
+	else if (!c->mem && pread(c->fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb))
 		ltx_header_decode(&h, hb);
 	uint32_t flags = (c->flags & STREAM_LTX_DIVERGED) ? DB_APPLY_DIVERGED : 0;
 	int r;
-	if (!c->rv && !flags && h.commit > 0 && !ltx_header_is_snapshot(&h)) {
-		c->pend[c->npend].fd = c->fd;
+	if (c->mem && !flags && h.commit > 0 && !ltx_header_is_snapshot(&h)) {
+		c->pend[c->npend].f = (struct db_ltx_buf){c->mem, (size_t)c->got};
 		c->pend[c->npend].h = h;
 		c->npend++;
+		c->pend_bytes += c->got;
 		c->pend_db = c->db;
-		c->fd = -1;
-		return c->npend == APPLY_BATCH_MAX ? pend_flush(c) : 0;
+		c->mem = NULL;
+		return c->npend == APPLY_BATCH_MAX || c->pend_bytes >= APPLY_BATCH_BYTES
+			   ? pend_flush(c)
+			   : 0;
 	}
 	r = pend_flush(c);
+	if (r == 0 && c->mem) {
+		/* a small snapshot, drop or DIVERGED frame: applied alone, from a file */
+		r = db_ltx_tmpfile(c->db, &c->fd);
+		if (r == 0)
+			r = fs_write_full(c->fd, c->mem, (size_t)c->got);
+		free(c->mem);
+		c->mem = NULL;
+	}
 	if (r < 0) {
-		close(c->fd);
+		if (c->fd >= 0)
+			close(c->fd);
 		c->fd = -1;
 		return r;
 	}
@@ -509,6 +539,7 @@ static bool run_once(struct replica *r)
 				base);
 out:
 	pend_drop(&c);
+	free(c.mem);
 	db_recv_free(c.rv);
 	if (c.fd >= 0)
 		close(c.fd);

@@ -15,6 +15,10 @@
            processes run, so it is comparable on a 2-core machine where the
            primary and its replicas share the cores; tx/s is not, and is
            reported with that caveat.
+  --pin    the primary and the client on CPU 0, every replica on CPU 1 (also
+           for 0 replicas): the primary's CPU per transaction then measures
+           what a replica costs it, without the scheduling effects of
+           replicas competing for the primary's cores.
   catchup  a replica stopped while the primary commits --catchup transactions
            (WAL, synchronous=NORMAL), then started: its catch-up time versus
            the time the primary took to produce them (the ratio issue 15 asks
@@ -46,8 +50,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+PIN = False
+
+
+def pin(pid, cpu):
+    """Every thread of pid (and those it creates later) onto one CPU."""
+    subprocess.check_call(["taskset", "-a", "-cp", str(cpu), str(pid)], stdout=subprocess.DEVNULL)
+
+
 def client(path, mode, sync, n):
-    out = subprocess.check_output([CLIENT, "insert", path, mode, sync, str(n)], text=True)
+    cmd = [CLIENT, "insert", path, mode, sync, str(n)]
+    if PIN:
+        cmd = ["taskset", "-c", "0"] + cmd
+    out = subprocess.check_output(cmd, text=True)
     return float(out.split()[0])
 
 
@@ -55,6 +70,10 @@ def fanout(base, mode, sync, n_replicas, n):
     tag = "%s-%s-%d" % (mode, sync, n_replicas)
     p = Node(base, "p-" + tag).start()
     rs = [Node(base, "r%d-%s" % (i, tag), replica_of=p).start() for i in range(n_replicas)]
+    if PIN:
+        pin(p.proc.pid, 0)
+        for r in rs:
+            pin(r.proc.pid, 1)
     try:
         # the table exists everywhere before the measured run
         client(p.path("db"), mode, sync, 1)
@@ -109,11 +128,18 @@ def main():
     ap.add_argument("--catchup", type=int, default=10000)
     ap.add_argument("--only", default="fanout,catchup")
     ap.add_argument("--dir", default=None, help="where nodes live (default: a temp dir)")
+    ap.add_argument("--pin", action="store_true",
+                    help="primary and client on CPU 0, replicas on CPU 1, as if the "
+                         "replicas ran on another machine")
     a = ap.parse_args()
+    global PIN
+    PIN = a.pin
     base = a.dir or tempfile.mkdtemp(prefix="ltxfs-fanout-")
     os.makedirs(base, exist_ok=True)
     only = a.only.split(",")
-    print("binary %s, %d cores" % (os.environ["LTXFS_BIN"], os.cpu_count()))
+    print("binary %s, %d cores%s" % (os.environ["LTXFS_BIN"], os.cpu_count(),
+                                     ", pinned: primary and client CPU 0, replicas CPU 1"
+                                     if PIN else ""))
     if "fanout" in only:
         print("%-12s %8s %9s %14s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
                                          "each replica us/tx"))

@@ -992,6 +992,17 @@ static int next_file(const uint8_t prev[4096], const uint8_t *prev2, uint64_t tx
 	return fd;
 }
 
+/* The whole of the file behind fd, in memory (the caller frees .data). */
+static struct db_ltx_buf fd_bytes(int fd)
+{
+	struct stat st;
+	uint8_t *b = NULL;
+	CHECK(fstat(fd, &st) == 0);
+	b = malloc((size_t)st.st_size);
+	CHECK(b && pread(fd, b, (size_t)st.st_size, 0) == st.st_size);
+	return (struct db_ltx_buf){b, (size_t)st.st_size};
+}
+
 static int next_page1_file(const uint8_t prev[4096], uint64_t txid, uint64_t pre, uint32_t commit,
 			   bool bad_post, uint8_t next[4096], uint64_t *ret_post)
 {
@@ -1025,9 +1036,11 @@ static void test_apply_batch(void)
 	int f3 = next_page1_file(p2, t + 3, c2, st.page_count, false, p3, &c3);
 	int fb = next_page1_file(p1, t + 2, c1, st.page_count, true, bad, &cbad);
 
-	int gap[] = {f1, f3};
+	struct db_ltx_buf b1 = fd_bytes(f1), b2 = fd_bytes(f2), b3 = fd_bytes(f3),
+			  bb = fd_bytes(fb);
+	struct db_ltx_buf gap[] = {b1, b3};
 	CHECK_RC(db_apply_ltx_batch(g_db, gap, 2, NULL), -ESTALE);
-	int corrupt[] = {f1, fb};
+	struct db_ltx_buf corrupt[] = {b1, bb};
 	CHECK_RC(db_apply_ltx_batch(g_db, corrupt, 2, NULL), -EBADMSG);
 	db_get_pos(g_db, &now);
 	CHECK_EQ_U64(now.txid, t);
@@ -1036,7 +1049,7 @@ static void test_apply_batch(void)
 	read_page1(bad);
 	CHECK(memcmp(bad, p0, 4096) == 0);
 
-	int good[] = {f1, f2, f3};
+	struct db_ltx_buf good[] = {b1, b2, b3};
 	CHECK_RC(db_apply_ltx_batch(g_db, good, 3, NULL), 0);
 	db_get_pos(g_db, &now);
 	CHECK_EQ_U64(now.txid, t + 3);
@@ -1052,6 +1065,10 @@ static void test_apply_batch(void)
 	close(f2);
 	close(f3);
 	close(fb);
+	free((void *)b1.data);
+	free((void *)b2.data);
+	free((void *)b3.data);
+	free((void *)bb.data);
 	db_free(g_db);
 	/* and after a restart, recovery agrees */
 	open_db();
