@@ -157,7 +157,8 @@ struct ltx_header;
 struct ltx_trailer;
 /*
  * Open the LTX file whose TXIDs start at min_txid (a one-transaction file
- * "min-min.ltx"), verified in full and rewound. It calls db_write_queued_ltx
+ * "min-min.ltx", or a range "min-max.ltx" that group commit wrote; *ret_h
+ * says which), verified in full and rewound. It calls db_write_queued_ltx
  * first, so a committed transaction's file is found even while queued. -ENOENT when retention
  * removed it; -EBADMSG when it does not verify. The caller closes *ret_fd.
  */
@@ -333,6 +334,7 @@ struct db_stats {
 	uint64_t writes[DB_FILE_N]; /* write calls per file kind */
 	uint64_t commits;	    /* transactions committed here (not applied) */
 	uint64_t ltx_removed;	    /* LTX files removed by retention */
+	uint64_t grouped;	    /* commits written in range files of several (group commit) */
 	uint64_t size_bytes;	    /* committed database size */
 	uint32_t page_size, page_count;
 	uint64_t wal_tail_cuts; /* diagnostic: WAL writes that overlapped the in-memory

@@ -163,6 +163,7 @@ void db_get_stats(struct db *db, struct db_stats *st)
 		st->writes[k] = __atomic_load_n(&db->st_writes[k], __ATOMIC_RELAXED);
 	st->commits = __atomic_load_n(&db->st_commits, __ATOMIC_RELAXED);
 	st->ltx_removed = __atomic_load_n(&db->st_removed, __ATOMIC_RELAXED);
+	st->grouped = __atomic_load_n(&db->st_grouped, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&db->mu);
 	st->wal_tail_cuts = db->wt_cuts;
 	st->prepared_used = db->st_prep_used;

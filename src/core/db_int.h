@@ -273,7 +273,8 @@ struct db {
 	bool live;	     /* start-up recovery is over: commits go through the fence */
 	uint64_t last_epoch; /* lease epoch recorded in the newest LTX file */
 	uint64_t st_writes[DB_FILE_N], st_commits, st_removed; /* GET /metrics (atomics) */
-	uint64_t st_prep_used, st_ring_records;		       /* db_stats diagnostics (db->mu) */
+	uint64_t st_grouped; /* commits written in range files of several (atomic) */
+	uint64_t st_prep_used, st_ring_records; /* db_stats diagnostics (db->mu) */
 
 	/* LTX files of WAL commits not written yet (QUEUED LTX FILES, db_ltxout.c) */
 	struct ltxjob *q_head, *q_tail;
@@ -351,6 +352,8 @@ struct ltx_out {
 /* A WAL-mode commit of at most this many bytes of pages is queued (QUEUED LTX
  * FILES, db_ltxout.c). */
 #define DB_QUEUE_MAX_BYTES (1u << 20)
+/* Most queued commits one range file holds (GROUP COMMIT, db_ltxout.c). */
+#define DB_GROUP_MAX 256
 /* Beyond this much queued, commits write their files themselves (backpressure). */
 #define DB_QUEUE_LIMIT (8u << 20)
 
@@ -409,6 +412,7 @@ struct ring_recs {
 int db_fence(struct db *db, uint64_t *epoch); /* 0 with the epoch, or -EROFS */
 int pgck_reserve(struct db *db, uint32_t npages);
 int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid); /* fd or -errno */
+int db_ltx_file_open_min(struct db *db, uint64_t min_txid); /* min-min or a range min-max */
 int open_backing(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd);
 
 /* db_ltxout.c */

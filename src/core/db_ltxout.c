@@ -36,6 +36,18 @@
  * and every later write to the database fails with that error until a
  * retry succeeds.
  *
+ * GROUP COMMIT. When commits queue up faster than files are written (the
+ * writer finds more than one waiting), they go into one range file
+ * "min-max.ltx" (docs/ltx.md, "Range files"): up to DB_GROUP_MAX commits and
+ * DB_QUEUE_MAX_BYTES of pages, each page with its newest image, ended early
+ * by a commit that makes the database smaller. One file, one create and one
+ * directory entry for the lot; the chain and its checksums stay exact.
+ * Nothing waits to form a group: a commit that finds the writer idle still
+ * gets its own file right after the reply.
+ *
+ * LTX CACHE. Each file's bytes are kept as it is encoded (struct wbuf's
+ * copy) and published to db_ltxcache.c once its commits are visible.
+ *
  * States (db_int.h, CAPTURE STATES: QUEUED, UNSYNCED): the queue is empty,
  * or holds jobs q_head..q_tail in TXID order; q_busy while a thread writes
  * them; q_err after a failed write. A job owns its page images and their
@@ -244,36 +256,122 @@ static int ltxjob_write(struct db *db, const struct ltxjob *j, struct db_ltx_blo
 	return r;
 }
 
+/* A page of a group: which job holds its newest image, and where. */
+struct gpage {
+	uint32_t pgno, job, idx;
+};
+
+static int cmp_gpage(const void *a, const void *b)
+{
+	const struct gpage *x = a, *y = b;
+	if (x->pgno != y->pgno)
+		return x->pgno < y->pgno ? -1 : 1;
+	return x->job < y->job ? -1 : x->job > y->job;
+}
+
+/*
+ * GROUP COMMIT: the k queued commits g[0..k) (consecutive TXIDs, the same
+ * page size, commits that never shrink) as one range file "min-max.ltx":
+ * the first one's min TXID and pre-apply checksum, the last one's max TXID,
+ * commit, timestamp and post-apply checksum, the highest epoch, and each
+ * page's newest image. Applying it to the state before g[0] gives the state
+ * after g[k-1], which its post-apply checksum proves.
+ */
+static int ltxgroup_write(struct db *db, struct ltxjob *const *g, size_t k,
+			  struct db_ltx_blob **ret_blob)
+{
+	if (k == 1)
+		return ltxjob_write(db, g[0], ret_blob);
+	const struct ltxjob *first = g[0], *last = g[k - 1];
+	size_t total = 0, m = 0;
+	for (size_t i = 0; i < k; i++)
+		total += g[i]->n;
+	struct gpage *v = malloc((total ? total : 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < k; i++)
+		for (size_t p = 0; p < g[i]->n; p++)
+			v[m++] = (struct gpage){g[i]->pgnos[p], (uint32_t)i, (uint32_t)p};
+	qsort(v, m, sizeof(*v), cmp_gpage);
+	size_t u = 0;
+	for (size_t i = 0; i < m; i++) {
+		if (v[i].pgno > last->h.commit)
+			continue;
+		if (u > 0 && v[u - 1].pgno == v[i].pgno)
+			v[u - 1] = v[i]; /* a later job's image */
+		else
+			v[u++] = v[i];
+	}
+	struct ltx_header h = last->h;
+	h.min_txid = first->h.min_txid;
+	h.pre_apply_checksum = first->h.pre_apply_checksum;
+	h.wal_offset = first->h.wal_offset;
+	h.wal_size = last->h.wal_offset + last->h.wal_size - first->h.wal_offset;
+	for (size_t i = 0; i < k; i++)
+		if (g[i]->h.epoch > h.epoch)
+			h.epoch = g[i]->h.epoch;
+	struct ltx_out o;
+	int r = ltx_out_begin(db, &o, &h);
+	for (size_t i = 0; i < u && r == 0; i++) {
+		const struct ltxjob *j = g[v[i].job];
+		r = ltx_encoder_add_page_crc(o.enc, v[i].pgno, j->img + v[i].idx * j->h.page_size,
+					     j->crcs[v[i].idx]);
+		if (r < 0)
+			ltx_out_abort(&o);
+	}
+	if (r == 0)
+		r = ltx_out_end(db, &o, last->post, false);
+	*ret_blob = r == 0 ? o.blob : NULL;
+	free(v);
+	return r;
+}
+
 /*
  * Write every queued LTX file (db->mu held). With unlock, db->mu is released
- * while a file is written, so commits and reads go on meanwhile. Returns 0
- * or the error of the file that could not be written (it stays queued).
+ * while a file is written, so commits and reads go on meanwhile. Commits
+ * that queued up while the previous file was written go into one range file
+ * (GROUP COMMIT). Returns 0 or the error of the file that could not be
+ * written (its commits stay queued).
  */
 int db_queue_drain(struct db *db, bool unlock)
 {
+	struct ltxjob *g[DB_GROUP_MAX];
 	int r = 0;
 	while (db->q_busy)
 		pthread_cond_wait(&db->q_cond, &db->mu);
 	if (!db->q_head)
 		return 0;
 	db->q_busy = true;
-	struct ltxjob *j;
-	while ((j = db->q_head)) {
+	while (db->q_head) {
+		size_t k = 0, bytes = 0;
+		for (struct ltxjob *j = db->q_head; j && k < DB_GROUP_MAX; j = j->next) {
+			if (k > 0 && (j->h.page_size != g[k - 1]->h.page_size ||
+				      j->h.commit < g[k - 1]->h.commit ||
+				      j->h.min_txid != g[k - 1]->h.max_txid + 1 ||
+				      bytes + j->n * j->h.page_size > DB_QUEUE_MAX_BYTES))
+				break;
+			bytes += j->n * j->h.page_size;
+			g[k++] = j;
+		}
 		if (unlock)
 			pthread_mutex_unlock(&db->mu);
 		struct db_ltx_blob *blob;
-		r = ltxjob_write(db, j, &blob);
+		r = ltxgroup_write(db, g, k, &blob);
 		if (unlock)
 			pthread_mutex_lock(&db->mu);
 		if (r < 0)
 			break;
-		db_ltx_cache_put(db, blob); /* its commit is visible already */
+		db_ltx_cache_put(db, blob); /* its commits are visible already */
 		db->ltx_unsynced = true;
-		db->q_head = j->next;
+		for (size_t i = 0; i < k; i++) {
+			db->q_head = g[i]->next;
+			db->q_bytes -= g[i]->n * g[i]->h.page_size;
+			ltxjob_free(g[i]);
+		}
 		if (!db->q_head)
 			db->q_tail = NULL;
-		db->q_bytes -= j->n * j->h.page_size;
-		ltxjob_free(j);
+		if (k > 1)
+			__atomic_add_fetch(&db->st_grouped, (uint64_t)k, __ATOMIC_RELAXED);
 		if (db->opt.on_change)
 			db->opt.on_change(db->opt.change_ctx);
 	}

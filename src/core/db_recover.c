@@ -893,6 +893,16 @@ out:
 	return ok;
 }
 
+/* After pages were re-applied: the file's checksums again; 1 when they give
+ * the position's checksum, 0 when not, or -errno. */
+static int rechecksum(struct db *db, uint32_t *count)
+{
+	int r = db_file_page_count(db, count);
+	if (r == 0)
+		r = db_checksum_file(db, *count);
+	return r < 0 ? r : db_cur_checksum(db) == db->pos.checksum;
+}
+
 /* ------------------------------------------------------------------ driver */
 
 int db_recover(struct db *db)
@@ -1016,13 +1026,9 @@ int db_recover(struct db *db)
 			 db->name, lh.max_txid);
 		r = db_reapply_ltx(db, &lh);
 		if (r == 0)
-			r = db_file_page_count(db, &count);
-		if (r == 0)
-			r = db_checksum_file(db, count);
-		if (r < 0)
-			return r;
-		if (db_cur_checksum(db) == db->pos.checksum)
-			return 0;
+			r = rechecksum(db, &count);
+		if (r != 0)
+			return r < 0 ? r : 0;
 	}
 	uint64_t *tail = NULL;
 	size_t ntail = db->opt.replica && db->page_size ? batch_tail(db, &tail) : 0;
@@ -1048,13 +1054,9 @@ int db_recover(struct db *db)
 		free(tail);
 		tail = NULL;
 		if (r == 0)
-			r = db_file_page_count(db, &count);
-		if (r == 0)
-			r = db_checksum_file(db, count);
-		if (r < 0)
-			return r;
-		if (db_cur_checksum(db) == db->pos.checksum)
-			return 0;
+			r = rechecksum(db, &count);
+		if (r != 0)
+			return r < 0 ? r : 0;
 	}
 	free(tail);
 	log_warn("db '%s': database checksum %016" PRIx64 " does not match the last LTX file "

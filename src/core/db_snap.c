@@ -64,7 +64,7 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
 	struct ltx_header h;
 	struct ltx_trailer t;
 	db_write_queued_ltx(db); /* an error leaves the file missing: -ENOENT below */
-	int fd = db_ltx_file_open(db, min_txid, min_txid);
+	int fd = db_ltx_file_open_min(db, min_txid);
 	if (fd < 0)
 		return fd;
 	int r = ltx_verify_fd(fd, &h, &t);

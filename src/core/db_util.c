@@ -11,7 +11,7 @@
  *   open_backing  open(2) of one of them
  *   db_exists     whether the database file exists (a dropped database
  *                 keeps its TXID)
- *   db_ltx_file_open  open(2) of an LTX file by its TXIDs
+ *   db_ltx_file_open  open(2) of an LTX file by its TXIDs (_min: by its first)
  *   pgck_reserve  room in db->pgck, the committed checksum of every page
  *
  * db_cur_checksum and read_db_page, which the commit path calls per
@@ -28,6 +28,7 @@
 
 #include "ltxfs/log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -71,6 +72,34 @@ int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid)
 		return r;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
+}
+
+/*
+ * Open the LTX file whose TXIDs start at min_txid: the one-transaction file
+ * "min-min.ltx", or else a range file "min-max.ltx" (group commit, QUEUED
+ * LTX FILES in db_ltxout.c), found by listing ltx/. A descriptor, or -errno.
+ */
+int db_ltx_file_open_min(struct db *db, uint64_t min_txid)
+{
+	int fd = db_ltx_file_open(db, min_txid, min_txid);
+	if (fd != -ENOENT)
+		return fd;
+	DIR *d = opendir(db->ltx_dir);
+	struct dirent *de;
+	if (!d)
+		return -errno;
+	fd = -ENOENT;
+	while ((de = readdir(d))) {
+		uint64_t mn, mx;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) == 0 && mn == min_txid) {
+			fd = openat(dirfd(d), de->d_name, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				fd = -errno;
+			break;
+		}
+	}
+	closedir(d);
+	return fd;
 }
 
 int pgck_reserve(struct db *db, uint32_t npages)

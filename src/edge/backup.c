@@ -615,6 +615,8 @@ static int build_merged(struct backup *b, struct db *db, struct bdb *d, uint64_t
 			bytes += (uint64_t)st.st_size;
 		r = ltx_merge_add(m, ltx_fd_read, &fd);
 		close(fd);
+		if (r == 0)
+			t = h.max_txid; /* a range file (group commit) holds up to there */
 		if (r == -EFBIG || r == -ESTALE) {
 			r = 0;
 			break;

@@ -602,7 +602,11 @@ static void adopt(struct elector *e, const struct elector_offer *o)
 					 pm->name, tx, o->peer, strerror(-r));
 				break;
 			}
-			got++;
+			/* the file may have been a range (group commit): go on after it */
+			struct db_pos np;
+			db_get_pos(db, &np);
+			got += np.txid - tx + 1;
+			tx = np.txid;
 		}
 		free(qname);
 		if (got)

@@ -120,6 +120,8 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 	    {"ltxfs_db_wal_write_count", "counter", "Writes to the WAL."},
 	    {"ltxfs_db_shm_write_count", "counter", "Writes to the shared-memory file."},
 	    {"ltxfs_db_commit_count", "counter", "Transactions committed on this node."},
+	    {"ltxfs_db_grouped_commit_count", "counter",
+	     "Commits written in range LTX files of several (group commit)."},
 	    {"ltxfs_db_ltx_count", "gauge", "LTX files on disk."},
 	    {"ltxfs_db_ltx_bytes", "gauge", "LTX bytes on disk."},
 	    {"ltxfs_db_ltx_reap_count", "counter", "LTX files removed by retention."},
@@ -161,20 +163,21 @@ enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c)
 		v[4] = (double)st.writes[DB_FILE_WAL];
 		v[5] = (double)st.writes[DB_FILE_SHM];
 		v[6] = (double)st.commits;
-		v[7] = (double)files;
-		v[8] = (double)bytes;
-		v[9] = (double)st.ltx_removed;
-		v[10] = p.timestamp ? now_s - (double)p.timestamp / 1000.0 : 0;
+		v[7] = (double)st.grouped;
+		v[8] = (double)files;
+		v[9] = (double)bytes;
+		v[10] = (double)st.ltx_removed;
+		v[11] = p.timestamp ? now_s - (double)p.timestamp / 1000.0 : 0;
 		struct db_backup bk;
 		db_get_backup(db, &bk);
-		v[11] = bk.enabled ? (double)bk.txid : 0;
-		v[12] = bk.enabled && bk.pending_since_ms
+		v[12] = bk.enabled ? (double)bk.txid : 0;
+		v[13] = bk.enabled && bk.pending_since_ms
 			    ? now_s - (double)bk.pending_since_ms / 1000.0
 			    : 0;
-		v[13] = bk.enabled ? (double)bk.backlog_txns : 0;
-		v[14] = bk.enabled ? (double)bk.backlog_bytes : 0;
-		v[15] = (double)bk.objects;
-		v[16] = bk.enabled && bk.fenced ? 1 : 0;
+		v[14] = bk.enabled ? (double)bk.backlog_txns : 0;
+		v[15] = bk.enabled ? (double)bk.backlog_bytes : 0;
+		v[16] = (double)bk.objects;
+		v[17] = bk.enabled && bk.fenced ? 1 : 0;
 	}
 	for (size_t m = 0; m < NPER; m++) {
 		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", per[m].name, per[m].help, per[m].name,

@@ -199,6 +199,17 @@ def ltx_files(dbdir):
     return out
 
 
+def contiguous(files):
+    """ltx_files' list covers TXIDs 1..its last max, each file right after the one
+    before (a file may be a range: group commit, docs/ltx.md)."""
+    prev = 0
+    for mx, mn, _ in files:
+        if mn != prev + 1 or mx < mn:
+            return False
+        prev = mx
+    return bool(files)
+
+
 def check_chain(dbdir, expect_no_gaps=True):
     """Verify every LTX file and the checksum chain; return the final (txid, post).
 

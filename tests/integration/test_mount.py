@@ -11,7 +11,7 @@ import pytest
 
 from conftest import MODES, connect, is_mounted, wait_for
 from helpers import LTXFS, check_exit, cli
-from ltxcheck import (FLAG, db_checksum_bytes, encode_ltx_v1, ltx_files, parse_ltx, read_pos,
+from ltxcheck import (FLAG, contiguous, db_checksum_bytes, encode_ltx_v1, ltx_files, parse_ltx, read_pos,
                       verify_database)
 
 
@@ -175,8 +175,8 @@ def test_delete_database(node):
     c = connect(node.path("gone"), "wal")
     c.execute("CREATE TABLE t2(x)")
     c.close()
-    txids = [f[0] for f in ltx_files(node.dbdir("gone"))]
-    assert txids == list(range(1, txids[-1] + 1)) and txids[-1] >= before + 2
+    files = ltx_files(node.dbdir("gone"))
+    assert contiguous(files) and files[-1][0] >= before + 2
     verify_database(node, "gone")
 
 

@@ -428,7 +428,8 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
              what="the primary to see the replica caught up")
     assert _metric(p, "ltxfs_replicas_lagging") == 0
     assert "cannot keep up" in p.read_log() and "caught up after" in p.read_log()
+    # files, not transactions: commits that queued up on the primary share range files
     applied = _metric(r, "ltxfs_ltx_applied_total") - applied0
     batches = _metric(r, "ltxfs_apply_batches_total") - batches0
-    assert applied >= 1531 and batches < applied / 4, (applied, batches)
+    assert applied >= 300 and batches < applied / 4, (applied, batches)
     c.close()

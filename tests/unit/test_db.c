@@ -307,14 +307,17 @@ static void check_consistent(const char *what)
 	}
 	/* the newest LTX file verifies and ends at the position */
 	char path[400];
-	snprintf(path, sizeof(path), "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir,
-		 (unsigned long long)pos.txid, (unsigned long long)pos.txid);
-	int fd = open(path, O_RDONLY);
-	if (fd < 0) { /* a snapshot */
-		snprintf(path, sizeof(path), "%s/dbs/db/ltx/%016llx-%016llx.ltx", g_dir, 1ULL,
-			 (unsigned long long)pos.txid);
-		fd = open(path, O_RDONLY);
+	int fd = -1;
+	snprintf(path, sizeof(path), "%s/dbs/db/ltx", g_dir);
+	DIR *d = opendir(path); /* one transaction, a range (group commit) or a snapshot */
+	struct dirent *de;
+	while (d && fd < 0 && (de = readdir(d))) {
+		uint64_t mn, mx;
+		if (ltx_parse_filename(de->d_name, &mn, &mx) == 0 && mx == pos.txid)
+			fd = openat(dirfd(d), de->d_name, O_RDONLY);
 	}
+	if (d)
+		closedir(d);
 	struct ltx_trailer tr;
 	CHECK(fd >= 0);
 	if (fd >= 0) {
@@ -520,6 +523,74 @@ static void test_position_read_writes_nothing(void)
 	g_no_write_done = false;
 	sqlite3_close(c);
 	check_consistent("after the queued commits");
+	db_free(g_db);
+}
+
+/*
+ * GROUP COMMIT: commits that queue up while no file is written go into one
+ * range file "min-max.ltx" when the queue is written; the chain stays
+ * exact, db_ltx_open finds the file by its first TXID, and a restart
+ * recovers from it. A commit that shrinks the database starts a new file.
+ */
+static void test_group_commit_range_file(void)
+{
+	sqlite3 *c;
+	struct db_pos before, pos;
+	struct db_stats st;
+	char path[400];
+	fresh_dir("group");
+	open_db();
+	c = connect_db();
+	exec(c,
+	     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA "
+	     "synchronous=NORMAL; CREATE TABLE t(x); INSERT INTO t VALUES(0)",
+	     SQLITE_OK);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	db_get_pos(g_db, &before);
+	g_no_write_done = true;
+	for (int i = 1; i <= 20; i++)
+		exec(c, "INSERT INTO t VALUES(randomblob(3000))", SQLITE_OK);
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, before.txid + 20);
+	CHECK(!ltx_exists(before.txid + 1));
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	ltx_path(path, sizeof(path), before.txid + 1, pos.txid);
+	CHECK(access(path, F_OK) == 0); /* one file for the 20 commits */
+	CHECK(!ltx_exists(before.txid + 1));
+	db_get_stats(g_db, &st);
+	CHECK_EQ_U64(st.grouped, 20);
+	int fd = -1;
+	struct ltx_header h;
+	struct ltx_trailer t;
+	CHECK_RC(db_ltx_open(g_db, before.txid + 1, &fd, &h, &t), 0);
+	CHECK_EQ_U64(h.min_txid, before.txid + 1);
+	CHECK_EQ_U64(h.max_txid, pos.txid);
+	CHECK_EQ_U64(h.pre_apply_checksum, before.checksum);
+	CHECK_EQ_U64(t.post_apply_checksum, pos.checksum);
+	if (fd >= 0)
+		close(fd);
+	/* a VACUUM that shrinks the database ends a group and starts the next */
+	db_get_pos(g_db, &before);
+	exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
+	exec(c, "DELETE FROM t WHERE rowid > 2", SQLITE_OK);
+	exec(c, "VACUUM", SQLITE_OK);
+	exec(c, "INSERT INTO t VALUES(2)", SQLITE_OK);
+	g_no_write_done = false;
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, before.txid + 4);
+	ltx_path(path, sizeof(path), before.txid + 1, before.txid + 2);
+	CHECK(access(path, F_OK) == 0);
+	ltx_path(path, sizeof(path), before.txid + 3, before.txid + 4);
+	CHECK(access(path, F_OK) == 0);
+	sqlite3_close(c);
+	check_consistent("after group commits");
+	db_free(g_db);
+	open_db(); /* recovery reads the chain of range files */
+	db_get_pos(g_db, &before);
+	CHECK_EQ_U64(before.txid, pos.txid);
+	CHECK_EQ_U64(before.checksum, pos.checksum);
+	check_consistent("after a restart");
 	db_free(g_db);
 }
 
@@ -1299,6 +1370,7 @@ int main(void)
 	RUN(test_prepared_commit_dropped_before_apply);
 	RUN(test_install_validate);
 	RUN(test_apply_batch);
+	RUN(test_group_commit_range_file);
 	RUN(test_recovery_completes_a_torn_batch);
 	return UNIT_DONE();
 }
