@@ -64,8 +64,8 @@ def pct(v, p):
 
 
 def bench_lag(base, rate, seconds, nrep=1):
-    p = Node(base, "lag-p").start()
-    rs = [Node(base, "lag-r%d" % k, replica_of=p).start() for k in range(nrep)]
+    p = Node(base, "lag%d-p" % nrep).start()
+    rs = [Node(base, "lag%d-r%d" % (nrep, k), replica_of=p).start() for k in range(nrep)]
     try:
         c = sqlite3.connect(p.path("db"), isolation_level=None)
         c.execute("PRAGMA journal_mode=wal")
@@ -74,7 +74,7 @@ def bench_lag(base, rate, seconds, nrep=1):
         want = p.pos("db")
         for r in rs:
             wait_for(lambda: r.pos("db") == want, timeout=30)
-        out = os.path.join(base, "poll.txt")
+        out = os.path.join(base, "poll%d.txt" % nrep)
         poller = subprocess.Popen([sys.executable, "-c", POLLER, out, str(seconds + 3)] +
                                   [r.path("db-pos") for r in rs])
         time.sleep(0.5)
