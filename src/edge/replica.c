@@ -12,9 +12,9 @@
  *            one into an anonymous file in the database's ltx directory
  *            (verified while it arrives); when complete it is verified and
  *            applied (db_apply_ltx), small ones in batches (BATCHES below);
- *            nothing of a torn or corrupt frame is ever applied. READY marks the catch-up
- *            done; HEARTBEAT and LTX timestamps feed .lag; END is a clean
- *            close by the primary.
+ *            nothing of a torn or corrupt frame is ever applied. READY
+ *            marks the catch-up done; HEARTBEAT and LTX timestamps feed
+ *            .lag; END is a clean close by the primary.
  *   CLOSED   .primary disappears; reconnect after a back-off that starts
  *            at 50 ms and doubles to 2 s (reset by a stream that worked).
  *
@@ -113,12 +113,13 @@ struct conn {
 /*
  * BATCHES. A complete small frame that continues a database's chain is not
  * applied at once: it waits in c->pend, and everything pending is applied
- * as one batch (db_apply_ltx_batch) once the chunk of the body that held it
- * has been parsed, before a frame of another database, a large frame, a
- * snapshot or a control frame, and when APPLY_BATCH_MAX frames wait. A
- * replica at the primary's pace gets one frame per chunk and applies it at
- * once; one that is behind gets many per chunk and pays the apply's fixed
- * cost (SQLite's locks, the wal-index header, invalidations) once for all.
+ * as one batch (db_apply_ltx_batch) once the read from the socket that
+ * completed it has been parsed, before a frame of another database, a large
+ * frame, a snapshot or a control frame, and when APPLY_BATCH_MAX frames or
+ * APPLY_BATCH_BYTES wait. A replica at the primary's pace gets one frame
+ * per read and applies it at once; one that is behind gets many per read
+ * and pays the apply's fixed cost (SQLite's locks, the wal-index header,
+ * invalidations) once for all.
  * Frames still pending when a stream fails are dropped, never applied: the
  * next position map asks for them again.
  */
