@@ -79,6 +79,13 @@ bool store_accepts_writes(struct store *s);
  */
 bool store_primary_ready(struct store *s);
 /*
+ * The role, store_primary_ready, store_accepts_writes and, when writes are
+ * not accepted, why (as store_await_writes says it), all read at one instant
+ * (GET /info: they must agree with each other).
+ */
+void store_write_state(struct store *s, bool *primary, bool *ready, bool *writable,
+		       const char **why);
+/*
  * Wait up to timeout_ms for this node to accept writes. 0: it does (at once
  * or after the wait). -EROFS: it is not primary, or stopped being (at once).
  * -ETIMEDOUT: it holds the lease but still does not accept writes at the

@@ -139,7 +139,7 @@ void db_tx_abort(struct txrec *t)
 
 /*
  * Install a prepared transaction: page checksums, size, position, and
- * on_change (for a queued one once its file is written). Empties *t.
+ * on_change. Empties *t.
  */
 void db_tx_apply(struct db *db, struct txrec *t)
 {
@@ -158,12 +158,13 @@ void db_tx_apply(struct db *db, struct txrec *t)
 	__atomic_add_fetch(&db->st_commits, 1, __ATOMIC_RELAXED);
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
 		  t->txid, t->n, t->commit);
-	bool queued = t->queued;
 	db_ltx_cache_put(db, t->blob); /* a queued one's once its file exists */
 	free(t->changed);
 	memset(t, 0, sizeof(*t));
-	if (db->opt.on_change && !queued)
-		db->opt.on_change(db->opt.change_ctx); /* else once the file is written */
+	/* a queued commit's file may not exist yet: whoever needs it writes
+	 * the queue first (db_write_queued_ltx) */
+	if (db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
 }
 
 /*

@@ -278,9 +278,11 @@ struct db {
 
 	/* LTX files of WAL commits not written yet (QUEUED LTX FILES, db_ltxout.c) */
 	struct ltxjob *q_head, *q_tail;
-	size_t q_bytes; /* page bytes queued */
-	bool q_busy;	/* a thread is writing q_head */
-	int q_err;	/* the last attempt failed: the error the next write reports */
+	size_t q_bytes;	    /* page bytes queued */
+	bool q_busy;	    /* a thread is writing q_head */
+	size_t q_len;	    /* commits queued */
+	int64_t q_since_ns; /* monotonic: when the oldest queued commit was queued */
+	int q_err;	    /* the last attempt failed: the error the next write reports */
 
 	/* a rollback-mode commit built at the database fsync (PREPARED COMMITS, db_journal.c) */
 	struct txrec *prep; /* NULL when none */
@@ -336,7 +338,6 @@ struct txrec {
 	int64_t timestamp;
 	char path[4096];	  /* the LTX file written, "" when it is queued */
 	struct db_ltx_blob *blob; /* its bytes, published by db_tx_apply (LTX CACHE) */
-	bool queued;
 };
 
 /* ------------------------------------------------ LTX output (db_ltxout.c) */
@@ -354,6 +355,11 @@ struct ltx_out {
 #define DB_QUEUE_MAX_BYTES (1u << 20)
 /* Most queued commits one range file holds (GROUP COMMIT, db_ltxout.c). */
 #define DB_GROUP_MAX 256
+/* After a reply, queued commits wait to share a file until there are this many,
+ * this many bytes of pages, or the oldest waited this long (GROUP COMMIT). */
+#define DB_GROUP_DEFER	     8
+#define DB_GROUP_DEFER_BYTES (256u << 10)
+#define DB_GROUP_DEFER_NS    2000000
 /* Beyond this much queued, commits write their files themselves (backpressure). */
 #define DB_QUEUE_LIMIT (8u << 20)
 

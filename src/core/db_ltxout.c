@@ -21,9 +21,10 @@
  * QUEUED LTX FILES. A WAL-mode commit of at most DB_QUEUE_MAX_BYTES of pages
  * does not write its LTX file inside the write that commits: the pages are
  * checksummed and copied under db->mu, the in-memory state advances, and the
- * file is queued. The FUSE worker writes it right after it has replied to
+ * file is queued. The FUSE worker writes the queue after it has replied to
  * SQLite (db_write_done), so file creation and compression overlap with the
- * application instead of adding to its commit latency. This is safe because
+ * application instead of adding to its commit latency, and it lets commits
+ * gather first (GROUP COMMIT below). This is safe because
  * in WAL mode the WAL is the durable record (DURABILITY in db.c): a crash
  * before the file exists is repaired by recovery step 4. Files are written in
  * TXID order by one thread at a time (q_busy). The position (db_get_pos)
@@ -31,19 +32,22 @@
  * files says so by calling db_write_queued_ltx (the -pos file's read, the
  * stream through db_ltx_open), and inside the engine the readers of LTX
  * files (snapshots, sync points before a WAL restart, shutdown) drain the
- * queue first. on_change fires once the file exists, so a replica stream
- * woken by it finds the file. A write that fails (disk full) stays queued,
- * and every later write to the database fails with that error until a
- * retry succeeds.
+ * queue first. on_change fires at the commit, before the file exists: a
+ * replica stream woken by it writes the queue when it needs the file. A write that fails (disk
+ * full) stays queued, and every later write to the database fails with that error until a retry
+ * succeeds.
  *
- * GROUP COMMIT. When commits queue up faster than files are written (the
- * writer finds more than one waiting), they go into one range file
+ * GROUP COMMIT. The queued commits a writer finds go into one range file
  * "min-max.ltx" (docs/ltx.md, "Range files"): up to DB_GROUP_MAX commits and
  * DB_QUEUE_MAX_BYTES of pages, each page with its newest image, ended early
  * by a commit that makes the database smaller. One file, one create and one
- * directory entry for the lot; the chain and its checksums stay exact.
- * Nothing waits to form a group: a commit that finds the writer idle still
- * gets its own file right after the reply.
+ * directory entry for the lot; the chain and its checksums stay exact. After
+ * a reply, db_write_done lets commits gather: it writes the queue once
+ * DB_GROUP_DEFER commits or DB_GROUP_DEFER_BYTES of pages wait, or the
+ * oldest has waited DB_GROUP_DEFER_NS. Nobody who needs a file waits for
+ * that: a stream, a -pos read, a backup, a snapshot or a sync point writes
+ * the queue at once; a commit left queued when the application goes quiet
+ * costs memory only, and the WAL holds it if the process dies.
  *
  * LTX CACHE. Each file's bytes are kept as it is encoded (struct wbuf's
  * copy) and published to db_ltxcache.c once its commits are visible.
@@ -65,6 +69,8 @@
  */
 
 #include "db_int.h"
+
+#include "ltxfs/clock.h"
 
 #include "ltxfs/log.h"
 
@@ -368,12 +374,12 @@ int db_queue_drain(struct db *db, bool unlock)
 			db->q_bytes -= g[i]->n * g[i]->h.page_size;
 			ltxjob_free(g[i]);
 		}
+		db->q_len -= k;
+		db->q_since_ns = clock_mono_ns(); /* the rest queued while it was written */
 		if (!db->q_head)
 			db->q_tail = NULL;
 		if (k > 1)
 			__atomic_add_fetch(&db->st_grouped, (uint64_t)k, __ATOMIC_RELAXED);
-		if (db->opt.on_change)
-			db->opt.on_change(db->opt.change_ctx);
 	}
 	if (r < 0 && !db->q_err)
 		log_error("db '%s': cannot write the LTX file of a commit: %s (writes fail until "
@@ -406,7 +412,9 @@ void db_write_done(struct db *db)
 	 * fsyncs the WAL right after a commit, and the next commit, which no
 	 * fsync follows, must not wait for one.
 	 */
-	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_sync_streak >= 2))
+	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_sync_streak >= 2) &&
+	    (db->q_len >= DB_GROUP_DEFER || db->q_bytes >= DB_GROUP_DEFER_BYTES ||
+	     clock_mono_ns() - db->q_since_ns >= DB_GROUP_DEFER_NS))
 		db_queue_drain(db, true);
 	pthread_mutex_unlock(&db->mu);
 }

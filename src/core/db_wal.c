@@ -54,6 +54,8 @@
 
 #include "db_int.h"
 
+#include "ltxfs/clock.h"
+
 #include "ltxfs/log.h"
 
 #include <errno.h>
@@ -277,13 +279,15 @@ static int db_wal_commit_all(struct db *db, int fd)
 /* Apply a prepared queued commit and append its file to the queue. */
 static void db_tx_apply_queued(struct db *db, struct txrec *t, struct ltxjob *j)
 {
-	t->queued = true;
 	db_tx_apply(db, t);
 	if (db->q_tail)
 		db->q_tail->next = j;
 	else
 		db->q_head = j;
+	if (!db->q_len)
+		db->q_since_ns = clock_mono_ns();
 	db->q_tail = j;
+	db->q_len++;
 	db->q_bytes += j->n * j->h.page_size;
 	db->q_unsynced = true;
 }

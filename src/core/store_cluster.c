@@ -313,6 +313,20 @@ int store_await_writes(struct store *s, int timeout_ms, bool (*give_up)(void *),
 	return r;
 }
 
+void store_write_state(struct store *s, bool *primary, bool *ready, bool *writable,
+		       const char **why)
+{
+	pthread_mutex_lock(&s->cmu);
+	int64_t now = clock_mono_ms();
+	*primary = s->primary;
+	*ready = s->primary && opened_locked(s, now);
+	*writable = writable_locked(s);
+	*why = *writable     ? NULL
+	       : !s->primary ? "this node is not the primary"
+			     : pending_why_locked(s, now);
+	pthread_mutex_unlock(&s->cmu);
+}
+
 void store_adopt_begin(struct store *s)
 {
 	pthread_mutex_lock(&s->cmu);

@@ -175,17 +175,16 @@ static enum MHD_Result handle_info(struct httpd *h, struct MHD_Connection *c)
 	 * so only once its start of term is over and writes are accepted (role
 	 * is "primary" from the election on, writesHeld says why not yet).
 	 */
-	bool primary = store_is_primary(h->store);
-	bool ready = store_primary_ready(h->store);
-	bool writable = store_accepts_writes(h->store);
+	bool primary, ready, writable;
+	const char *why = NULL;
+	store_write_state(h->store, &primary, &ready, &writable, &why);
 	json_t *o =
 	    json_pack("{s:s,s:s,s:s,s:s,s:b,s:b,s:s,s:I,s:I,s:o}", "nodeID", id, "clusterID", cid,
 		      "hostname", h->hostname, "advertiseURL", h->advertise_url, "isPrimary", ready,
 		      "acceptsWrites", writable, "role", primary ? "primary" : "replica", "epoch",
 		      (json_int_t)store_epoch(h->store), "lag", (json_int_t)store_lag_ms(h->store),
 		      "databases", dbs);
-	const char *why = NULL;
-	if (primary && !writable && store_await_writes(h->store, 0, NULL, NULL, &why) < 0 && why)
+	if (primary && !writable && why)
 		json_object_set_new(o, "writesHeld", json_string(why));
 	json_object_set_new(o, "candidate",
 			    json_boolean(h->elector ? store_is_candidate(h->store) : primary));
