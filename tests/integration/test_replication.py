@@ -431,5 +431,5 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     # files, not transactions: commits that queued up on the primary share range files
     applied = _metric(r, "ltxfs_ltx_applied_total") - applied0
     batches = _metric(r, "ltxfs_apply_batches_total") - batches0
-    assert applied >= 300 and batches < applied / 4, (applied, batches)
+    assert applied >= 100 and batches < applied / 4, (applied, batches)
     c.close()
