@@ -1059,9 +1059,13 @@ int db_recover(struct db *db)
 			return r < 0 ? r : 0;
 	}
 	free(tail);
+	/* TXIDs never go back: past a discarded torn file, which may have been a
+	 * range of several (group commit), whatever its TXIDs were */
+	uint64_t at = db->txid_floor > db->pos.txid + 1 ? db->txid_floor : db->pos.txid + 1;
 	log_warn("db '%s': database checksum %016" PRIx64 " does not match the last LTX file "
 		 "(%016" PRIx64 " at TXID %016" PRIx64 "): it changed outside ltxfs; recording "
 		 "its current content as a snapshot at TXID %016" PRIx64,
-		 db->name, db_cur_checksum(db), db->pos.checksum, db->pos.txid, db->pos.txid + 1);
+		 db->name, db_cur_checksum(db), db->pos.checksum, db->pos.txid, at);
+	db->pos.txid = at - 1;
 	return db_commit_snapshot_from_file(db, db->page_count, true);
 }
