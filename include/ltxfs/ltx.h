@@ -116,6 +116,12 @@ void ltx_decoder_free(struct ltx_decoder *d);
 /* Convenience: fd-backed callbacks (ctx points to an int fd). */
 int ltx_fd_write(void *ctx, const void *buf, size_t n);
 ssize_t ltx_fd_read(void *ctx, void *buf, size_t n);
+/* A file held in memory, read from off on (ctx points to a struct ltx_mem). */
+struct ltx_mem {
+	const void *p;
+	size_t n, off;
+};
+ssize_t ltx_mem_read(void *ctx, void *buf, size_t n);
 
 /* Decode a whole file from fd (current offset) and verify it. hdr/tr may be NULL. */
 int ltx_verify_fd(int fd, struct ltx_header *hdr, struct ltx_trailer *tr);

@@ -813,21 +813,6 @@ static int batch_step(struct db *db, const struct ltx_scan *sc, uint64_t *x, uin
 	return r;
 }
 
-/* An LTX file in memory, read by the decoder. */
-struct memrd {
-	const uint8_t *p;
-	size_t len, off;
-};
-
-static ssize_t mem_read(void *ctx, void *buf, size_t n)
-{
-	struct memrd *m = ctx;
-	size_t k = m->len - m->off < n ? m->len - m->off : n;
-	memcpy(buf, m->p + m->off, k);
-	m->off += k;
-	return (ssize_t)k;
-}
-
 /*
  * Write the verified file f under its name in ltx/ with one write: a kill
  * leaves it whole or empty, and an empty or torn newest file is what
@@ -964,8 +949,8 @@ static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx
 		struct ltx_decoder *dec = NULL;
 		uint32_t pgno;
 		size_t k = 0;
-		struct memrd m = {files[i].data, files[i].len, 0};
-		r = ltx_decoder_new(&dec, mem_read, &m);
+		struct ltx_mem m = {files[i].data, files[i].len, 0};
+		r = ltx_decoder_new(&dec, ltx_mem_read, &m);
 		while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1) {
 			r = fs_pwrite_full(db->dbfd, page, ps, (off_t)(pgno - 1) * ps);
 			k++;
@@ -1042,8 +1027,8 @@ int db_apply_ltx_batch(struct db *db, const struct db_ltx_buf *files, size_t n,
 	if (!sc)
 		return -ENOMEM;
 	for (; scanned < n; scanned++) {
-		struct memrd m = {files[scanned].data, files[scanned].len, 0};
-		r = ltx_scan_run(db, mem_read, &m, false, &sc[scanned]);
+		struct ltx_mem m = {files[scanned].data, files[scanned].len, 0};
+		r = ltx_scan_run(db, ltx_mem_read, &m, false, &sc[scanned]);
 		if (r < 0)
 			break;
 	}

@@ -919,20 +919,6 @@ out:
 	return r;
 }
 
-struct memsrc {
-	const char *p;
-	size_t n, off;
-};
-
-static ssize_t mem_read(void *ctx, void *buf, size_t n)
-{
-	struct memsrc *m = ctx;
-	size_t k = m->n - m->off < n ? m->n - m->off : n;
-	memcpy(buf, m->p + m->off, k);
-	m->off += k;
-	return (ssize_t)k;
-}
-
 /*
  * One compacted object: the L0 run bkplan_compact chooses, downloaded,
  * verified and merged (ltxmerge.c checks that each object's pre-apply
@@ -973,8 +959,8 @@ static int compact_once(struct backup *b, struct db *db, struct bdb *d)
 					db_name(db), res.err);
 			goto out;
 		}
-		struct memsrc src = {buf, len, 0};
-		r = ltx_merge_add(m, mem_read, &src);
+		struct ltx_mem src = {buf, len, 0};
+		r = ltx_merge_add(m, ltx_mem_read, &src);
 		free(buf);
 		if (r == -EFBIG)
 			break;

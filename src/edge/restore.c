@@ -232,20 +232,6 @@ struct out {
 	int64_t timestamp; /* of the last object applied */
 };
 
-struct memsrc {
-	const char *p;
-	size_t n, off;
-};
-
-static ssize_t mem_read(void *ctx, void *buf, size_t n)
-{
-	struct memsrc *m = ctx;
-	size_t k = m->n - m->off < n ? m->n - m->off : n;
-	memcpy(buf, m->p + m->off, k);
-	m->off += k;
-	return (ssize_t)k;
-}
-
 static int resize(struct out *w, uint32_t commit)
 {
 	uint32_t lock = ltx_lock_pgno(w->page_size);
@@ -271,10 +257,10 @@ static int apply_object(struct out *w, const struct backup_obj *o, const char *b
 			const struct restore_options *opt, bool *stop, char *err, size_t n)
 {
 	struct ltx_decoder *d = NULL;
-	struct memsrc src = {buf, len, 0};
+	struct ltx_mem src = {buf, len, 0};
 	struct ltx_trailer t;
 	uint8_t *page = NULL;
-	int r = ltx_decoder_new(&d, mem_read, &src);
+	int r = ltx_decoder_new(&d, ltx_mem_read, &src);
 	if (r < 0) {
 		fail(err, n, "object '%s' is corrupt: %s", o->key,
 		     r == -EPROTO    ? "truncated"

@@ -939,6 +939,15 @@ ssize_t ltx_fd_read(void *ctx, void *buf, size_t n)
 	return fs_read_full(*(const int *)ctx, buf, n);
 }
 
+ssize_t ltx_mem_read(void *ctx, void *buf, size_t n)
+{
+	struct ltx_mem *m = ctx;
+	size_t k = m->n - m->off < n ? m->n - m->off : n;
+	memcpy(buf, (const uint8_t *)m->p + m->off, k);
+	m->off += k;
+	return (ssize_t)k;
+}
+
 int ltx_verify_fd(int fd, struct ltx_header *hdr, struct ltx_trailer *tr)
 {
 	struct ltx_decoder *d = NULL;
