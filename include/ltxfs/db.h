@@ -89,9 +89,10 @@ const char *db_name(const struct db *db);
 void db_set_index(struct db *db, size_t idx);
 size_t db_index(const struct db *db);
 /*
- * The position after the last committed transaction. A pure getter: it takes
- * db->mu for a copy and writes nothing, so a WAL-mode commit's LTX file may
- * still be queued (db_write_queued_ltx). Any thread.
+ * The position after the last committed transaction. A pure getter that
+ * never waits for db->mu (a seqlock, db.c) and writes nothing, so a
+ * WAL-mode commit's LTX file may still be queued (db_write_queued_ltx). Any
+ * thread.
  */
 void db_get_pos(struct db *db, struct db_pos *ret);
 /*

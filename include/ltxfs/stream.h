@@ -7,6 +7,10 @@
  *                  u32 nameLen, name, u64 TXID, u64 post-apply checksum
  *   frame          u32 type, u64 payload length, payload
  *
+ * The request carries "Connection: Upgrade" and "Upgrade: ltxfs-stream"
+ * (STREAM_UPGRADE); the primary answers 101 and the frames follow in HTTP
+ * chunked coding (stream_chunked_*), ended by the zero-length chunk.
+ *
  * Frame payloads:
  *   STREAM_LTX        u32 flags, u64 epoch, u32 nameLen, name,
  *                     u64 crc64(everything above), then the LTX file
@@ -41,6 +45,7 @@ enum stream_frame_type {
 /* STREAM_LTX flags */
 #define STREAM_LTX_DIVERGED 0x1u /* a snapshot sent because the replica's history diverged */
 
+#define STREAM_UPGRADE	    "ltxfs-stream" /* the Upgrade token of POST /stream */
 #define STREAM_NAME_MAX	    255
 #define STREAM_TOKEN_MAX    200
 #define STREAM_FRAME_HEADER 12 /* u32 type + u64 length */

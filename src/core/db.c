@@ -99,6 +99,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -122,11 +123,37 @@ size_t db_index(const struct db *db)
 	return db->idx;
 }
 
+/*
+ * POSITION. Every stream reads the position at every commit, while the
+ * committing thread may still hold db->mu: a seqlock lets them read it
+ * without waiting for (and waking up behind) that thread. The writer, under
+ * db->mu, makes pos_seq odd, stores the fields, and makes it even again;
+ * a reader retries until it read the same even value before and after.
+ * Start-up recovery writes db->pos directly: nobody else sees the db yet.
+ */
+void db_pos_set(struct db *db, uint64_t txid, uint64_t checksum, int64_t timestamp)
+{
+	uint32_t seq = db->pos_seq;
+	__atomic_store_n(&db->pos_seq, seq + 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_store_n(&db->pos.txid, txid, __ATOMIC_RELAXED);
+	__atomic_store_n(&db->pos.checksum, checksum, __ATOMIC_RELAXED);
+	__atomic_store_n(&db->pos.timestamp, timestamp, __ATOMIC_RELAXED);
+	__atomic_store_n(&db->pos_seq, seq + 2, __ATOMIC_RELEASE);
+}
+
 void db_get_pos(struct db *db, struct db_pos *ret)
 {
-	pthread_mutex_lock(&db->mu);
-	*ret = db->pos;
-	pthread_mutex_unlock(&db->mu);
+	for (;;) {
+		uint32_t s1 = __atomic_load_n(&db->pos_seq, __ATOMIC_ACQUIRE);
+		ret->txid = __atomic_load_n(&db->pos.txid, __ATOMIC_RELAXED);
+		ret->checksum = __atomic_load_n(&db->pos.checksum, __ATOMIC_RELAXED);
+		ret->timestamp = __atomic_load_n(&db->pos.timestamp, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (!(s1 & 1) && __atomic_load_n(&db->pos_seq, __ATOMIC_RELAXED) == s1)
+			return;
+		sched_yield();
+	}
 }
 
 void db_set_backup(struct db *db, const struct db_backup *b)

@@ -722,9 +722,7 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 		db->xsum = x;
 	}
 	uint32_t old_count = db->page_count;
-	db->pos.txid = h.max_txid;
-	db->pos.checksum = tr.post_apply_checksum;
-	db->pos.timestamp = h.timestamp;
+	db_pos_set(db, h.max_txid, tr.post_apply_checksum, h.timestamp);
 	db->last_epoch = h.epoch;
 	db->ltx_unsynced = true;
 	pthread_mutex_unlock(&db->mu);
@@ -974,9 +972,7 @@ static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx
 		batch_step(db, &sc[i], &x, &count, NULL, NULL, NULL);
 		db->page_count = count;
 		db->xsum = x;
-		db->pos.txid = sc[i].h.max_txid;
-		db->pos.checksum = sc[i].tr.post_apply_checksum;
-		db->pos.timestamp = sc[i].h.timestamp;
+		db_pos_set(db, sc[i].h.max_txid, sc[i].tr.post_apply_checksum, sc[i].h.timestamp);
 		db->last_epoch = sc[i].h.epoch;
 		memcpy(inv + done, sc[i].pg, sc[i].n * sizeof(*inv));
 		done += sc[i].n;

@@ -151,9 +151,7 @@ void db_tx_apply(struct db *db, struct txrec *t)
 		db->pgck[pg] = 0;
 	db->page_count = t->commit;
 	db->xsum = t->x;
-	db->pos.txid = t->txid;
-	db->pos.checksum = t->post;
-	db->pos.timestamp = t->timestamp;
+	db_pos_set(db, t->txid, t->post, t->timestamp);
 	db->last_epoch = t->epoch;
 	__atomic_add_fetch(&db->st_commits, 1, __ATOMIC_RELAXED);
 	log_debug("db '%s': committed txid %016" PRIx64 " (%zu pages, commit %u)", db->name,
@@ -396,9 +394,7 @@ int db_commit_drop(struct db *db)
 		memset(db->pgck, 0, ((size_t)db->pgck_cap + 1) * sizeof(*db->pgck));
 	db->page_count = 0;
 	db->xsum = 0;
-	db->pos.txid = h.max_txid;
-	db->pos.checksum = LTX_CHECKSUM_FLAG;
-	db->pos.timestamp = h.timestamp;
+	db_pos_set(db, h.max_txid, LTX_CHECKSUM_FLAG, h.timestamp);
 	db->last_epoch = epoch;
 	if (db->opt.on_change)
 		db->opt.on_change(db->opt.change_ctx);

@@ -236,7 +236,10 @@ struct db {
 	uint64_t *pgck;	     /* [pgno] committed page checksum, index 0 unused */
 	uint32_t pgck_cap;   /* entries allocated minus one */
 	uint64_t xsum;	     /* XOR of pgck[1..page_count] */
+	/* POSITION: written under db->mu with db_pos_set, read without it by
+	 * db_get_pos (a seqlock: pos_seq is odd while a write is under way) */
 	struct db_pos pos;
+	uint32_t pos_seq;
 	struct db_backup bk; /* backups' state (db_set_backup), not the engine's */
 
 	/* rollback-journal tracking */
@@ -454,6 +457,8 @@ int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit
 		  const struct page_src *src, const struct walinfo *wi, bool snapshot, bool sync,
 		  struct txrec *t, struct ltxjob **ret_job);
 void db_tx_apply(struct db *db, struct txrec *t);
+/* Set db->pos (POSITION in db.c); db->mu held. */
+void db_pos_set(struct db *db, uint64_t txid, uint64_t checksum, int64_t timestamp);
 void db_tx_abort(struct txrec *t);
 int db_commit_pages(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
 		    const struct page_src *src, const struct walinfo *wi, bool snapshot, bool sync,

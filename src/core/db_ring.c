@@ -285,9 +285,7 @@ int db_ring_recover(struct db *db, const struct ring_recs *rs, struct ltx_header
 			break;
 		*lh = h;
 		*lt = t;
-		db->pos.txid = h.max_txid;
-		db->pos.checksum = t.post_apply_checksum;
-		db->pos.timestamp = h.timestamp;
+		db_pos_set(db, h.max_txid, t.post_apply_checksum, h.timestamp);
 		db->last_epoch = h.epoch;
 		if (!db->page_size)
 			db->page_size = h.page_size;

@@ -56,8 +56,9 @@
  * committing threads through db.c's callbacks.
  * store->cmu guards all of it. It is a leaf: taken last, under db->mu by
  * the callbacks, held for a few instructions, never across I/O (the epoch
- * and cluster ID files are written before it is taken). ccond is
- * signalled on every change of the counter (store_wait_change).
+ * and cluster ID files are written before it is taken). ccond wakes the
+ * writers waiting in store_await_writes. The change counter is apart from
+ * cmu (CHANGE COUNTER below): commits bump it without a lock.
  */
 #include "store_int.h"
 
@@ -66,12 +67,16 @@
 #include "ltxfs/log.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 void store_cluster_init(struct store *s, bool replica)
 {
@@ -149,13 +154,25 @@ bool store_may_commit(void *ctx, uint64_t *epoch)
 	return ok;
 }
 
+/*
+ * CHANGE COUNTER. Bumped at every commit, so it takes no lock: the counter
+ * is a futex word. A waiter announces itself in chg_waiters before it
+ * sleeps, and the kernel sleeps it only if the counter still holds the
+ * value it saw; the bumper increments the counter before it reads
+ * chg_waiters (both sequentially consistent), so either the waiter sees
+ * the new value or the bumper sees the waiter. A commit with nobody
+ * waiting costs one atomic increment.
+ */
+static void changed(struct store *s)
+{
+	__atomic_add_fetch(&s->chg, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&s->chg_waiters, __ATOMIC_SEQ_CST) > 0)
+		syscall(SYS_futex, &s->chg, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
 void store_on_change(void *ctx)
 {
-	struct store *s = ctx;
-	pthread_mutex_lock(&s->cmu);
-	s->seq++;
-	pthread_cond_broadcast(&s->ccond);
-	pthread_mutex_unlock(&s->cmu);
+	changed(ctx);
 }
 
 /* ---------------------------------------------------------------- role */
@@ -166,7 +183,7 @@ void store_set_primary(struct store *s, bool primary)
 	s->primary = primary;
 	if (primary)
 		s->upstream[0] = '\0';
-	s->seq++;
+	changed(s);
 	pthread_cond_broadcast(&s->ccond);
 	pthread_mutex_unlock(&s->cmu);
 }
@@ -213,7 +230,7 @@ int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int6
 	s->fenced = false;
 	s->primary = true;
 	s->upstream[0] = '\0';
-	s->seq++;
+	changed(s);
 	pthread_cond_broadcast(&s->ccond);
 	pthread_mutex_unlock(&s->cmu);
 	return 0;
@@ -339,7 +356,7 @@ void store_adopt_end(struct store *s)
 	pthread_mutex_lock(&s->cmu);
 	if (s->adopting > 0)
 		s->adopting--;
-	s->seq++; /* the start of the term may be over: /info, .primary, /events, waiters */
+	changed(s); /* the start of the term may be over: /info, .primary, /events, waiters */
 	pthread_cond_broadcast(&s->ccond);
 	pthread_mutex_unlock(&s->cmu);
 }
@@ -529,25 +546,30 @@ int64_t store_lag_ms(struct store *s)
 
 uint64_t store_change_seq(struct store *s)
 {
-	pthread_mutex_lock(&s->cmu);
-	uint64_t v = s->seq;
-	pthread_mutex_unlock(&s->cmu);
-	return v;
+	return __atomic_load_n(&s->chg, __ATOMIC_SEQ_CST);
 }
 
 uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
 {
-	struct timespec ts = clock_deadline(CLOCK_MONOTONIC, timeout_ms);
-	pthread_mutex_lock(&s->cmu);
-	while (s->seq == seen)
-		if (pthread_cond_timedwait(&s->ccond, &s->cmu, &ts) != 0)
+	int64_t end = clock_mono_ns() + (int64_t)timeout_ms * 1000000;
+	uint32_t v;
+	__atomic_add_fetch(&s->chg_waiters, 1, __ATOMIC_SEQ_CST);
+	while ((v = __atomic_load_n(&s->chg, __ATOMIC_SEQ_CST)) == (uint32_t)seen) {
+		int64_t left = end - clock_mono_ns();
+		if (left <= 0)
 			break;
-	uint64_t v = s->seq;
-	pthread_mutex_unlock(&s->cmu);
+		struct timespec ts = {(time_t)(left / 1000000000), (long)(left % 1000000000)};
+		/* sleeps only while the counter still holds seen (EAGAIN otherwise) */
+		syscall(SYS_futex, &s->chg, FUTEX_WAIT_PRIVATE, (uint32_t)seen, &ts, NULL, 0);
+	}
+	__atomic_sub_fetch(&s->chg_waiters, 1, __ATOMIC_SEQ_CST);
 	return v;
 }
 
 void store_kick(struct store *s)
 {
-	store_on_change(s);
+	pthread_mutex_lock(&s->cmu);
+	changed(s);
+	pthread_cond_broadcast(&s->ccond); /* writers waiting may have to give way */
+	pthread_mutex_unlock(&s->cmu);
 }

@@ -24,7 +24,9 @@ struct store {
 	/* cluster state, under cmu (store_cluster.c) */
 	pthread_mutex_t cmu;
 	pthread_cond_t ccond;
-	uint64_t seq;
+	/* the change counter: a futex word, atomic, outside cmu (store_wait_change) */
+	uint32_t chg;
+	uint32_t chg_waiters; /* threads in store_wait_change (atomic) */
 	bool primary;
 	char cluster_id[21];
 	char upstream[256]; /* "" when not connected */
@@ -57,7 +59,7 @@ void store_cluster_release(struct store *s);
 
 /* db_options.may_commit: the write fence (takes cmu, under db->mu). */
 bool store_may_commit(void *ctx, uint64_t *epoch);
-/* db_options.on_change: bump the change counter and wake its waiters (cmu, under db->mu). */
+/* db_options.on_change: bump the change counter and wake its waiters (no lock). */
 void store_on_change(void *ctx);
 
 #endif

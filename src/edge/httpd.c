@@ -5,19 +5,22 @@
  * docs/protocol.md gives the node-to-node ones byte for byte.
  *
  * Files. This one; httpd_stream.c, replication between nodes (POST /stream
- * and its stream state machine, GET /ltx, POST /handoff); httpd_admin.c,
- * the operator's endpoints (/metrics, /events, /export, /import).
- * httpd_int.h holds struct httpd and what the three share.
+ * and what a stream sends, GET /ltx, POST /handoff); httpd_sender.c, the
+ * thread that writes every replica's stream; httpd_admin.c, the operator's
+ * endpoints (/metrics, /events, /export, /import). httpd_int.h holds struct
+ * httpd and what they share.
  *
  * Threads. libmicrohttpd runs with MHD_USE_INTERNAL_POLLING_THREAD and
  * MHD_USE_THREAD_PER_CONNECTION: one listener thread accepts, and each
  * connection has its own thread, which calls on_request and then, for a
- * response built from a callback (a replication stream, GET /events), runs
- * that callback until the response ends. A handler may therefore block (a
- * stream waits for the next commit, /handoff for its frame, /promote for
- * the lease, a new primary's /stream for adoption) without holding up any
- * other connection. The idle-connection timeout is 30 s. httpd_start,
- * httpd_set_elector and httpd_stop run on the main thread.
+ * response built from a callback (GET /events), runs that callback until
+ * the response ends. A handler may therefore block (/handoff for its
+ * frame, /promote for the lease, a new primary's /stream for adoption)
+ * without holding up any other connection. A replication stream is an
+ * upgraded connection (MHD_ALLOW_UPGRADE): after the 101, its socket
+ * belongs to the sender thread (httpd_sender.c). The idle-connection
+ * timeout is 30 s. httpd_start, httpd_set_elector and httpd_stop run on
+ * the main thread.
  *
  * A request, as libmicrohttpd drives on_request:
  *
@@ -390,6 +393,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)c;
 	(void)toe;
 	if (rq) {
+		stream_discard(rq->stream); /* a stream that was never upgraded */
 		if (rq->upfd >= 0)
 			close(rq->upfd);
 		if (rq->uppath[0])
@@ -471,7 +475,7 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		goto fail;
 	}
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-			 MHD_USE_ERROR_LOG | MHD_USE_POLL;
+			 MHD_USE_ERROR_LOG | MHD_USE_POLL | MHD_ALLOW_UPGRADE;
 	memset(&ss, 0, sizeof(ss));
 	if (host[0]) {
 		struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
@@ -500,6 +504,12 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		r = -EADDRINUSE;
 		goto fail;
 	}
+	r = httpd_sender_start(h);
+	if (r < 0) {
+		snprintf(errmsg, n, "cannot start the stream sender thread: %s", strerror(-r));
+		MHD_stop_daemon(h->d);
+		goto fail;
+	}
 	*ret = h;
 	return 0;
 fail:
@@ -519,6 +529,7 @@ void httpd_stop(struct httpd *h)
 		store_kick(h->store);
 		usleep(10000);
 	}
+	httpd_sender_stop(h); /* closes what is left */
 	if (h->d)
 		MHD_stop_daemon(h->d);
 	httpd_free(h);

@@ -23,11 +23,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /*
  * A replica stream's record of one database (httpd_stream.c). txid and
  * checksum: what the replica has, or has been sent; floor: what it surely
- * holds (retention). Written by the stream's thread under h->mu.
+ * holds (retention). Written by the sender thread under h->mu.
  */
 struct spos {
 	char name[STREAM_NAME_MAX + 1];
@@ -36,8 +37,11 @@ struct spos {
 };
 
 /*
- * One POST /stream response (httpd_stream.c). The list links and pos are
- * under h->mu; the rest belongs to the connection's thread alone.
+ * One POST /stream connection: what it sends (httpd_stream.c) and its
+ * socket (httpd_sender.c). Until the upgrade, it belongs to the request
+ * (struct request); from then on to the sender thread, which alone touches
+ * it and frees it, except for the list links and pos, under h->mu, and
+ * behind_since_ms.
  */
 struct stream {
 	struct stream *prev, *next;
@@ -54,7 +58,13 @@ struct stream {
 	struct db_snap *snap;	  /* the frame being sent is a snapshot still being built */
 	struct db_ltx_blob *blob; /* the frame's LTX file from the LTX cache (db.h) */
 	uint64_t sent_bytes;
-	int64_t last_send_ns; /* monotonic: when the last bytes were handed over (COALESCING) */
+	/* the socket (httpd_sender.c): out[out_off..out_len) is one HTTP chunk
+	 * still to write; more: the last fill stopped before everything pending */
+	int sock;
+	struct MHD_UpgradeResponseHandle *urh;
+	uint8_t *out;
+	size_t out_off, out_len;
+	bool more, closing;
 	/* LAGGING REPLICAS: monotonic ms since when something has been waiting to
 	 * be sent, 0 while caught up (atomic: /info and /metrics read it) */
 	int64_t behind_since_ms;
@@ -70,6 +80,7 @@ struct request {
 	char uppath[4200];
 	uint64_t uplen;
 	int uperr;
+	struct stream *stream; /* POST /stream until the upgrade; freed with the request */
 };
 
 struct httpd {
@@ -91,6 +102,11 @@ struct httpd {
 	struct stream streams;
 	size_t nstreams;
 	volatile bool stopping;
+	/* the sender thread (httpd_sender.c) */
+	pthread_t sender;
+	pthread_cond_t sender_cond; /* with mu: a stream was adopted, or sender_quit */
+	bool sender_started;
+	bool sender_quit; /* atomic: close every stream and exit */
 };
 
 /*
@@ -113,10 +129,38 @@ enum MHD_Result httpd_reply_error(struct httpd *h, struct MHD_Connection *c, uns
 enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, struct request *rq);
 enum MHD_Result httpd_serve_ltx(struct httpd *h, struct MHD_Connection *c);
 enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
+/*
+ * The next bytes of s's stream, up to max, for the sender thread: whole
+ * frames as far as they fit. Returns the number of bytes (0: nothing to
+ * send now), STREAM_FILL_END once the END frame has been handed over, or
+ * STREAM_FILL_ERROR (the stream must be cut; the replica reconnects).
+ * *more says something is still pending. Runs on the sender thread.
+ */
+#define STREAM_FILL_END	  (-1)
+#define STREAM_FILL_ERROR (-2)
+#define STREAM_BLOCK	  (256u << 10)
+/* a heartbeat after this long without a frame */
+#define HEARTBEAT_MS 1000
+/* room for an HTTP chunk's size line before the bytes of a block */
+#define STREAM_CHUNK_HEAD 16
+ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more);
+/* Free a stream that never reached the sender (the upgrade did not happen). */
+void stream_discard(struct stream *s);
+/* Unlink s from h's list, log the disconnect, free it (the sender, after closing its socket). */
+void stream_free(struct stream *s);
 /* GET /info's "replicas": each connected stream's node ID and positions (takes h->mu). */
 json_t *httpd_stream_replicas(struct httpd *h);
 /* GET /metrics: the lag gauges of the connected replicas (takes h->mu). */
 void httpd_stream_metrics(struct httpd *h, FILE *f);
+
+/* httpd_sender.c: the thread that writes every replica's stream. */
+int httpd_sender_start(struct httpd *h);
+/* Close the streams still open and join the thread (httpd_stop). */
+void httpd_sender_stop(struct httpd *h);
+/* MHD's upgrade handler of POST /stream (cls: the struct stream). */
+void httpd_sender_adopt(void *cls, struct MHD_Connection *c, void *con_cls, const char *extra_in,
+			size_t extra_in_size, MHD_socket sock,
+			struct MHD_UpgradeResponseHandle *urh);
 
 /* httpd_admin.c: the operator's endpoints. */
 enum MHD_Result httpd_serve_metrics(struct httpd *h, struct MHD_Connection *c);

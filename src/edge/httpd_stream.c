@@ -2,10 +2,11 @@
  * httpd_stream.c - the HTTP server's replication side: POST /stream,
  * GET /ltx and POST /handoff (httpd.c routes to them).
  *
- * POST /stream. A replica posts its position map; the primary answers 200
- * and then keeps the response open, writing frames (stream.h) as long as it
- * is primary. One stream's state machine, run by the connection's own
- * thread inside libmicrohttpd's content-reader callback:
+ * POST /stream. A replica posts its position map and asks for an upgrade;
+ * the primary answers 101, and from then on the sender thread
+ * (httpd_sender.c) owns the socket and writes frames (stream.h) as long as
+ * this node is primary. What it writes comes from stream_fill, one
+ * stream's state machine:
  *
  *   DRAIN   copy the pending frame bytes (header, metadata) to the socket,
  *           then the LTX file behind them, if any
@@ -19,24 +20,19 @@
  *               disagree                       DIVERGED
  *           and advance the replica's position to what was sent
  *   READY   once the first SCAN finds nothing left: READY, HEARTBEAT
- *   WAIT    sleep on the store's change counter; at 1 s with nothing to
- *           send, a HEARTBEAT; at shutdown or loss of the primary role, END
+ *   IDLE    nothing to send: the sender waits for the next commit; at 1 s
+ *           with nothing to send, a HEARTBEAT; at shutdown or loss of the
+ *           primary role, END
  *
  * FAN-OUT. A transaction is encoded once, by the writer of its LTX file,
  * which keeps the bytes in the LTX cache (db_ltxcache.c); each stream sends
  * them from there with one copy, whatever the number of replicas. Only a
  * file that left the cache is opened and verified from disk. One call of
- * the content reader fills libmicrohttpd's buffer with as many whole frames
- * as are pending, so a replica that is behind gets hundreds of transactions
- * per write to the socket (and applies them as one batch, replica.c).
- *
- * COALESCING. A stream sends at most once per millisecond: woken by a commit
- * sooner than that after its last send, it waits out the rest, and whatever
- * committed meanwhile leaves in one write. Under a load of thousands of
- * commits per second this divides the primary's wake-ups and sends, and the
- * replica's applies, by the number of commits per millisecond; at lower
- * rates commits are further apart than that and nothing waits. It adds at
- * most 1 ms to the replication lag.
+ * stream_fill fills the stream's 256 KiB buffer with as many whole frames
+ * as are pending, so a replica that is behind gets hundreds of
+ * transactions per write to the socket (and applies them as one batch,
+ * replica.c). One thread writes every stream, at most once per millisecond
+ * (httpd_sender.c, COALESCING).
  *
  * HANDOFF. POST /handoff?nodeID=X (the primary's side of a planned
  * handoff): the elector fences commits; X's stream, once it has nothing
@@ -70,14 +66,15 @@
  * Served by every node.
  *
  * Threads and locks. A stream's own state (pend, fd, snap, the flags)
- * belongs to its connection's thread. The list of streams and each
- * stream's position table are under h->mu, which the threads of /info,
- * /metrics and /handoff and the retention thread (httpd_retention_floor)
- * also take; so are the handoff fields, which the /handoff thread sets and
- * the stream's thread turns into the frame. Queueing and cancelling the
- * frame both happen under h->mu, so it is either on its way and this node
- * steps down, or never sent. The stream's thread holds h->mu only for a
- * few assignments, never while it waits for a commit or writes.
+ * belongs to the sender thread once the connection is upgraded (to the
+ * connection's thread before). The list of streams and each stream's
+ * position table are under h->mu, which the threads of /info, /metrics and
+ * /handoff and the retention thread (httpd_retention_floor) also take; so
+ * are the handoff fields, which the /handoff thread sets and stream_fill
+ * turns into the frame. Queueing and cancelling the frame both happen
+ * under h->mu, so it is either on its way and this node steps down, or
+ * never sent. The sender holds h->mu only for a few assignments, never
+ * while it waits for a commit or writes.
  */
 #include "httpd_int.h"
 #include "ltxfs/clock.h"
@@ -101,10 +98,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HEARTBEAT_MS 1000
 /* A replica not caught up for this long is reported as lagging. */
 #define STREAM_LAGGING_MS 2000
-#define STREAM_BLOCK	  (256u << 10)
 
 /* ------------------------------------------------------------- /stream */
 
@@ -299,22 +294,12 @@ static int64_t stream_lag_ms(struct stream *s)
 
 /* Below this much room left in the buffer, send rather than look for more. */
 #define STREAM_FILL_MIN (16u << 10)
-/* A stream woken by a commit sooner than this after its last send waits out
- * the rest, so that the commits in between go out together (COALESCING). */
-#define STREAM_COALESCE_NS 1000000
 
-/*
- * libmicrohttpd's content reader: fill buf with as many whole pending frames
- * as fit (under load, many transactions go out in one write to the socket),
- * the bytes of a file on disk in a call of their own; wait for a commit only
- * when nothing was copied.
- */
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 {
-	struct stream *s = cls;
 	struct httpd *h = s->h;
 	size_t got = 0;
-	(void)pos;
+	*more = true;
 	for (;;) {
 		if (s->pend_off < s->pend_len) {
 			size_t k = s->pend_len - s->pend_off;
@@ -345,7 +330,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			if (r <= 0) {
 				log_error("stream: reading an LTX file failed: %s",
 					  r < 0 ? strerror(errno) : "unexpected end of file");
-				return MHD_CONTENT_READER_END_WITH_ERROR;
+				return STREAM_FILL_ERROR;
 			}
 			s->fd_off += (uint64_t)r;
 			got += (size_t)r;
@@ -367,11 +352,11 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 				else
 					log_error("stream: building a snapshot failed: %s",
 						  strerror((int)-r));
-				return MHD_CONTENT_READER_END_WITH_ERROR;
+				return STREAM_FILL_ERROR;
 			}
 			if (r == 0) {
 				log_error("stream: a snapshot ended early");
-				return MHD_CONTENT_READER_END_WITH_ERROR;
+				return STREAM_FILL_ERROR;
 			}
 			s->fd_off += (uint64_t)r;
 			got = (size_t)r;
@@ -388,14 +373,15 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		db_ltx_blob_unref(s->blob);
 		s->blob = NULL;
 		if (s->handoff_pending) {
-			/* the HANDOFF frame has been handed to the socket */
+			/* the HANDOFF frame is on its way to the socket */
 			log_info("handoff frame sent to replica %016" PRIX64, s->peer_id);
 			s->handoff_pending = false;
 		}
 		if (s->ended) {
+			*more = false;
 			if (got > 0)
 				break;
-			return MHD_CONTENT_READER_END_OF_STREAM;
+			return STREAM_FILL_END;
 		}
 		if (h->stopping || !store_is_primary(h->store)) {
 			pend_frame(s, STREAM_END);
@@ -404,10 +390,9 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		}
 		if (got > 0 && max - got < STREAM_FILL_MIN)
 			break;
-		uint64_t seq = store_change_seq(h->store);
 		int r = stream_next(s);
 		if (r < 0)
-			return MHD_CONTENT_READER_END_WITH_ERROR;
+			return STREAM_FILL_ERROR;
 		note_behind(s, r > 0);
 		if (r > 0)
 			continue;
@@ -435,30 +420,38 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			s->ready_sent = true;
 			continue;
 		}
-		int64_t wait = HEARTBEAT_MS - (clock_mono_ms() - s->last_hb);
-		if (wait <= 0) {
+		if (clock_mono_ms() - s->last_hb >= HEARTBEAT_MS) {
 			pend_heartbeat(s);
 			continue;
 		}
-		if (got > 0)
-			break; /* send what there is before sleeping */
-		store_wait_change(h->store, seq, (int)wait);
-		/* COALESCING: at most one send per STREAM_COALESCE_NS */
-		int64_t since = clock_mono_ns() - s->last_send_ns;
-		if (since >= 0 && since < STREAM_COALESCE_NS) {
-			struct timespec ts = {0, (long)(STREAM_COALESCE_NS - since)};
-			nanosleep(&ts, NULL);
-		}
+		*more = false; /* nothing left: the sender waits for the next commit */
+		break;
 	}
-	s->last_send_ns = clock_mono_ns();
 	s->sent_bytes += got;
 	metrics_add(MC_STREAM_BYTES_SENT, got);
 	return (ssize_t)got;
 }
 
-static void stream_free(void *cls)
+/* Free what the stream holds besides its list links. */
+static void stream_release(struct stream *s)
 {
-	struct stream *s = cls;
+	if (s->fd >= 0)
+		close(s->fd);
+	db_snap_free(s->snap);
+	db_ltx_blob_unref(s->blob);
+	free(s->out);
+	free(s->pos);
+	free(s);
+}
+
+void stream_discard(struct stream *s)
+{
+	if (s)
+		stream_release(s);
+}
+
+void stream_free(struct stream *s)
+{
 	struct httpd *h = s->h;
 	pthread_mutex_lock(&h->mu);
 	s->prev->next = s->next;
@@ -467,12 +460,7 @@ static void stream_free(void *cls)
 	pthread_mutex_unlock(&h->mu);
 	log_info("replica %016" PRIX64 " disconnected (%" PRIu64 " bytes sent)", s->peer_id,
 		 s->sent_bytes);
-	if (s->fd >= 0)
-		close(s->fd);
-	db_snap_free(s->snap);
-	db_ltx_blob_unref(s->blob);
-	free(s->pos);
-	free(s);
+	stream_release(s);
 }
 
 static bool parse_node_id(const char *v, uint64_t *ret)
@@ -498,6 +486,14 @@ enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, st
 	if (rq->too_big)
 		return httpd_reply_error(h, c, MHD_HTTP_CONTENT_TOO_LARGE,
 					 "position map too large");
+	const char *up = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Upgrade");
+	if (!up || strcasecmp(up, STREAM_UPGRADE) != 0) {
+		/* a replica of an older ltxfs (it logs this answer) */
+		return httpd_reply_error(
+		    h, c, MHD_HTTP_UPGRADE_REQUIRED,
+		    "the stream needs 'Connection: Upgrade' and 'Upgrade: " STREAM_UPGRADE
+		    "' (a replica older than this primary: upgrade it)");
+	}
 	const char *pid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Node-Id");
 	if (!parse_node_id(pid, &peer))
 		return httpd_reply_error(h, c, MHD_HTTP_BAD_REQUEST,
@@ -526,10 +522,12 @@ enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, st
 		elector_adopt(h->elector, &o);
 	}
 	struct stream *s = calloc(1, sizeof(*s));
-	if (!s) {
+	if (!s || !(s->out = malloc(STREAM_CHUNK_HEAD + STREAM_BLOCK + 2))) {
+		free(s);
 		free(pm);
 		return MHD_NO;
 	}
+	s->sock = -1;
 	s->h = h;
 	s->fd = -1;
 	s->peer_id = peer;
@@ -538,8 +536,7 @@ enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, st
 		struct spos *p = spos_get(s, pm[i].name);
 		if (!p) {
 			free(pm);
-			free(s->pos);
-			free(s);
+			stream_discard(s);
 			return MHD_NO;
 		}
 		p->txid = pm[i].txid;
@@ -547,22 +544,16 @@ enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, st
 		p->floor = pm[i].txid;
 	}
 	free(pm);
-	struct MHD_Response *resp = MHD_create_response_from_callback(
-	    MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, s, stream_free);
+	/* the sender thread takes the socket once the 101 is sent (httpd_sender_adopt) */
+	struct MHD_Response *resp = MHD_create_response_for_upgrade(httpd_sender_adopt, s);
 	if (!resp) {
-		free(s->pos);
-		free(s);
+		stream_discard(s);
 		return MHD_NO;
 	}
-	pthread_mutex_lock(&h->mu);
-	s->next = h->streams.next;
-	s->prev = &h->streams;
-	s->next->prev = s;
-	h->streams.next = s;
-	h->nstreams++;
-	pthread_mutex_unlock(&h->mu);
+	rq->stream = s; /* freed with the request unless the upgrade happens */
 	log_info("replica %016" PRIX64 " connected with %zu database position(s)", peer, npm);
-	return httpd_queue(h, c, MHD_HTTP_OK, resp, "Ltxfs-Hostname", h->hostname, "Content-Type",
+	return httpd_queue(h, c, MHD_HTTP_SWITCHING_PROTOCOLS, resp, "Upgrade", STREAM_UPGRADE,
+			   "Connection", "Upgrade", "Ltxfs-Hostname", h->hostname, "Content-Type",
 			   "application/vnd.ltxfs.stream", NULL);
 }
 

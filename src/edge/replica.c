@@ -5,7 +5,9 @@
  *
  *   CONNECT  POST <url>/stream with the position map of every local
  *            database, this node's ID and (once known) the cluster ID.
- *   HEADERS  200 from a primary: adopt its cluster ID if this node has
+ *   HEADERS  101 from a primary (the stream is an upgraded connection,
+ *            httpd_sender.c; 200 from an older primary): adopt its cluster
+ *            ID if this node has
  *            none, refuse it (and retry later) if it differs; .primary
  *            appears with the primary's hostname.
  *   FRAMES   each LTX frame under 4 MiB is received in memory, a larger
@@ -350,6 +352,14 @@ static void on_status(void *ctx, long status)
 {
 	struct conn *c = ctx;
 	c->status = status;
+	if (status == 101)
+		c->chunked = true; /* the frames follow in chunked coding (stream.h) */
+}
+
+/* The primary accepted the stream: 101, or 200 from an ltxfs without upgrades. */
+static bool status_ok(long status)
+{
+	return status == 101 || status == 200;
 }
 
 /* The first body bytes: check who answered before applying anything. */
@@ -357,7 +367,7 @@ static int check_peer(struct conn *c)
 {
 	struct store *st = c->r->opt.store;
 	char mine[21];
-	if (c->status != 200) {
+	if (!status_ok(c->status)) {
 		snprintf(c->err, sizeof(c->err), "primary answered HTTP %ld", c->status);
 		return -EPROTO;
 	}
@@ -405,7 +415,7 @@ static bool on_body(void *ctx, const char *buf, size_t n)
 		if (check_peer(c) < 0)
 			return false;
 	}
-	if (c->status != 200)
+	if (!status_ok(c->status))
 		return false;
 	c->worked = true;
 	int r = c->chunked
@@ -515,6 +525,8 @@ static bool run_once(struct replica *r)
 		req.headers[nh++] = hadv;
 	}
 	req.headers[nh++] = "Content-Type: application/octet-stream";
+	req.headers[nh++] = "Connection: Upgrade";
+	req.headers[nh++] = "Upgrade: " STREAM_UPGRADE;
 	int hr = httpc_do(&req, &resp);
 	if (!c.checked && hr == 0) {
 		/* a response with no body at all: an error status */
@@ -544,7 +556,7 @@ out:
 	db_recv_free(c.rv);
 	if (c.fd >= 0)
 		close(c.fd);
-	if (c.checked && c.status == 200)
+	if (c.checked && status_ok(c.status))
 		store_set_upstream(st, NULL);
 	httpc_resp_release(&resp);
 	free(body);

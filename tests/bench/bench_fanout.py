@@ -2,8 +2,8 @@
 """What each replica costs (run on demand, never part of the test suite):
 
     LTXFS_BUILD=/tmp/bench-new /usr/bin/python3 tests/bench/bench_fanout.py \\
-        [--replicas 0,1,3,8] [--modes wal-normal,wal-full,delete-full] [--n 3000] \\
-        [--catchup 10000]
+        [--replicas 0,1,3,8] [--modes wal-normal,wal-full,delete-full] [--n 20000] \\
+        [--catchup 10000] [--rounds 3] [--pin]
 
   fanout   for each journal mode and each number of replicas: a primary and N
            replicas on loopback, one client (bench_client) committing --n
@@ -11,7 +11,11 @@
            and the CPU time (utime + stime from /proc/PID/stat) per
            transaction of the primary and of each replica, measured from the
            first commit until every replica has reached the primary's
-           position. CPU time per transaction does not depend on where the
+           position; and "stream us/tx", the CPU time per transaction of the
+           primary's thread that sends to replicas (ltxfs-sender, from
+           /proc/PID/task), divided by the number of replicas: what one
+           replica costs the primary, without the noise of the rest of the
+           process. CPU time per transaction does not depend on where the
            processes run, so it is comparable on a 2-core machine where the
            primary and its replicas share the cores; tx/s is not, and is
            reported with that caveat.
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("LTXFS_BUILD", os.path.join(ROOT, "build"))
@@ -45,7 +50,25 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid):
     """utime + stime of a process, in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
+    return cpu_seconds_of("/proc/%d/stat" % pid)
+
+
+def stream_cpu_seconds(pid):
+    """utime + stime of the thread of pid that sends to replicas (ltxfs-sender)."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if f.read().strip() != "ltxfs-sender":
+                    continue
+            total += cpu_seconds_of("/proc/%d/task/%s/stat" % (pid, tid))
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def cpu_seconds_of(path):
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
@@ -82,6 +105,7 @@ def fanout(base, mode, sync, n_replicas, n):
             wait_for(lambda: r.pos("db") == want, timeout=60)
         procs = [p] + rs
         before = [cpu_seconds(x.proc.pid) for x in procs]
+        s0 = stream_cpu_seconds(p.proc.pid)
         t0 = time.monotonic()
         txs = client(p.path("db"), mode, sync, n)
         want = p.pos("db")
@@ -89,8 +113,10 @@ def fanout(base, mode, sync, n_replicas, n):
             wait_for(lambda: r.pos("db") == want, timeout=300)
         wall = time.monotonic() - t0
         after = [cpu_seconds(x.proc.pid) for x in procs]
+        s1 = stream_cpu_seconds(p.proc.pid)
         per = [(a - b) / n * 1e6 for a, b in zip(after, before)]
-        return txs, per[0], per[1:], wall
+        per_stream = (s1 - s0) / n * 1e6 / n_replicas if n_replicas else 0.0
+        return txs, per[0], per[1:], wall, per_stream
     finally:
         for x in [p] + rs:
             x.cleanup()
@@ -124,9 +150,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", default="0,1,3,8")
     ap.add_argument("--modes", default="wal-normal,wal-full,delete-full")
-    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--n", type=int, default=20000,
+                    help="transactions per run in WAL mode (a fifth of it in DELETE mode); "
+                         "CPU time comes in 10 ms ticks, so short runs blur the figures")
     ap.add_argument("--catchup", type=int, default=10000)
     ap.add_argument("--only", default="fanout,catchup")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the runs of each mode, interleaved; report medians")
     ap.add_argument("--dir", default=None, help="where nodes live (default: a temp dir)")
     ap.add_argument("--pin", action="store_true",
                     help="primary and client on CPU 0, replicas on CPU 1, as if the "
@@ -141,22 +171,33 @@ def main():
                                      ", pinned: primary and client CPU 0, replicas CPU 1"
                                      if PIN else ""))
     if "fanout" in only:
-        print("%-12s %8s %9s %14s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
-                                         "each replica us/tx"))
+        print("%-12s %8s %9s %14s %14s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
+                                              "stream us/tx", "each replica us/tx"))
         for m in a.modes.split(","):
             mode, sync = m.split("-")
             n = a.n if mode == "wal" else max(200, a.n // 5)
+            ks = [int(x) for x in a.replicas.split(",")]
+            runs = {k: [] for k in ks}
+            # rounds interleave the replica counts, so that the machine's drift
+            # falls on all of them alike; each figure is the median of its runs
+            for _ in range(a.rounds):
+                for k in ks:
+                    runs[k].append(fanout(base, mode, sync, k, n))
             base0 = None
-            for k in (int(x) for x in a.replicas.split(",")):
-                txs, pcpu, rcpu, wall = fanout(base, mode, sync, k, n)
+            for k in ks:
+                txs = median(r[0] for r in runs[k])
+                pcpu = median(r[1] for r in runs[k])
+                rcpu = [median(r[2][i] for r in runs[k]) for i in range(k)]
+                scpu = median(r[4] for r in runs[k])
                 if k == 0:
                     base0 = (txs, pcpu)
                 extra = ""
                 if base0 and k > 0:
                     extra = "  (+%.1f us/tx per replica on the primary; tx/s %.2f of 0)" % (
                         (pcpu - base0[1]) / k, txs / base0[0])
-                print("%-12s %8d %9.0f %14.1f %s%s" % (
-                    m, k, txs, pcpu, " ".join("%.1f" % x for x in rcpu) or "-", extra))
+                print("%-12s %8d %9.0f %14.1f %14s %s%s" % (
+                    m, k, txs, pcpu, "%.1f" % scpu if k else "-",
+                    " ".join("%.1f" % x for x in rcpu) or "-", extra))
                 sys.stdout.flush()
     if "catchup" in only:
         produce, took, rcpu = catchup(base, a.catchup)

@@ -352,7 +352,11 @@ def test_endpoint_errors(pair):
     assert r_.status == 404 and r_.json()["error"]
     r_ = http(p.url + "/info", "POST", b"")
     assert r_.status == 405 and "GET" in r_.json()["error"]
-    assert http(p.url + "/stream", "POST", b"\x00\x00\x00\x05garbage").status == 400
+    up = {"Connection": "Upgrade", "Upgrade": "ltxfs-stream", "Ltxfs-Node-Id": "AB"}
+    assert http(p.url + "/stream", "POST", b"\x00\x00\x00\x05garbage", headers=up).status == 400
+    # a replica that does not ask for the upgrade (an older ltxfs) is told why
+    r_ = http(p.url + "/stream", "POST", b"\x00\x00\x00\x00", headers={"Ltxfs-Node-Id": "AB"})
+    assert r_.status == 426 and "Upgrade: ltxfs-stream" in r_.json()["error"]
     r_ = http(p.url + "/promote", "POST", b"")
     assert r_.status == 409 and "static lease" in r_.json()["error"]
 

@@ -398,12 +398,14 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     by the primary in /info, /metrics and `ltxfs status`; the primary commits
     on regardless; once it runs again the replica applies what piled up in
     batches (fewer applies than LTX files) and ends identical."""
-    p, (r,) = cluster(make_node, 1)
+    p, (r, r2) = cluster(make_node, 2)
     c = connect(p.path("db"), "wal")
     c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
     assert_same(p, r)
+    assert_same(p, r2)
     applied0 = _metric(r, "ltxfs_ltx_applied_total")
     batches0 = _metric(r, "ltxfs_apply_batches_total")
+    rid = r.info()["nodeID"]
     os.kill(r.proc.pid, signal.SIGSTOP)
     try:
         # small transactions, then more than the socket buffers hold
@@ -411,8 +413,11 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
             c.execute("INSERT INTO t VALUES(?, randomblob(100))", (i,))
         for i in range(30):
             c.execute("INSERT INTO t VALUES(?, randomblob(1000000))", (10000 + i,))
+        # one thread writes every replica's socket: the stopped replica's full
+        # socket holds up neither the commits nor the other replica
+        assert_same(p, r2, timeout=15)
         def lagging():
-            reps = p.info()["replicas"]
+            reps = [x for x in p.info()["replicas"] if x["nodeID"] == rid]
             return reps and reps[0]["lagging"] and reps[0]["databases"][0]["behind"] > 0
         wait_for(lagging, timeout=15, what="the primary to report the replica as lagging")
         assert _metric(p, "ltxfs_replicas_lagging") == 1
@@ -424,7 +429,7 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     finally:
         os.kill(r.proc.pid, signal.SIGCONT)
     assert_same(p, r, timeout=60)
-    wait_for(lambda: not p.info()["replicas"][0]["lagging"], timeout=15,
+    wait_for(lambda: not any(x["lagging"] for x in p.info()["replicas"]), timeout=15,
              what="the primary to see the replica caught up")
     assert _metric(p, "ltxfs_replicas_lagging") == 0
     assert "cannot keep up" in p.read_log() and "caught up after" in p.read_log()
@@ -433,3 +438,81 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     batches = _metric(r, "ltxfs_apply_batches_total") - batches0
     assert applied >= 100 and batches < applied / 4, (applied, batches)
     c.close()
+
+
+def _read_stream(sock, buf, want_types, timeout=10):
+    """Decode HTTP chunks, then frames, from sock until a frame of each of
+    want_types arrived (in any order); returns the frame types seen and what
+    is left of buf."""
+    import struct
+    seen, body, end = [], b"", time.monotonic() + timeout
+    while not set(want_types) <= set(seen):
+        assert time.monotonic() < end, "frames seen: %r" % seen
+        while True:  # whole chunks from buf into body
+            i = buf.find(b"\r\n")
+            if i < 0:
+                break
+            size = int(buf[:i], 16)
+            if len(buf) < i + 2 + size + 2:
+                break
+            assert buf[i + 2 + size:i + 4 + size] == b"\r\n"
+            body += buf[i + 2:i + 2 + size]
+            buf = buf[i + 4 + size:]
+            if size == 0:
+                seen.append("eof")
+        while len(body) >= 12:  # whole frames from body
+            ftype, flen = struct.unpack(">IQ", body[:12])
+            if len(body) < 12 + flen:
+                break
+            seen.append(ftype)
+            body = body[12 + flen:]
+        if set(want_types) <= set(seen):
+            break
+        more = sock.recv(65536)
+        if not more:
+            seen.append("closed")
+            break
+        buf += more
+    return seen, buf
+
+
+def test_stream_is_an_upgraded_connection(make_node):
+    """POST /stream as docs/protocol.md gives it, from a raw socket: a 101
+    with Upgrade: ltxfs-stream, then frames in chunked coding (a snapshot,
+    READY, heartbeats, each new commit), the same thread sending to it and to
+    a real replica, and at shutdown END and the zero-length chunk."""
+    import socket
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("db"), "wal")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    assert_same(p, r)
+    host, port = p.url[len("http://"):].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    posmap = b"\x00\x00\x00\x00"  # no databases
+    sock.sendall(b"POST /stream HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: ltxfs-stream\r\nLtxfs-Node-Id: 00000000000000AB\r\n"
+                 b"Content-Length: 4\r\n\r\n" + posmap)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = sock.recv(65536)
+        assert more, buf
+        buf += more
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 101"), lines
+    hdrs = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+    assert hdrs["upgrade"] == "ltxfs-stream" and hdrs["ltxfs-hostname"]
+    seen, buf = _read_stream(sock, buf, [1, 2, 7])  # LTX (snapshot), READY, HEARTBEAT
+    c.execute("INSERT INTO t VALUES(1, 'after ready')")
+    seen, buf = _read_stream(sock, buf, [1])
+    # both streams are written by the one sender thread, none by a thread of its own
+    names = []
+    for t in os.listdir("/proc/%d/task" % p.proc.pid):
+        with open("/proc/%d/task/%s/comm" % (p.proc.pid, t)) as f:
+            names.append(f.read().strip())
+    assert names.count("ltxfs-sender") == 1, names
+    assert len(p.info()["replicas"]) == 2
+    c.close()
+    p.stop()
+    seen, buf = _read_stream(sock, buf, [3, "eof"])  # END, then the last chunk
+    sock.close()
