@@ -360,9 +360,9 @@ struct ltx_out {
 #define DB_GROUP_MAX 256
 /* After a reply, queued commits wait to share a file until there are this many,
  * this many bytes of pages, or the oldest waited this long (GROUP COMMIT). */
-#define DB_GROUP_DEFER	     8
+#define DB_GROUP_DEFER	     32
 #define DB_GROUP_DEFER_BYTES (256u << 10)
-#define DB_GROUP_DEFER_NS    2000000
+#define DB_GROUP_DEFER_NS    10000000
 /* Beyond this much queued, commits write their files themselves (backpressure). */
 #define DB_QUEUE_LIMIT (8u << 20)
 

@@ -78,7 +78,11 @@ PIN = False
 
 def pin(pid, cpu):
     """Every thread of pid (and those it creates later) onto one CPU."""
-    subprocess.check_call(["taskset", "-a", "-cp", str(cpu), str(pid)], stdout=subprocess.DEVNULL)
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
 
 
 def client(path, mode, sync, n):

@@ -64,7 +64,14 @@ def run(exe, path, mode, size):
     m = re.search(r"TOTAL\.*\s+([0-9.]+)s", out)
     if not m:
         raise RuntimeError("speedtest1 printed no TOTAL line:\n" + out[-2000:])
+    # each test's line: " 100 - 50000 INSERTs into table with no index.....  0.071s"
+    tests = {t.strip(" ."): float(v) for t, v in
+             re.findall(r"^\s*(\d+ - .*?)\s+([0-9.]+)s\s*$", out, re.M)}
+    DETAIL.append(tests)
     return float(m.group(1))
+
+
+DETAIL = []
 
 
 def main():
@@ -74,6 +81,8 @@ def main():
     ap.add_argument("--modes", default="wal,delete")
     ap.add_argument("--replicas", default="0,1")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--detail", type=int, default=0,
+                    help="also list the N tests that lose the most time through the mount")
     a = ap.parse_args()
     exe = speedtest1()
     base = a.dir or tempfile.mkdtemp(prefix="ltxfs-speedtest-", dir="/var/tmp")
@@ -89,14 +98,17 @@ def main():
             try:
                 for mode in a.modes.split(","):
                     tp, tm, cpu_p, cpu_r = [], [], [], []
+                    dp, dm = [], []
                     for rnd in range(a.rounds):
                         sides = ["plain", "mount"] if rnd % 2 == 0 else ["mount", "plain"]
                         for side in sides:
                             if side == "plain":
                                 tp.append(run(exe, os.path.join(plain, "st.db"), mode, a.size))
+                                dp.append(DETAIL.pop())
                                 continue
                             c0 = [cpu_seconds(x.proc.pid) for x in [p] + rs]
                             tm.append(run(exe, p.path("st.db"), mode, a.size))
+                            dm.append(DETAIL.pop())
                             want = p.pos("st.db")
                             for r in rs:
                                 wait_for(lambda: r.pos("st.db") == want, timeout=300)
@@ -113,6 +125,15 @@ def main():
                         extra = ", CPU per run: ltxfs %.2f s" % statistics.median(cpu_p)
                     print("%-6s replicas %d: plain %.2f s, mount %.2f s, plain/mount %.2f%s" % (
                         mode, k, mp, mm, mp / mm, extra))
+                    if a.detail:
+                        rows = []
+                        for t in dp[0]:
+                            vp = statistics.median(d.get(t, 0.0) for d in dp)
+                            vm = statistics.median(d.get(t, 0.0) for d in dm)
+                            rows.append((vm - vp, t, vp, vm))
+                        for lost, t, vp, vm in sorted(rows, reverse=True)[:a.detail]:
+                            print("    %-60s plain %.3f s, mount %.3f s (+%.3f)" % (
+                                t[:60], vp, vm, lost))
                     sys.stdout.flush()
             finally:
                 for x in [p] + rs:

@@ -104,6 +104,7 @@ def test_wal_commits_without_ltx_files_are_recovered(make_node):
     c.execute("PRAGMA wal_autocheckpoint=0")
     for i in range(10):
         c.execute("INSERT INTO t(v) VALUES(?)", ("late %d" % i,))
+        read_pos(node.mount, "db")  # its LTX file now: one file per transaction
     txid, post = read_pos(node.mount, "db")
     node.kill9()  # the WAL keeps the frames: the connection never checkpointed
     c.close()
@@ -267,6 +268,7 @@ def test_torn_ltx_file_below_an_intact_one_is_regenerated(make_node):
     c.execute("PRAGMA wal_autocheckpoint=0")
     for i in range(10):
         c.execute("INSERT INTO t(v) VALUES(?)", ("late %d" % i,))
+        read_pos(node.mount, "db")  # its LTX file now: one file per transaction
     txid, post = read_pos(node.mount, "db")
     node.kill9()
     c.close()

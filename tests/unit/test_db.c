@@ -473,11 +473,12 @@ static void test_prepared_commit_rolled_back(void)
 /*
  * WAL commits queue their LTX file and the writer writes the queue after
  * replying (db_write_done), or after the WAL fsync when synchronous=FULL
- * fsyncs each commit, once 8 commits (DB_GROUP_DEFER) have gathered. With
+ * fsyncs each commit, once GROUP_DEFER commits have gathered. With
  * synchronous=NORMAL a checkpoint's fsync also follows a commit; the commits
  * after it must still get their files without a reader asking for the
- * position, so no commit waits for more than 8 to gather.
+ * position, so no commit waits for more than GROUP_DEFER to gather.
  */
+#define GROUP_DEFER 32 /* DB_GROUP_DEFER in src/core/db_int.h */
 static void test_queued_ltx_written_after_the_reply(void)
 {
 	static const char *const syncs[] = {"NORMAL", "FULL"};
@@ -496,15 +497,16 @@ static void test_queued_ltx_written_after_the_reply(void)
 		exec(c, sql, SQLITE_OK);
 		int groups = 0;
 		uint64_t last_newest = newest_txid();
-		for (int i = 0; i < 30; i++) {
+		for (int i = 0; i < 4 * GROUP_DEFER; i++) {
 			exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
 			db_get_pos(g_db, &pos);
-			/* files exist without asking for the position, at most 7 behind */
+			/* files exist without asking for the position, never a
+			 * whole group behind */
 			uint64_t newest = newest_txid();
-			CHECK(pos.txid - newest < 8);
+			CHECK(pos.txid - newest < GROUP_DEFER);
 			groups += newest != last_newest;
 			last_newest = newest;
-			if (i == 2 || i == 17)
+			if (i == 2 || i == GROUP_DEFER + 9)
 				exec(c, "PRAGMA wal_checkpoint(PASSIVE)", SQLITE_OK);
 		}
 		CHECK(groups >= 3);
