@@ -34,7 +34,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-os.environ.setdefault("LTXFS_BIN", os.path.join(ROOT, "build", "src", "ltxfs"))
+BUILD = os.environ.get("LTXFS_BUILD", os.path.join(ROOT, "build"))
+os.environ.setdefault("LTXFS_BIN", os.path.join(BUILD, "src", "ltxfs"))
 from conftest import Node, wait_for  # noqa: E402
 
 POLLER = r"""

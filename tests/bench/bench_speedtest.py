@@ -89,6 +89,17 @@ def main():
     os.makedirs(base, exist_ok=True)
     plain = os.path.join(base, "plain")
     os.makedirs(plain, exist_ok=True)
+    # libfuse's passthrough_ll: what FUSE alone costs (with 0 replicas)
+    sys.path.insert(0, os.path.join(ROOT, "tests", "bench"))
+    import bench  # noqa: E402
+    bench.build_passthrough()
+    pt = os.path.join(base, "pt")
+    os.makedirs(pt, exist_ok=True)
+    ptsrc = os.path.join(base, "pt-src")
+    os.makedirs(ptsrc, exist_ok=True)
+    ptproc = subprocess.Popen([bench.PT_BIN, "-f", "-o", "source=%s,cache=auto" % ptsrc, pt],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench.wait_mounted(pt, ptproc)
     print("binary %s, speedtest1 --size %d, %d rounds" % (os.environ["LTXFS_BIN"], a.size,
                                                           a.rounds))
     try:
@@ -97,11 +108,16 @@ def main():
             rs = [Node(base, "r%d-%d" % (k, i), replica_of=p).start() for i in range(k)]
             try:
                 for mode in a.modes.split(","):
-                    tp, tm, cpu_p, cpu_r = [], [], [], []
+                    tp, tm, tt, cpu_p, cpu_r = [], [], [], [], []
                     dp, dm = [], []
                     for rnd in range(a.rounds):
-                        sides = ["plain", "mount"] if rnd % 2 == 0 else ["mount", "plain"]
+                        sides = ["plain", "mount"] + (["pt"] if not rs else [])
+                        sides = sides[rnd % len(sides):] + sides[:rnd % len(sides)]
                         for side in sides:
+                            if side == "pt":
+                                tt.append(run(exe, os.path.join(pt, "st.db"), mode, a.size))
+                                DETAIL.pop()
+                                continue
                             if side == "plain":
                                 tp.append(run(exe, os.path.join(plain, "st.db"), mode, a.size))
                                 dp.append(DETAIL.pop())
@@ -122,7 +138,10 @@ def main():
                         extra = ", CPU per run: primary %.2f s, replica %.2f s" % (
                             statistics.median(cpu_p), statistics.median(cpu_r))
                     else:
-                        extra = ", CPU per run: ltxfs %.2f s" % statistics.median(cpu_p)
+                        mt = statistics.median(tt)
+                        extra = (", CPU per run: ltxfs %.2f s; passthrough_ll %.2f s, "
+                                 "plain/passthrough_ll %.2f, passthrough_ll/mount %.2f" % (
+                                     statistics.median(cpu_p), mt, mp / mt, mt / mm))
                     print("%-6s replicas %d: plain %.2f s, mount %.2f s, plain/mount %.2f%s" % (
                         mode, k, mp, mm, mp / mm, extra))
                     if a.detail:
@@ -139,6 +158,8 @@ def main():
                 for x in [p] + rs:
                     x.cleanup()
     finally:
+        subprocess.call(["umount", pt])
+        ptproc.wait(30)
         if not a.dir:
             shutil.rmtree(base, ignore_errors=True)
 
