@@ -97,29 +97,35 @@ enum MHD_Result httpd_queue(struct httpd *h, struct MHD_Connection *c, unsigned 
 	return r;
 }
 
-enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsigned status,
-				 json_t *obj)
+struct MHD_Response *httpd_json_response(json_t *obj)
 {
 	char *text = json_dumps(obj, JSON_COMPACT);
 	json_decref(obj);
 	if (!text)
-		return MHD_NO;
+		return NULL;
 	size_t len = strlen(text);
 	text[len] = '\0';
 	char *body = malloc(len + 2);
 	if (!body) {
 		free(text);
-		return MHD_NO;
+		return NULL;
 	}
 	memcpy(body, text, len);
 	body[len] = '\n';
 	free(text);
 	struct MHD_Response *resp =
 	    MHD_create_response_from_buffer(len + 1, body, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
+	if (!resp)
 		free(body);
+	return resp;
+}
+
+enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsigned status,
+				 json_t *obj)
+{
+	struct MHD_Response *resp = httpd_json_response(obj);
+	if (!resp)
 		return MHD_NO;
-	}
 	return httpd_queue(h, c, status, resp, "Content-Type", "application/json", NULL);
 }
 
@@ -474,6 +480,12 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		r = -EINVAL;
 		goto fail;
 	}
+	/* before the daemon: a stream may be adopted as soon as it listens */
+	r = httpd_sender_start(h);
+	if (r < 0) {
+		snprintf(errmsg, n, "cannot start the stream sender thread: %s", strerror(-r));
+		goto fail;
+	}
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
 			 MHD_USE_ERROR_LOG | MHD_USE_POLL | MHD_ALLOW_UPGRADE;
 	memset(&ss, 0, sizeof(ss));
@@ -504,15 +516,10 @@ int httpd_start(struct httpd **ret, const struct httpd_options *opt, char *errms
 		r = -EADDRINUSE;
 		goto fail;
 	}
-	r = httpd_sender_start(h);
-	if (r < 0) {
-		snprintf(errmsg, n, "cannot start the stream sender thread: %s", strerror(-r));
-		MHD_stop_daemon(h->d);
-		goto fail;
-	}
 	*ret = h;
 	return 0;
 fail:
+	httpd_sender_stop(h);
 	httpd_free(h);
 	return r;
 }

@@ -65,6 +65,7 @@ struct stream {
 	uint8_t *out;
 	size_t out_off, out_len;
 	bool more, closing;
+	int64_t stuck_since; /* monotonic ms since when its socket took nothing, 0: it takes */
 	/* LAGGING REPLICAS: monotonic ms since when something has been waiting to
 	 * be sent, 0 while caught up (atomic: /info and /metrics read it) */
 	int64_t behind_since_ms;
@@ -118,6 +119,8 @@ struct httpd {
 __attribute__((sentinel)) enum MHD_Result httpd_queue(struct httpd *h, struct MHD_Connection *c,
 						      unsigned status, struct MHD_Response *resp,
 						      ...);
+/* obj (its reference is taken) as a JSON body ending with a newline; NULL: no memory. */
+struct MHD_Response *httpd_json_response(json_t *obj);
 /* Queue obj (its reference is taken) as a JSON body ending with a newline. */
 enum MHD_Result httpd_reply_json(struct httpd *h, struct MHD_Connection *c, unsigned status,
 				 json_t *obj);

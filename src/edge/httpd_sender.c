@@ -13,10 +13,10 @@
  * checks the request and answers 101, and libmicrohttpd then hands the
  * socket to httpd_sender_adopt, on the connection's thread. It makes the
  * socket non-blocking, links the stream into h->streams and wakes the
- * sender. From then on the socket is the sender's alone (the connection's
- * thread only waits inside libmicrohttpd until the sender closes it with
- * MHD_upgrade_action). The bytes after the 101 are HTTP chunked coding, as
- * before the upgrade was used, so the replica's decoder is unchanged.
+ * sender. From then on the socket is the sender's alone, until the sender
+ * closes it with MHD_upgrade_action (the connection's thread has ended;
+ * libmicrohttpd frees the connection after that close). The bytes after the 101 are HTTP chunked
+ * coding, as before the upgrade was used, so the replica's decoder is unchanged.
  *
  * ROUND. The sender repeats rounds. In a round it pumps each stream: write
  * what its buffer still holds (one HTTP chunk: size line, up to
@@ -33,6 +33,12 @@
  * IDLE. With no stream at all, the sender sleeps on h->sender_cond until
  * one is adopted, so that commits on a primary without replicas wake
  * nobody (the change counter's bump is then one atomic increment).
+ *
+ * STUCK. A replica whose socket has taken nothing for SENDER_STUCK_MS
+ * (30 s, libmicrohttpd's idle timeout, which no longer applies once the
+ * connection is upgraded) is cut off: it no longer holds back retention
+ * or keeps the sender polling. TCP_USER_TIMEOUT does the same for a peer
+ * that vanished with data unacknowledged.
  *
  * WAITING. Between rounds, with every stream IDLE, the sender sleeps on the
  * store's change counter (store_wait_change) until the next commit, role
@@ -79,6 +85,8 @@
 #include <time.h>
 
 #define SENDER_COALESCE_NS 1000000
+/* A replica whose socket takes nothing for this long is cut off (STUCK). */
+#define SENDER_STUCK_MS 30000
 
 enum pump { PUMP_IDLE, PUMP_MORE, PUMP_BLOCKED, PUMP_CLOSE };
 
@@ -101,6 +109,9 @@ void httpd_sender_adopt(void *cls, struct MHD_Connection *c, void *con_cls, cons
 	if (fl < 0 || fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0)
 		s->closing = true; /* cannot happen on a socket; closed at once */
 	setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* a peer that vanished without a reset is given up as a stuck one is */
+	unsigned user_timeout = SENDER_STUCK_MS;
+	setsockopt(sock, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
 	pthread_mutex_lock(&h->mu);
 	if (h->sender_quit) {
 		/* the sender has gone (httpd_stop): nobody would close it */
@@ -146,6 +157,7 @@ static enum pump pump(struct stream *s, bool *sent)
 				return PUMP_CLOSE;
 			}
 			*sent = true;
+			s->stuck_since = 0;
 			s->out_off += (size_t)k;
 			if (s->out_off < s->out_len)
 				return PUMP_BLOCKED;
@@ -233,6 +245,16 @@ static void *sender_main(void *arg)
 			}
 			if (p == PUMP_MORE)
 				more = true;
+			if (p == PUMP_BLOCKED && !s->stuck_since)
+				s->stuck_since = now_ms;
+			if (p == PUMP_BLOCKED && now_ms - s->stuck_since >= SENDER_STUCK_MS) {
+				log_warn("replica %016" PRIX64
+					 " took nothing for %d s: closing its "
+					 "stream (it reconnects and resumes from its position)",
+					 s->peer_id, SENDER_STUCK_MS / 1000);
+				stream_close(s);
+				continue;
+			}
 			if (p == PUMP_BLOCKED)
 				pf[nblocked++] = (struct pollfd){.fd = s->sock, .events = POLLOUT};
 			int64_t hb = HEARTBEAT_MS - (now_ms - s->last_hb);

@@ -378,7 +378,7 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 			s->handoff_pending = false;
 		}
 		if (s->ended) {
-			*more = false;
+			/* *more stays true: the next fill returns STREAM_FILL_END at once */
 			if (got > 0)
 				break;
 			return STREAM_FILL_END;
@@ -489,10 +489,15 @@ enum MHD_Result httpd_serve_stream(struct httpd *h, struct MHD_Connection *c, st
 	const char *up = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Upgrade");
 	if (!up || strcasecmp(up, STREAM_UPGRADE) != 0) {
 		/* a replica of an older ltxfs (it logs this answer) */
-		return httpd_reply_error(
-		    h, c, MHD_HTTP_UPGRADE_REQUIRED,
-		    "the stream needs 'Connection: Upgrade' and 'Upgrade: " STREAM_UPGRADE
-		    "' (a replica older than this primary: upgrade it)");
+		struct MHD_Response *resp = httpd_json_response(
+		    json_pack("{s:s}", "error",
+			      "the stream needs 'Connection: Upgrade' and 'Upgrade: " STREAM_UPGRADE
+			      "' (a replica older than this primary: upgrade it)"));
+		if (!resp)
+			return MHD_NO;
+		return httpd_queue(h, c, MHD_HTTP_UPGRADE_REQUIRED, resp, "Content-Type",
+				   "application/json", "Upgrade", STREAM_UPGRADE, "Connection",
+				   "Upgrade", NULL);
 	}
 	const char *pid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Ltxfs-Node-Id");
 	if (!parse_node_id(pid, &peer))

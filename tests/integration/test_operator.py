@@ -357,6 +357,7 @@ def test_endpoint_errors(pair):
     # a replica that does not ask for the upgrade (an older ltxfs) is told why
     r_ = http(p.url + "/stream", "POST", b"\x00\x00\x00\x00", headers={"Ltxfs-Node-Id": "AB"})
     assert r_.status == 426 and "Upgrade: ltxfs-stream" in r_.json()["error"]
+    assert r_.headers["Upgrade"] == "ltxfs-stream"  # RFC 9110: 426 names the protocol
     r_ = http(p.url + "/promote", "POST", b"")
     assert r_.status == 409 and "static lease" in r_.json()["error"]
 

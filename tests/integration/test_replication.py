@@ -476,27 +476,58 @@ def _read_stream(sock, buf, want_types, timeout=10):
     return seen, buf
 
 
-def test_stream_is_an_upgraded_connection(make_node):
-    """POST /stream as docs/protocol.md gives it, from a raw socket: a 101
-    with Upgrade: ltxfs-stream, then frames in chunked coding (a snapshot,
-    READY, heartbeats, each new commit), the same thread sending to it and to
-    a real replica, and at shutdown END and the zero-length chunk."""
+def _raw_stream(p, rcvbuf=None):
+    """A raw-socket stream to p with an empty position map; returns the socket
+    and what followed the 101's headers."""
     import socket
-    p, (r,) = cluster(make_node, 1)
-    c = connect(p.path("db"), "wal")
-    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-    assert_same(p, r)
     host, port = p.url[len("http://"):].rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    posmap = b"\x00\x00\x00\x00"  # no databases
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
     sock.sendall(b"POST /stream HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
                  b"Upgrade: ltxfs-stream\r\nLtxfs-Node-Id: 00000000000000AB\r\n"
-                 b"Content-Length: 4\r\n\r\n" + posmap)
+                 b"Content-Length: 4\r\n\r\n\x00\x00\x00\x00")
     buf = b""
     while b"\r\n\r\n" not in buf:
         more = sock.recv(65536)
         assert more, buf
         buf += more
+    return sock, buf
+
+
+def test_replica_that_reads_nothing_is_cut_off(make_node):
+    """A replica that stops reading (here a raw socket that never reads) has its
+    stream closed once its socket took nothing for 30 s, as libmicrohttpd's idle
+    timeout did before streams were upgraded; the other replica is not held up."""
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("db"), "wal")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    sock, _ = _raw_stream(p, rcvbuf=4096)
+    wait_for(lambda: len(p.info()["replicas"]) == 2, what="both streams")
+    for i in range(40):  # more than both sockets' buffers hold
+        c.execute("INSERT INTO t VALUES(?, randomblob(1000000))", (i,))
+    assert_same(p, r, timeout=30)
+    wait_for(lambda: "took nothing for 30 s" in p.read_log(), timeout=90,
+             what="the primary to cut off the stream that reads nothing")
+    assert [x["nodeID"] for x in p.info()["replicas"]] == [r.info()["nodeID"]]
+    sock.close()
+    c.execute("INSERT INTO t VALUES(1000, 'after')")
+    assert_same(p, r)
+    c.close()
+
+
+def test_stream_is_an_upgraded_connection(make_node):
+    """POST /stream as docs/protocol.md gives it, from a raw socket: a 101
+    with Upgrade: ltxfs-stream, then frames in chunked coding (a snapshot,
+    READY, heartbeats, each new commit), the same thread sending to it and to
+    a real replica, and at shutdown END and the zero-length chunk."""
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("db"), "wal")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    assert_same(p, r)
+    sock, buf = _raw_stream(p)
     head, buf = buf.split(b"\r\n\r\n", 1)
     lines = head.decode().split("\r\n")
     assert lines[0].startswith("HTTP/1.1 101"), lines
