@@ -175,6 +175,13 @@ void store_on_change(void *ctx)
 	changed(ctx);
 }
 
+/* cmu held: bump the counter and wake the writers in store_await_writes too. */
+static void changed_wake_all(struct store *s)
+{
+	changed(s);
+	pthread_cond_broadcast(&s->ccond);
+}
+
 /* ---------------------------------------------------------------- role */
 
 void store_set_primary(struct store *s, bool primary)
@@ -183,8 +190,7 @@ void store_set_primary(struct store *s, bool primary)
 	s->primary = primary;
 	if (primary)
 		s->upstream[0] = '\0';
-	changed(s);
-	pthread_cond_broadcast(&s->ccond);
+	changed_wake_all(s);
 	pthread_mutex_unlock(&s->cmu);
 }
 
@@ -230,8 +236,7 @@ int store_become_primary(struct store *s, uint64_t epoch, int64_t until_ms, int6
 	s->fenced = false;
 	s->primary = true;
 	s->upstream[0] = '\0';
-	changed(s);
-	pthread_cond_broadcast(&s->ccond);
+	changed_wake_all(s);
 	pthread_mutex_unlock(&s->cmu);
 	return 0;
 }
@@ -356,8 +361,8 @@ void store_adopt_end(struct store *s)
 	pthread_mutex_lock(&s->cmu);
 	if (s->adopting > 0)
 		s->adopting--;
-	changed(s); /* the start of the term may be over: /info, .primary, /events, waiters */
-	pthread_cond_broadcast(&s->ccond);
+	/* the start of the term may be over: /info, .primary, /events, waiters */
+	changed_wake_all(s);
 	pthread_mutex_unlock(&s->cmu);
 }
 
@@ -569,7 +574,6 @@ uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
 void store_kick(struct store *s)
 {
 	pthread_mutex_lock(&s->cmu);
-	changed(s);
-	pthread_cond_broadcast(&s->ccond); /* writers waiting may have to give way */
+	changed_wake_all(s); /* writers waiting may have to give way */
 	pthread_mutex_unlock(&s->cmu);
 }

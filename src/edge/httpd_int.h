@@ -147,7 +147,8 @@ enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
 /* room for an HTTP chunk's size line before the bytes of a block */
 #define STREAM_CHUNK_HEAD 16
 ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more);
-/* Free a stream that never reached the sender (the upgrade did not happen). */
+/* Free what a stream holds, not linked into h's list (the upgrade did not
+ * happen); takes NULL. */
 void stream_discard(struct stream *s);
 /* Unlink s from h's list, log the disconnect, free it (the sender, after closing its socket). */
 void stream_free(struct stream *s);

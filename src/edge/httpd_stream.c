@@ -432,9 +432,10 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 	return (ssize_t)got;
 }
 
-/* Free what the stream holds besides its list links. */
-static void stream_release(struct stream *s)
+void stream_discard(struct stream *s)
 {
+	if (!s)
+		return;
 	if (s->fd >= 0)
 		close(s->fd);
 	db_snap_free(s->snap);
@@ -442,12 +443,6 @@ static void stream_release(struct stream *s)
 	free(s->out);
 	free(s->pos);
 	free(s);
-}
-
-void stream_discard(struct stream *s)
-{
-	if (s)
-		stream_release(s);
 }
 
 void stream_free(struct stream *s)
@@ -460,7 +455,7 @@ void stream_free(struct stream *s)
 	pthread_mutex_unlock(&h->mu);
 	log_info("replica %016" PRIX64 " disconnected (%" PRIu64 " bytes sent)", s->peer_id,
 		 s->sent_bytes);
-	stream_release(s);
+	stream_discard(s);
 }
 
 static bool parse_node_id(const char *v, uint64_t *ret)
