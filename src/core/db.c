@@ -57,8 +57,9 @@
  *
  * DURABILITY. An LTX file is fdatasync'ed, with its directory, by the commit
  * point of a rollback-mode transaction in which the application asked for
- * durability (fsync of the database or journal), normally on the syncer
- * thread while the application's fsync of the database runs. In WAL mode the WAL itself
+ * durability (fsync of the database or journal), normally as its copy in the
+ * LTX ring on the syncer thread while the application's fsync of the database
+ * runs (the file itself is then written after the commit point). In WAL mode the WAL itself
  * is the durable record: LTX files are written without fsync and made
  * durable (syncfs) before the WAL is restarted, truncated or deleted; start-up
  * recovery regenerates any LTX file that power loss tore from the WAL.
@@ -471,8 +472,24 @@ int db_unlink(struct db *db, enum db_file kind)
 		if (r < 0)
 			break;
 		r = db_file_path(db, kind, path, sizeof(path));
-		if (r == 0 && unlink(path) < 0)
+		if (r < 0)
+			break;
+		/*
+		 * The last reference to the inode frees its blocks, and with the
+		 * discard mount option waits for the device to discard them: a
+		 * few hundred microseconds SQLite's commit need not wait for.
+		 * Held open, the inode goes when db_write_done closes it, after
+		 * the reply.
+		 */
+		int keep = open(path, O_PATH | O_CLOEXEC);
+		if (unlink(path) < 0)
 			r = -errno;
+		if (r == 0 && keep >= 0 && db->evict_fd < 0) {
+			db->evict_fd = keep;
+			keep = -1;
+		}
+		if (keep >= 0)
+			close(keep);
 		if (r == 0 || r == -ENOENT)
 			db->journal_exists = db->journal_active = false;
 		break;
@@ -621,6 +638,7 @@ int db_open(struct db **ret, const char *dir, const char *name, bool create,
 	pthread_mutex_init(&db->lc_mu, NULL);
 	pthread_cond_init(&db->q_cond, NULL);
 	db->dbfd = -1;
+	db->evict_fd = -1;
 	db->ltx_dirfd = -1;
 	db->opt = *opt;
 	db->dir = strdup(dir);
@@ -683,6 +701,8 @@ void db_free(struct db *db)
 	}
 	if (db->dbfd >= 0)
 		close(db->dbfd);
+	if (db->evict_fd >= 0)
+		close(db->evict_fd);
 	syncer_free(db->syncer);
 	pthread_mutex_lock(&db->mu);
 	db_prep_drop(db);

@@ -66,9 +66,12 @@
  *
  *   PREPARED       prep != NULL, only inside JOURNAL OPEN, live, with no
  *                  sticky error: at SQLite's fsync of the database the
- *                  transaction's LTX file for TXID pos.txid + 1 was written
- *                  (prep->path) and, with prep_in_ring, copied into the ring
- *                  at prep_ring_off. The in-memory state has not moved.
+ *                  transaction's LTX file for TXID pos.txid + 1 was built:
+ *                  written (prep->path), or with prep_job only encoded
+ *                  (prep->blob), its file to be queued at the commit point;
+ *                  with prep_in_ring, copied into the ring at prep_ring_off
+ *                  (always so with prep_job). The in-memory state has not
+ *                  moved.
  *                  prep_gen == write_gen while no write reached the database
  *                  or journal since; prep_pre is the checksum it was built
  *                  on; prep_synced once the file or its record is durable.
@@ -91,7 +94,8 @@
  *                  wt_pins > 0 an overlay points into it, so it is not
  *                  reallocated.
  *
- *   QUEUED         q_head != NULL: WAL commits applied in memory (pos
+ *   QUEUED         q_head != NULL: WAL commits, or prepared rollback-mode
+ *                  commits (a job with blob), applied in memory (pos
  *                  includes them) whose LTX files are not written yet, in
  *                  TXID order, q_bytes of pages. q_busy: one thread is
  *                  writing them, possibly without db->mu. q_err: the last
@@ -161,7 +165,9 @@
  *                                    db_unlink (wal or database), db_settle
  *   -> QUEUED                        db_tx_apply_queued (db_wal_write, a
  *                                    commit under DB_QUEUE_MAX_BYTES while
- *                                    less than DB_QUEUE_LIMIT is queued)
+ *                                    less than DB_QUEUE_LIMIT is queued);
+ *                                    db_journal_commit (a prepared commit
+ *                                    with prep_job)
  *   QUEUED       -> empty            db_queue_drain: from db_write_done
  *                                    after the reply, db_write_queued_ltx
  *                                    when a caller needs the files, or
@@ -231,6 +237,10 @@ struct db {
 
 	bool exists;
 	int dbfd; /* internal O_RDWR descriptor of `database`, -1 when absent */
+	/* the journal db_unlink removed, held open (O_PATH) so that the inode is
+	 * evicted, its blocks freed (and discarded), after the reply: by
+	 * db_write_done. -1 when none. */
+	int evict_fd;
 	uint32_t page_size;
 	uint32_t page_count; /* committed size in pages */
 	uint64_t *pgck;	     /* [pgno] committed page checksum, index 0 unused */
@@ -294,6 +304,8 @@ struct db {
 	uint64_t write_gen; /* writes to the database and journal files */
 	bool prep_in_ring;  /* a copy of db->prep's file is the ring record at prep_ring_off */
 	uint64_t prep_ring_off;
+	/* db->prep's file when it is not written yet: queued at the commit point */
+	struct ltxjob *prep_job;
 	struct ltx_ring *ring; /* durable copies of prepared files (LTX RING); NULL until used */
 	bool ring_dirty;       /* the ring holds records of its current epoch */
 	bool ring_failed;      /* the ring could not be created or reset: not used again */
@@ -375,6 +387,10 @@ struct ltxjob {
 	uint32_t *pgnos;
 	uint64_t *crcs; /* ltx_page_crc of each page, folded into the file checksum */
 	uint8_t *img;	/* n pages of h.page_size bytes */
+	/* or, with n 0: a prepared rollback-mode commit's file, encoded already
+	 * (its bytes are in the ring and the LTX cache), written as it is and
+	 * never grouped with others */
+	struct db_ltx_blob *blob;
 };
 
 /* ---------------------------------------------------------- WAL (db_wal.c) */
@@ -430,6 +446,9 @@ void ltx_out_abort(struct ltx_out *o);
 int ltx_out_end(struct db *db, struct ltx_out *o, uint64_t post, bool sync);
 int db_sync_ltx(struct db *db); /* drain the queue, then syncfs if anything is unsynced */
 int db_queue_drain(struct db *db, bool unlock);
+void db_queue_push(struct db *db, struct ltxjob *j);		     /* append in TXID order */
+int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret); /* in memory */
+int ltx_blob_write(struct db *db, const struct db_ltx_blob *b, char *path, size_t size);
 
 /* db_ltxcache.c: publish (takes the reference), drop files up to max_txid,
  * drop all; lc_mu only */
@@ -439,7 +458,8 @@ void db_ltx_cache_trim(struct db *db, uint64_t max_txid);
 void db_ltx_cache_clear(struct db *db);
 
 /* db_ring.c */
-int db_ring_put(struct db *db, const struct txrec *t); /* 0: in the ring; 1: sync the file */
+/* 0: in the ring; 1: sync the file. Copies t->blob, or else reads t->path. */
+int db_ring_put(struct db *db, const struct txrec *t);
 int db_ring_retire(struct db *db);
 int db_ring_load(struct db *db, struct ring_recs *rs); /* start-up */
 void ring_recs_release(struct ring_recs *rs);
@@ -547,7 +567,14 @@ static inline void ltxjob_free(struct ltxjob *j)
 	free(j->pgnos);
 	free(j->crcs);
 	free(j->img);
+	db_ltx_blob_unref(j->blob);
 	free(j);
+}
+
+/* Bytes a queued commit holds (q_bytes). */
+static inline size_t ltxjob_bytes(const struct ltxjob *j)
+{
+	return j->blob ? j->blob->len : j->n * j->h.page_size;
 }
 
 /* Forget the WAL's contents: a new generation must begin with a header. */

@@ -17,12 +17,19 @@
  *
  * PREPARED COMMITS. In a rollback mode SQLite fsyncs the database file just
  * before the commit point, once every page of the transaction is in it.
- * db_fsync builds the LTX file right then and fdatasyncs it on the syncer
+ * db_fsync builds the LTX file right then and makes it durable on the syncer
  * thread while the application's fsync runs, so the durable LTX costs no
- * extra flush in sequence. The commit point uses the prepared file if no
- * write reached the database or journal since (write_gen), the position is
- * unchanged and the fence still grants the same epoch; otherwise the file
- * is removed and the transaction is built afresh.
+ * extra flush in sequence. A small one (its pages kept from the build, an
+ * ltxjob) is encoded in memory and copied into the ring, and the syncer
+ * fdatasyncs the ring; the file is not created until after the commit
+ * point: there the job joins the queue (db_ltxout.c, QUEUED LTX FILES) and
+ * the worker writes it after its reply (db_write_done). A big one (over
+ * LTX_RING_MAX_LTX), or any when the ring is out of use, is written as a
+ * file at once and the syncer fdatasyncs the file. The commit point uses
+ * the prepared commit if no write reached the database or journal since
+ * (write_gen), the position is unchanged and the fence still grants the
+ * same epoch; otherwise it is dropped (record cancelled, file removed) and
+ * the transaction is built afresh.
  *
  * State machine (db_int.h, CAPTURE STATES): JOURNAL OPEN -> PREPARED at the
  * database fsync (db_prep_build); PREPARED -> IDLE at the commit point when
@@ -30,7 +37,8 @@
  * build); PREPARED -> JOURNAL OPEN when db_prep_drop removes it (written to
  * since, a failed sync, unusable at the commit point, a replica's apply,
  * shutdown). A prepared file's durability comes from its copy in the ring
- * (db_ring.c), or from an fdatasync of the file itself.
+ * (db_ring.c), or from an fdatasync of the file itself. prep_job holds a
+ * prepared file not written yet.
  *
  * The syncer: one thread per database, started on first use, that makes a
  * prepared LTX file durable while the application's own fsync runs.
@@ -74,7 +82,7 @@
  * roll back), or -errno.
  */
 static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t *count,
-			    uint32_t *page_size)
+			    uint32_t *page_size, struct ltxjob **ret_job)
 {
 	uint8_t hdr[SQLITE_HEADER_SIZE];
 	struct sqlite_dbheader dh;
@@ -114,7 +122,7 @@ static int db_journal_build(struct db *db, bool sync, struct txrec *t, uint32_t 
 		pages[n++].pgno = pg;
 	n = txpages_normalize(pages, n);
 	struct page_src src = {src_dbfile, db};
-	r = db_tx_prepare(db, pages, n, *count, &src, NULL, false, sync, t, NULL);
+	r = db_tx_prepare(db, pages, n, *count, &src, NULL, false, sync, t, ret_job);
 	free(pages);
 	return r;
 }
@@ -127,6 +135,7 @@ void db_prep_drop(struct db *db)
 	if (!db->prep)
 		return;
 	bool synced = db->prep_synced, in_ring = db->prep_in_ring;
+	bool had_file = db->prep->path[0] != 0;
 	/*
 	 * Its record goes first, durably: recovery would otherwise write the
 	 * file again and roll forward a transaction SQLite rolls back. If that
@@ -149,6 +158,8 @@ void db_prep_drop(struct db *db)
 	db_tx_abort(db->prep);
 	free(db->prep);
 	db->prep = NULL;
+	ltxjob_free(db->prep_job);
+	db->prep_job = NULL;
 	db->prep_synced = false;
 	db->prep_in_ring = false;
 	/*
@@ -159,7 +170,7 @@ void db_prep_drop(struct db *db)
 	 * A file whose copy was in the ring was not fsynced, but another
 	 * database's syncfs may have made it durable.
 	 */
-	if ((synced || in_ring) && db->ltx_dirfd >= 0 && fsync(db->ltx_dirfd) < 0)
+	if (had_file && (synced || in_ring) && db->ltx_dirfd >= 0 && fsync(db->ltx_dirfd) < 0)
 		log_warn("db '%s': cannot make the removal of a dropped prepared LTX file "
 			 "durable: %s",
 			 db->name, strerror(errno));
@@ -193,12 +204,45 @@ int db_prep_build(struct db *db, bool *dirsync)
 	if (!t)
 		return -1;
 	uint64_t pre = db_cur_checksum(db);
-	int r = db_journal_build(db, false, t, &count, &ps);
+	struct ltxjob *job = NULL;
+	bool queue = !db->ring_failed && db->q_bytes < DB_QUEUE_LIMIT;
+	int r = db_journal_build(db, false, t, &count, &ps, queue ? &job : NULL);
 	if (r != 1) {
 		free(t);
 		return -1; /* nothing to commit, a snapshot, or an error the commit reports */
 	}
-	bool in_ring = db_ring_put(db, t) == 0;
+	bool in_ring;
+	if (job) {
+		/* Encoded in memory. With its copy in the ring, the file waits in
+		 * the queue until after the commit point; else it is written now
+		 * and fdatasynced itself. */
+		r = ltxjob_encode(job, &t->blob);
+		in_ring = r == 0 && db_ring_put(db, t) == 0;
+		if (in_ring) {
+			free(job->pgnos);
+			free(job->crcs);
+			free(job->img);
+			job->pgnos = NULL;
+			job->crcs = NULL;
+			job->img = NULL;
+			job->n = 0;
+			__atomic_add_fetch(&t->blob->refs, 1, __ATOMIC_RELAXED);
+			job->blob = t->blob;
+		} else {
+			ltxjob_free(job);
+			job = NULL;
+			if (r == 0)
+				r = ltx_blob_write(db, t->blob, t->path, sizeof(t->path));
+			if (r < 0) {
+				db_tx_abort(t);
+				free(t);
+				return -1;
+			}
+			db->ltx_unsynced = true;
+		}
+	} else {
+		in_ring = db_ring_put(db, t) == 0;
+	}
 	int fd = in_ring ? fcntl(ltx_ring_fd(db->ring), F_DUPFD_CLOEXEC, 0)
 			 : open(t->path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -207,6 +251,7 @@ int db_prep_build(struct db *db, bool *dirsync)
 			db_ring_retire(db); /* writeback may have stored it */
 		db_tx_abort(t);
 		free(t);
+		ltxjob_free(job);
 		return -1;
 	}
 	if (!in_ring && db_sync_ring_covered(db) < 0) {
@@ -217,6 +262,7 @@ int db_prep_build(struct db *db, bool *dirsync)
 	}
 	*dirsync = !in_ring && db->dirsync;
 	db->prep = t;
+	db->prep_job = job;
 	db->prep_in_ring = in_ring;
 	db->prep_synced = false;
 	db->prep_gen = db->write_gen;
@@ -241,6 +287,9 @@ int db_journal_commit(struct db *db)
 	if (db_prep_usable(db)) {
 		db->st_prep_used++;
 		db_tx_apply(db, db->prep);
+		if (db->prep_job) /* its file is written after the reply (db_write_done) */
+			db_queue_push(db, db->prep_job);
+		db->prep_job = NULL;
 		free(db->prep);
 		db->prep = NULL;
 		db->prep_synced = false;
@@ -249,7 +298,7 @@ int db_journal_commit(struct db *db)
 		return 0;
 	}
 	db_prep_drop(db);
-	r = db_journal_build(db, db->tx_synced, &t, &count, &ps);
+	r = db_journal_build(db, db->tx_synced, &t, &count, &ps, NULL);
 	if (r == 2) {
 		uint32_t old_ps = db->page_size;
 		db->page_size = ps;

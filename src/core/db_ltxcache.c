@@ -19,11 +19,12 @@
  * newest one held, or the ring is emptied first.
  *
  * INVARIANT: the cache holds a file only while the same file exists on disk
- * under its name, and only once its transaction is committed. So:
+ * under its name, or is queued to be written from these very bytes, and
+ * only once its transaction is committed. So:
  *   - a file is published when its commit is made visible: the queue writer
  *     once the queued commit's file exists (db_queue_drain), db_tx_apply for a
- *     prepared rollback-mode commit (an aborted one, db_tx_abort, never is),
- *     db_commit_drop for a drop;
+ *     prepared rollback-mode commit, whose file may still wait in the queue
+ *     (an aborted one, db_tx_abort, never is), db_commit_drop for a drop;
  *   - retention drops what it deletes (db_ltx_cache_trim below its floor);
  *   - anything that replaces the history (a replica's apply, which may
  *     install a snapshot and remove or orphan files) empties the cache.

@@ -37,6 +37,12 @@
  * full) stays queued, and every later write to the database fails with that error until a retry
  * succeeds.
  *
+ * The queue also carries the files of small prepared rollback-mode commits
+ * (db_journal.c, PREPARED COMMITS), pushed at the commit point: their bytes
+ * were encoded at the fsync for the ring (ltxjob_encode), are in the LTX
+ * cache already, and are written as they are (ltx_blob_write), one file
+ * each, never grouped. The ring's record is their durable copy until then.
+ *
  * GROUP COMMIT. The queued commits a writer finds go into one range file
  * "min-max.ltx" (docs/ltx.md, "Range files"): up to DB_GROUP_MAX commits and
  * DB_QUEUE_MAX_BYTES of pages, each page with its newest image, ended early
@@ -55,7 +61,8 @@
  * States (db_int.h, CAPTURE STATES: QUEUED, UNSYNCED): the queue is empty,
  * or holds jobs q_head..q_tail in TXID order; q_busy while a thread writes
  * them; q_err after a failed write. A job owns its page images and their
- * CRCs (struct ltxjob) and is freed once its file exists.
+ * CRCs, or a reference to its encoded bytes (struct ltxjob), and is freed
+ * once its file exists.
  *
  * THREADS. Everything here runs with db->mu held, on the FUSE worker whose
  * operation writes or needs the files (or db_open's thread). Two
@@ -116,10 +123,11 @@ static void wbuf_copy(struct wbuf *w, const void *p, size_t n)
 	w->copy->len = want;
 }
 
+/* fd -1: the bytes go to the copy alone (ltxjob_encode) */
 static int wbuf_flush(struct wbuf *w)
 {
 	wbuf_copy(w, w->buf, w->n);
-	int r = fs_write_full(w->fd, w->buf, w->n);
+	int r = w->fd >= 0 ? fs_write_full(w->fd, w->buf, w->n) : 0;
 	w->n = 0;
 	return r;
 }
@@ -133,7 +141,7 @@ static int wbuf_write(void *ctx, const void *p, size_t n)
 			return r;
 		if (n > sizeof(w->buf)) {
 			wbuf_copy(w, p, n);
-			return fs_write_full(w->fd, p, n);
+			return w->fd >= 0 ? fs_write_full(w->fd, p, n) : 0;
 		}
 	}
 	memcpy(w->buf + w->n, p, n);
@@ -244,10 +252,95 @@ int db_sync_ltx(struct db *db)
 	return r;
 }
 
+/*
+ * Encode job j's file in memory only (a prepared commit, PREPARED COMMITS in
+ * db_journal.c): *ret holds its bytes and post-apply checksum. -EFBIG when
+ * it would outgrow DB_LTX_CACHE_FILE_MAX.
+ */
+int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
+{
+	struct ltx_encoder *enc = NULL;
+	struct ltx_trailer tr;
+	struct wbuf *w = malloc(sizeof(*w));
+	int r = -ENOMEM;
+	*ret = NULL;
+	if (!w)
+		return -ENOMEM;
+	w->fd = -1;
+	w->n = 0;
+	w->copy = db_ltx_blob_new(&j->h, 4096);
+	w->copy_cap = 4096;
+	if (!w->copy)
+		goto out;
+	w->copy->len = 0;
+	r = ltx_encoder_new(&enc, &j->h, wbuf_write, w);
+	for (size_t i = 0; i < j->n && r == 0; i++)
+		r = ltx_encoder_add_page_crc(enc, j->pgnos[i], j->img + i * j->h.page_size,
+					     j->crcs[i]);
+	if (r == 0)
+		r = ltx_encoder_finish(enc, j->post, &tr);
+	if (r == 0)
+		r = wbuf_flush(w);
+	if (r == 0 && !w->copy)
+		r = -EFBIG; /* wbuf_copy gave the copy up: too big, or out of memory */
+	if (r == 0) {
+		w->copy->post = tr.post_apply_checksum;
+		*ret = w->copy;
+		w->copy = NULL;
+	}
+out:
+	ltx_encoder_free(enc);
+	if (w)
+		free(w->copy);
+	free(w);
+	return r;
+}
+
+/*
+ * Write the encoded file b under its name (without sync); its path in path.
+ * On failure nothing is left behind.
+ */
+int ltx_blob_write(struct db *db, const struct db_ltx_blob *b, char *path, size_t size)
+{
+	char name[LTX_FILENAME_LEN + 1];
+	ltx_format_filename(name, b->h.min_txid, b->h.max_txid);
+	int r = fs_path(path, size, "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	int fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	r = fs_write_full(fd, b->data, b->len);
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r < 0)
+		unlinkat(db->ltx_dirfd, name, 0);
+	return r;
+}
+
 /* --------------------------------------------------------------- the queue */
+
+void db_queue_push(struct db *db, struct ltxjob *j)
+{
+	if (db->q_tail)
+		db->q_tail->next = j;
+	else
+		db->q_head = j;
+	if (!db->q_len)
+		db->q_since_ns = clock_mono_ns();
+	db->q_tail = j;
+	db->q_len++;
+	db->q_bytes += ltxjob_bytes(j);
+}
 
 static int ltxjob_write(struct db *db, const struct ltxjob *j, struct db_ltx_blob **ret_blob)
 {
+	if (j->blob) {
+		/* published already, by db_tx_apply (LTX CACHE) */
+		char path[4096];
+		*ret_blob = NULL;
+		return ltx_blob_write(db, j->blob, path, sizeof(path));
+	}
 	struct ltx_out o;
 	int r = ltx_out_begin(db, &o, &j->h);
 	for (size_t i = 0; i < j->n && r == 0; i++) {
@@ -351,12 +444,13 @@ int db_queue_drain(struct db *db, bool unlock)
 	while (db->q_head) {
 		size_t k = 0, bytes = 0;
 		for (struct ltxjob *j = db->q_head; j && k < DB_GROUP_MAX; j = j->next) {
-			if (k > 0 && (j->h.page_size != g[k - 1]->h.page_size ||
-				      j->h.commit < g[k - 1]->h.commit ||
-				      j->h.min_txid != g[k - 1]->h.max_txid + 1 ||
-				      bytes + j->n * j->h.page_size > DB_QUEUE_MAX_BYTES))
+			if (k > 0 &&
+			    (j->blob || g[k - 1]->blob || j->h.page_size != g[k - 1]->h.page_size ||
+			     j->h.commit < g[k - 1]->h.commit ||
+			     j->h.min_txid != g[k - 1]->h.max_txid + 1 ||
+			     bytes + ltxjob_bytes(j) > DB_QUEUE_MAX_BYTES))
 				break;
-			bytes += j->n * j->h.page_size;
+			bytes += ltxjob_bytes(j);
 			g[k++] = j;
 		}
 		if (unlock)
@@ -371,7 +465,7 @@ int db_queue_drain(struct db *db, bool unlock)
 		db->ltx_unsynced = true;
 		for (size_t i = 0; i < k; i++) {
 			db->q_head = g[i]->next;
-			db->q_bytes -= g[i]->n * g[i]->h.page_size;
+			db->q_bytes -= ltxjob_bytes(g[i]);
 			ltxjob_free(g[i]);
 		}
 		db->q_len -= k;
@@ -404,6 +498,8 @@ int db_write_queued_ltx(struct db *db)
 void db_write_done(struct db *db)
 {
 	pthread_mutex_lock(&db->mu);
+	int evict = db->evict_fd;
+	db->evict_fd = -1;
 	/*
 	 * When the application fsyncs the WAL right after each commit, write
 	 * the files after that fsync rather than during it: creating files
@@ -417,4 +513,6 @@ void db_write_done(struct db *db)
 	     clock_mono_ns() - db->q_since_ns >= DB_GROUP_DEFER_NS))
 		db_queue_drain(db, true);
 	pthread_mutex_unlock(&db->mu);
+	if (evict >= 0)
+		close(evict); /* the unlinked journal's blocks go now (db_unlink) */
 }

@@ -7,9 +7,10 @@
  * LTX RING. A prepared file's durability comes from a copy in
  * the database's ring, fdatasynced while SQLite fsyncs the database: an
  * overwrite of allocated blocks, where an fdatasync of the new file would make
- * ext4 commit its journal. The file itself is written without sync and made
- * durable by the next db_sync_ltx, which always runs before the ring wraps, so
- * every record that can be overwritten stands for a durable file. Start-up
+ * ext4 commit its journal. The file itself is written without sync, after
+ * the commit point from the queue (db_ltxout.c), and made durable by the next
+ * db_sync_ltx, which drains the queue and always runs before the ring wraps,
+ * so every record that can be overwritten stands for a durable file. Start-up
  * recovery writes the files of records that follow the newest intact LTX file
  * (db_ring_recover). Rules that keep a record from replaying a commit that
  * did not happen:
@@ -95,7 +96,15 @@ int db_ring_put(struct db *db, const struct txrec *t)
 			return 1;
 		}
 	}
-	r = fs_read_file(t->path, LTX_RING_MAX_LTX, &buf, &len);
+	const void *bytes;
+	if (t->blob) {
+		bytes = t->blob->data;
+		len = t->blob->len;
+		r = len > LTX_RING_MAX_LTX ? -EFBIG : 0;
+	} else {
+		r = fs_read_file(t->path, LTX_RING_MAX_LTX, &buf, &len);
+		bytes = buf;
+	}
 	if (r == -EFBIG) {
 		r = 1; /* a big transaction: its own fdatasync is cheap beside its writes */
 		goto out;
@@ -109,7 +118,7 @@ int db_ring_put(struct db *db, const struct txrec *t)
 			goto out;
 		ltx_ring_wrap(db->ring);
 	}
-	r = ltx_ring_append(db->ring, t->txid, buf, len, &db->prep_ring_off);
+	r = ltx_ring_append(db->ring, t->txid, bytes, len, &db->prep_ring_off);
 	if (r == -ESTALE)
 		db->ring_failed = true; /* a reset failed */
 	if (r == 0) {

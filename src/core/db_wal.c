@@ -280,15 +280,7 @@ static int db_wal_commit_all(struct db *db, int fd)
 static void db_tx_apply_queued(struct db *db, struct txrec *t, struct ltxjob *j)
 {
 	db_tx_apply(db, t);
-	if (db->q_tail)
-		db->q_tail->next = j;
-	else
-		db->q_head = j;
-	if (!db->q_len)
-		db->q_since_ns = clock_mono_ns();
-	db->q_tail = j;
-	db->q_len++;
-	db->q_bytes += j->n * j->h.page_size;
+	db_queue_push(db, j);
 	db->q_unsynced = true;
 }
 

@@ -282,8 +282,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 {
 	struct fusefs *fs = fuse_req_userdata(req);
 	struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
-	struct db *db;
-	int kind, r;
+	struct db *db = NULL;
+	int kind = -1, r;
 	struct mj m;
 	char path[4096];
 	struct stat st;
@@ -413,6 +413,8 @@ out:
 		fuse_reply_err(req, -r);
 	else
 		fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+	if (r == 0 && db && kind == DB_FILE_JOURNAL && (to_set & FUSE_SET_ATTR_SIZE))
+		db_write_done(db); /* a commit point (TRUNCATE mode) may have queued a file */
 }
 
 int fusefs_handle_new(struct fusefs *fs, struct fuse_file_info *fi, int fd, struct db *db, int kind)
@@ -770,8 +772,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 				  h->kind, strerror(-r));
 		fuse_reply_err(req, -r);
 	} else {
-		/* h may be released as soon as the reply is out */
-		struct db *db = h->kind == DB_FILE_WAL ? h->db : NULL;
+		/* h may be released as soon as the reply is out; a WAL commit or
+		 * a commit point in the journal (PERSIST) may have queued a file */
+		struct db *db = h->kind == DB_FILE_WAL || h->kind == DB_FILE_JOURNAL ? h->db : NULL;
 		fuse_reply_write(req, size);
 		if (db)
 			db_write_done(db);
@@ -865,6 +868,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 out:
 	fuse_reply_err(req, -r);
+	if (r == 0 && f.kind == DB_FILE_JOURNAL)
+		db_write_done(db); /* the commit point (DELETE mode) may have queued a file */
 	if (r == 0 && f.kind == DB_FILE_DB) {
 		fusefs_pos_hide(fs, db, false); /* the drop's position shows */
 		/* a drop removed the companions behind the kernel's back */

@@ -112,7 +112,7 @@ static int t_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
 	int r = write_pieces(t, b, (size_t)n, off);
 	if (r < 0 && t->kind == DB_FILE_WAL)
 		g_wal_writes_refused++;
-	if (r == 0 && t->kind == DB_FILE_WAL && !g_no_write_done)
+	if (r == 0 && (t->kind == DB_FILE_WAL || t->kind == DB_FILE_JOURNAL) && !g_no_write_done)
 		db_write_done(g_db); /* as fusefs does after the reply */
 	return r < 0 ? SQLITE_IOERR_WRITE : SQLITE_OK;
 }
@@ -120,7 +120,10 @@ static int t_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
 static int t_truncate(sqlite3_file *f, sqlite3_int64 size)
 {
 	struct tfile *t = (struct tfile *)f;
-	return db_truncate(g_db, t->kind, t->fd, size) < 0 ? SQLITE_IOERR_TRUNCATE : SQLITE_OK;
+	int r = db_truncate(g_db, t->kind, t->fd, size);
+	if (r == 0 && t->kind == DB_FILE_JOURNAL && !g_no_write_done)
+		db_write_done(g_db);
+	return r < 0 ? SQLITE_IOERR_TRUNCATE : SQLITE_OK;
 }
 
 static int t_sync(sqlite3_file *f, int flags)
@@ -213,6 +216,8 @@ static int t_delete(sqlite3_vfs *vfs, const char *name, int sync)
 		return SQLITE_IOERR_DELETE;
 	}
 	int r = db_unlink(g_db, kind_of(name));
+	if (r == 0 && kind_of(name) == DB_FILE_JOURNAL && !g_no_write_done)
+		db_write_done(g_db);
 	return r < 0 && r != -ENOENT ? SQLITE_IOERR_DELETE : SQLITE_OK;
 }
 
@@ -299,6 +304,7 @@ static uint64_t file_checksum(void)
 static void check_consistent(const char *what)
 {
 	struct db_pos pos;
+	CHECK_RC(db_write_queued_ltx(g_db), 0); /* a reader of the files asks for them */
 	db_get_pos(g_db, &pos);
 	if (pos.checksum != file_checksum()) {
 		fprintf(stderr, "  %s: position %016llx, file %016llx\n", what,
@@ -433,40 +439,95 @@ static uint64_t newest_txid(void)
 /*
  * A rollback-mode commit is built at the database fsync (db_journal.c, PREPARED
  * COMMITS). When the journal delete that would commit it fails, SQLite rolls
- * the transaction back from the hot journal: the prepared LTX file must go,
- * and the chain and the file must still agree.
+ * the transaction back from the hot journal: the prepared commit must go
+ * (its ring record, or the file of one too big for the ring), and the chain
+ * and the file must still agree.
  */
 static void test_prepared_commit_rolled_back(void)
 {
-	sqlite3 *c;
-	struct db_pos before, after;
-	fresh_dir("prep");
+	static const char *const ins[] = {"INSERT INTO t VALUES(2)",
+					  "INSERT INTO t VALUES(randomblob(400000))"};
+	for (int k = 0; k < 2; k++) {
+		sqlite3 *c;
+		struct db_pos before, after;
+		struct db_stats st0, st;
+		fresh_dir(k ? "prepbig" : "prep");
+		open_db();
+		c = connect_db();
+		exec(c,
+		     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
+		     "INSERT INTO t VALUES(1)",
+		     SQLITE_OK);
+		db_get_pos(g_db, &before);
+		db_get_stats(g_db, &st0);
+		g_fail_journal_deletes = 1;
+		exec(c, ins[k], SQLITE_IOERR);
+		/* the commit was prepared at the fsync but not made: a small one
+		 * has its copy in the ring and no file yet, a big one its file */
+		db_get_stats(g_db, &st);
+		CHECK_EQ_U64(st.ring_records - st0.ring_records, k ? 0 : 1);
+		CHECK(ltx_exists(before.txid + 1) == (k == 1));
+		db_get_pos(g_db, &after);
+		CHECK_EQ_U64(after.txid, before.txid);
+		sqlite3_close(c); /* rolls the hot journal back */
+		c = connect_db();
+		exec(c, "SELECT count(*) FROM t",
+		     SQLITE_OK); /* a hot journal left is rolled back here */
+		db_get_pos(g_db, &after);
+		CHECK_EQ_U64(after.txid, before.txid);
+		CHECK_RC(db_write_queued_ltx(g_db), 0);
+		CHECK(!ltx_exists(before.txid + 1));
+		check_consistent("after the rollback");
+		exec(c, "INSERT INTO t VALUES(3)", SQLITE_OK);
+		check_rows(c, "1,3");
+		sqlite3_close(c);
+		db_get_pos(g_db, &after);
+		CHECK_EQ_U64(after.txid, before.txid + 1);
+		check_consistent("after the next commit");
+		db_free(g_db);
+	}
+}
+
+/*
+ * A small prepared commit's file is not written at the fsync: it waits in
+ * the queue, encoded, until after the commit point's reply. Meanwhile the
+ * position has moved, the LTX cache holds the file's bytes for the streams,
+ * and a caller that needs the files gets them, byte for byte the same.
+ */
+static void check_same_file(const char *path, const char *want, size_t len);
+
+static void test_prepared_file_written_after_the_commit_point(void)
+{
+	fresh_dir("prepq");
 	open_db();
-	c = connect_db();
-	exec(c,
-	     "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x); "
-	     "INSERT INTO t VALUES(1)",
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x)",
 	     SQLITE_OK);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	struct db_pos before, after;
 	db_get_pos(g_db, &before);
-	g_fail_journal_deletes = 1;
-	exec(c, "INSERT INTO t VALUES(2)", SQLITE_IOERR);
-	/* the commit was prepared (its file written at the fsync) but not made */
-	CHECK(ltx_exists(before.txid + 1));
-	db_get_pos(g_db, &after);
-	CHECK_EQ_U64(after.txid, before.txid);
-	sqlite3_close(c); /* rolls the hot journal back */
-	c = connect_db();
-	exec(c, "SELECT count(*) FROM t", SQLITE_OK); /* a hot journal left is rolled back here */
-	db_get_pos(g_db, &after);
-	CHECK_EQ_U64(after.txid, before.txid);
-	CHECK(!ltx_exists(before.txid + 1));
-	check_consistent("after the rollback");
-	exec(c, "INSERT INTO t VALUES(3)", SQLITE_OK);
-	check_rows(c, "1,3");
-	sqlite3_close(c);
+	g_no_write_done = true; /* the worker is not back from its reply */
+	exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
 	db_get_pos(g_db, &after);
 	CHECK_EQ_U64(after.txid, before.txid + 1);
-	check_consistent("after the next commit");
+	CHECK(!ltx_exists(after.txid));
+	struct db_ltx_blob *b = NULL;
+	CHECK_RC(db_ltx_cached(g_db, after.txid, &b), 0);
+	CHECK(b && b->h.min_txid == after.txid && b->post == after.checksum);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	char path[400];
+	ltx_path(path, sizeof(path), after.txid, after.txid);
+	if (b)
+		check_same_file(path, (const char *)b->data, b->len);
+	db_ltx_blob_unref(b);
+	g_no_write_done = false;
+	/* and with the reply: the queue is written once commits stop gathering */
+	for (int i = 0; i < 40; i++)
+		exec(c, "INSERT INTO t VALUES(2)", SQLITE_OK);
+	db_get_pos(g_db, &after);
+	CHECK(ltx_exists(after.txid - 31)); /* fewer than DB_GROUP_DEFER (32) wait */
+	sqlite3_close(c);
+	check_consistent("after the queue");
 	db_free(g_db);
 }
 
@@ -772,6 +833,7 @@ static void test_prepared_commits_in_every_rollback_mode(void)
 		for (int i = 0; i < 10; i++)
 			exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
 		db_get_stats(g_db, &st);
+		CHECK_RC(db_write_queued_ltx(g_db), 0);
 		if (st.prepared_used - st0.prepared_used != 10 ||
 		    st.ring_records - st0.ring_records != 10)
 			fprintf(stderr, "  %s: %llu prepared, %llu ring records\n", modes[k],
@@ -829,6 +891,8 @@ static void ring_child_commits(void)
 	db_get_stats(g_db, &st);
 	CHECK_EQ_U64(st.ring_records - st0.ring_records, 300);
 	sqlite3_close(c);
+	/* every file written before the crash: the parent loses some itself */
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
 }
 
 /*
@@ -880,8 +944,48 @@ static void test_ring_restores_lost_files(void)
 	sqlite3_finalize(q);
 	exec(c, "INSERT INTO t VALUES(301)", SQLITE_OK);
 	sqlite3_close(c);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
 	CHECK_EQ_U64((uint64_t)check_chain(), n + 1);
 	check_consistent("after the next commit");
+	db_free(g_db);
+}
+
+static void ring_child_queued_commits(void)
+{
+	open_db();
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; CREATE TABLE t(x)",
+	     SQLITE_OK);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	g_no_write_done = true; /* the crash comes before any worker writes the queue */
+	for (int i = 1; i <= 5; i++)
+		exec(c, "INSERT INTO t VALUES(1)", SQLITE_OK);
+	sqlite3_close(c);
+}
+
+/*
+ * The files of small prepared commits wait in the queue after their commit
+ * point, with only their ring records durable. A crash then: recovery writes
+ * them from the ring, and nothing acknowledged is lost or turned into a
+ * snapshot.
+ */
+static void test_ring_restores_queued_files_after_a_crash(void)
+{
+	char path[400];
+	fresh_dir("ringq");
+	in_crashing_child(ring_child_queued_commits);
+	CHECK_EQ_U64(newest_txid(), 1); /* the five commits have no file */
+	open_db();
+	struct db_pos pos;
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, 6);
+	CHECK_EQ_U64((uint64_t)check_chain(), 6);
+	ltx_path(path, sizeof(path), 1, 7);
+	CHECK(access(path, F_OK) != 0); /* no snapshot */
+	check_consistent("after the restore");
+	sqlite3 *c = connect_db();
+	check_rows(c, "1,1,1,1,1");
+	sqlite3_close(c);
 	db_free(g_db);
 }
 
@@ -902,6 +1006,7 @@ static void ring_child_big_commit(void)
 	db_get_stats(g_db, &st);
 	CHECK_EQ_U64(st.ring_records - st0.ring_records, 8);
 	sqlite3_close(c);
+	CHECK_RC(db_write_queued_ltx(g_db), 0); /* the parent tears one itself */
 }
 
 /*
@@ -957,6 +1062,7 @@ static void ring_child_dropped_prep(void)
 	c = connect_db();
 	exec(c, "SELECT count(*) FROM t", SQLITE_OK);
 	sqlite3_close(c);
+	CHECK_RC(db_write_queued_ltx(g_db), 0); /* the parent loses the newest itself */
 }
 
 /*
@@ -1246,8 +1352,11 @@ static void ring_child_prepared_then_apply(void)
 	uint8_t page1[4096];
 	db_get_pos(g_db, &pos);
 	read_page1(page1);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
 	g_fail_journal_deletes = 1;
-	exec(c, "INSERT INTO t VALUES(2)", SQLITE_IOERR); /* prepared, not committed */
+	/* prepared, not committed; too big for the ring, so its file exists,
+	 * under the name the new primary's file will have */
+	exec(c, "INSERT INTO t VALUES(randomblob(400000))", SQLITE_IOERR);
 	CHECK(ltx_exists(pos.txid + 1));
 	/* demoted: the new primary's transaction pos+1 arrives; the application
 	 * is gone (its connection is never used again) */
@@ -1387,6 +1496,7 @@ int main(void)
 	RUN(test_modes_keep_checksums_exact);
 	RUN(test_wal_commit_undone_by_sqlite);
 	RUN(test_prepared_commit_rolled_back);
+	RUN(test_prepared_file_written_after_the_commit_point);
 	RUN(test_queued_ltx_written_after_the_reply);
 	RUN(test_position_read_writes_nothing);
 	RUN(test_wal_split_writes);
@@ -1394,6 +1504,7 @@ int main(void)
 	RUN(test_ring_restores_lost_files);
 	RUN(test_ring_repairs_a_torn_file_below_a_durable_one);
 	RUN(test_ring_dropped_prepared_commit_not_restored);
+	RUN(test_ring_restores_queued_files_after_a_crash);
 	RUN(test_ring_retired_before_apply);
 	RUN(test_prepared_commit_dropped_before_apply);
 	RUN(test_install_validate);
