@@ -192,9 +192,21 @@ void db_ltx_blob_unref(struct db_ltx_blob *b);
  * order, or the build's error (-EAGAIN: the database changed under an
  * optimistic build; the next snapshot takes the lock). db_snap_free stops a
  * build still running and joins it. One thread uses a db_snap at a time.
+ *
+ * Without waiting, for a thread that serves others meanwhile (the replica
+ * streams' sender): db_snap_begin starts the build and returns at once;
+ * the builder thread calls notify(ctx), with none of its locks held, when
+ * the header is fixed, when bytes become ready and when the build ends.
+ * db_snap_header returns 1 once the header is fixed (db_snap_info may then
+ * be called), 0 before, or the build's error (-ENOENT as above).
+ * db_snap_read_some returns the bytes ready now, up to max, or 0 when none
+ * are yet, or the build's error.
  */
 struct db_snap;
 int db_snap_start(struct db *db, struct db_snap **ret);
+int db_snap_begin(struct db *db, void (*notify)(void *ctx), void *ctx, struct db_snap **ret);
+int db_snap_header(struct db_snap *sn);
+ssize_t db_snap_read_some(struct db_snap *sn, void *buf, size_t max);
 void db_snap_info(const struct db_snap *sn, uint64_t *size, struct ltx_header *h, uint64_t *post);
 ssize_t db_snap_read(struct db_snap *sn, void *buf, size_t max);
 void db_snap_free(struct db_snap *sn);

@@ -143,6 +143,9 @@ uint64_t store_change_seq(struct store *s);
 uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms);
 /* Wake every waiter (shutdown). */
 void store_kick(struct store *s);
+/* Bump the counter (ctx is the store): any thread, lock-free; a db's
+ * on_change, and a snapshot builder's notify (db_snap_begin). */
+void store_on_change(void *ctx);
 
 /* Path of a super-journal file "<db>-mj<HEX>": dbs/<db>/mj<HEX>. */
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n);

@@ -13,7 +13,11 @@
  * STREAMED SNAPSHOTS. db_snap_start builds an uncompressed snapshot on a
  * builder thread and returns as soon as its header is fixed; the stream
  * sends bytes as they are produced (db_snap_read), so building, sending and
- * the replica's verification overlap. Uncompressed, the length is known in
+ * the replica's verification overlap. The replica streams' sender, which
+ * serves every replica from one thread, uses the forms that never wait:
+ * db_snap_begin returns before the header is fixed, db_snap_header and
+ * db_snap_read_some say what is ready now, and the builder calls the
+ * notify function it was given whenever that changes. Uncompressed, the length is known in
  * advance (the stream frame carries it): header, every page but the lock
  * page with its 4-byte number, the 4-byte end marker and the trailer.
  *
@@ -36,14 +40,15 @@
  * frame (wal_frame_map) or else from the database file, and check it
  * against its committed checksum (read_committed_page, snap_read_page).
  *
- * THREADS. HTTP connection threads (httpd.c) call db_ltx_open (a stream,
- * GET /ltx) and db_snap_start, db_snap_info, db_snap_read and db_snap_free
- * (a stream, one thread per db_snap at a time); one builder thread per
- * snapshot runs snap_run. The builder holds db->mu while it captures
- * (OPTIMISTIC) or for the whole build (LOCKED); the hand-over
- * between builder and sender is guarded by sn->mu alone, and neither waits
- * for the other while it holds db->mu. db_export runs on the HTTP thread of
- * GET /export with db->mu held for the whole copy.
+ * THREADS. The sender (httpd_sender.c) and HTTP connection threads call
+ * db_ltx_open (a stream, GET /ltx); the sender calls db_snap_begin,
+ * db_snap_header, db_snap_info, db_snap_read_some and db_snap_free, a backup
+ * the waiting forms (one thread per db_snap at a time); one builder thread
+ * per snapshot runs snap_run and calls notify with no lock held. db_snap_free
+ * cancels a builder still waiting for a transaction to end (lock_committed). The builder holds
+ * db->mu while it captures (OPTIMISTIC) or for the whole build (LOCKED); the hand-over between
+ * builder and sender is guarded by sn->mu alone, and neither waits for the other while it holds
+ * db->mu. db_export runs on the HTTP thread of GET /export with db->mu held for the whole copy.
  */
 
 #include "db_int.h"
@@ -87,13 +92,16 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
 /*
  * Take db->mu at a committed state: in rollback modes the file holds
  * uncommitted pages while a journal is active, so wait for the commit point
- * (SQLite's write phase is short). Returns with the lock held, 0 or the
- * sticky error.
+ * (SQLite's write phase is short, but a transaction that spilled its cache
+ * keeps the journal active until it ends). Returns with the lock held, 0,
+ * the sticky error, or -ECANCELED once *cancel (atomic, NULL ok) is set.
  */
-static int lock_committed(struct db *db)
+static int lock_committed(struct db *db, const bool *cancel)
 {
 	db_lock_settled(db);
 	while (db->journal_active && !db->sticky_err) {
+		if (cancel && __atomic_load_n(cancel, __ATOMIC_ACQUIRE))
+			return -ECANCELED;
 		pthread_mutex_unlock(&db->mu);
 		usleep(1000);
 		db_lock_settled(db);
@@ -157,7 +165,15 @@ struct db_snap {
 	int dbfd, walfd;
 	uint8_t *rbuf; /* pages rfirst.. of the database file, read ahead */
 	uint32_t rfirst, rn;
+	void (*notify)(void *ctx); /* db_snap_begin's, or NULL */
+	void *notify_ctx;
 };
+
+static void snap_notify(struct db_snap *sn)
+{
+	if (sn->notify)
+		sn->notify(sn->notify_ctx);
+}
 
 #define SNAP_READ_PAGES 256
 
@@ -182,6 +198,7 @@ static int snap_publish(struct db_snap *sn)
 	pthread_cond_broadcast(&sn->cv);
 	pthread_mutex_unlock(&sn->mu);
 	sn->n = 0;
+	snap_notify(sn);
 	return r < 0 ? r : cancel ? -ECANCELED : 0;
 }
 
@@ -281,7 +298,7 @@ static void *snap_run(void *arg)
 	uint8_t *page = NULL;
 	int walfd = -1, r;
 
-	r = lock_committed(db);
+	r = lock_committed(db, &sn->cancel);
 	if (r == 0)
 		r = snap_capture(sn);
 	if (!sn->locked)
@@ -291,6 +308,7 @@ static void *snap_run(void *arg)
 	sn->err = r;
 	pthread_cond_broadcast(&sn->cv);
 	pthread_mutex_unlock(&sn->mu);
+	snap_notify(sn);
 	if (r < 0)
 		goto out;
 
@@ -349,6 +367,7 @@ out:
 	sn->done = true;
 	pthread_cond_broadcast(&sn->cv);
 	pthread_mutex_unlock(&sn->mu);
+	snap_notify(sn);
 	return NULL;
 }
 
@@ -357,7 +376,7 @@ void db_snap_free(struct db_snap *sn)
 	if (!sn)
 		return;
 	pthread_mutex_lock(&sn->mu);
-	sn->cancel = true;
+	__atomic_store_n(&sn->cancel, true, __ATOMIC_RELEASE); /* lock_committed reads it */
 	pthread_cond_broadcast(&sn->cv);
 	pthread_mutex_unlock(&sn->mu);
 	pthread_join(sn->th, NULL);
@@ -377,7 +396,7 @@ void db_snap_free(struct db_snap *sn)
 	free(sn);
 }
 
-int db_snap_start(struct db *db, struct db_snap **ret)
+int db_snap_begin(struct db *db, void (*notify)(void *ctx), void *ctx, struct db_snap **ret)
 {
 	struct db_snap *sn = calloc(1, sizeof(*sn));
 	int r;
@@ -385,6 +404,8 @@ int db_snap_start(struct db *db, struct db_snap **ret)
 	if (!sn)
 		return -ENOMEM;
 	sn->db = db;
+	sn->notify = notify;
+	sn->notify_ctx = ctx;
 	sn->fd = sn->dbfd = sn->walfd = -1;
 	pthread_mutex_init(&sn->mu, NULL);
 	pthread_cond_init(&sn->cv, NULL);
@@ -411,6 +432,24 @@ int db_snap_start(struct db *db, struct db_snap **ret)
 		free(sn);
 		return r;
 	}
+	*ret = sn;
+	return 0;
+}
+
+int db_snap_header(struct db_snap *sn)
+{
+	pthread_mutex_lock(&sn->mu);
+	int r = !sn->header_ready ? 0 : sn->err < 0 ? sn->err : 1;
+	pthread_mutex_unlock(&sn->mu);
+	return r;
+}
+
+int db_snap_start(struct db *db, struct db_snap **ret)
+{
+	struct db_snap *sn;
+	int r = db_snap_begin(db, NULL, NULL, &sn);
+	if (r < 0)
+		return r;
 	pthread_mutex_lock(&sn->mu);
 	while (!sn->header_ready)
 		pthread_cond_wait(&sn->cv, &sn->mu);
@@ -433,10 +472,22 @@ void db_snap_info(const struct db_snap *sn, uint64_t *size, struct ltx_header *h
 
 ssize_t db_snap_read(struct db_snap *sn, void *buf, size_t max)
 {
-	ssize_t r;
 	pthread_mutex_lock(&sn->mu);
 	while (sn->written <= sn->sent && !sn->done)
 		pthread_cond_wait(&sn->cv, &sn->mu);
+	pthread_mutex_unlock(&sn->mu);
+	ssize_t r = db_snap_read_some(sn, buf, max);
+	return r == 0 ? -EIO : r; /* done, and nothing more: cannot be (size is exact) */
+}
+
+ssize_t db_snap_read_some(struct db_snap *sn, void *buf, size_t max)
+{
+	ssize_t r;
+	pthread_mutex_lock(&sn->mu);
+	if (sn->written <= sn->sent && !sn->done) {
+		pthread_mutex_unlock(&sn->mu);
+		return 0;
+	}
 	if (sn->written <= sn->sent) {
 		r = sn->err ? sn->err : -EIO;
 		pthread_mutex_unlock(&sn->mu);
@@ -471,7 +522,7 @@ int db_export(struct db *db, int fd, struct db_pos *ret_pos)
 	uint64_t *map = NULL;
 	uint8_t *page = NULL;
 	int walfd = -1, r;
-	r = lock_committed(db);
+	r = lock_committed(db, NULL);
 	if (r < 0)
 		goto out;
 	if (!db->exists || db->page_count == 0 || db->dbfd < 0) {

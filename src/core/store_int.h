@@ -59,7 +59,6 @@ void store_cluster_release(struct store *s);
 
 /* db_options.may_commit: the write fence (takes cmu, under db->mu). */
 bool store_may_commit(void *ctx, uint64_t *epoch);
-/* db_options.on_change: bump the change counter and wake its waiters (no lock). */
-void store_on_change(void *ctx);
+/* db_options.on_change is store_on_change (ltxfs/store.h). */
 
 #endif

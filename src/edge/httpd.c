@@ -43,8 +43,8 @@
  * Locks. h->mu guards the list of streams with their positions, the stream
  * and event-stream counts and the handoff in progress; it is held only for
  * those fields, never across I/O or a wait. import_mu lets one import run
- * at a time. h->stopping is set once, by httpd_stop, and read without a
- * lock: streams then end with an END frame before the daemon stops.
+ * at a time. h->stopping is set once, by httpd_stop, and read atomically
+ * without a lock: streams then end with an END frame before the daemon stops.
  */
 #include "ltxfs/httpd.h"
 #include "ltxfs/hostport.h"
@@ -528,7 +528,7 @@ void httpd_stop(struct httpd *h)
 {
 	if (!h)
 		return;
-	h->stopping = true;
+	__atomic_store_n(&h->stopping, true, __ATOMIC_RELEASE);
 	store_kick(h->store);
 	/* Let every stream write its END frame (bounded: a replica that does not
 	 * read is cut off by MHD_stop_daemon). */

@@ -329,7 +329,7 @@ static ssize_t events_read(void *cls, uint64_t pos, char *buf, size_t max)
 			e->last_write = clock_mono_ms();
 			return (ssize_t)k;
 		}
-		if (e->h->stopping)
+		if (__atomic_load_n(&e->h->stopping, __ATOMIC_ACQUIRE))
 			return MHD_CONTENT_READER_END_OF_STREAM;
 		uint64_t seq = store_change_seq(e->h->store);
 		ev_scan(e);

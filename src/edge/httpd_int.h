@@ -56,6 +56,11 @@ struct stream {
 	int fd;
 	uint64_t fd_size, fd_off; /* the LTX frame's length and what was sent of it */
 	struct db_snap *snap;	  /* the frame being sent is a snapshot still being built */
+	/* snap's frame is not queued yet: its header is not fixed (SNAPSHOTS in
+	 * httpd_stream.c); the frame's flags and database */
+	bool snap_wait;
+	uint32_t snap_flags;
+	struct db *snap_db;
 	struct db_ltx_blob *blob; /* the frame's LTX file from the LTX cache (db.h) */
 	uint64_t sent_bytes;
 	/* the socket (httpd_sender.c): out[out_off..out_len) is one HTTP chunk
@@ -102,7 +107,7 @@ struct httpd {
 	pthread_mutex_t mu;  /* streams list, nstreams, nevents, handoff */
 	struct stream streams;
 	size_t nstreams;
-	volatile bool stopping;
+	bool stopping; /* atomic: set once by httpd_stop */
 	/* the sender thread (httpd_sender.c) */
 	pthread_t sender;
 	pthread_cond_t sender_cond; /* with mu: a stream was adopted, or sender_quit */

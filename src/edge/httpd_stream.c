@@ -217,21 +217,20 @@ static int stream_next(struct stream *s)
 				log_info("db '%s': sending a snapshot at TXID %016" PRIx64
 					 " to replica %016" PRIX64 " because %s",
 					 db_name(db), dp.txid, s->peer_id, why);
-			r = db_snap_start(db, &s->snap);
-			if (r == -ENOENT)
-				continue;
-			if (r == 0)
-				metrics_add(MC_SNAPSHOTS_SENT, 1);
+			/* its frame follows once the header is fixed (stream_snap_frame) */
+			r = db_snap_begin(db, store_on_change, st, &s->snap);
 			if (r < 0) {
 				log_error("db '%s': cannot build a snapshot: %s", db_name(db),
 					  strerror(-r));
 				return r;
 			}
+			s->snap_wait = true;
+			s->snap_flags = flags;
+			s->snap_db = db;
+			return 1;
 		}
 		uint64_t size;
-		if (s->snap) {
-			db_snap_info(s->snap, &size, &lh, &lt.post_apply_checksum);
-		} else if (s->blob) {
+		if (s->blob) {
 			size = s->blob->len;
 		} else {
 			struct stat sb;
@@ -255,6 +254,52 @@ static int stream_next(struct stream *s)
 		return 1;
 	}
 	return 0;
+}
+
+/*
+ * SNAPSHOTS. The builder thread (db_snap.c) may take long to fix the header
+ * (it waits for a rollback-mode transaction that spilled its cache to end)
+ * or to produce bytes (reading a cold database), and the sender serves
+ * every replica: it never waits for either. Its frame is queued here once
+ * the header is fixed; until then, and whenever the builder is not ahead,
+ * the fill stops with nothing more to send, and the builder's notify
+ * (store_on_change) wakes the sender for the next round. Returns 1 with the
+ * frame queued, 0 while the header is not fixed, -errno on failure.
+ */
+static int stream_snap_frame(struct stream *s)
+{
+	struct db *db = s->snap_db;
+	struct ltx_header lh;
+	uint64_t size, post;
+	int r = db_snap_header(s->snap);
+	if (r == 0)
+		return 0;
+	s->snap_wait = false;
+	if (r == -ENOENT) {
+		/* nothing committed after all (a drop meanwhile): the next scan decides */
+		db_snap_free(s->snap);
+		s->snap = NULL;
+		return 1;
+	}
+	if (r < 0) {
+		log_error("db '%s': cannot build a snapshot: %s", db_name(db), strerror(-r));
+		return r;
+	}
+	metrics_add(MC_SNAPSHOTS_SENT, 1);
+	db_snap_info(s->snap, &size, &lh, &post);
+	s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, s->snap_flags,
+					      store_epoch(s->h->store), db_name(db), size);
+	s->fd_size = size;
+	s->fd_off = 0;
+	metrics_add(MC_FRAMES_LTX, 1);
+	pthread_mutex_lock(&s->h->mu);
+	struct spos *rp = spos_find(s, db_name(db));
+	if (rp) {
+		rp->txid = lh.max_txid;
+		rp->checksum = post;
+	}
+	pthread_mutex_unlock(&s->h->mu);
+	return 1;
 }
 
 /*
@@ -338,12 +383,30 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 				break;
 			continue;
 		}
+		if (s->snap && s->snap_wait) {
+			int r = stream_snap_frame(s);
+			if (r < 0)
+				return STREAM_FILL_ERROR;
+			if (r > 0)
+				continue;
+			if (got == 0 && clock_mono_ms() - s->last_hb >= HEARTBEAT_MS) {
+				pend_heartbeat(s); /* the frame has not begun */
+				continue;
+			}
+			*more = false; /* the builder's notify wakes the sender */
+			break;
+		}
 		if (s->snap && s->fd_off < s->fd_size) {
 			if (got > 0)
 				break;
 			uint64_t remain = s->fd_size - s->fd_off;
 			size_t k = remain < max ? (size_t)remain : max;
-			ssize_t r = db_snap_read(s->snap, buf, k);
+			ssize_t r = db_snap_read_some(s->snap, buf, k);
+			if (r == 0) {
+				*more = false; /* not built yet: the builder's notify wakes the
+						  sender */
+				break;
+			}
 			if (r < 0) {
 				if (r == -EAGAIN)
 					log_info("stream: the snapshot for replica %016" PRIX64
@@ -352,10 +415,6 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 				else
 					log_error("stream: building a snapshot failed: %s",
 						  strerror((int)-r));
-				return STREAM_FILL_ERROR;
-			}
-			if (r == 0) {
-				log_error("stream: a snapshot ended early");
 				return STREAM_FILL_ERROR;
 			}
 			s->fd_off += (uint64_t)r;
@@ -383,9 +442,12 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 				break;
 			return STREAM_FILL_END;
 		}
-		if (h->stopping || !store_is_primary(h->store)) {
+		if (__atomic_load_n(&h->stopping, __ATOMIC_ACQUIRE) ||
+		    !store_is_primary(h->store)) {
 			pend_frame(s, STREAM_END);
+			pthread_mutex_lock(&h->mu); /* /handoff reads it (stream_connected) */
 			s->ended = true;
+			pthread_mutex_unlock(&h->mu);
 			continue;
 		}
 		if (got > 0 && max - got < STREAM_FILL_MIN)

@@ -497,6 +497,41 @@ def _raw_stream(p, rcvbuf=None):
     return sock, buf
 
 
+def test_snapshot_waiting_for_a_transaction_holds_up_no_other_replica(make_node):
+    """A new replica needs a snapshot of a database in which a rollback-mode
+    transaction spilled its cache: the snapshot cannot begin before that
+    transaction ends. The primary's one sender must not wait for it: the
+    replica already attached keeps receiving the commits of another database,
+    and the new one gets everything once the transaction commits."""
+    p, (r,) = cluster(make_node, 1)
+    big = connect(p.path("big"), "delete", cache_size=5)
+    big.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    other = connect(p.path("other"), "wal")
+    other.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    assert_same(p, r, "big")
+    assert_same(p, r, "other")
+    big.execute("BEGIN")
+    for i in range(200):
+        big.execute("INSERT INTO t VALUES(?, randomblob(4000))", (i,))
+    # the cache spilled: the journal is live (its header synced, magic set)
+    with open(p.path("big-journal"), "rb") as f:
+        assert f.read(8) == bytes.fromhex("d9d505f920a163d7")
+    r2 = make_node("replica2", replica_of=p).start()
+    rid2 = r2.info()["nodeID"]
+    wait_for(lambda: any(x["nodeID"] == rid2 for x in p.info()["replicas"]), timeout=20,
+             what="the new replica's stream")
+    for i in range(20):
+        other.execute("INSERT INTO t VALUES(?, 'meanwhile')", (i,))
+    assert_same(p, r, "other", timeout=10)
+    assert r2.pos("big") is None  # its snapshot is still waiting for the transaction
+    big.execute("COMMIT")
+    for n in (r, r2):
+        assert_same(p, n, "big", timeout=30)
+        assert_same(p, n, "other", timeout=30)
+    big.close()
+    other.close()
+
+
 def test_replica_that_reads_nothing_is_cut_off(make_node):
     """A replica that stops reading (here a raw socket that never reads) has its
     stream closed once its socket took nothing for 30 s, as libmicrohttpd's idle
