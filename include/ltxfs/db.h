@@ -195,8 +195,10 @@ void db_ltx_blob_unref(struct db_ltx_blob *b);
  *
  * Without waiting, for a thread that serves others meanwhile (the replica
  * streams' sender): db_snap_begin starts the build and returns at once;
- * the builder thread calls notify(ctx), with none of its locks held, when
- * the header is fixed, when bytes become ready and when the build ends.
+ * the builder thread calls notify(ctx) when the header is fixed, when bytes
+ * become ready and when the build ends; a build under the lock calls it
+ * with db->mu held, so notify must not wait for anything (store_on_change
+ * is one atomic increment and a futex wake).
  * db_snap_header returns 1 once the header is fixed (db_snap_info may then
  * be called), 0 before, or the build's error (-ENOENT as above).
  * db_snap_read_some returns the bytes ready now, up to max, or 0 when none

@@ -516,6 +516,8 @@ int db_unlink(struct db *db, enum db_file kind)
 			r = -ENOENT;
 			break;
 		}
+		/* a commit prepared but never made goes first: its TXID is the drop's */
+		db_prep_drop(db);
 		r = db_sync_ltx(db);
 		if (r == 0)
 			r = db_commit_drop(db);

@@ -232,6 +232,8 @@ int db_prep_build(struct db *db, bool *dirsync)
 			ltxjob_free(job);
 			job = NULL;
 			if (r == 0)
+				r = db_queue_settle(db); /* files are written in TXID order */
+			if (r == 0)
 				r = ltx_blob_write(db, t->blob, t->path, sizeof(t->path));
 			if (r < 0) {
 				db_tx_abort(t);

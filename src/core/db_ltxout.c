@@ -41,7 +41,8 @@
  * (db_journal.c, PREPARED COMMITS), pushed at the commit point: their bytes
  * were encoded at the fsync for the ring (ltxjob_encode), are in the LTX
  * cache already, and are written as they are (ltx_blob_write), one file
- * each, never grouped. The ring's record is their durable copy until then.
+ * each, never grouped, and db_write_done writes them at once rather than
+ * gathering. The ring's record is their durable copy until then.
  *
  * GROUP COMMIT. The queued commits a writer finds go into one range file
  * "min-max.ltx" (docs/ltx.md, "Range files"): up to DB_GROUP_MAX commits and
@@ -92,9 +93,9 @@ struct wbuf {
 	int fd;
 	size_t n;
 	/* a copy of the bytes for the LTX CACHE (db_ltxcache.c), NULL once the
-	 * file outgrew DB_LTX_CACHE_FILE_MAX or memory ran short */
+	 * file outgrew copy_max or memory ran short */
 	struct db_ltx_blob *copy;
-	size_t copy_cap;
+	size_t copy_cap, copy_max;
 	uint8_t buf[1 << 16];
 };
 
@@ -103,7 +104,7 @@ static void wbuf_copy(struct wbuf *w, const void *p, size_t n)
 	if (!w->copy)
 		return;
 	size_t want = w->copy->len + n;
-	if (want > DB_LTX_CACHE_FILE_MAX) {
+	if (want > w->copy_max) {
 		free(w->copy);
 		w->copy = NULL;
 		return;
@@ -167,6 +168,7 @@ int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
 	if (!o->w)
 		return -ENOMEM;
 	o->w->n = 0;
+	o->w->copy_max = DB_LTX_CACHE_FILE_MAX; /* what the cache takes */
 	o->w->copy = db_ltx_blob_new(h, 4096);
 	o->w->copy_cap = o->w->copy ? 4096 : 0;
 	if (o->w->copy)
@@ -254,8 +256,8 @@ int db_sync_ltx(struct db *db)
 
 /*
  * Encode job j's file in memory only (a prepared commit, PREPARED COMMITS in
- * db_journal.c): *ret holds its bytes and post-apply checksum. -EFBIG when
- * it would outgrow DB_LTX_CACHE_FILE_MAX.
+ * db_journal.c): *ret holds its bytes and post-apply checksum. A job holds
+ * at most DB_QUEUE_MAX_BYTES of pages, so this is bounded.
  */
 int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
 {
@@ -268,6 +270,7 @@ int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
 		return -ENOMEM;
 	w->fd = -1;
 	w->n = 0;
+	w->copy_max = SIZE_MAX;
 	w->copy = db_ltx_blob_new(&j->h, 4096);
 	w->copy_cap = 4096;
 	if (!w->copy)
@@ -282,7 +285,7 @@ int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
 	if (r == 0)
 		r = wbuf_flush(w);
 	if (r == 0 && !w->copy)
-		r = -EFBIG; /* wbuf_copy gave the copy up: too big, or out of memory */
+		r = -ENOMEM; /* wbuf_copy gave the copy up */
 	if (r == 0) {
 		w->copy->post = tr.post_apply_checksum;
 		*ret = w->copy;
@@ -509,7 +512,8 @@ void db_write_done(struct db *db)
 	 * fsync follows, must not wait for one.
 	 */
 	if (db->q_head && !db->q_busy && !(db->q_unsynced && db->q_sync_streak >= 2) &&
-	    (db->q_len >= DB_GROUP_DEFER || db->q_bytes >= DB_GROUP_DEFER_BYTES ||
+	    (db->q_head->blob || /* a prepared file: never grouped, nothing to wait for */
+	     db->q_len >= DB_GROUP_DEFER || db->q_bytes >= DB_GROUP_DEFER_BYTES ||
 	     clock_mono_ns() - db->q_since_ns >= DB_GROUP_DEFER_NS))
 		db_queue_drain(db, true);
 	pthread_mutex_unlock(&db->mu);

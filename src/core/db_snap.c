@@ -44,7 +44,8 @@
  * db_ltx_open (a stream, GET /ltx); the sender calls db_snap_begin,
  * db_snap_header, db_snap_info, db_snap_read_some and db_snap_free, a backup
  * the waiting forms (one thread per db_snap at a time); one builder thread
- * per snapshot runs snap_run and calls notify with no lock held. db_snap_free
+ * per snapshot runs snap_run and calls notify (under db->mu in a LOCKED
+ * build, so notify must never wait). db_snap_free
  * cancels a builder still waiting for a transaction to end (lock_committed). The builder holds
  * db->mu while it captures (OPTIMISTIC) or for the whole build (LOCKED); the hand-over between
  * builder and sender is guarded by sn->mu alone, and neither waits for the other while it holds

@@ -383,6 +383,15 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 				break;
 			continue;
 		}
+		if (s->snap && s->snap_wait &&
+		    (__atomic_load_n(&h->stopping, __ATOMIC_ACQUIRE) ||
+		     !store_is_primary(h->store))) {
+			/* its frame has not begun: give it up, and END below */
+			db_snap_free(s->snap); /* cancels a builder waiting for a transaction */
+			s->snap = NULL;
+			s->snap_wait = false;
+			continue;
+		}
 		if (s->snap && s->snap_wait) {
 			int r = stream_snap_frame(s);
 			if (r < 0)
