@@ -773,8 +773,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, -r);
 	} else {
 		/* h may be released as soon as the reply is out; a WAL commit or
-		 * a commit point in the journal (PERSIST) may have queued a file */
-		struct db *db = h->kind == DB_FILE_WAL || h->kind == DB_FILE_JOURNAL ? h->db : NULL;
+		 * a commit point in the journal (PERSIST: a write at offset 0)
+		 * may have queued a file */
+		struct db *db = h->kind == DB_FILE_WAL || (h->kind == DB_FILE_JOURNAL && off == 0)
+				    ? h->db
+				    : NULL;
 		fuse_reply_write(req, size);
 		if (db)
 			db_write_done(db);

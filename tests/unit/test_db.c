@@ -112,7 +112,8 @@ static int t_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
 	int r = write_pieces(t, b, (size_t)n, off);
 	if (r < 0 && t->kind == DB_FILE_WAL)
 		g_wal_writes_refused++;
-	if (r == 0 && (t->kind == DB_FILE_WAL || t->kind == DB_FILE_JOURNAL) && !g_no_write_done)
+	if (r == 0 && (t->kind == DB_FILE_WAL || (t->kind == DB_FILE_JOURNAL && off == 0)) &&
+	    !g_no_write_done)
 		db_write_done(g_db); /* as fusefs does after the reply */
 	return r < 0 ? SQLITE_IOERR_WRITE : SQLITE_OK;
 }
