@@ -559,6 +559,27 @@ static inline int db_sync_ring_covered(struct db *db)
 	return db->ring_dirty && db->ltx_unsynced ? db_sync_ltx(db) : 0;
 }
 
+/* A new reference to b (refcounted, db_ltxcache.c). */
+static inline struct db_ltx_blob *db_ltx_blob_ref(struct db_ltx_blob *b)
+{
+	__atomic_add_fetch(&b->refs, 1, __ATOMIC_RELAXED);
+	return b;
+}
+
+/* Make j a job whose file is written from b (a reference taken): its page
+ * images are not needed any more. */
+static inline void ltxjob_set_blob(struct ltxjob *j, struct db_ltx_blob *b)
+{
+	free(j->pgnos);
+	free(j->crcs);
+	free(j->img);
+	j->pgnos = NULL;
+	j->crcs = NULL;
+	j->img = NULL;
+	j->n = 0;
+	j->blob = db_ltx_blob_ref(b);
+}
+
 /* NULL ok. Every commit calls it (db_tx_prepare), most with NULL. */
 static inline void ltxjob_free(struct ltxjob *j)
 {

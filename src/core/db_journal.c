@@ -219,15 +219,7 @@ int db_prep_build(struct db *db, bool *dirsync)
 		r = ltxjob_encode(job, &t->blob);
 		in_ring = r == 0 && db_ring_put(db, t) == 0;
 		if (in_ring) {
-			free(job->pgnos);
-			free(job->crcs);
-			free(job->img);
-			job->pgnos = NULL;
-			job->crcs = NULL;
-			job->img = NULL;
-			job->n = 0;
-			__atomic_add_fetch(&t->blob->refs, 1, __ATOMIC_RELAXED);
-			job->blob = t->blob;
+			ltxjob_set_blob(job, t->blob);
 		} else {
 			ltxjob_free(job);
 			job = NULL;

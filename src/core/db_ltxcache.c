@@ -140,8 +140,7 @@ int db_ltx_cached(struct db *db, uint64_t min_txid, struct db_ltx_blob **ret)
 			if (b->h.min_txid < min_txid)
 				break;
 			if (b->h.min_txid == min_txid) {
-				__atomic_add_fetch(&b->refs, 1, __ATOMIC_RELAXED);
-				*ret = b;
+				*ret = db_ltx_blob_ref(b);
 				r = 0;
 				break;
 			}

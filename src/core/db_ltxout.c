@@ -150,36 +150,51 @@ static int wbuf_write(void *ctx, const void *p, size_t n)
 	return 0;
 }
 
+/* A write buffer for fd (-1: memory only) whose copy may grow to copy_max. */
+static struct wbuf *wbuf_new(int fd, const struct ltx_header *h, size_t copy_max)
+{
+	struct wbuf *w = malloc(sizeof(*w));
+	if (!w)
+		return NULL;
+	w->fd = fd;
+	w->n = 0;
+	w->copy_max = copy_max;
+	w->copy = db_ltx_blob_new(h, 4096);
+	w->copy_cap = w->copy ? 4096 : 0;
+	if (w->copy)
+		w->copy->len = 0;
+	return w;
+}
+
+/* Create (truncate) ltx/<min>-<max>.ltx for writing; its path in path. */
+static int ltx_create(struct db *db, const struct ltx_header *h, char *path, size_t size)
+{
+	char name[LTX_FILENAME_LEN + 1];
+	ltx_format_filename(name, h->min_txid, h->max_txid);
+	int r = fs_path(path, size, "%s/%s", db->ltx_dir, name);
+	if (r < 0)
+		return r;
+	int fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	return fd < 0 ? -errno : fd;
+}
+
 /*
  * Create the LTX file of h under its final name and start its encoder.
  * On failure nothing is left behind.
  */
 int ltx_out_begin(struct db *db, struct ltx_out *o, const struct ltx_header *h)
 {
-	char name[LTX_FILENAME_LEN + 1];
 	int r;
 	memset(o, 0, sizeof(*o));
 	o->h = *h;
-	ltx_format_filename(name, h->min_txid, h->max_txid);
-	r = fs_path(o->path, sizeof(o->path), "%s/%s", db->ltx_dir, name);
-	if (r < 0)
-		return r;
-	o->w = malloc(sizeof(*o->w));
-	if (!o->w)
+	int fd = ltx_create(db, h, o->path, sizeof(o->path));
+	if (fd < 0)
+		return fd;
+	o->w = wbuf_new(fd, h, DB_LTX_CACHE_FILE_MAX); /* the copy: what the cache takes */
+	if (!o->w) {
+		close(fd);
+		unlink(o->path);
 		return -ENOMEM;
-	o->w->n = 0;
-	o->w->copy_max = DB_LTX_CACHE_FILE_MAX; /* what the cache takes */
-	o->w->copy = db_ltx_blob_new(h, 4096);
-	o->w->copy_cap = o->w->copy ? 4096 : 0;
-	if (o->w->copy)
-		o->w->copy->len = 0;
-	o->w->fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (o->w->fd < 0) {
-		r = -errno;
-		free(o->w->copy);
-		free(o->w);
-		o->w = NULL;
-		return r;
 	}
 	r = ltx_encoder_new(&o->enc, h, wbuf_write, o->w);
 	if (r < 0) {
@@ -254,6 +269,16 @@ int db_sync_ltx(struct db *db)
 	return r;
 }
 
+/* Add job j's pages to enc. */
+static int ltxjob_add_pages(struct ltx_encoder *enc, const struct ltxjob *j)
+{
+	int r = 0;
+	for (size_t i = 0; i < j->n && r == 0; i++)
+		r = ltx_encoder_add_page_crc(enc, j->pgnos[i], j->img + i * j->h.page_size,
+					     j->crcs[i]);
+	return r;
+}
+
 /*
  * Encode job j's file in memory only (a prepared commit, PREPARED COMMITS in
  * db_journal.c): *ret holds its bytes and post-apply checksum. A job holds
@@ -263,23 +288,14 @@ int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
 {
 	struct ltx_encoder *enc = NULL;
 	struct ltx_trailer tr;
-	struct wbuf *w = malloc(sizeof(*w));
+	struct wbuf *w = wbuf_new(-1, &j->h, SIZE_MAX);
 	int r = -ENOMEM;
 	*ret = NULL;
-	if (!w)
-		return -ENOMEM;
-	w->fd = -1;
-	w->n = 0;
-	w->copy_max = SIZE_MAX;
-	w->copy = db_ltx_blob_new(&j->h, 4096);
-	w->copy_cap = 4096;
-	if (!w->copy)
+	if (!w || !w->copy)
 		goto out;
-	w->copy->len = 0;
 	r = ltx_encoder_new(&enc, &j->h, wbuf_write, w);
-	for (size_t i = 0; i < j->n && r == 0; i++)
-		r = ltx_encoder_add_page_crc(enc, j->pgnos[i], j->img + i * j->h.page_size,
-					     j->crcs[i]);
+	if (r == 0)
+		r = ltxjob_add_pages(enc, j);
 	if (r == 0)
 		r = ltx_encoder_finish(enc, j->post, &tr);
 	if (r == 0)
@@ -305,19 +321,14 @@ out:
  */
 int ltx_blob_write(struct db *db, const struct db_ltx_blob *b, char *path, size_t size)
 {
-	char name[LTX_FILENAME_LEN + 1];
-	ltx_format_filename(name, b->h.min_txid, b->h.max_txid);
-	int r = fs_path(path, size, "%s/%s", db->ltx_dir, name);
-	if (r < 0)
-		return r;
-	int fd = openat(db->ltx_dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int fd = ltx_create(db, &b->h, path, size);
 	if (fd < 0)
-		return -errno;
-	r = fs_write_full(fd, b->data, b->len);
+		return fd;
+	int r = fs_write_full(fd, b->data, b->len);
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r < 0)
-		unlinkat(db->ltx_dirfd, name, 0);
+		unlink(path);
 	return r;
 }
 
@@ -346,12 +357,8 @@ static int ltxjob_write(struct db *db, const struct ltxjob *j, struct db_ltx_blo
 	}
 	struct ltx_out o;
 	int r = ltx_out_begin(db, &o, &j->h);
-	for (size_t i = 0; i < j->n && r == 0; i++) {
-		r = ltx_encoder_add_page_crc(o.enc, j->pgnos[i], j->img + i * j->h.page_size,
-					     j->crcs[i]);
-		if (r < 0)
-			ltx_out_abort(&o);
-	}
+	if (r == 0 && (r = ltxjob_add_pages(o.enc, j)) < 0)
+		ltx_out_abort(&o);
 	if (r == 0)
 		r = ltx_out_end(db, &o, j->post, false);
 	*ret_blob = r == 0 ? o.blob : NULL;

@@ -151,6 +151,27 @@ static void pend_heartbeat(struct stream *s)
 }
 
 /*
+ * Queue the header of an LTX frame of size bytes for db and advance the
+ * replica's position in it to what the frame brings (txid, post).
+ */
+static void queue_ltx_frame(struct stream *s, struct db *db, uint32_t flags, uint64_t size,
+			    uint64_t txid, uint64_t post)
+{
+	s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags,
+					      store_epoch(s->h->store), db_name(db), size);
+	s->fd_size = size;
+	s->fd_off = 0;
+	metrics_add(MC_FRAMES_LTX, 1);
+	pthread_mutex_lock(&s->h->mu);
+	struct spos *rp = spos_find(s, db_name(db));
+	if (rp) {
+		rp->txid = txid;
+		rp->checksum = post;
+	}
+	pthread_mutex_unlock(&s->h->mu);
+}
+
+/*
  * Find the next LTX file (or snapshot) some database needs and queue it.
  * Returns 1 when something was queued, 0 when the replica is up to date,
  * -errno on failure (the stream then ends and the replica reconnects).
@@ -242,15 +263,7 @@ static int stream_next(struct stream *s)
 			size = (uint64_t)sb.st_size;
 			s->fd = fd;
 		}
-		s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, flags, store_epoch(st),
-						      db_name(db), size);
-		s->fd_size = size;
-		s->fd_off = 0;
-		metrics_add(MC_FRAMES_LTX, 1);
-		pthread_mutex_lock(&s->h->mu);
-		rp->txid = lh.max_txid;
-		rp->checksum = lt.post_apply_checksum;
-		pthread_mutex_unlock(&s->h->mu);
+		queue_ltx_frame(s, db, flags, size, lh.max_txid, lt.post_apply_checksum);
 		return 1;
 	}
 	return 0;
@@ -287,18 +300,7 @@ static int stream_snap_frame(struct stream *s)
 	}
 	metrics_add(MC_SNAPSHOTS_SENT, 1);
 	db_snap_info(s->snap, &size, &lh, &post);
-	s->pend_len += stream_ltx_frame_begin(s->pend + s->pend_len, s->snap_flags,
-					      store_epoch(s->h->store), db_name(db), size);
-	s->fd_size = size;
-	s->fd_off = 0;
-	metrics_add(MC_FRAMES_LTX, 1);
-	pthread_mutex_lock(&s->h->mu);
-	struct spos *rp = spos_find(s, db_name(db));
-	if (rp) {
-		rp->txid = lh.max_txid;
-		rp->checksum = post;
-	}
-	pthread_mutex_unlock(&s->h->mu);
+	queue_ltx_frame(s, db, s->snap_flags, size, lh.max_txid, post);
 	return 1;
 }
 
