@@ -37,6 +37,7 @@ enum metrics_counter {
 	MC_SNAPSHOTS_APPLIED,
 	MC_LTX_APPLIED,
 	MC_APPLY_BATCHES, /* applies of one or more LTX files under one lock (replica.c) */
+	MC_STREAM_PUSHES, /* commits sent by the committing thread (httpd_sender.c, INLINE SENDS) */
 	MC_LEASE_RENEWALS,
 	MC_LEASE_RENEW_FAILURES,
 	MC_LEASE_ACQUIRED,

@@ -144,8 +144,28 @@ uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms);
 /* Wake every waiter (shutdown). */
 void store_kick(struct store *s);
 /* Bump the counter (ctx is the store): any thread, lock-free; a db's
- * on_change, and a snapshot builder's notify (db_snap_begin). */
+ * on_change, and a snapshot builder's notify (db_snap_begin). Between
+ * store_defer_begin and store_defer_end on the calling thread, it wakes
+ * nobody (below). */
 void store_on_change(void *ctx);
+
+/*
+ * Deferred wake-ups (store_cluster.c, DEFERRED WAKE-UPS). A thread about to
+ * reply to a client calls store_defer_begin before work that may commit and
+ * store_defer_end after its reply, on the same thread, always in pairs (a
+ * FUSE operation's wrapper). store_defer_end offers a change made in
+ * between to the pusher, if no thread sleeps in store_wait_change; the
+ * pusher returns true when it did everything a thread sleeping in
+ * store_wait_change_standby would have done for the change, which then
+ * sleeps on. Otherwise everyone is woken.
+ */
+void store_defer_begin(struct store *s);
+void store_defer_end(struct store *s);
+/* Like store_wait_change, for a thread whose work the pusher can do. */
+uint64_t store_wait_change_standby(struct store *s, uint64_t seen, int timeout_ms);
+/* Set (NULL: clear) the pusher; waits for a push under way to return. It runs
+ * on the thread of store_defer_end, with no lock of the store or a db held. */
+void store_set_pusher(struct store *s, bool (*push)(void *ctx), void *ctx);
 
 /* Path of a super-journal file "<db>-mj<HEX>": dbs/<db>/mj<HEX>. */
 int store_super_journal_path(struct store *s, const char *db, const char *hex, char *buf, size_t n);

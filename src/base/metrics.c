@@ -74,6 +74,9 @@ void metrics_render(FILE *f)
 	    {"ltxfs_ltx_applied_total", "counter", "LTX files applied from the primary."},
 	    {"ltxfs_apply_batches_total", "counter",
 	     "Batches of LTX files applied from the primary under one lock."},
+	    {"ltxfs_stream_inline_sends_total", "counter",
+	     "Commits sent to every replica by the thread that committed them, without waking "
+	     "the sender thread."},
 	    {"ltxfs_lease_renewals_total", "counter", "Successful lease renewals."},
 	    {"ltxfs_lease_renew_failures_total", "counter", "Failed lease renewals."},
 	    {"ltxfs_lease_acquired_total", "counter", "Times this node became primary."},

@@ -86,6 +86,7 @@ void store_cluster_init(struct store *s, bool replica)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->ccond, &ca);
 	pthread_condattr_destroy(&ca);
+	pthread_rwlock_init(&s->push_lock, NULL);
 	s->primary = !replica;
 	s->opened = true;	 /* a static primary has no start of term */
 	s->until_ms = INT64_MAX; /* a static primary's lease never ends */
@@ -124,6 +125,7 @@ void store_cluster_release(struct store *s)
 {
 	pthread_mutex_destroy(&s->cmu);
 	pthread_cond_destroy(&s->ccond);
+	pthread_rwlock_destroy(&s->push_lock);
 }
 
 /* The start of the term is over (cmu held): see THE START OF A TERM. */
@@ -163,16 +165,82 @@ bool store_may_commit(void *ctx, uint64_t *epoch)
  * the new value or the bumper sees the waiter. A commit with nobody
  * waiting costs one atomic increment.
  */
+static void wake(struct store *s)
+{
+	syscall(SYS_futex, &s->chg, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
 static void changed(struct store *s)
 {
 	__atomic_add_fetch(&s->chg, 1, __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&s->chg_waiters, __ATOMIC_SEQ_CST) > 0)
-		syscall(SYS_futex, &s->chg, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+	if (__atomic_load_n(&s->chg_waiters, __ATOMIC_SEQ_CST) > 0 ||
+	    __atomic_load_n(&s->chg_standby, __ATOMIC_SEQ_CST) > 0)
+		wake(s);
+}
+
+/*
+ * DEFERRED WAKE-UPS. Waking a sleeping thread costs more than most commits
+ * on a virtual machine (an IPI, a switch, the sleeper's own return to the
+ * kernel), and on a primary the one thread woken at every commit is the
+ * sender, which then writes a few hundred bytes to each replica's socket.
+ * A FUSE worker that may commit brackets its operation with
+ * store_defer_begin and store_defer_end; a commit in between bumps the
+ * counter but wakes nobody (defer_owed, thread-local). store_defer_end,
+ * after the reply, hands the change to the pusher (the HTTP server's
+ * inline send), which does what the sender would have done if it can do so
+ * without waiting; the waiters are woken unless the pusher did it all and
+ * the only sleepers are standby ones (store_wait_change_standby: the
+ * sender). A sleeper that is not asleep yet sees the counter move, as
+ * always; one that announced itself before the bump is seen by
+ * store_defer_end's loads, which come after the bump.
+ */
+static _Thread_local struct store *defer_store;
+static _Thread_local bool defer_owed;
+
+void store_defer_begin(struct store *s)
+{
+	defer_store = s;
+	defer_owed = false;
+}
+
+void store_defer_end(struct store *s)
+{
+	bool owed = defer_owed && defer_store == s;
+	defer_store = NULL;
+	defer_owed = false;
+	if (!owed)
+		return;
+	uint32_t others = __atomic_load_n(&s->chg_waiters, __ATOMIC_SEQ_CST);
+	uint32_t standby = __atomic_load_n(&s->chg_standby, __ATOMIC_SEQ_CST);
+	if (others == 0 && standby == 0)
+		return; /* everyone is awake and will see the counter */
+	bool done = false;
+	if (others == 0) {
+		pthread_rwlock_rdlock(&s->push_lock);
+		done = s->push && s->push(s->push_ctx);
+		pthread_rwlock_unlock(&s->push_lock);
+	}
+	if (!done)
+		wake(s);
+}
+
+void store_set_pusher(struct store *s, bool (*push)(void *ctx), void *ctx)
+{
+	pthread_rwlock_wrlock(&s->push_lock); /* waits for a push under way */
+	s->push = push;
+	s->push_ctx = ctx;
+	pthread_rwlock_unlock(&s->push_lock);
 }
 
 void store_on_change(void *ctx)
 {
-	changed(ctx);
+	struct store *s = ctx;
+	if (defer_store == s) {
+		__atomic_add_fetch(&s->chg, 1, __ATOMIC_SEQ_CST);
+		defer_owed = true;
+		return;
+	}
+	changed(s);
 }
 
 /* cmu held: bump the counter and wake the writers in store_await_writes too. */
@@ -554,11 +622,11 @@ uint64_t store_change_seq(struct store *s)
 	return __atomic_load_n(&s->chg, __ATOMIC_SEQ_CST);
 }
 
-uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
+static uint64_t wait_change(struct store *s, uint32_t *count, uint64_t seen, int timeout_ms)
 {
 	int64_t end = clock_mono_ns() + (int64_t)timeout_ms * 1000000;
 	uint32_t v;
-	__atomic_add_fetch(&s->chg_waiters, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(count, 1, __ATOMIC_SEQ_CST);
 	while ((v = __atomic_load_n(&s->chg, __ATOMIC_SEQ_CST)) == (uint32_t)seen) {
 		int64_t left = end - clock_mono_ns();
 		if (left <= 0)
@@ -567,8 +635,18 @@ uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
 		/* sleeps only while the counter still holds seen (EAGAIN otherwise) */
 		syscall(SYS_futex, &s->chg, FUTEX_WAIT_PRIVATE, (uint32_t)seen, &ts, NULL, 0);
 	}
-	__atomic_sub_fetch(&s->chg_waiters, 1, __ATOMIC_SEQ_CST);
+	__atomic_sub_fetch(count, 1, __ATOMIC_SEQ_CST);
 	return v;
+}
+
+uint64_t store_wait_change(struct store *s, uint64_t seen, int timeout_ms)
+{
+	return wait_change(s, &s->chg_waiters, seen, timeout_ms);
+}
+
+uint64_t store_wait_change_standby(struct store *s, uint64_t seen, int timeout_ms)
+{
+	return wait_change(s, &s->chg_standby, seen, timeout_ms);
 }
 
 void store_kick(struct store *s)

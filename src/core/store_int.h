@@ -27,6 +27,11 @@ struct store {
 	/* the change counter: a futex word, atomic, outside cmu (store_wait_change) */
 	uint32_t chg;
 	uint32_t chg_waiters; /* threads in store_wait_change (atomic) */
+	uint32_t chg_standby; /* threads in store_wait_change_standby (atomic) */
+	/* DEFERRED WAKE-UPS (store_cluster.c): the pusher, set and read under push_lock */
+	pthread_rwlock_t push_lock;
+	bool (*push)(void *ctx);
+	void *push_ctx;
 	bool primary;
 	char cluster_id[21];
 	char upstream[256]; /* "" when not connected */

@@ -1018,6 +1018,21 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 		metrics_op(op, clock_mono_ns() - t0_);                                             \
 	} while (0)
 
+/*
+ * An operation that may commit defers the store's wake-ups to after its
+ * reply (store.h, deferred wake-ups): the commit is then sent to the
+ * replicas by this thread, not by waking the sender (httpd_sender.c,
+ * INLINE SENDS). The store is read before the call: req is gone after the
+ * reply.
+ */
+#define COMMITS(op, call)                                                                          \
+	do {                                                                                       \
+		struct store *st_ = ((struct fusefs *)fuse_req_userdata(req))->store;              \
+		store_defer_begin(st_);                                                            \
+		TIMED(op, call);                                                                   \
+		store_defer_end(st_);                                                              \
+	} while (0)
+
 static void t_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	TIMED(MOP_LOOKUP, op_lookup(req, parent, name));
@@ -1029,11 +1044,11 @@ static void t_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void t_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		      struct fuse_file_info *fi)
 {
-	TIMED(MOP_SETATTR, op_setattr(req, ino, attr, to_set, fi));
+	COMMITS(MOP_SETATTR, op_setattr(req, ino, attr, to_set, fi));
 }
 static void t_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	TIMED(MOP_OPEN, op_open(req, ino, fi));
+	COMMITS(MOP_OPEN, op_open(req, ino, fi));
 }
 static void t_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		     struct fuse_file_info *fi)
@@ -1048,7 +1063,7 @@ static void t_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void t_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	TIMED(MOP_WRITE, op_write(req, ino, buf, size, off, fi));
+	COMMITS(MOP_WRITE, op_write(req, ino, buf, size, off, fi));
 }
 static void t_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -1060,11 +1075,11 @@ static void t_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 static void t_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	TIMED(MOP_FSYNC, op_fsync(req, ino, datasync, fi));
+	COMMITS(MOP_FSYNC, op_fsync(req, ino, datasync, fi));
 }
 static void t_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	TIMED(MOP_UNLINK, op_unlink(req, parent, name));
+	COMMITS(MOP_UNLINK, op_unlink(req, parent, name));
 }
 static void t_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		      struct fuse_file_info *fi)

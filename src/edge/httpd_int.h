@@ -39,9 +39,9 @@ struct spos {
 /*
  * One POST /stream connection: what it sends (httpd_stream.c) and its
  * socket (httpd_sender.c). Until the upgrade, it belongs to the request
- * (struct request); from then on to the sender thread, which alone touches
- * it and frees it, except for the list links and pos, under h->mu, and
- * behind_since_ms.
+ * (struct request); from then on to whoever holds h->pump_mu (the sender
+ * thread, or an inline send), except for the list links and pos, under
+ * h->mu, and behind_since_ms. Only the sender thread frees it.
  */
 struct stream {
 	struct stream *prev, *next;
@@ -113,6 +113,10 @@ struct httpd {
 	pthread_cond_t sender_cond; /* with mu: a stream was adopted, or sender_quit */
 	bool sender_started;
 	bool sender_quit; /* atomic: close every stream and exit */
+	/* whoever pumps the streams holds it: the sender during a round, or a
+	 * committing thread's inline send (httpd_sender.c, INLINE SENDS) */
+	pthread_mutex_t pump_mu;
+	bool pushing; /* under pump_mu: an inline send, which never waits */
 };
 
 /*
@@ -152,6 +156,8 @@ enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
 /* room for an HTTP chunk's size line before the bytes of a block */
 #define STREAM_CHUNK_HEAD 16
 ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more);
+/* An inline send (h->pushing) stops its fill with *more set where only the
+ * sender may go on: a file not in the LTX cache, a snapshot. */
 /* Free what a stream holds, not linked into h's list (the upgrade did not
  * happen); takes NULL. */
 void stream_discard(struct stream *s);

@@ -55,20 +55,40 @@
  * apart, each wakes it at once. It adds at most 1 ms to the replication
  * lag.
  *
+ * INLINE SENDS. Even so, each commit woke the sender, and that wake-up
+ * (this VM's IPI, the switch, the sender's return to sleep) cost the
+ * primary more than the send: 30-90 us per transaction in DELETE mode,
+ * whose commits are too far apart to coalesce. So the FUSE worker that
+ * committed sends it itself, after its reply: its operation defers the
+ * wake-up (store_defer_begin/end), and store_defer_end calls
+ * httpd_sender_push, the store's pusher, while the sender sleeps on standby
+ * (store_wait_change_standby). The push takes pump_mu only if it is free
+ * and pumps each stream that is quiet (nothing pending, no snapshot, no
+ * file open) with h->pushing set, so that its fill sends only LTX files
+ * already in the LTX cache (stream_next_cached): a prepared rollback-mode
+ * commit's, or a range file just written. It returns true when every
+ * stream ended IDLE; in any other case (the sender is pumping, a stream
+ * is busy or blocked, a file must be written or read, a snapshot) it
+ * returns false and the store wakes the sender, which does the rest. A
+ * push is one send per replica, on a thread that is running anyway; the
+ * sender stays asleep.
+ *
  * SHUTDOWN. httpd_stop sets h->stopping: each stream's fill then queues an
  * END frame, the sender writes it and the closing zero-length chunk, and
  * closes the stream. Whatever is still open after that (a replica that does
  * not read) is closed by httpd_sender_stop, which then joins the thread.
  *
- * Threads and locks: the sender thread owns every adopted stream's socket
- * and buffers, and frees the stream. h->mu guards the list, which it copies
- * at the start of each round; only this thread removes streams, so the
- * copies stay valid for the round.
+ * Threads and locks: whoever holds h->pump_mu (the sender during a round,
+ * or a push) owns every adopted stream's socket and buffers; only the
+ * sender frees a stream. h->mu guards the list, which both copy before
+ * they pump; only the sender removes streams, so the copies stay valid
+ * until it next takes pump_mu. Lock order: pump_mu, then h->mu.
  */
 #include "httpd_int.h"
 #include "ltxfs/clock.h"
 
 #include "ltxfs/log.h"
+#include "ltxfs/metrics.h"
 #include "ltxfs/store.h"
 
 #include <errno.h>
@@ -154,6 +174,7 @@ static enum pump pump(struct stream *s, bool *sent)
 			if (k < 0) {
 				log_info("stream to replica %016" PRIX64 ": %s", s->peer_id,
 					 strerror(errno));
+				s->closing = true;
 				return PUMP_CLOSE;
 			}
 			*sent = true;
@@ -168,8 +189,10 @@ static enum pump pump(struct stream *s, bool *sent)
 		if (filled)
 			return s->more ? PUMP_MORE : PUMP_IDLE;
 		ssize_t n = stream_fill(s, s->out + STREAM_CHUNK_HEAD, STREAM_BLOCK, &s->more);
-		if (n == STREAM_FILL_ERROR)
+		if (n == STREAM_FILL_ERROR) {
+			s->closing = true; /* (a push leaves the closing to the sender) */
 			return PUMP_CLOSE;
+		}
 		if (n == STREAM_FILL_END) {
 			/* the zero-length chunk ends the body */
 			memcpy(s->out, "0\r\n\r\n", 5);
@@ -178,8 +201,8 @@ static enum pump pump(struct stream *s, bool *sent)
 			s->closing = true;
 			continue;
 		}
-		if (n == 0)
-			return PUMP_IDLE;
+		if (n == 0) /* (more: an inline send left the rest to the sender) */
+			return s->more ? PUMP_MORE : PUMP_IDLE;
 		chunk_wrap(s, (size_t)n);
 		filled = true;
 	}
@@ -233,6 +256,7 @@ static void *sender_main(void *arg)
 		for (struct stream *s = h->streams.next; s != &h->streams && n < cap; s = s->next)
 			v[n++] = s;
 		pthread_mutex_unlock(&h->mu);
+		pthread_mutex_lock(&h->pump_mu);
 		bool more = false, sent = false;
 		size_t nblocked = 0;
 		int64_t wait_ms = HEARTBEAT_MS, now_ms = clock_mono_ms();
@@ -261,6 +285,7 @@ static void *sender_main(void *arg)
 			if (hb < wait_ms)
 				wait_ms = hb;
 		}
+		pthread_mutex_unlock(&h->pump_mu);
 		if (quit)
 			break;
 		if (sent) {
@@ -276,7 +301,8 @@ static void *sender_main(void *arg)
 		}
 		if (busy && coalesce_sleep(last_send) && store_change_seq(h->store) != seq)
 			continue;
-		store_wait_change(h->store, seq, wait_ms > 1 ? (int)wait_ms : 1);
+		/* on standby: a commit's thread may send it (INLINE SENDS) */
+		store_wait_change_standby(h->store, seq, wait_ms > 1 ? (int)wait_ms : 1);
 		coalesce_sleep(last_send); /* woken sooner than that after the last send */
 	}
 	free(v);
@@ -284,15 +310,62 @@ static void *sender_main(void *arg)
 	return NULL;
 }
 
+/* A stream an inline send may pump: nothing pending, in progress or ending. */
+static bool stream_quiet(const struct stream *s)
+{
+	return s->ready_sent && !s->more && !s->closing && !s->ended && s->out_off == s->out_len &&
+	       s->pend_len == 0 && s->fd < 0 && !s->snap && !s->blob;
+}
+
+/* The most streams an inline send pumps; with more, the sender does it. */
+#define PUSH_MAX 16
+
+/* The store's pusher (INLINE SENDS): true when every stream is IDLE. */
+static bool httpd_sender_push(void *ctx)
+{
+	struct httpd *h = ctx;
+	struct stream *v[PUSH_MAX];
+	size_t n = 0;
+	bool done = true;
+	if (pthread_mutex_trylock(&h->pump_mu) != 0)
+		return false; /* the sender is pumping, or another push */
+	if (__atomic_load_n(&h->sender_quit, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_unlock(&h->pump_mu);
+		return false;
+	}
+	pthread_mutex_lock(&h->mu);
+	for (struct stream *s = h->streams.next; s != &h->streams; s = s->next) {
+		if (n == PUSH_MAX) {
+			done = false;
+			break;
+		}
+		v[n++] = s;
+	}
+	pthread_mutex_unlock(&h->mu);
+	h->pushing = true;
+	bool sent = false;
+	for (size_t i = 0; i < n; i++)
+		if (!stream_quiet(v[i]) || pump(v[i], &sent) != PUMP_IDLE)
+			done = false;
+	h->pushing = false;
+	pthread_mutex_unlock(&h->pump_mu);
+	if (done && sent)
+		metrics_add(MC_STREAM_PUSHES, 1);
+	return done;
+}
+
 int httpd_sender_start(struct httpd *h)
 {
 	pthread_cond_init(&h->sender_cond, NULL);
+	pthread_mutex_init(&h->pump_mu, NULL);
 	int r = pthread_create(&h->sender, NULL, sender_main, h);
 	if (r != 0) {
 		pthread_cond_destroy(&h->sender_cond);
+		pthread_mutex_destroy(&h->pump_mu);
 		return -r;
 	}
 	h->sender_started = true;
+	store_set_pusher(h->store, httpd_sender_push, h);
 	return 0;
 }
 
@@ -300,12 +373,14 @@ void httpd_sender_stop(struct httpd *h)
 {
 	if (!h->sender_started)
 		return;
-	pthread_mutex_lock(&h->mu); /* against httpd_sender_adopt */
+	store_set_pusher(h->store, NULL, NULL); /* returns once no push is under way */
+	pthread_mutex_lock(&h->mu);		/* against httpd_sender_adopt */
 	__atomic_store_n(&h->sender_quit, true, __ATOMIC_RELEASE);
 	pthread_cond_signal(&h->sender_cond);
 	pthread_mutex_unlock(&h->mu);
 	store_kick(h->store);
 	pthread_join(h->sender, NULL);
 	pthread_cond_destroy(&h->sender_cond);
+	pthread_mutex_destroy(&h->pump_mu);
 	h->sender_started = false;
 }

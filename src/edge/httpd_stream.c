@@ -172,6 +172,26 @@ static void queue_ltx_frame(struct stream *s, struct db *db, uint32_t flags, uin
 }
 
 /*
+ * stream_next's part for an inline send (httpd_sender.c, INLINE SENDS): the
+ * replica, behind on db, is sent the next file only if it is in the LTX
+ * cache and follows what the replica has; anything else (a file to write or
+ * read, a snapshot) is the sender's: -EWOULDBLOCK, nothing changed.
+ */
+static int stream_next_cached(struct stream *s, struct db *db, struct spos *rp)
+{
+	struct db_ltx_blob *b = NULL;
+	if (rp->txid == 0 || db_ltx_cached(db, rp->txid + 1, &b) < 0)
+		return -EWOULDBLOCK;
+	if (b->h.pre_apply_checksum != rp->checksum) {
+		db_ltx_blob_unref(b);
+		return -EWOULDBLOCK;
+	}
+	s->blob = b;
+	queue_ltx_frame(s, db, 0, b->len, b->h.max_txid, b->post);
+	return 1;
+}
+
+/*
  * Find the next LTX file (or snapshot) some database needs and queue it.
  * Returns 1 when something was queued, 0 when the replica is up to date,
  * -errno on failure (the stream then ends and the replica reconnects).
@@ -193,6 +213,8 @@ static int stream_next(struct stream *s)
 			return -ENOMEM;
 		if (rp->txid == dp.txid && rp->checksum == dp.checksum)
 			continue;
+		if (s->h->pushing)
+			return stream_next_cached(s, db, rp);
 		struct ltx_header lh;
 		struct ltx_trailer lt;
 		int fd = -1, r = -ENOENT;
@@ -464,6 +486,8 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 		if (got > 0 && max - got < STREAM_FILL_MIN)
 			break;
 		int r = stream_next(s);
+		if (r == -EWOULDBLOCK && h->pushing)
+			break; /* *more: the rest is the sender's */
 		if (r < 0)
 			return STREAM_FILL_ERROR;
 		note_behind(s, r > 0);

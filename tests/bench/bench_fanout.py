@@ -15,7 +15,11 @@
            primary's thread that sends to replicas (ltxfs-sender, from
            /proc/PID/task), divided by the number of replicas: what one
            replica costs the primary, without the noise of the rest of the
-           process. CPU time per transaction does not depend on where the
+           process. A commit that the FUSE worker sends itself (inline sends,
+           docs/architecture.md section 9; most DELETE-mode commits) does not
+           show there, only in the primary's total, and so does the count of
+           such commits ("inline" column, from ltxfs_stream_inline_sends_total).
+           CPU time per transaction does not depend on where the
            processes run, so it is comparable on a 2-core machine where the
            primary and its replicas share the cores; tx/s is not, and is
            reported with that caveat.
@@ -42,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = os.environ.get("LTXFS_BUILD", os.path.join(ROOT, "build"))
 os.environ.setdefault("LTXFS_BIN", os.path.join(BUILD, "src", "ltxfs"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from conftest import Node, wait_for  # noqa: E402
+from conftest import Node, http, wait_for  # noqa: E402
 
 CLIENT = os.path.join(BUILD, "tests", "bench", "bench_client")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -93,6 +97,14 @@ def client(path, mode, sync, n):
     return float(out.split()[0])
 
 
+def inline_sends(node):
+    """ltxfs_stream_inline_sends_total of node (0 for a binary without it)."""
+    for line in http(node.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("ltxfs_stream_inline_sends_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def fanout(base, mode, sync, n_replicas, n):
     tag = "%s-%s-%d" % (mode, sync, n_replicas)
     p = Node(base, "p-" + tag).start()
@@ -110,6 +122,7 @@ def fanout(base, mode, sync, n_replicas, n):
         procs = [p] + rs
         before = [cpu_seconds(x.proc.pid) for x in procs]
         s0 = stream_cpu_seconds(p.proc.pid)
+        i0 = inline_sends(p)
         t0 = time.monotonic()
         txs = client(p.path("db"), mode, sync, n)
         want = p.pos("db")
@@ -118,9 +131,10 @@ def fanout(base, mode, sync, n_replicas, n):
         wall = time.monotonic() - t0
         after = [cpu_seconds(x.proc.pid) for x in procs]
         s1 = stream_cpu_seconds(p.proc.pid)
+        inline = (inline_sends(p) - i0) / n
         per = [(a - b) / n * 1e6 for a, b in zip(after, before)]
         per_stream = (s1 - s0) / n * 1e6 / n_replicas if n_replicas else 0.0
-        return txs, per[0], per[1:], wall, per_stream
+        return txs, per[0], per[1:], wall, per_stream, inline
     finally:
         for x in [p] + rs:
             x.cleanup()
@@ -175,8 +189,9 @@ def main():
                                      ", pinned: primary and client CPU 0, replicas CPU 1"
                                      if PIN else ""))
     if "fanout" in only:
-        print("%-12s %8s %9s %14s %14s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
-                                              "stream us/tx", "each replica us/tx"))
+        print("%-12s %8s %9s %14s %14s %7s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
+                                                  "stream us/tx", "inline",
+                                                  "each replica us/tx"))
         for m in a.modes.split(","):
             mode, sync = m.split("-")
             n = a.n if mode == "wal" else max(200, a.n // 5)
@@ -193,14 +208,16 @@ def main():
                 pcpu = median(r[1] for r in runs[k])
                 rcpu = [median(r[2][i] for r in runs[k]) for i in range(k)]
                 scpu = median(r[4] for r in runs[k])
+                inl = median(r[5] for r in runs[k])
                 if k == 0:
                     base0 = (txs, pcpu)
                 extra = ""
                 if base0 and k > 0:
                     extra = "  (+%.1f us/tx per replica on the primary; tx/s %.2f of 0)" % (
                         (pcpu - base0[1]) / k, txs / base0[0])
-                print("%-12s %8d %9.0f %14.1f %14s %s%s" % (
+                print("%-12s %8d %9.0f %14.1f %14s %7s %s%s" % (
                     m, k, txs, pcpu, "%.1f" % scpu if k else "-",
+                    "%.0f%%" % (inl * 100) if k else "-",
                     " ".join("%.1f" % x for x in rcpu) or "-", extra))
                 sys.stdout.flush()
     if "catchup" in only:

@@ -440,6 +440,32 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     c.close()
 
 
+def test_commits_are_sent_by_the_thread_that_made_them(make_node):
+    """In DELETE mode a commit's LTX file is in memory at the commit point: the
+    FUSE worker that committed sends it to every replica after its reply,
+    instead of waking the sender thread for each commit. Every replica ends
+    identical, and most of these one-at-a-time commits went out that way."""
+    p, (r, r2) = cluster(make_node, 2)
+    c = connect(p.path("db"), "delete")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    assert_same(p, r)
+    assert_same(p, r2)
+    pushes0 = _metric(p, "ltxfs_stream_inline_sends_total")
+    for i in range(200):
+        c.execute("INSERT INTO t VALUES(?, ?)", (i, "row %d" % i))
+    assert_same(p, r)
+    assert_same(p, r2)
+    pushes = _metric(p, "ltxfs_stream_inline_sends_total") - pushes0
+    # a commit made while the sender is awake (a heartbeat, a round under
+    # way) is left to it; the rest went out from the committing thread
+    assert pushes >= 100, pushes
+    for n in (r, r2):
+        rc = connect(n.path("db"), "delete")
+        assert rc.execute("SELECT count(*) FROM t").fetchone()[0] == 200
+        rc.close()
+    c.close()
+
+
 def _read_stream(sock, buf, want_types, timeout=10):
     """Decode HTTP chunks, then frames, from sock until a frame of each of
     want_types arrived (in any order); returns the frame types seen and what

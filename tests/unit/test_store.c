@@ -4,8 +4,10 @@
  * after the adoption window and any adoption in it, within the cap; once
  * open they stay open for the term; store_await_writes waits for that,
  * refuses at once on a replica, times out with the reason, gives way when
- * asked, and wakes on a demotion or the end of a handoff fence. Each case
- * opens a store in a fresh temporary data directory.
+ * asked, and wakes on a demotion or the end of a handoff fence. A change
+ * made between store_defer_begin and store_defer_end wakes a standby
+ * sleeper only if the pusher left something undone, and any other sleeper
+ * always. Each case opens a store in a fresh temporary data directory.
  */
 #include "unit.h"
 
@@ -193,10 +195,120 @@ static void test_wakeups(void)
 	close_store(s, dir);
 }
 
+/* DEFERRED WAKE-UPS: one sleeper, standby or not, and what wakes it. */
+struct sleeper {
+	struct store *s;
+	bool standby;
+	pid_t tid;
+	int64_t slept_ms;
+};
+
+static void *sleep_once(void *arg)
+{
+	struct sleeper *z = arg;
+	__atomic_store_n(&z->tid, gettid(), __ATOMIC_SEQ_CST);
+	uint64_t seq = store_change_seq(z->s);
+	int64_t t0 = clock_mono_ms();
+	if (z->standby)
+		store_wait_change_standby(z->s, seq, 1500);
+	else
+		store_wait_change(z->s, seq, 1500);
+	z->slept_ms = elapsed(t0);
+	return NULL;
+}
+
+/* Start a sleeper and return once its thread sleeps (in the futex). */
+static void start_sleeper(pthread_t *t, struct sleeper *z)
+{
+	char path[64], buf[256];
+	pthread_create(t, NULL, sleep_once, z);
+	for (int i = 0; i < 5000; i++) {
+		pid_t tid = __atomic_load_n(&z->tid, __ATOMIC_SEQ_CST);
+		FILE *f = NULL;
+		if (tid) {
+			snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
+			f = fopen(path, "r");
+		}
+		if (f) {
+			size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+			fclose(f);
+			buf[n] = '\0';
+			const char *st = strrchr(buf, ')');
+			if (st && st[1] == ' ' && st[2] == 'S')
+				return;
+		}
+		usleep(1000);
+	}
+	CHECK(!"the sleeper never slept");
+}
+
+static int pushes;
+static bool push_result;
+
+static bool count_push(void *ctx)
+{
+	(void)ctx;
+	pushes++;
+	return push_result;
+}
+
+/* One change made between store_defer_begin and store_defer_end. */
+static void deferred_change(struct store *s)
+{
+	store_defer_begin(s);
+	store_on_change(s);
+	store_defer_end(s);
+}
+
+/* One sleeper (standby or not) and one change (deferred or not): how long it slept. */
+static int64_t wake_case(struct store *s, bool standby, bool deferred, bool push_returns)
+{
+	pthread_t t;
+	struct sleeper z = {.s = s, .standby = standby};
+	push_result = push_returns;
+	pushes = 0;
+	start_sleeper(&t, &z);
+	if (deferred)
+		deferred_change(s);
+	else
+		store_on_change(s);
+	pthread_join(t, NULL);
+	return z.slept_ms;
+}
+
+static void test_deferred_wakeups(void)
+{
+	char dir[64];
+	struct store *s = open_store(dir);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	store_set_pusher(s, count_push, NULL);
+	/* the pusher did it all: the standby sleeper sleeps on */
+	CHECK(wake_case(s, true, true, true) >= 1400);
+	CHECK(pushes == 1);
+	/* the pusher left something: the sleeper is woken */
+	CHECK(wake_case(s, true, true, false) < 1000);
+	CHECK(pushes == 1);
+	/* another kind of sleeper: woken, and the pusher is not asked */
+	CHECK(wake_case(s, false, true, true) < 1000);
+	CHECK(pushes == 0);
+	/* a change outside store_defer_begin/end wakes at once */
+	CHECK(wake_case(s, true, false, true) < 1000);
+	CHECK(pushes == 0);
+	/* no change in between: nothing to push */
+	store_defer_begin(s);
+	store_defer_end(s);
+	CHECK(pushes == 0);
+	store_set_pusher(s, NULL, NULL);
+	close_store(s, dir);
+}
+
 int main(void)
 {
 	RUN(test_window);
 	RUN(test_adoption_and_cap);
 	RUN(test_wakeups);
+	RUN(test_deferred_wakeups);
 	return UNIT_DONE();
 }
