@@ -86,7 +86,13 @@ void store_cluster_init(struct store *s, bool replica)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->ccond, &ca);
 	pthread_condattr_destroy(&ca);
-	pthread_rwlock_init(&s->push_lock, NULL);
+	/* writers first: committing workers' read locks must not starve
+	 * store_set_pusher at shutdown */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->push_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	s->primary = !replica;
 	s->opened = true;	 /* a static primary has no start of term */
 	s->until_ms = INT64_MAX; /* a static primary's lease never ends */

@@ -158,6 +158,9 @@ enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
 ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more);
 /* An inline send (h->pushing) stops its fill with *more set where only the
  * sender may go on: a file not in the LTX cache, a snapshot. */
+/* LAGGING REPLICAS (httpd_stream.c): something is (behind) or is not waiting
+ * to be sent to s; by the holder of pump_mu. */
+void stream_note_behind(struct stream *s, bool behind);
 /* Free what a stream holds, not linked into h's list (the upgrade did not
  * happen); takes NULL. */
 void stream_discard(struct stream *s);

@@ -172,8 +172,9 @@ static enum pump pump(struct stream *s, bool *sent)
 			if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 				return PUMP_BLOCKED;
 			if (k < 0) {
-				log_info("stream to replica %016" PRIX64 ": %s", s->peer_id,
-					 strerror(errno));
+				if (!s->h->pushing) /* else the sender's retry logs it */
+					log_info("stream to replica %016" PRIX64 ": %s", s->peer_id,
+						 strerror(errno));
 				s->closing = true;
 				return PUMP_CLOSE;
 			}
@@ -269,6 +270,8 @@ static void *sender_main(void *arg)
 			}
 			if (p == PUMP_MORE)
 				more = true;
+			if (p == PUMP_BLOCKED)
+				stream_note_behind(s, true); /* its bytes wait in its buffer */
 			if (p == PUMP_BLOCKED && !s->stuck_since)
 				s->stuck_since = now_ms;
 			if (p == PUMP_BLOCKED && now_ms - s->stuck_since >= SENDER_STUCK_MS) {

@@ -331,9 +331,11 @@ static int stream_snap_frame(struct stream *s)
  * replica. A replica that has not been caught up for STREAM_LAGGING_MS
  * cannot keep up: /info, /metrics and `ltxfs status` say so, and it is
  * logged once. Nothing on the commit path waits for a stream; a replica
- * that is slow to read only fills its own socket buffers.
+ * that is slow to read only fills its own socket buffers. A stream whose
+ * socket is full is behind whatever its last fill found (the sender says so
+ * at each round it stays BLOCKED): the bytes it holds have not gone out.
  */
-static void note_behind(struct stream *s, bool behind)
+void stream_note_behind(struct stream *s, bool behind)
 {
 	int64_t since = __atomic_load_n(&s->behind_since_ms, __ATOMIC_RELAXED);
 	int64_t now = clock_mono_ms();
@@ -490,7 +492,7 @@ ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more)
 			break; /* *more: the rest is the sender's */
 		if (r < 0)
 			return STREAM_FILL_ERROR;
-		note_behind(s, r > 0);
+		stream_note_behind(s, r > 0);
 		if (r > 0)
 			continue;
 		pthread_mutex_lock(&h->mu);

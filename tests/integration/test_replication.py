@@ -443,6 +443,34 @@ def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     c.close()
 
 
+def test_replica_whose_socket_is_full_is_reported_lagging(make_node):
+    """A stopped replica's socket fills while the primary commits 200 KB
+    transactions one at a time: each of the stream's fills then ends with
+    nothing more to send, but the bytes it took wait in a full socket. The
+    replica is reported lagging (it was not, when the last fill before the
+    socket filled had found nothing more), and catches up once it runs."""
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("db"), "delete")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    assert_same(p, r)
+    rid = r.info()["nodeID"]
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(100):  # 20 MB: more than both ends' socket buffers hold
+            c.execute("INSERT INTO t VALUES(?, randomblob(200000))", (i,))
+        def lagging():
+            reps = [x for x in p.info()["replicas"] if x["nodeID"] == rid]
+            return reps and reps[0]["lagging"] and reps[0]["databases"][0]["behind"] > 0
+        wait_for(lagging, timeout=15, what="the primary to report the replica as lagging")
+        assert "cannot keep up" in p.read_log()
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    assert_same(p, r, timeout=60)
+    wait_for(lambda: not any(x["lagging"] for x in p.info()["replicas"]), timeout=15,
+             what="the primary to see the replica caught up")
+    c.close()
+
+
 def test_commits_are_sent_by_the_thread_that_made_them(make_node):
     """In DELETE mode a commit's LTX file is in memory at the commit point: the
     FUSE worker that committed sends it to every replica after its reply,
