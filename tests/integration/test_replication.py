@@ -396,39 +396,72 @@ def _metric(node, name):
     raise AssertionError("%s: no %s in /metrics" % (node.name, name))
 
 
+def _lag(p, rid):
+    """What the primary p reports of replica rid: (lagging, lagSeconds, TXIDs
+    not sent yet)."""
+    reps = [x for x in p.info()["replicas"] if x["nodeID"] == rid]
+    if not reps:
+        return False, 0.0, 0
+    return reps[0]["lagging"], reps[0]["lagSeconds"], reps[0]["databases"][0]["behind"]
+
+
+def _reported_lagging(p, rid):
+    """The primary p reports replica rid as lagging and behind on its database."""
+    lagging, _, behind = _lag(p, rid)
+    return lagging and behind > 0
+
+
+def _cluster_with_table(make_node, n_replicas, mode):
+    """A primary, n replicas, and table t(id, v) created in mode and replicated."""
+    p, rs = cluster(make_node, n_replicas)
+    c = connect(p.path("db"), mode)
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    for r in rs:
+        assert_same(p, r)
+    return p, rs, c
+
+
 def test_lagging_replica_is_reported_and_catches_up_in_batches(make_node):
     """A replica that cannot keep up (here: its process is stopped) is reported
     by the primary in /info, /metrics and `ltxfs status`; the primary commits
     on regardless; once it runs again the replica applies what piled up in
     batches (fewer applies than LTX files) and ends identical."""
-    p, (r, r2) = cluster(make_node, 2)
-    c = connect(p.path("db"), "wal")
-    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-    assert_same(p, r)
-    assert_same(p, r2)
+    p, (r, r2), c = _cluster_with_table(make_node, 2, "wal")
     applied0 = _metric(r, "ltxfs_ltx_applied_total")
     batches0 = _metric(r, "ltxfs_apply_batches_total")
     rid = r.info()["nodeID"]
     os.kill(r.proc.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
-        # small transactions, then more than the socket buffers hold
-        for i in range(1500):
+        # small transactions, then 1 MB ones until the stopped replica's socket
+        # is full (a commit waits unsent, and has been waiting: lagSeconds),
+        # then the 2 s until it is reported lagging; all of it well within the
+        # 30 s after which the primary cuts off a replica that takes nothing
+        # (a slow CI machine once spent them on a fixed 30 MB, and the stream
+        # was gone before the check)
+        for i in range(800):
             c.execute("INSERT INTO t VALUES(?, randomblob(100))", (i,))
-        for i in range(30):
+        reported = False
+        for i in range(100):
             c.execute("INSERT INTO t VALUES(?, randomblob(1000000))", (10000 + i,))
-        # one thread writes every replica's socket: the stopped replica's full
-        # socket holds up neither the commits nor the other replica
-        assert_same(p, r2, timeout=15)
-        def lagging():
-            reps = [x for x in p.info()["replicas"] if x["nodeID"] == rid]
-            return reps and reps[0]["lagging"] and reps[0]["databases"][0]["behind"] > 0
-        wait_for(lagging, timeout=15, what="the primary to report the replica as lagging")
+            _, lag_s, behind = _lag(p, rid)
+            if lag_s > 0 and behind > 0:
+                try:
+                    reported = wait_for(lambda: _reported_lagging(p, rid), timeout=4)
+                    break
+                except AssertionError:
+                    pass  # it was sending after all: the socket is not full yet
+        assert reported, "the primary did not report the stopped replica as lagging"
         assert _metric(p, "ltxfs_replicas_lagging") == 1
         out = subprocess.run([os.environ["LTXFS_BIN"], "status", "-url", p.url],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and "lagging" in out.stdout, out.stdout
         # the primary is not slowed down: it commits while the replica is stopped
         c.execute("INSERT INTO t VALUES(99999, 'still committing')")
+        # one thread writes every replica's socket: the stopped replica's full
+        # socket holds up neither the commits nor the other replica
+        assert_same(p, r2, timeout=20)
+        assert time.monotonic() - stopped < 30, "too slow to test before the cut-off"
     finally:
         os.kill(r.proc.pid, signal.SIGCONT)
     assert_same(p, r, timeout=60)
@@ -449,19 +482,14 @@ def test_replica_whose_socket_is_full_is_reported_lagging(make_node):
     nothing more to send, but the bytes it took wait in a full socket. The
     replica is reported lagging (it was not, when the last fill before the
     socket filled had found nothing more), and catches up once it runs."""
-    p, (r,) = cluster(make_node, 1)
-    c = connect(p.path("db"), "delete")
-    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-    assert_same(p, r)
+    p, (r,), c = _cluster_with_table(make_node, 1, "delete")
     rid = r.info()["nodeID"]
     os.kill(r.proc.pid, signal.SIGSTOP)
     try:
         for i in range(100):  # 20 MB: more than both ends' socket buffers hold
             c.execute("INSERT INTO t VALUES(?, randomblob(200000))", (i,))
-        def lagging():
-            reps = [x for x in p.info()["replicas"] if x["nodeID"] == rid]
-            return reps and reps[0]["lagging"] and reps[0]["databases"][0]["behind"] > 0
-        wait_for(lagging, timeout=15, what="the primary to report the replica as lagging")
+        wait_for(lambda: _reported_lagging(p, rid), timeout=15,
+                 what="the primary to report the replica as lagging")
         assert "cannot keep up" in p.read_log()
     finally:
         os.kill(r.proc.pid, signal.SIGCONT)
@@ -476,11 +504,7 @@ def test_commits_are_sent_by_the_thread_that_made_them(make_node):
     FUSE worker that committed sends it to every replica after its reply,
     instead of waking the sender thread for each commit. Every replica ends
     identical, and most of these one-at-a-time commits went out that way."""
-    p, (r, r2) = cluster(make_node, 2)
-    c = connect(p.path("db"), "delete")
-    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
-    assert_same(p, r)
-    assert_same(p, r2)
+    p, (r, r2), c = _cluster_with_table(make_node, 2, "delete")
     pushes0 = _metric(p, "ltxfs_stream_inline_sends_total")
     for i in range(200):
         c.execute("INSERT INTO t VALUES(?, ?)", (i, "row %d" % i))
