@@ -146,7 +146,10 @@ enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
  * frames as far as they fit. Returns the number of bytes (0: nothing to
  * send now), STREAM_FILL_END once the END frame has been handed over, or
  * STREAM_FILL_ERROR (the stream must be cut; the replica reconnects).
- * *more says something is still pending. Runs on the sender thread.
+ * *more says something is still pending. Runs under h->pump_mu: on the
+ * sender thread, or in an inline send (h->pushing), which stops with *more
+ * set where only the sender may go on (a file not in the LTX cache, a
+ * snapshot).
  */
 #define STREAM_FILL_END	  (-1)
 #define STREAM_FILL_ERROR (-2)
@@ -156,8 +159,6 @@ enum MHD_Result httpd_serve_handoff(struct httpd *h, struct MHD_Connection *c);
 /* room for an HTTP chunk's size line before the bytes of a block */
 #define STREAM_CHUNK_HEAD 16
 ssize_t stream_fill(struct stream *s, uint8_t *buf, size_t max, bool *more);
-/* An inline send (h->pushing) stops its fill with *more set where only the
- * sender may go on: a file not in the LTX cache, a snapshot. */
 /* LAGGING REPLICAS (httpd_stream.c): something is (behind) or is not waiting
  * to be sent to s; by the holder of pump_mu. */
 void stream_note_behind(struct stream *s, bool behind);
