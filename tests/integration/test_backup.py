@@ -626,6 +626,9 @@ def test_retention_deletes_what_the_window_does_not_need(make_node, moto, bucket
         return not [o for o in objs if o[3] <= old[3] and o != old] and objs
     objs = wait_for(settled, what="retention to finish")
     snaps = chain_from_oldest_snapshot(objs, "a.db", t_last)
+    # stopped, the node deletes nothing more: the window is frozen at now,
+    # however long the restores below take (restore reads only the bucket)
+    p.stop()
     now = time.time()
     inside = [r for r in rounds if r[1] > now - 4 + 1.0]
     assert inside, rounds
@@ -739,6 +742,7 @@ def test_compacted_l0_objects_go_once_out_of_the_window(make_node, moto, bucket,
     assert metric(p, "ltxfs_backup_requests_total", 'kind="delete"') > 0
     assert len([o for o in objs if o[1] == "0009"]) == 1, objs  # only the first snapshot
     chain_from_oldest_snapshot(objs, "a.db", rounds[-1][0])
+    p.stop()  # the window is frozen at now (see the test above)
     now = time.time()
     for t, _when, want in [r for r in rounds if r[1] > now - 3 + 1.0] + [rounds[-1]]:
         dst = str(tmp_path / ("r%d.db" % time.monotonic_ns()))
@@ -910,14 +914,19 @@ def test_scheduled_snapshot_compacts_what_precedes_it(make_node, moto, bucket, t
     snapshot goes up the L0 objects since the last compaction are compacted
     up to its TXID (here the compaction interval alone would never run)."""
     section = (moto.backup_section(bucket, path="sc") +
-               "  snapshot-interval: 1s\n  compaction-interval: 1h\n")
+               "  snapshot-interval: 2s\n  compaction-interval: 1h\n")
     p = make_node("p", extra_config=section).start()
     i = 0
 
     def snaps():
         return sorted(o[3] for o in objects(moto, bucket, "sc") if o[1] == "0009")
-    deadline = time.monotonic() + 20
-    while len(snaps()) < 3 and time.monotonic() < deadline:
+
+    def l1s():
+        return [o for o in objects(moto, bucket, "sc") if o[1] == "0001"]
+    # an L1 object needs two L0 uploads between two snapshots: under load an
+    # interval may hold only one, so go on until one held two
+    deadline = time.monotonic() + 40
+    while (len(snaps()) < 3 or not l1s()) and time.monotonic() < deadline:
         for _ in range(2):
             write_rows(p, "a.db", "delete", 1, start=i)
             i += 1
@@ -950,7 +959,9 @@ def test_retention_after_a_restart_reads_the_listing_times(make_node, moto, buck
     LastModified. After a restart with no write, what precedes the newest
     snapshot older than the window goes; the latest state still restores."""
     section = (moto.backup_section(bucket, path="rr") +
-               "  snapshot-interval: 1s\n  retention: 2s\n  compaction-interval: 0s\n")
+               "  snapshot-interval: 1s\n  compaction-interval: 0s\n")
+    # the first term keeps everything, so what precedes its newest snapshot
+    # is there for the second term (which has the retention) to judge
     p = make_node("p", extra_config=section).start()
     start = time.monotonic()
     i = 0
@@ -970,7 +981,7 @@ def test_retention_after_a_restart_reads_the_listing_times(make_node, moto, buck
     assert any(o[3] < newest for o in before), before
     wait_for(lambda: time.monotonic() - start > 6.5, timeout=10,
              what="the snapshots to be older than the window")
-    p.start()
+    p = make_node("p", extra_config=section + "  retention: 2s\n").start()  # same directories
     wait_for(lambda: all(o[3] >= newest for o in objects(moto, bucket, "rr")), timeout=10,
              what="retention from the listing to delete what precedes the newest snapshot")
     objs = objects(moto, bucket, "rr")
