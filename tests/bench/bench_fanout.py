@@ -220,7 +220,7 @@ def main():
                     "%.0f%%" % (inl * 100) if k else "-",
                     " ".join("%.1f" % x for x in rcpu) or "-", extra))
                 sys.stdout.flush()
-    if "catchup" in only:
+    if "catchup" in only and a.catchup > 0:
         produce, took, rcpu = catchup(base, a.catchup)
         print("catchup: %d tx produced in %.2f s, applied by a restarted replica in %.2f s "
               "(%.1fx faster than produced), replica %.1f us CPU/tx" % (
