@@ -7,6 +7,7 @@ Timings (TTL 2 s on both backends) keep the suite short; the budgets are the
 issue's: etcd ttl + 2 s, Consul 2 x ttl + lock-delay + 2 s.
 """
 import base64
+import datetime
 import json
 import os
 import sqlite3
@@ -31,7 +32,6 @@ LOCK_DELAY = 0.5
 
 def log_time(line):
     """The wall-clock time stamped on one of ltxfs's log lines (UTC, ms)."""
-    import datetime
     d = datetime.datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f")
     return d.replace(tzinfo=datetime.timezone.utc).timestamp()
 

@@ -620,9 +620,7 @@ def test_replica_that_reads_nothing_is_cut_off(make_node):
     Two clocks may end it: the sender's (30 s of a full send buffer) or the
     kernel's TCP_USER_TIMEOUT (30 s of a zero window, counted from earlier,
     so it wins when the commits that fill the buffer are slow to come)."""
-    p, (r,) = cluster(make_node, 1)
-    c = connect(p.path("db"), "wal")
-    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    p, (r,), c = _cluster_with_table(make_node, 1, "wal")
     sock, _ = _raw_stream(p, rcvbuf=4096)
     wait_for(lambda: len(p.info()["replicas"]) == 2, what="both streams")
     for i in range(40):  # more than both sockets' buffers hold
