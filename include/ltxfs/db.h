@@ -96,6 +96,13 @@ size_t db_index(const struct db *db);
  */
 void db_get_pos(struct db *db, struct db_pos *ret);
 /*
+ * The position the -pos file shows: db_get_pos's, except while a replica's
+ * apply that moved it still holds SQLite's locks, when it is the position
+ * before that apply; so a transaction the -pos file shows is readable
+ * without waiting for a lock. Takes db->mu. Any thread.
+ */
+void db_get_visible_pos(struct db *db, struct db_pos *ret);
+/*
  * Write the LTX files of WAL-mode commits that are still queued, on the
  * calling thread. Their committing FUSE worker normally writes them right
  * after its reply (db_write_done); a caller that needs every committed

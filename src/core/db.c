@@ -143,6 +143,38 @@ void db_pos_set(struct db *db, uint64_t txid, uint64_t checksum, int64_t timesta
 	__atomic_store_n(&db->pos_seq, seq + 2, __ATOMIC_RELEASE);
 }
 
+/*
+ * VISIBLE POSITION. A replica's apply moves the position under db->mu while
+ * it still holds SQLite's locks, which it releases afterwards (the unlock
+ * hook, db_apply.c). An application that waits for the -pos file to show a
+ * transaction and then reads it must find the database readable, not
+ * locked ("database is locked" without a busy timeout): so while an apply
+ * holds the locks, the -pos file shows the position before it (pos_vis,
+ * taken by db_pos_hold), and the new one once db_pos_release ran after the
+ * unlock. The engine, the streams and /info use db->pos as always.
+ */
+void db_pos_hold(struct db *db)
+{
+	if (db->pos_held)
+		return;
+	db->pos_vis = db->pos;
+	db->pos_held = true;
+}
+
+void db_pos_release(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	db->pos_held = false;
+	pthread_mutex_unlock(&db->mu);
+}
+
+void db_get_visible_pos(struct db *db, struct db_pos *ret)
+{
+	pthread_mutex_lock(&db->mu);
+	*ret = db->pos_held ? db->pos_vis : db->pos;
+	pthread_mutex_unlock(&db->mu);
+}
+
 void db_get_pos(struct db *db, struct db_pos *ret)
 {
 	for (;;) {

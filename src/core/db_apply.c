@@ -18,7 +18,9 @@
  * WAL's committed pages moved into the database file), writes the pages
  * (or renames the database file pass 1 built for a snapshot of a new
  * database, or deletes the files for a commit-0 file), and moves pgck,
- * xsum and the position. A failed page write sets the sticky error.
+ * xsum and the position; the -pos file shows the new one only once the
+ * unlock hook has released SQLite's locks (VISIBLE POSITION, db.c). A
+ * failed page write sets the sticky error.
  * Nothing is fsynced: the LTX files are made durable at shutdown.
  *
  * RECEIVING. A large LTX file is verified while it arrives: the receiver
@@ -722,6 +724,8 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 		db->xsum = x;
 	}
 	uint32_t old_count = db->page_count;
+	if (locked)
+		db_pos_hold(db); /* the -pos file waits for the unlock (VISIBLE POSITION, db.c) */
 	db_pos_set(db, h.max_txid, tr.post_apply_checksum, h.timestamp);
 	db->last_epoch = h.epoch;
 	db->ltx_unsynced = true;
@@ -742,8 +746,10 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 		db->opt.on_change(db->opt.change_ctx);
 	r = 0;
 out:
-	if (locked)
+	if (locked) {
 		hk->unlock(hk->ctx, db, token, r == 0 && h.commit > 0, h.page_size, h.commit);
+		db_pos_release(db);
+	}
 	ltx_decoder_free(dec);
 	free(page);
 	ltx_scan_release(db, sc);
@@ -972,6 +978,8 @@ static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx
 		batch_step(db, &sc[i], &x, &count, NULL, NULL, NULL);
 		db->page_count = count;
 		db->xsum = x;
+		if (locked)
+			db_pos_hold(db); /* VISIBLE POSITION, db.c */
 		db_pos_set(db, sc[i].h.max_txid, sc[i].tr.post_apply_checksum, sc[i].h.timestamp);
 		db->last_epoch = sc[i].h.epoch;
 		memcpy(inv + done, sc[i].pg, sc[i].n * sizeof(*inv));
@@ -999,8 +1007,10 @@ static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx
 		db->opt.on_change(db->opt.change_ctx);
 	r = 0;
 out:
-	if (locked)
+	if (locked) {
 		hk->unlock(hk->ctx, db, token, r == 0, ps, sc[n - 1].h.commit);
+		db_pos_release(db);
+	}
 	free(u);
 	free(inv);
 	free(page);

@@ -250,6 +250,11 @@ struct db {
 	 * db_get_pos (a seqlock: pos_seq is odd while a write is under way) */
 	struct db_pos pos;
 	uint32_t pos_seq;
+	/* VISIBLE POSITION (db.c), under db->mu: while pos_held, the -pos file
+	 * shows pos_vis, the position before an apply that still holds SQLite's
+	 * locks; otherwise pos itself */
+	bool pos_held;
+	struct db_pos pos_vis;
 	struct db_backup bk; /* backups' state (db_set_backup), not the engine's */
 
 	/* rollback-journal tracking */
@@ -479,6 +484,11 @@ int db_tx_prepare(struct db *db, struct txpage *pages, size_t n, uint32_t commit
 void db_tx_apply(struct db *db, struct txrec *t);
 /* Set db->pos (POSITION in db.c); db->mu held. */
 void db_pos_set(struct db *db, uint64_t txid, uint64_t checksum, int64_t timestamp);
+/* VISIBLE POSITION (db.c): db_pos_hold with db->mu held, before the first
+ * db_pos_set of an apply that holds SQLite's locks; db_pos_release without
+ * db->mu, once they are released. */
+void db_pos_hold(struct db *db);
+void db_pos_release(struct db *db);
 void db_tx_abort(struct txrec *t);
 int db_commit_pages(struct db *db, struct txpage *pages, size_t n, uint32_t commit,
 		    const struct page_src *src, const struct walinfo *wi, bool snapshot, bool sync,

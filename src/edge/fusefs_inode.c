@@ -269,7 +269,7 @@ int fusefs_virt_attr(struct fusefs *fs, fuse_ino_t ino, struct stat *st)
 void fusefs_pos_attr(struct db *db, struct stat *st)
 {
 	struct db_pos pos;
-	db_get_pos(db, &pos);
+	db_get_visible_pos(db, &pos); /* what a read of the file shows */
 	memset(st, 0, sizeof(*st));
 	st->st_mode = S_IFREG | 0444;
 	st->st_nlink = 1;

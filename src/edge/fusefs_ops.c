@@ -726,7 +726,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		 * leaves the file queued; the position is still committed.
 		 */
 		db_write_queued_ltx(h->db);
-		db_get_pos(h->db, &pos);
+		db_get_visible_pos(h->db, &pos);
 		db_format_pos(&pos, buf);
 		if (off >= 34) {
 			fuse_reply_buf(req, NULL, 0);

@@ -218,6 +218,35 @@ def test_diverged_replica_is_resynchronised(make_node, tmp_path):
     c.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_transaction_the_pos_file_shows_is_readable_at_once(make_node, mode):
+    """Read-your-writes through the -pos file: write on the primary, wait
+    until the replica's -pos shows that position, then read on the replica
+    with no busy timeout. The read finds the row, and never "database is
+    locked": the replica's apply moves -pos only once it has released
+    SQLite's locks (before, 4-10 reads of 300 failed in rollback modes)."""
+    p, (r,), c = _cluster_with_table(make_node, 1, mode)
+    rc = sqlite3.connect("file:%s?mode=ro" % r.path("db"), uri=True, timeout=0,
+                         isolation_level=None)
+    failed, stale = [], []
+    try:
+        for k in range(1, 301):
+            c.execute("INSERT INTO t VALUES(?, 'x')", (k,))
+            want = p.pos("db")
+            wait_for(lambda: r.pos("db") == want, timeout=20, interval=0)
+            try:
+                got = rc.execute("SELECT max(id) FROM t").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                failed.append((k, str(e)))
+                continue
+            if got != k:
+                stale.append((k, got))
+    finally:
+        rc.close()
+    assert not failed, "reads right after -pos showed the transaction failed: %r" % failed
+    assert not stale, "reads right after -pos showed the transaction missed it: %r" % stale
+
+
 @pytest.mark.parametrize("mode", ["delete", "wal"])
 def test_replica_readers_see_consistent_state(make_node, mode):
     p, (r,) = cluster(make_node, 1)
