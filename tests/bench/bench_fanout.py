@@ -19,6 +19,15 @@
            docs/architecture.md section 9; most DELETE-mode commits) does not
            show there, only in the primary's total, and so does the count of
            such commits ("inline" column, from ltxfs_stream_inline_sends_total).
+           "floor us/tx": what the same sends cost with no ltxfs at all.
+           From /metrics, the LTX frames sent to each replica and their mean
+           size; bench_loopback then sends that many messages of that size,
+           spaced as they were, to a reader on another thread (pinned as the
+           replicas are with --pin), and the sender's CPU time inside send()
+           per transaction is the floor: on loopback the kernel runs the
+           receiving side of TCP, and wakes the reader, inside the send.
+           The per-replica cost on the primary can approach it, not go below
+           it, unless several commits share a send.
            CPU time per transaction does not depend on where the
            processes run, so it is comparable on a 2-core machine where the
            primary and its replicas share the cores; tx/s is not, and is
@@ -49,6 +58,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from conftest import Node, http, wait_for  # noqa: E402
 
 CLIENT = os.path.join(BUILD, "tests", "bench", "bench_client")
+LOOPBACK = os.path.join(BUILD, "tests", "bench", "bench_loopback")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -97,12 +107,30 @@ def client(path, mode, sync, n):
     return float(out.split()[0])
 
 
-def inline_sends(node):
-    """ltxfs_stream_inline_sends_total of node (0 for a binary without it)."""
+def metric(node, name):
+    """The value of one sample of node's /metrics, name with its labels (0 if absent)."""
     for line in http(node.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("ltxfs_stream_inline_sends_total "):
+        if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def inline_sends(node):
+    """ltxfs_stream_inline_sends_total of node (0 for a binary without it)."""
+    return metric(node, "ltxfs_stream_inline_sends_total")
+
+
+def loopback_floor(frames, nbytes, wall, n):
+    """CPU us per transaction that frames sends of nbytes in all, over wall seconds,
+    cost a sender on loopback without ltxfs (bench_loopback), and their mean size."""
+    if frames < 1:
+        return 0.0, 0
+    size = max(1, int(nbytes / frames))
+    gap = int(wall / frames * 1e6)
+    count = int(min(frames, 5000))
+    cmd = [LOOPBACK, str(size), str(gap), str(count)] + (["0", "1"] if PIN else [])
+    send_us = float(subprocess.check_output(cmd, text=True).split()[0])
+    return send_us * frames / n, size
 
 
 def fanout(base, mode, sync, n_replicas, n):
@@ -123,6 +151,8 @@ def fanout(base, mode, sync, n_replicas, n):
         before = [cpu_seconds(x.proc.pid) for x in procs]
         s0 = stream_cpu_seconds(p.proc.pid)
         i0 = inline_sends(p)
+        f0 = metric(p, 'ltxfs_http_frame_send_count{type="ltx"}')
+        b0 = metric(p, "ltxfs_stream_sent_bytes_total")
         t0 = time.monotonic()
         txs = client(p.path("db"), mode, sync, n)
         want = p.pos("db")
@@ -132,9 +162,15 @@ def fanout(base, mode, sync, n_replicas, n):
         after = [cpu_seconds(x.proc.pid) for x in procs]
         s1 = stream_cpu_seconds(p.proc.pid)
         inline = (inline_sends(p) - i0) / n
+        frames = metric(p, 'ltxfs_http_frame_send_count{type="ltx"}') - f0
+        nbytes = metric(p, "ltxfs_stream_sent_bytes_total") - b0
         per = [(a - b) / n * 1e6 for a, b in zip(after, before)]
         per_stream = (s1 - s0) / n * 1e6 / n_replicas if n_replicas else 0.0
-        return txs, per[0], per[1:], wall, per_stream, inline
+        floor = (0.0, 0)
+        if n_replicas:
+            # one replica's share: its frames, over the time the client wrote
+            floor = loopback_floor(frames / n_replicas, nbytes / n_replicas, n / txs, n)
+        return txs, per[0], per[1:], wall, per_stream, inline, floor
     finally:
         for x in [p] + rs:
             x.cleanup()
@@ -189,9 +225,9 @@ def main():
                                      ", pinned: primary and client CPU 0, replicas CPU 1"
                                      if PIN else ""))
     if "fanout" in only:
-        print("%-12s %8s %9s %14s %14s %7s %s" % ("mode", "replicas", "tx/s", "primary us/tx",
-                                                  "stream us/tx", "inline",
-                                                  "each replica us/tx"))
+        print("%-12s %8s %9s %14s %14s %7s %18s %s" % (
+            "mode", "replicas", "tx/s", "primary us/tx", "stream us/tx", "inline",
+            "floor us/tx (B)", "each replica us/tx"))
         for m in a.modes.split(","):
             mode, sync = m.split("-")
             n = a.n if mode == "wal" else max(200, a.n // 5)
@@ -209,15 +245,20 @@ def main():
                 rcpu = [median(r[2][i] for r in runs[k]) for i in range(k)]
                 scpu = median(r[4] for r in runs[k])
                 inl = median(r[5] for r in runs[k])
+                floor = median(r[6][0] for r in runs[k])
+                fsize = median(r[6][1] for r in runs[k])
                 if k == 0:
                     base0 = (txs, pcpu)
                 extra = ""
                 if base0 and k > 0:
-                    extra = "  (+%.1f us/tx per replica on the primary; tx/s %.2f of 0)" % (
-                        (pcpu - base0[1]) / k, txs / base0[0])
-                print("%-12s %8d %9.0f %14.1f %14s %7s %s%s" % (
+                    extra = ("  (+%.1f us/tx per replica on the primary, %.1fx the floor; "
+                             "tx/s %.2f of 0)") % ((pcpu - base0[1]) / k,
+                                                   (pcpu - base0[1]) / k / floor if floor else 0,
+                                                   txs / base0[0])
+                print("%-12s %8d %9.0f %14.1f %14s %7s %18s %s%s" % (
                     m, k, txs, pcpu, "%.1f" % scpu if k else "-",
                     "%.0f%%" % (inl * 100) if k else "-",
+                    "%.1f (%d)" % (floor, fsize) if k else "-",
                     " ".join("%.1f" % x for x in rcpu) or "-", extra))
                 sys.stdout.flush()
     if "catchup" in only and a.catchup > 0:
