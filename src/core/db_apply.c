@@ -38,8 +38,8 @@
  * appended to fd with the receiver). db_apply_scanned takes db->mu to check
  * the chain and again to settle and write; the lock and unlock hooks are
  * called without db->mu (SQLite's kernel locks are always taken before it),
- * and so are invalidate, entries and on_change, after the new state is in
- * place.
+ * and so are invalidate and entries, after the new state is in place, and
+ * on_change, after the unlock (GET /events then sees what -pos shows).
  */
 
 #include "db_int.h"
@@ -742,14 +742,15 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	}
 	if (hk && hk->entries && (created || dropped || unlinked))
 		hk->entries(hk->ctx, db);
-	if (db->opt.on_change)
-		db->opt.on_change(db->opt.change_ctx);
 	r = 0;
 out:
 	if (locked) {
 		hk->unlock(hk->ctx, db, token, r == 0 && h.commit > 0, h.page_size, h.commit);
 		db_pos_release(db);
 	}
+	/* after the unlock: GET /events reports what the -pos file shows */
+	if (r == 0 && db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
 	ltx_decoder_free(dec);
 	free(page);
 	ltx_scan_release(db, sc);
@@ -1003,14 +1004,15 @@ static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx
 	}
 	if (hk && hk->entries && unlinked)
 		hk->entries(hk->ctx, db);
-	if (db->opt.on_change)
-		db->opt.on_change(db->opt.change_ctx);
 	r = 0;
 out:
 	if (locked) {
 		hk->unlock(hk->ctx, db, token, r == 0, ps, sc[n - 1].h.commit);
 		db_pos_release(db);
 	}
+	/* after the unlock: GET /events reports what the -pos file shows */
+	if (r == 0 && db->opt.on_change)
+		db->opt.on_change(db->opt.change_ctx);
 	free(u);
 	free(inv);
 	free(page);

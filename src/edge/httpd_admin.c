@@ -277,7 +277,7 @@ static void ev_scan(struct events *e)
 		struct db *db = store_at(e->h->store, i);
 		struct db_pos p;
 		struct db_stats st;
-		db_get_pos(db, &p);
+		db_get_visible_pos(db, &p); /* what the -pos file shows: readable */
 		struct evpos *ep = NULL;
 		for (size_t k = 0; k < e->n; k++)
 			if (strcmp(e->pos[k].name, db_name(db)) == 0)

@@ -5,12 +5,16 @@ no difference under sqldiff (Debian's sqlite3-tools), and ltxcheck's
 independent replay of the replica's LTX chain and recomputed checksum.
 """
 import glob
+import json
 import os
+import queue
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -245,6 +249,47 @@ def test_a_transaction_the_pos_file_shows_is_readable_at_once(make_node, mode):
         rc.close()
     assert not failed, "reads right after -pos showed the transaction failed: %r" % failed
     assert not stale, "reads right after -pos showed the transaction missed it: %r" % stale
+
+
+def test_a_transaction_a_tx_event_reports_is_readable_at_once(make_node):
+    """The same through GET /events: after a replica's tx event names the
+    primary's TXID, a read there with no busy timeout finds the row."""
+    p, (r,), c = _cluster_with_table(make_node, 1, "delete")
+    events = queue.Queue()
+    resp = urllib.request.urlopen(r.url + "/events", timeout=30)
+
+    def reader():
+        try:
+            for raw in resp:
+                if raw.strip():
+                    events.put(json.loads(raw))
+        except Exception:  # the response closed under it at the end
+            pass
+    threading.Thread(target=reader, daemon=True).start()
+    assert events.get(timeout=10)["type"] == "init"
+    rc = sqlite3.connect("file:%s?mode=ro" % r.path("db"), uri=True, timeout=0,
+                         isolation_level=None)
+    failed, stale = [], []
+    try:
+        for k in range(1, 301):
+            c.execute("INSERT INTO t VALUES(?, 'x')", (k,))
+            want = int(p.pos("db").split("/")[0], 16)
+            while True:
+                e = events.get(timeout=20)
+                if e["type"] == "tx" and e["db"] == "db" and int(e["data"]["txID"], 16) >= want:
+                    break
+            try:
+                got = rc.execute("SELECT max(id) FROM t").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                failed.append((k, str(e)))
+                continue
+            if got != k:
+                stale.append((k, got))
+    finally:
+        rc.close()
+        resp.close()
+    assert not failed, "reads right after a tx event failed: %r" % failed
+    assert not stale, "reads right after a tx event missed the row: %r" % stale
 
 
 @pytest.mark.parametrize("mode", ["delete", "wal"])
