@@ -1285,6 +1285,106 @@ static void test_apply_batch(void)
 }
 
 /*
+ * VISIBLE POSITION (db.c): while an apply holds SQLite's locks, the -pos
+ * file shows the position before it; at the unlock hook the position has
+ * moved and the visible one has not, and on_change (GET /events) fires only
+ * after the unlock, when both agree. For one file and for a batch.
+ */
+struct visible_probe {
+	bool armed;
+	int unlocks, changes;
+	struct db_pos at_unlock, visible_at_unlock, visible_at_change;
+	bool change_after_unlock;
+};
+
+static struct visible_probe g_vp;
+
+static int vp_lock(void *ctx, struct db *db, void **token)
+{
+	*token = NULL;
+	return 0;
+}
+
+static void vp_unlock(void *ctx, struct db *db, void *token, bool ok, uint32_t page_size,
+		      uint32_t npages)
+{
+	g_vp.unlocks++;
+	db_get_pos(db, &g_vp.at_unlock);
+	db_get_visible_pos(db, &g_vp.visible_at_unlock);
+}
+
+/* A commit calls it with db->mu held (db.h): only an apply's call, armed, reads. */
+static void vp_change(void *ctx)
+{
+	if (!g_vp.armed)
+		return;
+	g_vp.changes++;
+	g_vp.change_after_unlock = g_vp.unlocks > 0;
+	db_get_visible_pos(g_db, &g_vp.visible_at_change);
+}
+
+static void test_visible_position_waits_for_the_unlock(void)
+{
+	uint8_t p0[4096], p1[4096], p2[4096], p3[4096];
+	uint64_t c1, c2, c3;
+	struct db_pos pos, vis;
+	struct db_stats st;
+	const struct db_apply_hooks hk = {.lock = vp_lock, .unlock = vp_unlock};
+	fresh_dir("visible");
+	struct db_options o = opts;
+	o.on_change = vp_change;
+	char dir[300];
+	snprintf(dir, sizeof(dir), "%s/dbs/db", g_dir);
+	CHECK_RC(db_open(&g_db, dir, "db", true, &o), 0);
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	sqlite3_close(c);
+	db_get_pos(g_db, &pos);
+	db_get_stats(g_db, &st);
+	read_page1(p0);
+	uint64_t t = pos.txid;
+	int f1 = next_page1_file(p0, t + 1, pos.checksum, st.page_count, false, p1, &c1);
+	int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
+	int f3 = next_page1_file(p2, t + 3, c2, st.page_count, false, p3, &c3);
+
+	/* one file */
+	memset(&g_vp, 0, sizeof(g_vp));
+	g_vp.armed = true;
+	CHECK_RC(db_apply_ltx(g_db, f1, 0, &hk), 0);
+	CHECK(g_vp.unlocks == 1 && g_vp.changes == 1 && g_vp.change_after_unlock);
+	CHECK_EQ_U64(g_vp.at_unlock.txid, t + 1);
+	CHECK_EQ_U64(g_vp.visible_at_unlock.txid, t);
+	CHECK_EQ_U64(g_vp.visible_at_unlock.checksum, pos.checksum);
+	CHECK_EQ_U64(g_vp.visible_at_change.txid, t + 1);
+	db_get_visible_pos(g_db, &vis);
+	CHECK_EQ_U64(vis.txid, t + 1);
+	CHECK_EQ_U64(vis.checksum, c1);
+
+	/* a batch: the last file's position, once its one unlock is done */
+	struct db_ltx_buf b2 = fd_bytes(f2), b3 = fd_bytes(f3);
+	struct db_ltx_buf batch[] = {b2, b3};
+	memset(&g_vp, 0, sizeof(g_vp));
+	g_vp.armed = true;
+	CHECK_RC(db_apply_ltx_batch(g_db, batch, 2, &hk), 0);
+	CHECK(g_vp.unlocks == 1 && g_vp.changes == 1 && g_vp.change_after_unlock);
+	CHECK_EQ_U64(g_vp.at_unlock.txid, t + 3);
+	CHECK_EQ_U64(g_vp.visible_at_unlock.txid, t + 1);
+	CHECK_EQ_U64(g_vp.visible_at_change.txid, t + 3);
+	db_get_visible_pos(g_db, &vis);
+	CHECK_EQ_U64(vis.txid, t + 3);
+	CHECK_EQ_U64(vis.checksum, c3);
+
+	close(f1);
+	close(f2);
+	close(f3);
+	free((void *)b2.data);
+	free((void *)b3.data);
+	g_vp.armed = false;
+	db_free(g_db);
+}
+
+/*
  * A replica stopped in the middle of a batch: every file installed, the
  * pages of the first written, the rest not. Start-up recovery re-applies
  * the batch's files in order and reaches the last one's state, instead of
@@ -1510,6 +1610,7 @@ int main(void)
 	RUN(test_prepared_commit_dropped_before_apply);
 	RUN(test_install_validate);
 	RUN(test_apply_batch);
+	RUN(test_visible_position_waits_for_the_unlock);
 	RUN(test_group_commit_range_file);
 	RUN(test_recovery_completes_a_torn_batch);
 	return UNIT_DONE();
