@@ -252,7 +252,7 @@ def test_a_transaction_the_pos_file_shows_is_readable_at_once(make_node, mode):
     until the replica's -pos shows that position, then read on the replica
     with no busy timeout. The read finds the row, and never "database is
     locked": the replica's apply moves -pos only once it has released
-    SQLite's locks (before, 2-10 reads of 300 failed in rollback modes)."""
+    SQLite's locks (before, 1-10 reads of 300 failed per rollback mode)."""
     p, (r,), c = _cluster_with_table(make_node, 1, mode)
     _read_your_writes(
         p, r, c, lambda want: wait_for(lambda: r.pos("db") == want, timeout=20, interval=0),
