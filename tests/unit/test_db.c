@@ -264,11 +264,16 @@ static void exec(sqlite3 *c, const char *sql, int want)
 
 static const struct db_options opts = {.compress = true, .node_id = 7};
 
-static void open_db(void)
+static void open_db_with(const struct db_options *o)
 {
 	char dir[300];
 	snprintf(dir, sizeof(dir), "%s/dbs/db", g_dir);
-	CHECK_RC(db_open(&g_db, dir, "db", true, &opts), 0);
+	CHECK_RC(db_open(&g_db, dir, "db", true, o), 0);
+}
+
+static void open_db(void)
+{
+	open_db_with(&opts);
 }
 
 /* The database file's checksum, recomputed from its bytes. */
@@ -1216,6 +1221,25 @@ static int next_page1_file(const uint8_t prev[4096], uint64_t txid, uint64_t pre
 }
 
 /*
+ * A fresh database in dir with table t and one row (DELETE mode), opened
+ * with o: its position, stats and page 1, from which the tests build the
+ * files that follow it.
+ */
+static void one_row_db(const char *dir, const struct db_options *o, struct db_pos *pos,
+		       struct db_stats *st, uint8_t p0[4096])
+{
+	fresh_dir(dir);
+	open_db_with(o);
+	sqlite3 *c = connect_db();
+	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
+	     SQLITE_OK);
+	sqlite3_close(c);
+	db_get_pos(g_db, pos);
+	db_get_stats(g_db, st);
+	read_page1(p0);
+}
+
+/*
  * db_apply_ltx_batch (BATCHES in db_apply.c): a batch whose second file
  * does not follow the first, or records a wrong checksum, changes nothing,
  * not even the files before it; a good batch ends where its last file does,
@@ -1227,15 +1251,7 @@ static void test_apply_batch(void)
 	uint64_t c1, c2, c3, cbad;
 	struct db_pos pos, now;
 	struct db_stats st;
-	fresh_dir("batch");
-	open_db();
-	sqlite3 *c = connect_db();
-	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
-	     SQLITE_OK);
-	sqlite3_close(c);
-	db_get_pos(g_db, &pos);
-	db_get_stats(g_db, &st);
-	read_page1(p0);
+	one_row_db("batch", &opts, &pos, &st, p0);
 	uint64_t t = pos.txid;
 	int f1 = next_page1_file(p0, t + 1, pos.checksum, st.page_count, false, p1, &c1);
 	int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
@@ -1264,7 +1280,7 @@ static void test_apply_batch(void)
 	read_page1(bad);
 	CHECK(memcmp(bad, p3, 4096) == 0);
 	check_consistent("after a batch");
-	c = connect_db();
+	sqlite3 *c = connect_db();
 	check_rows(c, "1");
 	sqlite3_close(c);
 	close(f1);
@@ -1330,19 +1346,9 @@ static void test_visible_position_waits_for_the_unlock(void)
 	struct db_pos pos, vis;
 	struct db_stats st;
 	const struct db_apply_hooks hk = {.lock = vp_lock, .unlock = vp_unlock};
-	fresh_dir("visible");
 	struct db_options o = opts;
 	o.on_change = vp_change;
-	char dir[300];
-	snprintf(dir, sizeof(dir), "%s/dbs/db", g_dir);
-	CHECK_RC(db_open(&g_db, dir, "db", true, &o), 0);
-	sqlite3 *c = connect_db();
-	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
-	     SQLITE_OK);
-	sqlite3_close(c);
-	db_get_pos(g_db, &pos);
-	db_get_stats(g_db, &st);
-	read_page1(p0);
+	one_row_db("visible", &o, &pos, &st, p0);
 	uint64_t t = pos.txid;
 	int f1 = next_page1_file(p0, t + 1, pos.checksum, st.page_count, false, p1, &c1);
 	int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
@@ -1397,15 +1403,7 @@ static void test_recovery_completes_a_torn_batch(void)
 	struct db_pos pos, now;
 	struct db_stats st;
 	char path[400];
-	fresh_dir("tornbatch");
-	open_db();
-	sqlite3 *c = connect_db();
-	exec(c, "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1)",
-	     SQLITE_OK);
-	sqlite3_close(c);
-	db_get_pos(g_db, &pos);
-	db_get_stats(g_db, &st);
-	read_page1(p0);
+	one_row_db("tornbatch", &opts, &pos, &st, p0);
 	read_page(2, q0);
 	db_free(g_db);
 	uint64_t t = pos.txid;
