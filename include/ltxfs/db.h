@@ -57,6 +57,13 @@ struct db_options {
 	 * NULL: always allowed, epoch 0.
 	 */
 	bool (*may_commit)(void *ctx, uint64_t *epoch);
+	/*
+	 * The number of replica streams this node serves (a counter the store
+	 * keeps, read atomically; NULL: none). While it is not zero, the pages
+	 * of WAL-mode commits whose LTX files were written stay in memory a
+	 * while, for db_ltx_encode_queued (STREAMED FROM MEMORY, db_ltxout.c).
+	 */
+	const unsigned *followers;
 };
 
 struct db_pos {
@@ -173,6 +180,13 @@ struct ltx_trailer;
 int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
 		struct ltx_trailer *ret_t);
 /*
+ * The same, for a replica at TXID txid - 1: the file that starts at txid,
+ * else the range file that holds txid (its min TXID is lower; the replica
+ * applies it over what it has, OVERLAPPING FILES in db_apply.c).
+ */
+int db_ltx_open_covering(struct db *db, uint64_t txid, int *ret_fd, struct ltx_header *ret_h,
+			 struct ltx_trailer *ret_t);
+/*
  * The newest committed LTX files, kept in memory as written (LTX CACHE,
  * src/core/db_ltxcache.c), so a replica stream sends a transaction without
  * opening, reading or verifying its file. A blob is immutable and
@@ -190,6 +204,19 @@ struct db_ltx_blob {
 };
 int db_ltx_cached(struct db *db, uint64_t min_txid, struct db_ltx_blob **ret);
 void db_ltx_blob_unref(struct db_ltx_blob *b);
+/*
+ * The transactions from txid on, encoded from memory as one LTX range file
+ * that ends at the newest commit this node holds in memory (STREAMED FROM
+ * MEMORY, db_ltxout.c): WAL-mode commits whose files are queued, or were
+ * written while replicas followed. No file is created: the range need not
+ * match this node's files, whose boundaries group commit chooses (a replica
+ * that later resumes inside one of them is sent the file that covers its
+ * position, db_ltx_open_covering). Returns 0 with a new reference in *ret
+ * (db_ltx_blob_unref), or -ENOENT when txid's commit is not held (a prepared
+ * rollback-mode commit, an older one, one that no longer chains to the
+ * position): then read the files. Takes db->mu. Any thread.
+ */
+int db_ltx_encode_queued(struct db *db, uint64_t txid, struct db_ltx_blob **ret);
 /*
  * A snapshot streamed while it is built (db_snap.c, STREAMED SNAPSHOTS):
  * always uncompressed, so its length is known from the start. db_snap_start returns
@@ -252,6 +279,13 @@ int db_install_build(struct db *db, int srcfd, int *ret_ltxfd, const char **why)
 int db_ltx_tmpfile(struct db *db, int *ret_fd);
 /* True when the database file's header says WAL mode (bytes 18/19 == 2). */
 bool db_wal_mode(struct db *db);
+/*
+ * True after a file that covered this node's position (OVERLAPPING FILES,
+ * db_apply.c) did not lead to the primary's state: this node's history is
+ * not the primary's, and it should ask for a snapshot (a replica leaves the
+ * database out of its positions). Cleared by the next apply. Any thread.
+ */
+bool db_wants_snapshot(struct db *db);
 
 /*
  * What the edge does around an apply: lock() takes SQLite's own locks
@@ -276,8 +310,10 @@ struct db_apply_hooks {
 /*
  * Apply the LTX file in fd (a replica receiving from its primary). Nothing
  * is written before the whole file verified: its checksums, its place in the
- * chain (a non-snapshot must start at this position) and the post-apply
- * checksum the pages produce. Then the file is installed in ltx/ (a snapshot
+ * chain (a non-snapshot must start at this position, or begin before it and
+ * end after it: OVERLAPPING FILES in db_apply.c, installed as the part it
+ * adds) and the post-apply checksum the pages produce. Then the file is
+ * installed in ltx/ (a snapshot
  * removes the older files, or with DB_APPLY_DIVERGED moves them to
  * orphaned/<ms>/), the pages are written under hk's locks, and the
  * position advances. Returns 0, -ESTALE (not the next file in the chain),

@@ -148,6 +148,12 @@ void store_kick(struct store *s);
  * store_defer_begin and store_defer_end on the calling thread, it wakes
  * nobody (below). */
 void store_on_change(void *ctx);
+/*
+ * A replica stream began (+1) or ended (-1) on this node: while any is
+ * open, the databases keep their newest written commits in memory for the
+ * streams (db_options.followers). Any thread.
+ */
+void store_followers_add(struct store *s, int delta);
 
 /*
  * Deferred wake-ups (store_cluster.c, DEFERRED WAKE-UPS). A thread about to

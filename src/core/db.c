@@ -746,6 +746,8 @@ void db_free(struct db *db)
 	pthread_mutex_destroy(&db->lc_mu);
 	pthread_mutex_destroy(&db->mu);
 	pthread_cond_destroy(&db->q_cond);
+	db_retained_drop(db);
+	free(db->r_ring);
 	while (db->q_head) { /* only if the last attempt to write them failed */
 		struct ltxjob *j = db->q_head;
 		db->q_head = j->next;

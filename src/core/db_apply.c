@@ -7,8 +7,9 @@
  * TWO PASSES. Pass 1 (ltx_scan_run) touches nothing: it decodes and
  * verifies the whole file and notes every page's new checksum. Then
  * db_apply_scanned checks the chain (a non-snapshot starts at this position,
- * with the same page size) and that the new checksums give the post-apply
- * checksum the file records (-ESTALE, -EBADMSG: nothing changed). It drops a
+ * with the same page size, or covers it: OVERLAPPING FILES below) and that
+ * the new checksums give the post-apply checksum the file records (-ESTALE,
+ * -EBADMSG: nothing changed). It drops a
  * commit this node prepared and never made and retires the LTX ring, then
  * installs the file under its final name (a snapshot removes the older
  * files, or moves them to orphaned/<ms>/ with DB_APPLY_DIVERGED): from here
@@ -64,6 +65,14 @@ int db_ltx_tmpfile(struct db *db, int *ret_fd)
 		return -errno;
 	*ret_fd = fd;
 	return 0;
+}
+
+bool db_wants_snapshot(struct db *db)
+{
+	pthread_mutex_lock(&db->mu);
+	bool w = db->want_snapshot;
+	pthread_mutex_unlock(&db->mu);
+	return w;
 }
 
 bool db_wal_mode(struct db *db)
@@ -157,6 +166,63 @@ static int ltx_install(struct db *db, int fd, const struct ltx_header *h)
 		return r;
 	}
 	return 0;
+}
+
+/*
+ * OVERLAPPING FILES. A file covers this node's position when it began at or
+ * before it and ends after it (db->mu held): a range file of the primary
+ * whose first transactions this node already has. Its pages are the newest
+ * images of every page its transactions changed, so applied over the
+ * position it gives the state at its end exactly when this node's history
+ * is the primary's; the post-apply checksum, computed from the page
+ * checksums as always, proves it, and when it does not match, nothing is
+ * changed and the node asks for a snapshot (want_snapshot). Same page size,
+ * a database that exists, never a snapshot or a drop.
+ */
+static bool ltx_overlaps(const struct db *db, const struct ltx_header *h)
+{
+	return !ltx_header_is_snapshot(h) && h->commit > 0 && db->exists && db->dbfd >= 0 &&
+	       db->page_count > 0 && h->page_size == db->page_size && db->pos.txid > 0 &&
+	       h->min_txid <= db->pos.txid && db->pos.txid < h->max_txid;
+}
+
+/*
+ * The verified file in fd as it will be installed here: the same pages and
+ * post-apply checksum under header h (the part of the TXID range it adds,
+ * this node's checksum as the pre-apply one), in a new anonymous file in
+ * ltx/ (*ret_fd, rewound, the caller closes it).
+ */
+static int ltx_relabel(struct db *db, int fd, const struct ltx_header *h, uint64_t post,
+		       int *ret_fd)
+{
+	struct ltx_decoder *dec = NULL;
+	struct ltx_encoder *enc = NULL;
+	struct ltx_trailer tr;
+	uint8_t *page = malloc(h->page_size);
+	uint32_t pgno;
+	int out = -1;
+	int r = page ? db_ltx_tmpfile(db, &out) : -ENOMEM;
+	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+		r = -errno;
+	if (r == 0)
+		r = ltx_decoder_new(&dec, ltx_fd_read, &fd);
+	if (r == 0)
+		r = ltx_encoder_new(&enc, h, ltx_fd_write, &out);
+	while (r == 0 && (r = ltx_decoder_next_page(dec, &pgno, page)) == 1)
+		r = ltx_encoder_add_page(enc, pgno, page);
+	if (r == 0)
+		r = ltx_decoder_finish(dec, &tr);
+	if (r == 0)
+		r = ltx_encoder_finish(enc, post, &tr);
+	if (r == 0 && lseek(out, 0, SEEK_SET) < 0)
+		r = -errno;
+	ltx_encoder_free(enc);
+	ltx_decoder_free(dec);
+	free(page);
+	if (r < 0 && out >= 0)
+		close(out);
+	*ret_fd = r == 0 ? out : -1;
+	return r;
 }
 
 static void apply_hooks_invalidate(const struct db_apply_hooks *hk, struct db *db,
@@ -528,6 +594,7 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	void *token = NULL;
 	bool locked = false, created = false, dropped = false;
 	uint32_t pgno;
+	int relfd = -1;
 	int r;
 
 	page = malloc(h.page_size);
@@ -536,11 +603,14 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 		goto out;
 	}
 
-	/* The chain: a non-snapshot must start exactly at this position, and
-	 * the result of applying it must be its post-apply checksum. */
+	/* The chain: a non-snapshot must start exactly at this position, or
+	 * cover it (OVERLAPPING FILES), and the result of applying it must be
+	 * its post-apply checksum. */
 	bool snapshot = ltx_header_is_snapshot(&h);
 	db_lock_settled(db);
-	if (!snapshot &&
+	bool overlap = ltx_overlaps(db, &h);
+	struct db_pos at = db->pos;
+	if (!snapshot && !overlap &&
 	    (db->pos.txid + 1 != h.min_txid || db->pos.checksum != h.pre_apply_checksum)) {
 		log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " does not follow this node's "
 			 "position %016" PRIx64 "/%016" PRIx64,
@@ -572,6 +642,7 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	 * Records of this node's own commits must not replay over another's
 	 * history after a crash (LTX RING, db_ring.c). */
 	db_prep_drop(db);
+	db_retained_drop(db); /* STREAMED FROM MEMORY: of the history this replaces */
 	r = db_ring_retire(db);
 	if (r < 0) {
 		pthread_mutex_unlock(&db->mu);
@@ -592,6 +663,19 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 			x ^= db->pgck[p];
 	if (h.commit == 0)
 		x = 0;
+	if (overlap && (LTX_CHECKSUM_FLAG | x) != tr.post_apply_checksum) {
+		/* the file is sound (pass 1): this node's history is not the primary's */
+		db->want_snapshot = true;
+		pthread_mutex_unlock(&db->mu);
+		log_warn("db '%s': LTX %016" PRIx64 "-%016" PRIx64 " covers this node's position "
+			 "%016" PRIx64 "/%016" PRIx64 " but would give checksum %016" PRIx64
+			 ", not the %016" PRIx64 " it records: this node's history differs from "
+			 "the primary's; asking for a snapshot",
+			 db->name, h.min_txid, h.max_txid, at.txid, at.checksum,
+			 LTX_CHECKSUM_FLAG | x, tr.post_apply_checksum);
+		r = -ESTALE;
+		goto out;
+	}
 	pthread_mutex_unlock(&db->mu);
 	if ((LTX_CHECKSUM_FLAG | x) != tr.post_apply_checksum) {
 		log_warn("db '%s': applying LTX %016" PRIx64 "-%016" PRIx64 " would give checksum "
@@ -606,8 +690,19 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	 * recovery re-applies it over a torn apply). Files this node kept in
 	 * memory as primary may be about to go (LTX CACHE). */
 	db_ltx_cache_clear(db);
+	if (overlap) {
+		/* installed as the part it adds, chained to this node's files */
+		h.min_txid = at.txid + 1;
+		h.pre_apply_checksum = at.checksum;
+		r = ltx_relabel(db, fd, &h, tr.post_apply_checksum, &relfd);
+		if (r < 0) {
+			log_error("db '%s': cannot write LTX %016" PRIx64 "-%016" PRIx64 ": %s",
+				  db->name, h.min_txid, h.max_txid, strerror(-r));
+			goto out;
+		}
+	}
 	{
-		r = ltx_install(db, fd, &h);
+		r = ltx_install(db, relfd >= 0 ? relfd : fd, &h);
 		if (r < 0)
 			goto out;
 		if (snapshot) {
@@ -729,6 +824,7 @@ static int db_apply_scanned(struct db *db, int fd, struct ltx_scan *sc, uint32_t
 	db_pos_set(db, h.max_txid, tr.post_apply_checksum, h.timestamp);
 	db->last_epoch = h.epoch;
 	db->ltx_unsynced = true;
+	db->want_snapshot = false;
 	pthread_mutex_unlock(&db->mu);
 	(void)old_count;
 
@@ -753,6 +849,8 @@ out:
 		db->opt.on_change(db->opt.change_ctx);
 	ltx_decoder_free(dec);
 	free(page);
+	if (relfd >= 0)
+		close(relfd);
 	ltx_scan_release(db, sc);
 	return r;
 }
@@ -913,6 +1011,7 @@ static int batch_apply(struct db *db, const struct db_ltx_buf *files, struct ltx
 	}
 	if (r == 0) {
 		db_prep_drop(db);
+		db_retained_drop(db);
 		r = db_ring_retire(db);
 		if (r < 0)
 			log_error(
@@ -1055,6 +1154,8 @@ int db_apply_ltx_batch(struct db *db, const struct db_ltx_buf *files, size_t n,
 		if (ltx_header_is_snapshot(&sc[i].h) || sc[i].h.commit == 0 ||
 		    sc[i].h.page_size != db->page_size)
 			plain = false;
+	if (plain && ltx_overlaps(db, &sc[0].h))
+		plain = false; /* OVERLAPPING FILES go through db_apply_scanned */
 	pthread_mutex_unlock(&db->mu);
 	if (plain) {
 		r = batch_apply(db, files, sc, n, hk);

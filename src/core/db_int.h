@@ -255,6 +255,10 @@ struct db {
 	 * locks; otherwise pos itself */
 	bool pos_held;
 	struct db_pos pos_vis;
+	/* OVERLAPPING FILES (db_apply.c), under db->mu: an LTX file that began
+	 * before this position did not lead to the primary's state, so this
+	 * node's history is not the primary's: ask for a snapshot */
+	bool want_snapshot;
 	struct db_backup bk; /* backups' state (db_set_backup), not the engine's */
 
 	/* rollback-journal tracking */
@@ -301,6 +305,10 @@ struct db {
 	size_t q_len;	    /* commits queued */
 	int64_t q_since_ns; /* monotonic: when the oldest queued commit was queued */
 	int q_err;	    /* the last attempt failed: the error the next write reports */
+	/* written WAL commits kept for the streams (STREAMED FROM MEMORY, db_ltxout.c) */
+	struct ltxjob **r_ring; /* DB_RETAIN_MAX slots, oldest at r_first; NULL until needed */
+	size_t r_first, r_len, r_bytes;
+	struct db_ltx_blob *r_last; /* the last range encoded, for the next stream that asks */
 
 	/* a rollback-mode commit built at the database fsync (PREPARED COMMITS, db_journal.c) */
 	struct txrec *prep; /* NULL when none */
@@ -373,6 +381,10 @@ struct ltx_out {
 /* A WAL-mode commit of at most this many bytes of pages is queued (QUEUED LTX
  * FILES, db_ltxout.c). */
 #define DB_QUEUE_MAX_BYTES (1u << 20)
+/* Most written WAL commits, and their bytes of pages, kept in memory for the
+ * streams while replicas follow (STREAMED FROM MEMORY, db_ltxout.c). */
+#define DB_RETAIN_MAX	    1024
+#define DB_RETAIN_MAX_BYTES (4u << 20)
 /* Most queued commits one range file holds (GROUP COMMIT, db_ltxout.c). */
 #define DB_GROUP_MAX 256
 /* After a reply, queued commits wait to share a file until there are this many,
@@ -442,7 +454,10 @@ struct ring_recs {
 int db_fence(struct db *db, uint64_t *epoch); /* 0 with the epoch, or -EROFS */
 int pgck_reserve(struct db *db, uint32_t npages);
 int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid); /* fd or -errno */
-int db_ltx_file_open_min(struct db *db, uint64_t min_txid); /* min-min or a range min-max */
+/* Forget the written commits kept for the streams (db->mu held). */
+void db_retained_drop(struct db *db);
+/* min-min or a range min-max; with covering, else the file whose range holds min_txid */
+int db_ltx_file_open_min(struct db *db, uint64_t min_txid, bool covering);
 int open_backing(struct db *db, enum db_file kind, int flags, mode_t mode, int *ret_fd);
 
 /* db_ltxout.c */

@@ -33,9 +33,10 @@
  * stream through db_ltx_open), and inside the engine the readers of LTX
  * files (snapshots, sync points before a WAL restart, shutdown) drain the
  * queue first. on_change fires at the commit, before the file exists: a
- * replica stream woken by it writes the queue when it needs the file. A write that fails (disk
- * full) stays queued, and every later write to the database fails with that error until a retry
- * succeeds.
+ * replica stream woken by it sends the commit from memory (STREAMED FROM
+ * MEMORY below) and leaves the file to the queue writer. A write that fails
+ * (disk full) stays queued, and every later write to the database fails with
+ * that error until a retry succeeds.
  *
  * The queue also carries the files of small prepared rollback-mode commits
  * (db_journal.c, PREPARED COMMITS), pushed at the commit point: their bytes
@@ -52,9 +53,32 @@
  * a reply, db_write_done lets commits gather: it writes the queue once
  * DB_GROUP_DEFER commits or DB_GROUP_DEFER_BYTES of pages wait, or the
  * oldest has waited DB_GROUP_DEFER_NS. Nobody who needs a file waits for
- * that: a stream, a -pos read, a backup, a snapshot or a sync point writes
- * the queue at once; a commit left queued when the application goes quiet
- * costs memory only, and the WAL holds it if the process dies.
+ * that: a -pos read, a backup, a snapshot or a sync point writes the queue
+ * at once; a commit left queued when the application goes quiet costs
+ * memory only, and the WAL holds it if the process dies.
+ *
+ * STREAMED FROM MEMORY. A replica stream does not need the files either:
+ * db_ltx_encode_queued encodes the commits from the replica's position on
+ * as one range file in memory, from the queued jobs, and sends that. Had the
+ * stream written the queue instead, every round of the sender (one per
+ * millisecond under load) would create a file of two or three commits, and
+ * on ext4 file creation cost the primary more than the send itself (and on
+ * a journaled ext4 it also lengthens the application's WAL fsyncs). A
+ * commit's job may be written before every stream has sent it, so while
+ * replicas follow (db_options.followers) the queue writer keeps written jobs
+ * in a ring (r_ring, the newest DB_RETAIN_MAX and DB_RETAIN_MAX_BYTES)
+ * instead of freeing them, and encoding continues from there into the
+ * queue. The last range encoded (r_last) is reused by the next stream at
+ * the same position while no commit came since, so fan-out encodes once.
+ * The ranges sent need not match the files written: a replica installs
+ * what it receives, and one that later resumes inside one of this node's
+ * range files is sent that file and applies it over what it has
+ * (OVERLAPPING FILES, db_apply.c). An apply that replaces this node's
+ * history drops what is kept (db_retained_drop), so every job held is of
+ * the current history, and the stream still checks the range's pre-apply
+ * checksum against the replica's position. Encoding runs under db->mu, so
+ * the jobs cannot be freed meanwhile; it is bounded by DB_GROUP_MAX commits
+ * and DB_QUEUE_MAX_BYTES of pages.
  *
  * LTX CACHE. Each file's bytes are kept as it is encoded (struct wbuf's
  * copy) and published to db_ltxcache.c once its commits are visible.
@@ -280,24 +304,22 @@ static int ltxjob_add_pages(struct ltx_encoder *enc, const struct ltxjob *j)
 }
 
 /*
- * Encode job j's file in memory only (a prepared commit, PREPARED COMMITS in
- * db_journal.c): *ret holds its bytes and post-apply checksum. A job holds
- * at most DB_QUEUE_MAX_BYTES of pages, so this is bounded.
+ * Encode a file in memory only: header h, the pages add() gives the encoder,
+ * post-apply checksum post; *ret holds its bytes and post-apply checksum.
  */
-int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
+static int mem_encode(const struct ltx_header *h, uint64_t post,
+		      int (*add)(struct ltx_encoder *enc, const void *ctx), const void *ctx,
+		      struct db_ltx_blob **ret)
 {
 	struct ltx_encoder *enc = NULL;
 	struct ltx_trailer tr;
-	struct wbuf *w = wbuf_new(-1, &j->h, SIZE_MAX);
-	int r = -ENOMEM;
+	struct wbuf *w = wbuf_new(-1, h, SIZE_MAX);
+	int r = w && w->copy ? ltx_encoder_new(&enc, h, wbuf_write, w) : -ENOMEM;
 	*ret = NULL;
-	if (!w || !w->copy)
-		goto out;
-	r = ltx_encoder_new(&enc, &j->h, wbuf_write, w);
 	if (r == 0)
-		r = ltxjob_add_pages(enc, j);
+		r = add(enc, ctx);
 	if (r == 0)
-		r = ltx_encoder_finish(enc, j->post, &tr);
+		r = ltx_encoder_finish(enc, post, &tr);
 	if (r == 0)
 		r = wbuf_flush(w);
 	if (r == 0 && !w->copy)
@@ -307,12 +329,26 @@ int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
 		*ret = w->copy;
 		w->copy = NULL;
 	}
-out:
 	ltx_encoder_free(enc);
 	if (w)
 		free(w->copy);
 	free(w);
 	return r;
+}
+
+static int add_job(struct ltx_encoder *enc, const void *ctx)
+{
+	return ltxjob_add_pages(enc, ctx);
+}
+
+/*
+ * Encode job j's file in memory only (a prepared commit, PREPARED COMMITS in
+ * db_journal.c): *ret holds its bytes and post-apply checksum. A job holds
+ * at most DB_QUEUE_MAX_BYTES of pages, so this is bounded.
+ */
+int ltxjob_encode(const struct ltxjob *j, struct db_ltx_blob **ret)
+{
+	return mem_encode(&j->h, j->post, add_job, j, ret);
 }
 
 /*
@@ -384,13 +420,12 @@ static int cmp_gpage(const void *a, const void *b)
  * the first one's min TXID and pre-apply checksum, the last one's max TXID,
  * commit, timestamp and post-apply checksum, the highest epoch, and each
  * page's newest image. Applying it to the state before g[0] gives the state
- * after g[k-1], which its post-apply checksum proves.
+ * after g[k-1], which its post-apply checksum proves. group_plan gives the
+ * header and the pages in pgno order (*ret_v, *ret_u of them; free *ret_v).
  */
-static int ltxgroup_write(struct db *db, struct ltxjob *const *g, size_t k,
-			  struct db_ltx_blob **ret_blob)
+static int group_plan(struct ltxjob *const *g, size_t k, struct ltx_header *ret_h,
+		      struct gpage **ret_v, size_t *ret_u)
 {
-	if (k == 1)
-		return ltxjob_write(db, g[0], ret_blob);
 	const struct ltxjob *first = g[0], *last = g[k - 1];
 	size_t total = 0, m = 0;
 	for (size_t i = 0; i < k; i++)
@@ -419,19 +454,183 @@ static int ltxgroup_write(struct db *db, struct ltxjob *const *g, size_t k,
 	for (size_t i = 0; i < k; i++)
 		if (g[i]->h.epoch > h.epoch)
 			h.epoch = g[i]->h.epoch;
-	struct ltx_out o;
-	int r = ltx_out_begin(db, &o, &h);
+	*ret_h = h;
+	*ret_v = v;
+	*ret_u = u;
+	return 0;
+}
+
+static int group_add_pages(struct ltx_encoder *enc, struct ltxjob *const *g, const struct gpage *v,
+			   size_t u)
+{
+	int r = 0;
 	for (size_t i = 0; i < u && r == 0; i++) {
 		const struct ltxjob *j = g[v[i].job];
-		r = ltx_encoder_add_page_crc(o.enc, v[i].pgno, j->img + v[i].idx * j->h.page_size,
+		r = ltx_encoder_add_page_crc(enc, v[i].pgno, j->img + v[i].idx * j->h.page_size,
 					     j->crcs[v[i].idx]);
-		if (r < 0)
-			ltx_out_abort(&o);
 	}
-	if (r == 0)
-		r = ltx_out_end(db, &o, last->post, false);
-	*ret_blob = r == 0 ? o.blob : NULL;
+	return r;
+}
+
+struct group_pages {
+	struct ltxjob *const *g;
+	const struct gpage *v;
+	size_t u;
+};
+
+static int add_group(struct ltx_encoder *enc, const void *ctx)
+{
+	const struct group_pages *p = ctx;
+	return group_add_pages(enc, p->g, p->v, p->u);
+}
+
+/*
+ * The range file of g[0..k): written as ltx/min-max.ltx (its bytes in
+ * *ret_blob for the LTX CACHE, when they were kept), or with db NULL only
+ * encoded in memory (STREAMED FROM MEMORY).
+ */
+static int ltxgroup_out(struct db *db, struct ltxjob *const *g, size_t k,
+			struct db_ltx_blob **ret_blob)
+{
+	if (db && k == 1)
+		return ltxjob_write(db, g[0], ret_blob);
+	struct ltx_header h;
+	struct gpage *v;
+	size_t u;
+	*ret_blob = NULL;
+	int r = group_plan(g, k, &h, &v, &u);
+	if (r < 0)
+		return r;
+	struct group_pages p = {g, v, u};
+	if (!db) {
+		r = mem_encode(&h, g[k - 1]->post, add_group, &p, ret_blob);
+	} else {
+		struct ltx_out o;
+		r = ltx_out_begin(db, &o, &h);
+		if (r == 0 && (r = add_group(o.enc, &p)) < 0)
+			ltx_out_abort(&o);
+		if (r == 0)
+			r = ltx_out_end(db, &o, g[k - 1]->post, false);
+		*ret_blob = r == 0 ? o.blob : NULL;
+	}
 	free(v);
+	return r;
+}
+
+/* ------------------------------------------------- STREAMED FROM MEMORY */
+
+/* The i-th written commit kept (0: the oldest). */
+static struct ltxjob *retained_at(const struct db *db, size_t i)
+{
+	return db->r_ring[(db->r_first + i) % DB_RETAIN_MAX];
+}
+
+static void retained_pop(struct db *db)
+{
+	struct ltxjob *o = retained_at(db, 0);
+	db->r_first = (db->r_first + 1) % DB_RETAIN_MAX;
+	db->r_len--;
+	db->r_bytes -= ltxjob_bytes(o);
+	ltxjob_free(o);
+}
+
+/* Keep written job j for the streams, or free it (db->mu held). */
+static void retain_or_free(struct db *db, struct ltxjob *j)
+{
+	const unsigned *f = db->opt.followers;
+	if (!db->r_ring && !j->blob && f && __atomic_load_n(f, __ATOMIC_RELAXED) > 0)
+		db->r_ring = calloc(DB_RETAIN_MAX, sizeof(*db->r_ring));
+	if (j->blob || !db->r_ring || !f || __atomic_load_n(f, __ATOMIC_RELAXED) == 0) {
+		if (db->r_len)
+			db_retained_drop(db);
+		ltxjob_free(j);
+		return;
+	}
+	j->next = NULL;
+	if (db->r_len == DB_RETAIN_MAX)
+		retained_pop(db);
+	db->r_ring[(db->r_first + db->r_len) % DB_RETAIN_MAX] = j;
+	db->r_len++;
+	db->r_bytes += ltxjob_bytes(j);
+	while (db->r_len > 1 && db->r_bytes > DB_RETAIN_MAX_BYTES)
+		retained_pop(db);
+}
+
+void db_retained_drop(struct db *db)
+{
+	while (db->r_len)
+		retained_pop(db);
+	db->r_first = 0;
+	db_ltx_blob_unref(db->r_last);
+	db->r_last = NULL;
+}
+
+/* Where txid's commit is among those kept: its index, or r_len when absent. */
+static size_t retained_find(const struct db *db, uint64_t txid)
+{
+	if (db->r_len == 0 || txid < retained_at(db, 0)->h.min_txid)
+		return db->r_len;
+	/* one TXID per WAL commit: its index is the distance from the oldest */
+	uint64_t guess = txid - retained_at(db, 0)->h.min_txid;
+	if (guess < db->r_len && retained_at(db, guess)->h.min_txid == txid)
+		return (size_t)guess;
+	size_t i = 0;
+	while (i < db->r_len && retained_at(db, i)->h.min_txid != txid)
+		i++;
+	return i;
+}
+
+int db_ltx_encode_queued(struct db *db, uint64_t txid, struct db_ltx_blob **ret)
+{
+	struct ltxjob *g[DB_GROUP_MAX];
+	size_t k = 0, bytes = 0;
+	int r = -ENOENT;
+	*ret = NULL;
+	pthread_mutex_lock(&db->mu);
+	/* the last range encoded, if it still reaches the newest commit */
+	if (db->r_last && db->r_last->h.min_txid == txid &&
+	    db->r_last->h.max_txid == db->pos.txid && db->r_last->post == db->pos.checksum) {
+		__atomic_add_fetch(&db->r_last->refs, 1, __ATOMIC_RELAXED);
+		*ret = db->r_last;
+		pthread_mutex_unlock(&db->mu);
+		return 0;
+	}
+	/* from the commits kept, then from the queue */
+	size_t i = retained_find(db, txid);
+	struct ltxjob *j = NULL;
+	if (i == db->r_len)
+		for (j = db->q_head; j && j->h.min_txid != txid;)
+			j = j->next;
+	for (;;) {
+		struct ltxjob *c = i < db->r_len ? retained_at(db, i) : j;
+		if (!c || k == DB_GROUP_MAX || c->blob)
+			break;
+		/* consecutive commits that chain, as a group of the queue writer */
+		if (k > 0 &&
+		    (c->h.page_size != g[k - 1]->h.page_size || c->h.commit < g[k - 1]->h.commit ||
+		     c->h.min_txid != g[k - 1]->h.max_txid + 1 ||
+		     c->h.pre_apply_checksum != g[k - 1]->post ||
+		     bytes + ltxjob_bytes(c) > DB_QUEUE_MAX_BYTES))
+			break;
+		bytes += ltxjob_bytes(c);
+		g[k++] = c;
+		if (i < db->r_len) {
+			if (++i == db->r_len)
+				j = db->q_head;
+		} else {
+			j = j->next;
+		}
+	}
+	/* Every job held is of the current history: an apply drops them
+	 * (db_retained_drop), and the stream checks the pre-apply checksum. */
+	if (k > 0)
+		r = ltxgroup_out(NULL, g, k, ret);
+	if (r == 0) {
+		__atomic_add_fetch(&(*ret)->refs, 1, __ATOMIC_RELAXED);
+		db_ltx_blob_unref(db->r_last);
+		db->r_last = *ret;
+	}
+	pthread_mutex_unlock(&db->mu);
 	return r;
 }
 
@@ -466,7 +665,7 @@ int db_queue_drain(struct db *db, bool unlock)
 		if (unlock)
 			pthread_mutex_unlock(&db->mu);
 		struct db_ltx_blob *blob;
-		r = ltxgroup_write(db, g, k, &blob);
+		r = ltxgroup_out(db, g, k, &blob);
 		if (unlock)
 			pthread_mutex_lock(&db->mu);
 		if (r < 0)
@@ -476,7 +675,7 @@ int db_queue_drain(struct db *db, bool unlock)
 		for (size_t i = 0; i < k; i++) {
 			db->q_head = g[i]->next;
 			db->q_bytes -= ltxjob_bytes(g[i]);
-			ltxjob_free(g[i]);
+			retain_or_free(db, g[i]);
 		}
 		db->q_len -= k;
 		db->q_since_ns = clock_mono_ns(); /* the rest queued while it was written */

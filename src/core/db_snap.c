@@ -64,13 +64,13 @@
 
 /* --------------------------------------------------------------- LTX files */
 
-int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
-		struct ltx_trailer *ret_t)
+static int ltx_open(struct db *db, uint64_t min_txid, bool covering, int *ret_fd,
+		    struct ltx_header *ret_h, struct ltx_trailer *ret_t)
 {
 	struct ltx_header h;
 	struct ltx_trailer t;
 	db_write_queued_ltx(db); /* an error leaves the file missing: -ENOENT below */
-	int fd = db_ltx_file_open_min(db, min_txid);
+	int fd = db_ltx_file_open_min(db, min_txid, covering);
 	if (fd < 0)
 		return fd;
 	int r = ltx_verify_fd(fd, &h, &t);
@@ -86,6 +86,18 @@ int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header
 	if (ret_t)
 		*ret_t = t;
 	return 0;
+}
+
+int db_ltx_open(struct db *db, uint64_t min_txid, int *ret_fd, struct ltx_header *ret_h,
+		struct ltx_trailer *ret_t)
+{
+	return ltx_open(db, min_txid, false, ret_fd, ret_h, ret_t);
+}
+
+int db_ltx_open_covering(struct db *db, uint64_t txid, int *ret_fd, struct ltx_header *ret_h,
+			 struct ltx_trailer *ret_t)
+{
+	return ltx_open(db, txid, true, ret_fd, ret_h, ret_t);
 }
 
 /* --------------------------------------------------------- committed pages */

@@ -79,26 +79,35 @@ int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid)
  * "min-min.ltx", or else a range file "min-max.ltx" (group commit, QUEUED
  * LTX FILES in db_ltxout.c), found by listing ltx/. A descriptor, or -errno.
  */
-int db_ltx_file_open_min(struct db *db, uint64_t min_txid)
+int db_ltx_file_open_min(struct db *db, uint64_t min_txid, bool covering)
 {
 	int fd = db_ltx_file_open(db, min_txid, min_txid);
 	if (fd != -ENOENT)
 		return fd;
 	DIR *d = opendir(db->ltx_dir);
 	struct dirent *de;
+	uint64_t cmin = 0, cmax = 0;
 	if (!d)
 		return -errno;
 	fd = -ENOENT;
 	while ((de = readdir(d))) {
 		uint64_t mn, mx;
-		if (ltx_parse_filename(de->d_name, &mn, &mx) == 0 && mn == min_txid) {
+		if (ltx_parse_filename(de->d_name, &mn, &mx) < 0)
+			continue;
+		if (mn == min_txid) {
 			fd = openat(dirfd(d), de->d_name, O_RDONLY | O_CLOEXEC);
 			if (fd < 0)
 				fd = -errno;
 			break;
 		}
+		if (covering && mn < min_txid && min_txid <= mx) {
+			cmin = mn;
+			cmax = mx;
+		}
 	}
 	closedir(d);
+	if (fd == -ENOENT && cmax)
+		fd = db_ltx_file_open(db, cmin, cmax);
 	return fd;
 }
 

@@ -192,6 +192,7 @@ int store_open(struct store **ret, const struct store_options *opt, char *errmsg
 	s->dbopt.replica = opt->replica;
 	s->dbopt.on_change = store_on_change;
 	s->dbopt.may_commit = store_may_commit;
+	s->dbopt.followers = &s->followers;
 	s->dbopt.change_ctx = s;
 	store_cluster_load(s);
 
@@ -349,4 +350,9 @@ int store_super_journal_path(struct store *s, const char *db, const char *hex, c
 	char dir[4096];
 	int r = db_dir_path(s, db, dir, sizeof(dir));
 	return r < 0 ? r : fs_path(buf, n, "%s/mj%s", dir, hex);
+}
+
+void store_followers_add(struct store *s, int delta)
+{
+	__atomic_add_fetch(&s->followers, (unsigned)delta, __ATOMIC_RELAXED);
 }

@@ -17,6 +17,7 @@ struct store {
 	char *mount_dir;
 	int lock_fd;
 	uint64_t node_id;
+	unsigned followers; /* replica streams served (atomic): db_options.followers */
 	struct db_options dbopt;
 	struct db **dbs;
 	size_t n, cap;

@@ -145,6 +145,7 @@ void httpd_sender_adopt(void *cls, struct MHD_Connection *c, void *con_cls, cons
 	s->next->prev = s;
 	h->streams.next = s;
 	h->nstreams++;
+	store_followers_add(h->store, 1);
 	pthread_cond_signal(&h->sender_cond);
 	pthread_mutex_unlock(&h->mu);
 	store_kick(h->store);

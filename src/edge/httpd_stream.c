@@ -226,16 +226,31 @@ static int stream_next(struct stream *s)
 		} else if (rp->txid > 0) {
 			/* the file in memory if it is there, else from disk (LTX CACHE) */
 			struct db_ltx_blob *b = NULL;
-			if (db_ltx_cached(db, rp->txid + 1, &b) < 0 && db_write_queued_ltx(db) == 0)
+			if (db_ltx_cached(db, rp->txid + 1, &b) < 0 &&
+			    db_ltx_encode_queued(db, rp->txid + 1, &b) < 0 &&
+			    db_write_queued_ltx(db) == 0)
 				db_ltx_cached(db, rp->txid + 1, &b);
 			if (b) {
 				lh = b->h;
 				lt.post_apply_checksum = b->post;
 				r = 0;
 			} else {
-				r = db_ltx_open(db, rp->txid + 1, &fd, &lh, &lt);
+				r = db_ltx_open_covering(db, rp->txid + 1, &fd, &lh, &lt);
 			}
-			if (r == 0 && lh.pre_apply_checksum != rp->checksum) {
+			/*
+			 * A range file that began before the replica's position: no
+			 * checksum of this node's is known there, so the replica
+			 * checks the result itself (OVERLAPPING FILES, db_apply.c)
+			 * and leaves the database out of its positions to ask for a
+			 * snapshot when it does not match.
+			 */
+			bool covers = r == 0 && lh.min_txid <= rp->txid;
+			if (covers)
+				log_info("db '%s': replica %016" PRIX64 " at TXID %016" PRIx64
+					 " resumes inside range file %016" PRIx64 "-%016" PRIx64,
+					 db_name(db), s->peer_id, rp->txid, lh.min_txid,
+					 lh.max_txid);
+			if (r == 0 && !covers && lh.pre_apply_checksum != rp->checksum) {
 				db_ltx_blob_unref(b);
 				b = NULL;
 				if (fd >= 0)
@@ -551,6 +566,7 @@ void stream_free(struct stream *s)
 	s->prev->next = s->next;
 	s->next->prev = s->prev;
 	h->nstreams--;
+	store_followers_add(h->store, -1);
 	pthread_mutex_unlock(&h->mu);
 	log_info("replica %016" PRIX64 " disconnected (%" PRIu64 " bytes sent)", s->peer_id,
 		 s->sent_bytes);
@@ -674,7 +690,7 @@ enum MHD_Result httpd_serve_ltx(struct httpd *h, struct MHD_Connection *c)
 	int fd;
 	struct ltx_header lh;
 	struct ltx_trailer lt;
-	int r = db_ltx_open(db, txid, &fd, &lh, &lt);
+	int r = db_ltx_open_covering(db, txid, &fd, &lh, &lt);
 	if (r == -ENOENT)
 		return httpd_reply_error(h, c, MHD_HTTP_NOT_FOUND, "no LTX file for that TXID");
 	if (r < 0)

@@ -445,6 +445,9 @@ static int posmap(struct store *st, uint8_t **ret, size_t *len)
 		db_get_pos(db, &p);
 		if (p.txid == 0)
 			continue;
+		/* left out, the primary sends a snapshot (OVERLAPPING FILES, db_apply.c) */
+		if (db_wants_snapshot(db))
+			continue;
 		snprintf(v[k].name, sizeof(v[k].name), "%s", db_name(db));
 		v[k].txid = p.txid;
 		v[k].checksum = p.checksum;

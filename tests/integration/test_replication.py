@@ -10,16 +10,18 @@ import os
 import queue
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 
+import lz4.frame
 import pytest
 
 from conftest import MODES, connect, wait_for
-from ltxcheck import ltx_files, verify_database
+from ltxcheck import FLAG, crc64, ltx_files, parse_ltx, verify_database
 from helpers import check_exit, http, require
 from netproxy import Proxy
 
@@ -394,6 +396,70 @@ def test_retention_and_snapshot_past_retention(make_node):
     assert_same(p, r)
     assert "removed by retention" in p.read_log()
     c.close()
+
+
+def merge_ltx(paths):
+    """One range file in place of consecutive LTX files, as group commit writes it:
+    the last file's header with the first one's min TXID and pre-apply checksum,
+    each page's newest image."""
+    files = [parse_ltx(q) for q in paths]
+    first, last = files[0], files[-1]
+    pages = {}
+    for f in files:
+        pages.update(f["pages"])
+    pages = {pg: img for pg, img in pages.items() if pg <= last["commit"]}
+    with open(last["path"], "rb") as f:
+        hdr = bytearray(f.read(100))
+    hdr[16:24] = struct.pack(">Q", first["min"])
+    hdr[40:48] = struct.pack(">Q", first["pre"])
+    body = b"".join(struct.pack(">I", pg) + pages[pg] for pg in sorted(pages)) + b"\0" * 4
+    c = crc64(bytes(hdr))
+    c = crc64(body, c)
+    c = crc64(struct.pack(">Q", last["post"]), c)
+    if last["flags"] & 1:
+        body = lz4.frame.compress(body, block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+                                  content_checksum=True, block_linked=False)
+    return bytes(hdr) + body + struct.pack(">QQ", last["post"], c | FLAG)
+
+
+def test_replica_resumes_inside_a_range_file(make_node):
+    """A replica whose position falls inside one of the primary's range files is sent
+    that file and applies it over what it has (OVERLAPPING FILES in db_apply.c): no
+    snapshot, and its own chain stays whole."""
+    p, (r,) = cluster(make_node, 1)
+    c = connect(p.path("db"), "delete")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    write_rows(c, 10)
+    assert_same(p, r)
+    at = int(r.pos("db").split("/")[0], 16)
+    r.stop()
+    write_rows(c, 10, start=100)
+    c.close()
+    p.stop()
+    # the primary's files at-2 .. at+3 become one range file (DELETE mode: one file
+    # per transaction before)
+    files = {mn: (mx, path) for mx, mn, path in ltx_files(p.dbdir("db"))}
+    span = [files[t] for t in range(at - 2, at + 4)]
+    assert all(mx == t for (mx, _), t in zip(span, range(at - 2, at + 4)))
+    merged = merge_ltx([path for _, path in span])
+    for _, path in span:
+        os.unlink(path)
+    with open(os.path.join(p.dbdir("db"), "ltx", "%016x-%016x.ltx" % (at - 2, at + 3)),
+              "wb") as f:
+        f.write(merged)
+    p.start()
+    snaps = p.read_log().count("sending a snapshot")
+    r.start()
+    assert_same(p, r)
+    log = p.read_log()
+    assert "resumes inside range file %016x-%016x" % (at - 2, at + 3) in log
+    assert log.count("sending a snapshot") == snaps
+    # installed as the part it added, chained to the replica's own files
+    assert os.path.exists(os.path.join(r.dbdir("db"), "ltx",
+                                       "%016x-%016x.ltx" % (at + 1, at + 3)))
+    rc = sqlite3.connect(r.path("db"))
+    assert rc.execute("SELECT count(*) FROM t").fetchone() == (20,)
+    rc.close()
 
 
 def test_retention_keeps_what_a_connected_replica_needs(make_node):

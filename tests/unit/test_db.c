@@ -622,6 +622,19 @@ static void test_position_read_writes_nothing(void)
 	db_free(g_db);
 }
 
+/* A fresh database in dir, opened with o, in WAL mode with table t and one row. */
+static sqlite3 *wal_db(const char *dir, const struct db_options *o)
+{
+	fresh_dir(dir);
+	open_db_with(o);
+	sqlite3 *c = connect_db();
+	exec(c,
+	     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA "
+	     "synchronous=NORMAL; CREATE TABLE t(x); INSERT INTO t VALUES(0)",
+	     SQLITE_OK);
+	return c;
+}
+
 /*
  * GROUP COMMIT: commits that queue up while no file is written go into one
  * range file "min-max.ltx" when the queue is written; the chain stays
@@ -634,13 +647,7 @@ static void test_group_commit_range_file(void)
 	struct db_pos before, pos;
 	struct db_stats st;
 	char path[400];
-	fresh_dir("group");
-	open_db();
-	c = connect_db();
-	exec(c,
-	     "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA "
-	     "synchronous=NORMAL; CREATE TABLE t(x); INSERT INTO t VALUES(0)",
-	     SQLITE_OK);
+	c = wal_db("group", &opts);
 	CHECK_RC(db_write_queued_ltx(g_db), 0);
 	db_get_pos(g_db, &before);
 	db_get_stats(g_db, &st);
@@ -688,6 +695,94 @@ static void test_group_commit_range_file(void)
 	CHECK_EQ_U64(before.txid, pos.txid);
 	CHECK_EQ_U64(before.checksum, pos.checksum);
 	check_consistent("after a restart");
+	db_free(g_db);
+}
+
+static int check_chain(void);
+
+/* Blob b verifies in full and holds TXIDs min..max with these checksums. */
+static void check_blob(const struct db_ltx_blob *b, uint64_t min, uint64_t max, uint64_t pre,
+		       uint64_t post)
+{
+	char path[400];
+	struct ltx_header h;
+	struct ltx_trailer t;
+	snprintf(path, sizeof(path), "%s/blob.ltx", g_dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && write(fd, b->data, b->len) == (ssize_t)b->len);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	CHECK_RC(ltx_verify_fd(fd, &h, &t), 0);
+	close(fd);
+	CHECK_EQ_U64(h.min_txid, min);
+	CHECK_EQ_U64(h.max_txid, max);
+	CHECK_EQ_U64(b->h.min_txid, min);
+	CHECK_EQ_U64(h.pre_apply_checksum, pre);
+	CHECK_EQ_U64(t.post_apply_checksum, post);
+	CHECK_EQ_U64(b->post, post);
+}
+
+/*
+ * STREAMED FROM MEMORY (db_ltxout.c): while replicas follow, the commits
+ * from any TXID on are encoded as one range file in memory, from the queue
+ * before the files exist and from the commits kept once they do, without
+ * creating a file; without followers, written commits are not kept.
+ */
+static void test_streamed_from_memory(void)
+{
+	unsigned followers = 1;
+	struct db_options o = opts;
+	o.followers = &followers;
+	struct db_pos before, pos, at2;
+	struct db_ltx_blob *b = NULL;
+	sqlite3 *c = wal_db("memory", &o);
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	db_get_pos(g_db, &before);
+	uint64_t t = before.txid;
+	g_no_write_done = true;
+	for (int i = 1; i <= 5; i++) {
+		exec(c, "INSERT INTO t VALUES(randomblob(3000))", SQLITE_OK);
+		if (i == 2)
+			db_get_pos(g_db, &at2);
+	}
+	db_get_pos(g_db, &pos);
+	CHECK_EQ_U64(pos.txid, t + 5);
+	/* queued: encoded from memory, and no file appears */
+	CHECK_RC(db_ltx_encode_queued(g_db, t + 1, &b), 0);
+	if (b)
+		check_blob(b, t + 1, t + 5, before.checksum, pos.checksum);
+	db_ltx_blob_unref(b);
+	CHECK(!ltx_exists(t + 1));
+	CHECK_RC(db_ltx_encode_queued(g_db, t + 3, &b), 0);
+	if (b)
+		check_blob(b, t + 3, t + 5, at2.checksum, pos.checksum);
+	db_ltx_blob_unref(b);
+	CHECK_RC(db_ltx_encode_queued(g_db, t + 6, &b), -ENOENT);
+	/* written as group commit's one file; the commits stay in memory */
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	char path[400];
+	ltx_path(path, sizeof(path), t + 1, t + 5);
+	CHECK(access(path, F_OK) == 0);
+	CHECK_RC(db_ltx_encode_queued(g_db, t + 3, &b), 0);
+	if (b)
+		check_blob(b, t + 3, t + 5, at2.checksum, pos.checksum);
+	db_ltx_blob_unref(b);
+	/* kept and queued commits in one range */
+	for (int i = 0; i < 2; i++)
+		exec(c, "INSERT INTO t VALUES(randomblob(100))", SQLITE_OK);
+	db_get_pos(g_db, &pos);
+	CHECK_RC(db_ltx_encode_queued(g_db, t + 3, &b), 0);
+	if (b)
+		check_blob(b, t + 3, t + 7, at2.checksum, pos.checksum);
+	db_ltx_blob_unref(b);
+	CHECK(!ltx_exists(t + 6));
+	/* no follower: what is written is no longer kept */
+	followers = 0;
+	CHECK_RC(db_write_queued_ltx(g_db), 0);
+	CHECK_RC(db_ltx_encode_queued(g_db, t + 3, &b), -ENOENT);
+	g_no_write_done = false;
+	sqlite3_close(c);
+	check_consistent("after streaming from memory");
+	CHECK_EQ_U64((uint64_t)check_chain(), pos.txid);
 	db_free(g_db);
 }
 
@@ -1301,6 +1396,118 @@ static void test_apply_batch(void)
 }
 
 /*
+ * A range file t+1..t+2 (page 1 as next, pre the checksum at t, post the one
+ * at t+2), as a primary's group commit writes it; its descriptor, rewound.
+ */
+static int range_file(uint64_t t, uint64_t pre, uint32_t commit, const uint8_t next[4096],
+		      uint64_t post)
+{
+	char path[400];
+	struct ltx_encoder *enc = NULL;
+	struct ltx_trailer tr;
+	struct ltx_header h = {
+	    .flags = LTX_FLAG_COMPRESS_LZ4,
+	    .page_size = 4096,
+	    .commit = commit,
+	    .min_txid = t + 1,
+	    .max_txid = t + 2,
+	    .timestamp = 2,
+	    .pre_apply_checksum = pre,
+	};
+	snprintf(path, sizeof(path), "%s/range-%llu.ltx", g_dir, (unsigned long long)t);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0);
+	CHECK_RC(ltx_encoder_new(&enc, &h, ltx_fd_write, &fd), 0);
+	CHECK_RC(ltx_encoder_add_page(enc, 1, next), 0);
+	CHECK_RC(ltx_encoder_finish(enc, post, &tr), 0);
+	ltx_encoder_free(enc);
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	return fd;
+}
+
+/*
+ * OVERLAPPING FILES (db_apply.c): a replica at t+1 is sent the primary's
+ * range file t+1..t+2. Applied alone or as a batch, it moves the replica to
+ * t+2 with the primary's checksum, and is installed as t+2..t+2 chained to
+ * the replica's own file (which recovery then accepts). A replica whose
+ * t+1 is not the primary's gets -ESTALE, keeps its state and asks for a
+ * snapshot.
+ */
+static void test_apply_overlapping_range_file(void)
+{
+	uint8_t p0[4096], p1[4096], p2[4096], other[4096], got[4096];
+	uint64_t c1, c2, cother;
+	struct db_pos pos, now;
+	struct db_stats st;
+	for (int batch = 0; batch < 2; batch++) {
+		one_row_db(batch ? "overlap-batch" : "overlap", &opts, &pos, &st, p0);
+		uint64_t t = pos.txid;
+		int f1 = next_page1_file(p0, t + 1, pos.checksum, st.page_count, false, p1, &c1);
+		int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
+		int fr = range_file(t, pos.checksum, st.page_count, p2, c2);
+		CHECK_RC(db_apply_ltx(g_db, f1, 0, NULL), 0);
+		CHECK(!db_wants_snapshot(g_db));
+		if (batch) {
+			struct db_ltx_buf b = fd_bytes(fr);
+			CHECK_RC(db_apply_ltx_batch(g_db, &b, 1, NULL), 0);
+			free((void *)b.data);
+		} else {
+			CHECK_RC(db_apply_ltx(g_db, fr, 0, NULL), 0);
+		}
+		db_get_pos(g_db, &now);
+		CHECK_EQ_U64(now.txid, t + 2);
+		CHECK_EQ_U64(now.checksum, c2);
+		read_page1(got);
+		CHECK(memcmp(got, p2, 4096) == 0);
+		char path[400];
+		ltx_path(path, sizeof(path), t + 2, t + 2);
+		CHECK(access(path, F_OK) == 0);
+		CHECK_EQ_U64((uint64_t)check_chain(), t + 2);
+		check_consistent("after a range file over the position");
+		db_free(g_db);
+		open_db();
+		db_get_pos(g_db, &now);
+		CHECK_EQ_U64(now.txid, t + 2);
+		CHECK_EQ_U64(now.checksum, c2);
+		check_consistent("after a range file over the position and a restart");
+		db_free(g_db);
+		close(f1);
+		close(f2);
+		close(fr);
+	}
+
+	/* t+1 of another history: page 2 changed too */
+	one_row_db("overlap-diverged", &opts, &pos, &st, p0);
+	uint64_t t = pos.txid;
+	uint8_t p2b[4096], n2[4096];
+	read_page(2, p2b);
+	int g1 = next_file(p0, p2b, t + 1, pos.checksum, st.page_count, false, other, n2, &cother);
+	CHECK_RC(db_apply_ltx(g_db, g1, 0, NULL), 0);
+	close(g1);
+	/* the primary's t+1 has g1's path: a new file there (g1's inode is installed) */
+	char gpath[400];
+	snprintf(gpath, sizeof(gpath), "%s/batch-%llu.ltx", g_dir, (unsigned long long)(t + 1));
+	CHECK(unlink(gpath) == 0);
+	int f1 = next_page1_file(p0, t + 1, pos.checksum, st.page_count, false, p1, &c1);
+	int f2 = next_page1_file(p1, t + 2, c1, st.page_count, false, p2, &c2);
+	int fr = range_file(t, pos.checksum, st.page_count, p2, c2);
+	CHECK(cother != c1);
+	CHECK_RC(db_apply_ltx(g_db, fr, 0, NULL), -ESTALE);
+	CHECK(db_wants_snapshot(g_db));
+	db_get_pos(g_db, &now);
+	CHECK_EQ_U64(now.txid, t + 1);
+	CHECK_EQ_U64(now.checksum, cother);
+	read_page1(got);
+	CHECK(memcmp(got, other, 4096) == 0);
+	CHECK(!ltx_exists(t + 2));
+	check_consistent("after a refused range file");
+	db_free(g_db);
+	close(f1);
+	close(f2);
+	close(fr);
+}
+
+/*
  * VISIBLE POSITION (db.c): while an apply holds SQLite's locks, the -pos
  * file shows the position before it; at the unlock hook the position has
  * moved and the visible one has not, and on_change (GET /events) fires only
@@ -1608,8 +1815,10 @@ int main(void)
 	RUN(test_prepared_commit_dropped_before_apply);
 	RUN(test_install_validate);
 	RUN(test_apply_batch);
+	RUN(test_apply_overlapping_range_file);
 	RUN(test_visible_position_waits_for_the_unlock);
 	RUN(test_group_commit_range_file);
+	RUN(test_streamed_from_memory);
 	RUN(test_recovery_completes_a_torn_batch);
 	return UNIT_DONE();
 }
