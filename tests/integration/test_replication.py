@@ -448,6 +448,9 @@ def test_replica_resumes_inside_a_range_file(make_node):
               "wb") as f:
         f.write(merged)
     p.start()
+    # GET /ltx (adoption) serves the file that covers a TXID inside it
+    got = http(p.url + "/ltx?db=db&txid=%x" % at)
+    assert got.status == 200 and got.body == merged
     snaps = p.read_log().count("sending a snapshot")
     r.start()
     assert_same(p, r)
