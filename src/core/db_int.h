@@ -382,9 +382,11 @@ struct ltx_out {
  * FILES, db_ltxout.c). */
 #define DB_QUEUE_MAX_BYTES (1u << 20)
 /* Most written WAL commits, and their bytes of pages, kept in memory for the
- * streams while replicas follow (STREAMED FROM MEMORY, db_ltxout.c). */
-#define DB_RETAIN_MAX	    1024
-#define DB_RETAIN_MAX_BYTES (4u << 20)
+ * streams while replicas follow (STREAMED FROM MEMORY, db_ltxout.c): enough to
+ * cover the time between the queue writer and the sender (a few ms), small
+ * enough for thousands of databases. */
+#define DB_RETAIN_MAX	    256
+#define DB_RETAIN_MAX_BYTES (1u << 20)
 /* Most queued commits one range file holds (GROUP COMMIT, db_ltxout.c). */
 #define DB_GROUP_MAX 256
 /* After a reply, queued commits wait to share a file until there are this many,
