@@ -465,6 +465,49 @@ def test_replica_resumes_inside_a_range_file(make_node):
     rc.close()
 
 
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_reconnects_under_wal_load_resume_without_snapshots(make_node, sync):
+    """WAL commits are streamed from memory, so a replica's position is rarely the end
+    of one of the primary's files: links cut while commits flow resume from memory or
+    from the file that covers the position, never with a snapshot."""
+    p = make_node("primary").start()
+    proxy = Proxy(p.port)
+    r = make_node("replica", replica_of=proxy.url).start()
+    stop = threading.Event()
+    done = []
+
+    def writer():
+        w = connect(p.path("db"), "wal", sync)
+        while not stop.is_set():
+            w.execute("INSERT INTO t(v) VALUES(?)", ("x" * 200,))
+            done.append(1)
+        w.close()
+
+    try:
+        c = connect(p.path("db"), "wal", sync)
+        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        assert_same(p, r)
+        snaps = p.read_log().count("sending a snapshot")
+        th = threading.Thread(target=writer)
+        th.start()
+        try:
+            for _ in range(6):
+                n, at = proxy.accepted, r.pos("db")
+                wait_for(lambda: r.pos("db") != at, what="the replica to move on")
+                proxy.cut()
+                wait_for(lambda: proxy.accepted > n, what="the replica to reconnect")
+        finally:
+            stop.set()
+            th.join()
+        assert_same(p, r)
+        assert p.read_log().count("sending a snapshot") == snaps
+        txid = int(p.pos("db").split("/")[0], 16)
+        assert len(done) > 100 and txid > len(done)
+        c.close()
+    finally:
+        proxy.close()
+
+
 def test_retention_keeps_what_a_connected_replica_needs(make_node):
     """A replica stuck applying (a reader holds its lock) still gets files, not a snapshot."""
     extra = "  retention: 1s\n  retention-monitor-interval: 200ms\n"
