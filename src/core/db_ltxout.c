@@ -415,6 +415,19 @@ static int cmp_gpage(const void *a, const void *b)
 }
 
 /*
+ * Whether job j, after prev, can join a range file that holds bytes of pages
+ * so far (GROUP COMMIT): consecutive TXIDs that chain, the same page size, a
+ * database that does not shrink, no prepared file, within DB_QUEUE_MAX_BYTES.
+ */
+static bool group_continues(const struct ltxjob *prev, const struct ltxjob *j, size_t bytes)
+{
+	return !j->blob && !prev->blob && j->h.page_size == prev->h.page_size &&
+	       j->h.commit >= prev->h.commit && j->h.min_txid == prev->h.max_txid + 1 &&
+	       j->h.pre_apply_checksum == prev->post &&
+	       bytes + ltxjob_bytes(j) <= DB_QUEUE_MAX_BYTES;
+}
+
+/*
  * GROUP COMMIT: the k queued commits g[0..k) (consecutive TXIDs, the same
  * page size, commits that never shrink) as one range file "min-max.ltx":
  * the first one's min TXID and pre-apply checksum, the last one's max TXID,
@@ -538,9 +551,10 @@ static void retained_pop(struct db *db)
 static void retain_or_free(struct db *db, struct ltxjob *j)
 {
 	const unsigned *f = db->opt.followers;
-	if (!db->r_ring && !j->blob && f && __atomic_load_n(f, __ATOMIC_RELAXED) > 0)
+	bool keep = !j->blob && f && __atomic_load_n(f, __ATOMIC_RELAXED) > 0;
+	if (keep && !db->r_ring)
 		db->r_ring = calloc(DB_RETAIN_MAX, sizeof(*db->r_ring));
-	if (j->blob || !db->r_ring || !f || __atomic_load_n(f, __ATOMIC_RELAXED) == 0) {
+	if (!keep || !db->r_ring) {
 		if (db->r_len)
 			db_retained_drop(db);
 		ltxjob_free(j);
@@ -605,12 +619,7 @@ int db_ltx_encode_queued(struct db *db, uint64_t txid, struct db_ltx_blob **ret)
 		struct ltxjob *c = i < db->r_len ? retained_at(db, i) : j;
 		if (!c || k == DB_GROUP_MAX || c->blob)
 			break;
-		/* consecutive commits that chain, as a group of the queue writer */
-		if (k > 0 &&
-		    (c->h.page_size != g[k - 1]->h.page_size || c->h.commit < g[k - 1]->h.commit ||
-		     c->h.min_txid != g[k - 1]->h.max_txid + 1 ||
-		     c->h.pre_apply_checksum != g[k - 1]->post ||
-		     bytes + ltxjob_bytes(c) > DB_QUEUE_MAX_BYTES))
+		if (k > 0 && !group_continues(g[k - 1], c, bytes))
 			break;
 		bytes += ltxjob_bytes(c);
 		g[k++] = c;
@@ -653,11 +662,7 @@ int db_queue_drain(struct db *db, bool unlock)
 	while (db->q_head) {
 		size_t k = 0, bytes = 0;
 		for (struct ltxjob *j = db->q_head; j && k < DB_GROUP_MAX; j = j->next) {
-			if (k > 0 &&
-			    (j->blob || g[k - 1]->blob || j->h.page_size != g[k - 1]->h.page_size ||
-			     j->h.commit < g[k - 1]->h.commit ||
-			     j->h.min_txid != g[k - 1]->h.max_txid + 1 ||
-			     bytes + ltxjob_bytes(j) > DB_QUEUE_MAX_BYTES))
+			if (k > 0 && !group_continues(g[k - 1], j, bytes))
 				break;
 			bytes += ltxjob_bytes(j);
 			g[k++] = j;

@@ -77,7 +77,9 @@ int db_ltx_file_open(struct db *db, uint64_t min_txid, uint64_t max_txid)
 /*
  * Open the LTX file whose TXIDs start at min_txid: the one-transaction file
  * "min-min.ltx", or else a range file "min-max.ltx" (group commit, QUEUED
- * LTX FILES in db_ltxout.c), found by listing ltx/. A descriptor, or -errno.
+ * LTX FILES in db_ltxout.c), found by listing ltx/; with covering, when none
+ * starts there, the range file that holds min_txid (OVERLAPPING FILES in
+ * db_apply.c). A descriptor, or -errno.
  */
 int db_ltx_file_open_min(struct db *db, uint64_t min_txid, bool covering)
 {

@@ -286,6 +286,12 @@ def encode_ltx_v1(page_size, commit, min_txid, max_txid, pages, pre, post, compr
     """An LTX v1 file as LiteFS 0.5 writes it (pages: dict pgno -> bytes)."""
     hdr = struct.pack(">4sIIIQQqQqqIIQ", b"LTX1", 1 if compress else 0, page_size, commit,
                       min_txid, max_txid, timestamp, pre, 0, 0, 0, 0, node_id) + b"\0" * 20
+    return encode_ltx_with_header(hdr, pages, post, compress)
+
+
+def encode_ltx_with_header(hdr, pages, post, compress):
+    """An LTX file from its 100 header bytes as given, the pages and the post-apply
+    checksum: page block, trailer and file checksum."""
     body = b"".join(struct.pack(">I", p) + pages[p] for p in sorted(pages)) + b"\0" * 4
     c = crc64(hdr)
     c = crc64(body, c)

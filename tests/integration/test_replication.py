@@ -17,11 +17,10 @@ import threading
 import time
 import urllib.request
 
-import lz4.frame
 import pytest
 
 from conftest import MODES, connect, wait_for
-from ltxcheck import FLAG, crc64, ltx_files, parse_ltx, verify_database
+from ltxcheck import encode_ltx_with_header, ltx_files, parse_ltx, verify_database
 from helpers import check_exit, http, require
 from netproxy import Proxy
 
@@ -412,14 +411,7 @@ def merge_ltx(paths):
         hdr = bytearray(f.read(100))
     hdr[16:24] = struct.pack(">Q", first["min"])
     hdr[40:48] = struct.pack(">Q", first["pre"])
-    body = b"".join(struct.pack(">I", pg) + pages[pg] for pg in sorted(pages)) + b"\0" * 4
-    c = crc64(bytes(hdr))
-    c = crc64(body, c)
-    c = crc64(struct.pack(">Q", last["post"]), c)
-    if last["flags"] & 1:
-        body = lz4.frame.compress(body, block_size=lz4.frame.BLOCKSIZE_MAX64KB,
-                                  content_checksum=True, block_linked=False)
-    return bytes(hdr) + body + struct.pack(">QQ", last["post"], c | FLAG)
+    return encode_ltx_with_header(bytes(hdr), pages, last["post"], last["flags"] & 1)
 
 
 def test_replica_resumes_inside_a_range_file(make_node):
